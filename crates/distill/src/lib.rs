@@ -1,0 +1,4 @@
+//! distill: knowledge distillation on libtorch.
+pub mod error;
+
+pub use error::{Error, Result};

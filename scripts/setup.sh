@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Idempotent setup on a fresh machine: Python venv with torch==2.11.0 (the libtorch that tch links)
+# and the reference tools the tests use, then the release build of `distill`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/env.sh
+
+# Pinned so that fixtures and reference numbers stay reproducible.
+PY_PACKAGES=(torch==2.11.0 numpy==2.4.6 transformers==5.23.0 tokenizers==0.23.3 safetensors==0.8.0 gguf==0.19.0 accelerate==1.15.0)
+STAMP="$DISTILL_VENV/.distill-setup-v1"
+
+if [ ! -f "$STAMP" ]; then
+  echo "setup: creating $DISTILL_VENV (torch 2.11.0 pulls ~4.5 GB of wheels on first run)" >&2
+  mkdir -p "$DISTILL_HOME"
+  [ -x "$DISTILL_VENV/bin/python" ] || python3 -m venv "$DISTILL_VENV"
+  "$DISTILL_VENV/bin/pip" install --quiet "${PY_PACKAGES[@]}"
+  touch "$STAMP"
+fi
+
+echo "setup: building distill (release)" >&2
+cargo build --release --quiet -p distill-cli
+echo "setup: ready: ./target/release/distill" >&2
