@@ -1,0 +1,4 @@
+//! Data: image sets, deterministic order and augmentation.
+
+pub mod images;
+pub mod rng;

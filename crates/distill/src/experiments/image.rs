@@ -1,0 +1,368 @@
+//! Hinton-style distillation on an image set: per seed a teacher, a student trained from labels
+//! only, and the same student trained by KD; then a temperature sweep on the first seed.
+//!
+//! Run directory:
+//! ```text
+//! DIR/recipe.toml                 the resolved recipe
+//! DIR/phases/<id>/ckpt.safetensors, metrics.jsonl, model.safetensors, result.json
+//! DIR/summary.json                {"results": [...], "gap_recovered": ...}
+//! ```
+//! A phase is complete when its `result.json` exists (written last, atomically); `--resume`
+//! skips complete phases and continues the interrupted one from its checkpoint.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use tch::{nn, nn::ModuleT, Device, Kind, Tensor};
+
+use crate::checkpoint::{load_tensors, save_tensors, write_json};
+use crate::data::images::{jitter, load_recipe_data, ImageSet};
+use crate::data::rng::SplitMix64;
+use crate::losses::response::{cross_entropy, KdLoss};
+use crate::models::{image_classifier, param_count};
+use crate::recipe::{ImageRecipe, Stage};
+use crate::train::{fit, StepLoss, TrainOptions, TrainTask};
+use crate::{Error, Result};
+
+/// What a phase is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    Teacher,
+    StudentScratch,
+    StudentKd,
+}
+
+/// One trained model's evaluation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PhaseResult {
+    pub role: Role,
+    pub seed: u64,
+    pub temperature: Option<f64>,
+    pub alpha: Option<f64>,
+    pub test_errors: i64,
+    pub test_total: i64,
+    pub test_accuracy: f64,
+    pub params: usize,
+    pub size_bytes: u64,
+    pub latency_ms_per_1k: f64,
+    pub compression_ratio: f64,
+    pub train_examples: usize,
+    pub labeled_examples: usize,
+    pub steps: u64,
+    pub train_seconds: f64,
+}
+
+/// `summary.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Summary {
+    pub recipe: String,
+    pub results: Vec<PhaseResult>,
+    /// Per seed: `(scratch − kd) / (scratch − teacher)` test errors at the main temperature.
+    pub gap_recovered: BTreeMap<String, f64>,
+    pub gap_recovered_mean: Option<f64>,
+}
+
+#[derive(Debug, Clone)]
+struct Phase {
+    id: String,
+    role: Role,
+    seed: u64,
+    temperature: Option<f64>,
+}
+
+fn phases(r: &ImageRecipe) -> Vec<Phase> {
+    let mut out = Vec::new();
+    let t = r.distill.temperature;
+    for &seed in &r.seeds {
+        out.push(Phase { id: format!("teacher-s{seed}"), role: Role::Teacher, seed, temperature: None });
+        out.push(Phase { id: format!("scratch-s{seed}"), role: Role::StudentScratch, seed, temperature: None });
+        out.push(Phase { id: format!("kd-s{seed}-T{t}"), role: Role::StudentKd, seed, temperature: Some(t) });
+    }
+    let s0 = r.seeds[0];
+    for &ts in &r.distill.sweep {
+        if ts != t {
+            out.push(Phase { id: format!("kd-s{s0}-T{ts}"), role: Role::StudentKd, seed: s0, temperature: Some(ts) });
+        }
+    }
+    out
+}
+
+/// Options of a run that are not part of the recipe.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    pub progress: bool,
+    /// Print a line per finished phase to stderr.
+    pub verbose: bool,
+}
+
+struct ClassifierTask<'a> {
+    model: &'a dyn ModuleT,
+    x: &'a Tensor,
+    labels: &'a Tensor,
+    teacher_logits: Option<&'a Tensor>,
+    kd: Option<KdLoss>,
+    jitter: usize,
+    /// Example index → row of `x` (a labeled subset for the scratch student).
+    rows: Option<&'a [i64]>,
+}
+
+impl TrainTask for ClassifierTask<'_> {
+    fn num_examples(&self) -> usize {
+        self.rows.map(|r| r.len()).unwrap_or(self.x.size()[0] as usize)
+    }
+
+    fn loss(&mut self, batch: &[usize], rng: &mut SplitMix64) -> Result<StepLoss> {
+        let idx: Vec<i64> = match self.rows {
+            Some(r) => batch.iter().map(|&i| r[i]).collect(),
+            None => batch.iter().map(|&i| i as i64).collect(),
+        };
+        let idx = Tensor::from_slice(&idx);
+        let x = jitter(&self.x.index_select(0, &idx), self.jitter, rng); // [B, 1, H, W]
+        let y = self.labels.index_select(0, &idx); // [B]
+        let logits = self.model.forward_t(&x, true); // [B, C]
+        match (self.kd, self.teacher_logits) {
+            (Some(kd), Some(tl)) => {
+                let p = kd.forward(&logits, &tl.index_select(0, &idx), Some(&y));
+                Ok(StepLoss { total: p.total, parts: vec![("soft", p.soft), ("hard", p.hard)] })
+            }
+            _ => Ok(StepLoss { total: cross_entropy(&logits, &y), parts: vec![] }),
+        }
+    }
+}
+
+/// Logits of `model` (eval mode) for every image. `[N, C]`.
+fn predict(model: &dyn ModuleT, x: &Tensor) -> Tensor {
+    tch::no_grad(|| {
+        let n = x.size()[0];
+        let chunks: Vec<Tensor> =
+            (0..n).step_by(1000).map(|s| model.forward_t(&x.narrow(0, s, (n - s).min(1000)), false)).collect();
+        Tensor::cat(&chunks, 0)
+    })
+}
+
+fn errors(model: &dyn ModuleT, set: &ImageSet) -> i64 {
+    let pred = predict(model, &set.images).argmax(-1, false);
+    pred.ne_tensor(&set.labels).sum(Kind::Int64).int64_value(&[])
+}
+
+/// Median over 3 runs of the time to classify 1,000 test images (batch 1,000, eval mode).
+fn latency_ms_per_1k(model: &dyn ModuleT, set: &ImageSet) -> f64 {
+    let n = set.len().min(1000) as i64;
+    let x = set.images.narrow(0, 0, n);
+    let mut times: Vec<f64> = (0..3)
+        .map(|_| {
+            let t = Instant::now();
+            tch::no_grad(|| model.forward_t(&x, false)).sum(Kind::Float).double_value(&[]);
+            t.elapsed().as_secs_f64() * 1000.0 * 1000.0 / n as f64
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[1]
+}
+
+/// Builds the model of `stage` in a fresh var store, seeded for its initialization.
+fn build(stage: &Stage, seed: u64, hw: [usize; 2], classes: usize) -> (nn::VarStore, Box<dyn ModuleT>) {
+    tch::manual_seed(seed as i64);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let m = image_classifier(&vs.root(), &stage.model, hw, classes);
+    (vs, m)
+}
+
+fn load_weights(vs: &nn::VarStore, path: &Path) -> Result<()> {
+    let l = load_tensors(path)?;
+    tch::no_grad(|| {
+        for (k, t) in vs.variables() {
+            let src = l.tensors.get(&k).ok_or_else(|| Error::format(path, format!("missing tensor `{k}`")))?;
+            t.shallow_clone().copy_(src);
+        }
+        Ok(())
+    })
+}
+
+fn save_weights(vs: &nn::VarStore, path: &Path) -> Result<()> {
+    let mut v: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    save_tensors(path, &v, BTreeMap::from([("format".into(), "distill-weights-v1".into())]))
+}
+
+/// Runs (or resumes) the whole experiment in `out`, returning the summary it also writes.
+pub fn run(recipe: &ImageRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) -> Result<Summary> {
+    let (train, test) = load_recipe_data(&recipe.data)?;
+    let classes = train.num_classes();
+    let hw = [train.height, train.width];
+    let n = train.len();
+    // The labeled subset is the same for every seed: a fixed shuffle of the training set.
+    let labeled: Option<Vec<i64>> = recipe.data.labeled_subset.map(|k| {
+        let mut p: Vec<i64> =
+            SplitMix64::new(0x1abe1).permutation(n).into_iter().take(k.min(n)).map(|i| i as i64).collect();
+        p.sort_unstable();
+        p
+    });
+    // Student labels: -100 for the images whose label the student may not see.
+    let student_labels = match &labeled {
+        None => train.labels.shallow_clone(),
+        Some(rows) => {
+            let y = Tensor::full([n as i64], -100, (Kind::Int64, Device::Cpu));
+            let r = Tensor::from_slice(rows);
+            y.index_copy(0, &r, &train.labels.index_select(0, &r))
+        }
+    };
+    let n_labeled = labeled.as_ref().map(|l| l.len()).unwrap_or(n);
+
+    std::fs::create_dir_all(out.join("phases")).map_err(|e| Error::io(out, e))?;
+    crate::checkpoint::write_atomic(&out.join("recipe.toml"), recipe_toml.as_bytes())?;
+
+    let mut teacher_logits: HashMap<u64, Tensor> = HashMap::new();
+    let mut teacher_params = HashMap::new();
+    let mut results = Vec::new();
+    for ph in phases(recipe) {
+        let dir = out.join("phases").join(&ph.id);
+        let result_path = dir.join("result.json");
+        if let Ok(text) = std::fs::read_to_string(&result_path) {
+            let r: PhaseResult = serde_json::from_str(&text).map_err(|e| Error::format(&result_path, e.to_string()))?;
+            if r.role == Role::Teacher {
+                teacher_params.insert(r.seed, r.params);
+            }
+            if opts.verbose {
+                eprintln!("{:>18}: done earlier ({} test errors)", ph.id, r.test_errors);
+            }
+            results.push(r);
+            continue;
+        }
+        let stage = if ph.role == Role::Teacher { &recipe.teacher } else { &recipe.student };
+        // Same initialization for the scratch and KD students of a seed.
+        let (vs, model) = build(stage, ph.seed, hw, classes);
+        let kd = ph.temperature.map(|t| KdLoss { temperature: t, alpha: recipe.distill.alpha });
+        if ph.role == Role::StudentKd && !teacher_logits.contains_key(&ph.seed) {
+            let (tvs, tm) = build(&recipe.teacher, ph.seed, hw, classes);
+            load_weights(&tvs, &out.join("phases").join(format!("teacher-s{}", ph.seed)).join("model.safetensors"))?;
+            teacher_logits.insert(ph.seed, predict(tm.as_ref(), &train.images));
+        }
+        let (labels, rows) = match ph.role {
+            Role::Teacher => (&train.labels, None),
+            Role::StudentScratch => (&train.labels, labeled.as_deref()),
+            Role::StudentKd => (&student_labels, None),
+        };
+        let mut task = ClassifierTask {
+            model: model.as_ref(),
+            x: &train.images,
+            labels,
+            teacher_logits: teacher_logits.get(&ph.seed),
+            kd,
+            jitter: stage.jitter,
+            rows,
+        };
+        let examples = task.num_examples();
+        let topts = TrainOptions {
+            phase: ph.id.clone(),
+            seed: ph.seed,
+            cfg: stage.train.clone(),
+            dir: dir.clone(),
+            checkpoint_every: recipe.checkpoint.every_steps,
+            log_every: 20,
+            progress: opts.progress,
+        };
+        let report = fit(&vs, &mut task, &topts)?;
+        let model_path = dir.join("model.safetensors");
+        save_weights(&vs, &model_path)?;
+        let errs = errors(model.as_ref(), &test);
+        let params = param_count(&vs);
+        if ph.role == Role::Teacher {
+            teacher_params.insert(ph.seed, params);
+        }
+        let tp = teacher_params.get(&ph.seed).copied().unwrap_or(params);
+        let res = PhaseResult {
+            role: ph.role,
+            seed: ph.seed,
+            temperature: ph.temperature,
+            alpha: kd.map(|k| k.alpha),
+            test_errors: errs,
+            test_total: test.len() as i64,
+            test_accuracy: 1.0 - errs as f64 / test.len() as f64,
+            params,
+            size_bytes: std::fs::metadata(&model_path).map(|m| m.len()).unwrap_or(0),
+            latency_ms_per_1k: latency_ms_per_1k(model.as_ref(), &test),
+            compression_ratio: tp as f64 / params as f64,
+            train_examples: if ph.role == Role::Teacher { n } else { examples },
+            labeled_examples: match ph.role {
+                Role::Teacher => n,
+                _ => n_labeled,
+            },
+            steps: report.steps,
+            train_seconds: report.seconds,
+        };
+        write_json(&result_path, &res)?;
+        if opts.verbose {
+            eprintln!("{:>18}: {} test errors ({:.1}s)", ph.id, errs, report.seconds);
+        }
+        results.push(res);
+    }
+    let summary = summarize(recipe, results);
+    write_json(&out.join("summary.json"), &summary)?;
+    Ok(summary)
+}
+
+fn summarize(recipe: &ImageRecipe, results: Vec<PhaseResult>) -> Summary {
+    let t = recipe.distill.temperature;
+    let mut gap = BTreeMap::new();
+    for &seed in &recipe.seeds {
+        let find = |role: Role, temp: Option<f64>| {
+            results
+                .iter()
+                .find(|r| r.seed == seed && r.role == role && r.temperature == temp)
+                .map(|r| r.test_errors as f64)
+        };
+        if let (Some(te), Some(sc), Some(kd)) =
+            (find(Role::Teacher, None), find(Role::StudentScratch, None), find(Role::StudentKd, Some(t)))
+        {
+            if sc != te {
+                gap.insert(seed.to_string(), (sc - kd) / (sc - te));
+            }
+        }
+    }
+    let mean = (!gap.is_empty()).then(|| gap.values().sum::<f64>() / gap.len() as f64);
+    Summary { recipe: recipe.name.clone(), results, gap_recovered: gap, gap_recovered_mean: mean }
+}
+
+/// The summary as a plain-text table.
+pub fn table(s: &Summary) -> String {
+    let mut o = format!(
+        "{:<16} {:>4} {:>6} {:>8} {:>9} {:>10} {:>9} {:>12} {:>7}\n",
+        "role", "seed", "T", "errors", "accuracy", "params", "size", "ms/1k imgs", "compr."
+    );
+    for r in &s.results {
+        let role = match r.role {
+            Role::Teacher => "teacher",
+            Role::StudentScratch => "student-scratch",
+            Role::StudentKd => "student-kd",
+        };
+        let t = r.temperature.map(|t| format!("{t}")).unwrap_or_else(|| "-".into());
+        o += &format!(
+            "{:<16} {:>4} {:>6} {:>8} {:>8.2}% {:>10} {:>8.2}M {:>12.2} {:>6.2}x\n",
+            role,
+            r.seed,
+            t,
+            r.test_errors,
+            r.test_accuracy * 100.0,
+            r.params,
+            r.size_bytes as f64 / 1e6,
+            r.latency_ms_per_1k,
+            r.compression_ratio
+        );
+    }
+    for (seed, g) in &s.gap_recovered {
+        o += &format!("gap recovered by KD, seed {seed}: {:.1}%\n", g * 100.0);
+    }
+    if let Some(m) = s.gap_recovered_mean {
+        o += &format!("gap recovered by KD, mean: {:.1}%  ((scratch − kd) / (scratch − teacher))\n", m * 100.0);
+    }
+    o
+}
+
+/// The phase directories a run uses, for tools and tests.
+pub fn phase_dirs(recipe: &ImageRecipe, out: &Path) -> Vec<PathBuf> {
+    phases(recipe).into_iter().map(|p| out.join("phases").join(p.id)).collect()
+}

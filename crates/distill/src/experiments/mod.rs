@@ -1,0 +1,3 @@
+//! End-to-end experiments driven by a recipe.
+
+pub mod image;

@@ -1,0 +1,582 @@
+//! TOML recipes: the schema, `--set dotted.key=value` overrides and validation.
+//!
+//! A recipe is parsed in two steps: the `task` key picks the schema, then the whole document is
+//! deserialized into it with unknown keys rejected by name. [`ImageRecipe::validate`] then checks
+//! everything that can be checked without a tensor (files exist, values in range), so a typo
+//! fails in milliseconds. Defaults are declared once, on the fields below.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{fetch, Error, Result};
+
+/// Which kind of experiment a recipe describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Task {
+    /// Teacher, scratch student and distilled student on an image classification set.
+    ImageClassification,
+}
+
+#[derive(Deserialize)]
+struct TaskOnly {
+    task: Option<Task>,
+}
+
+/// A parsed recipe of any task.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum Recipe {
+    Image(ImageRecipe),
+}
+
+impl Recipe {
+    /// Parses TOML text, applying `overrides` (`dotted.key=value`, value in TOML syntax or a bare
+    /// string) before deserializing.
+    pub fn parse(text: &str, overrides: &[String]) -> Result<Recipe> {
+        let mut doc: toml::Table = toml::from_str(text).map_err(|e| Error::Recipe(one_line(&e)))?;
+        for o in overrides {
+            apply_override(&mut doc, o)?;
+        }
+        let t: TaskOnly = doc.clone().try_into().map_err(|e: toml::de::Error| Error::Recipe(one_line(&e)))?;
+        match t.task {
+            Some(Task::ImageClassification) => {
+                let r: ImageRecipe = doc.try_into().map_err(|e: toml::de::Error| Error::Recipe(one_line(&e)))?;
+                Ok(Recipe::Image(r))
+            }
+            None => Err(Error::Recipe("missing key `task` (one of: image-classification)".into())),
+        }
+    }
+
+    /// Reads and parses a recipe file.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Recipe> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Recipe::parse(&text, overrides).map_err(|e| match e {
+            Error::Recipe(m) => Error::Recipe(format!("{}: {m}", path.display())),
+            e => e,
+        })
+    }
+
+    /// The resolved recipe as TOML, saved in every run directory.
+    pub fn to_toml(&self) -> Result<String> {
+        toml::to_string_pretty(self).map_err(|e| Error::Recipe(e.to_string()))
+    }
+
+    /// Checks everything that needs no tensor. `asset:` paths that are not fetched yet pass
+    /// (the runner fetches them).
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            Recipe::Image(r) => r.validate(),
+        }
+    }
+
+    /// Every path in the recipe, as written (possibly `asset:` paths).
+    pub fn paths(&self) -> Vec<&str> {
+        match self {
+            Recipe::Image(r) => r.data.paths(),
+        }
+    }
+}
+
+fn one_line(e: &dyn std::fmt::Display) -> String {
+    // toml's errors span several lines (a source excerpt); keep the message and the location.
+    let s = e.to_string();
+    let lines: Vec<&str> = s.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let msg = lines.last().copied().unwrap_or("");
+    match lines.first() {
+        Some(first) if lines.len() > 1 => format!("{msg} ({})", first.trim_end_matches(':')),
+        _ => msg.to_string(),
+    }
+}
+
+/// Applies one `a.b.c=value` override to a TOML document.
+pub fn apply_override(doc: &mut toml::Table, spec: &str) -> Result<()> {
+    let (key, raw) =
+        spec.split_once('=').ok_or_else(|| Error::Recipe(format!("--set `{spec}`: expected dotted.key=value")))?;
+    let key = key.trim();
+    let value: toml::Value = match toml::from_str::<toml::Table>(&format!("v = {}", raw.trim())) {
+        Ok(mut t) => t.remove("v").unwrap_or(toml::Value::String(raw.to_string())),
+        Err(_) => toml::Value::String(raw.trim().to_string()),
+    };
+    let parts: Vec<&str> = key.split('.').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        return Err(Error::Recipe(format!("--set `{spec}`: empty key segment")));
+    }
+    let mut table = doc;
+    for p in &parts[..parts.len() - 1] {
+        let entry = table.entry(p.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        table = entry.as_table_mut().ok_or_else(|| Error::Recipe(format!("--set `{spec}`: `{p}` is not a table")))?;
+    }
+    table.insert(parts[parts.len() - 1].to_string(), value);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Image classification
+// ---------------------------------------------------------------------------------------------
+
+/// Teacher, scratch student and distilled student on an image set (Hinton et al. 2015, §3).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageRecipe {
+    pub task: Task,
+    /// Name shown in tables and summary.json.
+    pub name: String,
+    /// Each seed trains a teacher, a scratch student and a KD student.
+    #[serde(default = "default_seeds")]
+    pub seeds: Vec<u64>,
+    /// Intra-op threads for libtorch (default: all cores).
+    #[serde(default)]
+    pub threads: Option<usize>,
+    pub data: ImageData,
+    pub teacher: Stage,
+    pub student: Stage,
+    pub distill: ImageDistill,
+    #[serde(default)]
+    pub checkpoint: CheckpointCfg,
+}
+
+fn default_seeds() -> Vec<u64> {
+    vec![0]
+}
+
+/// File format of an image set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ImageFormat {
+    /// IDX (MNIST) files, raw or gzip: separate image and label files.
+    Idx,
+    /// CSV, one image per row: a label column and the pixels.
+    Csv,
+}
+
+/// Where the images are and how to read them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageData {
+    pub format: ImageFormat,
+    /// IDX: training images file.
+    #[serde(default)]
+    pub train_images: Option<String>,
+    /// IDX: training labels file.
+    #[serde(default)]
+    pub train_labels: Option<String>,
+    /// IDX: test images file.
+    #[serde(default)]
+    pub test_images: Option<String>,
+    /// IDX: test labels file.
+    #[serde(default)]
+    pub test_labels: Option<String>,
+    /// CSV: training file.
+    #[serde(default)]
+    pub train: Option<String>,
+    /// CSV: test file.
+    #[serde(default)]
+    pub test: Option<String>,
+    /// CSV: index of the label column (default 0); every other column is a pixel.
+    #[serde(default)]
+    pub label_column: usize,
+    /// CSV: whether the first row is a header (default: detected — a first row that is not all
+    /// numbers is a header).
+    #[serde(default)]
+    pub header: Option<bool>,
+    /// Pixels are divided by this (default 255 for 8-bit images; 16 for sklearn digits).
+    #[serde(default = "default_pixel_scale")]
+    pub pixel_scale: f64,
+    /// Image height × width (default: IDX header, or the square root of the CSV pixel count).
+    #[serde(default)]
+    pub image_size: Option<[usize; 2]>,
+    /// Students see labels for only the first N (shuffled, class-balanced not guaranteed)
+    /// training images; the teacher's soft targets still cover all of them (KD with
+    /// unlabeled data). The scratch student trains on those N only.
+    #[serde(default)]
+    pub labeled_subset: Option<usize>,
+}
+
+fn default_pixel_scale() -> f64 {
+    255.0
+}
+
+impl ImageData {
+    /// The paths this section names, as written.
+    pub fn paths(&self) -> Vec<&str> {
+        [&self.train_images, &self.train_labels, &self.test_images, &self.test_labels, &self.train, &self.test]
+            .into_iter()
+            .filter_map(|p| p.as_deref())
+            .collect()
+    }
+}
+
+/// A model architecture.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum ModelSpec {
+    /// Fully connected ReLU network.
+    Mlp {
+        /// Hidden widths, e.g. `[1200, 1200]`.
+        hidden: Vec<usize>,
+        /// Dropout after each hidden layer (Hinton: 0.5).
+        #[serde(default)]
+        dropout: f64,
+        /// Dropout on the input pixels (Hinton: 0.2).
+        #[serde(default)]
+        input_dropout: f64,
+    },
+    /// Small conv net: 3×3 conv + ReLU + 2×2 max-pool per entry of `channels`, then one hidden
+    /// fully connected layer.
+    Cnn {
+        channels: Vec<usize>,
+        hidden: usize,
+        #[serde(default)]
+        dropout: f64,
+    },
+}
+
+/// Optimizer family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OptimizerKind {
+    /// AdamW (Loshchilov & Hutter 2019), decoupled weight decay on matrices only.
+    Adamw,
+    /// SGD with (optionally Nesterov) momentum, PyTorch convention.
+    Sgd,
+}
+
+/// Learning-rate schedule after warmup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Schedule {
+    Constant,
+    /// Cosine decay from `lr` to `lr·min_lr_ratio` at the last step.
+    Cosine,
+    Linear,
+}
+
+/// How one model is trained.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainCfg {
+    /// Passes over the training set (exclusive with `steps`).
+    #[serde(default)]
+    pub epochs: Option<f64>,
+    /// Optimizer steps (exclusive with `epochs`).
+    #[serde(default)]
+    pub steps: Option<u64>,
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    #[serde(default = "default_optimizer")]
+    pub optimizer: OptimizerKind,
+    pub lr: f64,
+    #[serde(default)]
+    pub weight_decay: f64,
+    /// SGD momentum.
+    #[serde(default = "default_momentum")]
+    pub momentum: f64,
+    #[serde(default)]
+    pub nesterov: bool,
+    /// AdamW betas.
+    #[serde(default = "default_betas")]
+    pub betas: [f64; 2],
+    #[serde(default = "default_eps")]
+    pub eps: f64,
+    #[serde(default = "default_schedule")]
+    pub schedule: Schedule,
+    /// Linear warmup steps from 0 to `lr`.
+    #[serde(default)]
+    pub warmup_steps: u64,
+    #[serde(default)]
+    pub min_lr_ratio: f64,
+    /// Clip the global gradient L2 norm to this value.
+    #[serde(default)]
+    pub clip_grad_norm: Option<f64>,
+}
+
+fn default_batch() -> usize {
+    128
+}
+fn default_optimizer() -> OptimizerKind {
+    OptimizerKind::Adamw
+}
+fn default_momentum() -> f64 {
+    0.9
+}
+fn default_betas() -> [f64; 2] {
+    [0.9, 0.999]
+}
+fn default_eps() -> f64 {
+    1e-8
+}
+fn default_schedule() -> Schedule {
+    Schedule::Cosine
+}
+
+impl TrainCfg {
+    fn validate(&self, what: &str) -> Result<()> {
+        let bad = |m: String| Err(Error::Recipe(format!("{what}: {m}")));
+        match (self.epochs, self.steps) {
+            (Some(_), Some(_)) => return bad("set either `epochs` or `steps`, not both".into()),
+            (None, None) => return bad("set `epochs` or `steps`".into()),
+            (Some(e), None) if !(e > 0.0 && e.is_finite()) => return bad(format!("epochs must be > 0, got {e}")),
+            (None, Some(0)) => return bad("steps must be > 0".into()),
+            _ => {}
+        }
+        if self.batch_size == 0 {
+            return bad("batch_size must be > 0".into());
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return bad(format!("lr must be > 0, got {}", self.lr));
+        }
+        if !(0.0..1.0).contains(&self.momentum) {
+            return bad(format!("momentum must be in [0, 1), got {}", self.momentum));
+        }
+        if self.betas.iter().any(|b| !(0.0..1.0).contains(b)) {
+            return bad(format!("betas must be in [0, 1), got {:?}", self.betas));
+        }
+        if self.weight_decay < 0.0 {
+            return bad("weight_decay must be >= 0".into());
+        }
+        if !(0.0..=1.0).contains(&self.min_lr_ratio) {
+            return bad("min_lr_ratio must be in [0, 1]".into());
+        }
+        if let Some(c) = self.clip_grad_norm {
+            if c <= 0.0 {
+                return bad("clip_grad_norm must be > 0".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Total optimizer steps for a training set of `n` examples.
+    pub fn total_steps(&self, n: usize) -> u64 {
+        let per_epoch = n.div_ceil(self.batch_size.max(1)) as u64;
+        match (self.steps, self.epochs) {
+            (Some(s), _) => s,
+            (None, Some(e)) => ((per_epoch as f64) * e).ceil().max(1.0) as u64,
+            (None, None) => per_epoch,
+        }
+    }
+}
+
+/// A model and how it is trained.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stage {
+    pub model: ModelSpec,
+    pub train: TrainCfg,
+    /// Random translation of up to ±N pixels per training image (Hinton's teacher: 2).
+    #[serde(default)]
+    pub jitter: usize,
+}
+
+/// The distillation objective for image classification.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageDistill {
+    /// Softmax temperature T of the main KD run.
+    pub temperature: f64,
+    /// Weight α of the soft term: `α·T²·KL + (1−α)·CE`.
+    pub alpha: f64,
+    /// Extra KD runs at these temperatures (first seed only): the temperature sweep.
+    #[serde(default)]
+    pub sweep: Vec<f64>,
+}
+
+/// Checkpointing.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointCfg {
+    /// Save a checkpoint every N optimizer steps (and at the end).
+    #[serde(default = "default_every")]
+    pub every_steps: u64,
+}
+
+fn default_every() -> u64 {
+    200
+}
+
+impl Default for CheckpointCfg {
+    fn default() -> Self {
+        CheckpointCfg { every_steps: default_every() }
+    }
+}
+
+fn check_model(m: &ModelSpec, what: &str) -> Result<()> {
+    let bad = |msg: String| Err(Error::Recipe(format!("{what}.model: {msg}")));
+    match m {
+        ModelSpec::Mlp { hidden, dropout, input_dropout } => {
+            if hidden.contains(&0) {
+                return bad("hidden widths must be > 0".into());
+            }
+            for (k, p) in [("dropout", dropout), ("input_dropout", input_dropout)] {
+                if !(0.0..1.0).contains(p) {
+                    return bad(format!("{k} must be in [0, 1), got {p}"));
+                }
+            }
+        }
+        ModelSpec::Cnn { channels, hidden, dropout } => {
+            if channels.is_empty() || channels.contains(&0) || *hidden == 0 {
+                return bad("channels must be a non-empty list of widths > 0 and hidden > 0".into());
+            }
+            if !(0.0..1.0).contains(dropout) {
+                return bad(format!("dropout must be in [0, 1), got {dropout}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks that a recipe path exists, resolving `asset:` paths (an unfetched asset passes: the
+/// runner fetches it).
+pub fn check_path(p: &str, key: &str) -> Result<PathBuf> {
+    let path = fetch::resolve(p)?;
+    if p.starts_with("asset:") && !fetch::missing_assets([p])?.is_empty() {
+        return Ok(path);
+    }
+    if !path.exists() {
+        return Err(Error::Recipe(format!("{key}: no such file: {}", path.display())));
+    }
+    Ok(path)
+}
+
+impl ImageRecipe {
+    /// Checks values and paths. No tensor is created.
+    pub fn validate(&self) -> Result<()> {
+        if self.seeds.is_empty() {
+            return Err(Error::Recipe("seeds: give at least one seed".into()));
+        }
+        if let Some(0) = self.threads {
+            return Err(Error::Recipe("threads must be > 0".into()));
+        }
+        let d = &self.data;
+        let need = |v: &Option<String>, key: &str| -> Result<()> {
+            match v {
+                Some(p) => check_path(p, &format!("data.{key}")).map(|_| ()),
+                None => Err(Error::Recipe(format!("data.{key} is required for format = {:?}", d.format))),
+            }
+        };
+        match d.format {
+            ImageFormat::Idx => {
+                need(&d.train_images, "train_images")?;
+                need(&d.train_labels, "train_labels")?;
+                need(&d.test_images, "test_images")?;
+                need(&d.test_labels, "test_labels")?;
+            }
+            ImageFormat::Csv => {
+                need(&d.train, "train")?;
+                need(&d.test, "test")?;
+            }
+        }
+        if !(d.pixel_scale > 0.0 && d.pixel_scale.is_finite()) {
+            return Err(Error::Recipe(format!("data.pixel_scale must be > 0, got {}", d.pixel_scale)));
+        }
+        if let Some([h, w]) = d.image_size {
+            if h == 0 || w == 0 {
+                return Err(Error::Recipe("data.image_size must be positive".into()));
+            }
+        }
+        if d.labeled_subset == Some(0) {
+            return Err(Error::Recipe("data.labeled_subset must be > 0".into()));
+        }
+        check_model(&self.teacher.model, "teacher")?;
+        check_model(&self.student.model, "student")?;
+        self.teacher.train.validate("teacher.train")?;
+        self.student.train.validate("student.train")?;
+        let dd = &self.distill;
+        for t in std::iter::once(&dd.temperature).chain(&dd.sweep) {
+            if !(*t > 0.0 && t.is_finite()) {
+                return Err(Error::Recipe(format!("distill: temperatures must be > 0, got {t}")));
+            }
+        }
+        if !(0.0..=1.0).contains(&dd.alpha) {
+            return Err(Error::Recipe(format!("distill.alpha must be in [0, 1], got {}", dd.alpha)));
+        }
+        if self.checkpoint.every_steps == 0 {
+            return Err(Error::Recipe("checkpoint.every_steps must be > 0".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: &str = r#"
+task = "image-classification"
+name = "t"
+[data]
+format = "csv"
+train = "Cargo.toml"
+test = "Cargo.toml"
+[teacher]
+model = { type = "mlp", hidden = [8] }
+train = { epochs = 1, lr = 0.001 }
+[student]
+model = { type = "mlp", hidden = [4] }
+train = { epochs = 1, lr = 0.001 }
+[distill]
+temperature = 4.0
+alpha = 0.9
+"#;
+
+    fn parse(over: &[&str]) -> Result<Recipe> {
+        let o: Vec<String> = over.iter().map(|s| s.to_string()).collect();
+        Recipe::parse(MIN, &o)
+    }
+
+    #[test]
+    fn minimal_recipe_parses_with_documented_defaults() {
+        let Recipe::Image(r) = parse(&[]).unwrap();
+        assert_eq!(r.seeds, vec![0]);
+        assert_eq!(r.student.train.batch_size, 128);
+        assert_eq!(r.student.train.optimizer, OptimizerKind::Adamw);
+        assert_eq!(r.data.pixel_scale, 255.0);
+        assert_eq!(r.checkpoint.every_steps, 200);
+        assert_eq!(r.teacher.model, ModelSpec::Mlp { hidden: vec![8], dropout: 0.0, input_dropout: 0.0 });
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = parse(&["distill.temprature=3"]).unwrap_err().to_string();
+        assert!(e.contains("unknown field `temprature`"), "{e}");
+        assert!(!e.contains('\n'), "{e}");
+        let e = parse(&["teacher.model.widths=[3]"]).unwrap_err().to_string();
+        assert!(e.contains("unknown field `widths`"), "{e}");
+    }
+
+    #[test]
+    fn overrides_take_toml_values_and_bare_strings() {
+        let Recipe::Image(r) =
+            parse(&["seeds=[1,2,3]", "distill.temperature=20", "name=hello world", "student.train.epochs=2.5"])
+                .unwrap();
+        assert_eq!(r.seeds, vec![1, 2, 3]);
+        assert_eq!(r.distill.temperature, 20.0);
+        assert_eq!(r.name, "hello world");
+        assert_eq!(r.student.train.epochs, Some(2.5));
+    }
+
+    #[test]
+    fn validation_catches_ranges_and_paths() {
+        let cases = [
+            ("distill.alpha=1.5", "distill.alpha must be in [0, 1]"),
+            ("distill.temperature=0", "temperatures must be > 0"),
+            ("data.train=missing.csv", "data.train: no such file: missing.csv"),
+            ("teacher.train.lr=-1", "teacher.train: lr must be > 0"),
+            ("student.train.steps=10", "set either `epochs` or `steps`"),
+            ("teacher.model.dropout=1.0", "teacher.model: dropout must be in [0, 1)"),
+        ];
+        for (o, want) in cases {
+            let e = parse(&[o]).and_then(|r| r.validate()).unwrap_err().to_string();
+            assert!(e.contains(want), "{o}: {e}");
+        }
+        parse(&[]).unwrap().validate().unwrap();
+    }
+
+    #[test]
+    fn total_steps_from_epochs() {
+        let Recipe::Image(r) = parse(&["student.train.epochs=1.5", "student.train.batch_size=100"]).unwrap();
+        assert_eq!(r.student.train.total_steps(1000), 15);
+        assert_eq!(r.student.train.total_steps(1001), 17);
+    }
+}

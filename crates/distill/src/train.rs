@@ -1,0 +1,216 @@
+//! The one Trainer: batches, optimizer step, warmup + schedule, gradient clipping, NaN guard,
+//! `metrics.jsonl`, atomic checkpoints and exact resume.
+//!
+//! Determinism: the batch order of epoch `e` is a permutation drawn from `(seed, e)`, and every
+//! step reseeds libtorch (dropout) and the augmentation RNG from `(seed, step)`. A checkpoint
+//! holds parameters, optimizer moments and the step; so a run killed at any point and resumed
+//! from its last checkpoint replays exactly the steps an uninterrupted run takes (on the same
+//! machine and thread count).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use tch::{nn, Tensor};
+
+use crate::checkpoint::{load_tensors, save_tensors};
+use crate::data::rng::SplitMix64;
+use crate::optim::{lr_at, Optimizer};
+use crate::recipe::TrainCfg;
+use crate::{Error, Result};
+
+/// A training objective the Trainer can drive.
+pub trait TrainTask {
+    /// Number of training examples; batches are drawn from `0..num_examples()`.
+    fn num_examples(&self) -> usize;
+    /// Computes the loss of a batch (example indices). `rng` is seeded from (seed, step) for
+    /// augmentation.
+    fn loss(&mut self, batch: &[usize], rng: &mut SplitMix64) -> Result<StepLoss>;
+}
+
+/// A step's loss: `total` is backpropagated; `parts` are logged.
+#[derive(Debug)]
+pub struct StepLoss {
+    pub total: Tensor,
+    pub parts: Vec<(&'static str, Tensor)>,
+}
+
+/// How a phase trains.
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    /// Phase name, shown in the progress bar and metrics.
+    pub phase: String,
+    pub seed: u64,
+    pub cfg: TrainCfg,
+    /// Directory for `ckpt.safetensors` and `metrics.jsonl`.
+    pub dir: PathBuf,
+    pub checkpoint_every: u64,
+    /// Write a metrics line every N steps.
+    pub log_every: u64,
+    /// Draw a progress bar on stderr (only when it is a terminal).
+    pub progress: bool,
+}
+
+/// What a finished phase reports.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TrainReport {
+    pub steps: u64,
+    pub final_loss: f64,
+    pub seconds: f64,
+    pub resumed_from: Option<u64>,
+}
+
+const CKPT: &str = "ckpt.safetensors";
+
+fn mix(seed: u64, step: u64) -> i64 {
+    (SplitMix64::derive(seed, 0xd15_7111, step).next_u64() >> 1) as i64
+}
+
+/// Trains the trainable variables of `vs` on `task`.
+pub fn fit(vs: &nn::VarStore, task: &mut dyn TrainTask, opts: &TrainOptions) -> Result<TrainReport> {
+    let n = task.num_examples();
+    if n == 0 {
+        return Err(Error::Invalid(format!("{}: no training examples", opts.phase)));
+    }
+    std::fs::create_dir_all(&opts.dir).map_err(|e| Error::io(&opts.dir, e))?;
+    let cfg = &opts.cfg;
+    let bs = cfg.batch_size.min(n);
+    let per_epoch = n.div_ceil(bs) as u64;
+    let total = cfg.total_steps(n);
+    let mut params: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+    params.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut opt = Optimizer::new(cfg, params.iter().map(|(k, t)| (k.clone(), t.shallow_clone())).collect());
+
+    let ckpt = opts.dir.join(CKPT);
+    let metrics_path = opts.dir.join("metrics.jsonl");
+    let mut start = 0u64;
+    let mut resumed_from = None;
+    if ckpt.is_file() {
+        start = load_checkpoint(&ckpt, &params, &mut opt)?;
+        resumed_from = Some(start);
+        truncate_metrics(&metrics_path, start)?;
+    } else {
+        let _ = std::fs::remove_file(&metrics_path);
+    }
+    let mut metrics = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&metrics_path)
+        .map_err(|e| Error::io(&metrics_path, e))?;
+
+    let bar = if opts.progress { ProgressBar::new(total) } else { ProgressBar::hidden() };
+    bar.set_style(
+        ProgressStyle::with_template("{prefix:>18} [{bar:28}] {pos}/{len} {msg} ETA {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(opts.phase.clone());
+    bar.set_position(start);
+
+    let t0 = Instant::now();
+    let mut order: Option<(u64, Vec<usize>)> = None;
+    let mut last_loss = f64::NAN;
+    for step in start..total {
+        let epoch = step / per_epoch;
+        let within = (step % per_epoch) as usize;
+        if order.as_ref().map(|o| o.0) != Some(epoch) {
+            order = Some((epoch, SplitMix64::derive(opts.seed, 1, epoch).permutation(n)));
+        }
+        let perm = order.as_ref().map(|o| &o.1[..]).unwrap_or(&[]);
+        let batch = &perm[within * bs..((within + 1) * bs).min(n)];
+        tch::manual_seed(mix(opts.seed, step));
+        let mut rng = SplitMix64::derive(opts.seed, 2, step);
+        let out = task.loss(batch, &mut rng)?;
+        let loss = out.total.double_value(&[]);
+        if !loss.is_finite() {
+            return Err(Error::NonFinite { phase: opts.phase.clone(), step, value: loss });
+        }
+        opt.zero_grad();
+        out.total.backward();
+        let gnorm = opt.clip_grad_norm(cfg.clip_grad_norm);
+        let lr = lr_at(cfg, step, total);
+        opt.step(lr);
+        last_loss = loss;
+        let done = step + 1;
+        if done % opts.log_every.max(1) == 0 || done == total {
+            let secs = t0.elapsed().as_secs_f64();
+            let sps = ((done - start) as f64 * bs as f64) / secs.max(1e-9);
+            let mut line = serde_json::json!({
+                "phase": opts.phase, "step": done, "epoch": done as f64 / per_epoch as f64,
+                "loss": loss, "lr": lr, "grad_norm": gnorm, "samples_per_s": sps,
+            });
+            for (k, v) in &out.parts {
+                line[*k] = serde_json::json!(v.double_value(&[]));
+            }
+            writeln!(metrics, "{line}").map_err(|e| Error::io(&metrics_path, e))?;
+            bar.set_message(format!("loss {loss:.4} | {sps:.0} samples/s"));
+        }
+        if done % opts.checkpoint_every == 0 && done < total {
+            save_checkpoint(&ckpt, &params, &opt, done, &opts.phase)?;
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    save_checkpoint(&ckpt, &params, &opt, total, &opts.phase)?;
+    Ok(TrainReport { steps: total, final_loss: last_loss, seconds: t0.elapsed().as_secs_f64(), resumed_from })
+}
+
+fn save_checkpoint(path: &Path, params: &[(String, Tensor)], opt: &Optimizer, step: u64, phase: &str) -> Result<()> {
+    let mut all: Vec<(String, Tensor)> =
+        params.iter().map(|(k, t)| (format!("param.{k}"), t.shallow_clone())).collect();
+    all.extend(opt.state().into_iter().map(|(k, t)| (format!("opt.{k}"), t)));
+    let meta = BTreeMap::from([
+        ("format".to_string(), "distill-checkpoint-v1".to_string()),
+        ("step".to_string(), step.to_string()),
+        ("phase".to_string(), phase.to_string()),
+    ]);
+    save_tensors(path, &all, meta)
+}
+
+fn load_checkpoint(path: &Path, params: &[(String, Tensor)], opt: &mut Optimizer) -> Result<u64> {
+    let l = load_tensors(path)?;
+    let step: u64 = l
+        .metadata
+        .get("step")
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| Error::format(path, "checkpoint has no step in its metadata"))?;
+    tch::no_grad(|| -> Result<()> {
+        for (k, t) in params {
+            let src = l
+                .tensors
+                .get(&format!("param.{k}"))
+                .ok_or_else(|| Error::format(path, format!("checkpoint lacks parameter `{k}`")))?;
+            if src.size() != t.size() {
+                return Err(Error::format(
+                    path,
+                    format!("parameter `{k}` has shape {:?}, model expects {:?}", src.size(), t.size()),
+                ));
+            }
+            t.shallow_clone().copy_(src);
+        }
+        Ok(())
+    })?;
+    let missing = opt.load_state(&|k| l.tensors.get(&format!("opt.{k}")).map(|t| t.shallow_clone()), step);
+    if let Some(m) = missing.first() {
+        return Err(Error::format(path, format!("checkpoint lacks optimizer state `{m}`")));
+    }
+    Ok(step)
+}
+
+/// Drops metrics lines past `step` (they belong to work the checkpoint does not include).
+fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
+    let kept: String = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v["step"].as_u64())
+                .is_some_and(|s| s <= step)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    crate::checkpoint::write_atomic(path, kept.as_bytes())
+}
