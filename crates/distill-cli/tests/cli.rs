@@ -1,0 +1,314 @@
+//! The real `distill` binary on small data sets it makes itself: end-to-end numbers, exact
+//! resume after `kill -9`, and one clear error line for each kind of bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_distill");
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn tmpdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("distill-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A synthetic 8×8, 10-class image set, written as CSV (`label,p0..p63`, pixels 0–16 like
+/// sklearn's digits): each class is a plane wave of its own orientation and frequency, so a few
+/// pixels of jitter keep it recognisable, plus uniform noise.
+fn write_csv(path: &Path, n: usize, seed: u64) {
+    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut next = move || {
+        s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((s >> 33) as f64) / (1u64 << 31) as f64
+    };
+    let mut proto_rng = {
+        let mut p = 12345u64;
+        move || {
+            p = p.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((p >> 33) as f64) / (1u64 << 31) as f64
+        }
+    };
+    let protos: Vec<[f64; 3]> = (0..10)
+        .map(|c| {
+            let angle = c as f64 * std::f64::consts::PI / 5.0;
+            let freq = if c % 2 == 0 { 0.6 } else { 1.1 };
+            [angle.cos() * freq, angle.sin() * freq, proto_rng() * 6.0]
+        })
+        .collect();
+    let mut out = String::from("label");
+    for i in 0..64 {
+        out += &format!(",p{i}");
+    }
+    out.push('\n');
+    for i in 0..n {
+        let c = i % 10;
+        out += &c.to_string();
+        let [a, b, phase] = protos[c];
+        for k in 0..64 {
+            let (y, x) = ((k / 8) as f64, (k % 8) as f64);
+            let v = (8.0 + 7.0 * (a * x + b * y + phase).sin() + (next() - 0.5) * 8.0).clamp(0.0, 16.0).round();
+            out += &format!(",{v}");
+        }
+        out.push('\n');
+    }
+    std::fs::write(path, out).unwrap();
+}
+
+fn tiny_recipe(dir: &Path) -> PathBuf {
+    write_csv(&dir.join("train.csv"), 600, 1);
+    write_csv(&dir.join("test.csv"), 200, 2);
+    let r = dir.join("tiny.toml");
+    std::fs::write(
+        &r,
+        format!(
+            r#"
+task = "image-classification"
+name = "tiny"
+seeds = [0]
+threads = 1
+[data]
+format = "csv"
+train = "{0}/train.csv"
+test = "{0}/test.csv"
+pixel_scale = 16.0
+[teacher]
+model = {{ type = "mlp", hidden = [64, 64], dropout = 0.2 }}
+jitter = 1
+train = {{ epochs = 10, batch_size = 50, lr = 1e-2 }}
+[student]
+model = {{ type = "mlp", hidden = [16] }}
+train = {{ epochs = 10, batch_size = 50, lr = 1e-2 }}
+[distill]
+temperature = 4.0
+alpha = 0.9
+sweep = [2.0]
+[checkpoint]
+every_steps = 10
+"#,
+            dir.display()
+        ),
+    )
+    .unwrap();
+    r
+}
+
+fn distill(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).current_dir(root()).output().unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The last stderr line must be the one error line, and the exit code non-zero.
+fn assert_error(o: &Output, want: &[&str]) {
+    assert!(!o.status.success(), "expected failure, got success; stderr: {}", stderr(o));
+    let err = stderr(o);
+    let last = err.lines().last().unwrap_or("");
+    assert!(last.starts_with("error: "), "{err}");
+    assert_eq!(err.lines().filter(|l| l.starts_with("error")).count(), 1, "{err}");
+    for w in want {
+        assert!(last.contains(w), "`{w}` not in `{last}`");
+    }
+}
+
+fn summary(out: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn csv_run_reports_numbers_in_summary() {
+    let d = tmpdir("csv");
+    let r = tiny_recipe(&d);
+    let out = d.join("run");
+    let o = distill(&["run", r.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let s = summary(&out);
+    let res = s["results"].as_array().unwrap();
+    let roles: Vec<&str> = res.iter().map(|r| r["role"].as_str().unwrap()).collect();
+    assert_eq!(roles, ["teacher", "student-scratch", "student-kd", "student-kd"]);
+    // 64-64-64-10 teacher and 64-16-10 student.
+    assert_eq!(res[0]["params"], 64 * 64 + 64 + 64 * 64 + 64 + 64 * 10 + 10);
+    assert_eq!(res[1]["params"], 64 * 16 + 16 + 16 * 10 + 10);
+    let ratio = res[1]["compression_ratio"].as_f64().unwrap();
+    assert!((ratio - 8970.0 / 1210.0).abs() < 1e-9, "{ratio}");
+    assert_eq!(res[2]["temperature"], 4.0);
+    assert_eq!(res[3]["temperature"], 2.0);
+    for r in res {
+        let errs = r["test_errors"].as_i64().unwrap();
+        assert_eq!(r["test_total"], 200);
+        assert!((r["test_accuracy"].as_f64().unwrap() - (1.0 - errs as f64 / 200.0)).abs() < 1e-12);
+        // The classes are well separated: every model must learn them.
+        assert!(errs < 20, "{} has {errs} test errors", r["role"]);
+        assert!(r["latency_ms_per_1k"].as_f64().unwrap() > 0.0);
+    }
+    // Every phase logged its loss, and it went down.
+    let m = std::fs::read_to_string(out.join("phases/teacher-s0/metrics.jsonl")).unwrap();
+    let losses: Vec<f64> =
+        m.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64().unwrap()).collect();
+    assert_eq!(losses.len(), 6); // 120 steps, a line every 20
+    assert!(losses[5] < losses[0], "{losses:?}");
+    assert!(out.join("recipe.toml").is_file());
+}
+
+#[test]
+fn fashion_recipe_runs_on_a_csv_set_by_overriding_data_only() {
+    let d = tmpdir("fashion-csv");
+    write_csv(&d.join("train.csv"), 1000, 3);
+    write_csv(&d.join("test.csv"), 100, 4);
+    let out = d.join("run");
+    let sets = [
+        "data.format=csv".to_string(),
+        format!("data.train={}", d.join("train.csv").display()),
+        format!("data.test={}", d.join("test.csv").display()),
+        "data.pixel_scale=16".to_string(),
+    ];
+    let mut args = vec!["run", "recipes/fashion-hinton.toml", "--out", out.to_str().unwrap(), "--json"];
+    for s in &sets {
+        args.extend(["--set", s]);
+    }
+    let o = distill(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let res = s["results"].as_array().unwrap();
+    // 3 seeds × (teacher, scratch, kd at T=4) + sweep {1, 2, 8, 20}.
+    assert_eq!(res.len(), 13);
+    assert_eq!(res[0]["params"], 64 * 1200 + 1200 + 1200 * 1200 + 1200 + 1200 * 10 + 10);
+    for r in res {
+        // 8 epochs-worth of 8 steps is little training, but far better than chance (90 errors).
+        assert!(r["test_errors"].as_i64().unwrap() < 45, "{r}");
+        assert_eq!(r["train_examples"], 1000);
+    }
+}
+
+fn weights(out: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(out.join("phases")).unwrap() {
+        let p = e.unwrap().path();
+        v.push((
+            p.file_name().unwrap().to_string_lossy().into_owned(),
+            std::fs::read(p.join("model.safetensors")).unwrap(),
+        ));
+    }
+    v.sort();
+    v
+}
+
+#[test]
+fn kill_9_then_resume_gives_the_same_model_bit_for_bit() {
+    let d = tmpdir("resume");
+    let r = tiny_recipe(&d);
+    let (a, b) = (d.join("a"), d.join("b"));
+    let o = distill(&["run", r.to_str().unwrap(), "--out", a.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    // Start b, kill it once the KD phase has written a checkpoint but not finished.
+    let mut child = Command::new(BIN)
+        .args(["run", r.to_str().unwrap(), "--out", b.to_str().unwrap()])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let kd = b.join("phases/kd-s0-T4");
+    let t0 = Instant::now();
+    while !(kd.join("ckpt.safetensors").exists() && !kd.join("result.json").exists()) {
+        if let Some(st) = child.try_wait().unwrap() {
+            panic!("run finished ({st}) before it could be killed");
+        }
+        assert!(t0.elapsed() < Duration::from_secs(120), "no checkpoint appeared");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(!b.join("summary.json").exists());
+
+    let o = distill(&["run", r.to_str().unwrap(), "--out", b.to_str().unwrap(), "--resume"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (sa, sb) = (summary(&a), summary(&b));
+    let errs = |s: &serde_json::Value| -> Vec<i64> {
+        s["results"].as_array().unwrap().iter().map(|r| r["test_errors"].as_i64().unwrap()).collect()
+    };
+    assert_eq!(errs(&sa), errs(&sb));
+    assert_eq!(weights(&a), weights(&b), "final weights differ after resume");
+    // The resumed metrics log has each step once.
+    let m = std::fs::read_to_string(kd.join("metrics.jsonl")).unwrap();
+    let steps: Vec<u64> =
+        m.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, [20, 40, 60, 80, 100, 120]);
+}
+
+#[test]
+fn bad_inputs_fail_with_one_clear_line_and_leave_nothing() {
+    let d = tmpdir("bad");
+    let r = tiny_recipe(&d);
+    let rs = r.to_str().unwrap();
+    let out = d.join("run");
+    let outs = out.to_str().unwrap();
+
+    let o = distill(&["run", rs, "--out", outs, "--set", "distill.temprature=3"]);
+    assert_error(&o, &["unknown field `temprature`"]);
+    let o = distill(&["run", rs, "--out", outs, "--set", "data.train=/nonexistent/train.csv"]);
+    assert_error(&o, &["data.train: no such file: /nonexistent/train.csv"]);
+    let o = distill(&["run", "/nonexistent/recipe.toml", "--out", outs]);
+    assert_error(&o, &["/nonexistent/recipe.toml"]);
+
+    // A truncated IDX file and a label file that disagrees with it.
+    let img = d.join("img.idx");
+    let mut bytes = vec![0u8, 0, 8, 3, 0, 0, 0, 10, 0, 0, 0, 8, 0, 0, 0, 8];
+    bytes.extend(vec![7u8; 10 * 64]);
+    std::fs::write(&img, &bytes[..bytes.len() - 5]).unwrap();
+    let lab = d.join("lab.idx");
+    std::fs::write(&lab, [0u8, 0, 8, 1, 0, 0, 0, 9, 0, 1, 2, 3, 4, 5, 6, 7, 8]).unwrap();
+    let idx_sets = |images: &Path| {
+        vec![
+            "data.format=idx".to_string(),
+            format!("data.train_images={}", images.display()),
+            format!("data.train_labels={}", lab.display()),
+            format!("data.test_images={}", images.display()),
+            format!("data.test_labels={}", lab.display()),
+        ]
+    };
+    let run_with = |sets: Vec<String>| {
+        let mut a = vec!["run".to_string(), rs.to_string(), "--out".into(), outs.to_string()];
+        for s in sets {
+            a.push("--set".into());
+            a.push(s);
+        }
+        Command::new(BIN).args(&a).current_dir(root()).output().unwrap()
+    };
+    let o = run_with(idx_sets(&img));
+    assert_error(&o, &["img.idx", "truncated IDX data: dims [10, 8, 8] need 640 bytes, file has 635"]);
+    std::fs::write(&img, &bytes).unwrap();
+    let o = run_with(idx_sets(&img));
+    assert_error(&o, &["img.idx has 10 images but", "lab.idx has 9 labels"]);
+
+    // A CSV with a broken row names the file and line.
+    let bad = d.join("bad.csv");
+    let mut text = std::fs::read_to_string(d.join("train.csv")).unwrap();
+    text.push_str("3,1,2,x\n");
+    std::fs::write(&bad, text).unwrap();
+    let o = run_with(vec![format!("data.train={}", bad.display())]);
+    assert_error(&o, &["bad.csv: line 602: 4 columns, expected 65"]);
+    let empty = d.join("empty.csv");
+    std::fs::write(&empty, "label,p0\n").unwrap();
+    let o = run_with(vec![format!("data.train={}", empty.display())]);
+    assert_error(&o, &["empty.csv: no data rows"]);
+    assert!(!out.exists(), "a failed run left {} behind", out.display());
+
+    // Divergence is caught at the step it happens, with the phase named.
+    let o = distill(&["run", rs, "--out", outs, "--set", "teacher.train.lr=1e30"]);
+    assert_error(&o, &["loss is", "phase teacher-s0"]);
+    assert!(!out.join("summary.json").exists());
+
+    // An existing run directory is never overwritten without --resume.
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("keep"), "x").unwrap();
+    let o = distill(&["run", rs, "--out", outs]);
+    assert_error(&o, &["already exists; pass --resume"]);
+    assert_eq!(std::fs::read_to_string(out.join("keep")).unwrap(), "x");
+}
