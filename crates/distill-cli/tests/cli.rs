@@ -216,7 +216,8 @@ fn kill_9_then_resume_gives_the_same_model_bit_for_bit() {
         .unwrap();
     let kd = b.join("phases/kd-s0-T4");
     let t0 = Instant::now();
-    while !(kd.join("ckpt.safetensors").exists() && !kd.join("result.json").exists()) {
+    let mid_phase = || kd.join("ckpt.safetensors").exists() && !kd.join("result.json").exists();
+    while !mid_phase() {
         if let Some(st) = child.try_wait().unwrap() {
             panic!("run finished ({st}) before it could be killed");
         }
