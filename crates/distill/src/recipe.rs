@@ -90,11 +90,13 @@ fn one_line(e: &dyn std::fmt::Display) -> String {
     }
 }
 
-/// Applies one `a.b.c=value` override to a TOML document.
+/// Applies one `a.b.c=value` override to a TOML document; `a.b.c=` (empty value) removes the
+/// key, so its default applies (e.g. `--set train.epochs= --set train.steps=100`).
 pub fn apply_override(doc: &mut toml::Table, spec: &str) -> Result<()> {
     let (key, raw) =
         spec.split_once('=').ok_or_else(|| Error::Recipe(format!("--set `{spec}`: expected dotted.key=value")))?;
     let key = key.trim();
+    let remove = raw.trim().is_empty();
     let value: toml::Value = match toml::from_str::<toml::Table>(&format!("v = {}", raw.trim())) {
         Ok(mut t) => t.remove("v").unwrap_or(toml::Value::String(raw.to_string())),
         Err(_) => toml::Value::String(raw.trim().to_string()),
@@ -108,7 +110,12 @@ pub fn apply_override(doc: &mut toml::Table, spec: &str) -> Result<()> {
         let entry = table.entry(p.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
         table = entry.as_table_mut().ok_or_else(|| Error::Recipe(format!("--set `{spec}`: `{p}` is not a table")))?;
     }
-    table.insert(parts[parts.len() - 1].to_string(), value);
+    let last = parts[parts.len() - 1];
+    if remove {
+        table.remove(last);
+    } else {
+        table.insert(last.to_string(), value);
+    }
     Ok(())
 }
 
