@@ -141,6 +141,7 @@ fn run(cli: Cli) -> Result<()> {
                         println!("summary: {}", out.join("summary.json").display());
                     }
                 }
+                Recipe::Lm(_) => bail!("causal-lm recipes are not wired yet"),
             }
             Ok(())
         }

@@ -17,6 +17,8 @@ use crate::{fetch, Error, Result};
 pub enum Task {
     /// Teacher, scratch student and distilled student on an image classification set.
     ImageClassification,
+    /// A causal LM teacher (GGUF or HF directory) distilled into a smaller decoder.
+    CausalLm,
 }
 
 #[derive(Deserialize)]
@@ -29,6 +31,7 @@ struct TaskOnly {
 #[serde(untagged)]
 pub enum Recipe {
     Image(ImageRecipe),
+    Lm(Box<LmRecipe>),
 }
 
 impl Recipe {
@@ -45,7 +48,11 @@ impl Recipe {
                 let r: ImageRecipe = doc.try_into().map_err(|e: toml::de::Error| Error::Recipe(one_line(&e)))?;
                 Ok(Recipe::Image(r))
             }
-            None => Err(Error::Recipe("missing key `task` (one of: image-classification)".into())),
+            Some(Task::CausalLm) => {
+                let r: LmRecipe = doc.try_into().map_err(|e: toml::de::Error| Error::Recipe(one_line(&e)))?;
+                Ok(Recipe::Lm(Box::new(r)))
+            }
+            None => Err(Error::Recipe("missing key `task` (one of: image-classification, causal-lm)".into())),
         }
     }
 
@@ -68,6 +75,7 @@ impl Recipe {
     pub fn validate(&self) -> Result<()> {
         match self {
             Recipe::Image(r) => r.validate(),
+            Recipe::Lm(r) => r.validate(),
         }
     }
 
@@ -75,6 +83,7 @@ impl Recipe {
     pub fn paths(&self) -> Vec<&str> {
         match self {
             Recipe::Image(r) => r.data.paths(),
+            Recipe::Lm(r) => r.paths(),
         }
     }
 }
@@ -505,6 +514,223 @@ impl ImageRecipe {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Causal LM
+// ---------------------------------------------------------------------------------------------
+
+/// LLM distillation: a frozen teacher's next-token distributions train a smaller decoder that
+/// shares its tokenizer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LmRecipe {
+    pub task: Task,
+    pub name: String,
+    /// Seed of the student's initialization, data order and dropout.
+    #[serde(default)]
+    pub seed: u64,
+    /// Intra-op threads for libtorch (default: all cores).
+    #[serde(default)]
+    pub threads: Option<usize>,
+    pub teacher: LmTeacher,
+    pub student: LmStudent,
+    /// Text sources, cleaning, split and packing (see `distill_text::TextDataConfig`).
+    pub data: distill_text::TextDataConfig,
+    pub train: TrainCfg,
+    pub distill: LmDistill,
+    #[serde(default)]
+    pub eval: LmEval,
+    #[serde(default)]
+    pub checkpoint: CheckpointCfg,
+}
+
+/// Where the teacher comes from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LmTeacher {
+    /// A GGUF file or a Hugging Face directory (config.json, model.safetensors, tokenizer.json).
+    pub path: String,
+}
+
+/// How the student is initialized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StudentInit {
+    /// Normal(0, initializer_range) matrices, ones for norms (the HF Llama init).
+    Random,
+    /// Every k-th teacher layer (DistilBERT-style), embeddings and norms copied; matrices are
+    /// sliced to the student's widths when they shrink.
+    LayerSubset,
+}
+
+/// The student's shape, derived from the teacher's config where a field is left out.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LmStudent {
+    #[serde(default = "default_init")]
+    pub init: StudentInit,
+    /// Decoder layers.
+    pub layers: usize,
+    /// Hidden size (default: the teacher's).
+    #[serde(default)]
+    pub hidden: Option<usize>,
+    /// Attention heads (default: the teacher's, or hidden / teacher head_dim).
+    #[serde(default)]
+    pub heads: Option<usize>,
+    /// Key/value heads (default: keeps the teacher's query/kv ratio).
+    #[serde(default)]
+    pub kv_heads: Option<usize>,
+    /// MLP width (default: the teacher's ratio to hidden).
+    #[serde(default)]
+    pub intermediate: Option<usize>,
+    /// Tie the output projection to the embedding (default true).
+    #[serde(default = "default_true")]
+    pub tie_embeddings: bool,
+}
+
+fn default_init() -> StudentInit {
+    StudentInit::Random
+}
+fn default_true() -> bool {
+    true
+}
+
+/// The LM distillation objective: `α·T²·KL(p_t^T ‖ p_s^T) + (1−α)·CE` over predicted tokens.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LmDistill {
+    pub temperature: f64,
+    /// Weight of the soft term; 0 trains the scratch baseline through the identical pipeline.
+    pub alpha: f64,
+    /// Also train the same student with `alpha = 0` in the same run and compare.
+    #[serde(default)]
+    pub scratch_twin: bool,
+}
+
+/// What the run reports after training.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LmEval {
+    /// Prompts for the top-k next-token tables and generations.
+    #[serde(default = "default_prompts")]
+    pub prompts: Vec<String>,
+    /// Tokens generated per prompt.
+    #[serde(default = "default_max_new")]
+    pub max_new_tokens: usize,
+    /// Rows of the next-token table.
+    #[serde(default = "default_top")]
+    pub top_k_table: usize,
+    /// Sampling for the sampled generations.
+    #[serde(default = "default_sample_t")]
+    pub sample_temperature: f64,
+    #[serde(default = "default_sample_k")]
+    pub sample_top_k: usize,
+    #[serde(default = "default_sample_p")]
+    pub sample_top_p: f64,
+    /// Evaluate on at most this many validation rows (default: all).
+    #[serde(default)]
+    pub max_val_blocks: Option<usize>,
+    /// Extra held-out text sources evaluated for perplexity (e.g. text never seen in training).
+    #[serde(default)]
+    pub extra: Vec<distill_text::TextSource>,
+}
+
+fn default_prompts() -> Vec<String> {
+    ["The capital of France is", "Once upon a time", "The history of the United States", "In the morning, the"]
+        .map(String::from)
+        .to_vec()
+}
+fn default_max_new() -> usize {
+    50
+}
+fn default_top() -> usize {
+    5
+}
+fn default_sample_t() -> f64 {
+    0.8
+}
+fn default_sample_k() -> usize {
+    50
+}
+fn default_sample_p() -> f64 {
+    0.95
+}
+
+impl Default for LmEval {
+    fn default() -> Self {
+        LmEval {
+            prompts: default_prompts(),
+            max_new_tokens: default_max_new(),
+            top_k_table: default_top(),
+            sample_temperature: default_sample_t(),
+            sample_top_k: default_sample_k(),
+            sample_top_p: default_sample_p(),
+            max_val_blocks: None,
+            extra: Vec::new(),
+        }
+    }
+}
+
+impl LmRecipe {
+    /// Every path the recipe names, as written.
+    pub fn paths(&self) -> Vec<&str> {
+        let mut v = vec![self.teacher.path.as_str()];
+        v.extend(self.data.sources.iter().chain(&self.data.val_sources).chain(&self.eval.extra).map(|s| s.path.as_str()));
+        v
+    }
+
+    /// Checks values and paths. No tensor is created.
+    pub fn validate(&self) -> Result<()> {
+        if let Some(0) = self.threads {
+            return Err(Error::Recipe("threads must be > 0".into()));
+        }
+        check_path(&self.teacher.path, "teacher.path")?;
+        self.data.validate().map_err(|e| Error::Recipe(format!("data: {e}")))?;
+        for (i, s) in self.data.sources.iter().enumerate() {
+            if !s.path.contains(['*', '?', '[']) {
+                check_path(&s.path, &format!("data.sources[{i}].path"))?;
+            }
+        }
+        let st = &self.student;
+        if st.layers == 0 {
+            return Err(Error::Recipe("student.layers must be > 0".into()));
+        }
+        for (k, v) in [("hidden", st.hidden), ("heads", st.heads), ("kv_heads", st.kv_heads), ("intermediate", st.intermediate)] {
+            if v == Some(0) {
+                return Err(Error::Recipe(format!("student.{k} must be > 0")));
+            }
+        }
+        if let (Some(h), Some(kv)) = (st.heads, st.kv_heads) {
+            if h % kv != 0 {
+                return Err(Error::Recipe(format!("student.heads ({h}) must be a multiple of student.kv_heads ({kv})")));
+            }
+        }
+        if let (Some(hid), Some(h)) = (st.hidden, st.heads) {
+            if hid % h != 0 {
+                return Err(Error::Recipe(format!("student.hidden ({hid}) must be a multiple of student.heads ({h})")));
+            }
+        }
+        self.train.validate("train")?;
+        let d = &self.distill;
+        if !(d.temperature > 0.0 && d.temperature.is_finite()) {
+            return Err(Error::Recipe(format!("distill.temperature must be > 0, got {}", d.temperature)));
+        }
+        if !(0.0..=1.0).contains(&d.alpha) {
+            return Err(Error::Recipe(format!("distill.alpha must be in [0, 1], got {}", d.alpha)));
+        }
+        let e = &self.eval;
+        if e.top_k_table == 0 || e.sample_top_k == 0 || !(e.sample_top_p > 0.0 && e.sample_top_p <= 1.0) {
+            return Err(Error::Recipe("eval: top_k_table and sample_top_k must be > 0, sample_top_p in (0, 1]".into()));
+        }
+        if !(e.sample_temperature > 0.0) {
+            return Err(Error::Recipe("eval.sample_temperature must be > 0".into()));
+        }
+        if self.checkpoint.every_steps == 0 {
+            return Err(Error::Recipe("checkpoint.every_steps must be > 0".into()));
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -534,7 +760,7 @@ alpha = 0.9
 
     #[test]
     fn minimal_recipe_parses_with_documented_defaults() {
-        let Recipe::Image(r) = parse(&[]).unwrap();
+        let Recipe::Image(r) = parse(&[]).unwrap() else { panic!("not an image recipe") };
         assert_eq!(r.seeds, vec![0]);
         assert_eq!(r.student.train.batch_size, 128);
         assert_eq!(r.student.train.optimizer, OptimizerKind::Adamw);
@@ -582,7 +808,9 @@ alpha = 0.9
 
     #[test]
     fn total_steps_from_epochs() {
-        let Recipe::Image(r) = parse(&["student.train.epochs=1.5", "student.train.batch_size=100"]).unwrap();
+        let Recipe::Image(r) = parse(&["student.train.epochs=1.5", "student.train.batch_size=100"]).unwrap() else {
+            panic!("not an image recipe")
+        };
         assert_eq!(r.student.train.total_steps(1000), 15);
         assert_eq!(r.student.train.total_steps(1001), 17);
     }
