@@ -516,7 +516,7 @@ impl Llama {
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
             let h = layer.input_layernorm.forward(&x); // [B, T, H]
             let (a, probs) = layer.self_attn.forward(&h, &cos, &sin, mask.as_ref(), slot, opts.attentions, opts.train); // [B, T, H]
-            x += a; // [B, T, H]
+            x = &x + a; // [B, T, H] (not `+=`: that is in place and would alias hidden_states[i])
             let h = layer.post_attention_layernorm.forward(&x); // [B, T, H]
             x = &x + layer.mlp.forward(&h); // [B, T, H]
             if let Some(hs) = hidden.as_mut() {
