@@ -186,28 +186,24 @@ impl Attention {
         let scale = (hd as f64).powf(-0.5);
         let p_drop = if train { self.dropout } else { 0.0 };
 
+        let s = k.size()[2];
+        // Without a mask: plain causal, offset by the cached positions (row i sees keys ≤ S−T+i).
+        let causal = || Tensor::ones([t, s], (Kind::Bool, x.device())).tril(s - t); // [T, S]
+
         let (out, probs) = if want_probs {
-            let mut scores = q.matmul(&k.transpose(-2, -1)) * scale; // [B, nh, T, S]
-            if let Some(m) = mask {
-                scores = scores.masked_fill(&m.logical_not(), f64::NEG_INFINITY);
-            // [B, nh, T, S]
-            } else {
-                let s = k.size()[2];
-                let causal = Tensor::ones([t, s], (Kind::Bool, x.device())).tril(s - t); // [T, S]
-                scores = scores.masked_fill(&causal.logical_not(), f64::NEG_INFINITY);
-            }
+            let allowed = mask.map_or_else(causal, Tensor::shallow_clone); // [B, 1, T, S] or [T, S]
+            let scores = q.matmul(&k.transpose(-2, -1)) * scale; // [B, nh, T, S]
+            let scores = scores.masked_fill(&allowed.logical_not(), f64::NEG_INFINITY); // [B, nh, T, S]
             let probs = scores.softmax(-1, Kind::Float).to_kind(q.kind()); // [B, nh, T, S]
             let probs = if p_drop > 0.0 { probs.dropout(p_drop, true) } else { probs };
             (probs.matmul(&v), Some(probs)) // [B, nh, T, hd]
         } else {
-            let is_causal = mask.is_none() && t == k.size()[2];
-            let out = match (mask, is_causal) {
-                (None, false) => {
-                    let s = k.size()[2];
-                    let causal = Tensor::ones([t, s], (Kind::Bool, x.device())).tril(s - t); // [T, S]
-                    Tensor::scaled_dot_product_attention(&q, &k, &v, Some(causal), p_drop, false, scale, false)
+            let out = match mask {
+                Some(m) => Tensor::scaled_dot_product_attention(&q, &k, &v, Some(m), p_drop, false, scale, false),
+                None if t == s => {
+                    Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, p_drop, true, scale, false)
                 }
-                _ => Tensor::scaled_dot_product_attention(&q, &k, &v, mask, p_drop, is_causal, scale, false),
+                None => Tensor::scaled_dot_product_attention(&q, &k, &v, Some(causal()), p_drop, false, scale, false),
             }; // [B, nh, T, hd]
             (out, None)
         };
@@ -398,7 +394,8 @@ impl Llama {
         self.named_parameters().iter().map(|(_, t)| t.numel() as i64).sum()
     }
 
-    /// Full forward pass.
+    /// Full forward pass. Records autograd unless called inside `tch::no_grad` (do so for
+    /// teacher and evaluation passes).
     ///
     /// # Shapes
     /// `input_ids` `[B, T]` (any integer kind), `attention_mask` `[B, T]` (1 = real, 0 = pad,
