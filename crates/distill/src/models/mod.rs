@@ -2,6 +2,7 @@
 //! position.
 
 pub mod cnn;
+pub mod llama;
 pub mod mlp;
 
 use tch::nn;

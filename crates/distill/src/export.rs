@@ -1,0 +1,145 @@
+//! Export a Llama-family model as a Hugging Face directory that
+//! `AutoModelForCausalLM.from_pretrained` and `AutoTokenizer.from_pretrained` load as is.
+//!
+//! The directory holds `config.json` (float32, see [`LlamaConfig::to_hf_json`]),
+//! `model.safetensors` (F32, no `lm_head.weight` when the head is tied),
+//! `generation_config.json`, and, when a tokenizer is given, `tokenizer.json` with a minimal
+//! `tokenizer_config.json` (`PreTrainedTokenizerFast`, bos/eos strings looked up in the tokenizer).
+//!
+//! The export is atomic: everything is written into a temporary sibling directory which then
+//! replaces `out_dir`. An existing `out_dir` is replaced only if it is empty or looks like an
+//! earlier export (holds a `config.json`), so a mistyped path cannot wipe unrelated files.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+use tch::{Kind, Tensor};
+
+use crate::io::hf::LlamaConfig;
+use crate::io::safetensors::{save_safetensors, write_atomic};
+use crate::models::llama::Llama;
+use crate::{Error, Result};
+
+fn write_json(path: &Path, v: &Value) -> Result<()> {
+    let bytes = serde_json::to_vec_pretty(v).map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+    write_atomic(path, |w| std::io::Write::write_all(w, &bytes).map_err(|e| Error::io(path, e)))
+}
+
+/// The token string of `id` in a `tokenizer.json` (added tokens first, then the model vocab).
+fn token_string(tok: &Value, id: i64) -> Option<String> {
+    let added = tok.get("added_tokens").and_then(Value::as_array);
+    for t in added.into_iter().flatten() {
+        if t.get("id").and_then(Value::as_i64) == Some(id) {
+            return t.get("content").and_then(Value::as_str).map(str::to_string);
+        }
+    }
+    let vocab = tok.get("model")?.get("vocab")?.as_object()?;
+    vocab.iter().find(|(_, v)| v.as_i64() == Some(id)).map(|(k, _)| k.clone())
+}
+
+/// `tokenizer_config.json` for a fast tokenizer.
+fn tokenizer_config(cfg: &LlamaConfig, tokenizer_json: &[u8]) -> Result<Value> {
+    let tok: Value = serde_json::from_slice(tokenizer_json)
+        .map_err(|e| Error::Invalid(format!("tokenizer.json is not valid JSON: {e}")))?;
+    let mut out = json!({
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "model_max_length": cfg.max_position_embeddings,
+        "clean_up_tokenization_spaces": false,
+    });
+    let specials = [
+        ("bos_token", cfg.bos_token_id),
+        ("eos_token", cfg.eos_token_ids.first().copied()),
+        ("pad_token", cfg.pad_token_id),
+    ];
+    for (key, id) in specials {
+        if let Some(s) = id.and_then(|id| token_string(&tok, id)) {
+            out[key] = json!(s);
+        }
+    }
+    Ok(out)
+}
+
+fn generation_config(cfg: &LlamaConfig) -> Value {
+    let eos = match cfg.eos_token_ids.as_slice() {
+        [] => Value::Null,
+        [one] => json!(one),
+        many => json!(many),
+    };
+    json!({"bos_token_id": cfg.bos_token_id, "eos_token_id": eos, "pad_token_id": cfg.pad_token_id})
+}
+
+/// A fresh sibling path `.{name}.{tag}-{pid}` of `dir`.
+fn sibling(dir: &Path, tag: &str) -> PathBuf {
+    let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("export");
+    dir.with_file_name(format!(".{name}.{tag}-{}", std::process::id()))
+}
+
+/// Writes `model` (weights as F32) and its config, plus the tokenizer when given, to `out_dir`.
+pub fn export_hf(model: &Llama, tokenizer_json: Option<&[u8]>, out_dir: impl AsRef<Path>) -> Result<()> {
+    let out_dir = out_dir.as_ref();
+    if out_dir.as_os_str().is_empty() {
+        return Err(Error::Invalid("export directory is empty".into()));
+    }
+    let out_dir = if out_dir.is_relative() {
+        std::env::current_dir().map_err(|e| Error::io(out_dir, e))?.join(out_dir)
+    } else {
+        out_dir.to_path_buf()
+    };
+    if out_dir.exists() {
+        let is_export = out_dir.join("config.json").is_file();
+        let is_empty = std::fs::read_dir(&out_dir).map_err(|e| Error::io(&out_dir, e))?.next().is_none();
+        if !out_dir.is_dir() || !(is_export || is_empty) {
+            return Err(Error::format(
+                &out_dir,
+                "exists and is not an earlier export (no config.json); refusing to replace it",
+            ));
+        }
+    }
+    let cfg = model.config();
+    // Validate the tokenizer before writing anything.
+    let tok_cfg = tokenizer_json.map(|t| tokenizer_config(cfg, t)).transpose()?;
+
+    let tmp = sibling(&out_dir, "tmp");
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let written = (|| -> Result<()> {
+        let tensors: Vec<(String, Tensor)> = tch::no_grad(|| {
+            model.named_parameters().into_iter().map(|(n, t)| Ok((n, t.f_to_kind(Kind::Float)?))).collect::<Result<_>>()
+        })?;
+        save_safetensors(&tensors, tmp.join("model.safetensors"))?;
+        write_json(&tmp.join("config.json"), &cfg.to_hf_json())?;
+        write_json(&tmp.join("generation_config.json"), &generation_config(cfg))?;
+        if let (Some(tok), Some(tc)) = (tokenizer_json, &tok_cfg) {
+            let p = tmp.join("tokenizer.json");
+            write_atomic(&p, |w| std::io::Write::write_all(w, tok).map_err(|e| Error::io(&p, e)))?;
+            write_json(&tmp.join("tokenizer_config.json"), tc)?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+
+    // Swap into place: old → backup, tmp → out_dir, drop backup.
+    if out_dir.exists() {
+        let old = sibling(&out_dir, "old");
+        if old.exists() {
+            std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
+        }
+        std::fs::rename(&out_dir, &old).map_err(|e| Error::io(&out_dir, e))?;
+        if let Err(e) = std::fs::rename(&tmp, &out_dir) {
+            let _ = std::fs::rename(&old, &out_dir);
+            return Err(Error::io(&out_dir, e));
+        }
+        std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
+    } else {
+        if let Some(parent) = out_dir.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+        }
+        std::fs::rename(&tmp, &out_dir).map_err(|e| Error::io(&out_dir, e))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,195 @@
+//! Autoregressive generation and next-token tables for a [`Llama`].
+//!
+//! Decoding uses the model's KV cache: the prompt is run once, then one token per step.
+//! Sampling follows transformers' order (temperature → top-k → top-p → softmax → draw) and uses
+//! its own seeded generator (SplitMix64), so a seed gives the same tokens on every run and does
+//! not touch libtorch's global RNG.
+
+use tch::{Kind, Tensor};
+
+use crate::models::llama::{KvCache, Llama};
+use crate::{Error, Result};
+
+/// Decoding settings.
+#[derive(Debug, Clone)]
+pub struct GenerateOptions {
+    /// Upper bound on generated tokens.
+    pub max_new_tokens: usize,
+    /// Softmax temperature; 0 = greedy (argmax, first index on ties).
+    pub temperature: f64,
+    /// Keep only the `top_k` most likely tokens (0 = off).
+    pub top_k: usize,
+    /// Keep the smallest set of tokens whose probability reaches `top_p` (1.0 = off).
+    pub top_p: f64,
+    /// Seed of the sampling generator.
+    pub seed: u64,
+    /// Stop after emitting this token (it is included in the output).
+    pub eos_id: Option<i64>,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        Self { max_new_tokens: 32, temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0, eos_id: None }
+    }
+}
+
+/// SplitMix64: a tiny, well-mixed, seedable generator.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [0, 1).
+    fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+fn argmax(x: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &v) in x.iter().enumerate() {
+        if v > x[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// Picks the next token from one row of logits.
+fn pick(logits: &[f32], opts: &GenerateOptions, rng: &mut SplitMix64) -> usize {
+    if opts.temperature == 0.0 {
+        return argmax(logits);
+    }
+    let mut s: Vec<f64> = logits.iter().map(|&l| l as f64 / opts.temperature).collect();
+    if opts.top_k > 0 && opts.top_k < s.len() {
+        let mut sorted = s.clone();
+        sorted.sort_by(|a, b| b.total_cmp(a));
+        let thr = sorted[opts.top_k - 1];
+        s.iter_mut().filter(|v| **v < thr).for_each(|v| *v = f64::NEG_INFINITY);
+    }
+    let softmax = |s: &[f64]| -> Vec<f64> {
+        let m = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let e: Vec<f64> = s.iter().map(|v| (v - m).exp()).collect();
+        let z: f64 = e.iter().sum();
+        e.into_iter().map(|v| v / z).collect()
+    };
+    if opts.top_p < 1.0 {
+        // As transformers: sort ascending, drop tokens while the cumulative mass ≤ 1 − top_p,
+        // always keeping the most likely one.
+        let p = softmax(&s);
+        let mut order: Vec<usize> = (0..s.len()).collect();
+        order.sort_by(|&a, &b| p[a].total_cmp(&p[b]));
+        let mut cum = 0.0;
+        for (rank, &i) in order.iter().enumerate() {
+            cum += p[i];
+            if cum <= 1.0 - opts.top_p && rank + 1 < order.len() {
+                s[i] = f64::NEG_INFINITY;
+            }
+        }
+    }
+    let p = softmax(&s);
+    let u = rng.next_f64();
+    let mut cum = 0.0;
+    let mut last_nonzero = 0;
+    for (i, &pi) in p.iter().enumerate() {
+        if pi > 0.0 {
+            last_nonzero = i;
+            cum += pi;
+            if u < cum {
+                return i;
+            }
+        }
+    }
+    last_nonzero
+}
+
+fn validate(model: &Llama, prompt_ids: &[i64], opts: &GenerateOptions) -> Result<()> {
+    if prompt_ids.is_empty() {
+        return Err(Error::Invalid("generate: the prompt is empty".into()));
+    }
+    if !(opts.temperature >= 0.0 && opts.temperature.is_finite()) {
+        return Err(Error::Invalid(format!("generate: temperature must be ≥ 0, got {}", opts.temperature)));
+    }
+    if !(opts.top_p > 0.0 && opts.top_p <= 1.0) {
+        return Err(Error::Invalid(format!("generate: top_p must be in (0, 1], got {}", opts.top_p)));
+    }
+    let v = model.config().vocab_size;
+    if let Some(&bad) = prompt_ids.iter().find(|&&t| t < 0 || t >= v) {
+        return Err(Error::Invalid(format!("generate: token id {bad} outside the vocabulary (size {v})")));
+    }
+    Ok(())
+}
+
+/// Last-position logits `[V]` of `logits` `[1, T, V]` as f32.
+fn last_row(logits: &Tensor) -> Result<Vec<f32>> {
+    let t = logits.size()[1];
+    let row = logits.f_select(0, 0)?.f_select(0, t - 1)?.f_to_kind(Kind::Float)?; // [V]
+    Ok(Vec::<f32>::try_from(&row)?)
+}
+
+/// Generates up to `max_new_tokens` after `prompt_ids`; returns only the new tokens (ending with
+/// `eos_id` when it was produced).
+pub fn generate(model: &Llama, prompt_ids: &[i64], opts: &GenerateOptions) -> Result<Vec<i64>> {
+    validate(model, prompt_ids, opts)?;
+    let mut rng = SplitMix64(opts.seed);
+    let mut out = Vec::with_capacity(opts.max_new_tokens);
+    if opts.max_new_tokens == 0 {
+        return Ok(out);
+    }
+    tch::no_grad(|| {
+        let mut cache = KvCache::new();
+        let ids = Tensor::from_slice(prompt_ids).unsqueeze(0); // [1, T]
+        let mut logits = model.forward_cached(&ids, &mut cache)?; // [1, T, V]
+        loop {
+            let next = pick(&last_row(&logits)?, opts, &mut rng) as i64;
+            out.push(next);
+            if out.len() >= opts.max_new_tokens || opts.eos_id == Some(next) {
+                return Ok(out);
+            }
+            let ids = Tensor::from_slice(&[next]).unsqueeze(0); // [1, 1]
+            logits = model.forward_cached(&ids, &mut cache)?; // [1, 1, V]
+        }
+    })
+}
+
+/// The `k` most likely next tokens after `ids`, with their probabilities, most likely first.
+pub fn top_k_next(model: &Llama, ids: &[i64], k: usize) -> Result<Vec<(i64, f32)>> {
+    validate(model, ids, &GenerateOptions::default())?;
+    let k = k.min(model.config().vocab_size as usize) as i64;
+    tch::no_grad(|| {
+        let input = Tensor::from_slice(ids).unsqueeze(0); // [1, T]
+        let out = model.forward(&input, None, Default::default())?;
+        let t = out.logits.size()[1];
+        let probs =
+            out.logits.f_select(0, 0)?.f_select(0, t - 1)?.f_to_kind(Kind::Float)?.f_softmax(-1, Kind::Float)?; // [V]
+        let (p, i) = probs.f_topk(k, -1, true, true)?; // [k], [k]
+        let p = Vec::<f32>::try_from(&p)?;
+        let i = Vec::<i64>::try_from(&i)?;
+        Ok(i.into_iter().zip(p).collect())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_p_keeps_most_likely_and_greedy_takes_first_max() {
+        let logits = [0.0f32, 5.0, 5.0, 1.0];
+        assert_eq!(argmax(&logits), 1);
+        let opts = GenerateOptions { temperature: 1.0, top_p: 0.01, ..Default::default() };
+        let mut rng = SplitMix64(7);
+        for _ in 0..20 {
+            let t = pick(&logits, &opts, &mut rng);
+            assert!(t == 1 || t == 2, "{t}");
+        }
+        let opts = GenerateOptions { temperature: 1.0, top_k: 1, ..Default::default() };
+        let picks: Vec<usize> = (0..20).map(|_| pick(&[0.0, 1.0, 3.0], &opts, &mut rng)).collect();
+        assert!(picks.iter().all(|&t| t == 2));
+    }
+}

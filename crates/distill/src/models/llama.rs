@@ -1,0 +1,537 @@
+//! Llama-family decoder (Llama, Qwen2, Mistral) on tch.
+//!
+//! Token embedding → L × [RMSNorm → GQA self-attention with RoPE → residual → RMSNorm → SwiGLU MLP
+//! → residual] → RMSNorm → lm_head (tied to the embedding or not). The numerics follow
+//! transformers' `modeling_llama.py` (RMSNorm and softmax in float32, `rotate_half` RoPE, keys and
+//! values repeated per query group), so logits, hidden states and attention probabilities match
+//! it to float32 rounding.
+//!
+//! Parameter names follow the HF module tree by construction (`model.embed_tokens.weight`,
+//! `model.layers.{i}.self_attn.q_proj.weight`, …, `model.norm.weight`, `lm_head.weight` only when
+//! untied), so a `VarStore` loads and saves HF safetensors without a name map.
+//!
+//! Position ids are derived from the attention mask (`cumsum(mask) - 1`), so a left- or
+//! right-padded row gives the same outputs at its real positions as the sequence alone.
+//!
+//! # Shapes
+//! `B` batch, `T` new tokens, `S` keys (cached + new), `H` hidden, `nh`/`nkv` query/key-value
+//! heads, `hd` head dim, `I` MLP width, `V` vocabulary, `L` layers.
+
+use std::path::Path;
+
+use tch::{nn, Device, Kind, Tensor};
+
+use crate::io::hf::{LlamaConfig, RopeScaling};
+use crate::io::safetensors::{load_safetensors, LoadOptions};
+use crate::{Error, Result};
+
+/// What [`Llama::forward`] computes besides logits.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ForwardOptions {
+    /// Return the L+1 hidden states (embeddings first, final normed state last).
+    pub hidden_states: bool,
+    /// Return the L attention-probability tensors (forces the explicit softmax path).
+    pub attentions: bool,
+    /// Training mode: attention dropout is applied when the config sets one.
+    pub train: bool,
+}
+
+/// Full-sequence outputs of a forward pass: every position, never only the last.
+#[derive(Debug)]
+pub struct ModelOutputs {
+    /// `[B, T, V]` unnormalised next-token scores.
+    pub logits: Tensor,
+    /// `L+1 × [B, T, H]`: the embeddings, then the output of each layer, the last one after the
+    /// final norm (the HF convention).
+    pub hidden_states: Option<Vec<Tensor>>,
+    /// `L × [B, nh, T, S]` attention probabilities (rows at padded query positions are not meaningful).
+    pub attentions: Option<Vec<Tensor>>,
+}
+
+/// Keys and values of the positions seen so far, per layer, for incremental decoding.
+#[derive(Debug, Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>, // L × ([B, nkv, S, hd], [B, nkv, S, hd])
+    len: i64,
+}
+
+impl KvCache {
+    /// An empty cache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Number of cached positions.
+    pub fn len(&self) -> i64 {
+        self.len
+    }
+    /// True when nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+#[derive(Debug)]
+struct RmsNorm {
+    weight: Tensor, // [H]
+    eps: f64,
+}
+
+impl RmsNorm {
+    fn new(p: nn::Path, dim: i64, eps: f64) -> Self {
+        Self { weight: p.var("weight", &[dim], nn::Init::Const(1.0)), eps }
+    }
+
+    /// `w · x / sqrt(mean(x²) + eps)`, the statistics in float32.
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let kind = x.kind();
+        let xf = x.to_kind(Kind::Float); // [B, T, H]
+        let var = xf.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float); // [B, T, 1]
+        let normed = (xf * (var + self.eps).rsqrt()).to_kind(kind); // [B, T, H]
+        &self.weight * normed // [B, T, H]
+    }
+}
+
+fn linear(p: &nn::Path, name: &str, inp: i64, out: i64, bias: bool, std: f64) -> nn::Linear {
+    let cfg = nn::LinearConfig {
+        ws_init: nn::Init::Randn { mean: 0.0, stdev: std },
+        bs_init: Some(nn::Init::Const(0.0)),
+        bias,
+    };
+    nn::linear(p / name, inp, out, cfg)
+}
+
+fn apply_linear(l: &nn::Linear, x: &Tensor) -> Tensor {
+    x.linear(&l.ws, l.bs.as_ref())
+}
+
+/// `cat(-x2, x1)` over the last dim, `x = cat(x1, x2)`.
+fn rotate_half(x: &Tensor) -> Tensor {
+    let half = x.size().last().copied().unwrap_or(0) / 2;
+    let x1 = x.narrow(-1, 0, half); // [B, n, T, hd/2]
+    let x2 = x.narrow(-1, half, half); // [B, n, T, hd/2]
+    Tensor::cat(&[x2.neg(), x1], -1) // [B, n, T, hd]
+}
+
+#[derive(Debug)]
+struct Attention {
+    q_proj: nn::Linear,
+    k_proj: nn::Linear,
+    v_proj: nn::Linear,
+    o_proj: nn::Linear,
+    num_heads: i64,
+    num_kv_heads: i64,
+    head_dim: i64,
+    dropout: f64,
+}
+
+impl Attention {
+    fn new(p: nn::Path, cfg: &LlamaConfig) -> Self {
+        let (h, nh, nkv, hd, s) =
+            (cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.initializer_range);
+        Self {
+            q_proj: linear(&p, "q_proj", h, nh * hd, cfg.qkv_bias, s),
+            k_proj: linear(&p, "k_proj", h, nkv * hd, cfg.qkv_bias, s),
+            v_proj: linear(&p, "v_proj", h, nkv * hd, cfg.qkv_bias, s),
+            o_proj: linear(&p, "o_proj", nh * hd, h, cfg.o_bias, s),
+            num_heads: nh,
+            num_kv_heads: nkv,
+            head_dim: hd,
+            dropout: cfg.attention_dropout,
+        }
+    }
+
+    /// `[B, nkv, S, hd]` → `[B, nh, S, hd]`, kv head `j` serving query heads `j·g .. (j+1)·g`.
+    fn repeat_kv(&self, x: &Tensor) -> Tensor {
+        let g = self.num_heads / self.num_kv_heads;
+        if g == 1 {
+            return x.shallow_clone();
+        }
+        let (b, s) = (x.size()[0], x.size()[2]);
+        x.unsqueeze(2) // [B, nkv, 1, S, hd]
+            .expand([b, self.num_kv_heads, g, s, self.head_dim], false) // [B, nkv, g, S, hd]
+            .reshape([b, self.num_heads, s, self.head_dim]) // [B, nh, S, hd]
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn forward(
+        &self,
+        x: &Tensor,            // [B, T, H]
+        cos: &Tensor,          // [B, 1, T, hd]
+        sin: &Tensor,          // [B, 1, T, hd]
+        mask: Option<&Tensor>, // [B, 1, T, S] bool, true = attend; None = plain causal
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        want_probs: bool,
+        train: bool,
+    ) -> (Tensor, Option<Tensor>) {
+        let (b, t) = (x.size()[0], x.size()[1]);
+        let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let q = apply_linear(&self.q_proj, x).view([b, t, nh, hd]).transpose(1, 2); // [B, nh, T, hd]
+        let k = apply_linear(&self.k_proj, x).view([b, t, nkv, hd]).transpose(1, 2); // [B, nkv, T, hd]
+        let v = apply_linear(&self.v_proj, x).view([b, t, nkv, hd]).transpose(1, 2); // [B, nkv, T, hd]
+        let q = &q * cos + rotate_half(&q) * sin; // [B, nh, T, hd]
+        let k = &k * cos + rotate_half(&k) * sin; // [B, nkv, T, hd]
+        let (k, v) = match cache {
+            Some(slot) => {
+                let kv = match slot.take() {
+                    Some((pk, pv)) => (Tensor::cat(&[pk, k], 2), Tensor::cat(&[pv, v], 2)), // [B, nkv, S, hd]
+                    None => (k, v),
+                };
+                *slot = Some((kv.0.shallow_clone(), kv.1.shallow_clone()));
+                kv
+            }
+            None => (k, v),
+        };
+        let k = self.repeat_kv(&k); // [B, nh, S, hd]
+        let v = self.repeat_kv(&v); // [B, nh, S, hd]
+        let scale = (hd as f64).powf(-0.5);
+        let p_drop = if train { self.dropout } else { 0.0 };
+
+        let s = k.size()[2];
+        // Without a mask: plain causal, offset by the cached positions (row i sees keys ≤ S−T+i).
+        let causal = || Tensor::ones([t, s], (Kind::Bool, x.device())).tril(s - t); // [T, S]
+
+        let (out, probs) = if want_probs {
+            let allowed = mask.map_or_else(causal, Tensor::shallow_clone); // [B, 1, T, S] or [T, S]
+            let scores = q.matmul(&k.transpose(-2, -1)) * scale; // [B, nh, T, S]
+            let scores = scores.masked_fill(&allowed.logical_not(), f64::NEG_INFINITY); // [B, nh, T, S]
+            let probs = scores.softmax(-1, Kind::Float).to_kind(q.kind()); // [B, nh, T, S]
+            let probs = if p_drop > 0.0 { probs.dropout(p_drop, true) } else { probs };
+            (probs.matmul(&v), Some(probs)) // [B, nh, T, hd]
+        } else {
+            let out = match mask {
+                Some(m) => Tensor::scaled_dot_product_attention(&q, &k, &v, Some(m), p_drop, false, scale, false),
+                None if t == s => {
+                    Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, p_drop, true, scale, false)
+                }
+                None => Tensor::scaled_dot_product_attention(&q, &k, &v, Some(causal()), p_drop, false, scale, false),
+            }; // [B, nh, T, hd]
+            (out, None)
+        };
+        let out = out.transpose(1, 2).contiguous().reshape([b, t, nh * hd]); // [B, T, nh·hd]
+        (apply_linear(&self.o_proj, &out), probs) // [B, T, H]
+    }
+}
+
+#[derive(Debug)]
+struct Mlp {
+    gate_proj: nn::Linear,
+    up_proj: nn::Linear,
+    down_proj: nn::Linear,
+}
+
+impl Mlp {
+    fn new(p: nn::Path, cfg: &LlamaConfig) -> Self {
+        let (h, i, b, s) = (cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias, cfg.initializer_range);
+        Self {
+            gate_proj: linear(&p, "gate_proj", h, i, b, s),
+            up_proj: linear(&p, "up_proj", h, i, b, s),
+            down_proj: linear(&p, "down_proj", i, h, b, s),
+        }
+    }
+
+    /// `down(silu(gate(x)) ⊙ up(x))`.
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let g = apply_linear(&self.gate_proj, x).silu(); // [B, T, I]
+        let u = apply_linear(&self.up_proj, x); // [B, T, I]
+        apply_linear(&self.down_proj, &(g * u)) // [B, T, H]
+    }
+}
+
+#[derive(Debug)]
+struct DecoderLayer {
+    input_layernorm: RmsNorm,
+    self_attn: Attention,
+    post_attention_layernorm: RmsNorm,
+    mlp: Mlp,
+}
+
+/// A Llama-family causal language model.
+#[derive(Debug)]
+pub struct Llama {
+    cfg: LlamaConfig,
+    embed_tokens: Tensor, // [V, H]
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    lm_head: Option<Tensor>, // [V, H], None when tied
+    inv_freq: Tensor,        // [hd/2] f32
+}
+
+/// Rotary inverse frequencies `[hd/2]` (f32, as transformers computes them).
+fn rope_inv_freq(cfg: &LlamaConfig, device: Device) -> Tensor {
+    let hd = cfg.head_dim;
+    let exponent = Tensor::arange_start_step(0, hd, 2, (Kind::Int64, device)).to_kind(Kind::Float) / hd as f64; // [hd/2]
+    let inv_freq = Tensor::pow_scalar(cfg.rope_theta, &exponent).reciprocal(); // [hd/2]
+    match &cfg.rope_scaling {
+        RopeScaling::Default => inv_freq,
+        RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings } => {
+            let old = *original_max_position_embeddings as f64;
+            let low_wavelen = old / low_freq_factor;
+            let high_wavelen = old / high_freq_factor;
+            // Python's `c / t` is `t.reciprocal() * c`; written the same way to round the same.
+            let wavelen = inv_freq.reciprocal() * (2.0 * std::f64::consts::PI); // [hd/2]
+            let scaled = &inv_freq / *factor; // [hd/2]
+            let llama = scaled.where_self(&wavelen.gt(low_wavelen), &inv_freq); // [hd/2]
+            let smooth = (wavelen.reciprocal() * old - *low_freq_factor) / (high_freq_factor - low_freq_factor); // [hd/2]
+            let smoothed: Tensor = smooth.g_mul_scalar(-1.0).g_add_scalar(1.0) * &llama / *factor + &smooth * &llama; // [hd/2]
+            let medium = wavelen.lt(high_wavelen).logical_not().logical_and(&wavelen.gt(low_wavelen).logical_not());
+            smoothed.where_self(&medium, &llama) // [hd/2]
+        }
+    }
+}
+
+impl Llama {
+    /// Creates the variables under `path` (normal(0, initializer_range) for matrices, ones for
+    /// norms, zeros for biases). Pass `vs.root()` for HF names.
+    pub fn new(path: nn::Path, cfg: &LlamaConfig) -> Result<Llama> {
+        cfg.validate().map_err(Error::Invalid)?;
+        let std = cfg.initializer_range;
+        let model = &path / "model";
+        let embed_tokens = (&model / "embed_tokens").var(
+            "weight",
+            &[cfg.vocab_size, cfg.hidden_size],
+            nn::Init::Randn { mean: 0.0, stdev: std },
+        );
+        let layers = (0..cfg.num_layers)
+            .map(|i| {
+                let p = &model / "layers" / i;
+                DecoderLayer {
+                    input_layernorm: RmsNorm::new(&p / "input_layernorm", cfg.hidden_size, cfg.rms_norm_eps),
+                    self_attn: Attention::new(&p / "self_attn", cfg),
+                    post_attention_layernorm: RmsNorm::new(
+                        &p / "post_attention_layernorm",
+                        cfg.hidden_size,
+                        cfg.rms_norm_eps,
+                    ),
+                    mlp: Mlp::new(&p / "mlp", cfg),
+                }
+            })
+            .collect();
+        let norm = RmsNorm::new(&model / "norm", cfg.hidden_size, cfg.rms_norm_eps);
+        let lm_head = (!cfg.tie_word_embeddings).then(|| {
+            (&path / "lm_head").var(
+                "weight",
+                &[cfg.vocab_size, cfg.hidden_size],
+                nn::Init::Randn { mean: 0.0, stdev: std },
+            )
+        });
+        let inv_freq = rope_inv_freq(cfg, path.device());
+        Ok(Llama { cfg: cfg.clone(), embed_tokens, layers, norm, lm_head, inv_freq })
+    }
+
+    /// Loads `dir/config.json` and `dir/model.safetensors` (or a sharded index) onto `device`,
+    /// converting the weights to `kind`.
+    pub fn from_pretrained(dir: impl AsRef<Path>, device: Device, kind: Kind) -> Result<(nn::VarStore, Llama)> {
+        let dir = dir.as_ref();
+        let cfg = LlamaConfig::from_file(dir.join("config.json"))?;
+        let mut vs = nn::VarStore::new(device);
+        let model = Llama::new(vs.root(), &cfg)?;
+        if kind != Kind::Float {
+            vs.set_kind(kind);
+        }
+        load_safetensors(&mut vs, dir, &Self::load_options(&cfg))?;
+        Ok((vs, model))
+    }
+
+    /// What a Llama checkpoint may hold beyond the model's variables: `lm_head.weight` in a tied
+    /// model (accepted only if equal to the embedding) and non-persistent RoPE buffers.
+    pub fn load_options(cfg: &LlamaConfig) -> LoadOptions {
+        let mut o = LoadOptions::default();
+        o.ignore_suffixes.push(".rotary_emb.inv_freq".into());
+        if cfg.tie_word_embeddings {
+            o.tied.push(("lm_head.weight".into(), "model.embed_tokens.weight".into()));
+        }
+        o
+    }
+
+    /// The runtime config.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.cfg
+    }
+
+    /// The device of the weights.
+    pub fn device(&self) -> Device {
+        self.embed_tokens.device()
+    }
+
+    /// `[V, H]`: the output projection (the embedding when tied), for chunked losses.
+    pub fn lm_head_weight(&self) -> Tensor {
+        self.lm_head.as_ref().unwrap_or(&self.embed_tokens).shallow_clone()
+    }
+
+    /// Every parameter with its HF name.
+    pub fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        let mut out = vec![("model.embed_tokens.weight".to_string(), self.embed_tokens.shallow_clone())];
+        let lin = |out: &mut Vec<(String, Tensor)>, name: String, l: &nn::Linear| {
+            out.push((format!("{name}.weight"), l.ws.shallow_clone()));
+            if let Some(b) = &l.bs {
+                out.push((format!("{name}.bias"), b.shallow_clone()));
+            }
+        };
+        for (i, l) in self.layers.iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            out.push((format!("{p}.input_layernorm.weight"), l.input_layernorm.weight.shallow_clone()));
+            lin(&mut out, format!("{p}.self_attn.q_proj"), &l.self_attn.q_proj);
+            lin(&mut out, format!("{p}.self_attn.k_proj"), &l.self_attn.k_proj);
+            lin(&mut out, format!("{p}.self_attn.v_proj"), &l.self_attn.v_proj);
+            lin(&mut out, format!("{p}.self_attn.o_proj"), &l.self_attn.o_proj);
+            out.push((
+                format!("{p}.post_attention_layernorm.weight"),
+                l.post_attention_layernorm.weight.shallow_clone(),
+            ));
+            lin(&mut out, format!("{p}.mlp.gate_proj"), &l.mlp.gate_proj);
+            lin(&mut out, format!("{p}.mlp.up_proj"), &l.mlp.up_proj);
+            lin(&mut out, format!("{p}.mlp.down_proj"), &l.mlp.down_proj);
+        }
+        out.push(("model.norm.weight".into(), self.norm.weight.shallow_clone()));
+        if let Some(w) = &self.lm_head {
+            out.push(("lm_head.weight".into(), w.shallow_clone()));
+        }
+        out
+    }
+
+    /// Number of parameters (a tied head counted once).
+    pub fn param_count(&self) -> i64 {
+        self.named_parameters().iter().map(|(_, t)| t.numel() as i64).sum()
+    }
+
+    /// Full forward pass. Records autograd unless called inside `tch::no_grad` (do so for
+    /// teacher and evaluation passes).
+    ///
+    /// # Shapes
+    /// `input_ids` `[B, T]` (any integer kind), `attention_mask` `[B, T]` (1 = real, 0 = pad,
+    /// left or right padding) → [`ModelOutputs`] with logits `[B, T, V]`.
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        opts: ForwardOptions,
+    ) -> Result<ModelOutputs> {
+        let (x, hidden, attn) = self.trunk(input_ids, attention_mask, None, opts)?; // [B, T, H]
+        let logits = x.linear(&self.lm_head_weight(), None::<Tensor>); // [B, T, V]
+        Ok(ModelOutputs { logits, hidden_states: hidden, attentions: attn })
+    }
+
+    /// The final normed hidden state `[B, T, H]` (no lm_head), for chunked losses.
+    pub fn forward_hidden(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>, train: bool) -> Result<Tensor> {
+        let opts = ForwardOptions { train, ..Default::default() };
+        Ok(self.trunk(input_ids, attention_mask, None, opts)?.0)
+    }
+
+    /// Incremental forward: `input_ids` `[B, T]` are the positions after the `cache.len()` cached
+    /// ones (no padding); returns logits `[B, T, V]` and extends the cache.
+    pub fn forward_cached(&self, input_ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        let (x, _, _) = self.trunk(input_ids, None, Some(cache), ForwardOptions::default())?; // [B, T, H]
+        Ok(x.linear(&self.lm_head_weight(), None::<Tensor>)) // [B, T, V]
+    }
+
+    /// Checks ids and mask before any compute; returns `(B, T)`.
+    fn check_inputs(&self, ids: &Tensor, mask: Option<&Tensor>, past: i64) -> Result<(i64, i64)> {
+        let size = ids.size();
+        let &[b, t] = size.as_slice() else {
+            return Err(Error::Invalid(format!("input_ids must be [B, T], got {size:?}")));
+        };
+        if b == 0 || t == 0 {
+            return Err(Error::Invalid(format!("input_ids is empty: {size:?}")));
+        }
+        if ids.is_floating_point() || ids.kind() == Kind::Bool {
+            return Err(Error::Invalid(format!("input_ids must be integers, got {:?}", ids.kind())));
+        }
+        let lo = ids.f_min()?.f_int64_value(&[])?;
+        let hi = ids.f_max()?.f_int64_value(&[])?;
+        if lo < 0 || hi >= self.cfg.vocab_size {
+            return Err(Error::Invalid(format!(
+                "token id out of range [0, {}): min {lo}, max {hi}",
+                self.cfg.vocab_size
+            )));
+        }
+        if let Some(m) = mask {
+            if m.size() != [b, past + t] {
+                return Err(Error::Invalid(format!("attention_mask must be [{b}, {}], got {:?}", past + t, m.size())));
+            }
+        }
+        Ok((b, t))
+    }
+
+    /// Embedding → layers → final norm. Returns the normed state `[B, T, H]` and the optional
+    /// hidden states / attention probabilities.
+    #[allow(clippy::type_complexity)]
+    fn trunk(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        mut cache: Option<&mut KvCache>,
+        opts: ForwardOptions,
+    ) -> Result<(Tensor, Option<Vec<Tensor>>, Option<Vec<Tensor>>)> {
+        let past = cache.as_ref().map_or(0, |c| c.len);
+        let (b, t) = self.check_inputs(input_ids, attention_mask, past)?;
+        let dev = self.device();
+        let ids = input_ids.to_device(dev).to_kind(Kind::Int64); // [B, T]
+        let s = past + t;
+
+        // Positions of the new tokens: cumsum over the mask, so padding does not shift them.
+        let pad = attention_mask.map(|m| m.to_device(dev).ne(0)); // [B, S] bool
+        let pos = match &pad {
+            Some(p) => (p.cumsum(1, Kind::Int64) - 1).clamp_min(0).narrow(1, past, t), // [B, T]
+            None => Tensor::arange_start(past, s, (Kind::Int64, dev)).unsqueeze(0).expand([b, t], false), // [B, T]
+        };
+
+        // Boolean mask [B, 1, T, S] (true = attend); None = plain causal (SDPA's is_causal).
+        let mask = if pad.is_some() || self.cfg.sliding_window.is_some() {
+            let q_abs = Tensor::arange_start(past, s, (Kind::Int64, dev)).unsqueeze(1); // [T, 1]
+            let k_abs = Tensor::arange(s, (Kind::Int64, dev)).unsqueeze(0); // [1, S]
+            let mut allowed = k_abs.le_tensor(&q_abs); // [T, S]
+            if let Some(w) = self.cfg.sliding_window {
+                allowed = allowed.logical_and(&k_abs.gt_tensor(&(&q_abs - w))); // [T, S]
+            }
+            let allowed = match &pad {
+                // A padded query may see only itself so that its softmax row stays finite.
+                Some(p) => {
+                    allowed.unsqueeze(0).logical_and(&p.unsqueeze(1)).logical_or(&k_abs.eq_tensor(&q_abs).unsqueeze(0))
+                } // [B, T, S]
+                None => allowed.unsqueeze(0).expand([b, t, s], false), // [B, T, S]
+            };
+            Some(allowed.unsqueeze(1)) // [B, 1, T, S]
+        } else {
+            None
+        };
+
+        // RoPE tables in float32, cast to the activation kind.
+        let inv_freq = self.inv_freq.to_device(dev); // [hd/2]
+        let freqs = pos.to_kind(Kind::Float).unsqueeze(-1) * inv_freq.view([1, 1, -1]); // [B, T, hd/2]
+        let emb = Tensor::cat(&[&freqs, &freqs], -1); // [B, T, hd]
+        let kind = self.embed_tokens.kind();
+        let cos = emb.cos().to_kind(kind).unsqueeze(1); // [B, 1, T, hd]
+        let sin = emb.sin().to_kind(kind).unsqueeze(1); // [B, 1, T, hd]
+
+        let mut x = Tensor::embedding(&self.embed_tokens, &ids, -1, false, false); // [B, T, H]
+        let mut hidden = opts.hidden_states.then(|| vec![x.shallow_clone()]);
+        let mut attns = opts.attentions.then(Vec::new);
+        if let Some(c) = cache.as_deref_mut() {
+            c.layers.resize_with(self.layers.len(), || None);
+        }
+        for (i, layer) in self.layers.iter().enumerate() {
+            let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            let h = layer.input_layernorm.forward(&x); // [B, T, H]
+            let (a, probs) = layer.self_attn.forward(&h, &cos, &sin, mask.as_ref(), slot, opts.attentions, opts.train); // [B, T, H]
+            x = &x + a; // [B, T, H] (not `+=`: that is in place and would alias hidden_states[i])
+            let h = layer.post_attention_layernorm.forward(&x); // [B, T, H]
+            x = &x + layer.mlp.forward(&h); // [B, T, H]
+            if let Some(hs) = hidden.as_mut() {
+                hs.push(x.shallow_clone());
+            }
+            if let (Some(at), Some(p)) = (attns.as_mut(), probs) {
+                at.push(p);
+            }
+        }
+        if let Some(c) = cache {
+            c.len = s;
+        }
+        let x = self.norm.forward(&x); // [B, T, H]
+        if let Some(hs) = hidden.as_mut() {
+            if let Some(last) = hs.last_mut() {
+                *last = x.shallow_clone();
+            }
+        }
+        Ok((x, hidden, attns))
+    }
+}
