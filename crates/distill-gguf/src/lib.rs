@@ -1,0 +1,23 @@
+//! Pure-Rust GGUF support for distill: read (v2/v3), dequantize (F32, F16, BF16, Q8_0, Q4_0,
+//! Q4_1, Q4_K, Q5_K, Q6_K — bitwise equal to gguf-py), write (v3; F32, F16, Q8_0), view a
+//! Llama-family model under Hugging Face tensor names, and build its tokenizer from metadata.
+
+pub mod dequant;
+pub mod error;
+pub mod llama;
+pub mod metadata;
+pub mod quant;
+pub mod reader;
+pub mod tokenizer;
+pub mod types;
+pub mod writer;
+
+pub use dequant::{dequantize, dequantize_to_vec, DequantError};
+pub use error::{GgufError, Result};
+pub use llama::{hf_name, hf_tensor, hf_tensors, unpermute_rope_rows, HfTensor, LlamaGgufParams};
+pub use metadata::{MetadataArray, MetadataValue, MetadataValueType};
+pub use quant::{quantize_f16, quantize_q8_0};
+pub use reader::{GgufFile, TensorInfo};
+pub use tokenizer::{tokenizer_fingerprint, tokenizer_from_gguf};
+pub use types::GgmlType;
+pub use writer::GgufWriter;
