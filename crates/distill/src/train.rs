@@ -54,7 +54,7 @@ pub struct TrainOptions {
 }
 
 /// What a finished phase reports.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct TrainReport {
     pub steps: u64,
     pub final_loss: f64,

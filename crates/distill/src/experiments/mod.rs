@@ -1,3 +1,4 @@
 //! End-to-end experiments driven by a recipe.
 
 pub mod image;
+pub mod lm;
