@@ -1,0 +1,108 @@
+//! Real weights: the SmolLM2-135M-Instruct GGUF teacher (fetched by the test script) against
+//! transformers on the same file, its HF conversion, and an exported student.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use distill::lm::{load_lm, student_config};
+use distill::models::llama::{ForwardOptions, Llama};
+use distill::recipe::{LmStudent, StudentInit};
+use tch::{nn, Device, Tensor};
+
+fn smollm2() -> PathBuf {
+    let p = distill::fetch::asset("smollm2").unwrap().root_path().join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(p.is_file(), "{} is missing: run `./target/release/distill fetch smollm2`", p.display());
+    p
+}
+
+fn python() -> PathBuf {
+    std::env::var_os("DISTILL_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| distill::fetch::distill_home().join("venv/bin/python"))
+}
+
+fn logits(model: &Llama, ids: &[i64]) -> Tensor {
+    let t = Tensor::from_slice(ids).view([1, -1]);
+    tch::no_grad(|| model.forward(&t, None, ForwardOptions::default()).unwrap().logits.squeeze_dim(0))
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.size(), b.size());
+    (a - b).abs().max().double_value(&[])
+}
+
+#[test]
+fn teacher_conversion_and_student_export_match_transformers() {
+    let gguf = smollm2();
+    let tmp = std::env::temp_dir().join(format!("distill-smollm2-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).unwrap();
+
+    let teacher = load_lm(&gguf, Device::Cpu).unwrap();
+    let cfg = teacher.model.config();
+    assert_eq!((cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads), (30, 576, 9, 3));
+    assert_eq!((cfg.vocab_size, cfg.intermediate_size), (49152, 1536));
+    assert_eq!(teacher.model.param_count(), 134_515_008);
+    let text = "The capital of France is Paris. In 1961, the Fulton County Grand Jury said";
+    let ids: Vec<i64> = teacher.tokenizer.encode(text, false).unwrap().get_ids().iter().map(|&i| i as i64).collect();
+    assert_eq!(&ids[..6], &[504, 3575, 282, 4649, 314, 7042]);
+
+    // The teacher converted to an HF directory, and a random 6-layer student exported.
+    let conv = tmp.join("teacher-hf");
+    distill::export::export_hf(&teacher.model, Some(&teacher.tokenizer_json), &conv).unwrap();
+    let spec = LmStudent {
+        init: StudentInit::LayerSubset,
+        layers: 6,
+        hidden: Some(256),
+        heads: Some(4),
+        kv_heads: Some(2),
+        intermediate: Some(768),
+        tie_embeddings: true,
+    };
+    let s_cfg = student_config(cfg, &spec).unwrap();
+    tch::manual_seed(0);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let student = Llama::new(vs.root(), &s_cfg).unwrap();
+    distill::lm::init_student(&vs, &s_cfg, &teacher, StudentInit::LayerSubset).unwrap();
+    assert_eq!(student.param_count(), 17_304_832);
+    // layer-subset copies the teacher's embedding (sliced to 256 columns) and layer 29 → 5.
+    let te = teacher.vs.variables();
+    let sv = vs.variables();
+    let emb = te["model.embed_tokens.weight"].narrow(1, 0, 256);
+    assert!(sv["model.embed_tokens.weight"].equal(&emb));
+    let w = te["model.layers.29.mlp.down_proj.weight"].narrow(0, 0, 256).narrow(1, 0, 768);
+    assert!(sv["model.layers.5.mlp.down_proj.weight"].equal(&w));
+    let sdir = tmp.join("student-hf");
+    distill::export::export_hf(&student, Some(&teacher.tokenizer_json), &sdir).unwrap();
+
+    let ids_path = tmp.join("ids.json");
+    std::fs::write(&ids_path, serde_json::to_string(&ids).unwrap()).unwrap();
+    let out = tmp.join("ref.safetensors");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/smollm2/hf_logits.py");
+    let o = Command::new(python())
+        .arg(&script)
+        .arg(&ids_path)
+        .arg(&out)
+        .arg(format!("gguf=gguf:{}", gguf.display()))
+        .arg(format!("conv={}", conv.display()))
+        .arg(format!("student={}", sdir.display()))
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "python failed: {}", String::from_utf8_lossy(&o.stderr));
+    let r = distill::checkpoint::load_tensors(&out).unwrap().tensors;
+
+    let ours = logits(&teacher.model, &ids);
+    assert_eq!(ours.size(), vec![ids.len() as i64, 49152]);
+    let d_gguf = max_diff(&ours, &r["gguf"]);
+    let d_conv = max_diff(&ours, &r["conv"]);
+    let d_student = max_diff(&logits(&student, &ids), &r["student"]);
+    eprintln!("max |Δlogit|: teacher vs transformers(GGUF) {d_gguf:.2e}, vs converted dir {d_conv:.2e}, student {d_student:.2e}");
+    assert!(d_gguf <= 1e-4, "teacher vs transformers on the GGUF: {d_gguf}");
+    assert!(d_conv <= 1e-4, "teacher vs transformers on the converted dir: {d_conv}");
+    assert!(d_student <= 1e-4, "exported student vs transformers: {d_student}");
+    // And the teacher is a real model: "Paris" is its top next token after "…France is".
+    let top = ours.get(4).argmax(-1, false).int64_value(&[]);
+    assert_eq!(teacher.tokenizer.decode(&[top as u32], false).unwrap(), " Paris");
+    std::fs::remove_dir_all(&tmp).unwrap();
+}
