@@ -34,7 +34,7 @@ pub fn lm_batch(blocks: &TokenBlocks, rows: &[usize], device: Device) -> LmBatch
             }
         }
     }
-    let padded = b.attention_mask.iter().any(|&m| m == 0);
+    let padded = b.attention_mask.contains(&0);
     let mask = padded.then(|| {
         let m: Vec<i64> = b.attention_mask.iter().map(|&x| x as i64).collect();
         Tensor::from_slice(&m).view([n, t]).to_device(device)

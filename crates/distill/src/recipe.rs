@@ -31,7 +31,7 @@ struct TaskOnly {
 #[serde(untagged)]
 pub enum Recipe {
     Image(ImageRecipe),
-    Lm(Box<LmRecipe>),
+    Lm(LmRecipe),
 }
 
 impl Recipe {
@@ -50,7 +50,7 @@ impl Recipe {
             }
             Some(Task::CausalLm) => {
                 let r: LmRecipe = doc.try_into().map_err(|e: toml::de::Error| Error::Recipe(one_line(&e)))?;
-                Ok(Recipe::Lm(Box::new(r)))
+                Ok(Recipe::Lm(r))
             }
             None => Err(Error::Recipe("missing key `task` (one of: image-classification, causal-lm)".into())),
         }
@@ -727,7 +727,7 @@ impl LmRecipe {
         if e.top_k_table == 0 || e.sample_top_k == 0 || !(e.sample_top_p > 0.0 && e.sample_top_p <= 1.0) {
             return Err(Error::Recipe("eval: top_k_table and sample_top_k must be > 0, sample_top_p in (0, 1]".into()));
         }
-        if !(e.sample_temperature > 0.0) {
+        if e.sample_temperature.is_nan() || e.sample_temperature <= 0.0 {
             return Err(Error::Recipe("eval.sample_temperature must be > 0".into()));
         }
         if self.checkpoint.every_steps == 0 {
@@ -766,7 +766,7 @@ alpha = 0.9
 
     #[test]
     fn minimal_recipe_parses_with_documented_defaults() {
-        let Recipe::Image(r) = parse(&[]).unwrap() else { panic!("not an image recipe") };
+        let r = image(parse(&[]).unwrap());
         assert_eq!(r.seeds, vec![0]);
         assert_eq!(r.student.train.batch_size, 128);
         assert_eq!(r.student.train.optimizer, OptimizerKind::Adamw);
@@ -784,15 +784,24 @@ alpha = 0.9
         assert!(e.contains("unknown field `widths`"), "{e}");
     }
 
+    fn image(r: Recipe) -> ImageRecipe {
+        match r {
+            Recipe::Image(r) => r,
+            Recipe::Lm(_) => panic!("not an image recipe"),
+        }
+    }
+
     #[test]
     fn overrides_take_toml_values_and_bare_strings() {
-        let Recipe::Image(r) =
-            parse(&["seeds=[1,2,3]", "distill.temperature=20", "name=hello world", "student.train.epochs=2.5"])
-                .unwrap();
+        let o = ["seeds=[1,2,3]", "distill.temperature=20", "name=hello world", "student.train.epochs=2.5"];
+        let r = image(parse(&o).unwrap());
         assert_eq!(r.seeds, vec![1, 2, 3]);
         assert_eq!(r.distill.temperature, 20.0);
         assert_eq!(r.name, "hello world");
         assert_eq!(r.student.train.epochs, Some(2.5));
+        // An empty value removes the key, so `steps` can replace `epochs`.
+        let r2 = image(parse(&["teacher.train.epochs=", "teacher.train.steps=7"]).unwrap());
+        assert_eq!((r2.teacher.train.epochs, r2.teacher.train.steps), (None, Some(7)));
     }
 
     #[test]
@@ -813,10 +822,25 @@ alpha = 0.9
     }
 
     #[test]
+    fn lm_recipes_in_the_repo_parse_and_validate_shape_rules() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../recipes");
+        for f in ["smollm2-brown.toml", "smollm2-brown-scratch.toml"] {
+            let r = Recipe::load(&dir.join(f), &[]).unwrap();
+            let Recipe::Lm(lm) = &r else { panic!("{f} is not a causal-lm recipe") };
+            assert_eq!(lm.data.pack.seq_len, 128);
+            let twin = f.contains("scratch");
+            assert_eq!(lm.distill.alpha == 0.0, twin, "{f}");
+        }
+        let o = |s: &str| vec![s.to_string()];
+        let e = Recipe::load(&dir.join("smollm2-brown.toml"), &o("student.kv_heads=3")).unwrap().validate();
+        assert!(e.unwrap_err().to_string().contains("student.heads (4) must be a multiple of student.kv_heads (3)"));
+        let e = Recipe::load(&dir.join("smollm2-brown.toml"), &o("student.init=\"copy\"")).unwrap_err();
+        assert!(e.to_string().contains("unknown variant `copy`"), "{e}");
+    }
+
+    #[test]
     fn total_steps_from_epochs() {
-        let Recipe::Image(r) = parse(&["student.train.epochs=1.5", "student.train.batch_size=100"]).unwrap() else {
-            panic!("not an image recipe")
-        };
+        let r = image(parse(&["student.train.epochs=1.5", "student.train.batch_size=100"]).unwrap());
         assert_eq!(r.student.train.total_steps(1000), 15);
         assert_eq!(r.student.train.total_steps(1001), 17);
     }
