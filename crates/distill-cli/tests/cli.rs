@@ -177,9 +177,11 @@ fn fashion_recipe_runs_on_a_csv_set_by_overriding_data_only() {
     assert!(o.status.success(), "{}", stderr(&o));
     let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let res = s["results"].as_array().unwrap();
-    // 3 seeds × (teacher, scratch, kd at T=4) + sweep {1, 2, 8, 20}.
+    // 3 seeds × (teacher, scratch, kd at T=2) + sweep {1, 4, 8, 20}.
     assert_eq!(res.len(), 13);
-    assert_eq!(res[0]["params"], 64 * 1200 + 1200 + 1200 * 1200 + 1200 + 1200 * 10 + 10);
+    // CNN teacher on 8×8 images: conv 1→32, conv 32→64, two 2×2 pools (8→4→2), fc 256→1024, out.
+    assert_eq!(res[0]["params"], (32 * 9 + 32) + (64 * 32 * 9 + 64) + (64 * 2 * 2 * 1024 + 1024) + (1024 * 10 + 10));
+    assert_eq!(res[1]["params"], 64 * 800 + 800 + 800 * 800 + 800 + 800 * 10 + 10);
     for r in res {
         // 8 epochs-worth of 8 steps is little training, but far better than chance (90 errors).
         assert!(r["test_errors"].as_i64().unwrap() < 45, "{r}");

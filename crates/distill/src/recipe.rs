@@ -687,9 +687,16 @@ impl LmRecipe {
         }
         check_path(&self.teacher.path, "teacher.path")?;
         self.data.validate().map_err(|e| Error::Recipe(format!("data: {e}")))?;
-        for (i, s) in self.data.sources.iter().enumerate() {
-            if !s.path.contains(['*', '?', '[']) {
-                check_path(&s.path, &format!("data.sources[{i}].path"))?;
+        let lists = [
+            ("data.sources", &self.data.sources),
+            ("data.val_sources", &self.data.val_sources),
+            ("eval.extra", &self.eval.extra),
+        ];
+        for (key, list) in lists {
+            for (i, s) in list.iter().enumerate() {
+                if !s.path.contains(['*', '?', '[']) {
+                    check_path(&s.path, &format!("{key}[{i}].path"))?;
+                }
             }
         }
         let st = &self.student;

@@ -102,7 +102,11 @@ struct ClassifierTask<'a> {
     model: &'a dyn ModuleT,
     x: &'a Tensor,
     labels: &'a Tensor,
+    /// The teacher's logits on the un-augmented training images (offline teacher).
     teacher_logits: Option<&'a Tensor>,
+    /// The teacher itself, run on the same augmented batch as the student when the student is
+    /// jittered ("consistent teaching", Beyer et al. 2022).
+    teacher: Option<&'a dyn ModuleT>,
     kd: Option<KdLoss>,
     jitter: usize,
     /// Example index → row of `x` (a labeled subset for the scratch student).
@@ -125,7 +129,11 @@ impl TrainTask for ClassifierTask<'_> {
         let logits = self.model.forward_t(&x, true); // [B, C]
         match (self.kd, self.teacher_logits) {
             (Some(kd), Some(tl)) => {
-                let p = kd.forward(&logits, &tl.index_select(0, &idx), Some(&y));
+                let t = match self.teacher {
+                    Some(t) if self.jitter > 0 => tch::no_grad(|| t.forward_t(&x, false)), // [B, C]
+                    _ => tl.index_select(0, &idx),                                         // [B, C]
+                };
+                let p = kd.forward(&logits, &t, Some(&y));
                 Ok(StepLoss { total: p.total, parts: vec![("soft", p.soft), ("hard", p.hard)] })
             }
             _ => Ok(StepLoss { total: cross_entropy(&logits, &y), parts: vec![] }),
@@ -216,6 +224,7 @@ pub fn run(recipe: &ImageRecipe, recipe_toml: &str, out: &Path, opts: &RunOption
     crate::checkpoint::write_atomic(&out.join("recipe.toml"), recipe_toml.as_bytes())?;
 
     let mut teacher_logits: HashMap<u64, Tensor> = HashMap::new();
+    let mut teachers: HashMap<u64, (nn::VarStore, Box<dyn ModuleT>)> = HashMap::new();
     let mut teacher_params = HashMap::new();
     let mut results = Vec::new();
     for ph in phases(recipe) {
@@ -240,6 +249,7 @@ pub fn run(recipe: &ImageRecipe, recipe_toml: &str, out: &Path, opts: &RunOption
             let (tvs, tm) = build(&recipe.teacher, ph.seed, hw, classes);
             load_weights(&tvs, &out.join("phases").join(format!("teacher-s{}", ph.seed)).join("model.safetensors"))?;
             teacher_logits.insert(ph.seed, predict(tm.as_ref(), &train.images));
+            teachers.insert(ph.seed, (tvs, tm));
         }
         let (labels, rows) = match ph.role {
             Role::Teacher => (&train.labels, None),
@@ -251,6 +261,7 @@ pub fn run(recipe: &ImageRecipe, recipe_toml: &str, out: &Path, opts: &RunOption
             x: &train.images,
             labels,
             teacher_logits: teacher_logits.get(&ph.seed),
+            teacher: teachers.get(&ph.seed).map(|t| t.1.as_ref()),
             kd,
             jitter: stage.jitter,
             rows,
