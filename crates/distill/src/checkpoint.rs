@@ -10,25 +10,10 @@ use tch::{Kind, Tensor};
 
 use crate::{Error, Result};
 
-/// Writes `bytes` to `path` atomically: a crash leaves either the old file or the new one.
+/// Writes `bytes` to `path` atomically: a crash leaves either the old file or the new one
+/// (see [`crate::io::safetensors::write_atomic`]).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let res = (|| -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    res.map_err(|e| Error::io(path, e))
+    crate::io::safetensors::write_atomic(path, |w| w.write_all(bytes).map_err(|e| Error::io(path, e)))
 }
 
 /// Serializes `value` as pretty JSON and writes it atomically.
