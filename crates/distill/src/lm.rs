@@ -42,9 +42,8 @@ pub fn is_gguf(path: &Path) -> bool {
     std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut magic)).is_ok() && &magic == b"GGUF"
 }
 
-/// The runtime config of a Llama-family GGUF.
-pub fn config_from_gguf(file: &distill_gguf::GgufFile) -> Result<LlamaConfig> {
-    let p = distill_gguf::LlamaGgufParams::from_gguf(file).map_err(gguf_err)?;
+/// The runtime config of a Llama-family GGUF, from its parsed hyper-parameters `p`.
+pub fn config_from_gguf(file: &distill_gguf::GgufFile, p: &distill_gguf::LlamaGgufParams) -> Result<LlamaConfig> {
     let arch = match p.architecture.as_str() {
         "qwen2" => Arch::Qwen2,
         "mistral" => Arch::Mistral,
@@ -103,8 +102,8 @@ pub fn load_lm(path: &Path, device: Device) -> Result<LoadedLm> {
         return Err(Error::format(path, "neither a GGUF file nor a Hugging Face directory"));
     }
     let file = distill_gguf::GgufFile::open(path).map_err(gguf_err)?;
-    let cfg = config_from_gguf(&file)?;
     let params = distill_gguf::LlamaGgufParams::from_gguf(&file).map_err(gguf_err)?;
+    let cfg = config_from_gguf(&file, &params)?;
     let mut vs = nn::VarStore::new(device);
     let model = Llama::new(vs.root(), &cfg)?;
     let tensors: Vec<(String, Vec<i64>, Vec<f32>)> = distill_gguf::hf_tensors(&file, &params)
