@@ -89,6 +89,15 @@ pub const ASSETS: &[Asset] = &[
         sha256: "8d15982711d6fa4b415fa84e83f654b34ac06db49f120eb9a3d33dd3346622cb",
         root: "package/data",
     },
+    Asset {
+        name: "jemalloc",
+        about: "libjemalloc2 5.3.0 (Debian), for the PyPI twin's jemalloc runs in bench/, BSD-2-Clause",
+        registry: Registry::Debian,
+        spec: "libjemalloc2=5.3.0-1",
+        file: "libjemalloc2_5.3.0-1_amd64.deb",
+        sha256: "a4117c23c5c8acf6c9678a6cb086f000b79476369da7efe8a78a70826956ad3d",
+        root: "usr/lib/x86_64-linux-gnu",
+    },
 ];
 
 /// `$DISTILL_HOME` (default `$XDG_CACHE_HOME/distill`, else `~/.cache/distill`).

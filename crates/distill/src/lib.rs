@@ -4,6 +4,7 @@
 //! [`recipe::Recipe`] (what to run), [`train::fit`] (the one Trainer) and
 //! [`losses`] (the objectives, each with its formula and paper).
 
+pub mod bench;
 pub mod checkpoint;
 pub mod data;
 pub mod error;
@@ -14,6 +15,7 @@ pub mod fetch;
 pub mod generate;
 pub mod io;
 pub mod lm;
+pub mod lm_task;
 pub mod losses;
 pub mod models;
 pub mod optim;

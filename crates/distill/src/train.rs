@@ -122,16 +122,12 @@ pub fn fit(vs: &nn::VarStore, task: &mut dyn TrainTask, opts: &TrainOptions) -> 
         let batch = &perm[within * bs..((within + 1) * bs).min(n)];
         tch::manual_seed(mix(opts.seed, step));
         let mut rng = SplitMix64::derive(opts.seed, 2, step);
-        let out = task.loss(batch, &mut rng)?;
-        let loss = out.total.double_value(&[]);
-        if !loss.is_finite() {
-            return Err(Error::NonFinite { phase: opts.phase.clone(), step, value: loss });
-        }
-        opt.zero_grad();
-        out.total.backward();
-        let gnorm = opt.clip_grad_norm(cfg.clip_grad_norm);
         let lr = lr_at(cfg, step, total);
-        opt.step(lr);
+        let (out, loss, gnorm) = train_step(task, &mut opt, batch, &mut rng, cfg.clip_grad_norm, lr)
+            .map_err(|e| match e {
+                Error::NonFinite { value, .. } => Error::NonFinite { phase: opts.phase.clone(), step, value },
+                e => e,
+            })?;
         last_loss = loss;
         let done = step + 1;
         if done % opts.log_every.max(1) == 0 || done == total {
@@ -155,6 +151,29 @@ pub fn fit(vs: &nn::VarStore, task: &mut dyn TrainTask, opts: &TrainOptions) -> 
     bar.finish_and_clear();
     save_checkpoint(&ckpt, &params, &opt, total, &opts.phase)?;
     Ok(TrainReport { steps: total, final_loss: last_loss, seconds: t0.elapsed().as_secs_f64(), resumed_from })
+}
+
+/// One optimizer step on `batch`: loss, backward, global-norm clipping, update with `lr`.
+/// Returns the step's loss parts, the loss value and the gradient norm before clipping. A
+/// non-finite loss is an error (nothing is updated).
+pub fn train_step(
+    task: &mut dyn TrainTask,
+    opt: &mut Optimizer,
+    batch: &[usize],
+    rng: &mut SplitMix64,
+    clip_grad_norm: Option<f64>,
+    lr: f64,
+) -> Result<(StepLoss, f64, f64)> {
+    let out = task.loss(batch, rng)?;
+    let loss = out.total.double_value(&[]);
+    if !loss.is_finite() {
+        return Err(Error::NonFinite { phase: String::new(), step: 0, value: loss });
+    }
+    opt.zero_grad();
+    out.total.backward();
+    let gnorm = opt.clip_grad_norm(clip_grad_norm);
+    opt.step(lr);
+    Ok((out, loss, gnorm))
 }
 
 fn save_checkpoint(path: &Path, params: &[(String, Tensor)], opt: &Optimizer, step: u64, phase: &str) -> Result<()> {

@@ -14,18 +14,18 @@ use std::path::{Path, PathBuf};
 
 use distill_text::{TextDataConfig, TextSource, TokenBlocks};
 use serde::{Deserialize, Serialize};
-use tch::{nn, Device, Kind, Tensor};
+use tch::{nn, Device, Kind};
 
 use crate::checkpoint::{write_atomic, write_json};
-use crate::data::rng::SplitMix64;
-use crate::eval::{generate_text, lm_batch, score, tokens_per_second, top_k_table, Generation, LmScores, TopToken};
+use crate::eval::{generate_text, score, tokens_per_second, top_k_table, Generation, LmScores, TopToken};
 use crate::export::export_hf;
 use crate::generate::GenerateOptions;
 use crate::lm::{init_student, load_lm, student_config, LoadedLm};
-use crate::losses::response::{cross_entropy, KdLoss};
-use crate::models::llama::{ForwardOptions, Llama};
+use crate::lm_task::LmKdTask;
+use crate::losses::response::KdLoss;
+use crate::models::llama::Llama;
 use crate::recipe::LmRecipe;
-use crate::train::{fit, StepLoss, TrainOptions, TrainReport, TrainTask};
+use crate::train::{fit, TrainOptions, TrainReport};
 use crate::{fetch, Error, Result};
 
 /// Options of a run that are not part of the recipe.
@@ -104,38 +104,6 @@ pub fn text_blocks(
     Ok(distill_text::build_dataset(&cfg, tok).map_err(text_err)?.train)
 }
 
-struct LmTask<'a> {
-    student: &'a Llama,
-    teacher: &'a Llama,
-    blocks: &'a TokenBlocks,
-    kd: KdLoss,
-}
-
-impl TrainTask for LmTask<'_> {
-    fn num_examples(&self) -> usize {
-        self.blocks.n_blocks()
-    }
-
-    fn loss(&mut self, batch: &[usize], _rng: &mut SplitMix64) -> Result<StepLoss> {
-        let b = lm_batch(self.blocks, batch, self.student.device());
-        let idx = b.targets.ge(0).view([-1]).nonzero().squeeze_dim(1); // [N]
-        let y = b.targets.view([-1]).index_select(0, &idx); // [N]
-        let opts = ForwardOptions { train: true, ..Default::default() };
-        let logits = self.student.forward(&b.ids, b.mask.as_ref(), opts)?.logits; // [B, T, V]
-        let v = logits.size()[2];
-        let s = logits.view([-1, v]).index_select(0, &idx); // [N, V]
-        if self.kd.alpha == 0.0 {
-            return Ok(StepLoss { total: cross_entropy(&s, &y), parts: vec![] });
-        }
-        let t = tch::no_grad(|| -> Result<Tensor> {
-            let tl = self.teacher.forward(&b.ids, b.mask.as_ref(), ForwardOptions::default())?.logits; // [B, T, V]
-            Ok(tl.view([-1, v]).index_select(0, &idx)) // [N, V]
-        })?;
-        let p = self.kd.forward(&s, &t, Some(&y));
-        Ok(StepLoss { total: p.total, parts: vec![("soft", p.soft), ("hard", p.hard)] })
-    }
-}
-
 fn dir_bytes(dir: &Path) -> u64 {
     std::fs::read_dir(dir)
         .map(|d| {
@@ -174,7 +142,7 @@ fn student_phase(
     let vs = nn::VarStore::new(Device::Cpu);
     let model = Llama::new(vs.root(), &s_cfg)?;
     init_student(&vs, &s_cfg, teacher, r.student.init)?;
-    let mut task = LmTask {
+    let mut task = LmKdTask {
         student: &model,
         teacher: &teacher.model,
         blocks: train,

@@ -181,8 +181,6 @@ impl Attention {
             }
             None => (k, v),
         };
-        let k = self.repeat_kv(&k); // [B, nh, S, hd]
-        let v = self.repeat_kv(&v); // [B, nh, S, hd]
         let scale = (hd as f64).powf(-0.5);
         let p_drop = if train { self.dropout } else { 0.0 };
 
@@ -192,18 +190,23 @@ impl Attention {
 
         let (out, probs) = if want_probs {
             let allowed = mask.map_or_else(causal, Tensor::shallow_clone); // [B, 1, T, S] or [T, S]
+            let k = self.repeat_kv(&k); // [B, nh, S, hd]
+            let v = self.repeat_kv(&v); // [B, nh, S, hd]
             let scores = q.matmul(&k.transpose(-2, -1)) * scale; // [B, nh, T, S]
             let scores = scores.masked_fill(&allowed.logical_not(), f64::NEG_INFINITY); // [B, nh, T, S]
             let probs = scores.softmax(-1, Kind::Float).to_kind(q.kind()); // [B, nh, T, S]
             let probs = if p_drop > 0.0 { probs.dropout(p_drop, true) } else { probs };
             (probs.matmul(&v), Some(probs)) // [B, nh, T, hd]
         } else {
+            // SDPA repeats the kv heads itself (`enable_gqa`, repeat_interleave semantics, the
+            // same grouping as `repeat_kv`) without materialising [B, nh, S, hd] copies.
+            let gqa = nh != nkv;
             let out = match mask {
-                Some(m) => Tensor::scaled_dot_product_attention(&q, &k, &v, Some(m), p_drop, false, scale, false),
+                Some(m) => Tensor::scaled_dot_product_attention(&q, &k, &v, Some(m), p_drop, false, scale, gqa),
                 None if t == s => {
-                    Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, p_drop, true, scale, false)
+                    Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, p_drop, true, scale, gqa)
                 }
-                None => Tensor::scaled_dot_product_attention(&q, &k, &v, Some(causal()), p_drop, false, scale, false),
+                None => Tensor::scaled_dot_product_attention(&q, &k, &v, Some(causal()), p_drop, false, scale, gqa),
             }; // [B, nh, T, hd]
             (out, None)
         };

@@ -1,0 +1,198 @@
+//! Benchmarks of the work distill does, behind `distill bench`; `bench/run.py` runs each next to
+//! its PyTorch twin in one invocation and prints the ratios.
+//!
+//! * [`bench_step`]: one KD training step — the same [`LmKdTask`] and [`train_step`] that
+//!   `distill run` trains with — on a fixed batch of random token ids (timing does not depend on
+//!   the values), median over `steps` after `warmup`.
+//! * [`bench_forward`]: a model's full-sequence forward (logits at every position) under
+//!   no-grad, in tokens/s.
+//!
+//! Peak memory is the process's peak resident set (`VmHWM`), as the twin reports `ru_maxrss`.
+
+use std::path::Path;
+use std::time::Instant;
+
+use distill_text::TokenBlocks;
+use serde::{Deserialize, Serialize};
+use tch::{nn, Device, Kind, Tensor};
+
+use crate::data::rng::SplitMix64;
+use crate::io::hf::{HfLlamaConfig, LlamaConfig};
+use crate::lm_task::LmKdTask;
+use crate::losses::response::KdLoss;
+use crate::models::llama::{ForwardOptions, Llama};
+use crate::optim::Optimizer;
+use crate::recipe::TrainCfg;
+use crate::train::train_step;
+use crate::{Error, Result};
+
+/// One configuration of `bench/configs.json`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct StepBenchSpec {
+    /// HF config dict of a randomly initialised teacher (exclusive with `teacher_path`).
+    #[serde(default)]
+    pub teacher: Option<serde_json::Value>,
+    /// A real teacher (GGUF file or HF directory, `asset:` allowed).
+    #[serde(default)]
+    pub teacher_path: Option<String>,
+    /// HF config dict of the (randomly initialised) student.
+    pub student: serde_json::Value,
+    pub batch: usize,
+    pub seq: usize,
+    pub temperature: f64,
+    pub alpha: f64,
+    pub lr: f64,
+}
+
+/// Reads configuration `name` of a `configs.json`.
+pub fn load_spec(path: &Path, name: &str) -> Result<StepBenchSpec> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let all: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::format(path, e.to_string()))?;
+    let one = all.get(name).ok_or_else(|| Error::format(path, format!("no configuration `{name}`")))?;
+    serde_json::from_value(one.clone()).map_err(|e| Error::format(path, format!("configuration `{name}`: {e}")))
+}
+
+/// An HF config dict as a runtime config.
+pub fn config_from_json(v: &serde_json::Value, what: &str) -> Result<LlamaConfig> {
+    let bytes = serde_json::to_vec(v).map_err(|e| Error::Invalid(e.to_string()))?;
+    HfLlamaConfig::from_slice(&bytes).map_err(|m| Error::Invalid(format!("{what}: {m}")))?.into_config(what)
+}
+
+/// What [`bench_step`] measured.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StepBenchResult {
+    pub threads: i32,
+    pub batch: usize,
+    pub seq: usize,
+    /// Median milliseconds per optimizer step.
+    pub ms_per_step: f64,
+    /// Every timed step, in order.
+    pub ms_steps: Vec<f64>,
+    /// Predicted tokens per second (batch × seq / median step time).
+    pub tokens_per_s: f64,
+    /// Peak resident set of the process, MiB.
+    pub peak_rss_mib: f64,
+    pub student_params: i64,
+    pub teacher_params: i64,
+    /// Loss of the first and last timed step (the batch is fixed, so it should fall).
+    pub loss_first: f64,
+    pub loss_last: f64,
+}
+
+/// Peak resident set size of this process in MiB (`VmHWM` of `/proc/self/status`; 0 elsewhere).
+pub fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// `rows` × `seq` random ids in `[0, vocab)` from `seed`, as packed rows with no padding.
+pub fn random_blocks(rows: usize, seq: usize, vocab: i64, seed: u64) -> TokenBlocks {
+    let mut rng = SplitMix64::new(seed);
+    let input_ids = (0..rows * seq).map(|_| (rng.next_u64() % vocab as u64) as u32).collect();
+    TokenBlocks { seq_len: seq, input_ids, attention_mask: None, n_tokens_real: rows * seq }
+}
+
+/// Times `warmup + steps` KD steps of `student` (variables in `vs`) against `teacher` on one
+/// fixed random batch.
+pub fn bench_step(
+    vs: &nn::VarStore,
+    student: &Llama,
+    teacher: &Llama,
+    spec: &StepBenchSpec,
+    warmup: usize,
+    steps: usize,
+) -> Result<StepBenchResult> {
+    let blocks = random_blocks(spec.batch, spec.seq, student.config().vocab_size, 0);
+    let batch: Vec<usize> = (0..spec.batch).collect();
+    let mut task =
+        LmKdTask { student, teacher, blocks: &blocks, kd: KdLoss { temperature: spec.temperature, alpha: spec.alpha } };
+    let cfg: TrainCfg = serde_json::from_value(serde_json::json!({
+        "steps": (warmup + steps) as u64, "lr": spec.lr, "weight_decay": 0.01, "clip_grad_norm": 1.0,
+    }))
+    .map_err(|e| Error::Invalid(e.to_string()))?;
+    let mut params: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+    params.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut opt = Optimizer::new(&cfg, params);
+    let mut rng = SplitMix64::new(0);
+    let mut ms = Vec::new();
+    let mut losses = Vec::new();
+    for i in 0..warmup + steps {
+        let t0 = Instant::now();
+        let (_, loss, _) = train_step(&mut task, &mut opt, &batch, &mut rng, cfg.clip_grad_norm, spec.lr)?;
+        let dt = t0.elapsed().as_secs_f64() * 1e3;
+        if i >= warmup {
+            ms.push(dt);
+            losses.push(loss);
+        }
+    }
+    let mut sorted = ms.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN);
+    Ok(StepBenchResult {
+        threads: tch::get_num_threads(),
+        batch: spec.batch,
+        seq: spec.seq,
+        ms_per_step: median,
+        ms_steps: ms,
+        tokens_per_s: (spec.batch * spec.seq) as f64 / (median / 1e3),
+        peak_rss_mib: peak_rss_mib(),
+        student_params: student.param_count(),
+        teacher_params: teacher.param_count(),
+        loss_first: losses.first().copied().unwrap_or(f64::NAN),
+        loss_last: losses.last().copied().unwrap_or(f64::NAN),
+    })
+}
+
+/// What [`bench_forward`] measured.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ForwardBenchResult {
+    pub threads: i32,
+    pub rows: i64,
+    pub seq: i64,
+    pub ms_per_forward: f64,
+    pub tokens_per_s: f64,
+    pub peak_rss_mib: f64,
+}
+
+/// Full-sequence forward of `model` on `rows` × `seq` random ids under no-grad: median of
+/// `reps` after one warm-up.
+pub fn bench_forward(model: &Llama, rows: i64, seq: i64, reps: usize) -> Result<ForwardBenchResult> {
+    let v = model.config().vocab_size;
+    let ids = Tensor::randint(v, [rows, seq], (Kind::Int64, model.device()));
+    let mut ms = Vec::new();
+    tch::no_grad(|| -> Result<()> {
+        for i in 0..=reps {
+            let t0 = Instant::now();
+            let l = model.forward(&ids, None, ForwardOptions::default())?.logits; // [rows, seq, V]
+            let _ = l.get(0).get(0).get(0).double_value(&[]);
+            if i > 0 {
+                ms.push(t0.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        Ok(())
+    })?;
+    ms.sort_by(f64::total_cmp);
+    let median = ms[ms.len() / 2];
+    Ok(ForwardBenchResult {
+        threads: tch::get_num_threads(),
+        rows,
+        seq,
+        ms_per_forward: median,
+        tokens_per_s: (rows * seq) as f64 / (median / 1e3),
+        peak_rss_mib: peak_rss_mib(),
+    })
+}
+
+/// A randomly initialised model of `cfg` on the CPU.
+pub fn random_model(cfg: &LlamaConfig, seed: i64) -> Result<(nn::VarStore, Llama)> {
+    tch::manual_seed(seed);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let m = Llama::new(vs.root(), cfg)?;
+    Ok((vs, m))
+}
