@@ -102,6 +102,52 @@ enum Cmd {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// Run a teacher once over packed text and store its top-k next-token log-probabilities
+    /// (an offline teacher for `teacher.cache` in a recipe).
+    Cache {
+        /// Teacher: GGUF file or HF directory (or take it from --recipe).
+        #[arg(long)]
+        teacher: Option<PathBuf>,
+        /// Text: files, directories or globs, packed as a recipe's `[data]` with only `sources`
+        /// set (or take the data from --recipe).
+        #[arg(long)]
+        data: Vec<String>,
+        /// Take teacher and data (sources, cleaning, split, packing) from this recipe: the cache
+        /// then covers exactly its training rows.
+        #[arg(long)]
+        recipe: Option<PathBuf>,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Tokens per row (with --data).
+        #[arg(long, default_value_t = 512)]
+        seq_len: usize,
+        #[arg(long, default_value_t = 64)]
+        top_k: usize,
+        /// Log-probability encoding: `u8` (quantized, --step nats) or `f16`.
+        #[arg(long, default_value = "u8")]
+        encoding: String,
+        #[arg(long, default_value_t = 0.0625)]
+        step: f32,
+        #[arg(long, default_value_t = 256)]
+        rows_per_shard: usize,
+        /// Rows per teacher forward (divides --rows-per-shard).
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Output directory (an interrupted capture there is resumed).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Describe a teacher cache: size, bytes/token, fingerprints, completeness.
+    Inspect {
+        dir: PathBuf,
+        /// Also verify every shard's checksum.
+        #[arg(long)]
+        verify: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Benchmarks (bench/run.py runs them next to their PyTorch twins).
     Bench {
         #[command(subcommand)]
@@ -205,6 +251,71 @@ fn fetch_missing(r: &Recipe) -> Result<()> {
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Bench { what } => bench(what),
+        Cmd::Cache { teacher, data, recipe, set, seq_len, top_k, encoding, step, rows_per_shard, batch, threads, out } => {
+            let (teacher_path, data_cfg) = match (&recipe, &teacher) {
+                (Some(rp), None) => {
+                    if !data.is_empty() {
+                        bail!("--data and --recipe are exclusive: the recipe's [data] is used");
+                    }
+                    let Recipe::Lm(r) = load_recipe(rp, &set)? else {
+                        bail!("--recipe: {} is not a causal-lm recipe", rp.display());
+                    };
+                    let mut d = r.data.clone();
+                    d.sources = distill::experiments::lm::resolve_sources(&r.data.sources)?;
+                    d.val_sources = distill::experiments::lm::resolve_sources(&r.data.val_sources)?;
+                    (PathBuf::from(&r.teacher.path), d)
+                }
+                (None, Some(t)) => {
+                    if data.is_empty() {
+                        bail!("--data: give at least one text file, directory or glob (or --recipe)");
+                    }
+                    let sources: Vec<TextSource> = data.iter().map(TextSource::new).collect();
+                    let mut d = distill_text::TextDataConfig::new(distill::experiments::lm::resolve_sources(&sources)?);
+                    d.pack.seq_len = seq_len;
+                    (t.clone(), d)
+                }
+                (Some(_), Some(_)) => bail!("--teacher and --recipe are exclusive"),
+                (None, None) => bail!("give --teacher and --data, or --recipe"),
+            };
+            let encoding = match encoding.as_str() {
+                "u8" => distill_cache::LogprobEncoding::U8 { step },
+                "f16" => distill_cache::LogprobEncoding::F16,
+                e => bail!("--encoding must be `u8` or `f16`, got `{e}`"),
+            };
+            set_threads(threads);
+            let t = lm::load_lm(&resolve(&teacher_path)?, Device::Cpu)?;
+            data_cfg.validate().map_err(|e| anyhow::anyhow!("data: {e}"))?;
+            let ds = distill_text::build_dataset(&data_cfg, &t.tokenizer)?;
+            eprintln!("caching the teacher's top-{top_k} over {} rows of {} tokens into {}", ds.train.n_blocks(), ds.train.seq_len, out.display());
+            let opts = distill::cache::CaptureOptions { top_k, rows_per_shard, batch_rows: batch, encoding, progress: true };
+            let t0 = std::time::Instant::now();
+            let m = distill::cache::capture(&t, &ds.train, &out, &opts)?;
+            println!(
+                "{}: {} tokens, {} bytes/token, {:.1} MB in {} shards ({:.0} s)",
+                out.display(),
+                m.tokens,
+                m.bytes_per_token,
+                m.total_bytes() as f64 / 1e6,
+                m.shards.len(),
+                t0.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
+        Cmd::Inspect { dir, verify, json } => {
+            let rep = distill_cache::inspect(&dir)?;
+            if verify {
+                distill_cache::CacheReader::open(&dir)?.verify_all()?;
+            }
+            if json {
+                println!("{}", serde_json::to_string(&rep)?);
+            } else {
+                print!("{rep}");
+                if verify {
+                    println!("checksums: all {} shards verified", rep.shards);
+                }
+            }
+            Ok(())
+        }
         Cmd::Fetch { names, list } => {
             if list || names.is_empty() {
                 for a in fetch::ASSETS {

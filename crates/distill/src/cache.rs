@@ -1,0 +1,213 @@
+//! The offline teacher: run the teacher once over the packed training rows and keep its top-k
+//! next-token log-probabilities ([`capture`]), then train students from that cache instead of
+//! the model ([`CachedTeacher`]). Storage format, encoding and the exact reconstruction of a
+//! temperature are documented in the `distill_cache` crate.
+//!
+//! A cache is tied to what produced it: the teacher's fingerprint, its tokenizer's, the packed
+//! data's ([`distill_text::fingerprint`]) and `seq_len`. Training checks all of them before the
+//! first step. Capture is deterministic (fixed batches aligned to shards), so a capture killed
+//! midway and run again resumes at the last complete shard and ends with the same shard
+//! checksums as an uninterrupted one.
+
+use std::io::Read;
+use std::path::Path;
+
+use distill_cache::{CacheReader, CacheSpec, CacheWriter, LogprobEncoding, Manifest};
+use distill_text::TokenBlocks;
+use indicatif::{ProgressBar, ProgressStyle};
+use sha2::{Digest, Sha256};
+use tch::{Device, Kind, Tensor};
+
+use crate::eval::lm_batch;
+use crate::lm::{tokenizer_fingerprint, LoadedLm};
+use crate::models::llama::ForwardOptions;
+use crate::{Error, Result};
+
+fn cache_err(e: distill_cache::CacheError) -> Error {
+    Error::Invalid(e.to_string())
+}
+
+/// How [`capture`] runs.
+#[derive(Debug, Clone)]
+pub struct CaptureOptions {
+    /// Entries kept per token.
+    pub top_k: usize,
+    /// Rows per shard file (a multiple of `batch_rows`).
+    pub rows_per_shard: usize,
+    /// Rows per teacher forward.
+    pub batch_rows: usize,
+    pub encoding: LogprobEncoding,
+    pub progress: bool,
+}
+
+impl Default for CaptureOptions {
+    fn default() -> Self {
+        CaptureOptions {
+            top_k: 64,
+            rows_per_shard: 256,
+            batch_rows: 8,
+            encoding: LogprobEncoding::default(),
+            progress: false,
+        }
+    }
+}
+
+/// A teacher's identity for cache checks: sha256 over the size and the first and last MiB of
+/// each weight file, and the config when there is one. Cheap on multi-GB files; it is a
+/// fingerprint, not a checksum.
+pub fn model_fingerprint(source: &Path) -> Result<String> {
+    let files: Vec<std::path::PathBuf> = if source.is_dir() {
+        let mut v: Vec<_> = std::fs::read_dir(source)
+            .map_err(|e| Error::io(source, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                let n = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                n == "config.json" || n.ends_with(".safetensors")
+            })
+            .collect();
+        v.sort();
+        v
+    } else {
+        vec![source.to_path_buf()]
+    };
+    let mut h = Sha256::new();
+    for f in files {
+        let mut file = std::fs::File::open(&f).map_err(|e| Error::io(&f, e))?;
+        let len = file.metadata().map_err(|e| Error::io(&f, e))?.len();
+        h.update(len.to_le_bytes());
+        let mut buf = vec![0u8; (1 << 20).min(len as usize)];
+        file.read_exact(&mut buf).map_err(|e| Error::io(&f, e))?;
+        h.update(&buf);
+        if len > 2 << 20 {
+            use std::io::{Seek, SeekFrom};
+            file.seek(SeekFrom::End(-(1 << 20))).map_err(|e| Error::io(&f, e))?;
+            file.read_exact(&mut buf).map_err(|e| Error::io(&f, e))?;
+            h.update(&buf);
+        }
+    }
+    Ok(format!("{:x}", h.finalize()))
+}
+
+/// The teacher's top-k at every position of `rows` (`[B, T, K]` ids and log-probs at T = 1,
+/// `[B, T]` log tail mass), computed under no-grad.
+pub fn teacher_top_k(teacher: &LoadedLm, blocks: &TokenBlocks, rows: &[usize], k: usize) -> Result<[Tensor; 3]> {
+    tch::no_grad(|| {
+        let b = lm_batch(blocks, rows, teacher.model.device());
+        let logits = teacher.model.forward(&b.ids, b.mask.as_ref(), ForwardOptions::default())?.logits; // [B, T, V]
+        let lp = logits.log_softmax(-1, Kind::Float); // [B, T, V]
+        let (vals, ids) = lp.topk(k as i64, -1, true, true); // [B, T, K] each
+        let log_tail = lp.scatter_value(-1, &ids, f64::NEG_INFINITY).logsumexp([-1i64].as_slice(), false); // [B, T]
+        Ok([ids, vals, log_tail])
+    })
+}
+
+/// Runs `teacher` over every row of `blocks` and stores its top-k in `dir`, resuming a capture
+/// that was interrupted there. Returns the final manifest.
+pub fn capture(teacher: &LoadedLm, blocks: &TokenBlocks, dir: &Path, opts: &CaptureOptions) -> Result<Manifest> {
+    let n_rows = blocks.n_blocks();
+    if n_rows == 0 {
+        return Err(Error::Invalid("no rows to capture (the text is shorter than one sequence)".into()));
+    }
+    let batch = opts.batch_rows.max(1);
+    if opts.rows_per_shard == 0 || opts.rows_per_shard % batch != 0 {
+        return Err(Error::Invalid(format!(
+            "rows per shard ({}) must be a positive multiple of the batch ({batch})",
+            opts.rows_per_shard
+        )));
+    }
+    let cfg = teacher.model.config();
+    let spec = CacheSpec {
+        top_k: opts.top_k,
+        vocab_size: cfg.vocab_size as usize,
+        seq_len: blocks.seq_len,
+        rows_per_shard: opts.rows_per_shard,
+        n_rows,
+        logprob_encoding: opts.encoding,
+        teacher_fingerprint: model_fingerprint(&teacher.source)?,
+        tokenizer_fingerprint: tokenizer_fingerprint(&teacher.tokenizer),
+        data_fingerprint: blocks.fingerprint(),
+        teacher: teacher.source.display().to_string(),
+    };
+    let mut w = CacheWriter::create_or_resume(dir, spec).map_err(cache_err)?;
+    let start = w.next_row();
+    let bar = if opts.progress { ProgressBar::new(n_rows as u64) } else { ProgressBar::hidden() };
+    bar.set_style(
+        ProgressStyle::with_template("{prefix:>10} [{bar:28}] {pos}/{len} rows ETA {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_prefix("cache");
+    bar.set_position(start as u64);
+    let (mut ids, mut lps, mut tails) = (Vec::<i64>::new(), Vec::<f32>::new(), Vec::<f32>::new());
+    for first in (start..n_rows).step_by(batch) {
+        let rows: Vec<usize> = (first..(first + batch).min(n_rows)).collect();
+        let [i, v, t] = teacher_top_k(teacher, blocks, &rows, opts.top_k)?;
+        ids.resize(i.numel(), 0);
+        lps.resize(v.numel(), 0.0);
+        tails.resize(t.numel(), 0.0);
+        i.view([-1]).copy_data(&mut ids, i.numel());
+        v.view([-1]).copy_data(&mut lps, v.numel());
+        t.view([-1]).copy_data(&mut tails, t.numel());
+        w.push_rows(&ids, &lps, &tails).map_err(cache_err)?;
+        bar.inc(rows.len() as u64);
+    }
+    bar.finish_and_clear();
+    w.finish().map_err(cache_err)
+}
+
+/// Teacher distributions read from a cache, for training.
+pub struct CachedTeacher {
+    reader: CacheReader,
+    vocab_size: usize,
+}
+
+impl CachedTeacher {
+    /// Opens the cache in `dir` and checks that it was captured from this teacher on these rows.
+    pub fn open(dir: &Path, teacher: &LoadedLm, blocks: &TokenBlocks) -> Result<Self> {
+        let reader = CacheReader::open(dir).map_err(cache_err)?;
+        let vocab = teacher.model.config().vocab_size as usize;
+        reader
+            .check_compatible(&tokenizer_fingerprint(&teacher.tokenizer), &blocks.fingerprint(), blocks.seq_len, vocab)
+            .map_err(cache_err)?;
+        let fp = model_fingerprint(&teacher.source)?;
+        if reader.manifest().teacher_fingerprint != fp {
+            return Err(Error::Invalid(format!(
+                "cache {} was captured from another teacher ({}), not {}",
+                dir.display(),
+                reader.manifest().teacher,
+                teacher.source.display()
+            )));
+        }
+        if reader.n_rows() != blocks.n_blocks() {
+            return Err(Error::Invalid(format!(
+                "cache {} holds {} rows, the data has {}",
+                dir.display(),
+                reader.n_rows(),
+                blocks.n_blocks()
+            )));
+        }
+        Ok(CachedTeacher { reader, vocab_size: vocab })
+    }
+
+    /// Vocabulary size of the teacher.
+    pub fn vocab_size(&self) -> usize {
+        self.vocab_size
+    }
+
+    /// The reader.
+    pub fn reader(&self) -> &CacheReader {
+        &self.reader
+    }
+
+    /// `rows` decoded: ids `[B·T, K]` i64, log-probs `[B·T, K]` f32, log tail `[B·T]` f32.
+    pub fn rows(&self, rows: &[usize], device: Device) -> Result<[Tensor; 3]> {
+        let (mut ids, mut lp, mut tail) = (Vec::new(), Vec::new(), Vec::new());
+        self.reader.read_rows(rows, &mut ids, &mut lp, &mut tail).map_err(cache_err)?;
+        let k = self.reader.top_k() as i64;
+        Ok([
+            Tensor::from_slice(&ids).view([-1, k]).to_device(device),
+            Tensor::from_slice(&lp).view([-1, k]).to_device(device),
+            Tensor::from_slice(&tail).to_device(device),
+        ])
+    }
+}
