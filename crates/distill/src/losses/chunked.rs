@@ -1,0 +1,195 @@
+//! The student's whole distillation objective computed from its final hidden states, a chunk of
+//! rows at a time, so that `[N, V]` logits (and their softmaxes and gradients) never exist for
+//! all N rows at once — with V ≈ 50k–150k they dominate an LLM student's memory.
+//!
+//! ```text
+//! z_s = h · Wᵀ                                     (h: [N, H] final hidden states, W: [V, H])
+//! L   = α · D_T(teacher, student) + (1 − α) · CE(y, z_s)
+//! D_T = T² · (1/N) Σ_n D(p_t[n], p_s[n])             (any [`Divergence`], dense or top-k sparse)
+//! CE  = (1/|L|) Σ_{n∈L} −log softmax(z_s)[n, y_n]     (T = 1; L: rows with a label ≥ 0)
+//! ```
+//!
+//! Each chunk's loss (already divided by the global N and |L|) is backpropagated at once into
+//! detached leaves standing for the chunk of `h` and for `W`; their gradients are collected
+//! (`∂L/∂h` into one `[N, H]` buffer, `∂L/∂W` accumulated), and the returned scalar
+//! `L + (⟨h, ∂L/∂h⟩ + ⟨W, ∂L/∂W⟩ − the same, detached)` has exactly L's value while its backward
+//! injects those gradients into the graph that produced `h` and into `W`. Peak memory is that of
+//! one chunk's logits plus the `[N, H]` and `[V, H]` gradients. The result is the same loss and
+//! the same gradients as [`Divergence::dense`] / [`Divergence::sparse`] plus
+//! [`cross_entropy`](super::response::cross_entropy) on the full logits, up to summation order.
+
+use tch::{Kind, Tensor};
+
+use super::divergence::{coarsen, Divergence, SparseTeacher};
+use super::response::KdParts;
+
+/// Where the teacher's distribution for each chunk of rows comes from.
+#[derive(Debug, Clone, Copy)]
+pub enum ChunkTeacher<'a> {
+    /// Teacher logits `[N, V]`.
+    Dense(&'a Tensor),
+    /// The teacher's final hidden states `[N, Ht]` and output projection `[V, Ht]`; a chunk's
+    /// logits are computed under `no_grad` when needed, so an online teacher never holds `[N, V]`
+    /// either.
+    DenseHidden { hidden: &'a Tensor, weight: &'a Tensor },
+    /// A top-k cache with N rows.
+    Sparse(&'a SparseTeacher),
+}
+
+/// `α·D_T(teacher, student) + (1−α)·CE` from the student's hidden states, `chunk_rows` rows at a
+/// time (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ChunkedKd {
+    pub divergence: Divergence,
+    /// Softmax temperature T (> 0) of the soft term; CE is at T = 1.
+    pub temperature: f64,
+    /// Weight α of the soft term, in [0, 1]. α = 0 never touches the teacher (the scratch
+    /// baseline); α = 1 skips the cross-entropy.
+    pub alpha: f64,
+    /// Rows per chunk (e.g. 256).
+    pub chunk_rows: i64,
+}
+
+impl ChunkedKd {
+    /// Computes the loss and, when `hidden` or `weight` requires grad, its gradients chunk by
+    /// chunk; the returned `total` backpropagates them into `hidden`'s graph and `weight`. Parts
+    /// not computed (`soft` at α = 0, `hard` at α = 1 or without labels) are 0. A non-finite
+    /// chunk makes the total non-finite (for the Trainer's NaN guard).
+    ///
+    /// # Shapes
+    /// `hidden: [N, H]`, `weight: [V, H]` (the student's output projection, no bias), the teacher
+    /// with N rows (may be `None` only when α = 0), `labels: [N]` i64 (negative = unlabeled).
+    pub fn forward(
+        &self,
+        hidden: &Tensor,
+        weight: &Tensor,
+        teacher: Option<ChunkTeacher<'_>>,
+        labels: Option<&Tensor>,
+    ) -> KdParts {
+        let (n, h_dim) = (hidden.size()[0], hidden.size()[1]);
+        let v = weight.size()[0];
+        let dev = hidden.device();
+        let t = self.temperature;
+        let use_soft = self.alpha > 0.0;
+        let labels = labels.filter(|_| self.alpha < 1.0);
+        let teacher =
+            if use_soft { Some(teacher.expect("ChunkedKd: a teacher is required when alpha > 0")) } else { None };
+        // Global normalisers: the soft term is a mean over all N rows, CE over labelled rows.
+        let soft_scale = t * t / n.max(1) as f64;
+        let count = labels.map(|y| y.ge(0).sum(Kind::Float).clamp_min(1.0)); // scalar
+
+        let grad_h_on = hidden.requires_grad();
+        let grad_w_on = weight.requires_grad();
+        let need_grad = grad_h_on || grad_w_on;
+        let w = weight.detach().set_requires_grad(grad_w_on); // [V, H], accumulates ∂L/∂W
+        let grad_h = if grad_h_on { Some(Tensor::empty([n, h_dim], (hidden.kind(), dev))) } else { None }; // [N, H]
+        let mut soft_sum = Tensor::zeros([], (Kind::Float, dev)); // scalar, Σ chunk soft
+        let mut hard_sum = Tensor::zeros([], (Kind::Float, dev)); // scalar, Σ chunk hard
+
+        let step = self.chunk_rows.max(1);
+        let mut start = 0;
+        while start < n {
+            let len = step.min(n - start);
+            let h = hidden.narrow(0, start, len).detach().set_requires_grad(grad_h_on); // [C, H]
+            let (soft, hard) = tch::with_grad(|| -> (Option<Tensor>, Option<Tensor>) {
+                let z = h.linear::<Tensor>(&w, None); // [C, V]
+                let log_ps = if use_soft || t == 1.0 {
+                    Some(if t == 1.0 { z.log_softmax(-1, Kind::Float) } else { (&z / t).log_softmax(-1, Kind::Float) })
+                } else {
+                    None
+                }; // [C, V] at T
+                let soft = teacher.map(|teacher| {
+                    let log_ps = log_ps.as_ref().expect("computed when use_soft");
+                    let (log_pt, log_ps) = teacher_chunk(teacher, start, len, t, v, log_ps); // [C, B] each
+                    self.divergence.rows(&log_pt, &log_ps).sum(Kind::Float) * soft_scale
+                });
+                let hard = labels.map(|y| {
+                    let y = y.narrow(0, start, len); // [C]
+                    let valid = y.ge(0).to_kind(Kind::Float); // [C]
+                    let safe = y.clamp_min(0).unsqueeze(1); // [C, 1]
+                    let nll = match (&log_ps, t == 1.0) {
+                        (Some(ls), true) => -ls.gather(1, &safe, false).squeeze_dim(1),
+                        _ => {
+                            let zf = z.to_kind(Kind::Float); // [C, V]
+                            zf.logsumexp(-1, false) - zf.gather(1, &safe, false).squeeze_dim(1)
+                        }
+                    }; // [C]
+                    (nll * valid).sum(Kind::Float) / count.as_ref().expect("labels given")
+                });
+                (soft, hard)
+            });
+            let loss = match (&soft, &hard) {
+                (Some(s), Some(c)) => Some(s * self.alpha + c * (1.0 - self.alpha)),
+                (Some(s), None) => Some(s * self.alpha),
+                (None, Some(c)) => Some(c * (1.0 - self.alpha)),
+                (None, None) => None,
+            };
+            if let (Some(loss), true) = (loss, need_grad) {
+                tch::with_grad(|| loss.backward());
+            }
+            if let Some(s) = soft {
+                soft_sum += s.detach();
+            }
+            if let Some(c) = hard {
+                hard_sum += c.detach();
+            }
+            if let Some(gh) = &grad_h {
+                let g = h.grad();
+                let mut dst = gh.narrow(0, start, len);
+                if g.defined() {
+                    dst.copy_(&g);
+                } else {
+                    let _ = dst.zero_();
+                }
+            }
+            start += len;
+        }
+
+        let value = &soft_sum * self.alpha + &hard_sum * (1.0 - self.alpha); // scalar
+        let mut inject: Option<Tensor> = None; // ⟨h, ∂L/∂h⟩ + ⟨W, ∂L/∂W⟩
+        if let Some(gh) = &grad_h {
+            inject = Some(hidden.flatten(0, -1).dot(&gh.flatten(0, -1)));
+        }
+        let gw = w.grad();
+        if grad_w_on && gw.defined() {
+            let d = weight.flatten(0, -1).dot(&gw.flatten(0, -1));
+            inject = Some(match inject {
+                Some(i) => i + d,
+                None => d,
+            });
+        }
+        let total = match inject {
+            Some(i) => &value + (&i - i.detach()).to_kind(Kind::Float),
+            None => value,
+        };
+        KdParts { total, soft: soft_sum, hard: hard_sum }
+    }
+}
+
+/// Teacher and student log-probabilities of one chunk over the teacher's bins (V for a dense
+/// teacher, K + 1 for a sparse one). `log_ps: [C, V]` at T → `([C, B], [C, B])`.
+fn teacher_chunk(teacher: ChunkTeacher<'_>, start: i64, len: i64, t: f64, v: i64, log_ps: &Tensor) -> (Tensor, Tensor) {
+    let dense = |z: Tensor| -> Tensor {
+        if t == 1.0 {
+            z.log_softmax(-1, Kind::Float)
+        } else {
+            (z / t).log_softmax(-1, Kind::Float)
+        }
+    };
+    match teacher {
+        ChunkTeacher::Dense(z) => {
+            let log_pt = tch::no_grad(|| dense(z.narrow(0, start, len).to_device(log_ps.device()))); // [C, V]
+            (log_pt, log_ps.shallow_clone())
+        }
+        ChunkTeacher::DenseHidden { hidden, weight } => {
+            let log_pt = tch::no_grad(|| dense(hidden.narrow(0, start, len).linear::<Tensor>(weight, None))); // [C, V]
+            (log_pt, log_ps.shallow_clone())
+        }
+        ChunkTeacher::Sparse(s) => {
+            let s = s.narrow(start, len);
+            let log_pt = s.log_probs(t, v).to_device(log_ps.device()); // [C, K+1]
+            let log_ps = coarsen(log_ps, &s.ids.to_device(log_ps.device())); // [C, K+1]
+            (log_pt, log_ps)
+        }
+    }
+}
