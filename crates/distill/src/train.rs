@@ -123,8 +123,8 @@ pub fn fit(vs: &nn::VarStore, task: &mut dyn TrainTask, opts: &TrainOptions) -> 
         tch::manual_seed(mix(opts.seed, step));
         let mut rng = SplitMix64::derive(opts.seed, 2, step);
         let lr = lr_at(cfg, step, total);
-        let (out, loss, gnorm) = train_step(task, &mut opt, batch, &mut rng, cfg.clip_grad_norm, lr)
-            .map_err(|e| match e {
+        let (out, loss, gnorm) =
+            train_step(task, &mut opt, batch, &mut rng, cfg.clip_grad_norm, lr).map_err(|e| match e {
                 Error::NonFinite { value, .. } => Error::NonFinite { phase: opts.phase.clone(), step, value },
                 e => e,
             })?;
