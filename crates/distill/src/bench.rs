@@ -18,8 +18,9 @@ use tch::{nn, Device, Kind, Tensor};
 
 use crate::data::rng::SplitMix64;
 use crate::io::hf::{HfLlamaConfig, LlamaConfig};
-use crate::lm_task::LmKdTask;
-use crate::losses::response::KdLoss;
+use crate::lm_task::{LmKdTask, TeacherSource};
+use crate::losses::chunked::ChunkedKd;
+use crate::losses::divergence::Divergence;
 use crate::models::llama::{ForwardOptions, Llama};
 use crate::optim::Optimizer;
 use crate::recipe::TrainCfg;
@@ -42,6 +43,9 @@ pub struct StepBenchSpec {
     pub temperature: f64,
     pub alpha: f64,
     pub lr: f64,
+    /// Tokens per loss chunk (default 256, the recipe default).
+    #[serde(default)]
+    pub chunk_tokens: Option<usize>,
 }
 
 /// Reads configuration `name` of a `configs.json`.
@@ -110,8 +114,13 @@ pub fn bench_step(
 ) -> Result<StepBenchResult> {
     let blocks = random_blocks(spec.batch, spec.seq, student.config().vocab_size, 0);
     let batch: Vec<usize> = (0..spec.batch).collect();
-    let mut task =
-        LmKdTask { student, teacher, blocks: &blocks, kd: KdLoss { temperature: spec.temperature, alpha: spec.alpha } };
+    let loss = ChunkedKd {
+        divergence: Divergence::ForwardKl,
+        temperature: spec.temperature,
+        alpha: spec.alpha,
+        chunk_rows: spec.chunk_tokens.unwrap_or(256) as i64,
+    };
+    let mut task = LmKdTask { student, teacher: Some(TeacherSource::Model(teacher)), blocks: &blocks, loss };
     let cfg: TrainCfg = serde_json::from_value(serde_json::json!({
         "steps": (warmup + steps) as u64, "lr": spec.lr, "weight_decay": 0.01, "clip_grad_norm": 1.0,
     }))

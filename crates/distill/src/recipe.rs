@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::losses::divergence::{Divergence, DivergenceCfg, DivergenceKind};
 use crate::{fetch, Error, Result};
 
 /// Which kind of experiment a recipe describes.
@@ -549,6 +550,11 @@ pub struct LmRecipe {
 pub struct LmTeacher {
     /// A GGUF file or a Hugging Face directory (config.json, model.safetensors, tokenizer.json).
     pub path: String,
+    /// An offline cache of this teacher's top-k over the training rows (`distill cache`):
+    /// training reads the teacher's distributions from it instead of running the model, which
+    /// still provides the tokenizer, the student's shape and the evaluation.
+    #[serde(default)]
+    pub cache: Option<String>,
 }
 
 /// How the student is initialized.
@@ -604,6 +610,34 @@ pub struct LmDistill {
     /// Also train the same student with `alpha = 0` in the same run and compare.
     #[serde(default)]
     pub scratch_twin: bool,
+    /// The divergence between teacher and student distributions: `forward-kl` (default),
+    /// `reverse-kl`, `jsd` (+ `beta`), `skew-kl` / `skew-reverse-kl` (+ `skew`), `tvd`.
+    #[serde(default = "default_divergence")]
+    pub divergence: DivergenceKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub beta: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skew: Option<f64>,
+    /// Tokens per chunk of the loss: the student's logits and probabilities exist for this many
+    /// tokens at a time, never for the whole batch (see `losses::chunked`).
+    #[serde(default = "default_chunk_tokens")]
+    pub chunk_tokens: usize,
+}
+
+fn default_divergence() -> DivergenceKind {
+    DivergenceKind::ForwardKl
+}
+fn default_chunk_tokens() -> usize {
+    256
+}
+
+impl LmDistill {
+    /// The divergence the recipe names (validated).
+    pub fn divergence(&self) -> Result<Divergence> {
+        DivergenceCfg { divergence: self.divergence, beta: self.beta, skew: self.skew }
+            .validate()
+            .map_err(|e| Error::Recipe(format!("distill: {e}")))
+    }
 }
 
 /// What the run reports after training.
@@ -686,6 +720,9 @@ impl LmRecipe {
             return Err(Error::Recipe("threads must be > 0".into()));
         }
         check_path(&self.teacher.path, "teacher.path")?;
+        if let Some(c) = &self.teacher.cache {
+            check_path(c, "teacher.cache")?;
+        }
         self.data.validate().map_err(|e| Error::Recipe(format!("data: {e}")))?;
         let lists = [
             ("data.sources", &self.data.sources),
@@ -729,6 +766,10 @@ impl LmRecipe {
         }
         if !(0.0..=1.0).contains(&d.alpha) {
             return Err(Error::Recipe(format!("distill.alpha must be in [0, 1], got {}", d.alpha)));
+        }
+        d.divergence()?;
+        if d.chunk_tokens == 0 {
+            return Err(Error::Recipe("distill.chunk_tokens must be > 0".into()));
         }
         let e = &self.eval;
         if e.top_k_table == 0 || e.sample_top_k == 0 || !(e.sample_top_p > 0.0 && e.sample_top_p <= 1.0) {

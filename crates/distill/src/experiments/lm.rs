@@ -21,8 +21,9 @@ use crate::eval::{generate_text, score, tokens_per_second, top_k_table, Generati
 use crate::export::export_hf;
 use crate::generate::GenerateOptions;
 use crate::lm::{init_student, load_lm, student_config, LoadedLm};
-use crate::lm_task::LmKdTask;
-use crate::losses::response::KdLoss;
+use crate::cache::CachedTeacher;
+use crate::lm_task::{LmKdTask, TeacherSource};
+use crate::losses::chunked::ChunkedKd;
 use crate::models::llama::Llama;
 use crate::recipe::LmRecipe;
 use crate::train::{fit, TrainOptions, TrainReport};
@@ -120,6 +121,7 @@ fn dir_bytes(dir: &Path) -> u64 {
 fn student_phase(
     r: &LmRecipe,
     teacher: &LoadedLm,
+    cached: Option<&CachedTeacher>,
     train: &TokenBlocks,
     name: &str,
     alpha: f64,
@@ -142,12 +144,17 @@ fn student_phase(
     let vs = nn::VarStore::new(Device::Cpu);
     let model = Llama::new(vs.root(), &s_cfg)?;
     init_student(&vs, &s_cfg, teacher, r.student.init)?;
-    let mut task = LmKdTask {
-        student: &model,
-        teacher: &teacher.model,
-        blocks: train,
-        kd: KdLoss { temperature: r.distill.temperature, alpha },
+    let source = match cached {
+        Some(c) => TeacherSource::Cache(c),
+        None => TeacherSource::Model(&teacher.model),
     };
+    let loss = ChunkedKd {
+        divergence: r.distill.divergence()?,
+        temperature: r.distill.temperature,
+        alpha,
+        chunk_rows: r.distill.chunk_tokens as i64,
+    };
+    let mut task = LmKdTask { student: &model, teacher: Some(source), blocks: train, loss };
     let topts = TrainOptions {
         phase: name.to_string(),
         seed: r.seed,
@@ -206,6 +213,22 @@ pub fn run(r: &LmRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) -> Re
         );
     }
 
+    // An offline teacher: checked against this teacher and these rows before anything trains.
+    let cached = match &r.teacher.cache {
+        Some(dir) => {
+            let dir = fetch::resolve(dir)?;
+            let c = CachedTeacher::open(&dir, &teacher, &data.train)?;
+            say(format!(
+                "teacher cache {}: top-{}, {} bytes/token",
+                dir.display(),
+                c.reader().top_k(),
+                c.reader().bytes_per_token()
+            ));
+            Some(c)
+        }
+        None => None,
+    };
+
     std::fs::create_dir_all(out.join("phases")).map_err(|e| Error::io(out, e))?;
     write_atomic(&out.join("recipe.toml"), recipe_toml.as_bytes())?;
 
@@ -218,7 +241,7 @@ pub fn run(r: &LmRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) -> Re
     }
     let mut students = Vec::new();
     for (name, alpha) in phases {
-        students.push((name, student_phase(r, &teacher, &data.train, name, alpha, out, opts)?));
+        students.push((name, student_phase(r, &teacher, cached.as_ref(), &data.train, name, alpha, out, opts)?));
     }
 
     // Evaluation.
