@@ -251,3 +251,110 @@ fn lm_bad_inputs_fail_with_one_clear_line() {
     let o = distill(&["run", rs, "--out", outs, "--set", "student.layer=2"]);
     assert_error(&o, &["unknown field `layer`"]);
 }
+
+fn sha256_hex(p: &Path) -> String {
+    let out = Command::new("sha256sum").arg(p).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap().to_string()
+}
+
+#[test]
+fn offline_cache_captures_resumes_and_trains_like_the_online_teacher() {
+    let d = tmpdir("cache");
+    let t = teacher(&d);
+    let text = d.join("corpus.txt");
+    corpus(&text, 120);
+    let r = recipe(&d, &t, &text);
+    let rs = r.to_str().unwrap();
+    // K = V = 96 with f16 log-probs: the cache holds the whole distribution, so training from it
+    // must follow the online teacher up to f16 rounding.
+    let cache = d.join("cache");
+    let capture = |dir: &Path| {
+        distill(&[
+            "cache",
+            "--recipe",
+            rs,
+            "--top-k",
+            "96",
+            "--encoding",
+            "f16",
+            "--rows-per-shard",
+            "8",
+            "--batch",
+            "4",
+            "--out",
+            dir.to_str().unwrap(),
+        ])
+    };
+    let o = capture(&cache);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = distill(&["inspect", cache.to_str().unwrap(), "--verify", "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let info: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(info["top_k"], 96);
+    assert_eq!(info["bytes_per_token"], 8 + 96 * (2 + 2));
+    let rows = info["rows"].as_u64().unwrap();
+    assert_eq!(info["tokens"].as_u64().unwrap(), rows * 16);
+    assert!(info["shards"].as_u64().unwrap() >= 3);
+
+    // A capture killed after its first shard: the manifest lists only that shard (and a torn
+    // temp file lies around). Running the capture again completes it with identical shards.
+    let part = d.join("partial");
+    std::fs::create_dir_all(&part).unwrap();
+    let mut m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(cache.join("manifest.json")).unwrap()).unwrap();
+    let first = m["shards"][0].clone();
+    m["shards"] = serde_json::json!([first]);
+    m["complete"] = serde_json::json!(false);
+    m["tokens"] = serde_json::json!(first["rows"].as_u64().unwrap() * 16);
+    std::fs::write(part.join("manifest.json"), serde_json::to_string(&m).unwrap()).unwrap();
+    std::fs::copy(cache.join("shard-00000.bin"), part.join("shard-00000.bin")).unwrap();
+    std::fs::write(part.join(".shard-00001.bin.tmp"), b"torn").unwrap();
+    let o = distill(&["inspect", part.to_str().unwrap()]);
+    assert!(o.status.success());
+    let o = capture(&part);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let n_shards = info["shards"].as_u64().unwrap() as usize;
+    for i in 0..n_shards {
+        let f = format!("shard-{i:05}.bin");
+        assert_eq!(sha256_hex(&part.join(&f)), sha256_hex(&cache.join(&f)), "{f}");
+    }
+    assert!(!part.join(".shard-00001.bin.tmp").exists());
+
+    // Online vs cached teacher, KD only, same steps: the same student up to f16 rounding.
+    let online = d.join("online");
+    let o = distill(&["run", rs, "--out", online.to_str().unwrap(), "--set", "distill.scratch_twin=false"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let cached = d.join("cached");
+    let set_cache = format!("teacher.cache={}", cache.display());
+    let o = distill(&[
+        "run",
+        rs,
+        "--out",
+        cached.to_str().unwrap(),
+        "--set",
+        "distill.scratch_twin=false",
+        "--set",
+        &set_cache,
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let ppl = |dir: &Path| {
+        let s: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+        s["students"][0]["validation"]["perplexity"].as_f64().unwrap()
+    };
+    let (p_on, p_cache) = (ppl(&online), ppl(&cached));
+    assert!((p_cache / p_on - 1.0).abs() < 0.01, "online {p_on} vs cached {p_cache}");
+
+    // Another seq_len is other data: refused before training, naming what differs.
+    let bad = d.join("bad-run");
+    let o = distill(&["run", rs, "--out", bad.to_str().unwrap(), "--set", &set_cache, "--set", "data.pack.seq_len=8"]);
+    assert_error(&o, &["seq_len"]);
+    // A flipped byte in a shard is caught and the shard named.
+    let shard = cache.join("shard-00001.bin");
+    let mut bytes = std::fs::read(&shard).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&shard, bytes).unwrap();
+    let o = distill(&["inspect", cache.to_str().unwrap(), "--verify"]);
+    assert_error(&o, &["shard-00001.bin"]);
+}

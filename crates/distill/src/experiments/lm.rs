@@ -16,12 +16,12 @@ use distill_text::{TextDataConfig, TextSource, TokenBlocks};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind};
 
+use crate::cache::CachedTeacher;
 use crate::checkpoint::{write_atomic, write_json};
 use crate::eval::{generate_text, score, tokens_per_second, top_k_table, Generation, LmScores, TopToken};
 use crate::export::export_hf;
 use crate::generate::GenerateOptions;
 use crate::lm::{init_student, load_lm, student_config, LoadedLm};
-use crate::cache::CachedTeacher;
 use crate::lm_task::{LmKdTask, TeacherSource};
 use crate::losses::chunked::ChunkedKd;
 use crate::models::llama::Llama;
