@@ -345,6 +345,7 @@ fn chunked_equals_naive_for_every_teacher_and_alpha() {
         for alpha in [0.0, 0.5, 1.0] {
             for (divergence, temperature) in [
                 (Divergence::ForwardKl, 2.0),
+                (Divergence::ForwardKl, 1.0),
                 (Divergence::Jsd { beta: 0.5 }, 1.0),
                 (Divergence::SkewReverseKl { alpha: 0.1 }, 4.0),
                 (Divergence::Tvd, 1.0),
