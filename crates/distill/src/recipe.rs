@@ -884,6 +884,35 @@ alpha = 0.9
         assert!(e.unwrap_err().to_string().contains("student.heads (4) must be a multiple of student.kv_heads (3)"));
         let e = Recipe::load(&dir.join("smollm2-brown.toml"), &o("student.init=\"copy\"")).unwrap_err();
         assert!(e.to_string().contains("unknown variant `copy`"), "{e}");
+        // The divergence keys, chunking and the teacher cache.
+        let lm = |sets: &[&str]| -> Result<LmRecipe> {
+            let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+            match Recipe::load(&dir.join("smollm2-brown.toml"), &sets)? {
+                Recipe::Lm(r) => {
+                    r.validate()?;
+                    Ok(r)
+                }
+                Recipe::Image(_) => unreachable!(),
+            }
+        };
+        let r = lm(&[]).unwrap();
+        assert_eq!(r.distill.divergence().unwrap(), Divergence::ForwardKl);
+        assert_eq!(r.distill.chunk_tokens, 256);
+        assert!(r.teacher.cache.is_none());
+        let r = lm(&["distill.divergence=\"jsd\"", "distill.beta=0.5"]).unwrap();
+        assert_eq!(r.distill.divergence().unwrap(), Divergence::Jsd { beta: 0.5 });
+        let r = lm(&["distill.divergence=skew-reverse-kl", "distill.skew=0.1"]).unwrap();
+        assert_eq!(r.distill.divergence().unwrap(), Divergence::SkewReverseKl { alpha: 0.1 });
+        for (sets, needle) in [
+            (&["distill.divergence=jsd"][..], "needs beta"),
+            (&["distill.divergence=tvd", "distill.beta=0.5"][..], "beta only applies"),
+            (&["distill.divergence=kl"][..], "unknown variant `kl`"),
+            (&["distill.chunk_tokens=0"][..], "distill.chunk_tokens must be > 0"),
+            (&["teacher.cache=/nonexistent/cache"][..], "teacher.cache: no such file"),
+        ] {
+            let e = lm(sets).unwrap_err().to_string();
+            assert!(e.contains(needle), "{sets:?}: {e}");
+        }
     }
 
     #[test]

@@ -225,7 +225,7 @@ impl ChunkedKd {
                         if t == 1.0 { zt.log_softmax(-1, Kind::Float) } else { (zt / t).log_softmax(-1, Kind::Float) }; // [C, V]
                     let p_t = log_pt.exp(); // [C, V]
                     let _ = log_pt.g_sub_(&log_ps); // log p_t − log p_s
-                                                  // Σ p_t (log p_t − log p_s), with 0·log 0 = 0 (p_t = 0 where log p_t = −inf).
+                                                    // Σ p_t (log p_t − log p_s), with 0·log 0 = 0 (p_t = 0 where log p_t = −inf).
                     let kl = p_t.flatten(0, -1).dot(&log_pt.nan_to_num(0.0, f64::INFINITY, 0.0).flatten(0, -1)); // scalar
                     soft_sum += kl * soft_scale;
                     let c = alpha * soft_scale / t; // α·T/N
