@@ -66,9 +66,8 @@ impl ChunkedKd {
         teacher: Option<ChunkTeacher<'_>>,
         labels: Option<&Tensor>,
     ) -> KdParts {
-        let dense_teacher = matches!(teacher, None | Some(ChunkTeacher::Dense(_) | ChunkTeacher::DenseHidden { .. }));
         let forward_kl = self.divergence == Divergence::ForwardKl || self.alpha == 0.0;
-        if dense_teacher && forward_kl && hidden.kind() == Kind::Float && weight.kind() == Kind::Float {
+        if forward_kl && hidden.kind() == Kind::Float && weight.kind() == Kind::Float {
             return self.forward_kl_analytic(hidden, weight, teacher, labels);
         }
         let (n, h_dim) = (hidden.size()[0], hidden.size()[1]);
@@ -172,7 +171,7 @@ impl ChunkedKd {
 }
 
 impl ChunkedKd {
-    /// Forward KL against a dense teacher (and plain CE, α = 0) with the gradient written out
+    /// Forward KL against a dense or top-k teacher (and plain CE, α = 0) with the gradient written out
     /// instead of recorded: per chunk, with `p = softmax(z/T)`, `q = softmax(z)`,
     ///
     /// ```text
@@ -215,11 +214,34 @@ impl ChunkedKd {
                     if t == 1.0 { z.log_softmax(-1, Kind::Float) } else { (&z / t).log_softmax(-1, Kind::Float) }; // [C, V]
                                                                                                                    // Gradient coefficients: per row, g = a·p_s + (stuff); built up in place.
                 let mut g: Option<Tensor> = None; // [C, V]
-                if let Some(teacher) = teacher {
+                if let Some(ChunkTeacher::Sparse(st)) = teacher {
+                    // Both distributions on the K + 1 bins (top-k ids, then the tail):
+                    // ∂KL/∂z_j = (p_s[j]/T)·(1 − p_t[b(j)]/q_s[b(j)]); for a top-k id that is
+                    // (q_s[i] − p_t[i])/T, for a tail token p_s[j]·(1 − p_t,tail/q_s,tail)/T.
+                    let st = st.narrow(start, len);
+                    let ids = st.ids.to_device(dev); // [C, K]
+                    let k = ids.size()[1];
+                    let v = log_ps.size()[1];
+                    let log_pt = st.log_probs(t, v).to_device(dev); // [C, K+1]
+                    let log_qs_top = log_ps.gather(1, &ids, false); // [C, K]
+                    let log_qs_tail =
+                        log_ps.scatter_value(1, &ids, f64::NEG_INFINITY).logsumexp([-1i64].as_slice(), true); // [C, 1]
+                    let log_qs = Tensor::cat(&[&log_qs_top, &log_qs_tail], 1); // [C, K+1]
+                    let p_t = log_pt.exp(); // [C, K+1]
+                    let diff = (&log_pt - &log_qs).nan_to_num(0.0, f64::INFINITY, 0.0); // [C, K+1]
+                    soft_sum += p_t.flatten(0, -1).dot(&diff.flatten(0, -1)) * soft_scale;
+                    let c = alpha * soft_scale / t; // α·T/N
+                    let ratio_tail = (log_pt.narrow(1, k, 1) - &log_qs_tail).exp(); // [C, 1]
+                    let mut gs = log_ps.exp(); // p_s, [C, V]
+                    let _ = gs.g_mul_(&(ratio_tail.g_mul_scalar(-1.0).g_add_scalar(1.0) * c));
+                    let top = (log_qs_top.exp() - p_t.narrow(1, 0, k)) * c; // [C, K]
+                    let _ = gs.scatter_(1, &ids, &top);
+                    g = Some(gs);
+                } else if let Some(teacher) = teacher {
                     let zt = match teacher {
                         ChunkTeacher::Dense(zt) => zt.narrow(0, start, len).to_device(dev),
                         ChunkTeacher::DenseHidden { hidden: th, weight: tw } => th.narrow(0, start, len).mm(&tw.tr()),
-                        ChunkTeacher::Sparse(_) => unreachable!("dense teachers only"),
+                        ChunkTeacher::Sparse(_) => unreachable!("handled above"),
                     }; // [C, V]
                     let mut log_pt =
                         if t == 1.0 { zt.log_softmax(-1, Kind::Float) } else { (zt / t).log_softmax(-1, Kind::Float) }; // [C, V]
