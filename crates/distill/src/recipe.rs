@@ -532,6 +532,9 @@ pub struct LmRecipe {
     /// Intra-op threads for libtorch (default: all cores).
     #[serde(default)]
     pub threads: Option<usize>,
+    /// Where models train and run: `cpu` (default), `cuda` or `cuda:N`.
+    #[serde(default = "default_device")]
+    pub device: String,
     pub teacher: LmTeacher,
     pub student: LmStudent,
     /// Text sources, cleaning, split and packing (see `distill_text::TextDataConfig`).
@@ -591,6 +594,29 @@ pub struct LmStudent {
     /// Tie the output projection to the embedding (default true).
     #[serde(default = "default_true")]
     pub tie_embeddings: bool,
+}
+
+fn default_device() -> String {
+    "cpu".into()
+}
+
+/// Parses `cpu`, `cuda` or `cuda:N` into a device and checks that libtorch can use it.
+pub fn parse_device(s: &str) -> Result<tch::Device> {
+    let dev = match s {
+        "cpu" => return Ok(tch::Device::Cpu),
+        "cuda" => 0,
+        _ => s
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse::<usize>().ok())
+            .ok_or_else(|| Error::Recipe(format!("device must be `cpu`, `cuda` or `cuda:N`, got `{s}`")))?,
+    };
+    let n = tch::Cuda::device_count() as usize;
+    if dev >= n {
+        return Err(Error::Invalid(format!(
+            "device `{s}` requested but libtorch sees {n} CUDA device(s) (CPU-only torch wheel or no GPU)"
+        )));
+    }
+    Ok(tch::Device::Cuda(dev))
 }
 
 fn default_init() -> StudentInit {
@@ -718,6 +744,9 @@ impl LmRecipe {
     pub fn validate(&self) -> Result<()> {
         if let Some(0) = self.threads {
             return Err(Error::Recipe("threads must be > 0".into()));
+        }
+        if !(self.device == "cpu" || self.device == "cuda" || self.device.starts_with("cuda:")) {
+            return Err(Error::Recipe(format!("device must be `cpu`, `cuda` or `cuda:N`, got `{}`", self.device)));
         }
         check_path(&self.teacher.path, "teacher.path")?;
         if let Some(c) = &self.teacher.cache {

@@ -134,14 +134,14 @@ fn student_phase(
     let done = phase_dir.join("train.json");
     if let Ok(text) = std::fs::read_to_string(&done) {
         let report: TrainReport = serde_json::from_str(&text).map_err(|e| Error::format(&done, e.to_string()))?;
-        let (vs, model) = Llama::from_pretrained(&export_dir, Device::Cpu, Kind::Float)?;
+        let (vs, model) = Llama::from_pretrained(&export_dir, teacher.model.device(), Kind::Float)?;
         if opts.verbose {
             eprintln!("{name:>8}: trained earlier, reloaded from {}", export_dir.display());
         }
         return Ok((vs, model, report, export_dir));
     }
     tch::manual_seed(r.seed as i64);
-    let vs = nn::VarStore::new(Device::Cpu);
+    let vs = nn::VarStore::new(teacher.model.device());
     let model = Llama::new(vs.root(), &s_cfg)?;
     init_student(&vs, &s_cfg, teacher, r.student.init)?;
     let source = match cached {
@@ -182,7 +182,8 @@ pub fn run(r: &LmRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) -> Re
     };
     let teacher_path = fetch::resolve(&r.teacher.path)?;
     say(format!("loading teacher {}", teacher_path.display()));
-    let teacher = load_lm(&teacher_path, Device::Cpu)?;
+    let device = crate::recipe::parse_device(&r.device)?;
+    let teacher = load_lm(&teacher_path, device)?;
     let t_cfg = teacher.model.config().clone();
     let s_cfg = student_config(&t_cfg, &r.student)?;
 
