@@ -1,24 +1,42 @@
 """PyTorch twins of `distill bench`: the same work, written the way a user of transformers would.
 
   python bench/twin.py step --config a [--threads N] [--steps 5] [--warmup 2]
+  python bench/twin.py step --config c --cache DIR      (teacher distributions from a distill cache)
   python bench/twin.py forward --model FILE.gguf [--rows 1 --seq 512]
+  python bench/twin.py loss --vocab V [--tokens 2048 --hidden 896]
 
 Same model definition (transformers' LlamaForCausalLM, float32, SDPA attention), same loss
 (alpha * T^2 * KL(p_t || p_s) "batchmean" + (1 - alpha) * CE over every position that has a next
 token), same optimizer (AdamW, weight decay 0.01 on matrices only, global-norm clipping at 1.0),
 same batch shape and thread count as distill's side. Prints one JSON object.
+
+Configuration `c` ("teacher_cache": true) replaces the teacher forward by a distill teacher cache
+(bench/cache_format.py): rows 0..B hold the top-k at each position, and the soft term is the
+forward KL over the K + 1 bins of crates/distill/src/losses/divergence.rs (teacher bins
+[logp/T, log_tail/T + (1 - 1/T) ln(V - K)] log-softmaxed; the student's log_softmax(z/T) gathered
+at the ids plus a tail bin, the logsumexp of the rest).
+
+`loss` is the naive KD loss a user would write on top of a model's hidden states: full [N, V]
+logits for student and teacher, F.kl_div on log_softmax, cross_entropy, backward. Its memory is
+the peak *extra* resident set: VmHWM after the passes minus VmRSS before them, the kernel's peak
+reset through /proc/self/clear_refs (as `distill bench loss` measures it).
 """
 import argparse
 import json
+import math
 import os
 import pathlib
 import resource
 import statistics
+import sys
 import time
 
 import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import cache_format  # noqa: E402
 
 HOME = pathlib.Path(os.environ.get("DISTILL_HOME", pathlib.Path.home() / ".cache" / "distill"))
 
@@ -53,15 +71,47 @@ def random_model(cfg, seed):
     return LlamaForCausalLM(c).float()
 
 
+class Fail(Exception):
+    """Bad input: reported as one line."""
+
+
+def sparse_forward_kl(s, ids, logp, log_tail, temp, V):
+    """T^2 * batchmean KL(teacher || student) over the K + 1 bins of a top-k cache.
+    s: [N, V] student logits; ids [N, K] int64, logp [N, K] and log_tail [N] at T = 1."""
+    K = ids.shape[1]
+    log_ps = F.log_softmax(s / temp, -1)
+    tail_s = log_ps.scatter(1, ids, float("-inf")).logsumexp(-1, keepdim=True)
+    log_ps_bins = torch.cat([log_ps.gather(1, ids), tail_s], 1)
+    w = torch.cat([logp / temp, (log_tail / temp + (1 - 1 / temp) * math.log(V - K)).unsqueeze(1)], 1)
+    log_pt = F.log_softmax(w, -1)
+    return F.kl_div(log_ps_bins, log_pt, log_target=True, reduction="batchmean") * temp * temp
+
+
 def step_bench(a):
-    spec = json.loads(pathlib.Path(a.spec).read_text())[a.config]
-    teacher = load_model(spec["teacher_path"]) if spec.get("teacher_path") else random_model(spec["teacher"], 1)
-    teacher.eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
+    specs = json.loads(pathlib.Path(a.spec).read_text())
+    if a.config not in specs:
+        raise Fail(f"{a.spec}: no configuration `{a.config}`")
+    spec = specs[a.config]
+    B, T, V = spec["batch"], spec["seq"], spec["student"]["vocab_size"]
+    reader = None
+    if spec.get("teacher_cache"):
+        if not a.cache:
+            raise Fail(f"configuration `{a.config}` reads its teacher from a cache: give --cache DIR (made by `distill cache --seq-len {T}`)")
+        reader = cache_format.CacheReader(a.cache)
+        m = reader.manifest
+        if m["vocab_size"] != V or m["seq_len"] != T or m["n_rows"] < B:
+            raise Fail(f"cache {a.cache}: vocab {m['vocab_size']}, seq_len {m['seq_len']}, {m['n_rows']} rows; "
+                       f"configuration `{a.config}` needs vocab {V}, seq_len {T}, at least {B} rows")
+        teacher = None
+    else:
+        if a.cache:
+            raise Fail(f"--cache: configuration `{a.config}` runs its teacher online (no \"teacher_cache\": true)")
+        teacher = load_model(spec["teacher_path"]) if spec.get("teacher_path") else random_model(spec["teacher"], 1)
+        teacher.eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
     student = random_model(spec["student"], 0)
     student.train()
-    B, T, V = spec["batch"], spec["seq"], spec["student"]["vocab_size"]
     temp, alpha = spec["temperature"], spec["alpha"]
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, V, (B, T), generator=g)
@@ -73,9 +123,16 @@ def step_bench(a):
     for i in range(a.warmup + a.steps):
         t0 = time.perf_counter()
         s = student(ids).logits[:, :-1].reshape(-1, V)
-        with torch.no_grad():
-            t = teacher(ids).logits[:, :-1].reshape(-1, V)
-        soft = F.kl_div(F.log_softmax(s / temp, -1), F.log_softmax(t / temp, -1), log_target=True, reduction="batchmean") * temp * temp
+        if reader is not None:
+            c_ids, c_logp, c_tail = reader.read_rows(range(B))  # [B, T, K], [B, T, K], [B, T]
+            K = c_ids.shape[-1]
+            soft = sparse_forward_kl(s, torch.from_numpy(c_ids[:, :-1]).reshape(-1, K),
+                                     torch.from_numpy(c_logp[:, :-1]).reshape(-1, K),
+                                     torch.from_numpy(c_tail[:, :-1]).reshape(-1), temp, V)
+        else:
+            with torch.no_grad():
+                t = teacher(ids).logits[:, :-1].reshape(-1, V)
+            soft = F.kl_div(F.log_softmax(s / temp, -1), F.log_softmax(t / temp, -1), log_target=True, reduction="batchmean") * temp * temp
         hard = F.cross_entropy(s, y)
         loss = alpha * soft + (1 - alpha) * hard
         opt.zero_grad(set_to_none=True)
@@ -94,7 +151,7 @@ def step_bench(a):
             "threads": torch.get_num_threads(), "batch": B, "seq": T, "ms_per_step": med, "ms_steps": times,
             "tokens_per_s": B * T / (med / 1e3), "peak_rss_mib": peak_rss_mib(),
             "student_params": sum(p.numel() for p in student.parameters()),
-            "teacher_params": sum(p.numel() for p in teacher.parameters()),
+            "teacher_params": sum(p.numel() for p in teacher.parameters()) if teacher is not None else 0,
             "loss_first": losses[0], "loss_last": losses[-1],
         },
         "torch": torch.__version__,
@@ -119,8 +176,92 @@ def forward_bench(a):
             "tokens_per_s": a.rows * a.seq / (med / 1e3), "peak_rss_mib": peak_rss_mib()}}
 
 
+def proc_kib(field, path="/proc/self/status"):
+    for line in open(path):
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise Fail(f"{path} has no {field}: cannot measure memory")
+
+
+def reset_peak_rss():
+    """Resets VmHWM to the current resident set (Linux >= 4.0), checks it, returns VmRSS in KiB."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    hwm, rss = proc_kib("VmHWM"), proc_kib("VmRSS")
+    if hwm > rss + 4096:
+        raise Fail(f"writing 5 to /proc/self/clear_refs did not reset the peak resident set (VmHWM {hwm} KiB, VmRSS {rss} KiB)")
+    return rss
+
+
+def loss_inputs(n, v, h):
+    # Same generator, same calls, same order as `distill bench loss`: identical values.
+    torch.manual_seed(0)
+    sc = 1.0 / math.sqrt(h)
+    x = torch.randn(n, h)
+    a = torch.randn(h, h).mul_(sc).requires_grad_()
+    w = torch.randn(v, h).mul_(sc).requires_grad_()
+    th = torch.randn(n, h)
+    tw = torch.randn(v, h).mul_(sc)
+    y = torch.randint(0, v, (n,))
+    return x, a, w, th, tw, y
+
+
+def loss_pass(inp, temp, alpha):
+    x, a, w, th, tw, y = inp
+    hidden = F.linear(x, a)  # the student's last hidden states, with an upstream layer
+    s = F.linear(hidden, w)  # [N, V]
+    with torch.no_grad():
+        t = F.linear(th, tw)  # [N, V]
+    soft = F.kl_div(F.log_softmax(s / temp, -1), F.log_softmax(t / temp, -1), log_target=True, reduction="batchmean") * temp * temp
+    hard = F.cross_entropy(s, y)
+    loss = alpha * soft + (1 - alpha) * hard
+    value = loss.item()
+    loss.backward()
+    return value
+
+
+def loss_bench(a):
+    n, v, h = a.tokens, a.vocab, a.hidden
+    if v < 2 or n < 1 or h < 1 or a.reps < 1:
+        raise Fail(f"--vocab must be >= 2 and --tokens, --hidden, --reps >= 1 (got {v}, {n}, {h}, {a.reps})")
+    need = 4 * (8 * n * v + 4 * v * h + 2 * n * h)  # measured: ~7.5 [N, V] at V 151,936
+    avail = proc_kib("MemAvailable", "/proc/meminfo") * 1024
+    if need > avail:
+        raise Fail(f"--vocab {v} --tokens {n} --hidden {h} needs about {need / 2**30:.1f} GiB, only {avail / 2**30:.1f} GiB is available")
+    temp, alpha = 2.0, 0.5
+    loss_pass(loss_inputs(16, 64, 8), temp, alpha)  # thread pools and kernels, not counted
+    inp = loss_inputs(n, v, h)
+    rss0 = reset_peak_rss()
+    times, loss = [], None
+    hwm_warm, rss_timed = rss0, rss0
+    for i in range(a.warmup + a.reps):
+        if i == a.warmup:
+            hwm_warm = proc_kib("VmHWM")
+            rss_timed = reset_peak_rss()
+        t0 = time.perf_counter()
+        lv = loss_pass(inp, temp, alpha)
+        dt = (time.perf_counter() - t0) * 1e3
+        if loss is None:
+            loss = lv
+        if i >= a.warmup:
+            times.append(dt)
+    hwm_timed = proc_kib("VmHWM")
+    return {"name": "loss", "result": {
+        "mode": "pytorch-naive", "vocab": v, "tokens": n, "hidden": h, "threads": torch.get_num_threads(),
+        "ms_per_pass": statistics.median(times), "ms_passes": times, "rss_before_mib": rss0 / 1024,
+        "extra_peak_mib": (max(hwm_warm, hwm_timed) - rss0) / 1024, "extra_peak_timed_mib": (hwm_timed - rss_timed) / 1024,
+        "loss": loss},
+        "torch": torch.__version__,
+        "allocator": "jemalloc" if "jemalloc" in os.environ.get("LD_PRELOAD", "") else "glibc"}
+
+
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message):
+        sys.exit(f"error: {self.prog}: {message}")
+
+
 def main():
-    ap = argparse.ArgumentParser()
+    ap = OneLineParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("step")
     s.add_argument("--config", required=True)
@@ -128,16 +269,28 @@ def main():
     s.add_argument("--warmup", type=int, default=2)
     s.add_argument("--steps", type=int, default=5)
     s.add_argument("--threads", type=int)
+    s.add_argument("--cache", help="teacher cache directory (configurations with \"teacher_cache\": true)")
     f = sub.add_parser("forward")
     f.add_argument("--model", required=True)
     f.add_argument("--rows", type=int, default=1)
     f.add_argument("--seq", type=int, default=512)
     f.add_argument("--reps", type=int, default=3)
     f.add_argument("--threads", type=int)
+    lo = sub.add_parser("loss")
+    lo.add_argument("--vocab", type=int, required=True)
+    lo.add_argument("--tokens", type=int, default=2048)
+    lo.add_argument("--hidden", type=int, default=896)
+    lo.add_argument("--warmup", type=int, default=1)
+    lo.add_argument("--reps", type=int, default=3)
+    lo.add_argument("--threads", type=int)
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
-    print(json.dumps(step_bench(a) if a.cmd == "step" else forward_bench(a)))
+    try:
+        out = {"step": step_bench, "forward": forward_bench, "loss": loss_bench}[a.cmd](a)
+    except (Fail, cache_format.CacheFormatError) as e:
+        sys.exit(f"error: {e}")
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Result};
 use clap::Subcommand;
 use distill::lm;
+use distill_text::TextSource;
 use tch::Device;
 
 use crate::{resolve, set_threads};
@@ -13,11 +14,14 @@ use crate::{resolve, set_threads};
 pub enum BenchCmd {
     /// Time the KD training step of a configuration of bench/configs.json.
     Step {
-        /// Configuration name (`a`, `b`).
+        /// Configuration name (`a`, `b`, `c`).
         #[arg(long)]
         config: String,
         #[arg(long, default_value = "bench/configs.json")]
         spec: PathBuf,
+        /// Teacher cache directory (`distill cache`), for a configuration with `teacher_cache`.
+        #[arg(long)]
+        cache: Option<PathBuf>,
         #[arg(long, default_value_t = 2)]
         warmup: usize,
         #[arg(long, default_value_t = 5)]
@@ -43,22 +47,94 @@ pub enum BenchCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Time and measure the peak extra memory of the KD loss's forward + backward from hidden
+    /// states: chunked (default) or naive full logits (--naive).
+    Loss {
+        /// Vocabulary size.
+        #[arg(long)]
+        vocab: i64,
+        /// Rows (tokens).
+        #[arg(long, default_value_t = 2048)]
+        tokens: i64,
+        /// Hidden size of student and teacher.
+        #[arg(long, default_value_t = 896)]
+        hidden: i64,
+        #[arg(long, default_value_t = 256)]
+        chunk_rows: i64,
+        /// Full [tokens, vocab] logits for student and teacher instead of chunks.
+        #[arg(long)]
+        naive: bool,
+        #[arg(long, default_value_t = 1)]
+        warmup: usize,
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        #[arg(long)]
+        threads: Option<usize>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// What a top-k teacher cache loses, per k: bytes/token and KL to the full distribution.
+    CacheKl {
+        /// Teacher: GGUF file or HF directory.
+        #[arg(long)]
+        teacher: PathBuf,
+        /// Text: files, directories or globs (the first --rows rows are used).
+        #[arg(long, required = true)]
+        data: Vec<String>,
+        #[arg(long, default_value_t = 16)]
+        rows: usize,
+        #[arg(long, default_value_t = 128)]
+        seq: usize,
+        /// The k values, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "8,16,32,64,128")]
+        k: Vec<usize>,
+        /// Quantization step of the u8 encoding, nats.
+        #[arg(long, default_value_t = distill_cache::DEFAULT_LOGPROB_STEP)]
+        step: f32,
+        #[arg(long)]
+        threads: Option<usize>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print rows of a teacher cache as the Rust reader decodes them (bench/check_cache_format.py).
+    CacheDump {
+        dir: PathBuf,
+        /// Rows, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "0")]
+        rows: Vec<usize>,
+        /// One JSON object (the default output is a short human-readable listing).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub fn run(what: BenchCmd) -> Result<()> {
-    use distill::bench;
+    use distill::{bench, bench_loss};
     match what {
-        BenchCmd::Step { config, spec, warmup, steps, threads, json } => {
+        BenchCmd::Step { config, spec, cache, warmup, steps, threads, json } => {
             set_threads(threads);
             let s = bench::load_spec(&spec, &config)?;
+            let uses_cache = bench_loss::spec_uses_cache(&spec, &config)?;
             let student_cfg = bench::config_from_json(&s.student, "student")?;
-            let teacher = match (&s.teacher, &s.teacher_path) {
-                (_, Some(p)) => lm::load_lm(&resolve(Path::new(p))?, Device::Cpu)?.model,
-                (Some(c), None) => bench::random_model(&bench::config_from_json(c, "teacher")?, 1)?.1,
-                (None, None) => bail!("configuration `{config}` has neither `teacher` nor `teacher_path`"),
+            let r = if uses_cache {
+                let Some(dir) = cache else {
+                    bail!("configuration `{config}` reads its teacher from a cache: give --cache DIR (made by `distill cache --seq-len {}`)", s.seq);
+                };
+                let (vs, student) = bench::random_model(&student_cfg, 0)?;
+                let reader = bench_loss::open_step_cache(&dir, &s, student_cfg.vocab_size)?;
+                bench_loss::bench_step_cached(&vs, &student, &reader, &s, warmup, steps)?
+            } else {
+                if cache.is_some() {
+                    bail!("--cache: configuration `{config}` runs its teacher online (no \"teacher_cache\": true)");
+                }
+                let teacher = match (&s.teacher, &s.teacher_path) {
+                    (_, Some(p)) => lm::load_lm(&resolve(Path::new(p))?, Device::Cpu)?.model,
+                    (Some(c), None) => bench::random_model(&bench::config_from_json(c, "teacher")?, 1)?.1,
+                    (None, None) => bail!("configuration `{config}` has neither `teacher` nor `teacher_path`"),
+                };
+                let (vs, student) = bench::random_model(&student_cfg, 0)?;
+                bench::bench_step(&vs, &student, &teacher, &s, warmup, steps)?
             };
-            let (vs, student) = bench::random_model(&student_cfg, 0)?;
-            let r = bench::bench_step(&vs, &student, &teacher, &s, warmup, steps)?;
             if json {
                 println!("{}", serde_json::json!({"name": config, "result": r}));
             } else {
@@ -79,6 +155,82 @@ pub fn run(what: BenchCmd) -> Result<()> {
                     "{:.1} ms per {rows}x{seq} forward, {:.0} tok/s, peak RSS {:.0} MiB ({} threads)",
                     r.ms_per_forward, r.tokens_per_s, r.peak_rss_mib, r.threads
                 );
+            }
+        }
+        BenchCmd::Loss { vocab, tokens, hidden, chunk_rows, naive, warmup, reps, threads, json } => {
+            let o = bench_loss::LossBenchOpts {
+                vocab,
+                tokens,
+                hidden,
+                chunk_rows,
+                naive,
+                warmup,
+                reps,
+                ..Default::default()
+            };
+            o.validate()?;
+            let need =
+                o.estimated_extra_bytes() + 4 * (2 * vocab as u64 * hidden as u64 + 2 * tokens as u64 * hidden as u64);
+            if let Some(avail) = bench_loss::proc_meminfo_kib("MemAvailable") {
+                if need / 1024 > avail {
+                    bail!(
+                        "--vocab {vocab} --tokens {tokens} --hidden {hidden}{} needs about {:.1} GiB, only {:.1} GiB is available",
+                        if naive { " --naive" } else { "" },
+                        need as f64 / (1u64 << 30) as f64,
+                        avail as f64 / (1u64 << 20) as f64
+                    );
+                }
+            }
+            set_threads(threads);
+            let r = bench_loss::bench_loss(&o)?;
+            if json {
+                println!("{}", serde_json::json!({"name": "loss", "result": r}));
+            } else {
+                println!(
+                    "{} loss, V {vocab}, N {tokens}, H {hidden}: {:.0} ms per forward+backward, peak extra RSS {:.0} MiB \
+                     (timed passes only: {:.0} MiB; {} threads; loss {:.4})",
+                    r.mode, r.ms_per_pass, r.extra_peak_mib, r.extra_peak_timed_mib, r.threads, r.loss
+                );
+            }
+        }
+        BenchCmd::CacheKl { teacher, data, rows, seq, k, step, threads, json } => {
+            if seq < 2 {
+                bail!("--seq must be at least 2");
+            }
+            set_threads(threads);
+            let t = lm::load_lm(&resolve(&teacher)?, Device::Cpu)?;
+            let sources: Vec<TextSource> = data.iter().map(TextSource::new).collect();
+            let blocks = distill::experiments::lm::text_blocks(&sources, &t.tokenizer, seq, 50)?;
+            let o = bench_loss::FrontierOpts { rows, ks: k, step, batch_rows: 4 };
+            let r = bench_loss::cache_frontier(&t.model, &blocks, &o)?;
+            if json {
+                println!("{}", serde_json::json!({"name": "cache-kl", "teacher": teacher, "result": r}));
+            } else {
+                print!("{}", bench_loss::frontier_table(&r));
+            }
+        }
+        BenchCmd::CacheDump { dir, rows, json } => {
+            if rows.is_empty() {
+                bail!("--rows: give at least one row");
+            }
+            let d = bench_loss::cache_dump(&dir, &rows)?;
+            if json {
+                println!("{}", serde_json::to_string(&d)?);
+            } else {
+                let k = d.top_k;
+                for (j, &row) in d.rows.iter().enumerate() {
+                    for t in 0..d.seq_len {
+                        let at = (j * d.seq_len + t) * k;
+                        let show = k.min(4);
+                        let pairs: Vec<String> =
+                            (at..at + show).map(|i| format!("{}:{}", d.ids[i], d.logp[i])).collect();
+                        println!(
+                            "row {row} pos {t}: log_tail {} top {}",
+                            d.log_tail[j * d.seq_len + t],
+                            pairs.join(" ")
+                        );
+                    }
+                }
             }
         }
     }

@@ -5,6 +5,7 @@
 //! [`losses`] (the objectives, each with its formula and paper).
 
 pub mod bench;
+pub mod bench_loss;
 pub mod cache;
 pub mod checkpoint;
 pub mod data;
