@@ -122,7 +122,7 @@ pub fn run(what: BenchCmd) -> Result<()> {
                 };
                 let (vs, student) = bench::random_model(&student_cfg, 0)?;
                 let reader = bench_loss::open_step_cache(&dir, &s, student_cfg.vocab_size)?;
-                bench_loss::bench_step_cached(&vs, &student, &reader, &s, warmup, steps)?
+                bench_loss::bench_step_cached(&vs, &student, reader, &s, warmup, steps)?
             } else {
                 if cache.is_some() {
                     bail!("--cache: configuration `{config}` runs its teacher online (no \"teacher_cache\": true)");

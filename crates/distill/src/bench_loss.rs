@@ -22,15 +22,17 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
 
 use crate::bench::{peak_rss_mib, random_blocks, StepBenchResult, StepBenchSpec};
+use crate::cache::CachedTeacher;
 use crate::data::rng::SplitMix64;
 use crate::eval::lm_batch;
+use crate::lm_task::{LmKdTask, TeacherSource};
 use crate::losses::divergence::coarsen;
-use crate::losses::response::{cross_entropy, KdLoss};
+use crate::losses::response::KdLoss;
 use crate::losses::{ChunkTeacher, ChunkedKd, Divergence, SparseTeacher};
 use crate::models::llama::{ForwardOptions, Llama};
 use crate::optim::Optimizer;
 use crate::recipe::TrainCfg;
-use crate::train::{train_step, StepLoss, TrainTask};
+use crate::train::train_step;
 use crate::{Error, Result};
 
 // ---------------------------------------------------------------------------------------------
@@ -554,54 +556,6 @@ pub fn spec_uses_cache(path: &Path, name: &str) -> Result<bool> {
     Ok(f.teacher_cache)
 }
 
-/// KD of a causal LM against a teacher cache, on a fixed batch: the student's logits at every
-/// position with a next token, the cache's top-k at those positions as a [`SparseTeacher`]
-/// (K + 1 bins, [`Divergence::sparse`]), blended with cross-entropy. Batch row `i` reads cache
-/// row `i`.
-///
-/// TODO(lead): once `LmKdTask` takes a `TeacherSource::Cache`, [`bench_step_cached`] should time
-/// that task instead of this stand-in (same math: student forward, rows read and decoded from the
-/// cache inside the step, `α·sparse forward KL + (1−α)·CE`).
-struct CacheKdTask<'a> {
-    student: &'a Llama,
-    reader: &'a CacheReader,
-    blocks: &'a TokenBlocks,
-    kd: KdLoss,
-}
-
-impl TrainTask for CacheKdTask<'_> {
-    fn num_examples(&self) -> usize {
-        self.blocks.n_blocks()
-    }
-
-    fn loss(&mut self, batch: &[usize], _rng: &mut SplitMix64) -> Result<StepLoss> {
-        let dev = self.student.device();
-        let b = lm_batch(self.blocks, batch, dev);
-        let idx = b.targets.ge(0).view([-1]).nonzero().squeeze_dim(1); // [N]
-        let y = b.targets.view([-1]).index_select(0, &idx); // [N]
-        let opts = ForwardOptions { train: true, ..Default::default() };
-        let logits = self.student.forward(&b.ids, b.mask.as_ref(), opts)?.logits; // [B, T, V]
-        let v = logits.size()[2];
-        let s = logits.view([-1, v]).index_select(0, &idx); // [N, V]
-        if self.kd.alpha == 0.0 {
-            return Ok(StepLoss { total: cross_entropy(&s, &y), parts: vec![] });
-        }
-        let (mut ids, mut lp, mut tail) = (Vec::new(), Vec::new(), Vec::new());
-        self.reader.read_rows(batch, &mut ids, &mut lp, &mut tail).map_err(|e| Error::Invalid(e.to_string()))?;
-        let k = self.reader.top_k() as i64;
-        let idx_c = idx.to_device(Device::Cpu);
-        let teacher = SparseTeacher {
-            ids: Tensor::from_slice(&ids).view([-1, k]).index_select(0, &idx_c).to_device(dev), // [N, K]
-            logp: Tensor::from_slice(&lp).view([-1, k]).index_select(0, &idx_c).to_device(dev), // [N, K]
-            log_tail: Tensor::from_slice(&tail).index_select(0, &idx_c).to_device(dev),         // [N]
-        };
-        let soft = Divergence::ForwardKl.sparse(&s, &teacher, self.kd.temperature);
-        let hard = cross_entropy(&s, &y);
-        let total = &soft * self.kd.alpha + &hard * (1.0 - self.kd.alpha);
-        Ok(StepLoss { total, parts: vec![("soft", soft), ("hard", hard)] })
-    }
-}
-
 /// Opens the cache for configuration `spec` and checks it fits: vocabulary of `student_vocab`,
 /// `spec.seq` tokens per row, at least `spec.batch` rows.
 pub fn open_step_cache(dir: &Path, spec: &StepBenchSpec, student_vocab: i64) -> Result<CacheReader> {
@@ -640,19 +594,22 @@ pub fn open_step_cache(dir: &Path, spec: &StepBenchSpec, student_vocab: i64) -> 
 pub fn bench_step_cached(
     vs: &nn::VarStore,
     student: &Llama,
-    reader: &CacheReader,
+    reader: CacheReader,
     spec: &StepBenchSpec,
     warmup: usize,
     steps: usize,
 ) -> Result<StepBenchResult> {
     let blocks = random_blocks(spec.batch, spec.seq, student.config().vocab_size, 0);
     let batch: Vec<usize> = (0..spec.batch).collect();
-    let mut task = CacheKdTask {
-        student,
-        reader,
-        blocks: &blocks,
-        kd: KdLoss { temperature: spec.temperature, alpha: spec.alpha },
+    let cached = CachedTeacher::from_reader(reader);
+    let loss = ChunkedKd {
+        divergence: Divergence::ForwardKl,
+        temperature: spec.temperature,
+        alpha: spec.alpha,
+        chunk_rows: spec.chunk_tokens.unwrap_or(256) as i64,
     };
+    // The task `distill run` trains with, its teacher read from the cache (rows 0..batch).
+    let mut task = LmKdTask { student, teacher: Some(TeacherSource::Cache(&cached)), blocks: &blocks, loss };
     let cfg: TrainCfg = serde_json::from_value(serde_json::json!({
         "steps": (warmup + steps) as u64, "lr": spec.lr, "weight_decay": 0.01, "clip_grad_norm": 1.0,
     }))

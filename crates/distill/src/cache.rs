@@ -189,6 +189,12 @@ impl CachedTeacher {
         Ok(CachedTeacher { reader, vocab_size: vocab })
     }
 
+    /// Wraps an opened cache without checking it against a teacher or data (benchmarks).
+    pub fn from_reader(reader: CacheReader) -> Self {
+        let vocab_size = reader.manifest().vocab_size;
+        CachedTeacher { reader, vocab_size }
+    }
+
     /// Vocabulary size of the teacher.
     pub fn vocab_size(&self) -> usize {
         self.vocab_size

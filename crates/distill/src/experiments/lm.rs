@@ -118,6 +118,7 @@ fn dir_bytes(dir: &Path) -> u64 {
 
 /// Trains (or reloads, when already done) one student phase. Returns its var store, model and
 /// training report.
+#[allow(clippy::too_many_arguments)]
 fn student_phase(
     r: &LmRecipe,
     teacher: &LoadedLm,

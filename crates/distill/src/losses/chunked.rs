@@ -276,7 +276,7 @@ impl ChunkedKd {
                 }
                 if let Some(g) = g {
                     if let Some(gh) = &grad_h {
-                        let _ = gh.narrow(0, start, len).copy_(&g.mm(&w)); // [C, H]
+                        gh.narrow(0, start, len).copy_(&g.mm(&w)); // [C, H]
                     }
                     if let Some(gw) = &grad_w {
                         let _ = gw.shallow_clone().addmm_(&g.tr(), &h); // [V, H]
