@@ -4,13 +4,14 @@ training step from the cache (bench/twin.py step --config c) and for bench/check
 
     reader = CacheReader(DIR)                 # checks manifest.json, sizes, headers, sha256
     ids, logp, log_tail = reader.read_rows([0, 1])
-    # ids [R, T, K] int64, logp [R, T, K] float32 (T = 1, full-vocabulary log-probs), log_tail [R, T]
+    # ids [R, T, K+S] int64, logp [R, T, K+S] float32 (T = 1, full-vocabulary log-probs), log_tail [R, T]
+    # (the top-k entries, then S tail samples; S = reader.tail_samples, 0 for plain top-k caches)
 
 Layout (little-endian): DIR/manifest.json lists the complete shards (file, first_row, rows,
 bytes, sha256). Each shard-NNNNN.bin is a 48-byte header (magic "DSTC", u32 version, u32 index,
 u32 rows, u64 first_row, u32 K, u32 seq_len, u32 V, u32 bytes/token, u8 encoding 0=u8 1=f16,
-u8 id bytes, 2 reserved, f32 step) then rows x seq_len records of
-f32 logp_0, f32 log_tail, K ids (u16 when V <= 65536 else u32), K log-prob entries:
+u8 id bytes, u16 tail samples S, f32 step) then rows x seq_len records of
+f32 logp_0, f32 log_tail, K+S ids (u16 when V <= 65536 else u32), K+S log-prob entries:
 u8 codes c_i (logp_i = logp_0 - c_i * step) or f16 distances d_i (logp_i = logp_0 - d_i).
 """
 import hashlib
@@ -24,7 +25,7 @@ FORMAT_NAME = "distill-teacher-cache"
 VERSION = 1
 HEADER_BYTES = 48
 MAGIC = b"DSTC"
-HEADER = struct.Struct("<4sIIIQIIIIBB2xf")
+HEADER = struct.Struct("<4sIIIQIIIIBBHf")
 assert HEADER.size == HEADER_BYTES
 
 
@@ -47,7 +48,8 @@ class CacheReader:
         if not m.get("complete"):
             raise CacheFormatError(f"{self.dir}: the capture is not complete")
         self.manifest = m
-        self.k, self.seq_len, self.vocab = m["top_k"], m["seq_len"], m["vocab_size"]
+        self.top_k, self.tail_samples = m["top_k"], m.get("tail_samples", 0)
+        self.k, self.seq_len, self.vocab = self.top_k + self.tail_samples, m["seq_len"], m["vocab_size"]
         self.n_rows, self.rows_per_shard = m["n_rows"], m["rows_per_shard"]
         id_bytes = 2 if self.vocab <= 1 << 16 else 4
         if m["id_dtype"] != ("u16" if id_bytes == 2 else "u32"):
@@ -84,10 +86,10 @@ class CacheReader:
             digest = hashlib.sha256(data).hexdigest()
             if digest != e["sha256"]:
                 raise CacheFormatError(f"{path}: sha256 {digest}, the manifest says {e['sha256']}")
-        magic, version, idx, rows, first_row, k, seq_len, vocab, bpt, enc, idb, step = HEADER.unpack_from(data)
-        want = (MAGIC, VERSION, index, e["rows"], e["first_row"], self.k, self.seq_len, self.vocab, self.record.itemsize,
-                0 if self.encoding == "u8" else 1, self.id_bytes)
-        got = (magic, version, idx, rows, first_row, k, seq_len, vocab, bpt, enc, idb)
+        magic, version, idx, rows, first_row, k, seq_len, vocab, bpt, enc, idb, ts, step = HEADER.unpack_from(data)
+        want = (MAGIC, VERSION, index, e["rows"], e["first_row"], self.top_k, self.seq_len, self.vocab,
+                self.record.itemsize, 0 if self.encoding == "u8" else 1, self.id_bytes, self.tail_samples)
+        got = (magic, version, idx, rows, first_row, k, seq_len, vocab, bpt, enc, idb, ts)
         if got != want or (self.step is not None and np.float32(step) != self.step):
             raise CacheFormatError(f"{path}: header {got + (step,)} does not match the manifest {want + (self.step,)}")
         recs = np.frombuffer(data, self.record, offset=HEADER_BYTES).reshape(rows, seq_len)
@@ -95,7 +97,7 @@ class CacheReader:
         return recs
 
     def read_rows(self, rows):
-        """Decoded rows: ids [R, T, K] int64, logp [R, T, K] float32, log_tail [R, T] float32."""
+        """Decoded rows: ids [R, T, K+S] int64, logp [R, T, K+S] float32, log_tail [R, T] float32."""
         rows = list(rows)
         bad = [r for r in rows if not 0 <= r < self.n_rows]
         if bad:

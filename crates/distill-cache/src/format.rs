@@ -17,7 +17,7 @@
 //! | 36     | u32     | bytes per token record                            |
 //! | 40     | u8      | log-prob encoding: 0 = `u8`, 1 = `f16`            |
 //! | 41     | u8      | bytes per id: 2 (`u16`) or 4 (`u32`)              |
-//! | 42     | `[u8;2]`| reserved, zero                                    |
+//! | 42     | u16     | tail samples `S` (0 in caches without them)       |
 //! | 44     | f32     | `logprob_step` (`u8` encoding; 0 for `f16`)       |
 //!
 //! # Token record
@@ -25,12 +25,14 @@
 //! |----------------------|-----------------------------------------------------------------|
 //! | f32                  | `logp_0`, the top-1 log-probability, exact                      |
 //! | f32                  | `log_tail`, exact (may be `-inf`)                               |
-//! | `K ×` u16 or u32     | the top-k ids, by descending probability                        |
-//! | `K ×` u8  (`u8`)     | `c_i = round((logp_0 − logp_i) / step)` clamped to `[0, 255]`   |
-//! | `K ×` f16 (`f16`)    | `d_i = logp_0 − logp_i` rounded to the nearest f16              |
+//! | `(K+S) ×` u16 or u32 | the top-k ids by descending probability, then `S` tail samples  |
+//! | `(K+S) ×` u8  (`u8`) | `c_i = round((logp_0 − logp_i) / step)` clamped to `[0, 255]`   |
+//! | `(K+S) ×` f16 (`f16`)| `d_i = logp_0 − logp_i` rounded to the nearest f16              |
 //!
 //! Decoding gives `logp_i = logp_0 − c_i · step` (`u8`) or `logp_0 − d_i` (`f16`). Entry 0's
-//! code is always 0 and is stored anyway, so every array has `K` entries.
+//! code is always 0 and is stored anyway, so every array has `K + S` entries. The `S` tail
+//! samples are ids drawn with replacement from the teacher's distribution restricted to the
+//! tokens outside its top-k, with their own log-probabilities (see the crate doc).
 
 use std::fmt;
 
@@ -155,12 +157,13 @@ impl fmt::Display for LogprobEncoding {
     }
 }
 
-/// Bytes of one token record: `8 + K · (id bytes + log-prob bytes)`, where id bytes is 2 for
-/// `vocab_size ≤ 65,536` and 4 above, and log-prob bytes is 1 (`u8`) or 2 (`f16`).
+/// Bytes of one token record: `8 + (K + S) · (id bytes + log-prob bytes)`, where `S` is the
+/// number of tail samples, id bytes is 2 for `vocab_size ≤ 65,536` and 4 above, and log-prob
+/// bytes is 1 (`u8`) or 2 (`f16`).
 ///
-/// At `K = 64`, `V = 49,152`, `u8`: `8 + 64 · (2 + 1) = 200`.
-pub fn bytes_per_token(top_k: usize, vocab_size: usize, encoding: LogprobEncoding) -> usize {
-    8 + top_k * (IdDtype::for_vocab(vocab_size).bytes() + encoding.bytes())
+/// At `K = 64`, `S = 0`, `V = 49,152`, `u8`: `8 + 64 · (2 + 1) = 200`.
+pub fn bytes_per_token(top_k: usize, tail_samples: usize, vocab_size: usize, encoding: LogprobEncoding) -> usize {
+    8 + (top_k + tail_samples) * (IdDtype::for_vocab(vocab_size).bytes() + encoding.bytes())
 }
 
 /// The `u8` code of `logp` below the top-1 `logp0`: `round((logp0 − logp) / step)` clamped to
@@ -191,21 +194,27 @@ pub fn saturation_mass_bound(step: f32) -> f64 {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Layout {
     pub top_k: usize,
+    pub tail_samples: usize,
     pub id_dtype: IdDtype,
     pub encoding: LogprobEncoding,
 }
 
 impl Layout {
-    pub fn new(top_k: usize, vocab_size: usize, encoding: LogprobEncoding) -> Self {
-        Layout { top_k, id_dtype: IdDtype::for_vocab(vocab_size), encoding }
+    pub fn new(top_k: usize, tail_samples: usize, vocab_size: usize, encoding: LogprobEncoding) -> Self {
+        Layout { top_k, tail_samples, id_dtype: IdDtype::for_vocab(vocab_size), encoding }
+    }
+
+    /// Entries per token: `K + S`.
+    pub fn entries(&self) -> usize {
+        self.top_k + self.tail_samples
     }
 
     pub fn bytes_per_token(&self) -> usize {
-        8 + self.top_k * (self.id_dtype.bytes() + self.encoding.bytes())
+        8 + self.entries() * (self.id_dtype.bytes() + self.encoding.bytes())
     }
 
-    /// Appends the record of one token. `ids` must already be in range; `logp` has `K` entries,
-    /// sorted descending, `logp[0]` finite.
+    /// Appends the record of one token. `ids` must already be in range; `logp` has `K + S`
+    /// entries, the first `K` sorted descending, `logp[0]` finite and the largest.
     pub fn encode(&self, ids: impl Iterator<Item = u32>, logp: &[f32], log_tail: f32, out: &mut Vec<u8>) {
         let logp0 = logp[0];
         out.extend_from_slice(&logp0.to_le_bytes());
@@ -225,9 +234,9 @@ impl Layout {
         }
     }
 
-    /// Decodes one record into `ids[K]` and `logp[K]`; returns `log_tail`.
+    /// Decodes one record into `ids[K + S]` and `logp[K + S]`; returns `log_tail`.
     pub fn decode(&self, rec: &[u8], ids: &mut [i64], logp: &mut [f32]) -> f32 {
-        let k = self.top_k;
+        let k = self.entries();
         let logp0 = f32::from_le_bytes(rec[0..4].try_into().expect("4 bytes"));
         let log_tail = f32::from_le_bytes(rec[4..8].try_into().expect("4 bytes"));
         let id_end = 8 + k * self.id_dtype.bytes();
@@ -273,6 +282,7 @@ pub(crate) struct ShardHeader {
     pub bytes_per_token: u32,
     pub encoding_tag: u8,
     pub id_bytes: u8,
+    pub tail_samples: u16,
     pub step: f32,
 }
 
@@ -296,6 +306,7 @@ impl ShardHeader {
             bytes_per_token: layout.bytes_per_token() as u32,
             encoding_tag: layout.encoding.tag(),
             id_bytes: layout.id_dtype.bytes() as u8,
+            tail_samples: layout.tail_samples as u16,
             step: layout.encoding.step().unwrap_or(0.0),
         }
     }
@@ -313,6 +324,7 @@ impl ShardHeader {
         b[36..40].copy_from_slice(&self.bytes_per_token.to_le_bytes());
         b[40] = self.encoding_tag;
         b[41] = self.id_bytes;
+        b[42..44].copy_from_slice(&self.tail_samples.to_le_bytes());
         b[44..48].copy_from_slice(&self.step.to_le_bytes());
         b
     }
@@ -340,13 +352,14 @@ impl ShardHeader {
             bytes_per_token: u32_at(36),
             encoding_tag: b[40],
             id_bytes: b[41],
+            tail_samples: u16::from_le_bytes([b[42], b[43]]),
             step: f32::from_le_bytes(b[44..48].try_into().expect("4 bytes")),
         })
     }
 
     /// Describes the first field in which `self` (found) differs from `expected`.
     pub fn mismatch(&self, expected: &ShardHeader) -> Option<String> {
-        let fields: [(&str, String, String); 10] = [
+        let fields: [(&str, String, String); 11] = [
             ("shard index", self.index.to_string(), expected.index.to_string()),
             ("first_row", self.first_row.to_string(), expected.first_row.to_string()),
             ("rows", self.rows.to_string(), expected.rows.to_string()),
@@ -356,6 +369,7 @@ impl ShardHeader {
             ("bytes_per_token", self.bytes_per_token.to_string(), expected.bytes_per_token.to_string()),
             ("logprob encoding", self.encoding_tag.to_string(), expected.encoding_tag.to_string()),
             ("id bytes", self.id_bytes.to_string(), expected.id_bytes.to_string()),
+            ("tail_samples", self.tail_samples.to_string(), expected.tail_samples.to_string()),
             ("logprob_step", self.step.to_string(), expected.step.to_string()),
         ];
         fields

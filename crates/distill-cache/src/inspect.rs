@@ -24,8 +24,10 @@ pub struct InspectReport {
     pub tokens: usize,
     /// Tokens per row.
     pub seq_len: usize,
-    /// Entries per position.
+    /// Top-k entries per position.
     pub top_k: usize,
+    /// Tail samples per position.
+    pub tail_samples: usize,
     /// Teacher vocabulary size.
     pub vocab_size: usize,
     /// `u16` or `u32`.
@@ -63,6 +65,7 @@ pub fn inspect(dir: impl AsRef<Path>) -> Result<InspectReport> {
         tokens: m.tokens,
         seq_len: m.seq_len,
         top_k: m.top_k,
+        tail_samples: m.tail_samples,
         vocab_size: m.vocab_size,
         id_dtype: m.id_dtype,
         logprob_encoding: m.logprob_encoding.name(),
@@ -90,8 +93,13 @@ impl fmt::Display for InspectReport {
         writeln!(f, "  data         {}", self.data_fingerprint)?;
         writeln!(
             f,
-            "  rows         {} × seq_len {} = {} tokens, top-{} of vocab {}",
-            self.rows, self.seq_len, self.tokens, self.top_k, self.vocab_size
+            "  rows         {} × seq_len {} = {} tokens, top-{}{} of vocab {}",
+            self.rows,
+            self.seq_len,
+            self.tokens,
+            self.top_k,
+            if self.tail_samples > 0 { format!(" + {} tail samples", self.tail_samples) } else { String::new() },
+            self.vocab_size
         )?;
         let encoding = match self.logprob_step {
             Some(step) => format!("{} (step {step} nat)", self.logprob_encoding),

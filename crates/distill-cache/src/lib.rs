@@ -9,7 +9,12 @@
 //! - `ids[K]`: the teacher's top-k token ids, by descending probability;
 //! - `logp[K]`: their log-probabilities at temperature 1 over the **full** vocabulary,
 //!   `logp_i = z_i − logsumexp(z)`;
-//! - `log_tail`: log of the probability mass outside the top-k at T = 1 (`-inf` when it is 0).
+//! - `log_tail`: log of the probability mass outside the top-k at T = 1 (`-inf` when it is 0);
+//! - optionally (`tail_samples = S > 0`), `S` more ids drawn with replacement from the teacher's
+//!   distribution restricted to the tokens outside the top-k, with their log-probabilities, stored
+//!   after the top-k entries in the same arrays. Giving each the mass `exp(log_tail) / S` makes the
+//!   stored distribution an unbiased estimate of the full one at T = 1 (the trainer's
+//!   `TailSamples` documents how it is used at other temperatures).
 //!
 //! # Reconstructing a temperature
 //! With `p_i = exp(logp_i)`, tail mass `m = exp(log_tail)` and vocabulary size `V`, the loss
@@ -68,6 +73,7 @@
 //! # let dir = tmp.path().join("teacher-cache");
 //! let spec = CacheSpec {
 //!     top_k: 2,
+//!     tail_samples: 0,
 //!     vocab_size: 100,
 //!     seq_len: 3,
 //!     rows_per_shard: 1,

@@ -24,6 +24,9 @@ pub const MANIFEST_FILE: &str = "manifest.json";
 pub struct CacheSpec {
     /// Entries kept per position, `K ≥ 1`, `K ≤ vocab_size`.
     pub top_k: usize,
+    /// Tail samples per position, `S ≤ 65,535` (0: none): ids drawn with replacement from the
+    /// teacher's distribution outside its top-k (needs `K < vocab_size`).
+    pub tail_samples: usize,
     /// Teacher vocabulary size `V` (ids are `< V`); at most `u32::MAX`.
     pub vocab_size: usize,
     /// Tokens per packed row.
@@ -47,7 +50,7 @@ pub struct CacheSpec {
 impl CacheSpec {
     /// Bytes of one token record; see [`bytes_per_token`].
     pub fn bytes_per_token(&self) -> usize {
-        bytes_per_token(self.top_k, self.vocab_size, self.logprob_encoding)
+        bytes_per_token(self.top_k, self.tail_samples, self.vocab_size, self.logprob_encoding)
     }
 
     /// How ids are stored.
@@ -64,6 +67,12 @@ impl CacheSpec {
         }
         if self.top_k == 0 || self.top_k > self.vocab_size {
             return bad("top_k", format!("must be in 1..=vocab_size ({}), got {}", self.vocab_size, self.top_k));
+        }
+        if self.tail_samples > usize::from(u16::MAX) {
+            return bad("tail_samples", format!("must be at most {}, got {}", u16::MAX, self.tail_samples));
+        }
+        if self.tail_samples > 0 && self.top_k == self.vocab_size {
+            return bad("tail_samples", "there is no tail to sample when top_k = vocab_size".to_owned());
         }
         if self.seq_len == 0 || self.seq_len > max {
             return bad("seq_len", format!("must be in 1..={max}, got {}", self.seq_len));
@@ -111,6 +120,9 @@ pub struct Manifest {
     pub version: u32,
     /// Entries per position.
     pub top_k: usize,
+    /// Tail samples per position after the top-k (absent = 0).
+    #[serde(default)]
+    pub tail_samples: usize,
     /// Teacher vocabulary size.
     pub vocab_size: usize,
     /// Tokens per row.
@@ -153,6 +165,7 @@ impl Manifest {
             format: FORMAT_NAME.to_owned(),
             version: SHARD_VERSION,
             top_k: spec.top_k,
+            tail_samples: spec.tail_samples,
             vocab_size: spec.vocab_size,
             seq_len: spec.seq_len,
             rows_per_shard: spec.rows_per_shard,
@@ -176,6 +189,7 @@ impl Manifest {
     pub fn spec(&self) -> CacheSpec {
         CacheSpec {
             top_k: self.top_k,
+            tail_samples: self.tail_samples,
             vocab_size: self.vocab_size,
             seq_len: self.seq_len,
             rows_per_shard: self.rows_per_shard,

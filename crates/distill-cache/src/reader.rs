@@ -62,7 +62,7 @@ impl CacheReader {
             shard::check_size_and_header(&path, map.len() as u64, &map[..HEADER_BYTES], &manifest, index, entry)?;
             shards.push(Shard { path, map, entry: entry.clone(), verified: OnceLock::new() });
         }
-        let layout = Layout::new(manifest.top_k, manifest.vocab_size, manifest.logprob_encoding);
+        let layout = Layout::new(manifest.top_k, manifest.tail_samples, manifest.vocab_size, manifest.logprob_encoding);
         Ok(CacheReader { dir, manifest, layout, shards })
     }
 
@@ -86,9 +86,19 @@ impl CacheReader {
         self.manifest.seq_len
     }
 
-    /// Entries per position.
+    /// Top-k entries per position.
     pub fn top_k(&self) -> usize {
         self.manifest.top_k
+    }
+
+    /// Tail samples per position (after the top-k entries).
+    pub fn tail_samples(&self) -> usize {
+        self.manifest.tail_samples
+    }
+
+    /// Entries per position in decoded rows: top-k plus tail samples.
+    pub fn entries(&self) -> usize {
+        self.manifest.top_k + self.manifest.tail_samples
     }
 
     /// Bytes of one token record.
@@ -100,8 +110,9 @@ impl CacheReader {
     /// and resized (their capacity is reused).
     ///
     /// # Shapes
-    /// - `ids`: `[rows.len(), seq_len, top_k]`, row-major
-    /// - `logp`: `[rows.len(), seq_len, top_k]`, decoded log-probabilities at T = 1
+    /// - `ids`: `[rows.len(), seq_len, top_k + tail_samples]`, row-major: the top-k ids, then
+    ///   the tail samples
+    /// - `logp`: `[rows.len(), seq_len, top_k + tail_samples]`, decoded log-probabilities at T = 1
     /// - `log_tail`: `[rows.len(), seq_len]`
     ///
     /// The first read of a shard verifies its sha256 ([`CacheError::ChecksumMismatch`] names it).
@@ -112,7 +123,7 @@ impl CacheReader {
         logp: &mut Vec<f32>,
         log_tail: &mut Vec<f32>,
     ) -> Result<()> {
-        let (k, s, rps) = (self.manifest.top_k, self.manifest.seq_len, self.manifest.rows_per_shard);
+        let (k, s, rps) = (self.layout.entries(), self.manifest.seq_len, self.manifest.rows_per_shard);
         if let Some(&row) = rows.iter().find(|&&r| r >= self.manifest.n_rows) {
             return Err(CacheError::RowOutOfRange { dir: self.dir.clone(), row, n_rows: self.manifest.n_rows });
         }

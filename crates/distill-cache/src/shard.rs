@@ -12,7 +12,7 @@ use crate::manifest::{hex, Manifest, ShardEntry};
 
 /// The header shard `index` of `manifest` must carry.
 pub(crate) fn expected_header(manifest: &Manifest, index: usize, rows: usize) -> ShardHeader {
-    let layout = Layout::new(manifest.top_k, manifest.vocab_size, manifest.logprob_encoding);
+    let layout = Layout::new(manifest.top_k, manifest.tail_samples, manifest.vocab_size, manifest.logprob_encoding);
     ShardHeader::expected(&layout, manifest.vocab_size, manifest.seq_len, index, index * manifest.rows_per_shard, rows)
 }
 

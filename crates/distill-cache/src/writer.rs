@@ -106,7 +106,7 @@ impl CacheWriter {
             }
             Err(e) => return Err(e),
         };
-        let layout = Layout::new(manifest.top_k, manifest.vocab_size, manifest.logprob_encoding);
+        let layout = Layout::new(manifest.top_k, manifest.tail_samples, manifest.vocab_size, manifest.logprob_encoding);
         let next_row = manifest.rows_stored();
         Ok(CacheWriter { dir, manifest, layout, next_row, current: None, scratch: Vec::new(), poisoned: false })
     }
@@ -145,8 +145,10 @@ impl CacheWriter {
     /// Appends whole rows, starting at [`next_row`](Self::next_row).
     ///
     /// # Shapes
-    /// - `ids`: `[rows, seq_len, top_k]`, each position's ids by descending probability, `< vocab_size`
-    /// - `logp`: `[rows, seq_len, top_k]`, log-probabilities at T = 1 over the full vocabulary, non-increasing
+    /// - `ids`: `[rows, seq_len, top_k + tail_samples]`, each position's top-k ids by descending
+    ///   probability, then its tail samples, all `< vocab_size`
+    /// - `logp`: `[rows, seq_len, top_k + tail_samples]`, log-probabilities at T = 1 over the full
+    ///   vocabulary, non-increasing over the top-k
     /// - `log_tail`: `[rows, seq_len]`, log of the mass outside the top-k (may be `-inf`)
     ///
     /// The whole call is checked before anything is written: NaN, unsorted or positive
@@ -195,7 +197,8 @@ impl CacheWriter {
 
     /// Checks shapes and values; returns the number of rows.
     fn validate<I: TokenId>(&self, ids: &[I], logp: &[f32], log_tail: &[f32]) -> Result<usize> {
-        let (k, s, vocab) = (self.manifest.top_k, self.manifest.seq_len, self.manifest.vocab_size as u64);
+        let (k, s, vocab) = (self.layout.entries(), self.manifest.seq_len, self.manifest.vocab_size as u64);
+        let top = self.manifest.top_k;
         if log_tail.len() % s != 0 {
             return Err(self.bad_rows(format!(
                 "log_tail has {} values, not a whole number of rows of seq_len {s}",
@@ -207,7 +210,7 @@ impl CacheWriter {
         for (name, len) in [("ids", ids.len()), ("logp", logp.len())] {
             if len != tokens * k {
                 return Err(self.bad_rows(format!(
-                    "{name} has {len} values, expected rows × seq_len × top_k = {rows} × {s} × {k} = {}",
+                    "{name} has {len} values, expected rows × seq_len × (top_k + tail_samples) = {rows} × {s} × {k} = {}",
                     tokens * k
                 )));
             }
@@ -239,7 +242,17 @@ impl CacheWriter {
                 if lp[j].is_nan() {
                     return Err(self.bad_rows(format!("log-probability at {} is NaN", at(j))));
                 }
-                if lp[j] > lp[j - 1] {
+                if j >= top {
+                    // A tail sample: a log-probability, not above the top-1.
+                    if lp[j] > lp[0] {
+                        return Err(self.bad_rows(format!(
+                            "tail sample log-probability {} at {} is above the top-1's {}",
+                            lp[j],
+                            at(j),
+                            lp[0]
+                        )));
+                    }
+                } else if lp[j] > lp[j - 1] {
                     return Err(self.bad_rows(format!(
                         "log-probabilities not sorted: {} at {} is above {} at rank {}",
                         lp[j],
@@ -258,7 +271,7 @@ impl CacheWriter {
                 )));
             }
             let m = lp[0].max(tail);
-            let sum: f32 = lp.iter().map(|&l| (l - m).exp()).sum::<f32>() + (tail - m).exp();
+            let sum: f32 = lp[..top].iter().map(|&l| (l - m).exp()).sum::<f32>() + (tail - m).exp();
             let lse = m + sum.ln();
             if lse.abs() > NORMALIZATION_TOLERANCE {
                 return Err(self.bad_rows(format!(
@@ -273,7 +286,7 @@ impl CacheWriter {
     }
 
     fn write_rows<I: TokenId>(&mut self, rows: usize, ids: &[I], logp: &[f32], log_tail: &[f32]) -> Result<()> {
-        let (k, s) = (self.manifest.top_k, self.manifest.seq_len);
+        let (k, s) = (self.layout.entries(), self.manifest.seq_len);
         for r in 0..rows {
             if self.current.is_none() {
                 self.open_shard()?;
@@ -384,8 +397,9 @@ impl fmt::Debug for CacheWriter {
 fn compare_spec(dir: &Path, manifest: &Manifest, spec: &CacheSpec) -> Result<()> {
     let cache = manifest.spec();
     let step = |s: &CacheSpec| s.logprob_encoding.step().map_or_else(|| "none".to_owned(), |v| v.to_string());
-    let fields: [(&'static str, String, String); 10] = [
+    let fields: [(&'static str, String, String); 11] = [
         ("top_k", cache.top_k.to_string(), spec.top_k.to_string()),
+        ("tail_samples", cache.tail_samples.to_string(), spec.tail_samples.to_string()),
         ("vocab_size", cache.vocab_size.to_string(), spec.vocab_size.to_string()),
         ("seq_len", cache.seq_len.to_string(), spec.seq_len.to_string()),
         ("rows_per_shard", cache.rows_per_shard.to_string(), spec.rows_per_shard.to_string()),

@@ -10,11 +10,11 @@ use distill_cache::{
 #[test]
 fn bytes_per_token_formula() {
     let u8_enc = LogprobEncoding::default();
-    assert_eq!(bytes_per_token(64, 49_152, u8_enc), 200);
-    assert_eq!(bytes_per_token(64, 49_152, LogprobEncoding::F16), 264);
-    assert_eq!(bytes_per_token(64, 65_536, u8_enc), 200);
-    assert_eq!(bytes_per_token(64, 65_537, u8_enc), 8 + 64 * 5);
-    assert_eq!(bytes_per_token(64, 151_936, LogprobEncoding::F16), 8 + 64 * 6);
+    assert_eq!(bytes_per_token(64, 0, 49_152, u8_enc), 200);
+    assert_eq!(bytes_per_token(64, 0, 49_152, LogprobEncoding::F16), 264);
+    assert_eq!(bytes_per_token(64, 0, 65_536, u8_enc), 200);
+    assert_eq!(bytes_per_token(64, 0, 65_537, u8_enc), 8 + 64 * 5);
+    assert_eq!(bytes_per_token(64, 0, 151_936, LogprobEncoding::F16), 8 + 64 * 6);
     assert_eq!(IdDtype::for_vocab(65_536), IdDtype::U16);
     assert_eq!(IdDtype::for_vocab(65_537), IdDtype::U32);
     assert_eq!(small_spec().bytes_per_token(), 8 + K * 3);
@@ -162,4 +162,71 @@ fn reader_is_shared_across_threads() {
     });
     let err = r.read_rows(&[0, N], &mut Vec::new(), &mut Vec::new(), &mut Vec::new()).unwrap_err();
     assert!(matches!(err, CacheError::RowOutOfRange { row: N, n_rows: N, .. }), "{err}");
+}
+
+#[test]
+fn tail_samples_round_trip_and_header() {
+    // K = 8 top entries plus 3 tail samples per token: the samples are stored after the top-k
+    // in both arrays, need not be sorted, and only the top-k + tail must be normalized.
+    let tmp = tempfile::tempdir().unwrap();
+    let data = TeacherRows::generate(N, S, K, V, 5);
+    let ns = 3;
+    let (mut ids, mut logp) = (Vec::new(), Vec::new());
+    for t in 0..N * S {
+        ids.extend_from_slice(&data.ids[t * K..(t + 1) * K]);
+        logp.extend_from_slice(&data.logp[t * K..(t + 1) * K]);
+        let tail_id = |j: u32| (0..V as u32).rev().find(|v| !data.ids[t * K..(t + 1) * K].contains(v)).unwrap() - j;
+        ids.extend([tail_id(0), tail_id(0), tail_id(2)]);
+        logp.extend([data.log_tail[t] - 3.0, data.log_tail[t] - 3.0, data.log_tail[t] - 1.5]);
+    }
+    let mut sp = small_spec();
+    sp.tail_samples = ns;
+    assert_eq!(sp.bytes_per_token(), 8 + (K + ns) * 3);
+    let mut w = CacheWriter::create_or_resume(tmp.path(), sp.clone()).unwrap();
+    w.push_rows(&ids, &logp, &data.log_tail).unwrap();
+    w.finish().unwrap();
+    let head = std::fs::read(tmp.path().join("shard-00000.bin")).unwrap();
+    assert_eq!(u16::from_le_bytes([head[42], head[43]]), ns as u16);
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tmp.path().join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(json["tail_samples"], ns);
+
+    let r = CacheReader::open(tmp.path()).unwrap();
+    assert_eq!((r.top_k(), r.tail_samples(), r.entries()), (K, ns, K + ns));
+    let (mut rid, mut rlp, mut tail) = (Vec::new(), Vec::new(), Vec::new());
+    r.read_rows(&(0..N).collect::<Vec<_>>(), &mut rid, &mut rlp, &mut tail).unwrap();
+    assert_eq!(rid.iter().map(|&i| i as u32).collect::<Vec<_>>(), ids);
+    assert_eq!(tail, data.log_tail);
+    for (i, (&g, &w)) in rlp.iter().zip(&logp).enumerate() {
+        // Entries further than 255 steps below the top-1 saturate there.
+        let w = w.max(logp[i - i % (K + ns)] - 255.0 / 16.0);
+        assert!((g - w).abs() <= 1.0 / 32.0 + 1e-5, "entry {i}: {g} vs {w}");
+    }
+    assert_eq!(inspect(tmp.path()).unwrap().tail_samples, ns);
+
+    // Resuming with another number of samples is refused, naming the field.
+    let mut other = sp.clone();
+    other.tail_samples = 4;
+    let err = CacheWriter::create_or_resume(tmp.path(), other).unwrap_err().to_string();
+    assert!(err.contains("tail_samples"), "{err}");
+    // A sample above the top-1 is refused.
+    let tmp2 = tempfile::tempdir().unwrap();
+    let mut w = CacheWriter::create_or_resume(tmp2.path(), sp).unwrap();
+    let mut bad = logp.clone();
+    bad[K] = 0.0;
+    let err = w.push_rows(&ids, &bad, &data.log_tail).unwrap_err().to_string();
+    assert!(err.contains("tail sample") && err.contains("row 0, position 0, rank 8"), "{err}");
+}
+
+#[test]
+fn manifest_without_tail_samples_reads_as_zero() {
+    // Caches written before tail samples existed have no `tail_samples` key and zero header bytes.
+    let tmp = tempfile::tempdir().unwrap();
+    write_small(tmp.path());
+    let path = tmp.path().join("manifest.json");
+    let mut json: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    json.as_object_mut().unwrap().remove("tail_samples");
+    std::fs::write(&path, serde_json::to_vec_pretty(&json).unwrap()).unwrap();
+    let r = CacheReader::open(tmp.path()).unwrap();
+    assert_eq!((r.tail_samples(), r.entries()), (0, K));
 }

@@ -125,6 +125,11 @@ enum Cmd {
         seq_len: usize,
         #[arg(long, default_value_t = 64)]
         top_k: usize,
+        /// Ids drawn per token from the teacher's distribution outside its top-k, stored after
+        /// it: forward-KL training from the cache then gets an unbiased estimate of the full
+        /// distribution instead of the tail's total alone (0 = none).
+        #[arg(long, default_value_t = 0)]
+        tail_samples: usize,
         /// Log-probability encoding: `u8` (quantized, --step nats) or `f16`.
         #[arg(long, default_value = "u8")]
         encoding: String,
@@ -224,6 +229,7 @@ fn run(cli: Cli) -> Result<()> {
             set,
             seq_len,
             top_k,
+            tail_samples,
             encoding,
             step,
             rows_per_shard,
@@ -265,14 +271,21 @@ fn run(cli: Cli) -> Result<()> {
             let t = lm::load_lm(&resolve(&teacher_path)?, Device::Cpu)?;
             data_cfg.validate().map_err(|e| anyhow::anyhow!("data: {e}"))?;
             let ds = distill_text::build_dataset(&data_cfg, &t.tokenizer)?;
+            let samples = if tail_samples > 0 { format!(" + {tail_samples} tail samples") } else { String::new() };
             eprintln!(
-                "caching the teacher's top-{top_k} over {} rows of {} tokens into {}",
+                "caching the teacher's top-{top_k}{samples} over {} rows of {} tokens into {}",
                 ds.train.n_blocks(),
                 ds.train.seq_len,
                 out.display()
             );
-            let opts =
-                distill::cache::CaptureOptions { top_k, rows_per_shard, batch_rows: batch, encoding, progress: true };
+            let opts = distill::cache::CaptureOptions {
+                top_k,
+                tail_samples,
+                rows_per_shard,
+                batch_rows: batch,
+                encoding,
+                progress: true,
+            };
             let t0 = std::time::Instant::now();
             let m = distill::cache::capture(&t, &ds.train, &out, &opts)?;
             println!(

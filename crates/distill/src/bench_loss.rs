@@ -420,8 +420,8 @@ pub fn cache_frontier(teacher: &Llama, blocks: &TokenBlocks, o: &FrontierOpts) -
             .zip(&sums)
             .map(|(&k, s)| FrontierRow {
                 k,
-                bytes_u8: bytes_per_token(k, v as usize, u8_enc),
-                bytes_f16: bytes_per_token(k, v as usize, LogprobEncoding::F16),
+                bytes_u8: bytes_per_token(k, 0, v as usize, u8_enc),
+                bytes_f16: bytes_per_token(k, 0, v as usize, LogprobEncoding::F16),
                 kl_u8: s[0] / n,
                 kl_f16: s[1] / n,
                 kl_trunc: s[2] / n,
@@ -529,7 +529,7 @@ pub fn cache_dump(dir: &Path, rows: &[usize]) -> Result<CacheDump> {
     Ok(CacheDump {
         rows: rows.to_vec(),
         seq_len: reader.seq_len(),
-        top_k: reader.top_k(),
+        top_k: reader.entries(),
         vocab_size: reader.manifest().vocab_size,
         ids,
         logp: logp.into_iter().map(json_f32).collect(),

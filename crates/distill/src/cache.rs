@@ -3,6 +3,14 @@
 //! the model ([`CachedTeacher`]). Storage format, encoding and the exact reconstruction of a
 //! temperature are documented in the `distill_cache` crate.
 //!
+//! With `tail_samples = S > 0` each position also stores `S` ids drawn with replacement from the
+//! teacher's distribution restricted to the tokens outside its top-k (and their log-probs).
+//! Giving each draw the mass `m/S` (`m` the tail mass) makes the stored sparse distribution an
+//! unbiased estimate of the full one at T = 1 — `E[p̂] = p` — so forward-KL training from the
+//! cache gets an unbiased gradient instead of knowing only the tail's total (see
+//! [`TailSamples`](crate::losses::TailSamples)). Draws use a counter-based generator keyed by
+//! (row, position), so a resumed capture draws the same samples as an uninterrupted one.
+//!
 //! A cache is tied to what produced it: the teacher's fingerprint, its tokenizer's, the packed
 //! data's ([`distill_text::fingerprint`]) and `seq_len`. Training checks all of them before the
 //! first step. Capture is deterministic (fixed batches aligned to shards), so a capture killed
@@ -18,6 +26,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use sha2::{Digest, Sha256};
 use tch::{Device, Kind, Tensor};
 
+use crate::data::rng::SplitMix64;
 use crate::eval::lm_batch;
 use crate::lm::{tokenizer_fingerprint, LoadedLm};
 use crate::models::llama::ForwardOptions;
@@ -32,6 +41,8 @@ fn cache_err(e: distill_cache::CacheError) -> Error {
 pub struct CaptureOptions {
     /// Entries kept per token.
     pub top_k: usize,
+    /// Tail samples per token (0: none).
+    pub tail_samples: usize,
     /// Rows per shard file (a multiple of `batch_rows`).
     pub rows_per_shard: usize,
     /// Rows per teacher forward.
@@ -44,6 +55,7 @@ impl Default for CaptureOptions {
     fn default() -> Self {
         CaptureOptions {
             top_k: 64,
+            tail_samples: 0,
             rows_per_shard: 256,
             batch_rows: 8,
             encoding: LogprobEncoding::default(),
@@ -101,6 +113,61 @@ pub fn teacher_top_k(teacher: &LoadedLm, blocks: &TokenBlocks, rows: &[usize], k
     })
 }
 
+/// [`teacher_top_k`] with `s` [`sample_tail`] draws appended to each position's top-k:
+/// ids and log-probs `[B, T, K + S]`, log tail `[B, T]`.
+pub fn teacher_top_k_sampled(
+    teacher: &LoadedLm,
+    blocks: &TokenBlocks,
+    rows: &[usize],
+    k: usize,
+    s: usize,
+) -> Result<[Tensor; 3]> {
+    tch::no_grad(|| {
+        let b = lm_batch(blocks, rows, teacher.model.device());
+        let logits = teacher.model.forward(&b.ids, b.mask.as_ref(), ForwardOptions::default())?.logits; // [B, T, V]
+        let lp = logits.log_softmax(-1, Kind::Float); // [B, T, V]
+        let (vals, ids) = lp.topk(k as i64, -1, true, true); // [B, T, K] each
+        let log_tail = lp.scatter_value(-1, &ids, f64::NEG_INFINITY).logsumexp([-1i64].as_slice(), false); // [B, T]
+        let (sid, slp) = sample_tail(&lp, &ids, rows, s); // [B, T, S] each
+        Ok([Tensor::cat(&[ids, sid], 2), Tensor::cat(&[vals, slp], 2), log_tail])
+    })
+}
+
+/// `S` draws per position, with replacement, from the teacher's T = 1 distribution outside its
+/// top-k: ids `[B, T, S]` and their log-probs `[B, T, S]`. Row `rows[b]`, position `t` draws
+/// from `SplitMix64::derive(0x7a11, row, t)`, so the samples depend only on the row and position.
+/// Positions whose tail mass is 0 get the top-1 id with log-prob −∞ (weight 0).
+///
+/// # Shapes
+/// `log_probs: [B, T, V]`, `top_ids: [B, T, K]` → `([B, T, S], [B, T, S])`.
+pub fn sample_tail(log_probs: &Tensor, top_ids: &Tensor, rows: &[usize], s: usize) -> (Tensor, Tensor) {
+    tch::no_grad(|| {
+        let (b, t, v) = (log_probs.size()[0], log_probs.size()[1], log_probs.size()[2]);
+        let n = b * t;
+        let lp = log_probs.reshape([n, v]);
+        let tail_lp = lp.scatter_value(1, &top_ids.reshape([n, -1]), f64::NEG_INFINITY); // [N, V]
+        let cdf = tail_lp.to_kind(Kind::Double).exp().cumsum(1, Kind::Double); // [N, V]
+        let mass = cdf.select(1, v - 1); // [N]
+        let mut mass_v = vec![0f64; n as usize];
+        mass.copy_data(&mut mass_v, n as usize);
+        let mut u = Vec::with_capacity(n as usize * s);
+        for (i, &m) in mass_v.iter().enumerate() {
+            let (row, pos) = (rows[i / t as usize] as u64, (i % t as usize) as u64);
+            let mut g = SplitMix64::derive(0x7a11, row, pos);
+            // 53 random bits → [0, 1), scaled to the tail mass.
+            u.extend((0..s).map(|_| (g.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * m));
+        }
+        let u = Tensor::from_slice(&u).view([n, s as i64]).to_device(lp.device()); // [N, S]
+                                                                                   // First index whose CDF exceeds u: never a top-k id (their CDF step is 0).
+        let ids = u.searchsorted(&cdf, false, true, "right", None::<Tensor>).clamp_max(v - 1); // [N, S]
+        let top1 = top_ids.reshape([n, -1]).narrow(1, 0, 1).expand([n, s as i64], false); // [N, S]
+        let empty = mass.le(0.0).unsqueeze(1).expand([n, s as i64], false); // [N, S]
+        let ids = ids.where_self(&empty.logical_not(), &top1);
+        let slp = tail_lp.gather(1, &ids, false).masked_fill(&empty, f64::NEG_INFINITY); // [N, S]
+        (ids.view([b, t, s as i64]), slp.view([b, t, s as i64]))
+    })
+}
+
 /// Runs `teacher` over every row of `blocks` and stores its top-k in `dir`, resuming a capture
 /// that was interrupted there. Returns the final manifest.
 pub fn capture(teacher: &LoadedLm, blocks: &TokenBlocks, dir: &Path, opts: &CaptureOptions) -> Result<Manifest> {
@@ -118,6 +185,7 @@ pub fn capture(teacher: &LoadedLm, blocks: &TokenBlocks, dir: &Path, opts: &Capt
     let cfg = teacher.model.config();
     let spec = CacheSpec {
         top_k: opts.top_k,
+        tail_samples: opts.tail_samples,
         vocab_size: cfg.vocab_size as usize,
         seq_len: blocks.seq_len,
         rows_per_shard: opts.rows_per_shard,
@@ -141,7 +209,11 @@ pub fn capture(teacher: &LoadedLm, blocks: &TokenBlocks, dir: &Path, opts: &Capt
     let (mut ids, mut lps, mut tails) = (Vec::<i64>::new(), Vec::<f32>::new(), Vec::<f32>::new());
     for first in (start..n_rows).step_by(batch) {
         let rows: Vec<usize> = (first..(first + batch).min(n_rows)).collect();
-        let [i, v, t] = teacher_top_k(teacher, blocks, &rows, opts.top_k)?;
+        let [i, v, t] = if opts.tail_samples > 0 {
+            teacher_top_k_sampled(teacher, blocks, &rows, opts.top_k, opts.tail_samples)?
+        } else {
+            teacher_top_k(teacher, blocks, &rows, opts.top_k)?
+        };
         ids.resize(i.numel(), 0);
         lps.resize(v.numel(), 0.0);
         tails.resize(t.numel(), 0.0);
@@ -205,11 +277,12 @@ impl CachedTeacher {
         &self.reader
     }
 
-    /// `rows` decoded: ids `[B·T, K]` i64, log-probs `[B·T, K]` f32, log tail `[B·T]` f32.
+    /// `rows` decoded: ids `[B·T, K+S]` i64, log-probs `[B·T, K+S]` f32 (the top-k, then the
+    /// tail samples), log tail `[B·T]` f32.
     pub fn rows(&self, rows: &[usize], device: Device) -> Result<[Tensor; 3]> {
         let (mut ids, mut lp, mut tail) = (Vec::new(), Vec::new(), Vec::new());
         self.reader.read_rows(rows, &mut ids, &mut lp, &mut tail).map_err(cache_err)?;
-        let k = self.reader.top_k() as i64;
+        let k = self.reader.entries() as i64;
         Ok([
             Tensor::from_slice(&ids).view([-1, k]).to_device(device),
             Tensor::from_slice(&lp).view([-1, k]).to_device(device),

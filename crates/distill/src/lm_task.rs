@@ -10,6 +10,7 @@ use crate::data::rng::SplitMix64;
 use crate::eval::lm_batch;
 use crate::losses::chunked::{ChunkTeacher, ChunkedKd};
 use crate::losses::divergence::SparseTeacher;
+use crate::losses::sampled::TailSamples;
 use crate::models::llama::Llama;
 use crate::train::{StepLoss, TrainTask};
 use crate::{Error, Result};
@@ -56,13 +57,21 @@ impl TrainTask for LmKdTask<'_> {
                 self.loss.forward(&h, &w, Some(ChunkTeacher::DenseHidden { hidden: &th, weight: &tw }), Some(&y))
             }
             (Some(TeacherSource::Cache(c)), true) => {
-                let [ids, logp, log_tail] = c.rows(batch, self.student.device())?; // [B·T, K], [B·T, K], [B·T]
+                let [ids, logp, log_tail] = c.rows(batch, self.student.device())?; // [B·T, K+S] ×2, [B·T]
+                let (ids, logp) = (ids.index_select(0, &idx), logp.index_select(0, &idx)); // [N, K+S]
+                let (k, s) = (c.reader().top_k() as i64, c.reader().tail_samples() as i64);
                 let st = SparseTeacher {
-                    ids: ids.index_select(0, &idx),
-                    logp: logp.index_select(0, &idx),
+                    ids: ids.narrow(1, 0, k),
+                    logp: logp.narrow(1, 0, k),
                     log_tail: log_tail.index_select(0, &idx),
                 };
-                self.loss.forward(&h, &w, Some(ChunkTeacher::Sparse(&st)), Some(&y))
+                if s > 0 {
+                    let samples = TailSamples { ids: ids.narrow(1, k, s), logp: logp.narrow(1, k, s) };
+                    let teacher = ChunkTeacher::Sampled { top: &st, samples: &samples };
+                    self.loss.forward(&h, &w, Some(teacher), Some(&y))
+                } else {
+                    self.loss.forward(&h, &w, Some(ChunkTeacher::Sparse(&st)), Some(&y))
+                }
             }
             (None, true) => return Err(Error::Invalid("distillation with alpha > 0 needs a teacher".into())),
         };

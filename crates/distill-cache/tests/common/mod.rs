@@ -86,6 +86,7 @@ impl TeacherRows {
 pub fn spec(top_k: usize, vocab_size: usize, seq_len: usize, rows_per_shard: usize, n_rows: usize) -> CacheSpec {
     CacheSpec {
         top_k,
+        tail_samples: 0,
         vocab_size,
         seq_len,
         rows_per_shard,

@@ -221,9 +221,13 @@ pub fn run(r: &LmRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) -> Re
             let dir = fetch::resolve(dir)?;
             let c = CachedTeacher::open(&dir, &teacher, &data.train)?;
             say(format!(
-                "teacher cache {}: top-{}, {} bytes/token",
+                "teacher cache {}: top-{}{}, {} bytes/token",
                 dir.display(),
                 c.reader().top_k(),
+                match c.reader().tail_samples() {
+                    0 => String::new(),
+                    s => format!(" + {s} tail samples"),
+                },
                 c.reader().bytes_per_token()
             ));
             Some(c)

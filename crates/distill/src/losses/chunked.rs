@@ -22,6 +22,7 @@ use tch::{Kind, Tensor};
 
 use super::divergence::{coarsen, Divergence, SparseTeacher};
 use super::response::KdParts;
+use super::sampled::{sampled_forward_kl, TailSamples};
 
 /// Where the teacher's distribution for each chunk of rows comes from.
 #[derive(Debug, Clone, Copy)]
@@ -34,6 +35,9 @@ pub enum ChunkTeacher<'a> {
     DenseHidden { hidden: &'a Tensor, weight: &'a Tensor },
     /// A top-k cache with N rows.
     Sparse(&'a SparseTeacher),
+    /// A top-k cache completed by tail samples (N rows each). Forward KL uses the unbiased
+    /// sparse estimate of [`TailSamples`]; the other divergences use the K + 1 bins of `top`.
+    Sampled { top: &'a SparseTeacher, samples: &'a TailSamples },
 }
 
 /// `α·D_T(teacher, student) + (1−α)·CE` from the student's hidden states, `chunk_rows` rows at a
@@ -104,6 +108,13 @@ impl ChunkedKd {
                 }; // [C, V] at T
                 let soft = teacher.map(|teacher| {
                     let log_ps = log_ps.as_ref().expect("computed when use_soft");
+                    if let (ChunkTeacher::Sampled { top, samples }, Divergence::ForwardKl) = (teacher, self.divergence)
+                    {
+                        let (ids, log_q, log_m) = samples.narrow(start, len).log_probs(&top.narrow(start, len), t);
+                        let dev = log_ps.device();
+                        return sampled_forward_kl(&ids, &log_q.to_device(dev), &log_m.to_device(dev), log_ps)
+                            * soft_scale;
+                    }
                     let (log_pt, log_ps) = teacher_chunk(teacher, start, len, t, v, log_ps); // [C, B] each
                     self.divergence.rows(&log_pt, &log_ps).sum(Kind::Float) * soft_scale
                 });
@@ -214,7 +225,17 @@ impl ChunkedKd {
                     if t == 1.0 { z.log_softmax(-1, Kind::Float) } else { (&z / t).log_softmax(-1, Kind::Float) }; // [C, V]
                                                                                                                    // Gradient coefficients: per row, g = a·p_s + (stuff); built up in place.
                 let mut g: Option<Tensor> = None; // [C, V]
-                if let Some(ChunkTeacher::Sparse(st)) = teacher {
+                if let Some(ChunkTeacher::Sampled { top, samples }) = teacher {
+                    // The sparse estimate q̂ over K + S entries: ∂KL/∂z = (p_s − Σ_e q̂_e·δ_{id_e})/T.
+                    let (ids, log_q, log_m) = samples.narrow(start, len).log_probs(&top.narrow(start, len), t);
+                    let (ids, log_q, log_m) = (ids.to_device(dev), log_q.to_device(dev), log_m.to_device(dev));
+                    soft_sum += sampled_forward_kl(&ids, &log_q, &log_m, &log_ps) * soft_scale;
+                    let c = alpha * soft_scale / t; // α·T/N
+                    let mut gs = log_ps.exp(); // p_s, [C, V]
+                    let _ = gs.g_mul_scalar_(c);
+                    let _ = gs.scatter_add_(1, &ids, &(log_q.exp() * (-c)));
+                    g = Some(gs);
+                } else if let Some(ChunkTeacher::Sparse(st)) = teacher {
                     // Both distributions on the K + 1 bins (top-k ids, then the tail):
                     // ∂KL/∂z_j = (p_s[j]/T)·(1 − p_t[b(j)]/q_s[b(j)]); for a top-k id that is
                     // (q_s[i] − p_t[i])/T, for a tail token p_s[j]·(1 − p_t,tail/q_s,tail)/T.
@@ -241,7 +262,7 @@ impl ChunkedKd {
                     let zt = match teacher {
                         ChunkTeacher::Dense(zt) => zt.narrow(0, start, len).to_device(dev),
                         ChunkTeacher::DenseHidden { hidden: th, weight: tw } => th.narrow(0, start, len).mm(&tw.tr()),
-                        ChunkTeacher::Sparse(_) => unreachable!("handled above"),
+                        ChunkTeacher::Sparse(_) | ChunkTeacher::Sampled { .. } => unreachable!("handled above"),
                     }; // [C, V]
                     let mut log_pt =
                         if t == 1.0 { zt.log_softmax(-1, Kind::Float) } else { (zt / t).log_softmax(-1, Kind::Float) }; // [C, V]
@@ -326,7 +347,7 @@ fn teacher_chunk(teacher: ChunkTeacher<'_>, start: i64, len: i64, t: f64, v: i64
             let log_pt = tch::no_grad(|| dense(hidden.narrow(0, start, len).linear::<Tensor>(weight, None))); // [C, V]
             (log_pt, log_ps.shallow_clone())
         }
-        ChunkTeacher::Sparse(s) => {
+        ChunkTeacher::Sparse(s) | ChunkTeacher::Sampled { top: s, .. } => {
             let s = s.narrow(start, len);
             let log_pt = s.log_probs(t, v).to_device(log_ps.device()); // [C, K+1]
             let log_ps = coarsen(log_ps, &s.ids.to_device(log_ps.device())); // [C, K+1]

@@ -11,7 +11,9 @@
 pub mod chunked;
 pub mod divergence;
 pub mod response;
+pub mod sampled;
 
 pub use chunked::{ChunkTeacher, ChunkedKd};
 pub use divergence::{Divergence, DivergenceCfg, DivergenceKind, SparseTeacher};
 pub use response::{KdLoss, KdParts};
+pub use sampled::TailSamples;
