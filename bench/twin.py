@@ -14,7 +14,8 @@ Configuration `c` ("teacher_cache": true) replaces the teacher forward by a dist
 (bench/cache_format.py): rows 0..B hold the top-k at each position, and the soft term is the
 forward KL over the K + 1 bins of crates/distill/src/losses/divergence.rs (teacher bins
 [logp/T, log_tail/T + (1 - 1/T) ln(V - K)] log-softmaxed; the student's log_softmax(z/T) gathered
-at the ids plus a tail bin, the logsumexp of the rest).
+at the ids plus a tail bin, the logsumexp of the rest); a cache with tail samples (the default of
+`distill cache`) uses the sampled forward KL of crates/distill/src/losses/sampled.rs instead.
 
 `loss` is the naive KD loss a user would write on top of a model's hidden states: full [N, V]
 logits for student and teacher, F.kl_div on log_softmax, cross_entropy, backward. Its memory is
@@ -87,6 +88,20 @@ def sparse_forward_kl(s, ids, logp, log_tail, temp, V):
     return F.kl_div(log_ps_bins, log_pt, log_target=True, reduction="batchmean") * temp * temp
 
 
+def sampled_forward_kl(s, ids, logp, log_tail, n_samples, temp):
+    """T^2 * batchmean KL(q || student) for a top-k cache with tail samples: q over the K + S stored
+    entries, top-k weights logp/T, sample weights log_tail - ln S + (1/T - 1) logp (distill's
+    losses/sampled.rs). Repeated sample ids are not merged: the gradient is the same, the value
+    differs by a constant.
+    s: [N, V]; ids, logp [N, K+S]; log_tail [N]."""
+    K = ids.shape[1] - n_samples
+    log_ps = F.log_softmax(s / temp, -1).gather(1, ids)
+    w = torch.cat([logp[:, :K] / temp,
+                   log_tail.unsqueeze(1) - math.log(n_samples) + (1 / temp - 1) * logp[:, K:]], 1)
+    log_q = F.log_softmax(w, -1)
+    return (log_q.exp() * (log_q - log_ps)).sum() / s.shape[0] * temp * temp
+
+
 def step_bench(a):
     specs = json.loads(pathlib.Path(a.spec).read_text())
     if a.config not in specs:
@@ -126,9 +141,12 @@ def step_bench(a):
         if reader is not None:
             c_ids, c_logp, c_tail = reader.read_rows(range(B))  # [B, T, K], [B, T, K], [B, T]
             K = c_ids.shape[-1]
-            soft = sparse_forward_kl(s, torch.from_numpy(c_ids[:, :-1]).reshape(-1, K),
-                                     torch.from_numpy(c_logp[:, :-1]).reshape(-1, K),
-                                     torch.from_numpy(c_tail[:, :-1]).reshape(-1), temp, V)
+            c = (torch.from_numpy(c_ids[:, :-1]).reshape(-1, K), torch.from_numpy(c_logp[:, :-1]).reshape(-1, K),
+                 torch.from_numpy(c_tail[:, :-1]).reshape(-1))
+            if reader.tail_samples:
+                soft = sampled_forward_kl(s, *c, reader.tail_samples, temp)
+            else:
+                soft = sparse_forward_kl(s, *c, temp, V)
         else:
             with torch.no_grad():
                 t = teacher(ids).logits[:, :-1].reshape(-1, V)

@@ -127,8 +127,9 @@ enum Cmd {
         top_k: usize,
         /// Ids drawn per token from the teacher's distribution outside its top-k, stored after
         /// it: forward-KL training from the cache then gets an unbiased estimate of the full
-        /// distribution instead of the tail's total alone (0 = none).
-        #[arg(long, default_value_t = 0)]
+        /// distribution instead of the tail's total alone (0 = none; none when --top-k covers
+        /// the whole vocabulary).
+        #[arg(long, default_value_t = 64)]
         tail_samples: usize,
         /// Log-probability encoding: `u8` (quantized, --step nats) or `f16`.
         #[arg(long, default_value = "u8")]
@@ -271,6 +272,8 @@ fn run(cli: Cli) -> Result<()> {
             let t = lm::load_lm(&resolve(&teacher_path)?, Device::Cpu)?;
             data_cfg.validate().map_err(|e| anyhow::anyhow!("data: {e}"))?;
             let ds = distill_text::build_dataset(&data_cfg, &t.tokenizer)?;
+            let vocab = t.model.config().vocab_size as usize;
+            let tail_samples = if top_k >= vocab { 0 } else { tail_samples };
             let samples = if tail_samples > 0 { format!(" + {tail_samples} tail samples") } else { String::new() };
             eprintln!(
                 "caching the teacher's top-{top_k}{samples} over {} rows of {} tokens into {}",

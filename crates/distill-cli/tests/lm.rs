@@ -345,6 +345,32 @@ fn offline_cache_captures_resumes_and_trains_like_the_online_teacher() {
     let (p_on, p_cache) = (ppl(&online), ppl(&cached));
     assert!((p_cache / p_on - 1.0).abs() < 0.01, "online {p_on} vs cached {p_cache}");
 
+    // Top-8 + 16 tail samples (u8): 8 + 24·3 bytes/token, and the student trained from it
+    // stays close to the online one.
+    let sampled = d.join("sampled");
+    let o =
+        distill(&["cache", "--recipe", rs, "--top-k", "8", "--tail-samples", "16", "--out", sampled.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = distill(&["inspect", sampled.to_str().unwrap(), "--json"]);
+    let info: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!((info["top_k"].as_u64(), info["tail_samples"].as_u64()), (Some(8), Some(16)));
+    assert_eq!(info["bytes_per_token"], 8 + 24 * 3);
+    let from_sampled = d.join("from-sampled");
+    let set_sampled = format!("teacher.cache={}", sampled.display());
+    let o = distill(&[
+        "run",
+        rs,
+        "--out",
+        from_sampled.to_str().unwrap(),
+        "--set",
+        "distill.scratch_twin=false",
+        "--set",
+        &set_sampled,
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let p_sampled = ppl(&from_sampled);
+    assert!((p_sampled / p_on - 1.0).abs() < 0.05, "online {p_on} vs top-8 + 16 samples {p_sampled}");
+
     // Another seq_len is other data: refused before training, naming what differs.
     let bad = d.join("bad-run");
     let o = distill(&["run", rs, "--out", bad.to_str().unwrap(), "--set", &set_cache, "--set", "data.pack.seq_len=8"]);

@@ -41,7 +41,7 @@ fn cache_err(e: distill_cache::CacheError) -> Error {
 pub struct CaptureOptions {
     /// Entries kept per token.
     pub top_k: usize,
-    /// Tail samples per token (0: none).
+    /// Tail samples per token (0: none; must be 0 when `top_k` is the whole vocabulary).
     pub tail_samples: usize,
     /// Rows per shard file (a multiple of `batch_rows`).
     pub rows_per_shard: usize,
@@ -55,7 +55,7 @@ impl Default for CaptureOptions {
     fn default() -> Self {
         CaptureOptions {
             top_k: 64,
-            tail_samples: 0,
+            tail_samples: 64,
             rows_per_shard: 256,
             batch_rows: 8,
             encoding: LogprobEncoding::default(),

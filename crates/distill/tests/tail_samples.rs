@@ -69,7 +69,8 @@ fn naive(kd: &ChunkedKd, h0: &Tensor, w0: &Tensor, dense: &Tensor, y: &Tensor) -
     let logits = h.linear::<Tensor>(&w, None).to_kind(Kind::Float);
     let soft = Divergence::ForwardKl.dense(&logits, dense, kd.temperature);
     // ChunkedKd reports no hard part at α = 1.
-    let hard = if kd.alpha < 1.0 { cross_entropy(&logits, y) } else { Tensor::zeros([], (Kind::Float, tch::Device::Cpu)) };
+    let hard =
+        if kd.alpha < 1.0 { cross_entropy(&logits, y) } else { Tensor::zeros([], (Kind::Float, tch::Device::Cpu)) };
     let total = &soft * kd.alpha + &hard * (1.0 - kd.alpha);
     total.backward();
     [total, soft, hard, h.grad(), w.grad()]
