@@ -51,7 +51,7 @@ def spec_uses_cache(name):
 
 
 def step_cache(a):
-    """The teacher cache of configuration c: --cache, or built once (two Brown files, seq 128, top-64)."""
+    """The teacher cache of configuration c: --cache, or built once (two Brown files, seq 128, top-64 + 64 tail samples)."""
     if a.cache:
         return a.cache
     d = HOME / "bench" / "cache-c"
@@ -211,7 +211,7 @@ def print_steps(configs, a):
               f"{je_tok:>18}{je_ratio:>8}"
               f"{r['distill_peak_rss_mib']:>14.0f} / {r['pytorch_peak_rss_mib']:<9.0f}")
     if any(spec_uses_cache(r["name"]) for r in configs):
-        print("(c: teacher distributions read from a top-64 cache, no teacher forward)")
+        print("(c: teacher distributions read from a top-64 + 64 tail-sample cache, no teacher forward)")
 
 
 def print_forward(f, a):
