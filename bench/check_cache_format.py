@@ -65,12 +65,17 @@ def check(cache, rows):
     assert np.array_equal(ids, r_ids), "ids differ from the Rust reader"
     assert np.array_equal(logp, r_logp), f"logp differ from the Rust reader (max |diff| {np.abs(logp - r_logp).max()})"
     assert np.array_equal(tail, r_tail), "log_tail differs from the Rust reader"
-    # Decoded rows are distributions up to the encoding's error: logsumexp over the K + 1 bins ~ 0.
-    bins = np.concatenate([logp, tail[..., None]], -1).astype(np.float64)
+    # Decoded rows are distributions up to the encoding's error: logsumexp over the K + 1 bins ~ 0
+    # (the top-k entries and the tail; tail samples, stored after the top-k, are not bins).
+    top = py.top_k
+    bins = np.concatenate([logp[..., :top], tail[..., None]], -1).astype(np.float64)
     lse = np.log(np.exp(bins).sum(-1))
     assert np.abs(lse).max() < 0.05, f"bins do not sum to 1 (max |logsumexp| {np.abs(lse).max()})"
-    assert np.all(np.diff(logp, axis=-1) <= 0), "top-k log-probs are not sorted"
-    print(f"ok  {cache.name}: {py.encoding}, K {k}, seq_len {t}, V {py.vocab}, {py.n_rows} rows in "
+    assert np.all(np.diff(logp[..., :top], axis=-1) <= 0), "top-k log-probs are not sorted"
+    if py.tail_samples:
+        in_top = (ids[..., top:, None] == ids[..., None, :top]).any(-1)
+        assert not in_top.any(), "a tail sample is one of the top-k ids"
+    print(f"ok  {cache.name}: {py.encoding}, K {top} + {py.tail_samples} tail samples, seq_len {t}, V {py.vocab}, {py.n_rows} rows in "
           f"{len(py.manifest['shards'])} shards; rows {rows} identical to the Rust reader ({ids.size} entries), "
           f"max |logsumexp(bins)| {np.abs(lse).max():.2e}")
 
