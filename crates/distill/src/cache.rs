@@ -100,22 +100,10 @@ pub fn model_fingerprint(source: &Path) -> Result<String> {
     Ok(format!("{:x}", h.finalize()))
 }
 
-/// The teacher's top-k at every position of `rows` (`[B, T, K]` ids and log-probs at T = 1,
-/// `[B, T]` log tail mass), computed under no-grad.
-pub fn teacher_top_k(teacher: &LoadedLm, blocks: &TokenBlocks, rows: &[usize], k: usize) -> Result<[Tensor; 3]> {
-    tch::no_grad(|| {
-        let b = lm_batch(blocks, rows, teacher.model.device());
-        let logits = teacher.model.forward(&b.ids, b.mask.as_ref(), ForwardOptions::default())?.logits; // [B, T, V]
-        let lp = logits.log_softmax(-1, Kind::Float); // [B, T, V]
-        let (vals, ids) = lp.topk(k as i64, -1, true, true); // [B, T, K] each
-        let log_tail = lp.scatter_value(-1, &ids, f64::NEG_INFINITY).logsumexp([-1i64].as_slice(), false); // [B, T]
-        Ok([ids, vals, log_tail])
-    })
-}
-
-/// [`teacher_top_k`] with `s` [`sample_tail`] draws appended to each position's top-k:
-/// ids and log-probs `[B, T, K + S]`, log tail `[B, T]`.
-pub fn teacher_top_k_sampled(
+/// The teacher's top-k at every position of `rows`, computed under no-grad: ids and log-probs at
+/// T = 1, each `[B, T, K + S]` — the top-k by descending probability, then `s` [`sample_tail`]
+/// draws (none when `s = 0`) — and the log tail mass `[B, T]`.
+pub fn teacher_top_k(
     teacher: &LoadedLm,
     blocks: &TokenBlocks,
     rows: &[usize],
@@ -127,8 +115,12 @@ pub fn teacher_top_k_sampled(
         let logits = teacher.model.forward(&b.ids, b.mask.as_ref(), ForwardOptions::default())?.logits; // [B, T, V]
         let lp = logits.log_softmax(-1, Kind::Float); // [B, T, V]
         let (vals, ids) = lp.topk(k as i64, -1, true, true); // [B, T, K] each
-        let log_tail = lp.scatter_value(-1, &ids, f64::NEG_INFINITY).logsumexp([-1i64].as_slice(), false); // [B, T]
-        let (sid, slp) = sample_tail(&lp, &ids, rows, s); // [B, T, S] each
+        let tail_lp = lp.scatter_value(-1, &ids, f64::NEG_INFINITY); // [B, T, V], top-k at −∞
+        let log_tail = tail_lp.logsumexp([-1i64].as_slice(), false); // [B, T]
+        if s == 0 {
+            return Ok([ids, vals, log_tail]);
+        }
+        let (sid, slp) = draw_tail(&tail_lp, &ids, rows, s); // [B, T, S] each
         Ok([Tensor::cat(&[ids, sid], 2), Tensor::cat(&[vals, slp], 2), log_tail])
     })
 }
@@ -141,11 +133,15 @@ pub fn teacher_top_k_sampled(
 /// # Shapes
 /// `log_probs: [B, T, V]`, `top_ids: [B, T, K]` → `([B, T, S], [B, T, S])`.
 pub fn sample_tail(log_probs: &Tensor, top_ids: &Tensor, rows: &[usize], s: usize) -> (Tensor, Tensor) {
+    tch::no_grad(|| draw_tail(&log_probs.scatter_value(-1, top_ids, f64::NEG_INFINITY), top_ids, rows, s))
+}
+
+/// [`sample_tail`] from the log-probs with the top-k already set to −∞ (`tail_lp: [B, T, V]`).
+fn draw_tail(tail_lp: &Tensor, top_ids: &Tensor, rows: &[usize], s: usize) -> (Tensor, Tensor) {
     tch::no_grad(|| {
-        let (b, t, v) = (log_probs.size()[0], log_probs.size()[1], log_probs.size()[2]);
+        let (b, t, v) = (tail_lp.size()[0], tail_lp.size()[1], tail_lp.size()[2]);
         let n = b * t;
-        let lp = log_probs.reshape([n, v]);
-        let tail_lp = lp.scatter_value(1, &top_ids.reshape([n, -1]), f64::NEG_INFINITY); // [N, V]
+        let tail_lp = tail_lp.reshape([n, v]); // [N, V]
         let cdf = tail_lp.to_kind(Kind::Double).exp().cumsum(1, Kind::Double); // [N, V]
         let mass = cdf.select(1, v - 1); // [N]
         let mut mass_v = vec![0f64; n as usize];
@@ -157,8 +153,8 @@ pub fn sample_tail(log_probs: &Tensor, top_ids: &Tensor, rows: &[usize], s: usiz
             // 53 random bits → [0, 1), scaled to the tail mass.
             u.extend((0..s).map(|_| (g.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * m));
         }
-        let u = Tensor::from_slice(&u).view([n, s as i64]).to_device(lp.device()); // [N, S]
-                                                                                   // First index whose CDF exceeds u: never a top-k id (their CDF step is 0).
+        let u = Tensor::from_slice(&u).view([n, s as i64]).to_device(tail_lp.device()); // [N, S]
+                                                                                        // First index whose CDF exceeds u: never a top-k id (their CDF step is 0).
         let ids = u.searchsorted(&cdf, false, true, "right", None::<Tensor>).clamp_max(v - 1); // [N, S]
         let top1 = top_ids.reshape([n, -1]).narrow(1, 0, 1).expand([n, s as i64], false); // [N, S]
         let empty = mass.le(0.0).unsqueeze(1).expand([n, s as i64], false); // [N, S]
@@ -209,11 +205,7 @@ pub fn capture(teacher: &LoadedLm, blocks: &TokenBlocks, dir: &Path, opts: &Capt
     let (mut ids, mut lps, mut tails) = (Vec::<i64>::new(), Vec::<f32>::new(), Vec::<f32>::new());
     for first in (start..n_rows).step_by(batch) {
         let rows: Vec<usize> = (first..(first + batch).min(n_rows)).collect();
-        let [i, v, t] = if opts.tail_samples > 0 {
-            teacher_top_k_sampled(teacher, blocks, &rows, opts.top_k, opts.tail_samples)?
-        } else {
-            teacher_top_k(teacher, blocks, &rows, opts.top_k)?
-        };
+        let [i, v, t] = teacher_top_k(teacher, blocks, &rows, opts.top_k, opts.tail_samples)?;
         ids.resize(i.numel(), 0);
         lps.resize(v.numel(), 0.0);
         tails.resize(t.numel(), 0.0);
