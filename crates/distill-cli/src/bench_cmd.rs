@@ -109,6 +109,8 @@ pub enum BenchCmd {
 }
 
 pub fn run(what: BenchCmd) -> Result<()> {
+    use distill::cache::CachedTeacher;
+    use distill::lm_task::TeacherSource;
     use distill::{bench, bench_loss};
     match what {
         BenchCmd::Step { config, spec, cache, warmup, steps, threads, json } => {
@@ -122,7 +124,8 @@ pub fn run(what: BenchCmd) -> Result<()> {
                 };
                 let (vs, student) = bench::random_model(&student_cfg, 0)?;
                 let reader = bench_loss::open_step_cache(&dir, &s, student_cfg.vocab_size)?;
-                bench_loss::bench_step_cached(&vs, &student, reader, &s, warmup, steps)?
+                let cached = CachedTeacher::from_reader(reader);
+                bench::bench_step(&vs, &student, TeacherSource::Cache(&cached), &s, warmup, steps)?
             } else {
                 if cache.is_some() {
                     bail!("--cache: configuration `{config}` runs its teacher online (no \"teacher_cache\": true)");
@@ -133,7 +136,7 @@ pub fn run(what: BenchCmd) -> Result<()> {
                     (None, None) => bail!("configuration `{config}` has neither `teacher` nor `teacher_path`"),
                 };
                 let (vs, student) = bench::random_model(&student_cfg, 0)?;
-                bench::bench_step(&vs, &student, &teacher, &s, warmup, steps)?
+                bench::bench_step(&vs, &student, TeacherSource::Model(&teacher), &s, warmup, steps)?
             };
             if json {
                 println!("{}", serde_json::json!({"name": config, "result": r}));

@@ -102,12 +102,12 @@ pub fn random_blocks(rows: usize, seq: usize, vocab: i64, seed: u64) -> TokenBlo
     TokenBlocks { seq_len: seq, input_ids, attention_mask: None, n_tokens_real: rows * seq }
 }
 
-/// Times `warmup + steps` KD steps of `student` (variables in `vs`) against `teacher` on one
-/// fixed random batch.
+/// Times `warmup + steps` KD steps of `student` (variables in `vs`) against `teacher` — a model
+/// run online, or a cache read at rows `0..batch` — on one fixed random batch.
 pub fn bench_step(
     vs: &nn::VarStore,
     student: &Llama,
-    teacher: &Llama,
+    teacher: TeacherSource<'_>,
     spec: &StepBenchSpec,
     warmup: usize,
     steps: usize,
@@ -120,7 +120,11 @@ pub fn bench_step(
         alpha: spec.alpha,
         chunk_rows: spec.chunk_tokens.unwrap_or(256) as i64,
     };
-    let mut task = LmKdTask { student, teacher: Some(TeacherSource::Model(teacher)), blocks: &blocks, loss };
+    let teacher_params = match &teacher {
+        TeacherSource::Model(t) => t.param_count(),
+        TeacherSource::Cache(_) => 0,
+    };
+    let mut task = LmKdTask { student, teacher: Some(teacher), blocks: &blocks, loss };
     let cfg: TrainCfg = serde_json::from_value(serde_json::json!({
         "steps": (warmup + steps) as u64, "lr": spec.lr, "weight_decay": 0.01, "clip_grad_norm": 1.0,
     }))
@@ -152,7 +156,7 @@ pub fn bench_step(
         tokens_per_s: (spec.batch * spec.seq) as f64 / (median / 1e3),
         peak_rss_mib: peak_rss_mib(),
         student_params: student.param_count(),
-        teacher_params: teacher.param_count(),
+        teacher_params,
         loss_first: losses.first().copied().unwrap_or(f64::NAN),
         loss_last: losses.last().copied().unwrap_or(f64::NAN),
     })

@@ -10,8 +10,9 @@
 //!   through `/proc/self/clear_refs` ([`reset_peak_rss`]).
 //! * [`cache_frontier`]: what a top-k cache loses, for each k: bytes per token and the KL from
 //!   the teacher's full distribution to its reconstruction from the (quantized) top-k.
-//! * [`bench_step_cached`]: the KD training step of `bench/configs.json` configuration `c`, with
-//!   the teacher's distributions read from an offline cache instead of a teacher forward.
+//! * [`open_step_cache`]: the offline cache of `bench/configs.json` configuration `c`, whose KD
+//!   step [`bench_step`](crate::bench::bench_step) then reads the teacher's distributions from
+//!   it instead of running a teacher forward.
 
 use std::path::Path;
 use std::time::Instant;
@@ -19,20 +20,14 @@ use std::time::Instant;
 use distill_cache::{bytes_per_token, dequantize, quantize, CacheReader, LogprobEncoding};
 use distill_text::TokenBlocks;
 use serde::{Deserialize, Serialize};
-use tch::{nn, Device, Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
-use crate::bench::{peak_rss_mib, random_blocks, StepBenchResult, StepBenchSpec};
-use crate::cache::CachedTeacher;
-use crate::data::rng::SplitMix64;
+use crate::bench::StepBenchSpec;
 use crate::eval::lm_batch;
-use crate::lm_task::{LmKdTask, TeacherSource};
 use crate::losses::divergence::coarsen;
 use crate::losses::response::KdLoss;
 use crate::losses::{ChunkTeacher, ChunkedKd, Divergence, SparseTeacher};
 use crate::models::llama::{ForwardOptions, Llama};
-use crate::optim::Optimizer;
-use crate::recipe::TrainCfg;
-use crate::train::train_step;
 use crate::{Error, Result};
 
 // ---------------------------------------------------------------------------------------------
@@ -586,62 +581,4 @@ pub fn open_step_cache(dir: &Path, spec: &StepBenchSpec, student_vocab: i64) -> 
         )));
     }
     Ok(r)
-}
-
-/// Times `warmup + steps` KD steps of `student` against the teacher cache `reader` (rows
-/// `0..batch`) on one fixed random batch of ids — configuration `b` with the teacher forward
-/// replaced by cache reads.
-pub fn bench_step_cached(
-    vs: &nn::VarStore,
-    student: &Llama,
-    reader: CacheReader,
-    spec: &StepBenchSpec,
-    warmup: usize,
-    steps: usize,
-) -> Result<StepBenchResult> {
-    let blocks = random_blocks(spec.batch, spec.seq, student.config().vocab_size, 0);
-    let batch: Vec<usize> = (0..spec.batch).collect();
-    let cached = CachedTeacher::from_reader(reader);
-    let loss = ChunkedKd {
-        divergence: Divergence::ForwardKl,
-        temperature: spec.temperature,
-        alpha: spec.alpha,
-        chunk_rows: spec.chunk_tokens.unwrap_or(256) as i64,
-    };
-    // The task `distill run` trains with, its teacher read from the cache (rows 0..batch).
-    let mut task = LmKdTask { student, teacher: Some(TeacherSource::Cache(&cached)), blocks: &blocks, loss };
-    let cfg: TrainCfg = serde_json::from_value(serde_json::json!({
-        "steps": (warmup + steps) as u64, "lr": spec.lr, "weight_decay": 0.01, "clip_grad_norm": 1.0,
-    }))
-    .map_err(|e| Error::Invalid(e.to_string()))?;
-    let mut params: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
-    params.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut opt = Optimizer::new(&cfg, params);
-    let mut rng = SplitMix64::new(0);
-    let (mut ms, mut losses) = (Vec::new(), Vec::new());
-    for i in 0..warmup + steps {
-        let t0 = Instant::now();
-        let (_, loss, _) = train_step(&mut task, &mut opt, &batch, &mut rng, cfg.clip_grad_norm, spec.lr)?;
-        let dt = t0.elapsed().as_secs_f64() * 1e3;
-        if i >= warmup {
-            ms.push(dt);
-            losses.push(loss);
-        }
-    }
-    let mut sorted = ms.clone();
-    sorted.sort_by(f64::total_cmp);
-    let median = sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN);
-    Ok(StepBenchResult {
-        threads: tch::get_num_threads(),
-        batch: spec.batch,
-        seq: spec.seq,
-        ms_per_step: median,
-        ms_steps: ms,
-        tokens_per_s: (spec.batch * spec.seq) as f64 / (median / 1e3),
-        peak_rss_mib: peak_rss_mib(),
-        student_params: student.param_count(),
-        teacher_params: 0,
-        loss_first: losses.first().copied().unwrap_or(f64::NAN),
-        loss_last: losses.last().copied().unwrap_or(f64::NAN),
-    })
 }
