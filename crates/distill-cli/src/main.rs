@@ -101,6 +101,9 @@ enum Cmd {
         top_k: Option<usize>,
         #[arg(long)]
         top_p: Option<f64>,
+        /// CTRL repetition penalty on tokens already present (1.0 = off; 1.2–1.5 is usual).
+        #[arg(long, default_value_t = 1.0)]
+        repetition_penalty: f64,
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
@@ -431,7 +434,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Generate { model, prompt, max_tokens, temperature, top_k, top_p, seed } => {
+        Cmd::Generate { model, prompt, max_tokens, temperature, top_k, top_p, repetition_penalty, seed } => {
             set_threads(None);
             let m = lm::load_lm(&resolve(&model)?, Device::Cpu)?;
             let sampling = temperature.is_some() || top_k.is_some() || top_p.is_some();
@@ -442,6 +445,7 @@ fn run(cli: Cli) -> Result<()> {
                 top_p: top_p.unwrap_or(1.0),
                 seed,
                 eos_id: m.model.config().eos_token_ids.first().copied(),
+                repetition_penalty,
             };
             let g = distill::eval::generate_text(&m.model, &m.tokenizer, &prompt, &opts)?;
             println!("{}{}", prompt, g.text);

@@ -25,11 +25,15 @@ pub struct GenerateOptions {
     pub seed: u64,
     /// Stop after emitting this token (it is included in the output).
     pub eos_id: Option<i64>,
+    /// CTRL's repetition penalty (Keskar et al. 2019; transformers' `repetition_penalty`): the
+    /// logit of every token already in the prompt or the output is divided by it when positive
+    /// and multiplied by it when negative, before temperature, top-k and top-p. 1.0 = off.
+    pub repetition_penalty: f64,
 }
 
 impl Default for GenerateOptions {
     fn default() -> Self {
-        Self { max_new_tokens: 32, temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0, eos_id: None }
+        Self { max_new_tokens: 32, temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0, eos_id: None, repetition_penalty: 1.0 }
     }
 }
 
@@ -58,6 +62,21 @@ fn argmax(x: &[f32]) -> usize {
         }
     }
     best
+}
+
+/// Applies the repetition penalty to `logits` for every distinct id of `seen`.
+fn penalize(logits: &mut [f32], seen: &[i64], penalty: f64) {
+    if penalty == 1.0 {
+        return;
+    }
+    let penalty = penalty as f32;
+    let mut done = std::collections::HashSet::with_capacity(seen.len());
+    for &id in seen {
+        if done.insert(id) {
+            let l = &mut logits[id as usize];
+            *l = if *l > 0.0 { *l / penalty } else { *l * penalty };
+        }
+    }
 }
 
 /// Picks the next token from one row of logits.
@@ -115,6 +134,12 @@ fn validate(model: &Llama, prompt_ids: &[i64], opts: &GenerateOptions) -> Result
     if !(opts.temperature >= 0.0 && opts.temperature.is_finite()) {
         return Err(Error::Invalid(format!("generate: temperature must be ≥ 0, got {}", opts.temperature)));
     }
+    if !(opts.repetition_penalty > 0.0 && opts.repetition_penalty.is_finite()) {
+        return Err(Error::Invalid(format!(
+            "generate: repetition_penalty must be > 0, got {}",
+            opts.repetition_penalty
+        )));
+    }
     if !(opts.top_p > 0.0 && opts.top_p <= 1.0) {
         return Err(Error::Invalid(format!("generate: top_p must be in (0, 1], got {}", opts.top_p)));
     }
@@ -141,13 +166,17 @@ pub fn generate(model: &Llama, prompt_ids: &[i64], opts: &GenerateOptions) -> Re
     if opts.max_new_tokens == 0 {
         return Ok(out);
     }
+    let mut seen = prompt_ids.to_vec();
     tch::no_grad(|| {
         let mut cache = KvCache::new();
         let ids = Tensor::from_slice(prompt_ids).unsqueeze(0); // [1, T]
         let mut logits = model.forward_cached(&ids, &mut cache)?; // [1, T, V]
         loop {
-            let next = pick(&last_row(&logits)?, opts, &mut rng) as i64;
+            let mut row = last_row(&logits)?;
+            penalize(&mut row, &seen, opts.repetition_penalty);
+            let next = pick(&row, opts, &mut rng) as i64;
             out.push(next);
+            seen.push(next);
             if out.len() >= opts.max_new_tokens || opts.eos_id == Some(next) {
                 return Ok(out);
             }
@@ -191,5 +220,16 @@ mod tests {
         let opts = GenerateOptions { temperature: 1.0, top_k: 1, ..Default::default() };
         let picks: Vec<usize> = (0..20).map(|_| pick(&[0.0, 1.0, 3.0], &opts, &mut rng)).collect();
         assert!(picks.iter().all(|&t| t == 2));
+    }
+
+    #[test]
+    fn repetition_penalty_divides_positive_and_multiplies_negative_logits_once() {
+        let mut logits = [2.0f32, -1.0, 3.0, 0.5];
+        penalize(&mut logits, &[0, 1, 0, 0], 2.0);
+        assert_eq!(logits, [1.0, -2.0, 3.0, 0.5]);
+        assert_eq!(argmax(&logits), 2);
+        let mut same = [2.0f32, -1.0];
+        penalize(&mut same, &[0, 1], 1.0);
+        assert_eq!(same, [2.0, -1.0]);
     }
 }

@@ -203,13 +203,83 @@ pub fn subset_layers(teacher_layers: i64, student_layers: i64) -> Vec<i64> {
         .collect()
 }
 
+/// Principal directions of the teacher's residual stream: the top `k` eigenvectors of
+/// `C = Σ ĥĥᵀ` over every position of `ids` `[B, T]` and every hidden state (embeddings and
+/// each layer's output), each normalised `ĥ = h/‖h‖` so that no layer's scale dominates;
+/// uncentered, as SliceGPT's rotation (Ashkboos et al. 2024). Returns `Q` `[H, k]` (orthonormal
+/// columns, largest eigenvalue first) and the share of `tr C` that the `k` directions keep.
+pub fn residual_pca(teacher: &Llama, ids: &Tensor, k: i64) -> Result<(Tensor, f64)> {
+    let h = teacher.config().hidden_size;
+    if !(1..=h).contains(&k) {
+        return Err(Error::Invalid(format!("residual PCA: {k} directions of a {h}-wide residual stream")));
+    }
+    tch::no_grad(|| {
+        let opts = crate::models::llama::ForwardOptions { hidden_states: true, ..Default::default() };
+        let out = teacher.forward(ids, None, opts)?;
+        let mut c = Tensor::zeros([h, h], (Kind::Double, teacher.device()));
+        for x in out.hidden_states.unwrap_or_default() {
+            let x = x.f_to_kind(Kind::Double)?.f_view([-1, h])?; // [N, H]
+            let x = &x / x.f_norm_scalaropt_dim(2, [-1], true)?.f_clamp_min(1e-12)?;
+            c += x.f_transpose(0, 1)?.f_mm(&x)?;
+        }
+        let (evals, evecs) = c.f_linalg_eigh("L")?; // ascending
+        let order = evals.f_argsort(0, true)?;
+        let q = evecs.f_index_select(1, &order)?.f_narrow(1, 0, k)?; // [H, k]
+        let kept = evals.f_index_select(0, &order)?.f_narrow(0, 0, k)?.f_sum(Kind::Double)?.double_value(&[])
+            / evals.f_sum(Kind::Double)?.double_value(&[]);
+        Ok((q.f_to_kind(Kind::Float)?, kept))
+    })
+}
+
 /// Initializes a student built by [`Llama::new`] (already random, normal(0, 0.02)).
 /// `layer-subset` copies the embedding, final norm and the [`subset_layers`] of the teacher,
 /// slicing every tensor to the student's shape (leading rows/columns) when widths shrink.
-pub fn init_student(student: &nn::VarStore, s_cfg: &LlamaConfig, teacher: &LoadedLm, init: StudentInit) -> Result<()> {
-    if init == StudentInit::Random {
-        return Ok(());
+/// `embedding-pca` copies only the teacher's token embedding (and output projection when the
+/// student's is untied), projected onto the teacher's top principal directions
+/// ([`residual_pca`] over `calib` `[B, T]`) when the student is narrower; the layers stay random.
+/// Returns the share of the residual stream's second moment the projection keeps (1 when none).
+pub fn init_student(
+    student: &nn::VarStore,
+    s_cfg: &LlamaConfig,
+    teacher: &LoadedLm,
+    init: StudentInit,
+    calib: &Tensor,
+) -> Result<f64> {
+    match init {
+        StudentInit::Random => Ok(1.0),
+        StudentInit::LayerSubset => init_layer_subset(student, s_cfg, teacher).map(|_| 1.0),
+        StudentInit::EmbeddingPca => init_embedding_pca(student, s_cfg, teacher, calib),
     }
+}
+
+fn init_embedding_pca(student: &nn::VarStore, s_cfg: &LlamaConfig, teacher: &LoadedLm, calib: &Tensor) -> Result<f64> {
+    let t_cfg = teacher.model.config();
+    let (h_t, h_s) = (t_cfg.hidden_size, s_cfg.hidden_size);
+    if h_s > h_t {
+        return Err(Error::Recipe(format!(
+            "embedding-pca init: the student is wider than the teacher ({h_s} > {h_t}); use init = \"random\""
+        )));
+    }
+    let (q, kept) = if h_s == h_t { (None, 1.0) } else { residual_pca(&teacher.model, calib, h_s).map(|(q, f)| (Some(q), f))? };
+    let t_vars = teacher.vs.variables();
+    let project = |src: &Tensor| match &q {
+        Some(q) => src.f_mm(q),
+        None => Ok(src.shallow_clone()),
+    };
+    let s_vars = student.variables();
+    tch::no_grad(|| {
+        let emb = project(&t_vars["model.embed_tokens.weight"])?;
+        s_vars["model.embed_tokens.weight"].shallow_clone().copy_(&emb);
+        if let Some(head) = s_vars.get("lm_head.weight") {
+            let src = t_vars.get("lm_head.weight").unwrap_or(&t_vars["model.embed_tokens.weight"]);
+            head.shallow_clone().copy_(&project(src)?);
+        }
+        Ok::<_, Error>(())
+    })?;
+    Ok(kept)
+}
+
+fn init_layer_subset(student: &nn::VarStore, s_cfg: &LlamaConfig, teacher: &LoadedLm) -> Result<()> {
     let t_vars = teacher.vs.variables();
     let layers = subset_layers(teacher.model.config().num_layers, s_cfg.num_layers);
     tch::no_grad(|| {

@@ -569,6 +569,10 @@ pub enum StudentInit {
     /// Every k-th teacher layer (DistilBERT-style), embeddings and norms copied; matrices are
     /// sliced to the student's widths when they shrink.
     LayerSubset,
+    /// The teacher's token embedding (and untied output projection) projected onto the top
+    /// principal directions of its residual stream (SliceGPT-style rotation, then truncation);
+    /// layers random. The scratch twin gets the same init, so KD vs scratch stays a fair test.
+    EmbeddingPca,
 }
 
 /// The student's shape, derived from the teacher's config where a field is left out.
@@ -686,6 +690,10 @@ pub struct LmEval {
     pub sample_top_k: usize,
     #[serde(default = "default_sample_p")]
     pub sample_top_p: f64,
+    /// CTRL repetition penalty for a third, penalized greedy generation next to plain greedy
+    /// and sampled (1.0 = leave it out).
+    #[serde(default = "default_rep_penalty")]
+    pub repetition_penalty: f64,
     /// Evaluate on at most this many validation rows (default: all).
     #[serde(default)]
     pub max_val_blocks: Option<usize>,
@@ -714,6 +722,9 @@ fn default_sample_k() -> usize {
 fn default_sample_p() -> f64 {
     0.95
 }
+fn default_rep_penalty() -> f64 {
+    1.2
+}
 
 impl Default for LmEval {
     fn default() -> Self {
@@ -724,6 +735,7 @@ impl Default for LmEval {
             sample_temperature: default_sample_t(),
             sample_top_k: default_sample_k(),
             sample_top_p: default_sample_p(),
+            repetition_penalty: default_rep_penalty(),
             max_val_blocks: None,
             extra: Vec::new(),
         }
@@ -806,6 +818,9 @@ impl LmRecipe {
         }
         if e.sample_temperature.is_nan() || e.sample_temperature <= 0.0 {
             return Err(Error::Recipe("eval.sample_temperature must be > 0".into()));
+        }
+        if !(e.repetition_penalty >= 1.0 && e.repetition_penalty.is_finite()) {
+            return Err(Error::Recipe(format!("eval.repetition_penalty must be ≥ 1, got {}", e.repetition_penalty)));
         }
         if self.checkpoint.every_steps == 0 {
             return Err(Error::Recipe("checkpoint.every_steps must be > 0".into()));

@@ -414,6 +414,11 @@ fn greedy_generation_matches_transformers() {
         let opts = GenerateOptions { max_new_tokens: 12, eos_id: Some(eos), ..Default::default() };
         let ours = generate(&model, &prompt, &opts).unwrap();
         assert_eq!(ours, hf[prompt.len()..].to_vec(), "{name}");
+        let hf_rep = Vec::<i64>::try_from(&exp["gen_rep_ids"]).unwrap();
+        let rep = GenerateOptions { repetition_penalty: 1.5, ..opts.clone() };
+        let ours_rep = generate(&model, &prompt, &rep).unwrap();
+        assert_eq!(ours_rep, hf_rep[prompt.len()..].to_vec(), "{name}: repetition_penalty 1.5");
+        assert_ne!(ours_rep, ours, "{name}: the penalty changes the greedy path");
 
         let table = top_k_next(&model, &prompt, 5).unwrap();
         assert_eq!(table.len(), 5);
@@ -423,10 +428,46 @@ fn greedy_generation_matches_transformers() {
         assert!(mass > 0.0 && mass <= 1.0 + 1e-6);
 
         let sample =
-            GenerateOptions { max_new_tokens: 16, temperature: 0.9, top_k: 20, top_p: 0.95, seed: 42, eos_id: None };
+            GenerateOptions { max_new_tokens: 16, temperature: 0.9, top_k: 20, top_p: 0.95, seed: 42, ..Default::default() };
         let s1 = generate(&model, &prompt, &sample).unwrap();
         let s2 = generate(&model, &prompt, &sample).unwrap();
         assert_eq!(s1, s2, "{name}: same seed, same tokens");
         assert_eq!(s1.len(), 16);
     }
+}
+
+/// (h) `residual_pca`: the directions are eigenvectors of `Σ ĥĥᵀ` built from transformers'
+/// hidden states (row 0 of the fixture batch, no padding), in descending order, orthonormal,
+/// and the kept share is their eigenvalues over the trace.
+#[test]
+fn residual_pca_diagonalizes_transformers_hidden_second_moment() {
+    let (_vs, model) = load("llama_tied");
+    let exp = expected("llama_tied");
+    let ids = exp["input_ids"].narrow(0, 0, 1); // [1, 7], all real
+    let h = 32;
+    let mut c = Tensor::zeros([h, h], (Kind::Double, Device::Cpu));
+    for i in 0..3 {
+        let x = exp[&format!("hidden_{i}")].narrow(0, 0, 1).to_kind(Kind::Double).view([-1, h]);
+        let x = &x / x.norm_scalaropt_dim(2, [-1], true);
+        c += x.transpose(0, 1).mm(&x);
+    }
+    let k = 8;
+    let (q, kept) = distill::lm::residual_pca(&model, &ids, k).unwrap();
+    assert_eq!(q.size(), vec![h, k]);
+    let q = q.to_kind(Kind::Double);
+    assert!(max_diff(&q.transpose(0, 1).mm(&q), &Tensor::eye(k, (Kind::Double, Device::Cpu))) < 1e-5);
+    let lam = q.transpose(0, 1).mm(&c).mm(&q).diagonal(0, 0, 1); // [k]
+    assert!(max_diff(&c.mm(&q), &(&q * lam.unsqueeze(0))) < 1e-4, "columns are eigenvectors");
+    let lam_v = Vec::<f64>::try_from(&lam).unwrap();
+    assert!(lam_v.windows(2).all(|w| w[0] >= w[1] - 1e-9), "descending: {lam_v:?}");
+    let all = Vec::<f64>::try_from(&c.linalg_eigvalsh("L")).unwrap();
+    let mut sorted = all.clone();
+    sorted.sort_by(|a, b| b.total_cmp(a));
+    for (a, b) in lam_v.iter().zip(&sorted) {
+        assert!((a - b).abs() < 1e-4, "top eigenvalues: {a} vs {b}");
+    }
+    let trace: f64 = all.iter().sum();
+    assert!((trace - 21.0).abs() < 1e-6, "21 unit vectors");
+    assert!((kept - sorted[..k as usize].iter().sum::<f64>() / trace).abs() < 1e-5);
+    assert!(distill::lm::residual_pca(&model, &ids, 33).is_err());
 }

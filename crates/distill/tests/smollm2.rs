@@ -63,7 +63,8 @@ fn teacher_conversion_and_student_export_match_transformers() {
     tch::manual_seed(0);
     let vs = nn::VarStore::new(Device::Cpu);
     let student = Llama::new(vs.root(), &s_cfg).unwrap();
-    distill::lm::init_student(&vs, &s_cfg, &teacher, StudentInit::LayerSubset).unwrap();
+    let calib = Tensor::from_slice(&ids).view([1, -1]);
+    distill::lm::init_student(&vs, &s_cfg, &teacher, StudentInit::LayerSubset, &calib).unwrap();
     assert_eq!(student.param_count(), 17_304_832);
     // layer-subset copies the teacher's embedding (sliced to 256 columns) and layer 29 → 5.
     let te = teacher.vs.variables();
@@ -72,6 +73,23 @@ fn teacher_conversion_and_student_export_match_transformers() {
     assert!(sv["model.embed_tokens.weight"].equal(&emb));
     let w = te["model.layers.29.mlp.down_proj.weight"].narrow(0, 0, 256).narrow(1, 0, 768);
     assert!(sv["model.layers.5.mlp.down_proj.weight"].equal(&w));
+    // embedding-pca: the teacher's embedding times its top-256 residual directions; layers random.
+    tch::manual_seed(0);
+    let vs_pca = nn::VarStore::new(Device::Cpu);
+    let _pca_student = Llama::new(vs_pca.root(), &s_cfg).unwrap();
+    let kept = distill::lm::init_student(&vs_pca, &s_cfg, &teacher, StudentInit::EmbeddingPca, &calib).unwrap();
+    let (q, kept_q) = distill::lm::residual_pca(&teacher.model, &calib, 256).unwrap();
+    assert_eq!(kept, kept_q);
+    assert!(kept > 0.8 && kept < 1.0, "{kept}");
+    let pv = vs_pca.variables();
+    assert!(pv["model.embed_tokens.weight"].allclose(&te["model.embed_tokens.weight"].mm(&q), 1e-6, 1e-6, false));
+    assert!(pv["model.layers.5.mlp.down_proj.weight"].abs().max().double_value(&[]) < 0.2, "layers stay random");
+    // The projection keeps more of the embedding than the leading 256 columns do.
+    let e = &te["model.embed_tokens.weight"];
+    let err = |p: &Tensor| (e - p).square().sum(tch::Kind::Double).double_value(&[]);
+    let pca_err = err(&e.mm(&q).mm(&q.transpose(0, 1)));
+    let slice_err = err(&Tensor::cat(&[e.narrow(1, 0, 256), e.narrow(1, 256, 320).zeros_like()], 1));
+    assert!(pca_err < 0.8 * slice_err, "pca {pca_err} vs slice {slice_err}");
     let sdir = tmp.join("student-hf");
     distill::export::export_hf(&student, Some(&teacher.tokenizer_json), &sdir).unwrap();
 

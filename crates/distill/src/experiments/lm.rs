@@ -57,6 +57,9 @@ pub struct PromptReport {
     pub prompt: String,
     pub top_k: Vec<(String, Vec<TopToken>)>,
     pub greedy: Vec<(String, Generation)>,
+    /// Greedy with `eval.repetition_penalty` (empty when it is 1).
+    #[serde(default)]
+    pub penalized: Vec<(String, Generation)>,
     pub sampled: Vec<(String, Generation)>,
 }
 
@@ -72,6 +75,9 @@ pub struct LmSummary {
     pub validation_tokens: usize,
     /// KD student perplexity / scratch twin perplexity on validation (when both ran).
     pub ppl_ratio_kd_over_scratch: Option<f64>,
+    /// The penalty of the `greedy+rp` generations (1 = none were made).
+    #[serde(default = "one")]
+    pub repetition_penalty: f64,
 }
 
 fn text_err(e: distill_text::TextError) -> Error {
@@ -144,7 +150,16 @@ fn student_phase(
     tch::manual_seed(r.seed as i64);
     let vs = nn::VarStore::new(teacher.model.device());
     let model = Llama::new(vs.root(), &s_cfg)?;
-    init_student(&vs, &s_cfg, teacher, r.student.init)?;
+    let calib_rows: Vec<usize> = (0..train.n_blocks().min(16)).collect();
+    let calib = crate::eval::lm_batch(train, &calib_rows, teacher.model.device()).ids;
+    let kept = init_student(&vs, &s_cfg, teacher, r.student.init, &calib)?;
+    if opts.verbose && r.student.init == crate::recipe::StudentInit::EmbeddingPca && kept < 1.0 {
+        eprintln!(
+            "{name:>8}: embedding projected onto the teacher's top {} principal directions ({:.1}% of its residual stream)",
+            s_cfg.hidden_size,
+            100.0 * kept
+        );
+    }
     let source = match cached {
         Some(c) => TeacherSource::Cache(c),
         None => TeacherSource::Model(&teacher.model),
@@ -297,7 +312,7 @@ pub fn run(r: &LmRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) -> Re
     let mut prompts = Vec::new();
     let eos = t_cfg.eos_token_ids.first().copied();
     for p in &r.eval.prompts {
-        let mut pr = PromptReport { prompt: p.clone(), top_k: vec![], greedy: vec![], sampled: vec![] };
+        let mut pr = PromptReport { prompt: p.clone(), top_k: vec![], greedy: vec![], penalized: vec![], sampled: vec![] };
         let models: Vec<(&str, &Llama)> = std::iter::once(("teacher", &teacher.model))
             .chain(students.iter().map(|(n, s)| (if *n == "kd" { "student-kd" } else { "student-scratch" }, &s.1)))
             .collect();
@@ -310,8 +325,13 @@ pub fn run(r: &LmRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) -> Re
                 top_p: 1.0,
                 seed: r.seed,
                 eos_id: None,
+                repetition_penalty: 1.0,
             };
             pr.greedy.push((role.into(), generate_text(m, &teacher.tokenizer, p, &greedy)?));
+            if r.eval.repetition_penalty != 1.0 {
+                let pen = GenerateOptions { repetition_penalty: r.eval.repetition_penalty, ..greedy.clone() };
+                pr.penalized.push((role.into(), generate_text(m, &teacher.tokenizer, p, &pen)?));
+            }
             let sampled = GenerateOptions {
                 temperature: r.eval.sample_temperature,
                 top_k: r.eval.sample_top_k,
@@ -337,10 +357,15 @@ pub fn run(r: &LmRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) -> Re
         train_tokens: data.train.n_tokens_real,
         validation_tokens: data.validation.n_tokens_real,
         ppl_ratio_kd_over_scratch: ratio,
+        repetition_penalty: r.eval.repetition_penalty,
     };
     write_json(&out.join("summary.json"), &summary)?;
     write_atomic(&out.join("report.txt"), report(&summary).as_bytes())?;
     Ok(summary)
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 /// The human-readable comparison printed at the end of a run.
@@ -382,6 +407,12 @@ pub fn report(s: &LmSummary) -> String {
     if let Some(r) = s.ppl_ratio_kd_over_scratch {
         o += &format!("KD student / scratch twin validation perplexity: {r:.3}\n");
     }
+    if s.repetition_penalty != 1.0 {
+        o += &format!(
+            "generations: greedy; greedy+rp = greedy with repetition penalty {} (CTRL, Keskar et al. 2019); sampled\n",
+            s.repetition_penalty
+        );
+    }
     for p in &s.prompts {
         o += &format!("\n-- \"{}\" --\n", p.prompt);
         o += "top next tokens:\n";
@@ -389,10 +420,10 @@ pub fn report(s: &LmSummary) -> String {
             let cells: Vec<String> = top.iter().map(|t| format!("{:?} {:.1}%", t.token, t.prob * 100.0)).collect();
             o += &format!("  {:<16} {}\n", role, cells.join(" | "));
         }
-        for (kind, gens) in [("greedy", &p.greedy), ("sampled", &p.sampled)] {
+        for (kind, gens) in [("greedy", &p.greedy), ("greedy+rp", &p.penalized), ("sampled", &p.sampled)] {
             for (role, g) in gens {
                 o += &format!(
-                    "  {kind:<7} {role:<16} [distinct-2 {:.2}, repetition {:.2}] {:?}\n",
+                    "  {kind:<9} {role:<16} [distinct-2 {:.2}, repetition {:.2}] {:?}\n",
                     g.distinct_2, g.repetition_rate, g.text
                 );
             }
