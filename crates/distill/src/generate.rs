@@ -33,7 +33,15 @@ pub struct GenerateOptions {
 
 impl Default for GenerateOptions {
     fn default() -> Self {
-        Self { max_new_tokens: 32, temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0, eos_id: None, repetition_penalty: 1.0 }
+        Self {
+            max_new_tokens: 32,
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            seed: 0,
+            eos_id: None,
+            repetition_penalty: 1.0,
+        }
     }
 }
 

@@ -260,7 +260,8 @@ fn init_embedding_pca(student: &nn::VarStore, s_cfg: &LlamaConfig, teacher: &Loa
             "embedding-pca init: the student is wider than the teacher ({h_s} > {h_t}); use init = \"random\""
         )));
     }
-    let (q, kept) = if h_s == h_t { (None, 1.0) } else { residual_pca(&teacher.model, calib, h_s).map(|(q, f)| (Some(q), f))? };
+    let (q, kept) =
+        if h_s == h_t { (None, 1.0) } else { residual_pca(&teacher.model, calib, h_s).map(|(q, f)| (Some(q), f))? };
     let t_vars = teacher.vs.variables();
     let project = |src: &Tensor| match &q {
         Some(q) => src.f_mm(q),

@@ -427,8 +427,14 @@ fn greedy_generation_matches_transformers() {
         let mass: f32 = table.iter().map(|(_, p)| p).sum();
         assert!(mass > 0.0 && mass <= 1.0 + 1e-6);
 
-        let sample =
-            GenerateOptions { max_new_tokens: 16, temperature: 0.9, top_k: 20, top_p: 0.95, seed: 42, ..Default::default() };
+        let sample = GenerateOptions {
+            max_new_tokens: 16,
+            temperature: 0.9,
+            top_k: 20,
+            top_p: 0.95,
+            seed: 42,
+            ..Default::default()
+        };
         let s1 = generate(&model, &prompt, &sample).unwrap();
         let s2 = generate(&model, &prompt, &sample).unwrap();
         assert_eq!(s1, s2, "{name}: same seed, same tokens");

@@ -312,7 +312,8 @@ pub fn run(r: &LmRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) -> Re
     let mut prompts = Vec::new();
     let eos = t_cfg.eos_token_ids.first().copied();
     for p in &r.eval.prompts {
-        let mut pr = PromptReport { prompt: p.clone(), top_k: vec![], greedy: vec![], penalized: vec![], sampled: vec![] };
+        let mut pr =
+            PromptReport { prompt: p.clone(), top_k: vec![], greedy: vec![], penalized: vec![], sampled: vec![] };
         let models: Vec<(&str, &Llama)> = std::iter::once(("teacher", &teacher.model))
             .chain(students.iter().map(|(n, s)| (if *n == "kd" { "student-kd" } else { "student-scratch" }, &s.1)))
             .collect();
