@@ -141,6 +141,15 @@ fn tiny_lm_distills_evaluates_and_exports() {
     let g = &s["prompts"][0]["greedy"][1][1];
     assert_eq!(g["tokens"], 12);
     assert!(g["distinct_2"].as_f64().unwrap() > 0.0);
+    // greedy+rp (default penalty 1.2) for teacher and both students, as long as plain greedy.
+    assert_eq!(s["repetition_penalty"], 1.2);
+    let pen = s["prompts"][0]["penalized"].as_array().unwrap();
+    assert_eq!(pen.len(), 3);
+    for (g, p) in s["prompts"][0]["greedy"].as_array().unwrap().iter().zip(pen) {
+        assert_eq!(g[0], p[0]);
+        assert_eq!(p[1]["tokens"], g[1]["tokens"]);
+    }
+    assert!(report.contains("greedy+rp"), "{report}");
 
     // The exported student evaluates on its own, with the same validation-style numbers.
     let o = distill(&[
@@ -179,6 +188,12 @@ fn tiny_lm_distills_evaluates_and_exports() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let line = String::from_utf8_lossy(&o.stdout);
     assert!(line.starts_with("w1 w10"), "{line}");
+    let student = out.join("student");
+    let rp = |p: &str| {
+        distill(&["generate", "--model", student.to_str().unwrap(), "--prompt", "w1", "--repetition-penalty", p])
+    };
+    assert!(rp("1.3").status.success());
+    assert_error(&rp("0"), &["repetition_penalty must be > 0"]);
 
     // Resuming a finished run reloads both students instead of training again.
     let o = distill(&["run", r.to_str().unwrap(), "--out", out.to_str().unwrap(), "--resume"]);
