@@ -6,8 +6,9 @@ twice: with glibc malloc (what `pip install torch` gives) and with jemalloc keep
 (LD_PRELOAD), because on this VM fresh pages dominate PyTorch's step time (shared/PERF-NOTES.md).
 
 Sections:
-  step configs a, b, c   KD training step (c: teacher read from an offline cache, built on first
-                         use from two Brown files into $DISTILL_HOME/bench/cache-c, or --cache DIR)
+  step configs a, b, c, d  KD training step (c: teacher read from an offline cache, built on first
+                         use from two Brown files into $DISTILL_HOME/bench/cache-c, or --cache DIR;
+                         d: b with the teacher in bf16 on both sides)
   teacher forward        SmolLM2-135M Q4_1 full-sequence forward (and llama.cpp when installed)
   loss                   KD loss forward+backward from hidden states at V = 151,936 and 49,152:
                          distill chunked, distill naive, PyTorch naive; extra peak RSS and time ratios
@@ -164,7 +165,7 @@ def print_frontier(f):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--configs", default="a,b,c", help='step configurations; "" skips the step benchmark')
+    ap.add_argument("--configs", default="a,b,c,d", help='step configurations; "" skips the step benchmark')
     ap.add_argument("--cache", help="teacher cache of configuration c (default: built once under $DISTILL_HOME/bench)")
     ap.add_argument("--threads", default="2")
     ap.add_argument("--steps", default="5")

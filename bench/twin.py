@@ -122,6 +122,8 @@ def step_bench(a):
         if a.cache:
             raise Fail(f"--cache: configuration `{a.config}` runs its teacher online (no \"teacher_cache\": true)")
         teacher = load_model(spec["teacher_path"]) if spec.get("teacher_path") else random_model(spec["teacher"], 1)
+        if spec.get("teacher_dtype", "f32") == "bf16":
+            teacher = teacher.to(torch.bfloat16)
         teacher.eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
@@ -149,7 +151,7 @@ def step_bench(a):
                 soft = sparse_forward_kl(s, *c, temp, V)
         else:
             with torch.no_grad():
-                t = teacher(ids).logits[:, :-1].reshape(-1, V)
+                t = teacher(ids).logits[:, :-1].reshape(-1, V).float()
             soft = F.kl_div(F.log_softmax(s / temp, -1), F.log_softmax(t / temp, -1), log_target=True, reduction="batchmean") * temp * temp
         hard = F.cross_entropy(s, y)
         loss = alpha * soft + (1 - alpha) * hard

@@ -6,7 +6,7 @@ use anyhow::{bail, Result};
 use clap::Subcommand;
 use distill::lm;
 use distill_text::TextSource;
-use tch::Device;
+use tch::{Device, Kind};
 
 use crate::{resolve, set_threads};
 
@@ -111,6 +111,7 @@ pub enum BenchCmd {
 pub fn run(what: BenchCmd) -> Result<()> {
     use distill::cache::CachedTeacher;
     use distill::lm_task::TeacherSource;
+    use distill::recipe::TeacherDtype;
     use distill::{bench, bench_loss};
     match what {
         BenchCmd::Step { config, spec, cache, warmup, steps, threads, json } => {
@@ -130,10 +131,23 @@ pub fn run(what: BenchCmd) -> Result<()> {
                 if cache.is_some() {
                     bail!("--cache: configuration `{config}` runs its teacher online (no \"teacher_cache\": true)");
                 }
-                let teacher = match (&s.teacher, &s.teacher_path) {
-                    (_, Some(p)) => lm::load_lm(&resolve(Path::new(p))?, Device::Cpu)?.model,
-                    (Some(c), None) => bench::random_model(&bench::config_from_json(c, "teacher")?, 1)?.1,
+                let (t_vs, teacher) = match (&s.teacher, &s.teacher_path) {
+                    (_, Some(p)) => {
+                        let t = lm::load_lm(&resolve(Path::new(p))?, Device::Cpu)?;
+                        (t.vs, t.model)
+                    }
+                    (Some(c), None) => bench::random_model(&bench::config_from_json(c, "teacher")?, 1)?,
                     (None, None) => bail!("configuration `{config}` has neither `teacher` nor `teacher_path`"),
+                };
+                let (_t_vs, teacher) = match s.teacher_dtype {
+                    Some(TeacherDtype::Bf16) => {
+                        // Only the bf16 copy stays, as PyTorch's `model.to(torch.bfloat16)` keeps one.
+                        let copy = lm::teacher_in_kind(&t_vs, &teacher, Kind::BFloat16)?;
+                        drop((t_vs, teacher));
+                        copy
+                    }
+                    None | Some(TeacherDtype::F32) => (t_vs, teacher),
+                    Some(TeacherDtype::Auto) => bail!("configuration `{config}`: teacher_dtype is \"f32\" or \"bf16\""),
                 };
                 let (vs, student) = bench::random_model(&student_cfg, 0)?;
                 bench::bench_step(&vs, &student, TeacherSource::Model(&teacher), &s, warmup, steps)?

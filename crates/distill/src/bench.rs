@@ -46,6 +46,9 @@ pub struct StepBenchSpec {
     /// Tokens per loss chunk (default 256, the recipe default).
     #[serde(default)]
     pub chunk_tokens: Option<usize>,
+    /// The online teacher's precision: "f32" (default) or "bf16" (a recipe's `teacher.dtype`).
+    #[serde(default)]
+    pub teacher_dtype: Option<crate::recipe::TeacherDtype>,
 }
 
 /// Reads configuration `name` of a `configs.json`.

@@ -21,7 +21,7 @@ use crate::checkpoint::{write_atomic, write_json};
 use crate::eval::{generate_text, score, tokens_per_second, top_k_table, Generation, LmScores, TopToken};
 use crate::export::export_hf;
 use crate::generate::GenerateOptions;
-use crate::lm::{init_student, load_lm, student_config, LoadedLm};
+use crate::lm::{init_student, load_lm, resolve_teacher_kind, student_config, teacher_in_kind, LoadedLm};
 use crate::lm_task::{LmKdTask, TeacherSource};
 use crate::losses::chunked::ChunkedKd;
 use crate::models::llama::Llama;
@@ -78,6 +78,9 @@ pub struct LmSummary {
     /// The penalty of the `greedy+rp` generations (1 = none were made).
     #[serde(default = "one")]
     pub repetition_penalty: f64,
+    /// The online teacher's precision during training and why (`None`: no online teacher).
+    #[serde(default)]
+    pub teacher_train_dtype: Option<String>,
 }
 
 fn text_err(e: distill_text::TextError) -> Error {
@@ -128,6 +131,7 @@ fn dir_bytes(dir: &Path) -> u64 {
 fn student_phase(
     r: &LmRecipe,
     teacher: &LoadedLm,
+    online: &Llama,
     cached: Option<&CachedTeacher>,
     train: &TokenBlocks,
     name: &str,
@@ -162,7 +166,7 @@ fn student_phase(
     }
     let source = match cached {
         Some(c) => TeacherSource::Cache(c),
-        None => TeacherSource::Model(&teacher.model),
+        None => TeacherSource::Model(online),
     };
     let loss = ChunkedKd {
         divergence: r.distill.divergence()?,
@@ -260,10 +264,24 @@ pub fn run(r: &LmRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) -> Re
     if r.distill.alpha == 0.0 || r.distill.scratch_twin {
         phases.push(("scratch", 0.0));
     }
+    // The online teacher the students train against: a bf16 copy where that is faster.
+    let mut teacher_train_dtype = None;
+    let mut online: Option<(nn::VarStore, Llama)> = None;
+    if cached.is_none() && phases.iter().any(|&(_, a)| a > 0.0) {
+        let (kind, why) = resolve_teacher_kind(r.teacher.dtype, &t_cfg, device)?;
+        say(format!("teacher during training: {why}"));
+        if kind != Kind::Float {
+            online = Some(teacher_in_kind(&teacher.vs, &teacher.model, kind)?);
+        }
+        teacher_train_dtype = Some(why);
+    }
+    let online_model = online.as_ref().map(|(_, m)| m).unwrap_or(&teacher.model);
     let mut students = Vec::new();
     for (name, alpha) in phases {
-        students.push((name, student_phase(r, &teacher, cached.as_ref(), &data.train, name, alpha, out, opts)?));
+        let phase = student_phase(r, &teacher, online_model, cached.as_ref(), &data.train, name, alpha, out, opts)?;
+        students.push((name, phase));
     }
+    drop(online);
 
     // Evaluation.
     say("evaluating".into());
@@ -359,6 +377,7 @@ pub fn run(r: &LmRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) -> Re
         validation_tokens: data.validation.n_tokens_real,
         ppl_ratio_kd_over_scratch: ratio,
         repetition_penalty: r.eval.repetition_penalty,
+        teacher_train_dtype,
     };
     write_json(&out.join("summary.json"), &summary)?;
     write_atomic(&out.join("report.txt"), report(&summary).as_bytes())?;
@@ -407,6 +426,9 @@ pub fn report(s: &LmSummary) -> String {
     }
     if let Some(r) = s.ppl_ratio_kd_over_scratch {
         o += &format!("KD student / scratch twin validation perplexity: {r:.3}\n");
+    }
+    if let Some(d) = &s.teacher_train_dtype {
+        o += &format!("teacher during training: {d}; evaluation: f32\n");
     }
     if s.repetition_penalty != 1.0 {
         o += &format!(
