@@ -181,6 +181,8 @@ def step_bench(a):
 
 def forward_bench(a):
     model = load_model(a.model).eval()
+    if a.bf16:
+        model = model.to(torch.bfloat16)
     V = model.config.vocab_size
     ids = torch.randint(0, V, (a.rows, a.seq))
     times = []
@@ -296,6 +298,7 @@ def main():
     f.add_argument("--seq", type=int, default=512)
     f.add_argument("--reps", type=int, default=3)
     f.add_argument("--threads", type=int)
+    f.add_argument("--bf16", action="store_true", help="run the model in bf16 (model.to(torch.bfloat16))")
     lo = sub.add_parser("loss")
     lo.add_argument("--vocab", type=int, required=True)
     lo.add_argument("--tokens", type=int, default=2048)

@@ -44,6 +44,9 @@ pub enum BenchCmd {
         reps: usize,
         #[arg(long)]
         threads: Option<usize>,
+        /// Run the model in bf16 (as `teacher.dtype = "bf16"` does while students train).
+        #[arg(long)]
+        bf16: bool,
         #[arg(long)]
         json: bool,
     },
@@ -161,9 +164,10 @@ pub fn run(what: BenchCmd) -> Result<()> {
                 );
             }
         }
-        BenchCmd::Forward { model, rows, seq, reps, threads, json } => {
+        BenchCmd::Forward { model, rows, seq, reps, threads, bf16, json } => {
             set_threads(threads);
-            let m = lm::load_lm(&resolve(&model)?, Device::Cpu)?.model;
+            let t = lm::load_lm(&resolve(&model)?, Device::Cpu)?;
+            let (_vs, m) = if bf16 { lm::teacher_in_kind(&t.vs, &t.model, Kind::BFloat16)? } else { (t.vs, t.model) };
             let r = bench::bench_forward(&m, rows, seq, reps)?;
             if json {
                 println!("{}", serde_json::json!({"model": model, "result": r}));
