@@ -150,6 +150,10 @@ fn tiny_lm_distills_evaluates_and_exports() {
         assert_eq!(p[1]["tokens"], g[1]["tokens"]);
     }
     assert!(report.contains("greedy+rp"), "{report}");
+    // teacher.dtype = "auto": the precision the online teacher trained in, and why, on record.
+    let why = s["teacher_train_dtype"].as_str().unwrap();
+    assert!(why.starts_with("f32 (auto: ") || why.starts_with("bf16 (auto: "), "{why}");
+    assert!(report.contains(&format!("teacher during training: {why}; evaluation: f32")), "{report}");
 
     // The exported student evaluates on its own, with the same validation-style numbers.
     let o = distill(&[
