@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Result};
 use clap::Subcommand;
 use distill::lm;
+use distill::models::llama::Llama;
 use distill_text::TextSource;
-use tch::{Device, Kind};
+use tch::{nn, Device, Kind};
 
 use crate::{resolve, set_threads};
 
@@ -111,6 +112,12 @@ pub enum BenchCmd {
     },
 }
 
+/// The model as benchmarked: itself, or (`bf16`) only its bf16 copy — the f32 original is
+/// dropped, as PyTorch's `model.to(torch.bfloat16)` keeps one copy.
+fn bf16_if(vs: nn::VarStore, model: Llama, bf16: bool) -> Result<(nn::VarStore, Llama)> {
+    Ok(if bf16 { lm::teacher_in_kind(&vs, &model, Kind::BFloat16)? } else { (vs, model) })
+}
+
 pub fn run(what: BenchCmd) -> Result<()> {
     use distill::cache::CachedTeacher;
     use distill::lm_task::TeacherSource;
@@ -142,16 +149,12 @@ pub fn run(what: BenchCmd) -> Result<()> {
                     (Some(c), None) => bench::random_model(&bench::config_from_json(c, "teacher")?, 1)?,
                     (None, None) => bail!("configuration `{config}` has neither `teacher` nor `teacher_path`"),
                 };
-                let (_t_vs, teacher) = match s.teacher_dtype {
-                    Some(TeacherDtype::Bf16) => {
-                        // Only the bf16 copy stays, as PyTorch's `model.to(torch.bfloat16)` keeps one.
-                        let copy = lm::teacher_in_kind(&t_vs, &teacher, Kind::BFloat16)?;
-                        drop((t_vs, teacher));
-                        copy
-                    }
-                    None | Some(TeacherDtype::F32) => (t_vs, teacher),
+                let bf16 = match s.teacher_dtype {
+                    Some(TeacherDtype::Bf16) => true,
+                    None | Some(TeacherDtype::F32) => false,
                     Some(TeacherDtype::Auto) => bail!("configuration `{config}`: teacher_dtype is \"f32\" or \"bf16\""),
                 };
+                let (_t_vs, teacher) = bf16_if(t_vs, teacher, bf16)?;
                 let (vs, student) = bench::random_model(&student_cfg, 0)?;
                 bench::bench_step(&vs, &student, TeacherSource::Model(&teacher), &s, warmup, steps)?
             };
@@ -167,7 +170,7 @@ pub fn run(what: BenchCmd) -> Result<()> {
         BenchCmd::Forward { model, rows, seq, reps, threads, bf16, json } => {
             set_threads(threads);
             let t = lm::load_lm(&resolve(&model)?, Device::Cpu)?;
-            let (_vs, m) = if bf16 { lm::teacher_in_kind(&t.vs, &t.model, Kind::BFloat16)? } else { (t.vs, t.model) };
+            let (_vs, m) = bf16_if(t.vs, t.model, bf16)?;
             let r = bench::bench_forward(&m, rows, seq, reps)?;
             if json {
                 println!("{}", serde_json::json!({"model": model, "result": r}));

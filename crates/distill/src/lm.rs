@@ -388,30 +388,9 @@ mod tests {
 
     #[test]
     fn teacher_dtype_resolves_explicitly_or_by_measurement() {
-        let cfg = LlamaConfig {
-            arch: Arch::Llama,
-            vocab_size: 96,
-            hidden_size: 64,
-            intermediate_size: 128,
-            num_layers: 1,
-            num_heads: 4,
-            num_kv_heads: 4,
-            head_dim: 16,
-            rms_norm_eps: 1e-6,
-            rope_theta: 1e4,
-            rope_scaling: RopeScaling::Default,
-            max_position_embeddings: 64,
-            tie_word_embeddings: true,
-            qkv_bias: false,
-            o_bias: false,
-            mlp_bias: false,
-            sliding_window: None,
-            attention_dropout: 0.0,
-            initializer_range: 0.02,
-            bos_token_id: None,
-            eos_token_ids: vec![],
-            pad_token_id: None,
-        };
+        let hf = serde_json::json!({"architectures": ["LlamaForCausalLM"], "vocab_size": 96, "hidden_size": 64,
+                                    "intermediate_size": 128, "num_hidden_layers": 1, "num_attention_heads": 4});
+        let cfg = crate::bench::config_from_json(&hf, "teacher").unwrap();
         let cpu = Device::Cpu;
         assert_eq!(resolve_teacher_kind(TeacherDtype::F32, &cfg, cpu).unwrap().0, Kind::Float);
         assert_eq!(resolve_teacher_kind(TeacherDtype::Bf16, &cfg, cpu).unwrap().0, Kind::BFloat16);
