@@ -54,12 +54,17 @@ enum Cmd {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
     },
-    /// Convert a model (GGUF file or HF directory) into a Hugging Face directory.
+    /// Convert a model (GGUF file or HF directory) into a Hugging Face directory, or, when --out
+    /// ends in `.gguf`, into a GGUF file that llama.cpp runs.
     Convert {
         /// GGUF file or HF directory.
         model: PathBuf,
+        /// HF directory to write, or a `.gguf` file.
         #[arg(long)]
         out: PathBuf,
+        /// How a GGUF output stores its matrices: `f32`, `f16` or `q8_0` (norms stay F32).
+        #[arg(long, default_value = "f16")]
+        gguf_type: String,
     },
     /// Perplexity of a causal LM on text; against a teacher, KL and top-1 agreement too.
     Eval {
@@ -198,10 +203,28 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            eprintln!("error: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line, each cause once: library errors already embed their
+/// source's message (`path: No such file or directory`), so a cause whose text is part of the
+/// line so far is not repeated.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let msg = cause.to_string();
+        if line.contains(&msg) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&msg);
+    }
+    line.replace('\n', " ")
 }
 
 fn set_threads(threads: Option<usize>) {
@@ -388,15 +411,29 @@ fn run(cli: Cli) -> Result<()> {
                     } else {
                         print!("{}", distill::experiments::lm::report(&s));
                         println!("summary: {}", out.join("summary.json").display());
+                        for (path, what) in [("student", "Hugging Face directory"), ("student.gguf", "GGUF, llama.cpp")]
+                        {
+                            if out.join(path).exists() {
+                                println!("student: {} ({what})", out.join(path).display());
+                            }
+                        }
                     }
                 }
             }
             Ok(())
         }
-        Cmd::Convert { model, out } => {
+        Cmd::Convert { model, out, gguf_type } => {
+            let ty = distill::export::GgufType::parse(&gguf_type)
+                .ok_or_else(|| anyhow::anyhow!("--gguf-type `{gguf_type}`: expected f32, f16 or q8_0"))?;
+            let to_gguf = out.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
             set_threads(None);
             let m = lm::load_lm(&resolve(&model)?, Device::Cpu)?;
-            distill::export::export_hf(&m.model, Some(&m.tokenizer_json), &out)?;
+            if to_gguf {
+                let name = model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+                distill::export::export_gguf(&m.model, &m.tokenizer, &name, &out, ty)?;
+            } else {
+                distill::export::export_hf(&m.model, Some(&m.tokenizer_json), &out)?;
+            }
             println!("{}", out.display());
             Ok(())
         }

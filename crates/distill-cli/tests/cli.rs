@@ -259,6 +259,8 @@ fn bad_inputs_fail_with_one_clear_line_and_leave_nothing() {
     assert_error(&o, &["data.train: no such file: /nonexistent/train.csv"]);
     let o = distill(&["run", "/nonexistent/recipe.toml", "--out", outs]);
     assert_error(&o, &["/nonexistent/recipe.toml"]);
+    // The OS's reason once, not once per layer of the error chain.
+    assert_eq!(stderr(&o).matches("No such file or directory").count(), 1, "{}", stderr(&o));
 
     // A truncated IDX file and a label file that disagrees with it.
     let img = d.join("img.idx");

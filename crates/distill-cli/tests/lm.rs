@@ -118,6 +118,10 @@ fn tiny_lm_distills_evaluates_and_exports() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let report = String::from_utf8_lossy(&o.stdout);
     assert!(report.contains("KD student / scratch twin validation perplexity"), "{report}");
+    // A word-level tokenizer has no GGUF form: the run says so and keeps the HF export.
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("kd: no GGUF export (") && err.contains("is not BPE"), "{err}");
+    assert!(!out.join("student.gguf").exists());
     let s: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
     let students = s["students"].as_array().unwrap();
@@ -236,6 +240,14 @@ fn lm_bad_inputs_fail_with_one_clear_line() {
     let o = distill(&["run", rs, "--out", outs, "--set", &format!("teacher.path={}", gguf.display())]);
     assert_error(&o, &["bad.gguf"]);
     assert!(!out.exists());
+
+    // GGUF output: an unknown storage type, and a model GGUF cannot hold (word-level tokenizer).
+    let to = d.join("t.gguf");
+    let o = distill(&["convert", t.to_str().unwrap(), "--out", to.to_str().unwrap(), "--gguf-type", "q4"]);
+    assert_error(&o, &["--gguf-type `q4`: expected f32, f16 or q8_0"]);
+    let o = distill(&["convert", t.to_str().unwrap(), "--out", to.to_str().unwrap()]);
+    assert_error(&o, &["t.gguf: tokenizer: model \"WordLevel\" is not BPE"]);
+    assert!(!to.exists());
 
     // config.json missing a field; then a student tokenizer that differs from the teacher's.
     let broken = d.join("broken");

@@ -29,6 +29,7 @@ use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer};
 
 use crate::error::{GgufError, Result};
+use crate::metadata::{MetadataArray, MetadataValue};
 use crate::reader::GgufFile;
 
 /// llama.cpp token types (`tokenizer.ggml.token_type`).
@@ -72,6 +73,21 @@ const PRE_TOKENIZERS: &[(&str, PreKind)] = &[
     ("qwen2", PreKind::Regex(QWEN2_SPLIT)),
     ("deepseek-r1-qwen", PreKind::Regex(QWEN2_SPLIT)),
 ];
+
+/// The pre-tokenizer `kind` stands for, as `tokenizers` builds it.
+fn pre_tokenizer(kind: PreKind) -> std::result::Result<PreTokenizerWrapper, String> {
+    Ok(match kind {
+        PreKind::Gpt2 => ByteLevel::new(false, true, true).into(),
+        PreKind::DigitsGpt2 => {
+            Sequence::new(vec![Digits::new(true).into(), ByteLevel::new(false, true, true).into()]).into()
+        }
+        PreKind::Regex(re) => {
+            let split = Split::new(SplitPattern::Regex(re.to_owned()), SplitDelimiterBehavior::Isolated, false)
+                .map_err(|e| format!("split regex: {e}"))?;
+            Sequence::new(vec![split.into(), ByteLevel::new(false, true, false).into()]).into()
+        }
+    })
+}
 
 fn tok_err(file: &GgufFile, message: String) -> GgufError {
     GgufError::Tokenizer { path: file.path().to_path_buf(), message }
@@ -153,17 +169,7 @@ pub fn tokenizer_from_gguf(file: &GgufFile) -> Result<Tokenizer> {
         .map_err(|e| tok_err(file, format!("invalid BPE vocabulary/merges: {e}")))?;
 
     let mut tokenizer = Tokenizer::new(bpe);
-    let pre_tokenizer: PreTokenizerWrapper = match pre {
-        PreKind::Gpt2 => ByteLevel::new(false, true, true).into(),
-        PreKind::DigitsGpt2 => {
-            Sequence::new(vec![Digits::new(true).into(), ByteLevel::new(false, true, true).into()]).into()
-        }
-        PreKind::Regex(re) => {
-            let split = Split::new(SplitPattern::Regex(re.to_owned()), SplitDelimiterBehavior::Isolated, false)
-                .map_err(|e| tok_err(file, format!("split regex: {e}")))?;
-            Sequence::new(vec![split.into(), ByteLevel::new(false, true, false).into()]).into()
-        }
-    };
+    let pre_tokenizer = pre_tokenizer(pre).map_err(|e| tok_err(file, e))?;
     tokenizer.with_pre_tokenizer(Some(pre_tokenizer));
     tokenizer.with_decoder(Some(ByteLevelDecoder::default()));
 
@@ -235,6 +241,120 @@ pub fn tokenizer_from_gguf(file: &GgufFile) -> Result<Tokenizer> {
         special_token(key)?;
     }
     Ok(tokenizer)
+}
+
+/// llama.cpp's token type of a normal token, and of the padding rows past a tokenizer's
+/// vocabulary (`UNUSED`).
+const TOKEN_TYPE_NORMAL: i32 = 1;
+const TOKEN_TYPE_UNUSED: i32 = 5;
+
+/// `tokenizer.ggml.*` metadata for a byte-level BPE tokenizer: the inverse of
+/// [`tokenizer_from_gguf`], which builds the same tokenizer back from it.
+///
+/// * `tokenizer.ggml.model = "gpt2"`; `tokenizer.ggml.pre` is the name whose pre-tokenizer
+///   equals the tokenizer's (compared as `tokenizers` serializes them);
+/// * tokens by id (added tokens spelled as their content), padded with `[PAD{id}]` (type
+///   `UNUSED`) up to `vocab_size` (the model's embedding rows); token types: special added
+///   tokens `CONTROL`, other added tokens `USER_DEFINED`, the rest `NORMAL`;
+/// * merges as `"a b"`, best first;
+/// * `bos/eos/padding_token_id` as given; `add_bos_token` / `add_eos_token` as the tokenizer's
+///   post-processor behaves (it is asked to encode a word).
+///
+/// `path` only names the destination in errors.
+pub fn tokenizer_metadata(
+    path: &std::path::Path,
+    tokenizer: &Tokenizer,
+    vocab_size: usize,
+    (bos, eos, pad): (Option<u32>, Option<u32>, Option<u32>),
+) -> Result<Vec<(String, MetadataValue)>> {
+    let err = |message: String| GgufError::Tokenizer { path: path.to_path_buf(), message };
+    let json: serde_json::Value = serde_json::from_str(
+        &tokenizer.to_string(false).map_err(|e| err(format!("cannot serialize the tokenizer: {e}")))?,
+    )
+    .map_err(|e| err(format!("cannot read the serialized tokenizer: {e}")))?;
+    let model = &json["model"];
+    if model["type"] != "BPE" {
+        return Err(err(format!("model {} is not BPE; GGUF export supports byte-level BPE (gpt2)", model["type"])));
+    }
+
+    // Pre-tokenizer → `tokenizer.ggml.pre`.
+    let have = serde_json::to_value(tokenizer.get_pre_tokenizer()).map_err(|e| err(e.to_string()))?;
+    let pre = PRE_TOKENIZERS
+        .iter()
+        .find(|(_, kind)| {
+            pre_tokenizer(*kind).ok().and_then(|p| serde_json::to_value(Some(&p)).ok()).is_some_and(|v| v == have)
+        })
+        .map(|(name, _)| *name)
+        .ok_or_else(|| {
+            let known: Vec<&str> = PRE_TOKENIZERS.iter().map(|(n, _)| *n).collect();
+            err(format!("its pre-tokenizer is none that GGUF names (supported: {}): {have}", known.join(", ")))
+        })?;
+
+    // Tokens and their types, by id.
+    let n = tokenizer.get_vocab_size(true);
+    if n > vocab_size {
+        return Err(err(format!("{n} tokens but the model has only {vocab_size} embedding rows")));
+    }
+    let mut tokens: Vec<Option<String>> = vec![None; vocab_size];
+    let mut types = vec![TOKEN_TYPE_UNUSED; vocab_size];
+    for (t, id) in tokenizer.get_vocab(false) {
+        let i = id as usize;
+        if i >= vocab_size {
+            return Err(err(format!("token id {id} is past the model's {vocab_size} embedding rows")));
+        }
+        tokens[i] = Some(t);
+        types[i] = TOKEN_TYPE_NORMAL;
+    }
+    for (id, added) in tokenizer.get_added_tokens_decoder() {
+        let i = id as usize;
+        if i >= vocab_size {
+            return Err(err(format!("added token id {id} is past the model's {vocab_size} embedding rows")));
+        }
+        tokens[i] = Some(added.content.clone());
+        types[i] = if added.special { TOKEN_TYPE_CONTROL as i32 } else { TOKEN_TYPE_USER_DEFINED as i32 };
+    }
+    let tokens: Vec<String> =
+        tokens.into_iter().enumerate().map(|(i, t)| t.unwrap_or_else(|| format!("[PAD{i}]"))).collect();
+
+    // Merges, `"a b"`, in rank order (tokenizer.json writes either form).
+    let merges = model["merges"].as_array().ok_or_else(|| err("the BPE model has no merges".into()))?;
+    let merges: Vec<String> = merges
+        .iter()
+        .enumerate()
+        .map(|(i, m)| match m {
+            serde_json::Value::String(s) => Ok(s.clone()),
+            serde_json::Value::Array(p) => {
+                match (p.first().and_then(|v| v.as_str()), p.get(1).and_then(|v| v.as_str())) {
+                    (Some(a), Some(b)) if p.len() == 2 => Ok(format!("{a} {b}")),
+                    _ => Err(err(format!("merge #{i} is not a pair of strings"))),
+                }
+            }
+            _ => Err(err(format!("merge #{i} is neither \"a b\" nor [a, b]"))),
+        })
+        .collect::<Result<_>>()?;
+
+    // Whether the post-processor adds BOS / EOS.
+    let with = tokenizer.encode("a", true).map_err(|e| err(format!("cannot encode: {e}")))?;
+    let without = tokenizer.encode("a", false).map_err(|e| err(format!("cannot encode: {e}")))?;
+    let (w, wo) = (with.get_ids(), without.get_ids());
+    let add_bos = bos.is_some() && w.len() > wo.len() && w.first().copied() == bos;
+    let add_eos = eos.is_some() && w.len() > wo.len() && w.last().copied() == eos;
+
+    let mut out: Vec<(String, MetadataValue)> = vec![
+        ("tokenizer.ggml.model".into(), "gpt2".into()),
+        ("tokenizer.ggml.pre".into(), pre.into()),
+        ("tokenizer.ggml.tokens".into(), MetadataValue::Array(MetadataArray::String(tokens))),
+        ("tokenizer.ggml.token_type".into(), MetadataValue::Array(MetadataArray::I32(types))),
+        ("tokenizer.ggml.merges".into(), MetadataValue::Array(MetadataArray::String(merges))),
+    ];
+    for (key, id) in [("bos_token_id", bos), ("eos_token_id", eos), ("padding_token_id", pad)] {
+        if let Some(id) = id {
+            out.push((format!("tokenizer.ggml.{key}"), id.into()));
+        }
+    }
+    out.push(("tokenizer.ggml.add_bos_token".into(), add_bos.into()));
+    out.push(("tokenizer.ggml.add_eos_token".into(), add_eos.into()));
+    Ok(out)
 }
 
 /// Feeds one length-prefixed field to the hash, so that no two field sequences collide.

@@ -10,7 +10,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use distill_gguf::{
-    hf_tensor, hf_tensors, tokenizer_fingerprint, tokenizer_from_gguf, GgmlType, GgufFile, LlamaGgufParams,
+    hf_tensor, hf_tensors, tokenizer_fingerprint, tokenizer_from_gguf, tokenizer_metadata, GgmlType, GgufFile,
+    LlamaGgufParams, MetadataArray, MetadataValue,
 };
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -155,4 +156,45 @@ fn smollm2_tokenizer_fingerprint_is_stable() {
     let mut c = tokenizer_from_gguf(&f).unwrap();
     c.add_special_tokens(&[tokenizers::AddedToken::from("<|new|>", true)]);
     assert_ne!(tokenizer_fingerprint(&c), fa);
+}
+
+/// The metadata written for an exported model's tokenizer is the metadata llama.cpp's converter
+/// wrote for SmolLM2: the same tokens, token types, merges, pre-tokenizer and special ids.
+#[test]
+fn smollm2_tokenizer_metadata_reproduces_the_original() {
+    let f = GgufFile::open(common::smollm2_gguf()).unwrap();
+    let tok = tokenizer_from_gguf(&f).unwrap();
+    let specials = (Some(1), Some(2), Some(f.get_u32("tokenizer.ggml.padding_token_id").unwrap()));
+    let meta: BTreeMap<String, MetadataValue> =
+        tokenizer_metadata(std::path::Path::new("out.gguf"), &tok, 49152, specials).unwrap().into_iter().collect();
+    let strings = |k: &str| match &meta[k] {
+        MetadataValue::Array(MetadataArray::String(v)) => v.clone(),
+        other => panic!("{k}: {other:?}"),
+    };
+    assert_eq!(strings("tokenizer.ggml.tokens"), f.get_str_array("tokenizer.ggml.tokens").unwrap());
+    assert_eq!(strings("tokenizer.ggml.merges"), f.get_str_array("tokenizer.ggml.merges").unwrap());
+    let types = match &meta["tokenizer.ggml.token_type"] {
+        MetadataValue::Array(MetadataArray::I32(v)) => v.iter().map(|&t| t as i64).collect::<Vec<_>>(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(types, f.get_i64_array("tokenizer.ggml.token_type").unwrap());
+    assert_eq!(meta["tokenizer.ggml.pre"], MetadataValue::String("smollm".into()));
+    assert_eq!(meta["tokenizer.ggml.model"], MetadataValue::String("gpt2".into()));
+    assert_eq!(meta["tokenizer.ggml.bos_token_id"], MetadataValue::U32(1));
+    assert_eq!(meta["tokenizer.ggml.eos_token_id"], MetadataValue::U32(2));
+    assert_eq!(
+        meta["tokenizer.ggml.add_bos_token"],
+        MetadataValue::Bool(f.get_bool("tokenizer.ggml.add_bos_token").unwrap())
+    );
+    // A model with more embedding rows than tokens gets `[PAD{id}]` placeholders of type UNUSED.
+    let padded: BTreeMap<String, MetadataValue> =
+        tokenizer_metadata(std::path::Path::new("out.gguf"), &tok, 49160, specials).unwrap().into_iter().collect();
+    match (&padded["tokenizer.ggml.tokens"], &padded["tokenizer.ggml.token_type"]) {
+        (MetadataValue::Array(MetadataArray::String(t)), MetadataValue::Array(MetadataArray::I32(ty))) => {
+            assert_eq!((t.len(), t[49159].as_str(), ty[49159]), (49160, "[PAD49159]", 5));
+        }
+        other => panic!("{other:?}"),
+    }
+    let e = tokenizer_metadata(std::path::Path::new("out.gguf"), &tok, 1000, specials).unwrap_err();
+    assert!(e.to_string().contains("49152 tokens but the model has only 1000 embedding rows"), "{e}");
 }

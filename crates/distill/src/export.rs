@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Value};
 use tch::{Kind, Tensor};
 
+pub use distill_gguf::ExportType as GgufType;
+
 use crate::io::hf::LlamaConfig;
 use crate::io::safetensors::{save_safetensors, write_atomic};
 use crate::models::llama::Llama;
@@ -142,4 +144,67 @@ pub fn export_hf(model: &Llama, tokenizer_json: Option<&[u8]>, out_dir: impl AsR
         std::fs::rename(&tmp, &out_dir).map_err(|e| Error::io(&out_dir, e))?;
     }
     Ok(())
+}
+
+/// Writes `model` with `tokenizer` as a GGUF file llama.cpp runs (`general.architecture`
+/// `llama`, or `qwen2` for a model with q/k/v biases only), matrices stored as `ty`, norms and
+/// biases F32; atomically (temporary file, fsync, rename). See [`distill_gguf::write_llama_gguf`].
+///
+/// Refused, before anything is written: a sliding window or Llama-3 rope scaling (llama.cpp's
+/// `llama` graph would compute something else), or a tokenizer that is not byte-level BPE with
+/// a pre-tokenizer GGUF names.
+pub fn export_gguf(
+    model: &Llama,
+    tokenizer: &tokenizers::Tokenizer,
+    name: &str,
+    path: impl AsRef<Path>,
+    ty: GgufType,
+) -> Result<()> {
+    let path = path.as_ref();
+    let cfg = model.config();
+    let refuse = |what: &str| Error::Invalid(format!("{}: GGUF export does not support {what}", path.display()));
+    if cfg.sliding_window.is_some() {
+        return Err(refuse("a sliding attention window"));
+    }
+    if !matches!(cfg.rope_scaling, crate::io::hf::RopeScaling::Default) {
+        return Err(refuse("rope scaling"));
+    }
+    let architecture = match cfg.export_arch() {
+        crate::io::hf::Arch::Qwen2 => "qwen2",
+        _ => "llama",
+    };
+    let id = |v: Option<i64>| v.and_then(|v| u32::try_from(v).ok());
+    let params = distill_gguf::LlamaExportParams {
+        architecture: architecture.into(),
+        name: name.into(),
+        block_count: cfg.num_layers as usize,
+        embedding_length: cfg.hidden_size as usize,
+        feed_forward_length: cfg.intermediate_size as usize,
+        head_count: cfg.num_heads as usize,
+        head_count_kv: cfg.num_kv_heads as usize,
+        head_dim: cfg.head_dim as usize,
+        rope_freq_base: cfg.rope_theta as f32,
+        rms_norm_eps: cfg.rms_norm_eps as f32,
+        context_length: cfg.max_position_embeddings as usize,
+        vocab_size: cfg.vocab_size as usize,
+        bos_token_id: id(cfg.bos_token_id),
+        eos_token_id: id(cfg.eos_token_ids.first().copied()),
+        pad_token_id: id(cfg.pad_token_id),
+    };
+    let tensors: Vec<(String, Vec<usize>, Vec<f32>)> = tch::no_grad(|| {
+        model
+            .named_parameters()
+            .into_iter()
+            .map(|(n, t)| {
+                let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
+                let flat = t.f_to_kind(Kind::Float)?.f_contiguous()?.f_view([-1])?.f_to_device(tch::Device::Cpu)?;
+                let data = Vec::<f32>::try_from(&flat)?;
+                Ok((n, shape, data))
+            })
+            .collect::<Result<_>>()
+    })?;
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    }
+    distill_gguf::write_llama_gguf(path, &params, &tensors, tokenizer, ty).map_err(|e| Error::Invalid(e.to_string()))
 }

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use distill::export::GgufType;
 use distill::generate::{generate, top_k_next, GenerateOptions};
 use distill::io::hf::LlamaConfig;
 use distill::io::safetensors::{load_named_f32, load_safetensors, save_safetensors, LoadOptions};
@@ -531,4 +532,21 @@ fn bf16_training_teacher_matches_f32() {
     assert!((l16 - l32).abs() < 2e-3 * l32, "KD loss {l16} (bf16 teacher) vs {l32} (f32)");
     let rel = (&g16 - &g32).norm().double_value(&[]) / g32.norm().double_value(&[]);
     assert!(rel < 0.01, "student gradients differ by {rel} relative");
+}
+
+/// What GGUF (llama.cpp's `llama` graph) cannot express is refused before a file exists: a
+/// sliding attention window, and a tokenizer that is not byte-level BPE.
+#[test]
+fn gguf_export_refuses_what_llama_cpp_would_compute_differently() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tok = tokenizers::Tokenizer::from_file(fixtures().join("tokenizer.json")).unwrap();
+    let (_vs, mistral) = load("mistral_window");
+    let out = tmp.path().join("m.gguf");
+    let e = distill::export::export_gguf(&mistral, &tok, "m", &out, GgufType::F32).unwrap_err().to_string();
+    assert!(e.contains("m.gguf: GGUF export does not support a sliding attention window"), "{e}");
+    let (_vs, llama) = load("llama_tied");
+    let e = distill::export::export_gguf(&llama, &tok, "m", &out, GgufType::F16).unwrap_err().to_string();
+    assert!(e.contains("tokenizer") && e.contains("is not BPE"), "{e}");
+    assert!(!out.exists());
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0, "no temporary file left behind");
 }

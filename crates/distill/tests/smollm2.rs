@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use distill::export::GgufType;
 use distill::lm::{load_lm, student_config};
 use distill::models::llama::{ForwardOptions, Llama};
 use distill::recipe::{LmStudent, StudentInit};
@@ -92,6 +93,9 @@ fn teacher_conversion_and_student_export_match_transformers() {
     assert!(pca_err < 0.8 * slice_err, "pca {pca_err} vs slice {slice_err}");
     let sdir = tmp.join("student-hf");
     distill::export::export_hf(&student, Some(&teacher.tokenizer_json), &sdir).unwrap();
+    // The student as GGUF (llama.cpp's layout: Q/K rows permuted, tokenizer in metadata).
+    let sgguf = tmp.join("student.gguf");
+    distill::export::export_gguf(&student, &teacher.tokenizer, "student", &sgguf, GgufType::F32).unwrap();
 
     let ids_path = tmp.join("ids.json");
     std::fs::write(&ids_path, serde_json::to_string(&ids).unwrap()).unwrap();
@@ -104,6 +108,7 @@ fn teacher_conversion_and_student_export_match_transformers() {
         .arg(format!("gguf=gguf:{}", gguf.display()))
         .arg(format!("conv={}", conv.display()))
         .arg(format!("student={}", sdir.display()))
+        .arg(format!("student_gguf=gguf:{}", sgguf.display()))
         .env("HF_HUB_OFFLINE", "1")
         .output()
         .unwrap();
@@ -114,11 +119,48 @@ fn teacher_conversion_and_student_export_match_transformers() {
     assert_eq!(ours.size(), vec![ids.len() as i64, 49152]);
     let d_gguf = max_diff(&ours, &r["gguf"]);
     let d_conv = max_diff(&ours, &r["conv"]);
-    let d_student = max_diff(&logits(&student, &ids), &r["student"]);
-    eprintln!("max |Δlogit|: teacher vs transformers(GGUF) {d_gguf:.2e}, vs converted dir {d_conv:.2e}, student {d_student:.2e}");
+    let student_logits = logits(&student, &ids);
+    let d_student = max_diff(&student_logits, &r["student"]);
+    let d_student_gguf = max_diff(&student_logits, &r["student_gguf"]);
+    eprintln!(
+        "max |Δlogit|: teacher vs transformers(GGUF) {d_gguf:.2e}, vs converted dir {d_conv:.2e}, student {d_student:.2e}, \
+         student GGUF {d_student_gguf:.2e}"
+    );
     assert!(d_gguf <= 1e-4, "teacher vs transformers on the GGUF: {d_gguf}");
     assert!(d_conv <= 1e-4, "teacher vs transformers on the converted dir: {d_conv}");
     assert!(d_student <= 1e-4, "exported student vs transformers: {d_student}");
+    assert!(d_student_gguf <= 1e-4, "student GGUF export vs transformers reading it: {d_student_gguf}");
+    // distill reads its own GGUF back to the same weights, bit for bit, and the same tokenizer.
+    let back = load_lm(&sgguf, Device::Cpu).unwrap();
+    assert_eq!(back.model.config(), student.config());
+    assert_eq!(max_diff(&logits(&back.model, &ids), &student_logits), 0.0);
+    assert_eq!(
+        distill_gguf::tokenizer_fingerprint(&back.tokenizer),
+        distill_gguf::tokenizer_fingerprint(&teacher.tokenizer)
+    );
+    // F16 stores every matrix rounded to half precision (norms stay F32); Q8_0 within half a
+    // quantization step (block max |w| / 127, bounded here by the tensor's max).
+    for (ty, name) in [(GgufType::F16, "f16"), (GgufType::Q8_0, "q8_0")] {
+        let path = tmp.join(format!("student-{name}.gguf"));
+        distill::export::export_gguf(&student, &teacher.tokenizer, "student", &path, ty).unwrap();
+        let q = load_lm(&path, Device::Cpu).unwrap();
+        let qv = q.vs.variables();
+        for (n, w) in sv.iter() {
+            let got = &qv[n];
+            if w.dim() == 1 {
+                assert!(got.equal(w), "{name}: {n} must stay F32");
+            } else if ty == GgufType::F16 {
+                assert!(got.equal(&w.to_kind(tch::Kind::Half).to_kind(tch::Kind::Float)), "{name}: {n}");
+            } else {
+                // Half a step, plus 127 steps' worth of the scale's own f16 rounding (2^-11).
+                let step = w.abs().max().double_value(&[]) / 127.0;
+                let bound = step * (0.5 + 127.0 / 2048.0);
+                assert!(max_diff(got, w) <= bound, "{name}: {n}: {} > {bound}", max_diff(got, w));
+            }
+        }
+        let d = max_diff(&logits(&q.model, &ids), &student_logits);
+        eprintln!("student GGUF {name}: max |Δlogit| vs f32 {d:.2e}");
+    }
     // And the teacher is a real model: "Paris" is its top next token after "…France is".
     let top = ours.get(4).argmax(-1, false).int64_value(&[]);
     assert_eq!(teacher.tokenizer.decode(&[top as u32], false).unwrap(), " Paris");

@@ -1,12 +1,13 @@
 //! LLM distillation end to end: teacher (GGUF or HF) → student derived from it → KD training on
 //! packed text (and, when asked, the same student trained without the teacher) → evaluation
-//! against the teacher → Hugging Face export.
+//! against the teacher → Hugging Face export (and GGUF for llama.cpp).
 //!
 //! Run directory:
 //! ```text
 //! DIR/recipe.toml                 the resolved recipe
 //! DIR/phases/{kd,scratch}/        ckpt.safetensors, metrics.jsonl, train.json (written last)
 //! DIR/student/, DIR/scratch/      exported HF directories (config.json, model.safetensors, tokenizer.json…)
+//! DIR/student.gguf                the KD student for llama.cpp (F16 matrices; when GGUF can hold it)
 //! DIR/summary.json, DIR/report.txt
 //! ```
 
@@ -186,6 +187,15 @@ fn student_phase(
     };
     let report = fit(&vs, &mut task, &topts)?;
     export_hf(&model, Some(&teacher.tokenizer_json), &export_dir)?;
+    if name == "kd" {
+        // The distilled student also leaves as a GGUF file for llama.cpp (matrices F16), when
+        // GGUF can express it (byte-level BPE tokenizer, no sliding window); otherwise say why.
+        let gguf = export_dir.with_extension("gguf");
+        let ty = crate::export::GgufType::F16;
+        if let Err(e) = crate::export::export_gguf(&model, &teacher.tokenizer, &r.name, &gguf, ty) {
+            eprintln!("{name:>8}: no GGUF export ({e}); the HF directory {} is complete", export_dir.display());
+        }
+    }
     write_json(&done, &report)?;
     if opts.verbose {
         eprintln!("{name:>8}: {} steps in {:.0}s, final loss {:.4}", report.steps, report.seconds, report.final_loss);

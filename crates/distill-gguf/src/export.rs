@@ -1,0 +1,276 @@
+//! Writing a Llama-family model as a GGUF file that llama.cpp loads: the inverse of
+//! [`crate::llama`]'s view. Hugging Face tensor names become GGUF names, the rows of `q_proj` /
+//! `k_proj` get llama.cpp's rotary permutation (for the `llama` architecture, as
+//! `convert_hf_to_gguf.py` does), the hyper-parameters become `{arch}.*` keys and a byte-level
+//! BPE `tokenizers::Tokenizer` becomes `tokenizer.ggml.*` metadata ([`tokenizer_metadata`]).
+//!
+//! Reading the file back with [`crate::hf_tensors`] and [`crate::tokenizer_from_gguf`] gives the
+//! same weights (exactly, for F32) and the same tokenizer.
+
+use std::path::Path;
+
+use tokenizers::Tokenizer;
+
+use crate::error::{GgufError, Result};
+use crate::metadata::MetadataValue;
+use crate::tokenizer::tokenizer_metadata;
+use crate::types::GgmlType;
+use crate::writer::GgufWriter;
+
+/// How the matrices of an exported model are stored. Norms and biases are always F32 (as
+/// llama.cpp's converter writes them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportType {
+    /// Every tensor F32: reads back bit for bit.
+    F32,
+    /// Matrices F16 (round to nearest even).
+    F16,
+    /// Matrices Q8_0 (blocks of 32 with one f16 scale); a matrix whose rows are not a multiple of
+    /// 32 falls back to F16.
+    Q8_0,
+}
+
+impl ExportType {
+    /// Parses `f32`, `f16` or `q8_0` (case-insensitive).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" => Some(Self::F32),
+            "f16" => Some(Self::F16),
+            "q8_0" => Some(Self::Q8_0),
+            _ => None,
+        }
+    }
+
+    /// `general.file_type` (llama.cpp's `llama_ftype`): 0 all F32, 1 mostly F16, 7 mostly Q8_0.
+    fn file_type(self) -> u32 {
+        match self {
+            Self::F32 => 0,
+            Self::F16 => 1,
+            Self::Q8_0 => 7,
+        }
+    }
+}
+
+/// The hyper-parameters written as `{architecture}.*` keys.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LlamaExportParams {
+    /// `llama` (Q/K rows permuted for llama.cpp's rotary layout) or `qwen2` (not permuted).
+    pub architecture: String,
+    /// `general.name`.
+    pub name: String,
+    pub block_count: usize,
+    pub embedding_length: usize,
+    pub feed_forward_length: usize,
+    pub head_count: usize,
+    pub head_count_kv: usize,
+    pub head_dim: usize,
+    pub rope_freq_base: f32,
+    pub rms_norm_eps: f32,
+    pub context_length: usize,
+    pub vocab_size: usize,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_id: Option<u32>,
+    pub pad_token_id: Option<u32>,
+}
+
+/// The GGUF name of a Llama-family Hugging Face tensor (the inverse of [`crate::hf_name`]), or
+/// `None` for a name with no GGUF counterpart.
+pub fn gguf_name(hf: &str) -> Option<String> {
+    let (stem, suffix) = hf.rsplit_once('.')?;
+    if suffix != "weight" && suffix != "bias" {
+        return None;
+    }
+    let top = match stem {
+        "model.embed_tokens" => Some("token_embd"),
+        "model.norm" => Some("output_norm"),
+        "lm_head" => Some("output"),
+        _ => None,
+    };
+    if let Some(top) = top {
+        return Some(format!("{top}.{suffix}"));
+    }
+    let rest = stem.strip_prefix("model.layers.")?;
+    let (layer, leaf) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let gguf_leaf = match leaf {
+        "self_attn.q_proj" => "attn_q",
+        "self_attn.k_proj" => "attn_k",
+        "self_attn.v_proj" => "attn_v",
+        "self_attn.o_proj" => "attn_output",
+        "self_attn.q_norm" => "attn_q_norm",
+        "self_attn.k_norm" => "attn_k_norm",
+        "mlp.gate_proj" => "ffn_gate",
+        "mlp.up_proj" => "ffn_up",
+        "mlp.down_proj" => "ffn_down",
+        "input_layernorm" => "attn_norm",
+        "post_attention_layernorm" => "ffn_norm",
+        _ => return None,
+    };
+    Some(format!("blk.{layer}.{gguf_leaf}.{suffix}"))
+}
+
+/// llama.cpp's rotary permutation of the rows of a Q or K projection (weight or bias), the
+/// inverse of [`crate::unpermute_rope_rows`]: GGUF row `h·d + 2i + j` takes HF row
+/// `h·d + j·d/2 + i`.
+pub fn permute_rope_rows(data: &[f32], rows: usize, cols: usize, n_head: usize) -> Option<Vec<f32>> {
+    if n_head == 0 || rows % n_head != 0 || (rows / n_head) % 2 != 0 || data.len() != rows * cols {
+        return None;
+    }
+    let d = rows / n_head;
+    let half = d / 2;
+    let mut out = vec![0f32; data.len()];
+    for h in 0..n_head {
+        for i in 0..half {
+            for j in 0..2 {
+                let dst = (h * d + 2 * i + j) * cols;
+                let src = (h * d + j * half + i) * cols;
+                out[dst..dst + cols].copy_from_slice(&data[src..src + cols]);
+            }
+        }
+    }
+    Some(out)
+}
+
+fn invalid(path: &Path, tensor: &str, message: String) -> GgufError {
+    GgufError::InvalidWrite { path: path.to_path_buf(), tensor: tensor.to_owned(), message }
+}
+
+/// Writes a Llama-family model to `path` atomically (temporary file, fsync, rename).
+///
+/// `tensors` are `(HF name, row-major shape, f32 values)`, e.g. a model's state dict; `tokenizer`
+/// must be a byte-level BPE tokenizer with a pre-tokenizer GGUF can name (see
+/// [`tokenizer_metadata`]). Every tensor must have a GGUF name; an untied model carries
+/// `lm_head.weight`, a tied one does not (llama.cpp then reuses `token_embd`).
+pub fn write_llama_gguf(
+    path: &Path,
+    params: &LlamaExportParams,
+    tensors: &[(String, Vec<usize>, Vec<f32>)],
+    tokenizer: &Tokenizer,
+    ty: ExportType,
+) -> Result<()> {
+    let arch = params.architecture.as_str();
+    let permute = match arch {
+        "llama" => true,
+        "qwen2" => false,
+        other => {
+            return Err(GgufError::Model {
+                path: path.to_path_buf(),
+                message: format!("cannot export architecture `{other}` (llama, qwen2)"),
+            })
+        }
+    };
+    let mut w = GgufWriter::new(path);
+    let u32_of = |key: &str, v: usize| -> Result<MetadataValue> {
+        u32::try_from(v)
+            .map(MetadataValue::U32)
+            .map_err(|_| GgufError::Model { path: path.to_path_buf(), message: format!("{key} = {v} exceeds u32") })
+    };
+    w.add_metadata("general.architecture", arch)?;
+    w.add_metadata("general.name", params.name.as_str())?;
+    w.add_metadata("general.file_type", ty.file_type())?;
+    let keys: [(&str, usize); 8] = [
+        ("context_length", params.context_length),
+        ("embedding_length", params.embedding_length),
+        ("block_count", params.block_count),
+        ("feed_forward_length", params.feed_forward_length),
+        ("rope.dimension_count", params.head_dim),
+        ("attention.head_count", params.head_count),
+        ("attention.head_count_kv", params.head_count_kv),
+        ("vocab_size", params.vocab_size),
+    ];
+    for (k, v) in keys {
+        let key = format!("{arch}.{k}");
+        w.add_metadata(&key, u32_of(&key, v)?)?;
+    }
+    if params.head_dim * params.head_count != params.embedding_length {
+        let key = format!("{arch}.attention.key_length");
+        w.add_metadata(&key, u32_of(&key, params.head_dim)?)?;
+        let key = format!("{arch}.attention.value_length");
+        w.add_metadata(&key, u32_of(&key, params.head_dim)?)?;
+    }
+    w.add_metadata(&format!("{arch}.rope.freq_base"), params.rope_freq_base)?;
+    w.add_metadata(&format!("{arch}.attention.layer_norm_rms_epsilon"), params.rms_norm_eps)?;
+    let specials = (params.bos_token_id, params.eos_token_id, params.pad_token_id);
+    for (key, value) in tokenizer_metadata(path, tokenizer, params.vocab_size, specials)? {
+        w.add_metadata(&key, value)?;
+    }
+
+    for (name, shape, data) in tensors {
+        let gname = gguf_name(name)
+            .ok_or_else(|| invalid(path, name, "has no GGUF name (not a Llama-family tensor)".into()))?;
+        let heads = if gname.contains(".attn_q.") {
+            Some(params.head_count)
+        } else if gname.contains(".attn_k.") {
+            Some(params.head_count_kv)
+        } else {
+            None
+        };
+        let permuted;
+        let data = match heads {
+            Some(n_head) if permute => {
+                let rows = shape.first().copied().unwrap_or(0);
+                let cols = shape.iter().skip(1).product();
+                permuted = permute_rope_rows(data, rows, cols, n_head).ok_or_else(|| {
+                    invalid(path, name, format!("shape {shape:?} cannot be split into {n_head} heads of even size"))
+                })?;
+                &permuted
+            }
+            _ => data,
+        };
+        let tensor_ty = match (shape.len(), ty) {
+            (0 | 1, _) | (_, ExportType::F32) => GgmlType::F32,
+            (_, ExportType::F16) => GgmlType::F16,
+            (_, ExportType::Q8_0) if shape.last().is_some_and(|c| c % 32 == 0) => GgmlType::Q8_0,
+            (_, ExportType::Q8_0) => GgmlType::F16,
+        };
+        w.add_tensor_f32(&gname, shape, data, tensor_ty)?;
+    }
+    w.write()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{hf_name, unpermute_rope_rows};
+
+    #[test]
+    fn names_round_trip() {
+        for hf in [
+            "model.embed_tokens.weight",
+            "model.norm.weight",
+            "lm_head.weight",
+            "model.layers.0.self_attn.q_proj.weight",
+            "model.layers.7.self_attn.k_proj.bias",
+            "model.layers.12.self_attn.o_proj.weight",
+            "model.layers.3.mlp.down_proj.weight",
+            "model.layers.3.input_layernorm.weight",
+            "model.layers.3.post_attention_layernorm.weight",
+        ] {
+            let g = gguf_name(hf).unwrap();
+            assert_eq!(hf_name(&g).as_deref(), Some(hf), "{g}");
+        }
+        assert_eq!(gguf_name("model.layers.0.self_attn.q_proj.weight").as_deref(), Some("blk.0.attn_q.weight"));
+        assert_eq!(gguf_name("model.rotary_emb.inv_freq"), None);
+        assert_eq!(gguf_name("model.layers.x.mlp.up_proj.weight"), None);
+    }
+
+    #[test]
+    fn permute_inverts_unpermute() {
+        let (n_head, d, cols) = (3, 6, 5);
+        let rows = n_head * d;
+        let hf: Vec<f32> = (0..rows * cols).map(|x| x as f32).collect();
+        let g = permute_rope_rows(&hf, rows, cols, n_head).unwrap();
+        assert_ne!(g, hf);
+        // GGUF row 1 of head 0 is HF row d/2.
+        assert_eq!(g[cols], hf[(d / 2) * cols]);
+        assert_eq!(unpermute_rope_rows(&g, rows, cols, n_head), Some(hf.clone()));
+        assert_eq!(permute_rope_rows(&hf, rows, cols, 4), None);
+    }
+
+    #[test]
+    fn export_types_parse() {
+        assert_eq!(ExportType::parse("F16"), Some(ExportType::F16));
+        assert_eq!(ExportType::parse("q8_0"), Some(ExportType::Q8_0));
+        assert_eq!(ExportType::parse("q4_0"), None);
+    }
+}
