@@ -430,9 +430,10 @@ fn run(cli: Cli) -> Result<()> {
             let m = lm::load_lm(&resolve(&model)?, Device::Cpu)?;
             if to_gguf {
                 let name = model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-                distill::export::export_gguf(&m.model, &m.tokenizer, &name, &out, ty)?;
+                distill::export::export_gguf(&m.model, &m.tokenizer, m.chat_template.as_deref(), &name, &out, ty)?;
             } else {
-                distill::export::export_hf(&m.model, Some(&m.tokenizer_json), &out)?;
+                let template = m.chat_template.as_deref();
+                distill::export::export_hf_with_chat_template(&m.model, Some(&m.tokenizer_json), template, &out)?;
             }
             println!("{}", out.display());
             Ok(())

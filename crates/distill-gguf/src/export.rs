@@ -71,6 +71,8 @@ pub struct LlamaExportParams {
     pub bos_token_id: Option<u32>,
     pub eos_token_id: Option<u32>,
     pub pad_token_id: Option<u32>,
+    /// `tokenizer.chat_template` (Jinja), when the model has one.
+    pub chat_template: Option<String>,
 }
 
 /// The GGUF name of a Llama-family Hugging Face tensor (the inverse of [`crate::hf_name`]), or
@@ -193,6 +195,9 @@ pub fn write_llama_gguf(
     let specials = (params.bos_token_id, params.eos_token_id, params.pad_token_id);
     for (key, value) in tokenizer_metadata(path, tokenizer, params.vocab_size, specials)? {
         w.add_metadata(&key, value)?;
+    }
+    if let Some(t) = &params.chat_template {
+        w.add_metadata("tokenizer.chat_template", t.as_str())?;
     }
 
     for (name, shape, data) in tensors {

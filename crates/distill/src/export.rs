@@ -78,6 +78,18 @@ fn sibling(dir: &Path, tag: &str) -> PathBuf {
 
 /// Writes `model` (weights as F32) and its config, plus the tokenizer when given, to `out_dir`.
 pub fn export_hf(model: &Llama, tokenizer_json: Option<&[u8]>, out_dir: impl AsRef<Path>) -> Result<()> {
+    export_hf_with_chat_template(model, tokenizer_json, None, out_dir)
+}
+
+/// [`export_hf`], with a chat template (Jinja) stored as `chat_template` in
+/// `tokenizer_config.json` (needs the tokenizer), so that `apply_chat_template` works on the
+/// export as on the original.
+pub fn export_hf_with_chat_template(
+    model: &Llama,
+    tokenizer_json: Option<&[u8]>,
+    chat_template: Option<&str>,
+    out_dir: impl AsRef<Path>,
+) -> Result<()> {
     let out_dir = out_dir.as_ref();
     if out_dir.as_os_str().is_empty() {
         return Err(Error::Invalid("export directory is empty".into()));
@@ -99,7 +111,10 @@ pub fn export_hf(model: &Llama, tokenizer_json: Option<&[u8]>, out_dir: impl AsR
     }
     let cfg = model.config();
     // Validate the tokenizer before writing anything.
-    let tok_cfg = tokenizer_json.map(|t| tokenizer_config(cfg, t)).transpose()?;
+    let mut tok_cfg = tokenizer_json.map(|t| tokenizer_config(cfg, t)).transpose()?;
+    if let (Some(tc), Some(template)) = (tok_cfg.as_mut(), chat_template) {
+        tc["chat_template"] = json!(template);
+    }
 
     let tmp = sibling(&out_dir, "tmp");
     if tmp.exists() {
@@ -146,7 +161,8 @@ pub fn export_hf(model: &Llama, tokenizer_json: Option<&[u8]>, out_dir: impl AsR
     Ok(())
 }
 
-/// Writes `model` with `tokenizer` as a GGUF file llama.cpp runs (`general.architecture`
+/// Writes `model` with `tokenizer` (and its chat template, when given, as
+/// `tokenizer.chat_template`) as a GGUF file llama.cpp runs (`general.architecture`
 /// `llama`, or `qwen2` for a model with q/k/v biases only), matrices stored as `ty`, norms and
 /// biases F32; atomically (temporary file, fsync, rename). See [`distill_gguf::write_llama_gguf`].
 ///
@@ -156,6 +172,7 @@ pub fn export_hf(model: &Llama, tokenizer_json: Option<&[u8]>, out_dir: impl AsR
 pub fn export_gguf(
     model: &Llama,
     tokenizer: &tokenizers::Tokenizer,
+    chat_template: Option<&str>,
     name: &str,
     path: impl AsRef<Path>,
     ty: GgufType,
@@ -190,6 +207,7 @@ pub fn export_gguf(
         bos_token_id: id(cfg.bos_token_id),
         eos_token_id: id(cfg.eos_token_ids.first().copied()),
         pad_token_id: id(cfg.pad_token_id),
+        chat_template: chat_template.map(str::to_string),
     };
     let tensors: Vec<(String, Vec<usize>, Vec<f32>)> = tch::no_grad(|| {
         model

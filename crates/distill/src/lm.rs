@@ -23,6 +23,21 @@ pub struct LoadedLm {
     /// Size of the weights on disk (the GGUF file or the safetensors files).
     pub file_bytes: u64,
     pub source: PathBuf,
+    /// The model's chat template (Jinja), when it has one: `tokenizer.chat_template` of a GGUF,
+    /// `chat_template.jinja` or `tokenizer_config.json`'s `chat_template` of an HF directory.
+    /// Conversions carry it; students (trained on plain text) do not.
+    pub chat_template: Option<String>,
+}
+
+/// The chat template of an HF directory: `chat_template.jinja` (transformers 5), else a string
+/// `chat_template` in `tokenizer_config.json`.
+fn hf_chat_template(dir: &Path) -> Option<String> {
+    if let Ok(t) = std::fs::read_to_string(dir.join("chat_template.jinja")) {
+        return Some(t);
+    }
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("tokenizer_config.json")).ok()?).ok()?;
+    cfg.get("chat_template")?.as_str().map(str::to_string)
 }
 
 impl std::fmt::Debug for LoadedLm {
@@ -93,7 +108,16 @@ pub fn load_lm(path: &Path, device: Device) -> Result<LoadedLm> {
             .filter(|e| e.file_name().to_string_lossy().ends_with(".safetensors"))
             .filter_map(|e| e.metadata().ok().map(|m| m.len()))
             .sum();
-        return Ok(LoadedLm { vs, model, tokenizer, tokenizer_json, file_bytes, source: path.to_path_buf() });
+        let chat_template = hf_chat_template(path);
+        return Ok(LoadedLm {
+            vs,
+            model,
+            tokenizer,
+            tokenizer_json,
+            file_bytes,
+            source: path.to_path_buf(),
+            chat_template,
+        });
     }
     if !path.exists() {
         return Err(Error::Invalid(format!("{}: no such file or directory", path.display())));
@@ -118,7 +142,8 @@ pub fn load_lm(path: &Path, device: Device) -> Result<LoadedLm> {
         .map_err(|e| Error::format(path, format!("cannot serialize its tokenizer: {e}")))?
         .into_bytes();
     let file_bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-    Ok(LoadedLm { vs, model, tokenizer, tokenizer_json, file_bytes, source: path.to_path_buf() })
+    let chat_template = file.get_str("tokenizer.chat_template").ok().map(str::to_string);
+    Ok(LoadedLm { vs, model, tokenizer, tokenizer_json, file_bytes, source: path.to_path_buf(), chat_template })
 }
 
 /// A stable fingerprint of a tokenizer's vocabulary, merges and special tokens.

@@ -542,10 +542,10 @@ fn gguf_export_refuses_what_llama_cpp_would_compute_differently() {
     let tok = tokenizers::Tokenizer::from_file(fixtures().join("tokenizer.json")).unwrap();
     let (_vs, mistral) = load("mistral_window");
     let out = tmp.path().join("m.gguf");
-    let e = distill::export::export_gguf(&mistral, &tok, "m", &out, GgufType::F32).unwrap_err().to_string();
+    let e = distill::export::export_gguf(&mistral, &tok, None, "m", &out, GgufType::F32).unwrap_err().to_string();
     assert!(e.contains("m.gguf: GGUF export does not support a sliding attention window"), "{e}");
     let (_vs, llama) = load("llama_tied");
-    let e = distill::export::export_gguf(&llama, &tok, "m", &out, GgufType::F16).unwrap_err().to_string();
+    let e = distill::export::export_gguf(&llama, &tok, None, "m", &out, GgufType::F16).unwrap_err().to_string();
     assert!(e.contains("tokenizer") && e.contains("is not BPE"), "{e}");
     assert!(!out.exists());
     assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0, "no temporary file left behind");

@@ -50,7 +50,11 @@ fn teacher_conversion_and_student_export_match_transformers() {
 
     // The teacher converted to an HF directory, and a random 6-layer student exported.
     let conv = tmp.join("teacher-hf");
-    distill::export::export_hf(&teacher.model, Some(&teacher.tokenizer_json), &conv).unwrap();
+    let template = teacher.chat_template.as_deref();
+    assert!(template.is_some_and(|t| t.starts_with("{% for message in messages %}")), "{template:?}");
+    distill::export::export_hf_with_chat_template(&teacher.model, Some(&teacher.tokenizer_json), template, &conv)
+        .unwrap();
+    assert_eq!(load_lm(&conv, Device::Cpu).unwrap().chat_template.as_deref(), template);
     let spec = LmStudent {
         init: StudentInit::LayerSubset,
         layers: 6,
@@ -95,7 +99,7 @@ fn teacher_conversion_and_student_export_match_transformers() {
     distill::export::export_hf(&student, Some(&teacher.tokenizer_json), &sdir).unwrap();
     // The student as GGUF (llama.cpp's layout: Q/K rows permuted, tokenizer in metadata).
     let sgguf = tmp.join("student.gguf");
-    distill::export::export_gguf(&student, &teacher.tokenizer, "student", &sgguf, GgufType::F32).unwrap();
+    distill::export::export_gguf(&student, &teacher.tokenizer, template, "student", &sgguf, GgufType::F32).unwrap();
 
     let ids_path = tmp.join("ids.json");
     std::fs::write(&ids_path, serde_json::to_string(&ids).unwrap()).unwrap();
@@ -133,6 +137,7 @@ fn teacher_conversion_and_student_export_match_transformers() {
     // distill reads its own GGUF back to the same weights, bit for bit, and the same tokenizer.
     let back = load_lm(&sgguf, Device::Cpu).unwrap();
     assert_eq!(back.model.config(), student.config());
+    assert_eq!(back.chat_template.as_deref(), template);
     assert_eq!(max_diff(&logits(&back.model, &ids), &student_logits), 0.0);
     assert_eq!(
         distill_gguf::tokenizer_fingerprint(&back.tokenizer),
@@ -142,7 +147,7 @@ fn teacher_conversion_and_student_export_match_transformers() {
     // quantization step (block max |w| / 127, bounded here by the tensor's max).
     for (ty, name) in [(GgufType::F16, "f16"), (GgufType::Q8_0, "q8_0")] {
         let path = tmp.join(format!("student-{name}.gguf"));
-        distill::export::export_gguf(&student, &teacher.tokenizer, "student", &path, ty).unwrap();
+        distill::export::export_gguf(&student, &teacher.tokenizer, None, "student", &path, ty).unwrap();
         let q = load_lm(&path, Device::Cpu).unwrap();
         let qv = q.vs.variables();
         for (n, w) in sv.iter() {

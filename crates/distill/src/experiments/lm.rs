@@ -192,7 +192,7 @@ fn student_phase(
         // GGUF can express it (byte-level BPE tokenizer, no sliding window); otherwise say why.
         let gguf = export_dir.with_extension("gguf");
         let ty = crate::export::GgufType::F16;
-        if let Err(e) = crate::export::export_gguf(&model, &teacher.tokenizer, &r.name, &gguf, ty) {
+        if let Err(e) = crate::export::export_gguf(&model, &teacher.tokenizer, None, &r.name, &gguf, ty) {
             eprintln!("{name:>8}: no GGUF export ({e}); the HF directory {} is complete", export_dir.display());
         }
     }
