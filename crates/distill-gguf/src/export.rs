@@ -12,6 +12,7 @@ use std::path::Path;
 use tokenizers::Tokenizer;
 
 use crate::error::{GgufError, Result};
+use crate::llama::{reorder_rope_rows, LAYER_NAMES, TOP_NAMES};
 use crate::metadata::MetadataValue;
 use crate::tokenizer::tokenizer_metadata;
 use crate::types::GgmlType;
@@ -82,32 +83,12 @@ pub fn gguf_name(hf: &str) -> Option<String> {
     if suffix != "weight" && suffix != "bias" {
         return None;
     }
-    let top = match stem {
-        "model.embed_tokens" => Some("token_embd"),
-        "model.norm" => Some("output_norm"),
-        "lm_head" => Some("output"),
-        _ => None,
-    };
-    if let Some(top) = top {
-        return Some(format!("{top}.{suffix}"));
+    if let Some((g, _)) = TOP_NAMES.iter().find(|(_, h)| *h == stem) {
+        return Some(format!("{g}.{suffix}"));
     }
-    let rest = stem.strip_prefix("model.layers.")?;
-    let (layer, leaf) = rest.split_once('.')?;
+    let (layer, leaf) = stem.strip_prefix("model.layers.")?.split_once('.')?;
     let layer: usize = layer.parse().ok()?;
-    let gguf_leaf = match leaf {
-        "self_attn.q_proj" => "attn_q",
-        "self_attn.k_proj" => "attn_k",
-        "self_attn.v_proj" => "attn_v",
-        "self_attn.o_proj" => "attn_output",
-        "self_attn.q_norm" => "attn_q_norm",
-        "self_attn.k_norm" => "attn_k_norm",
-        "mlp.gate_proj" => "ffn_gate",
-        "mlp.up_proj" => "ffn_up",
-        "mlp.down_proj" => "ffn_down",
-        "input_layernorm" => "attn_norm",
-        "post_attention_layernorm" => "ffn_norm",
-        _ => return None,
-    };
+    let (gguf_leaf, _) = LAYER_NAMES.iter().find(|(_, h)| *h == leaf)?;
     Some(format!("blk.{layer}.{gguf_leaf}.{suffix}"))
 }
 
@@ -115,22 +96,7 @@ pub fn gguf_name(hf: &str) -> Option<String> {
 /// inverse of [`crate::unpermute_rope_rows`]: GGUF row `h·d + 2i + j` takes HF row
 /// `h·d + j·d/2 + i`.
 pub fn permute_rope_rows(data: &[f32], rows: usize, cols: usize, n_head: usize) -> Option<Vec<f32>> {
-    if n_head == 0 || rows % n_head != 0 || (rows / n_head) % 2 != 0 || data.len() != rows * cols {
-        return None;
-    }
-    let d = rows / n_head;
-    let half = d / 2;
-    let mut out = vec![0f32; data.len()];
-    for h in 0..n_head {
-        for i in 0..half {
-            for j in 0..2 {
-                let dst = (h * d + 2 * i + j) * cols;
-                let src = (h * d + j * half + i) * cols;
-                out[dst..dst + cols].copy_from_slice(&data[src..src + cols]);
-            }
-        }
-    }
-    Some(out)
+    reorder_rope_rows(data, rows, cols, n_head, true)
 }
 
 fn invalid(path: &Path, tensor: &str, message: String) -> GgufError {

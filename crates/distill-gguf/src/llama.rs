@@ -123,34 +123,33 @@ pub fn hf_name(gguf_name: &str) -> Option<String> {
     if suffix != "weight" && suffix != "bias" {
         return None;
     }
-    let top = match stem {
-        "token_embd" => Some("model.embed_tokens"),
-        "output_norm" => Some("model.norm"),
-        "output" => Some("lm_head"),
-        _ => None,
-    };
-    if let Some(top) = top {
-        return Some(format!("{top}.{suffix}"));
+    if let Some((_, hf)) = TOP_NAMES.iter().find(|(g, _)| *g == stem) {
+        return Some(format!("{hf}.{suffix}"));
     }
-    let rest = stem.strip_prefix("blk.")?;
-    let (layer, leaf) = rest.split_once('.')?;
+    let (layer, leaf) = stem.strip_prefix("blk.")?.split_once('.')?;
     let layer: usize = layer.parse().ok()?;
-    let hf_leaf = match leaf {
-        "attn_q" => "self_attn.q_proj",
-        "attn_k" => "self_attn.k_proj",
-        "attn_v" => "self_attn.v_proj",
-        "attn_output" => "self_attn.o_proj",
-        "attn_q_norm" => "self_attn.q_norm",
-        "attn_k_norm" => "self_attn.k_norm",
-        "ffn_gate" => "mlp.gate_proj",
-        "ffn_up" => "mlp.up_proj",
-        "ffn_down" => "mlp.down_proj",
-        "attn_norm" => "input_layernorm",
-        "ffn_norm" => "post_attention_layernorm",
-        _ => return None,
-    };
+    let (_, hf_leaf) = LAYER_NAMES.iter().find(|(g, _)| *g == leaf)?;
     Some(format!("model.layers.{layer}.{hf_leaf}.{suffix}"))
 }
+
+/// `(GGUF, Hugging Face)` names of the tensors outside the layers.
+pub(crate) const TOP_NAMES: &[(&str, &str)] =
+    &[("token_embd", "model.embed_tokens"), ("output_norm", "model.norm"), ("output", "lm_head")];
+
+/// `(GGUF, Hugging Face)` names of a layer's tensors (`blk.{i}.` / `model.layers.{i}.`).
+pub(crate) const LAYER_NAMES: &[(&str, &str)] = &[
+    ("attn_q", "self_attn.q_proj"),
+    ("attn_k", "self_attn.k_proj"),
+    ("attn_v", "self_attn.v_proj"),
+    ("attn_output", "self_attn.o_proj"),
+    ("attn_q_norm", "self_attn.q_norm"),
+    ("attn_k_norm", "self_attn.k_norm"),
+    ("ffn_gate", "mlp.gate_proj"),
+    ("ffn_up", "mlp.up_proj"),
+    ("ffn_down", "mlp.down_proj"),
+    ("attn_norm", "input_layernorm"),
+    ("ffn_norm", "post_attention_layernorm"),
+];
 
 /// GGUF tensors that carry no Hugging Face weight and are skipped by [`hf_tensors`].
 const SKIPPED: &[&str] = &["rope_freqs.weight"];
@@ -177,6 +176,19 @@ pub struct HfTensor {
 /// # Shapes
 /// `data`: `(rows, cols)` row-major with `rows = n_head · d`, `d` even; returns the same shape.
 pub fn unpermute_rope_rows(data: &[f32], rows: usize, cols: usize, n_head: usize) -> Option<Vec<f32>> {
+    reorder_rope_rows(data, rows, cols, n_head, false)
+}
+
+/// Moves the rows of each of `n_head` heads between HF's "rotate half" order and llama.cpp's
+/// interleaved pairs (`to_gguf`) or back; `None` when the rows do not split into heads of even
+/// size.
+pub(crate) fn reorder_rope_rows(
+    data: &[f32],
+    rows: usize,
+    cols: usize,
+    n_head: usize,
+    to_gguf: bool,
+) -> Option<Vec<f32>> {
     if n_head == 0 || rows % n_head != 0 || (rows / n_head) % 2 != 0 || data.len() != rows * cols {
         return None;
     }
@@ -186,8 +198,8 @@ pub fn unpermute_rope_rows(data: &[f32], rows: usize, cols: usize, n_head: usize
     for h in 0..n_head {
         for i in 0..half {
             for j in 0..2 {
-                let src = (h * d + 2 * i + j) * cols;
-                let dst = (h * d + j * half + i) * cols;
+                let (gguf_row, hf_row) = ((h * d + 2 * i + j) * cols, (h * d + j * half + i) * cols);
+                let (src, dst) = if to_gguf { (hf_row, gguf_row) } else { (gguf_row, hf_row) };
                 out[dst..dst + cols].copy_from_slice(&data[src..src + cols]);
             }
         }
