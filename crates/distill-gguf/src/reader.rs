@@ -224,6 +224,15 @@ impl GgufFile {
         self.typed(key, "an array of integers", MetadataValue::to_i64_array)
     }
 
+    /// The array of floats under `key` (`F32`, or `F64` rounded).
+    pub fn get_f32_array(&self, key: &str) -> Result<Vec<f32>> {
+        self.typed(key, "an array of floats", |v| match v {
+            MetadataValue::Array(MetadataArray::F32(a)) => Some(a.clone()),
+            MetadataValue::Array(MetadataArray::F64(a)) => Some(a.iter().map(|&x| x as f32).collect()),
+            _ => None,
+        })
+    }
+
     /// All tensor infos in file order.
     pub fn tensors(&self) -> &[TensorInfo] {
         &self.tensors

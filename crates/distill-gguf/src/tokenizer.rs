@@ -117,10 +117,15 @@ pub fn bytes_to_unicode() -> [char; 256] {
 /// `tokenizer.ggml.pre`, missing or malformed tokens / merges / token types / special ids.
 pub fn tokenizer_from_gguf(file: &GgufFile) -> Result<Tokenizer> {
     let model = file.get_str("tokenizer.ggml.model")?;
+    if model == "llama" {
+        return sentencepiece_from_gguf(file);
+    }
     if model != "gpt2" {
         return Err(tok_err(
             file,
-            format!("tokenizer.ggml.model `{model}` is not supported (supported: gpt2, byte-level BPE)"),
+            format!(
+                "tokenizer.ggml.model `{model}` is not supported (supported: gpt2, byte-level BPE; llama, SentencePiece BPE)"
+            ),
         ));
     }
     let pre_name = match file.get("tokenizer.ggml.pre") {
@@ -191,7 +196,14 @@ pub fn tokenizer_from_gguf(file: &GgufFile) -> Result<Tokenizer> {
         .collect();
     tokenizer.add_tokens(&user);
 
-    // BOS / EOS insertion.
+    add_post_processor(file, &mut tokenizer, &spelled)?;
+    Ok(tokenizer)
+}
+
+/// BOS / EOS insertion as `tokenizer.ggml.add_bos_token` / `add_eos_token` say (a template
+/// post-processor), and a check of every special id against the vocabulary (`spelled`: the
+/// tokens as the tokenizer spells them).
+fn add_post_processor(file: &GgufFile, tokenizer: &mut Tokenizer, spelled: &[String]) -> Result<()> {
     let flag = |key: &str| -> Result<bool> {
         match file.get(key) {
             Some(_) => file.get_bool(key),
@@ -240,6 +252,90 @@ pub fn tokenizer_from_gguf(file: &GgufFile) -> Result<Tokenizer> {
     ] {
         special_token(key)?;
     }
+    Ok(())
+}
+
+/// A SentencePiece vocabulary (`tokenizer.ggml.model = "llama"`: Llama 2, TinyLlama, Mistral
+/// v0.1…) as `tokenizers` expresses it, the way transformers converts such a model
+/// (`LlamaConverter`, legacy mode): a BPE over the pieces with byte fallback (`<0xNN>` pieces) and
+/// `<unk>` fused, whose merges are every split of a piece into two pieces, ranked by the merged
+/// piece's score (highest first) — SentencePiece BPE's own merge order; normalizer: prepend `▁`,
+/// spaces → `▁`; no pre-tokenizer; decoder: `▁` → space, byte fallback, fuse, strip the leading
+/// space. Control and unknown tokens (types 3, 2) are special; `add_bos_token` /
+/// `add_eos_token` as for gpt2. Gives the ids of SentencePiece and of llama.cpp (tested).
+fn sentencepiece_from_gguf(file: &GgufFile) -> Result<Tokenizer> {
+    let tokens = file.get_str_array("tokenizer.ggml.tokens")?;
+    let scores = file.get_f32_array("tokenizer.ggml.scores")?;
+    if scores.len() != tokens.len() {
+        return Err(tok_err(file, format!("{} scores for {} tokens", scores.len(), tokens.len())));
+    }
+    let token_types = match file.get("tokenizer.ggml.token_type") {
+        Some(_) => file.get_i64_array("tokenizer.ggml.token_type")?,
+        None => vec![1; tokens.len()],
+    };
+    if token_types.len() != tokens.len() {
+        return Err(tok_err(file, format!("{} token types for {} tokens", token_types.len(), tokens.len())));
+    }
+    let mut vocab = Vocab::default();
+    for (id, t) in tokens.iter().enumerate() {
+        let id = u32::try_from(id).map_err(|_| tok_err(file, "more than 2^32 tokens".into()))?;
+        vocab.insert(t.clone(), id);
+    }
+    // Merges: (left, right) for every piece that splits into two pieces, grouped per piece by
+    // the parts' ids, then ranked by the piece's score (stable: ties keep vocabulary order).
+    let mut merges: Vec<(String, String, f32)> = Vec::new();
+    for (id, piece) in tokens.iter().enumerate() {
+        if token_types[id] != 1 {
+            continue;
+        }
+        let mut local: Vec<(u32, u32, String, String)> = piece
+            .char_indices()
+            .skip(1)
+            .filter_map(|(i, _)| {
+                let (l, r) = piece.split_at(i);
+                Some((*vocab.get(l)?, *vocab.get(r)?, l.to_owned(), r.to_owned()))
+            })
+            .collect();
+        local.sort_by_key(|&(a, b, _, _)| (a, b));
+        merges.extend(local.into_iter().map(|(_, _, l, r)| (l, r, scores[id])));
+    }
+    merges.sort_by(|a, b| b.2.total_cmp(&a.2));
+    let merges: Merges = merges.into_iter().map(|(l, r, _)| (l, r)).collect();
+    let mut builder = BPE::builder().vocab_and_merges(vocab, merges).byte_fallback(true).fuse_unk(true);
+    if let Some(unk) =
+        file.get("tokenizer.ggml.unknown_token_id").map(|_| file.get_u32("tokenizer.ggml.unknown_token_id"))
+    {
+        let unk = unk? as usize;
+        let t =
+            tokens.get(unk).ok_or_else(|| tok_err(file, format!("unknown_token_id {unk} is past the vocabulary")))?;
+        builder = builder.unk_token(t.clone());
+    }
+    let bpe = builder.build().map_err(|e| tok_err(file, format!("invalid SentencePiece vocabulary: {e}")))?;
+    let mut tokenizer = Tokenizer::new(bpe);
+    let replace = |from: &str, to: &str| {
+        tokenizers::normalizers::Replace::new(from, to).map_err(|e| tok_err(file, format!("replace: {e}")))
+    };
+    let normalizer = tokenizers::normalizers::Sequence::new(vec![
+        tokenizers::normalizers::Prepend::new("▁".into()).into(),
+        replace(" ", "▁")?.into(),
+    ]);
+    tokenizer.with_normalizer(Some(normalizer));
+    let decoder = tokenizers::decoders::sequence::Sequence::new(vec![
+        replace("▁", " ")?.into(),
+        tokenizers::decoders::byte_fallback::ByteFallback::new().into(),
+        tokenizers::decoders::fuse::Fuse::new().into(),
+        tokenizers::decoders::strip::Strip::new(' ', 1, 0).into(),
+    ]);
+    tokenizer.with_decoder(Some(decoder));
+    let special: Vec<AddedToken> = tokens
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| token_types[i] == TOKEN_TYPE_CONTROL || token_types[i] == 2)
+        .map(|(_, t)| AddedToken::from(t.clone(), true).normalized(false))
+        .collect();
+    tokenizer.add_special_tokens(&special);
+    let spelled: Vec<String> = tokens.to_vec();
+    add_post_processor(file, &mut tokenizer, &spelled)?;
     Ok(tokenizer)
 }
 
@@ -275,6 +371,12 @@ pub fn tokenizer_metadata(
     let model = &json["model"];
     if model["type"] != "BPE" {
         return Err(err(format!("model {} is not BPE; GGUF export supports byte-level BPE (gpt2)", model["type"])));
+    }
+
+    if model["byte_fallback"] == true {
+        return Err(err("a SentencePiece-style tokenizer (BPE with byte fallback) is not exported to GGUF; \
+                        byte-level BPE (gpt2) is"
+            .into()));
     }
 
     // Pre-tokenizer → `tokenizer.ggml.pre`.

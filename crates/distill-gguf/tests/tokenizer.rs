@@ -115,8 +115,11 @@ fn unsupported_or_broken_tokenizers_are_clear_errors() {
     };
     let e = err(Spec { pre: Some("tekken-9000"), ..Spec::default() });
     assert!(e.starts_with("synthetic.gguf") && e.contains("tekken-9000") && e.contains("llama-bpe"), "{e}");
-    let e = err(Spec { model: "llama", ..Spec::default() });
-    assert!(e.contains("`llama` is not supported"), "{e}");
+    let e = err(Spec { model: "t5", ..Spec::default() });
+    assert!(e.contains("`t5` is not supported") && e.contains("llama, SentencePiece"), "{e}");
+    // A SentencePiece vocabulary without its scores names the missing key.
+    let e = tokenizer_from_gguf(&build(Spec { model: "llama", ..Spec::default() })).unwrap_err().to_string();
+    assert!(e.contains("tokenizer.ggml.scores"), "{e}");
     let e = err(Spec { merges: vec!["1 2 3"], ..Spec::default() });
     assert!(e.contains("merge #0"), "{e}");
     let e = err(Spec { bos: 9999, ..Spec::default() });
@@ -136,4 +139,37 @@ fn fingerprint_tracks_vocab_merges_and_specials() {
     );
     assert_ne!(a, c);
     assert!(a.chars().all(|ch| ch.is_ascii_hexdigit()) && a.len() == 64);
+}
+
+/// A SentencePiece vocabulary (`tokenizer.ggml.model = "llama"`, as Llama 2 / TinyLlama GGUFs
+/// carry) gives SentencePiece's own ids — which llama.cpp reproduces too — including byte
+/// fallback for characters outside the vocabulary, digits, runs of spaces and newlines, and
+/// decodes back to the text. Reference: tests/fixtures/gguf/make_spm_reference.py.
+#[test]
+fn sentencepiece_gguf_tokenizer_matches_sentencepiece() {
+    let dir = common::fixtures();
+    let f = GgufFile::open(dir.join("spm_tokenizer.gguf")).unwrap();
+    let tok = tokenizer_from_gguf(&f).unwrap();
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("spm_tokenizer.json")).unwrap()).unwrap();
+    assert_eq!(tok.get_vocab_size(true) as u64, reference["vocab_size"].as_u64().unwrap());
+    let mut total = 0;
+    for case in reference["cases"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let text = case["text"].as_str().unwrap();
+        let want: Vec<u32> = case["ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+        assert_eq!(tok.encode(text, true).unwrap().get_ids(), &want[..], "case {name}");
+        assert_eq!(tok.decode(&want, true).unwrap(), case["decoded"].as_str().unwrap(), "decode {name}");
+        total += want.len();
+    }
+    assert!(total > 700, "{total} ids");
+    // "🙂" is not a piece: four byte-fallback pieces <0xF0> <0x9F> <0x99> <0x82>.
+    let ids = tok.encode("🙂", false).unwrap().get_ids().to_vec();
+    let pieces: Vec<String> = ids.iter().map(|&i| tok.id_to_token(i).unwrap()).collect();
+    assert_eq!(&pieces[pieces.len() - 4..], ["<0xF0>", "<0x9F>", "<0x99>", "<0x82>"]);
+    // Exporting it back to GGUF metadata is refused by name.
+    let e = distill_gguf::tokenizer_metadata(std::path::Path::new("x.gguf"), &tok, 1000, (Some(1), Some(2), None))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("x.gguf: tokenizer: a SentencePiece-style tokenizer"), "{e}");
 }
