@@ -12,7 +12,7 @@ use std::path::Path;
 use tokenizers::Tokenizer;
 
 use crate::error::{GgufError, Result};
-use crate::llama::{reorder_rope_rows, LAYER_NAMES, TOP_NAMES};
+use crate::llama::{map_name, reorder_rope_rows, rope_heads};
 use crate::metadata::MetadataValue;
 use crate::tokenizer::tokenizer_metadata;
 use crate::types::GgmlType;
@@ -79,17 +79,7 @@ pub struct LlamaExportParams {
 /// The GGUF name of a Llama-family Hugging Face tensor (the inverse of [`crate::hf_name`]), or
 /// `None` for a name with no GGUF counterpart.
 pub fn gguf_name(hf: &str) -> Option<String> {
-    let (stem, suffix) = hf.rsplit_once('.')?;
-    if suffix != "weight" && suffix != "bias" {
-        return None;
-    }
-    if let Some((g, _)) = TOP_NAMES.iter().find(|(_, h)| *h == stem) {
-        return Some(format!("{g}.{suffix}"));
-    }
-    let (layer, leaf) = stem.strip_prefix("model.layers.")?.split_once('.')?;
-    let layer: usize = layer.parse().ok()?;
-    let (gguf_leaf, _) = LAYER_NAMES.iter().find(|(_, h)| *h == leaf)?;
-    Some(format!("blk.{layer}.{gguf_leaf}.{suffix}"))
+    map_name(hf, false)
 }
 
 /// llama.cpp's rotary permutation of the rows of a Q or K projection (weight or bias), the
@@ -169,13 +159,7 @@ pub fn write_llama_gguf(
     for (name, shape, data) in tensors {
         let gname = gguf_name(name)
             .ok_or_else(|| invalid(path, name, "has no GGUF name (not a Llama-family tensor)".into()))?;
-        let heads = if gname.contains(".attn_q.") {
-            Some(params.head_count)
-        } else if gname.contains(".attn_k.") {
-            Some(params.head_count_kv)
-        } else {
-            None
-        };
+        let heads = rope_heads(&gname, params.head_count, params.head_count_kv);
         let permuted;
         let data = match heads {
             Some(n_head) if permute => {

@@ -119,17 +119,37 @@ fn model_err(file: &GgufFile, message: String) -> GgufError {
 /// `blk.{i}.attn_norm` / `ffn_norm` → `input_layernorm` / `post_attention_layernorm`,
 /// `blk.{i}.attn_{q,k}_norm` → `self_attn.{q,k}_norm`; the `.weight` / `.bias` suffix is kept.
 pub fn hf_name(gguf_name: &str) -> Option<String> {
-    let (stem, suffix) = gguf_name.rsplit_once('.')?;
+    map_name(gguf_name, true)
+}
+
+/// Maps a tensor name between the two conventions through [`TOP_NAMES`] and [`LAYER_NAMES`]:
+/// GGUF → HF when `to_hf`, else HF → GGUF; the `.weight` / `.bias` suffix is kept.
+pub(crate) fn map_name(name: &str, to_hf: bool) -> Option<String> {
+    let (stem, suffix) = name.rsplit_once('.')?;
     if suffix != "weight" && suffix != "bias" {
         return None;
     }
-    if let Some((_, hf)) = TOP_NAMES.iter().find(|(g, _)| *g == stem) {
-        return Some(format!("{hf}.{suffix}"));
+    let orient = |&(g, h): &(&'static str, &'static str)| if to_hf { (g, h) } else { (h, g) };
+    let (layer_from, layer_to) = orient(&("blk.", "model.layers."));
+    if let Some((_, to)) = TOP_NAMES.iter().map(orient).find(|(from, _)| *from == stem) {
+        return Some(format!("{to}.{suffix}"));
     }
-    let (layer, leaf) = stem.strip_prefix("blk.")?.split_once('.')?;
+    let (layer, leaf) = stem.strip_prefix(layer_from)?.split_once('.')?;
     let layer: usize = layer.parse().ok()?;
-    let (_, hf_leaf) = LAYER_NAMES.iter().find(|(g, _)| *g == leaf)?;
-    Some(format!("model.layers.{layer}.{hf_leaf}.{suffix}"))
+    let (_, to) = LAYER_NAMES.iter().map(orient).find(|(from, _)| *from == leaf)?;
+    Some(format!("{layer_to}{layer}.{to}.{suffix}"))
+}
+
+/// The heads whose rows a GGUF tensor's rotary reorder runs over: `head_count` for `attn_q`,
+/// `head_count_kv` for `attn_k`, `None` for every other tensor.
+pub(crate) fn rope_heads(gguf_name: &str, head_count: usize, head_count_kv: usize) -> Option<usize> {
+    if gguf_name.contains(".attn_q.") {
+        Some(head_count)
+    } else if gguf_name.contains(".attn_k.") {
+        Some(head_count_kv)
+    } else {
+        None
+    }
 }
 
 /// `(GGUF, Hugging Face)` names of the tensors outside the layers.
@@ -213,13 +233,7 @@ fn to_hf(file: &GgufFile, params: &LlamaGgufParams, info: &TensorInfo) -> Result
         .ok_or_else(|| model_err(file, format!("tensor `{}` has no Hugging Face counterpart", info.name)))?;
     let shape = info.shape();
     let mut data = file.info_f32(info)?;
-    let n_head = if info.name.contains(".attn_q.") {
-        Some(params.head_count)
-    } else if info.name.contains(".attn_k.") {
-        Some(params.head_count_kv)
-    } else {
-        None
-    };
+    let n_head = rope_heads(&info.name, params.head_count, params.head_count_kv);
     if let (Some(n_head), true) = (n_head, params.rope_permuted()) {
         let rows = shape.first().copied().unwrap_or(0);
         let cols = shape.iter().skip(1).product();

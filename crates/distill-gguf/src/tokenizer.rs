@@ -33,8 +33,12 @@ use crate::metadata::{MetadataArray, MetadataValue};
 use crate::reader::GgufFile;
 
 /// llama.cpp token types (`tokenizer.ggml.token_type`).
+const TOKEN_TYPE_NORMAL: i64 = 1;
+const TOKEN_TYPE_UNKNOWN: i64 = 2;
 const TOKEN_TYPE_CONTROL: i64 = 3;
 const TOKEN_TYPE_USER_DEFINED: i64 = 4;
+/// The padding rows past a tokenizer's vocabulary.
+const TOKEN_TYPE_UNUSED: i64 = 5;
 
 /// Llama 3's split regex (`llama-bpe` in llama.cpp).
 const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
@@ -89,6 +93,28 @@ fn pre_tokenizer(kind: PreKind) -> std::result::Result<PreTokenizerWrapper, Stri
     })
 }
 
+/// `tokenizer.ggml.token_type`, one per token (all `NORMAL` when the key is absent).
+fn token_types(file: &GgufFile, n_tokens: usize) -> Result<Vec<i64>> {
+    let Some(_) = file.get("tokenizer.ggml.token_type") else {
+        return Ok(vec![TOKEN_TYPE_NORMAL; n_tokens]);
+    };
+    let types = file.get_i64_array("tokenizer.ggml.token_type")?;
+    if types.len() != n_tokens {
+        return Err(tok_err(file, format!("{} token types for {n_tokens} tokens", types.len())));
+    }
+    Ok(types)
+}
+
+/// The BPE vocabulary of `tokens`, the id of each being its index.
+fn vocab_by_id(file: &GgufFile, tokens: &[String]) -> Result<Vocab> {
+    let mut vocab = Vocab::default();
+    for (id, t) in tokens.iter().enumerate() {
+        let id = u32::try_from(id).map_err(|_| tok_err(file, "more than 2^32 tokens".into()))?;
+        vocab.insert(t.clone(), id);
+    }
+    Ok(vocab)
+}
+
 fn tok_err(file: &GgufFile, message: String) -> GgufError {
     GgufError::Tokenizer { path: file.path().to_path_buf(), message }
 }
@@ -138,13 +164,7 @@ pub fn tokenizer_from_gguf(file: &GgufFile) -> Result<Tokenizer> {
     })?;
 
     let tokens = file.get_str_array("tokenizer.ggml.tokens")?;
-    let token_types = match file.get("tokenizer.ggml.token_type") {
-        Some(_) => file.get_i64_array("tokenizer.ggml.token_type")?,
-        None => Vec::new(),
-    };
-    if !token_types.is_empty() && token_types.len() != tokens.len() {
-        return Err(tok_err(file, format!("{} token types for {} tokens", token_types.len(), tokens.len())));
-    }
+    let token_types = token_types(file, tokens.len())?;
     let merges_raw = file.get_str_array("tokenizer.ggml.merges")?;
 
     // Vocabulary, re-spelled into the byte alphabet where needed.
@@ -155,11 +175,7 @@ pub fn tokenizer_from_gguf(file: &GgufFile) -> Result<Tokenizer> {
         .iter()
         .map(|t| if in_alphabet(t) { t.clone() } else { t.bytes().map(|b| table[b as usize]).collect() })
         .collect();
-    let mut vocab = Vocab::default();
-    for (id, t) in spelled.iter().enumerate() {
-        let id = u32::try_from(id).map_err(|_| tok_err(file, "more than 2^32 tokens".into()))?;
-        vocab.insert(t.clone(), id);
-    }
+    let vocab = vocab_by_id(file, &spelled)?;
     let mut merges: Merges = Vec::with_capacity(merges_raw.len());
     for (i, m) in merges_raw.iter().enumerate() {
         let mut parts = m.split(' ');
@@ -179,11 +195,10 @@ pub fn tokenizer_from_gguf(file: &GgufFile) -> Result<Tokenizer> {
     tokenizer.with_decoder(Some(ByteLevelDecoder::default()));
 
     // Control tokens → special added tokens; user-defined → plain added tokens.
-    let kind = |i: usize| token_types.get(i).copied().unwrap_or(1);
     let special: Vec<AddedToken> = tokens
         .iter()
         .enumerate()
-        .filter(|&(i, t)| kind(i) == TOKEN_TYPE_CONTROL && in_alphabet(t))
+        .filter(|&(i, t)| token_types[i] == TOKEN_TYPE_CONTROL && in_alphabet(t))
         .map(|(_, t)| AddedToken::from(t.clone(), true).normalized(false))
         .collect();
     tokenizer.add_special_tokens(&special);
@@ -191,7 +206,7 @@ pub fn tokenizer_from_gguf(file: &GgufFile) -> Result<Tokenizer> {
     let user: Vec<AddedToken> = tokens
         .iter()
         .enumerate()
-        .filter(|&(i, t)| kind(i) == TOKEN_TYPE_USER_DEFINED && known.contains_key(t))
+        .filter(|&(i, t)| token_types[i] == TOKEN_TYPE_USER_DEFINED && known.contains_key(t))
         .map(|(_, t)| AddedToken::from(t.clone(), false).normalized(false))
         .collect();
     tokenizer.add_tokens(&user);
@@ -269,23 +284,13 @@ fn sentencepiece_from_gguf(file: &GgufFile) -> Result<Tokenizer> {
     if scores.len() != tokens.len() {
         return Err(tok_err(file, format!("{} scores for {} tokens", scores.len(), tokens.len())));
     }
-    let token_types = match file.get("tokenizer.ggml.token_type") {
-        Some(_) => file.get_i64_array("tokenizer.ggml.token_type")?,
-        None => vec![1; tokens.len()],
-    };
-    if token_types.len() != tokens.len() {
-        return Err(tok_err(file, format!("{} token types for {} tokens", token_types.len(), tokens.len())));
-    }
-    let mut vocab = Vocab::default();
-    for (id, t) in tokens.iter().enumerate() {
-        let id = u32::try_from(id).map_err(|_| tok_err(file, "more than 2^32 tokens".into()))?;
-        vocab.insert(t.clone(), id);
-    }
+    let token_types = token_types(file, tokens.len())?;
+    let vocab = vocab_by_id(file, tokens)?;
     // Merges: (left, right) for every piece that splits into two pieces, grouped per piece by
     // the parts' ids, then ranked by the piece's score (stable: ties keep vocabulary order).
     let mut merges: Vec<(String, String, f32)> = Vec::new();
     for (id, piece) in tokens.iter().enumerate() {
-        if token_types[id] != 1 {
+        if token_types[id] != TOKEN_TYPE_NORMAL {
             continue;
         }
         let mut local: Vec<(u32, u32, String, String)> = piece
@@ -330,19 +335,13 @@ fn sentencepiece_from_gguf(file: &GgufFile) -> Result<Tokenizer> {
     let special: Vec<AddedToken> = tokens
         .iter()
         .enumerate()
-        .filter(|&(i, _)| token_types[i] == TOKEN_TYPE_CONTROL || token_types[i] == 2)
+        .filter(|&(i, _)| token_types[i] == TOKEN_TYPE_CONTROL || token_types[i] == TOKEN_TYPE_UNKNOWN)
         .map(|(_, t)| AddedToken::from(t.clone(), true).normalized(false))
         .collect();
     tokenizer.add_special_tokens(&special);
-    let spelled: Vec<String> = tokens.to_vec();
-    add_post_processor(file, &mut tokenizer, &spelled)?;
+    add_post_processor(file, &mut tokenizer, tokens)?;
     Ok(tokenizer)
 }
-
-/// llama.cpp's token type of a normal token, and of the padding rows past a tokenizer's
-/// vocabulary (`UNUSED`).
-const TOKEN_TYPE_NORMAL: i32 = 1;
-const TOKEN_TYPE_UNUSED: i32 = 5;
 
 /// `tokenizer.ggml.*` metadata for a byte-level BPE tokenizer: the inverse of
 /// [`tokenizer_from_gguf`], which builds the same tokenizer back from it.
@@ -413,7 +412,7 @@ pub fn tokenizer_metadata(
             return Err(err(format!("added token id {id} is past the model's {vocab_size} embedding rows")));
         }
         tokens[i] = Some(added.content.clone());
-        types[i] = if added.special { TOKEN_TYPE_CONTROL as i32 } else { TOKEN_TYPE_USER_DEFINED as i32 };
+        types[i] = if added.special { TOKEN_TYPE_CONTROL } else { TOKEN_TYPE_USER_DEFINED };
     }
     let tokens: Vec<String> =
         tokens.into_iter().enumerate().map(|(i, t)| t.unwrap_or_else(|| format!("[PAD{i}]"))).collect();
@@ -446,7 +445,10 @@ pub fn tokenizer_metadata(
         ("tokenizer.ggml.model".into(), "gpt2".into()),
         ("tokenizer.ggml.pre".into(), pre.into()),
         ("tokenizer.ggml.tokens".into(), MetadataValue::Array(MetadataArray::String(tokens))),
-        ("tokenizer.ggml.token_type".into(), MetadataValue::Array(MetadataArray::I32(types))),
+        (
+            "tokenizer.ggml.token_type".into(),
+            MetadataValue::Array(MetadataArray::I32(types.iter().map(|&t| t as i32).collect())),
+        ),
         ("tokenizer.ggml.merges".into(), MetadataValue::Array(MetadataArray::String(merges))),
     ];
     for (key, id) in [("bos_token_id", bos), ("eos_token_id", eos), ("padding_token_id", pad)] {
