@@ -1,8 +1,9 @@
 //! Writing a Llama-family model as a GGUF file that llama.cpp loads: the inverse of
 //! [`crate::llama`]'s view. Hugging Face tensor names become GGUF names, the rows of `q_proj` /
 //! `k_proj` get llama.cpp's rotary permutation (for the `llama` architecture, as
-//! `convert_hf_to_gguf.py` does), the hyper-parameters become `{arch}.*` keys and a byte-level
-//! BPE `tokenizers::Tokenizer` becomes `tokenizer.ggml.*` metadata ([`tokenizer_metadata`]).
+//! `convert_hf_to_gguf.py` does), the hyper-parameters become `{arch}.*` keys and a BPE
+//! `tokenizers::Tokenizer` (byte-level, or SentencePiece-style with byte fallback) becomes
+//! `tokenizer.ggml.*` metadata ([`tokenizer_metadata`]).
 //!
 //! Reading the file back with [`crate::hf_tensors`] and [`crate::tokenizer_from_gguf`] gives the
 //! same weights (exactly, for F32) and the same tokenizer.
@@ -96,7 +97,8 @@ fn invalid(path: &Path, tensor: &str, message: String) -> GgufError {
 /// Writes a Llama-family model to `path` atomically (temporary file, fsync, rename).
 ///
 /// `tensors` are `(HF name, row-major shape, f32 values)`, e.g. a model's state dict; `tokenizer`
-/// must be a byte-level BPE tokenizer with a pre-tokenizer GGUF can name (see
+/// must be a byte-level BPE tokenizer with a pre-tokenizer GGUF can name, or a SentencePiece-style
+/// one (see
 /// [`tokenizer_metadata`]). Every tensor must have a GGUF name; an untied model carries
 /// `lm_head.weight`, a tied one does not (llama.cpp then reuses `token_embd`).
 pub fn write_llama_gguf(

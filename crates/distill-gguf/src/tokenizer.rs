@@ -39,6 +39,8 @@ const TOKEN_TYPE_CONTROL: i64 = 3;
 const TOKEN_TYPE_USER_DEFINED: i64 = 4;
 /// The padding rows past a tokenizer's vocabulary.
 const TOKEN_TYPE_UNUSED: i64 = 5;
+/// SentencePiece's byte-fallback pieces `<0x00>` … `<0xFF>`.
+const TOKEN_TYPE_BYTE: i64 = 6;
 
 /// Llama 3's split regex (`llama-bpe` in llama.cpp).
 const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
@@ -115,6 +117,20 @@ fn vocab_by_id(file: &GgufFile, tokens: &[String]) -> Result<Vocab> {
     Ok(vocab)
 }
 
+/// `tokenizer.ggml.merges` (`"a b"`, best first) as pairs.
+fn merges_of(file: &GgufFile) -> Result<Merges> {
+    let raw = file.get_str_array("tokenizer.ggml.merges")?;
+    let mut merges: Merges = Vec::with_capacity(raw.len());
+    for (i, m) in raw.iter().enumerate() {
+        let mut parts = m.split(' ');
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some(a), Some(b), None) => merges.push((a.to_owned(), b.to_owned())),
+            _ => return Err(tok_err(file, format!("merge #{i} `{m}` is not two tokens separated by one space"))),
+        }
+    }
+    Ok(merges)
+}
+
 fn tok_err(file: &GgufFile, message: String) -> GgufError {
     GgufError::Tokenizer { path: file.path().to_path_buf(), message }
 }
@@ -165,7 +181,6 @@ pub fn tokenizer_from_gguf(file: &GgufFile) -> Result<Tokenizer> {
 
     let tokens = file.get_str_array("tokenizer.ggml.tokens")?;
     let token_types = token_types(file, tokens.len())?;
-    let merges_raw = file.get_str_array("tokenizer.ggml.merges")?;
 
     // Vocabulary, re-spelled into the byte alphabet where needed.
     let table = bytes_to_unicode();
@@ -176,14 +191,7 @@ pub fn tokenizer_from_gguf(file: &GgufFile) -> Result<Tokenizer> {
         .map(|t| if in_alphabet(t) { t.clone() } else { t.bytes().map(|b| table[b as usize]).collect() })
         .collect();
     let vocab = vocab_by_id(file, &spelled)?;
-    let mut merges: Merges = Vec::with_capacity(merges_raw.len());
-    for (i, m) in merges_raw.iter().enumerate() {
-        let mut parts = m.split(' ');
-        match (parts.next(), parts.next(), parts.next()) {
-            (Some(a), Some(b), None) => merges.push((a.to_owned(), b.to_owned())),
-            _ => return Err(tok_err(file, format!("merge #{i} `{m}` is not two tokens separated by one space"))),
-        }
-    }
+    let merges = merges_of(file)?;
     let bpe = BPE::builder()
         .vocab_and_merges(vocab, merges)
         .build()
@@ -274,8 +282,9 @@ fn add_post_processor(file: &GgufFile, tokenizer: &mut Tokenizer, spelled: &[Str
 /// v0.1…) as `tokenizers` expresses it, the way transformers converts such a model
 /// (`LlamaConverter`, legacy mode): a BPE over the pieces with byte fallback (`<0xNN>` pieces) and
 /// `<unk>` fused, whose merges are every split of a piece into two pieces, ranked by the merged
-/// piece's score (highest first) — SentencePiece BPE's own merge order; normalizer: prepend `▁`,
-/// spaces → `▁`; no pre-tokenizer; decoder: `▁` → space, byte fallback, fuse, strip the leading
+/// piece's score (highest first) — SentencePiece BPE's own merge order — or, when the file has
+/// `tokenizer.ggml.merges` (distill's export writes them), those; normalizer: prepend `▁` (unless
+/// `tokenizer.ggml.add_space_prefix` is false), spaces → `▁`; no pre-tokenizer; decoder: `▁` → space, byte fallback, fuse, strip the leading
 /// space. Control and unknown tokens (types 3, 2) are special; `add_bos_token` /
 /// `add_eos_token` as for gpt2. Gives the ids of SentencePiece and of llama.cpp (tested).
 fn sentencepiece_from_gguf(file: &GgufFile) -> Result<Tokenizer> {
@@ -286,26 +295,11 @@ fn sentencepiece_from_gguf(file: &GgufFile) -> Result<Tokenizer> {
     }
     let token_types = token_types(file, tokens.len())?;
     let vocab = vocab_by_id(file, tokens)?;
-    // Merges: (left, right) for every piece that splits into two pieces, grouped per piece by
-    // the parts' ids, then ranked by the piece's score (stable: ties keep vocabulary order).
-    let mut merges: Vec<(String, String, f32)> = Vec::new();
-    for (id, piece) in tokens.iter().enumerate() {
-        if token_types[id] != TOKEN_TYPE_NORMAL {
-            continue;
-        }
-        let mut local: Vec<(u32, u32, String, String)> = piece
-            .char_indices()
-            .skip(1)
-            .filter_map(|(i, _)| {
-                let (l, r) = piece.split_at(i);
-                Some((*vocab.get(l)?, *vocab.get(r)?, l.to_owned(), r.to_owned()))
-            })
-            .collect();
-        local.sort_by_key(|&(a, b, _, _)| (a, b));
-        merges.extend(local.into_iter().map(|(_, _, l, r)| (l, r, scores[id])));
-    }
-    merges.sort_by(|a, b| b.2.total_cmp(&a.2));
-    let merges: Merges = merges.into_iter().map(|(l, r, _)| (l, r)).collect();
+    let merges = match file.get("tokenizer.ggml.merges") {
+        // Written by distill's export: the tokenizer's own merge order, exactly.
+        Some(_) => merges_of(file)?,
+        None => merges_from_scores(tokens, &scores, &token_types, &vocab),
+    };
     let mut builder = BPE::builder().vocab_and_merges(vocab, merges).byte_fallback(true).fuse_unk(true);
     if let Some(unk) =
         file.get("tokenizer.ggml.unknown_token_id").map(|_| file.get_u32("tokenizer.ggml.unknown_token_id"))
@@ -320,11 +314,11 @@ fn sentencepiece_from_gguf(file: &GgufFile) -> Result<Tokenizer> {
     let replace = |from: &str, to: &str| {
         tokenizers::normalizers::Replace::new(from, to).map_err(|e| tok_err(file, format!("replace: {e}")))
     };
-    let normalizer = tokenizers::normalizers::Sequence::new(vec![
-        tokenizers::normalizers::Prepend::new("▁".into()).into(),
-        replace(" ", "▁")?.into(),
-    ]);
-    tokenizer.with_normalizer(Some(normalizer));
+    let space_prefix = match file.get("tokenizer.ggml.add_space_prefix") {
+        Some(_) => file.get_bool("tokenizer.ggml.add_space_prefix")?,
+        None => true,
+    };
+    tokenizer.with_normalizer(Some(sentencepiece_normalizer(space_prefix).map_err(|e| tok_err(file, e))?));
     let decoder = tokenizers::decoders::sequence::Sequence::new(vec![
         replace("▁", " ")?.into(),
         tokenizers::decoders::byte_fallback::ByteFallback::new().into(),
@@ -343,15 +337,60 @@ fn sentencepiece_from_gguf(file: &GgufFile) -> Result<Tokenizer> {
     Ok(tokenizer)
 }
 
-/// `tokenizer.ggml.*` metadata for a byte-level BPE tokenizer: the inverse of
-/// [`tokenizer_from_gguf`], which builds the same tokenizer back from it.
+/// SentencePiece BPE's merges from its scores: (left, right) for every normal piece that splits
+/// into two pieces, grouped per piece by the parts' ids, ranked by the piece's score (stable:
+/// ties keep vocabulary order).
+fn merges_from_scores(tokens: &[String], scores: &[f32], token_types: &[i64], vocab: &Vocab) -> Merges {
+    let mut merges: Vec<(String, String, f32)> = Vec::new();
+    for (id, piece) in tokens.iter().enumerate() {
+        if token_types[id] != TOKEN_TYPE_NORMAL {
+            continue;
+        }
+        let mut local: Vec<(u32, u32, String, String)> = piece
+            .char_indices()
+            .skip(1)
+            .filter_map(|(i, _)| {
+                let (l, r) = piece.split_at(i);
+                Some((*vocab.get(l)?, *vocab.get(r)?, l.to_owned(), r.to_owned()))
+            })
+            .collect();
+        local.sort_by_key(|&(a, b, _, _)| (a, b));
+        merges.extend(local.into_iter().map(|(_, _, l, r)| (l, r, scores[id])));
+    }
+    merges.sort_by(|a, b| b.2.total_cmp(&a.2));
+    merges.into_iter().map(|(l, r, _)| (l, r)).collect()
+}
+
+/// SentencePiece's text handling as a normalizer (transformers' legacy `LlamaConverter`): `▁`
+/// prepended when `space_prefix` (`tokenizer.ggml.add_space_prefix`, default true), every space
+/// → `▁`.
+fn sentencepiece_normalizer(space_prefix: bool) -> std::result::Result<tokenizers::NormalizerWrapper, String> {
+    use tokenizers::normalizers::{Prepend, Replace, Sequence};
+    let mut steps = Vec::new();
+    if space_prefix {
+        steps.push(Prepend::new("▁".into()).into());
+    }
+    steps.push(Replace::new(" ", "▁").map_err(|e| format!("replace: {e}"))?.into());
+    Ok(Sequence::new(steps).into())
+}
+
+/// `tokenizer.ggml.*` metadata for a BPE tokenizer: the inverse of [`tokenizer_from_gguf`],
+/// which builds the same tokenizer back from it.
 ///
-/// * `tokenizer.ggml.model = "gpt2"`; `tokenizer.ggml.pre` is the name whose pre-tokenizer
-///   equals the tokenizer's (compared as `tokenizers` serializes them);
+/// * byte-level BPE → `tokenizer.ggml.model = "gpt2"`, `tokenizer.ggml.pre` the name whose
+///   pre-tokenizer equals the tokenizer's (compared as `tokenizers` serializes them), merges as
+///   `"a b"`, best first;
+/// * BPE with byte fallback and SentencePiece's `▁` handling (Llama 2, TinyLlama, Mistral v0.1:
+///   transformers' `LlamaConverter`, legacy or not) → `tokenizer.ggml.model = "llama"` with the
+///   merges (read back by distill) and `tokenizer.ggml.scores`: llama.cpp merges the adjacent pair whose concatenation scores
+///   highest, so a piece scores −(1 + the rank of its first merge) (byte, control and unknown
+///   pieces 0, as SentencePiece writes them); `<0xNN>` pieces are `BYTE`, the model's unknown
+///   token `UNKNOWN`. That order is the tokenizer's only when every piece that splits into two
+///   pieces has a merge and each piece's merges are adjacent (as `LlamaConverter` writes them):
+///   checked, and named when not;
 /// * tokens by id (added tokens spelled as their content), padded with `[PAD{id}]` (type
 ///   `UNUSED`) up to `vocab_size` (the model's embedding rows); token types: special added
 ///   tokens `CONTROL`, other added tokens `USER_DEFINED`, the rest `NORMAL`;
-/// * merges as `"a b"`, best first;
 /// * `bos/eos/padding_token_id` as given; `add_bos_token` / `add_eos_token` as the tokenizer's
 ///   post-processor behaves (it is asked to encode a word).
 ///
@@ -369,27 +408,11 @@ pub fn tokenizer_metadata(
     .map_err(|e| err(format!("cannot read the serialized tokenizer: {e}")))?;
     let model = &json["model"];
     if model["type"] != "BPE" {
-        return Err(err(format!("model {} is not BPE; GGUF export supports byte-level BPE (gpt2)", model["type"])));
+        return Err(err(format!(
+            "model {} is not BPE; GGUF export supports byte-level BPE (gpt2) and SentencePiece-style BPE (llama)",
+            model["type"]
+        )));
     }
-
-    if model["byte_fallback"] == true {
-        return Err(err("a SentencePiece-style tokenizer (BPE with byte fallback) is not exported to GGUF; \
-                        byte-level BPE (gpt2) is"
-            .into()));
-    }
-
-    // Pre-tokenizer → `tokenizer.ggml.pre`.
-    let have = serde_json::to_value(tokenizer.get_pre_tokenizer()).map_err(|e| err(e.to_string()))?;
-    let pre = PRE_TOKENIZERS
-        .iter()
-        .find(|(_, kind)| {
-            pre_tokenizer(*kind).ok().and_then(|p| serde_json::to_value(Some(&p)).ok()).is_some_and(|v| v == have)
-        })
-        .map(|(name, _)| *name)
-        .ok_or_else(|| {
-            let known: Vec<&str> = PRE_TOKENIZERS.iter().map(|(n, _)| *n).collect();
-            err(format!("its pre-tokenizer is none that GGUF names (supported: {}): {have}", known.join(", ")))
-        })?;
 
     // Tokens and their types, by id.
     let n = tokenizer.get_vocab_size(true);
@@ -417,22 +440,68 @@ pub fn tokenizer_metadata(
     let tokens: Vec<String> =
         tokens.into_iter().enumerate().map(|(i, t)| t.unwrap_or_else(|| format!("[PAD{i}]"))).collect();
 
-    // Merges, `"a b"`, in rank order (tokenizer.json writes either form).
+    // Merges in rank order (tokenizer.json writes "a b" or [a, b]).
     let merges = model["merges"].as_array().ok_or_else(|| err("the BPE model has no merges".into()))?;
-    let merges: Vec<String> = merges
+    let merges: Vec<(String, String)> = merges
         .iter()
         .enumerate()
         .map(|(i, m)| match m {
-            serde_json::Value::String(s) => Ok(s.clone()),
+            serde_json::Value::String(s) => match s.split_once(' ') {
+                Some((a, b)) => Ok((a.to_owned(), b.to_owned())),
+                None => Err(err(format!("merge #{i} `{s}` has no space"))),
+            },
             serde_json::Value::Array(p) => {
                 match (p.first().and_then(|v| v.as_str()), p.get(1).and_then(|v| v.as_str())) {
-                    (Some(a), Some(b)) if p.len() == 2 => Ok(format!("{a} {b}")),
-                    _ => Err(err(format!("merge #{i} is not a pair of strings"))),
+                    (Some(a), Some(b)) if p.len() == 2 && !a.contains(' ') && !b.contains(' ') => {
+                        Ok((a.to_owned(), b.to_owned()))
+                    }
+                    _ => Err(err(format!("merge #{i} is not a pair of strings without spaces"))),
                 }
             }
             _ => Err(err(format!("merge #{i} is neither \"a b\" nor [a, b]"))),
         })
         .collect::<Result<_>>()?;
+
+    let mut out: Vec<(String, MetadataValue)> = if model["byte_fallback"] == true {
+        let scores = sentencepiece_scores(tokenizer, &json, &tokens, &mut types, &merges).map_err(err)?;
+        // The merges too (llama.cpp goes by the scores): distill reads them back exactly.
+        let merges: Vec<String> = merges.into_iter().map(|(a, b)| format!("{a} {b}")).collect();
+        vec![
+            ("tokenizer.ggml.model".into(), "llama".into()),
+            ("tokenizer.ggml.tokens".into(), MetadataValue::Array(MetadataArray::String(tokens))),
+            ("tokenizer.ggml.scores".into(), MetadataValue::Array(MetadataArray::F32(scores))),
+            (
+                "tokenizer.ggml.token_type".into(),
+                MetadataValue::Array(MetadataArray::I32(types.iter().map(|&t| t as i32).collect())),
+            ),
+            ("tokenizer.ggml.merges".into(), MetadataValue::Array(MetadataArray::String(merges))),
+            ("tokenizer.ggml.add_space_prefix".into(), true.into()),
+        ]
+    } else {
+        // Pre-tokenizer → `tokenizer.ggml.pre`.
+        let have = serde_json::to_value(tokenizer.get_pre_tokenizer()).map_err(|e| err(e.to_string()))?;
+        let pre = PRE_TOKENIZERS
+            .iter()
+            .find(|(_, kind)| {
+                pre_tokenizer(*kind).ok().and_then(|p| serde_json::to_value(Some(&p)).ok()).is_some_and(|v| v == have)
+            })
+            .map(|(name, _)| *name)
+            .ok_or_else(|| {
+                let known: Vec<&str> = PRE_TOKENIZERS.iter().map(|(n, _)| *n).collect();
+                err(format!("its pre-tokenizer is none that GGUF names (supported: {}): {have}", known.join(", ")))
+            })?;
+        let merges: Vec<String> = merges.into_iter().map(|(a, b)| format!("{a} {b}")).collect();
+        vec![
+            ("tokenizer.ggml.model".into(), "gpt2".into()),
+            ("tokenizer.ggml.pre".into(), pre.into()),
+            ("tokenizer.ggml.tokens".into(), MetadataValue::Array(MetadataArray::String(tokens))),
+            (
+                "tokenizer.ggml.token_type".into(),
+                MetadataValue::Array(MetadataArray::I32(types.iter().map(|&t| t as i32).collect())),
+            ),
+            ("tokenizer.ggml.merges".into(), MetadataValue::Array(MetadataArray::String(merges))),
+        ]
+    };
 
     // Whether the post-processor adds BOS / EOS.
     let with = tokenizer.encode("a", true).map_err(|e| err(format!("cannot encode: {e}")))?;
@@ -440,18 +509,10 @@ pub fn tokenizer_metadata(
     let (w, wo) = (with.get_ids(), without.get_ids());
     let add_bos = bos.is_some() && w.len() > wo.len() && w.first().copied() == bos;
     let add_eos = eos.is_some() && w.len() > wo.len() && w.last().copied() == eos;
-
-    let mut out: Vec<(String, MetadataValue)> = vec![
-        ("tokenizer.ggml.model".into(), "gpt2".into()),
-        ("tokenizer.ggml.pre".into(), pre.into()),
-        ("tokenizer.ggml.tokens".into(), MetadataValue::Array(MetadataArray::String(tokens))),
-        (
-            "tokenizer.ggml.token_type".into(),
-            MetadataValue::Array(MetadataArray::I32(types.iter().map(|&t| t as i32).collect())),
-        ),
-        ("tokenizer.ggml.merges".into(), MetadataValue::Array(MetadataArray::String(merges))),
-    ];
-    for (key, id) in [("bos_token_id", bos), ("eos_token_id", eos), ("padding_token_id", pad)] {
+    let unk = model["unk_token"].as_str().and_then(|t| tokenizer.token_to_id(t));
+    for (key, id) in
+        [("bos_token_id", bos), ("eos_token_id", eos), ("padding_token_id", pad), ("unknown_token_id", unk)]
+    {
         if let Some(id) = id {
             out.push((format!("tokenizer.ggml.{key}"), id.into()));
         }
@@ -459,6 +520,102 @@ pub fn tokenizer_metadata(
     out.push(("tokenizer.ggml.add_bos_token".into(), add_bos.into()));
     out.push(("tokenizer.ggml.add_eos_token".into(), add_eos.into()));
     Ok(out)
+}
+
+/// The scores llama.cpp's SentencePiece tokenizer needs to merge as the BPE `merges` do (see
+/// [`tokenizer_metadata`]), after checking that the tokenizer handles text as SentencePiece
+/// does; marks byte and unknown pieces in `types`.
+fn sentencepiece_scores(
+    tokenizer: &Tokenizer,
+    json: &serde_json::Value,
+    tokens: &[String],
+    types: &mut [i64],
+    merges: &[(String, String)],
+) -> std::result::Result<Vec<f32>, String> {
+    // SentencePiece's text handling: `▁` prepended and for every space, either in the
+    // normalizer (transformers' legacy conversion) or in a Metaspace pre-tokenizer that does not
+    // split (the newer one); nothing else.
+    let legacy = serde_json::to_value(sentencepiece_normalizer(true)?).map_err(|e| e.to_string())?;
+    let pre = &json["pre_tokenizer"];
+    let metaspace = pre["type"] == "Metaspace"
+        && pre["replacement"] == "▁"
+        && pre["split"] == false
+        && (pre["prepend_scheme"] == "first" || pre["prepend_scheme"] == "always");
+    let ok = match (&json["normalizer"], pre) {
+        (n, serde_json::Value::Null) => *n == legacy,
+        (serde_json::Value::Null, _) => metaspace,
+        _ => false,
+    };
+    if !ok {
+        return Err(format!(
+            "BPE with byte fallback, but its text handling is not SentencePiece's (`▁` prepended, spaces → `▁`, \
+             no split); normalizer {}, pre-tokenizer {pre}",
+            json["normalizer"]
+        ));
+    }
+
+    let unk = json["model"]["unk_token"].as_str().and_then(|t| tokenizer.token_to_id(t));
+    let ids: std::collections::HashMap<&str, usize> = tokens.iter().enumerate().map(|(i, t)| (t.as_str(), i)).collect();
+    for (i, t) in tokens.iter().enumerate() {
+        let byte = t.len() == 6
+            && t.starts_with("<0x")
+            && t.ends_with('>')
+            && t[3..5].chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_lowercase());
+        if types[i] == TOKEN_TYPE_NORMAL && byte {
+            types[i] = TOKEN_TYPE_BYTE;
+        }
+        if Some(i as u32) == unk {
+            types[i] = TOKEN_TYPE_UNKNOWN;
+        }
+    }
+
+    // A piece scores -(1 + the rank of its first merge); each piece's merges must be adjacent.
+    let mut scores = vec![0.0f32; tokens.len()];
+    let mut first: Vec<Option<usize>> = vec![None; tokens.len()];
+    let mut previous: Option<usize> = None;
+    for (rank, (a, b)) in merges.iter().enumerate() {
+        let piece = format!("{a}{b}");
+        let &id = ids.get(piece.as_str()).ok_or_else(|| format!("merge #{rank} `{a} {b}` makes no token"))?;
+        match first[id] {
+            None => first[id] = Some(rank),
+            Some(r) if previous != Some(id) => {
+                return Err(format!(
+                    "the merges of `{piece}` are not adjacent (#{r} and #{rank}): not SentencePiece's merge order"
+                ))
+            }
+            Some(_) => {}
+        }
+        previous = Some(id);
+        if rank + 1 >= 1 << 24 {
+            return Err(format!("{} merges: ranks past 2^24 do not fit a score exactly", merges.len()));
+        }
+        scores[id] = -((rank + 1) as f32);
+    }
+    // Every piece that splits into two normal pieces must have a merge: llama.cpp would join them.
+    for (id, piece) in tokens.iter().enumerate() {
+        if types[id] != TOKEN_TYPE_NORMAL {
+            continue;
+        }
+        match first[id] {
+            Some(_) => {}
+            None => {
+                let split = piece.char_indices().skip(1).find(|&(i, _)| {
+                    let (l, r) = piece.split_at(i);
+                    [l, r].iter().all(|p| ids.get(p).is_some_and(|&j| types[j] == TOKEN_TYPE_NORMAL))
+                });
+                if let Some((i, _)) = split {
+                    return Err(format!(
+                        "`{piece}` splits into `{}` + `{}` but no merge makes it: not SentencePiece's merges",
+                        &piece[..i],
+                        &piece[i..]
+                    ));
+                }
+                // Never the result of a merge (single characters): below every merged piece.
+                scores[id] = -((merges.len() + 1 + id) as f32);
+            }
+        }
+    }
+    Ok(scores)
 }
 
 /// Feeds one length-prefixed field to the hash, so that no two field sequences collide.

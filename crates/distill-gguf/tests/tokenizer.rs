@@ -141,6 +141,37 @@ fn fingerprint_tracks_vocab_merges_and_specials() {
     assert!(a.chars().all(|ch| ch.is_ascii_hexdigit()) && a.len() == 64);
 }
 
+/// The SentencePiece fixture's cases: `(name, text, ids)`; ids = `[bos] + sentencepiece.encode`.
+fn spm_cases() -> Vec<(String, String, Vec<u32>, String)> {
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(common::fixtures().join("spm_tokenizer.json")).unwrap()).unwrap();
+    reference["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let ids = c["ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+            let s = |k: &str| c[k].as_str().unwrap().to_owned();
+            (s("name"), s("text"), ids, s("decoded"))
+        })
+        .collect()
+}
+
+/// `tokenizer_metadata` of `tok` written into a metadata-only GGUF and read back.
+fn spm_round_trip(tok: &tokenizers::Tokenizer, vocab_size: usize) -> (GgufFile, tokenizers::Tokenizer) {
+    let meta =
+        distill_gguf::tokenizer_metadata(std::path::Path::new("x.gguf"), tok, vocab_size, (Some(1), Some(2), None))
+            .unwrap();
+    let mut w = GgufWriter::new("x.gguf");
+    w.add_metadata("general.architecture", "llama").unwrap();
+    for (k, v) in meta {
+        w.add_metadata(&k, v).unwrap();
+    }
+    let f = GgufFile::from_bytes(w.to_bytes(), "x.gguf").unwrap();
+    let back = tokenizer_from_gguf(&f).unwrap();
+    (f, back)
+}
+
 /// A SentencePiece vocabulary (`tokenizer.ggml.model = "llama"`, as Llama 2 / TinyLlama GGUFs
 /// carry) gives SentencePiece's own ids — which llama.cpp reproduces too — including byte
 /// fallback for characters outside the vocabulary, digits, runs of spaces and newlines, and
@@ -150,16 +181,11 @@ fn sentencepiece_gguf_tokenizer_matches_sentencepiece() {
     let dir = common::fixtures();
     let f = GgufFile::open(dir.join("spm_tokenizer.gguf")).unwrap();
     let tok = tokenizer_from_gguf(&f).unwrap();
-    let reference: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("spm_tokenizer.json")).unwrap()).unwrap();
-    assert_eq!(tok.get_vocab_size(true) as u64, reference["vocab_size"].as_u64().unwrap());
+    assert_eq!(tok.get_vocab_size(true), 1000);
     let mut total = 0;
-    for case in reference["cases"].as_array().unwrap() {
-        let name = case["name"].as_str().unwrap();
-        let text = case["text"].as_str().unwrap();
-        let want: Vec<u32> = case["ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
-        assert_eq!(tok.encode(text, true).unwrap().get_ids(), &want[..], "case {name}");
-        assert_eq!(tok.decode(&want, true).unwrap(), case["decoded"].as_str().unwrap(), "decode {name}");
+    for (name, text, want, decoded) in spm_cases() {
+        assert_eq!(tok.encode(text.as_str(), true).unwrap().get_ids(), &want[..], "case {name}");
+        assert_eq!(tok.decode(&want, true).unwrap(), decoded, "decode {name}");
         total += want.len();
     }
     assert!(total > 700, "{total} ids");
@@ -167,9 +193,97 @@ fn sentencepiece_gguf_tokenizer_matches_sentencepiece() {
     let ids = tok.encode("🙂", false).unwrap().get_ids().to_vec();
     let pieces: Vec<String> = ids.iter().map(|&i| tok.id_to_token(i).unwrap()).collect();
     assert_eq!(&pieces[pieces.len() - 4..], ["<0xF0>", "<0x9F>", "<0x99>", "<0x82>"]);
-    // Exporting it back to GGUF metadata is refused by name.
-    let e = distill_gguf::tokenizer_metadata(std::path::Path::new("x.gguf"), &tok, 1000, (Some(1), Some(2), None))
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("x.gguf: tokenizer: a SentencePiece-style tokenizer"), "{e}");
+}
+
+/// Export of SentencePiece-style tokenizers to GGUF (`tokenizer.ggml.model = "llama"`), from the
+/// GGUF-built tokenizer and from the tokenizer.json transformers' LlamaConverter writes for the
+/// same vocabulary (legacy `▁` normalizer, and the newer Metaspace form): the same tokens and
+/// token types as SentencePiece's own GGUF (bytes 6, unknown 2, control 3), scores that order
+/// the merged pieces as SentencePiece's scores do, and read back, SentencePiece's ids on every
+/// case. Tokenizers whose merges llama.cpp could not reproduce are refused by name.
+#[test]
+fn sentencepiece_tokenizers_export_to_gguf() {
+    let dir = common::fixtures();
+    let original = GgufFile::open(dir.join("spm_tokenizer.gguf")).unwrap();
+    let want_tokens = original.get_str_array("tokenizer.ggml.tokens").unwrap().to_vec();
+    let want_types = original.get_i64_array("tokenizer.ggml.token_type").unwrap();
+    let want_scores = original.get_f32_array("tokenizer.ggml.scores").unwrap();
+    let from_gguf = tokenizer_from_gguf(&original).unwrap();
+    let hf = tokenizers::Tokenizer::from_file(dir.join("spm_tokenizer.hf.json")).unwrap();
+    let mut metaspace = hf.clone();
+    metaspace.with_normalizer(None::<tokenizers::NormalizerWrapper>);
+    metaspace.with_pre_tokenizer(Some(tokenizers::pre_tokenizers::metaspace::Metaspace::new(
+        '▁',
+        tokenizers::pre_tokenizers::metaspace::PrependScheme::First,
+        false,
+    )));
+    let cases = spm_cases();
+    for (label, tok) in [("gguf", &from_gguf), ("hf legacy", &hf), ("hf metaspace", &metaspace)] {
+        let (f, back) = spm_round_trip(tok, 1000);
+        assert_eq!(f.get_str("tokenizer.ggml.model").unwrap(), "llama", "{label}");
+        assert_eq!(f.get_str_array("tokenizer.ggml.tokens").unwrap(), &want_tokens[..], "{label}");
+        assert_eq!(f.get_i64_array("tokenizer.ggml.token_type").unwrap(), want_types, "{label}");
+        assert_eq!(f.get_u32("tokenizer.ggml.unknown_token_id").unwrap(), 0, "{label}");
+        assert!(f.get_bool("tokenizer.ggml.add_bos_token").unwrap(), "{label}");
+        assert!(!f.get_bool("tokenizer.ggml.add_eos_token").unwrap(), "{label}");
+        // Merged pieces keep SentencePiece's order (its scores are distinct); the rest score 0
+        // (control, unknown, bytes) or below every merged piece (single characters).
+        let scores = f.get_f32_array("tokenizer.ggml.scores").unwrap();
+        let merged: Vec<usize> =
+            (0..1000).filter(|&i| want_types[i] == 1 && want_tokens[i].chars().count() > 1).collect();
+        let mut by_ours = merged.clone();
+        by_ours.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+        let mut by_spm = merged.clone();
+        by_spm.sort_by(|&a, &b| want_scores[b].total_cmp(&want_scores[a]));
+        assert_eq!(by_ours, by_spm, "{label}");
+        assert!(merged.len() > 600, "{}", merged.len());
+        let lowest_merged = merged.iter().map(|&i| scores[i]).fold(f32::INFINITY, f32::min);
+        for i in 0..1000 {
+            match want_types[i] {
+                2 | 3 | 6 => assert_eq!(scores[i], 0.0, "{label} {}", want_tokens[i]),
+                _ if !merged.contains(&i) => assert!(scores[i] < lowest_merged, "{label} {}", want_tokens[i]),
+                _ => {}
+            }
+        }
+        for (name, text, want, decoded) in &cases {
+            assert_eq!(back.encode(text.as_str(), true).unwrap().get_ids(), &want[..], "{label}: case {name}");
+            assert_eq!(&back.decode(want, true).unwrap(), decoded, "{label}: decode {name}");
+        }
+        // The merges travel too: the tokenizer read back is the one exported, merge order included.
+        assert_eq!(tokenizer_fingerprint(&back), tokenizer_fingerprint(tok), "{label}");
+    }
+    // The HF tokenizer.json gives the same ids itself.
+    for (name, text, want, _) in &cases {
+        assert_eq!(hf.encode(text.as_str(), true).unwrap().get_ids(), &want[..], "hf: case {name}");
+    }
+    // Padding rows past the vocabulary: `[PAD{id}]`, unused, score 0.
+    let (f, _) = spm_round_trip(&hf, 1003);
+    assert_eq!(f.get_str_array("tokenizer.ggml.tokens").unwrap()[1002], "[PAD1002]");
+    assert_eq!(f.get_i64_array("tokenizer.ggml.token_type").unwrap()[1001], 5);
+
+    // Refusals, by name.
+    let metadata_err = |tok: &tokenizers::Tokenizer| {
+        distill_gguf::tokenizer_metadata(std::path::Path::new("x.gguf"), tok, 1000, (Some(1), Some(2), None))
+            .unwrap_err()
+            .to_string()
+    };
+    let mut json: serde_json::Value = serde_json::from_str(&hf.to_string(false).unwrap()).unwrap();
+    let merges = json["model"]["merges"].as_array_mut().unwrap();
+    // A two-character piece has one merge only: without it, nothing makes the piece.
+    let pair = |m: &serde_json::Value| -> Vec<String> {
+        m.as_array().unwrap().iter().map(|p| p.as_str().unwrap().to_owned()).collect()
+    };
+    let at = merges.iter().position(|m| pair(m).iter().all(|p| p.chars().count() == 1)).unwrap();
+    let dropped = pair(&merges.remove(at));
+    let incomplete: tokenizers::Tokenizer = json.to_string().parse().unwrap();
+    let e = metadata_err(&incomplete);
+    let piece = format!("{}{}", dropped[0], dropped[1]);
+    assert!(e.contains(&format!("`{piece}` splits into")) && e.contains("no merge makes it"), "{e}");
+    let mut no_prefix = hf.clone();
+    no_prefix.with_normalizer(Some(tokenizers::normalizers::Replace::new(" ", "▁").unwrap()));
+    let e = metadata_err(&no_prefix);
+    assert!(
+        e.starts_with("x.gguf: tokenizer: BPE with byte fallback, but its text handling is not SentencePiece's"),
+        "{e}"
+    );
 }

@@ -167,8 +167,8 @@ pub fn export_hf_with_chat_template(
 /// biases F32; atomically (temporary file, fsync, rename). See [`distill_gguf::write_llama_gguf`].
 ///
 /// Refused, before anything is written: a sliding window or Llama-3 rope scaling (llama.cpp's
-/// `llama` graph would compute something else), or a tokenizer that is not byte-level BPE with
-/// a pre-tokenizer GGUF names.
+/// `llama` graph would compute something else), or a tokenizer that is neither byte-level BPE
+/// with a pre-tokenizer GGUF names nor SentencePiece-style BPE with byte fallback.
 pub fn export_gguf(
     model: &Llama,
     tokenizer: &tokenizers::Tokenizer,

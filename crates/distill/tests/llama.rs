@@ -534,8 +534,101 @@ fn bf16_training_teacher_matches_f32() {
     assert!(rel < 0.01, "student gradients differ by {rel} relative");
 }
 
+const SPM_GGUF_PY: &str = r#"
+import json, sys, torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+path, texts = sys.argv[1], json.loads(sys.argv[2])
+d, f = path.rsplit("/", 1)
+tok = AutoTokenizer.from_pretrained(d, gguf_file=f)
+model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32).eval()
+ids = [tok(t)["input_ids"] for t in texts]
+with torch.no_grad():
+    logits = model(torch.tensor([ids[0][:48]])).logits[0]
+print(json.dumps({"ids": ids, "logits": logits.flatten().tolist()}))
+"#;
+
+/// A student whose tokenizer is SentencePiece-style (the tokenizer.json transformers writes for a
+/// Llama 2 / TinyLlama vocabulary) leaves as GGUF with `tokenizer.ggml.model = "llama"`:
+/// transformers' own GGUF reader gives distill's logits and SentencePiece's ids (all but the
+/// text that starts with a space, which transformers' GGUF tokenizer handles differently on
+/// SentencePiece's own GGUF too; llama.cpp agrees with SentencePiece there, checked by hand), and
+/// distill reads it back bit for bit with the same tokenizer.
+#[test]
+fn sentencepiece_student_exports_to_gguf() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gguf_fixtures = fixtures().join("../gguf");
+    let tok = tokenizers::Tokenizer::from_file(gguf_fixtures.join("spm_tokenizer.hf.json")).unwrap();
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(gguf_fixtures.join("spm_tokenizer.json")).unwrap()).unwrap();
+    let cases: Vec<(String, String, Vec<i64>)> = reference["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let ids = c["ids"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect();
+            (c["name"].as_str().unwrap().to_owned(), c["text"].as_str().unwrap().to_owned(), ids)
+        })
+        .collect();
+    let cfg = LlamaConfig::from_file(fixtures().join("llama_tied")).unwrap();
+    let vs = nn::VarStore::new(Device::Cpu);
+    // eps exact in f32 (GGUF stores it so); the initializer range is not stored.
+    let eps = 2f64.powi(-20);
+    let cfg = LlamaConfig {
+        vocab_size: 1000,
+        max_position_embeddings: 512,
+        initializer_range: 0.3,
+        rms_norm_eps: eps,
+        ..cfg
+    };
+    let model = Llama::new(vs.root(), &cfg).unwrap();
+    let path = tmp.path().join("spm.gguf");
+    distill::export::export_gguf(&model, &tok, None, "spm", &path, GgufType::F32).unwrap();
+
+    let texts: Vec<&str> = cases.iter().map(|(_, t, _)| t.as_str()).collect();
+    let out = Command::new(python())
+        .arg("-c")
+        .arg(SPM_GGUF_PY)
+        .arg(&path)
+        .arg(serde_json::to_string(&texts).unwrap())
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "python failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    let res: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let hf_ids: Vec<Vec<i64>> = serde_json::from_value(res["ids"].clone()).unwrap();
+    for ((name, _, want), got) in cases.iter().zip(&hf_ids) {
+        if name != "leading_space" {
+            assert_eq!(got, want, "transformers on the GGUF, case {name}");
+        }
+    }
+    let ids = &cases[0].2[..48];
+    let hf: Vec<f32> = serde_json::from_value(res["logits"].clone()).unwrap();
+    let hf = Tensor::from_slice(&hf).reshape([ids.len() as i64, -1]);
+    let ours = tch::no_grad(|| model.forward(&Tensor::from_slice(ids).unsqueeze(0), None, Default::default()))
+        .unwrap()
+        .logits
+        .get(0);
+    let d = max_diff(&ours, &hf);
+    eprintln!("SentencePiece student GGUF vs transformers: max|Δ| {d:.2e}");
+    assert!(d <= 1e-4, "{d}");
+
+    let back = distill::lm::load_lm(&path, Device::Cpu).unwrap();
+    assert_eq!(&LlamaConfig { initializer_range: 0.3, ..back.model.config().clone() }, model.config());
+    assert_eq!(distill_gguf::tokenizer_fingerprint(&back.tokenizer), distill_gguf::tokenizer_fingerprint(&tok));
+    for (name, text, want) in &cases {
+        let got: Vec<i64> =
+            back.tokenizer.encode(text.as_str(), true).unwrap().get_ids().iter().map(|&i| i as i64).collect();
+        assert_eq!(&got, want, "distill on its GGUF, case {name}");
+    }
+    let again = tch::no_grad(|| back.model.forward(&Tensor::from_slice(ids).unsqueeze(0), None, Default::default()))
+        .unwrap()
+        .logits
+        .get(0);
+    assert_eq!(max_diff(&again, &ours), 0.0);
+}
+
 /// What GGUF (llama.cpp's `llama` graph) cannot express is refused before a file exists: a
-/// sliding attention window, and a tokenizer that is not byte-level BPE.
+/// sliding attention window, and a tokenizer that is not BPE.
 #[test]
 fn gguf_export_refuses_what_llama_cpp_would_compute_differently() {
     let tmp = tempfile::tempdir().unwrap();
