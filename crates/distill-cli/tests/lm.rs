@@ -154,6 +154,22 @@ fn tiny_lm_distills_evaluates_and_exports() {
         assert_eq!(p[1]["tokens"], g[1]["tokens"]);
     }
     assert!(report.contains("greedy+rp"), "{report}");
+    // The collapse table counts, per model and decoding, the prompts with distinct-2 >= 0.5.
+    let n_prompts = s["prompts"].as_array().unwrap().len();
+    let table = report.split("not collapsed (distinct-2 >= 0.5").nth(1).expect("collapse table");
+    for (i, role) in ["teacher", "student-kd", "student-scratch"].iter().enumerate() {
+        let row = table.lines().find(|l| l.trim_start().starts_with(role)).unwrap();
+        let cells: Vec<&str> = row.split_whitespace().skip(1).collect();
+        for (cell, kind) in cells.iter().zip(["greedy", "penalized", "sampled"]) {
+            let pass = s["prompts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|p| p[kind][i][1]["distinct_2"].as_f64().unwrap() >= 0.5)
+                .count();
+            assert_eq!(*cell, format!("{pass}/{n_prompts}"), "{role} {kind}: {row}");
+        }
+    }
     // teacher.dtype = "auto": the precision the online teacher trained in, and why, on record.
     let why = s["teacher_train_dtype"].as_str().unwrap();
     assert!(why.starts_with("f32 (auto: ") || why.starts_with("bf16 (auto: "), "{why}");

@@ -462,5 +462,44 @@ pub fn report(s: &LmSummary) -> String {
             }
         }
     }
+    o += &collapse_table(s);
+    o
+}
+
+/// Distinct-2 below which a generation counts as collapsed (looping) in the report.
+pub const COLLAPSE_DISTINCT_2: f64 = 0.5;
+
+/// Per model and decoding, how many prompts' generations are not collapsed (distinct-2 ≥ 0.5).
+fn collapse_table(s: &LmSummary) -> String {
+    if s.prompts.is_empty() {
+        return String::new();
+    }
+    let kinds: [(&str, fn(&PromptReport) -> &Vec<(String, Generation)>); 3] =
+        [("greedy", |p| &p.greedy), ("greedy+rp", |p| &p.penalized), ("sampled", |p| &p.sampled)];
+    let mut o = format!(
+        "\nnot collapsed (distinct-2 >= {COLLAPSE_DISTINCT_2} over the generated tokens), prompts:\n{:<18}",
+        ""
+    );
+    for (kind, _) in &kinds {
+        o += &format!(" {kind:>10}");
+    }
+    o.push('\n');
+    for role in std::iter::once(&s.teacher.role).chain(s.students.iter().map(|m| &m.role)) {
+        o += &format!("  {role:<16}");
+        for (_, gens) in &kinds {
+            let found: Vec<f64> = s
+                .prompts
+                .iter()
+                .filter_map(|p| gens(p).iter().find(|(r, _)| r == role).map(|(_, g)| g.distinct_2))
+                .collect();
+            let cell = if found.is_empty() {
+                "-".to_owned()
+            } else {
+                format!("{}/{}", found.iter().filter(|&&d| d >= COLLAPSE_DISTINCT_2).count(), found.len())
+            };
+            o += &format!(" {cell:>10}");
+        }
+        o.push('\n');
+    }
     o
 }
