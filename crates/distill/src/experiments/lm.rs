@@ -64,6 +64,16 @@ pub struct PromptReport {
     pub sampled: Vec<(String, Generation)>,
 }
 
+/// One prompt's generations of every model under one decoding.
+type Generations = [(String, Generation)];
+
+impl PromptReport {
+    /// The generations by decoding, as the report names them.
+    pub fn by_decoding(&self) -> [(&'static str, &Generations); 3] {
+        [("greedy", &self.greedy), ("greedy+rp", &self.penalized), ("sampled", &self.sampled)]
+    }
+}
+
 /// `summary.json` of an LM run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LmSummary {
@@ -453,7 +463,7 @@ pub fn report(s: &LmSummary) -> String {
             let cells: Vec<String> = top.iter().map(|t| format!("{:?} {:.1}%", t.token, t.prob * 100.0)).collect();
             o += &format!("  {:<16} {}\n", role, cells.join(" | "));
         }
-        for (kind, gens) in [("greedy", &p.greedy), ("greedy+rp", &p.penalized), ("sampled", &p.sampled)] {
+        for (kind, gens) in p.by_decoding() {
             for (role, g) in gens {
                 o += &format!(
                     "  {kind:<9} {role:<16} [distinct-2 {:.2}, repetition {:.2}] {:?}\n",
@@ -474,23 +484,21 @@ fn collapse_table(s: &LmSummary) -> String {
     if s.prompts.is_empty() {
         return String::new();
     }
-    let kinds: [(&str, fn(&PromptReport) -> &Vec<(String, Generation)>); 3] =
-        [("greedy", |p| &p.greedy), ("greedy+rp", |p| &p.penalized), ("sampled", |p| &p.sampled)];
     let mut o = format!(
         "\nnot collapsed (distinct-2 >= {COLLAPSE_DISTINCT_2} over the generated tokens), prompts:\n{:<18}",
         ""
     );
-    for (kind, _) in &kinds {
+    for (kind, _) in s.prompts[0].by_decoding() {
         o += &format!(" {kind:>10}");
     }
     o.push('\n');
     for role in std::iter::once(&s.teacher.role).chain(s.students.iter().map(|m| &m.role)) {
         o += &format!("  {role:<16}");
-        for (_, gens) in &kinds {
+        for k in 0..3 {
             let found: Vec<f64> = s
                 .prompts
                 .iter()
-                .filter_map(|p| gens(p).iter().find(|(r, _)| r == role).map(|(_, g)| g.distinct_2))
+                .filter_map(|p| p.by_decoding()[k].1.iter().find(|(r, _)| r == role).map(|(_, g)| g.distinct_2))
                 .collect();
             let cell = if found.is_empty() {
                 "-".to_owned()
