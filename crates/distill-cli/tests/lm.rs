@@ -431,3 +431,51 @@ fn offline_cache_captures_resumes_and_trains_like_the_online_teacher() {
     let o = distill(&["inspect", cache.to_str().unwrap(), "--verify"]);
     assert_error(&o, &["shard-00001.bin"]);
 }
+
+/// `[distill.hidden]` end to end: the KD phase logs its hidden-state term (the scratch twin has
+/// none), the run names the layer map, and the projection stays out of the exported student.
+#[test]
+fn hidden_state_kd_runs_and_is_not_exported() {
+    let d = tmpdir("hidden");
+    let t = teacher(&d);
+    let text = d.join("corpus.txt");
+    corpus(&text, 60);
+    let r = recipe(&d, &t, &text);
+    let out = d.join("run");
+    let o = distill(&[
+        "run",
+        r.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--set",
+        "train.steps=20",
+        "--set",
+        "distill.hidden={weight=1, loss=\"mse\"}",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    // 1 student layer, 2 teacher layers: 1→2 (uniform, the last layers pair up).
+    assert!(err.contains("kd: hidden-state KD (Mse, weight 1), student→teacher layers 1→2"), "{err}");
+    let metrics = |phase: &str| std::fs::read_to_string(out.join("phases").join(phase).join("metrics.jsonl")).unwrap();
+    let kd: Vec<serde_json::Value> = metrics("kd").lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(!kd.is_empty());
+    for m in &kd {
+        let (loss, soft, hard, hidden) =
+            (m["loss"].as_f64(), m["soft"].as_f64(), m["hard"].as_f64(), m["hidden"].as_f64());
+        let (loss, soft, hidden) = (loss.unwrap(), soft.unwrap(), hidden.unwrap());
+        assert!(hidden > 0.0 && hard.is_some());
+        // alpha = 1: loss = soft + hidden.
+        assert!((loss - soft - hidden).abs() < 1e-4 * loss, "{m}");
+    }
+    assert!(!metrics("scratch").contains("hidden"));
+    let names: Vec<String> = distill_names(&out.join("student").join("model.safetensors"));
+    assert!(!names.is_empty() && names.iter().all(|n| n.starts_with("model.") || n == "lm_head.weight"), "{names:?}");
+}
+
+/// Tensor names in a safetensors file (its JSON header).
+fn distill_names(path: &Path) -> Vec<String> {
+    let bytes = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    header.as_object().unwrap().keys().filter(|k| *k != "__metadata__").cloned().collect()
+}

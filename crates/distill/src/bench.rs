@@ -127,7 +127,7 @@ pub fn bench_step(
         TeacherSource::Model(t) => t.param_count(),
         TeacherSource::Cache(_) => 0,
     };
-    let mut task = LmKdTask { student, teacher: Some(teacher), blocks: &blocks, loss };
+    let mut task = LmKdTask { student, teacher: Some(teacher), blocks: &blocks, loss, hidden: None };
     let cfg: TrainCfg = serde_json::from_value(serde_json::json!({
         "steps": (warmup + steps) as u64, "lr": spec.lr, "weight_decay": 0.01, "clip_grad_norm": 1.0,
     }))

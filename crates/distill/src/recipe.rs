@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::losses::divergence::{Divergence, DivergenceCfg, DivergenceKind};
+use crate::losses::hidden::{uniform_layer_map, HiddenLoss};
 use crate::{fetch, Error, Result};
 
 /// Which kind of experiment a recipe describes.
@@ -670,6 +671,49 @@ pub struct LmDistill {
     /// tokens at a time, never for the whole batch (see `losses::chunked`).
     #[serde(default = "default_chunk_tokens")]
     pub chunk_tokens: usize,
+    /// Feature KD on intermediate states (`[distill.hidden]`), added to the KD student's loss.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hidden: Option<HiddenKdCfg>,
+}
+
+/// `[distill.hidden]`: `+ weight · mean over layer pairs of L(h_s Wᵀ, h_t)` for the KD student
+/// (never the scratch twin), `W` a learned projection to the teacher's width (see
+/// `losses::hidden`). Needs the online teacher.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HiddenKdCfg {
+    /// β, the weight of the hidden-state term (≥ 0).
+    pub weight: f64,
+    /// `cosine` (default, DistilBERT) or `mse` (TinyBERT).
+    #[serde(default = "default_hidden_loss")]
+    pub loss: HiddenLoss,
+    /// `[[student_layer, teacher_layer], …]`, 1-based block outputs (0 = the embeddings);
+    /// default: every student layer `i` with teacher layer `round(i·L_t/L_s)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layers: Option<Vec<[usize; 2]>>,
+}
+
+fn default_hidden_loss() -> HiddenLoss {
+    HiddenLoss::Cosine
+}
+
+impl HiddenKdCfg {
+    /// The (student layer, teacher layer) pairs, checked against both depths.
+    pub fn pairs(&self, student_layers: usize, teacher_layers: usize) -> Result<Vec<(usize, usize)>> {
+        let pairs = match &self.layers {
+            Some(l) => l.iter().map(|&[s, t]| (s, t)).collect(),
+            None => uniform_layer_map(student_layers, teacher_layers),
+        };
+        for &(s, t) in &pairs {
+            if s > student_layers || t > teacher_layers {
+                return Err(Error::Recipe(format!(
+                    "distill.hidden.layers: [{s}, {t}] is past the student's {student_layers} or the teacher's \
+                     {teacher_layers} layers (1-based; 0 = embeddings)"
+                )));
+            }
+        }
+        Ok(pairs)
+    }
 }
 
 fn default_divergence() -> DivergenceKind {
@@ -830,6 +874,26 @@ impl LmRecipe {
         if d.chunk_tokens == 0 {
             return Err(Error::Recipe("distill.chunk_tokens must be > 0".into()));
         }
+        if let Some(h) = &d.hidden {
+            if !(h.weight >= 0.0 && h.weight.is_finite()) {
+                return Err(Error::Recipe(format!("distill.hidden.weight must be ≥ 0, got {}", h.weight)));
+            }
+            if matches!(&h.layers, Some(l) if l.is_empty()) {
+                return Err(Error::Recipe("distill.hidden.layers is empty (leave it out for the uniform map)".into()));
+            }
+            if self.teacher.cache.is_some() {
+                return Err(Error::Recipe(
+                    "distill.hidden needs the online teacher: teacher.cache holds only its output distributions".into(),
+                ));
+            }
+            // The teacher's depth is known once it loads; the student's is checked now.
+            if let Some(&[s, t]) = h.layers.iter().flatten().find(|&&[s, _]| s > st.layers) {
+                return Err(Error::Recipe(format!(
+                    "distill.hidden.layers: [{s}, {t}] is past the student's {} layers (1-based; 0 = embeddings)",
+                    st.layers
+                )));
+            }
+        }
         let e = &self.eval;
         if e.top_k_table == 0 || e.sample_top_k == 0 || !(e.sample_top_p > 0.0 && e.sample_top_p <= 1.0) {
             return Err(Error::Recipe("eval: top_k_table and sample_top_k must be > 0, sample_top_p in (0, 1]".into()));
@@ -964,6 +1028,18 @@ alpha = 0.9
         assert_eq!(r.teacher.dtype, TeacherDtype::Auto);
         assert_eq!(lm(&["teacher.dtype=bf16"]).unwrap().teacher.dtype, TeacherDtype::Bf16);
         assert_eq!(lm(&["teacher.dtype=f32"]).unwrap().teacher.dtype, TeacherDtype::F32);
+        assert!(r.distill.hidden.is_none());
+        let h = lm(&["distill.hidden={weight=0.5}"]).unwrap().distill.hidden.unwrap();
+        assert_eq!((h.weight, h.loss), (0.5, HiddenLoss::Cosine));
+        assert_eq!(h.pairs(6, 30).unwrap(), vec![(1, 5), (2, 10), (3, 15), (4, 20), (5, 25), (6, 30)]);
+        let h =
+            lm(&["distill.hidden={weight=1, loss=\"mse\", layers=[[0,0],[6,30]]}"]).unwrap().distill.hidden.unwrap();
+        assert_eq!((h.loss, h.pairs(6, 30).unwrap()), (HiddenLoss::Mse, vec![(0, 0), (6, 30)]));
+        assert!(h
+            .pairs(6, 24)
+            .unwrap_err()
+            .to_string()
+            .contains("[6, 30] is past the student's 6 or the teacher's 24"));
         let r = lm(&["distill.divergence=\"jsd\"", "distill.beta=0.5"]).unwrap();
         assert_eq!(r.distill.divergence().unwrap(), Divergence::Jsd { beta: 0.5 });
         let r = lm(&["distill.divergence=skew-reverse-kl", "distill.skew=0.1"]).unwrap();
@@ -975,6 +1051,12 @@ alpha = 0.9
             (&["teacher.dtype=fp16"][..], "unknown variant `fp16`, expected one of `auto`, `f32`, `bf16`"),
             (&["distill.chunk_tokens=0"][..], "distill.chunk_tokens must be > 0"),
             (&["teacher.cache=/nonexistent/cache"][..], "teacher.cache: no such file"),
+            (&["distill.hidden={weight=-1}"][..], "distill.hidden.weight must be ≥ 0"),
+            (&["distill.hidden={weight=1, loss=\"l2\"}"][..], "unknown variant `l2`, expected `mse` or `cosine`"),
+            (&["distill.hidden={weight=1, layer=[[1,2]]}"][..], "unknown field `layer`"),
+            (&["distill.hidden={weight=1, layers=[[7,30]]}"][..], "[7, 30] is past the student's 6"),
+            (&["distill.hidden={weight=1, layers=[]}"][..], "distill.hidden.layers is empty"),
+            (&["distill.hidden={weight=1}", "teacher.cache=Cargo.toml"][..], "distill.hidden needs the online teacher"),
         ] {
             let e = lm(sets).unwrap_err().to_string();
             assert!(e.contains(needle), "{sets:?}: {e}");

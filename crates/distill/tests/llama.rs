@@ -515,7 +515,8 @@ fn bf16_training_teacher_matches_f32() {
     let blocks = distill::bench::random_blocks(4, 16, 96, 3);
     let loss = ChunkedKd { divergence: Divergence::ForwardKl, temperature: 2.0, alpha: 0.7, chunk_rows: 16 };
     let run = |t: &Llama| {
-        let mut task = LmKdTask { student: &student, teacher: Some(TeacherSource::Model(t)), blocks: &blocks, loss };
+        let mut task =
+            LmKdTask { student: &student, teacher: Some(TeacherSource::Model(t)), blocks: &blocks, loss, hidden: None };
         for v in s_vs.trainable_variables() {
             let mut g = v.grad();
             if g.defined() {
@@ -642,4 +643,81 @@ fn gguf_export_refuses_what_llama_cpp_would_compute_differently() {
     assert!(e.contains("tokenizer") && e.contains("is not BPE"), "{e}");
     assert!(!out.exists());
     assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0, "no temporary file left behind");
+}
+
+/// Feature KD through `LmKdTask`: the loss is the response-KD loss plus `weight ·` the mean over
+/// layer pairs of the hidden-state loss, recomputed here from `forward`'s hidden states at the
+/// positions with a real next token; gradients reach every student parameter and the
+/// projection; a teacher cache cannot serve it.
+#[test]
+fn hidden_state_kd_adds_its_term_and_trains_the_projection() {
+    use distill::data::rng::SplitMix64;
+    use distill::lm_task::{HiddenKd, LmKdTask, TeacherSource};
+    use distill::losses::chunked::ChunkedKd;
+    use distill::losses::divergence::Divergence;
+    use distill::losses::HiddenLoss;
+    use distill::train::TrainTask;
+
+    let (_t_vs, teacher) = load("llama_tied"); // 2 layers, hidden 32
+    let cfg = LlamaConfig::from_file(fixtures().join("llama_tied")).unwrap();
+    let s_cfg = LlamaConfig { hidden_size: 16, num_heads: 2, num_kv_heads: 1, intermediate_size: 32, ..cfg };
+    let vs = nn::VarStore::new(Device::Cpu);
+    tch::manual_seed(3);
+    let student = Llama::new(vs.root() / "student", &s_cfg).unwrap();
+    let no_bias = nn::LinearConfig { bias: false, ..Default::default() };
+    let proj = nn::linear(vs.root() / "proj", 16, 32, no_bias).ws;
+    let blocks = distill::bench::random_blocks(4, 16, 96, 3);
+    let batch = [0, 1, 2, 3];
+    let loss = ChunkedKd { divergence: Divergence::ForwardKl, temperature: 2.0, alpha: 0.7, chunk_rows: 16 };
+    let pairs = vec![(0, 0), (1, 1), (2, 2)];
+    for kind in [HiddenLoss::Cosine, HiddenLoss::Mse] {
+        let hidden = HiddenKd { pairs: pairs.clone(), proj: proj.shallow_clone(), loss: kind, weight: 0.5 };
+        let mut with = LmKdTask {
+            student: &student,
+            teacher: Some(TeacherSource::Model(&teacher)),
+            blocks: &blocks,
+            loss,
+            hidden: Some(hidden),
+        };
+        for v in vs.trainable_variables() {
+            let mut g = v.grad();
+            if g.defined() {
+                let _ = g.zero_();
+            }
+        }
+        let l = with.loss(&batch, &mut SplitMix64::new(0)).unwrap();
+        l.total.backward();
+        for (name, v) in vs.variables() {
+            let g = v.grad();
+            assert!(g.defined() && g.norm().double_value(&[]) > 0.0, "{kind:?}: no gradient reaches {name}");
+        }
+        let got = l.total.double_value(&[]);
+        let hidden_part = l.parts.iter().find(|(n, _)| *n == "hidden").unwrap().1.double_value(&[]);
+
+        let mut without = LmKdTask {
+            student: &student,
+            teacher: Some(TeacherSource::Model(&teacher)),
+            blocks: &blocks,
+            loss,
+            hidden: None,
+        };
+        let base = without.loss(&batch, &mut SplitMix64::new(0)).unwrap().total.double_value(&[]);
+        // The hidden term from scratch: HF-convention hidden states, real next-token positions.
+        let b = distill::eval::lm_batch(&blocks, &batch, Device::Cpu);
+        let idx = b.targets.ge(0).view([-1]).nonzero().squeeze_dim(1);
+        let states = |m: &Llama| {
+            let o = ForwardOptions { hidden_states: true, ..Default::default() };
+            tch::no_grad(|| m.forward(&b.ids, b.mask.as_ref(), o)).unwrap().hidden_states.unwrap()
+        };
+        let (hs, ht) = (states(&student), states(&teacher));
+        let rows = |x: &Tensor| x.view([-1, x.size()[2]]).index_select(0, &idx);
+        let mut want = 0.0;
+        for &(s, t) in &pairs {
+            let p = tch::no_grad(|| rows(&hs[s]).linear(&proj, None::<Tensor>));
+            want += kind.forward(&p, &rows(&ht[t])).double_value(&[]);
+        }
+        let want = 0.5 * want / pairs.len() as f64;
+        assert!((hidden_part - want).abs() < 1e-5 * want.max(1.0), "{kind:?}: hidden {hidden_part} vs {want}");
+        assert!((got - base - want).abs() < 1e-4, "{kind:?}: total {got} = KD {base} + hidden {want}");
+    }
 }

@@ -51,3 +51,32 @@ fn kd_soft_term_is_zero_when_student_equals_teacher() {
     let p = KdLoss { temperature: 3.0, alpha: 1.0 }.forward(&z, &z, None);
     assert!(p.soft.double_value(&[]).abs() < 1e-7);
 }
+
+/// Hidden-state KD (`mse`, TinyBERT; `cosine`, DistilBERT) through a projection `W`: loss and
+/// the gradients reaching the student's states and `W`, against PyTorch
+/// (`tests/fixtures/losses/make_hidden_fixtures.py`).
+#[test]
+fn hidden_state_losses_match_pytorch() {
+    use distill::losses::HiddenLoss;
+    let f = fixture("hidden.json");
+    let cases = f["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 5);
+    for (i, c) in cases.iter().enumerate() {
+        let dim = |k: &str| c[k].as_i64().unwrap();
+        let (n, hs, ht) = (dim("n"), dim("hs"), dim("ht"));
+        let h = Tensor::from_slice(&floats(&c["student"])).view([n, hs]).set_requires_grad(true);
+        let w = Tensor::from_slice(&floats(&c["proj"])).view([ht, hs]).set_requires_grad(true);
+        let t = Tensor::from_slice(&floats(&c["teacher"])).view([n, ht]);
+        let kind = match c["loss_kind"].as_str().unwrap() {
+            "mse" => HiddenLoss::Mse,
+            _ => HiddenLoss::Cosine,
+        };
+        let loss = kind.forward(&h.linear(&w, None::<Tensor>), &t);
+        let case = format!("case {i} ({kind:?})");
+        close(&format!("{case} loss"), &[loss.double_value(&[]) as f32], &[c["loss"].as_f64().unwrap() as f32], 1e-5);
+        loss.backward();
+        let flat = |g: Tensor| Vec::<f32>::try_from(g.flatten(0, -1)).unwrap();
+        close(&format!("{case} d/dh"), &flat(h.grad()), &floats(&c["grad_student"]), 1e-5);
+        close(&format!("{case} d/dW"), &flat(w.grad()), &floats(&c["grad_proj"]), 1e-5);
+    }
+}

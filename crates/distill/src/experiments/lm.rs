@@ -23,7 +23,7 @@ use crate::eval::{generate_text, score, tokens_per_second, top_k_table, Generati
 use crate::export::export_hf;
 use crate::generate::GenerateOptions;
 use crate::lm::{init_student, load_lm, resolve_teacher_kind, student_config, teacher_in_kind, LoadedLm};
-use crate::lm_task::{LmKdTask, TeacherSource};
+use crate::lm_task::{HiddenKd, LmKdTask, TeacherSource};
 use crate::losses::chunked::ChunkedKd;
 use crate::models::llama::Llama;
 use crate::recipe::LmRecipe;
@@ -185,7 +185,28 @@ fn student_phase(
         alpha,
         chunk_rows: r.distill.chunk_tokens as i64,
     };
-    let mut task = LmKdTask { student: &model, teacher: Some(source), blocks: train, loss };
+    // Feature KD (KD student only): a projection to the teacher's width, trained with the
+    // student and checkpointed with it, never exported.
+    let hidden = match (&r.distill.hidden, name) {
+        (Some(h), "kd") => {
+            let t_cfg = teacher.model.config();
+            let pairs = h.pairs(s_cfg.num_layers as usize, t_cfg.num_layers as usize)?;
+            let no_bias = nn::LinearConfig { bias: false, ..Default::default() };
+            let proj = nn::linear(vs.root() / "distill_hidden_proj", s_cfg.hidden_size, t_cfg.hidden_size, no_bias);
+            if opts.verbose {
+                let shown: Vec<String> = pairs.iter().map(|(s, t)| format!("{s}→{t}")).collect();
+                eprintln!(
+                    "{name:>8}: hidden-state KD ({:?}, weight {}), student→teacher layers {}",
+                    h.loss,
+                    h.weight,
+                    shown.join(" ")
+                );
+            }
+            Some(HiddenKd { pairs, proj: proj.ws, loss: h.loss, weight: h.weight })
+        }
+        _ => None,
+    };
+    let mut task = LmKdTask { student: &model, teacher: Some(source), blocks: train, loss, hidden };
     let topts = TrainOptions {
         phase: name.to_string(),
         seed: r.seed,

@@ -7,13 +7,17 @@
 //!   teacher and student, against dense logits or a top-k [`SparseTeacher`] cache.
 //! - [`chunked`]: the whole objective from the student's hidden states and output projection,
 //!   chunk by chunk over rows, never holding all `[N, V]` logits ([`ChunkedKd`]).
+//! - [`hidden`]: feature KD on intermediate states through a learned projection (TinyBERT's MSE,
+//!   DistilBERT's cosine) ([`HiddenLoss`]).
 
 pub mod chunked;
 pub mod divergence;
+pub mod hidden;
 pub mod response;
 pub mod sampled;
 
 pub use chunked::{ChunkTeacher, ChunkedKd};
 pub use divergence::{Divergence, DivergenceCfg, DivergenceKind, SparseTeacher};
+pub use hidden::{uniform_layer_map, HiddenLoss};
 pub use response::{KdLoss, KdParts};
 pub use sampled::TailSamples;

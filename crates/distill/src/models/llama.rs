@@ -420,6 +420,19 @@ impl Llama {
         Ok(self.trunk(input_ids, attention_mask, None, opts)?.0)
     }
 
+    /// The final normed hidden state `[B, T, H]` and the `L+1` hidden states (as
+    /// [`ModelOutputs::hidden_states`]), no lm_head: for chunked losses with feature KD.
+    pub fn forward_hidden_states(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        train: bool,
+    ) -> Result<(Tensor, Vec<Tensor>)> {
+        let opts = ForwardOptions { train, hidden_states: true, ..Default::default() };
+        let (x, hidden, _) = self.trunk(input_ids, attention_mask, None, opts)?;
+        Ok((x, hidden.unwrap_or_default()))
+    }
+
     /// Incremental forward: `input_ids` `[B, T]` are the positions after the `cache.len()` cached
     /// ones (no padding); returns logits `[B, T, V]` and extends the cache.
     pub fn forward_cached(&self, input_ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
