@@ -455,7 +455,7 @@ fn hidden_state_kd_runs_and_is_not_exported() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     // 1 student layer, 2 teacher layers: 1→2 (uniform, the last layers pair up).
-    assert!(err.contains("kd: hidden-state KD (Mse, weight 1), student→teacher layers 1→2"), "{err}");
+    assert!(err.contains("kd: hidden-state KD (mse, weight 1), student→teacher layers 1→2"), "{err}");
     let metrics = |phase: &str| std::fs::read_to_string(out.join("phases").join(phase).join("metrics.jsonl")).unwrap();
     let kd: Vec<serde_json::Value> = metrics("kd").lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert!(!kd.is_empty());

@@ -196,7 +196,7 @@ fn student_phase(
             if opts.verbose {
                 let shown: Vec<String> = pairs.iter().map(|(s, t)| format!("{s}→{t}")).collect();
                 eprintln!(
-                    "{name:>8}: hidden-state KD ({:?}, weight {}), student→teacher layers {}",
+                    "{name:>8}: hidden-state KD ({}, weight {}), student→teacher layers {}",
                     h.loss,
                     h.weight,
                     shown.join(" ")

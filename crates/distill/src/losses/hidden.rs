@@ -26,6 +26,16 @@ pub enum HiddenLoss {
     Cosine,
 }
 
+impl std::fmt::Display for HiddenLoss {
+    /// The recipe's spelling.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            HiddenLoss::Mse => "mse",
+            HiddenLoss::Cosine => "cosine",
+        })
+    }
+}
+
 impl HiddenLoss {
     /// The loss of one layer pair: `projected` `[N, H_t]` (= `h_s Wᵀ`), `teacher` `[N, H_t]`
     /// (no gradient needed) → scalar.
