@@ -122,6 +122,56 @@ fn summary(out: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap()
 }
 
+/// `distill.ensemble`: after the seeds, the average of their teachers is evaluated (not trained)
+/// and one more student is distilled from it; one seed is a named error.
+#[test]
+fn teacher_ensemble_is_evaluated_and_distilled() {
+    let d = tmpdir("ensemble");
+    let r = tiny_recipe(&d);
+    let out = d.join("run");
+    let sets = ["--set", "seeds=[0, 1]", "--set", "distill.sweep=[]", "--set", "distill.ensemble=true"];
+    let mut args = vec!["run", r.to_str().unwrap(), "--out", out.to_str().unwrap()];
+    args.extend(sets);
+    let o = distill(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let s = summary(&out);
+    let res = s["results"].as_array().unwrap();
+    let roles: Vec<&str> = res.iter().map(|r| r["role"].as_str().unwrap()).collect();
+    assert_eq!(
+        roles,
+        [
+            "teacher",
+            "student-scratch",
+            "student-kd",
+            "teacher",
+            "student-scratch",
+            "student-kd",
+            "teacher-ensemble",
+            "student-kd-ensemble"
+        ]
+    );
+    let (ens, kd_ens) = (&res[6], &res[7]);
+    assert_eq!(ens["params"], 2 * res[0]["params"].as_i64().unwrap());
+    assert_eq!(ens["compression_ratio"], 0.5);
+    assert_eq!(ens["steps"], 0);
+    assert_eq!(kd_ens["temperature"], 4.0);
+    assert_eq!(kd_ens["params"], res[1]["params"]);
+    assert!(kd_ens["steps"].as_i64().unwrap() > 0);
+    for r in [ens, kd_ens] {
+        assert!(r["test_errors"].as_i64().unwrap() < 20, "{r}");
+    }
+    let e = |r: &serde_json::Value| r["test_errors"].as_f64().unwrap();
+    let want = (e(&res[1]) - e(kd_ens)) / (e(&res[1]) - e(ens));
+    if e(&res[1]) != e(ens) {
+        assert!((s["ensemble_gap_recovered"].as_f64().unwrap() - want).abs() < 1e-12);
+    }
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(table.contains("teacher-ensemble") && table.contains("student-kd-ensemble"), "{table}");
+
+    let o = distill(&["check", r.to_str().unwrap(), "--set", "distill.ensemble=true"]);
+    assert_error(&o, &["distill.ensemble needs at least two seeds", "seeds = [0]"]);
+}
+
 #[test]
 fn csv_run_reports_numbers_in_summary() {
     let d = tmpdir("csv");

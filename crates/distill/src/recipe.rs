@@ -398,6 +398,11 @@ pub struct ImageDistill {
     /// Extra KD runs at these temperatures (first seed only): the temperature sweep.
     #[serde(default)]
     pub sweep: Vec<f64>,
+    /// Multi-teacher KD: after the seeds, evaluate the ensemble of every seed's teacher and
+    /// distill one more student (the first seed's init) from it, soft targets
+    /// `mean_k softmax(z_k/T)` (Hinton et al. 2015 distil an ensemble). Needs ≥ 2 seeds.
+    #[serde(default)]
+    pub ensemble: bool,
 }
 
 /// Checkpointing.
@@ -508,6 +513,12 @@ impl ImageRecipe {
         }
         if !(0.0..=1.0).contains(&dd.alpha) {
             return Err(Error::Recipe(format!("distill.alpha must be in [0, 1], got {}", dd.alpha)));
+        }
+        if dd.ensemble && self.seeds.len() < 2 {
+            return Err(Error::Recipe(format!(
+                "distill.ensemble needs at least two seeds (one teacher each), got seeds = {:?}",
+                self.seeds
+            )));
         }
         if self.checkpoint.every_steps == 0 {
             return Err(Error::Recipe("checkpoint.every_steps must be > 0".into()));

@@ -1,5 +1,6 @@
 //! Hinton-style distillation on an image set: per seed a teacher, a student trained from labels
-//! only, and the same student trained by KD; then a temperature sweep on the first seed.
+//! only, and the same student trained by KD; then, on request, the ensemble of the seeds'
+//! teachers and a student distilled from it; then a temperature sweep on the first seed.
 //!
 //! Run directory:
 //! ```text
@@ -33,6 +34,23 @@ pub enum Role {
     Teacher,
     StudentScratch,
     StudentKd,
+    /// Every seed's teacher averaged (evaluated, not trained).
+    TeacherEnsemble,
+    /// A student distilled from the teacher ensemble.
+    StudentKdEnsemble,
+}
+
+impl Role {
+    /// As the table prints it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Teacher => "teacher",
+            Role::StudentScratch => "student-scratch",
+            Role::StudentKd => "student-kd",
+            Role::TeacherEnsemble => "teacher-ensemble",
+            Role::StudentKdEnsemble => "student-kd-ensemble",
+        }
+    }
 }
 
 /// One trained model's evaluation.
@@ -63,6 +81,9 @@ pub struct Summary {
     /// Per seed: `(scratch − kd) / (scratch − teacher)` test errors at the main temperature.
     pub gap_recovered: BTreeMap<String, f64>,
     pub gap_recovered_mean: Option<f64>,
+    /// With `distill.ensemble`: `(scratch − kd-ensemble) / (scratch − teacher-ensemble)`, first seed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ensemble_gap_recovered: Option<f64>,
 }
 
 #[derive(Debug, Clone)]
@@ -82,6 +103,11 @@ fn phases(r: &ImageRecipe) -> Vec<Phase> {
         out.push(Phase { id: format!("kd-s{seed}-T{t}"), role: Role::StudentKd, seed, temperature: Some(t) });
     }
     let s0 = r.seeds[0];
+    if r.distill.ensemble {
+        out.push(Phase { id: "teacher-ensemble".into(), role: Role::TeacherEnsemble, seed: s0, temperature: None });
+        let (id, role) = (format!("kd-ensemble-T{t}"), Role::StudentKdEnsemble);
+        out.push(Phase { id, role, seed: s0, temperature: Some(t) });
+    }
     for &ts in &r.distill.sweep {
         if ts != t {
             out.push(Phase { id: format!("kd-s{s0}-T{ts}"), role: Role::StudentKd, seed: s0, temperature: Some(ts) });
@@ -104,9 +130,9 @@ struct ClassifierTask<'a> {
     labels: &'a Tensor,
     /// The teacher's logits on the un-augmented training images (offline teacher).
     teacher_logits: Option<&'a Tensor>,
-    /// The teacher itself, run on the same augmented batch as the student when the student is
-    /// jittered ("consistent teaching", Beyer et al. 2022).
-    teacher: Option<&'a dyn ModuleT>,
+    /// The teacher itself (its logits on a batch), run on the same augmented batch as the
+    /// student when the student is jittered ("consistent teaching", Beyer et al. 2022).
+    teacher: Option<&'a dyn Fn(&Tensor) -> Tensor>,
     kd: Option<KdLoss>,
     jitter: usize,
     /// Example index → row of `x` (a labeled subset for the scratch student).
@@ -130,8 +156,8 @@ impl TrainTask for ClassifierTask<'_> {
         match (self.kd, self.teacher_logits) {
             (Some(kd), Some(tl)) => {
                 let t = match self.teacher {
-                    Some(t) if self.jitter > 0 => tch::no_grad(|| t.forward_t(&x, false)), // [B, C]
-                    _ => tl.index_select(0, &idx),                                         // [B, C]
+                    Some(t) if self.jitter > 0 => tch::no_grad(|| t(&x)), // [B, C]
+                    _ => tl.index_select(0, &idx),                        // [B, C]
                 };
                 let p = kd.forward(&logits, &t, Some(&y));
                 Ok(StepLoss { total: p.total, parts: vec![("soft", p.soft), ("hard", p.hard)] })
@@ -141,29 +167,45 @@ impl TrainTask for ClassifierTask<'_> {
     }
 }
 
-/// Logits of `model` (eval mode) for every image. `[N, C]`.
-fn predict(model: &dyn ModuleT, x: &Tensor) -> Tensor {
+/// A model's logits in eval mode: `[B, …]` → `[B, C]`.
+fn eval_logits(model: &dyn ModuleT) -> impl Fn(&Tensor) -> Tensor + '_ {
+    move |x| model.forward_t(x, false)
+}
+
+/// Several teachers as one, at temperature `t`: `t · log(mean_k softmax(z_k/t))`, whose softmax
+/// at temperature `t` is the members' average distribution (and whose argmax at `t = 1` is the
+/// ensemble's prediction). `[B, …]` → `[B, C]`.
+fn ensemble_logits<'a>(members: &'a [&'a dyn ModuleT], t: f64) -> impl Fn(&Tensor) -> Tensor + 'a {
+    move |x| {
+        let logp: Vec<Tensor> =
+            members.iter().map(|m| (m.forward_t(x, false) / t).log_softmax(-1, Kind::Float)).collect(); // k × [B, C]
+        (Tensor::stack(&logp, 0).logsumexp(0, false) - (members.len() as f64).ln()) * t
+        // [B, C]
+    }
+}
+
+/// Logits (eval mode) for every image. `[N, C]`.
+fn predict(logits: &dyn Fn(&Tensor) -> Tensor, x: &Tensor) -> Tensor {
     tch::no_grad(|| {
         let n = x.size()[0];
-        let chunks: Vec<Tensor> =
-            (0..n).step_by(1000).map(|s| model.forward_t(&x.narrow(0, s, (n - s).min(1000)), false)).collect();
+        let chunks: Vec<Tensor> = (0..n).step_by(1000).map(|s| logits(&x.narrow(0, s, (n - s).min(1000)))).collect();
         Tensor::cat(&chunks, 0)
     })
 }
 
-fn errors(model: &dyn ModuleT, set: &ImageSet) -> i64 {
-    let pred = predict(model, &set.images).argmax(-1, false);
+fn errors(logits: &dyn Fn(&Tensor) -> Tensor, set: &ImageSet) -> i64 {
+    let pred = predict(logits, &set.images).argmax(-1, false);
     pred.ne_tensor(&set.labels).sum(Kind::Int64).int64_value(&[])
 }
 
 /// Median over 3 runs of the time to classify 1,000 test images (batch 1,000, eval mode).
-fn latency_ms_per_1k(model: &dyn ModuleT, set: &ImageSet) -> f64 {
+fn latency_ms_per_1k(logits: &dyn Fn(&Tensor) -> Tensor, set: &ImageSet) -> f64 {
     let n = set.len().min(1000) as i64;
     let x = set.images.narrow(0, 0, n);
     let mut times: Vec<f64> = (0..3)
         .map(|_| {
             let t = Instant::now();
-            tch::no_grad(|| model.forward_t(&x, false)).sum(Kind::Float).double_value(&[]);
+            tch::no_grad(|| logits(&x)).sum(Kind::Float).double_value(&[]);
             t.elapsed().as_secs_f64() * 1000.0 * 1000.0 / n as f64
         })
         .collect();
@@ -241,27 +283,84 @@ pub fn run(recipe: &ImageRecipe, recipe_toml: &str, out: &Path, opts: &RunOption
             results.push(r);
             continue;
         }
+        // The teachers this phase learns from (or is), loaded once with their training-set logits.
+        let needed: Vec<u64> = match ph.role {
+            Role::StudentKd => vec![ph.seed],
+            Role::TeacherEnsemble | Role::StudentKdEnsemble => recipe.seeds.clone(),
+            Role::Teacher | Role::StudentScratch => vec![],
+        };
+        for &s in &needed {
+            if !teachers.contains_key(&s) {
+                let (tvs, tm) = build(&recipe.teacher, s, hw, classes);
+                load_weights(&tvs, &out.join("phases").join(format!("teacher-s{s}")).join("model.safetensors"))?;
+                teacher_logits.insert(s, predict(&eval_logits(tm.as_ref()), &train.images));
+                teachers.insert(s, (tvs, tm));
+            }
+        }
+        let ensemble = matches!(ph.role, Role::TeacherEnsemble | Role::StudentKdEnsemble);
+        let members: Vec<&dyn ModuleT> =
+            if ensemble { recipe.seeds.iter().map(|s| teachers[s].1.as_ref()).collect() } else { Vec::new() };
+        let ens = ensemble_logits(&members, ph.temperature.unwrap_or(1.0));
+        if ph.role == Role::TeacherEnsemble {
+            // Evaluated, not trained: the average of the seeds' teachers (T = 1).
+            let errs = errors(&ens, &test);
+            let params: usize = recipe.seeds.iter().map(|s| teacher_params.get(s).copied().unwrap_or(0)).sum();
+            let size_bytes = recipe
+                .seeds
+                .iter()
+                .filter_map(|s| {
+                    std::fs::metadata(out.join("phases").join(format!("teacher-s{s}")).join("model.safetensors")).ok()
+                })
+                .map(|m| m.len())
+                .sum();
+            let tp = teacher_params.get(&ph.seed).copied().unwrap_or(params);
+            let res = PhaseResult {
+                role: ph.role,
+                seed: ph.seed,
+                temperature: None,
+                alpha: None,
+                test_errors: errs,
+                test_total: test.len() as i64,
+                test_accuracy: 1.0 - errs as f64 / test.len() as f64,
+                params,
+                size_bytes,
+                latency_ms_per_1k: latency_ms_per_1k(&ens, &test),
+                compression_ratio: tp as f64 / params.max(1) as f64,
+                train_examples: n,
+                labeled_examples: n,
+                steps: 0,
+                train_seconds: 0.0,
+            };
+            std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+            write_json(&result_path, &res)?;
+            if opts.verbose {
+                eprintln!("{:>18}: {} test errors ({} teachers averaged)", ph.id, errs, members.len());
+            }
+            results.push(res);
+            continue;
+        }
         let stage = if ph.role == Role::Teacher { &recipe.teacher } else { &recipe.student };
         // Same initialization for the scratch and KD students of a seed.
         let (vs, model) = build(stage, ph.seed, hw, classes);
         let kd = ph.temperature.map(|t| KdLoss { temperature: t, alpha: recipe.distill.alpha });
-        if ph.role == Role::StudentKd && !teacher_logits.contains_key(&ph.seed) {
-            let (tvs, tm) = build(&recipe.teacher, ph.seed, hw, classes);
-            load_weights(&tvs, &out.join("phases").join(format!("teacher-s{}", ph.seed)).join("model.safetensors"))?;
-            teacher_logits.insert(ph.seed, predict(tm.as_ref(), &train.images));
-            teachers.insert(ph.seed, (tvs, tm));
-        }
+        let single = teachers.get(&ph.seed).map(|(_, m)| eval_logits(m.as_ref()));
+        let ens_train = (ph.role == Role::StudentKdEnsemble).then(|| predict(&ens, &train.images)); // [N, C]
+        let (t_logits, t_fn): (Option<&Tensor>, Option<&dyn Fn(&Tensor) -> Tensor>) = match ph.role {
+            Role::StudentKd => (teacher_logits.get(&ph.seed), single.as_ref().map(|f| f as &dyn Fn(&Tensor) -> Tensor)),
+            Role::StudentKdEnsemble => (ens_train.as_ref(), Some(&ens)),
+            _ => (None, None),
+        };
         let (labels, rows) = match ph.role {
-            Role::Teacher => (&train.labels, None),
+            Role::Teacher | Role::TeacherEnsemble => (&train.labels, None),
             Role::StudentScratch => (&train.labels, labeled.as_deref()),
-            Role::StudentKd => (&student_labels, None),
+            Role::StudentKd | Role::StudentKdEnsemble => (&student_labels, None),
         };
         let mut task = ClassifierTask {
             model: model.as_ref(),
             x: &train.images,
             labels,
-            teacher_logits: teacher_logits.get(&ph.seed),
-            teacher: teachers.get(&ph.seed).map(|t| t.1.as_ref()),
+            teacher_logits: t_logits,
+            teacher: t_fn,
             kd,
             jitter: stage.jitter,
             rows,
@@ -279,7 +378,7 @@ pub fn run(recipe: &ImageRecipe, recipe_toml: &str, out: &Path, opts: &RunOption
         let report = fit(&vs, &mut task, &topts)?;
         let model_path = dir.join("model.safetensors");
         save_weights(&vs, &model_path)?;
-        let errs = errors(model.as_ref(), &test);
+        let errs = errors(&eval_logits(model.as_ref()), &test);
         let params = param_count(&vs);
         if ph.role == Role::Teacher {
             teacher_params.insert(ph.seed, params);
@@ -295,11 +394,11 @@ pub fn run(recipe: &ImageRecipe, recipe_toml: &str, out: &Path, opts: &RunOption
             test_accuracy: 1.0 - errs as f64 / test.len() as f64,
             params,
             size_bytes: std::fs::metadata(&model_path).map(|m| m.len()).unwrap_or(0),
-            latency_ms_per_1k: latency_ms_per_1k(model.as_ref(), &test),
+            latency_ms_per_1k: latency_ms_per_1k(&eval_logits(model.as_ref()), &test),
             compression_ratio: tp as f64 / params as f64,
             train_examples: if ph.role == Role::Teacher { n } else { examples },
             labeled_examples: match ph.role {
-                Role::Teacher => n,
+                Role::Teacher | Role::TeacherEnsemble => n,
                 _ => n_labeled,
             },
             steps: report.steps,
@@ -335,24 +434,32 @@ fn summarize(recipe: &ImageRecipe, results: Vec<PhaseResult>) -> Summary {
         }
     }
     let mean = (!gap.is_empty()).then(|| gap.values().sum::<f64>() / gap.len() as f64);
-    Summary { recipe: recipe.name.clone(), results, gap_recovered: gap, gap_recovered_mean: mean }
+    let s0 = recipe.seeds[0];
+    let find = |role: Role| results.iter().find(|r| r.seed == s0 && r.role == role).map(|r| r.test_errors as f64);
+    let ensemble_gap = match (find(Role::TeacherEnsemble), find(Role::StudentScratch), find(Role::StudentKdEnsemble)) {
+        (Some(te), Some(sc), Some(kd)) if sc != te => Some((sc - kd) / (sc - te)),
+        _ => None,
+    };
+    Summary {
+        recipe: recipe.name.clone(),
+        results,
+        gap_recovered: gap,
+        gap_recovered_mean: mean,
+        ensemble_gap_recovered: ensemble_gap,
+    }
 }
 
 /// The summary as a plain-text table.
 pub fn table(s: &Summary) -> String {
     let mut o = format!(
-        "{:<16} {:>4} {:>6} {:>8} {:>9} {:>10} {:>9} {:>12} {:>7}\n",
+        "{:<19} {:>4} {:>6} {:>8} {:>9} {:>10} {:>9} {:>12} {:>7}\n",
         "role", "seed", "T", "errors", "accuracy", "params", "size", "ms/1k imgs", "compr."
     );
     for r in &s.results {
-        let role = match r.role {
-            Role::Teacher => "teacher",
-            Role::StudentScratch => "student-scratch",
-            Role::StudentKd => "student-kd",
-        };
+        let role = r.role.name();
         let t = r.temperature.map(|t| format!("{t}")).unwrap_or_else(|| "-".into());
         o += &format!(
-            "{:<16} {:>4} {:>6} {:>8} {:>8.2}% {:>10} {:>8.2}M {:>12.2} {:>6.2}x\n",
+            "{:<19} {:>4} {:>6} {:>8} {:>8.2}% {:>10} {:>8.2}M {:>12.2} {:>6.2}x\n",
             role,
             r.seed,
             t,
@@ -370,10 +477,44 @@ pub fn table(s: &Summary) -> String {
     if let Some(m) = s.gap_recovered_mean {
         o += &format!("gap recovered by KD, mean: {:.1}%  ((scratch − kd) / (scratch − teacher))\n", m * 100.0);
     }
+    if let Some(g) = s.ensemble_gap_recovered {
+        o += &format!("gap recovered by KD from the teacher ensemble: {:.1}%\n", g * 100.0);
+    }
     o
 }
 
 /// The phase directories a run uses, for tools and tests.
 pub fn phase_dirs(recipe: &ImageRecipe, out: &Path) -> Vec<PathBuf> {
     phases(recipe).into_iter().map(|p| out.join("phases").join(p.id)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The ensemble's logits at temperature T give, through softmax at T, the members' average
+    /// distribution at T.
+    #[test]
+    fn ensemble_logits_average_the_members_softened_distributions() {
+        tch::manual_seed(0);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let a = nn::linear(vs.root() / "a", 5, 4, Default::default());
+        let b = nn::linear(vs.root() / "b", 5, 4, Default::default());
+        let c = nn::linear(vs.root() / "c", 5, 4, Default::default());
+        let x = Tensor::randn([3, 5], (Kind::Float, Device::Cpu)) * 3.0;
+        let members: Vec<&dyn ModuleT> = vec![&a, &b, &c];
+        for t in [1.0, 2.0, 8.0] {
+            let z = tch::no_grad(|| ensemble_logits(&members, t)(&x)); // [3, 4]
+            let got = (&z / t).softmax(-1, Kind::Float);
+            let want = tch::no_grad(|| {
+                members
+                    .iter()
+                    .map(|m| (m.forward_t(&x, false) / t).softmax(-1, Kind::Float))
+                    .fold(Tensor::zeros([3, 4], (Kind::Float, Device::Cpu)), |acc, p| acc + p)
+                    / 3.0
+            });
+            let d = (&got - &want).abs().max().double_value(&[]);
+            assert!(d < 1e-6, "T = {t}: {d}");
+        }
+    }
 }
