@@ -124,6 +124,9 @@ pub struct RunOptions {
     pub verbose: bool,
 }
 
+/// A model (or ensemble) as a function from a batch of images to its logits `[B, C]`.
+type Logits<'a> = &'a dyn Fn(&Tensor) -> Tensor;
+
 struct ClassifierTask<'a> {
     model: &'a dyn ModuleT,
     x: &'a Tensor,
@@ -132,7 +135,7 @@ struct ClassifierTask<'a> {
     teacher_logits: Option<&'a Tensor>,
     /// The teacher itself (its logits on a batch), run on the same augmented batch as the
     /// student when the student is jittered ("consistent teaching", Beyer et al. 2022).
-    teacher: Option<&'a dyn Fn(&Tensor) -> Tensor>,
+    teacher: Option<Logits<'a>>,
     kd: Option<KdLoss>,
     jitter: usize,
     /// Example index → row of `x` (a labeled subset for the scratch student).
@@ -290,11 +293,11 @@ pub fn run(recipe: &ImageRecipe, recipe_toml: &str, out: &Path, opts: &RunOption
             Role::Teacher | Role::StudentScratch => vec![],
         };
         for &s in &needed {
-            if !teachers.contains_key(&s) {
+            if let std::collections::hash_map::Entry::Vacant(slot) = teachers.entry(s) {
                 let (tvs, tm) = build(&recipe.teacher, s, hw, classes);
                 load_weights(&tvs, &out.join("phases").join(format!("teacher-s{s}")).join("model.safetensors"))?;
                 teacher_logits.insert(s, predict(&eval_logits(tm.as_ref()), &train.images));
-                teachers.insert(s, (tvs, tm));
+                slot.insert((tvs, tm));
             }
         }
         let ensemble = matches!(ph.role, Role::TeacherEnsemble | Role::StudentKdEnsemble);
@@ -345,8 +348,8 @@ pub fn run(recipe: &ImageRecipe, recipe_toml: &str, out: &Path, opts: &RunOption
         let kd = ph.temperature.map(|t| KdLoss { temperature: t, alpha: recipe.distill.alpha });
         let single = teachers.get(&ph.seed).map(|(_, m)| eval_logits(m.as_ref()));
         let ens_train = (ph.role == Role::StudentKdEnsemble).then(|| predict(&ens, &train.images)); // [N, C]
-        let (t_logits, t_fn): (Option<&Tensor>, Option<&dyn Fn(&Tensor) -> Tensor>) = match ph.role {
-            Role::StudentKd => (teacher_logits.get(&ph.seed), single.as_ref().map(|f| f as &dyn Fn(&Tensor) -> Tensor)),
+        let (t_logits, t_fn): (Option<&Tensor>, Option<Logits>) = match ph.role {
+            Role::StudentKd => (teacher_logits.get(&ph.seed), single.as_ref().map(|f| f as Logits)),
             Role::StudentKdEnsemble => (ens_train.as_ref(), Some(&ens)),
             _ => (None, None),
         };
