@@ -58,7 +58,8 @@ impl TrainTask for LmKdTask<'_> {
         let b = lm_batch(self.blocks, batch, self.student.device());
         let idx = b.targets.ge(0).view([-1]).nonzero().squeeze_dim(1); // [N]
         let y = b.targets.view([-1]).index_select(0, &idx); // [N]
-                                                            // Rows of a [B, T, H] state at the positions with a real next token → [N, H].
+
+        // Rows of a [B, T, H] state at the positions with a real next token → [N, H].
         let rows = |x: &Tensor| x.view([-1, x.size()[2]]).index_select(0, &idx);
         let (h, states) = match &self.hidden {
             Some(_) => self.student.forward_hidden_states(&b.ids, b.mask.as_ref(), true)?, // [B, T, H], L+1 × [B, T, H]
@@ -100,7 +101,6 @@ impl TrainTask for LmKdTask<'_> {
                 let teacher = soft.then_some(ChunkTeacher::DenseHidden { hidden: &th, weight: &tw });
                 self.loss.forward(&h, &w, teacher, Some(&y))
             }
-
             (Some(TeacherSource::Cache(c)), true) => {
                 let [ids, logp, log_tail] = c.rows(batch, self.student.device())?; // [B·T, K+S] ×2, [B·T]
                 let (ids, logp) = (ids.index_select(0, &idx), logp.index_select(0, &idx)); // [N, K+S]

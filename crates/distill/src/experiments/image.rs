@@ -182,8 +182,9 @@ fn ensemble_logits<'a>(members: &'a [&'a dyn ModuleT], t: f64) -> impl Fn(&Tenso
     move |x| {
         let logp: Vec<Tensor> =
             members.iter().map(|m| (m.forward_t(x, false) / t).log_softmax(-1, Kind::Float)).collect(); // k × [B, C]
+
+        // log of the mean probability, [B, C]
         (Tensor::stack(&logp, 0).logsumexp(0, false) - (members.len() as f64).ln()) * t
-        // [B, C]
     }
 }
 
