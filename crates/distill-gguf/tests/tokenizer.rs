@@ -157,6 +157,11 @@ fn spm_cases() -> Vec<(String, String, Vec<u32>, String)> {
         .collect()
 }
 
+/// The tokenizer read back from `tok`'s GGUF metadata.
+fn back_of(tok: &tokenizers::Tokenizer) -> tokenizers::Tokenizer {
+    spm_round_trip(tok, 1000).1
+}
+
 /// `tokenizer_metadata` of `tok` written into a metadata-only GGUF and read back.
 fn spm_round_trip(tok: &tokenizers::Tokenizer, vocab_size: usize) -> (GgufFile, tokenizers::Tokenizer) {
     let meta =
@@ -256,6 +261,19 @@ fn sentencepiece_tokenizers_export_to_gguf() {
     for (name, text, want, _) in &cases {
         assert_eq!(hf.encode(text.as_str(), true).unwrap().get_ids(), &want[..], "hf: case {name}");
     }
+    // `tokenizer.ggml.add_space_prefix = false`: no `▁` is prepended to the text.
+    let meta =
+        distill_gguf::tokenizer_metadata(std::path::Path::new("x.gguf"), &hf, 1000, (Some(1), Some(2), None)).unwrap();
+    let mut w = GgufWriter::new("x.gguf");
+    w.add_metadata("general.architecture", "llama").unwrap();
+    for (k, v) in meta {
+        let v = if k == "tokenizer.ggml.add_space_prefix" { MetadataValue::Bool(false) } else { v };
+        w.add_metadata(&k, v).unwrap();
+    }
+    let bare = tokenizer_from_gguf(&GgufFile::from_bytes(w.to_bytes(), "x.gguf").unwrap()).unwrap();
+    let pieces = |t: &tokenizers::Tokenizer| t.encode("the jury", false).unwrap().get_tokens().concat();
+    assert_eq!((pieces(&back_of(&hf)), pieces(&bare)), ("▁the▁jury".to_owned(), "the▁jury".to_owned()));
+
     // Padding rows past the vocabulary: `[PAD{id}]`, unused, score 0.
     let (f, _) = spm_round_trip(&hf, 1003);
     assert_eq!(f.get_str_array("tokenizer.ggml.tokens").unwrap()[1002], "[PAD1002]");
