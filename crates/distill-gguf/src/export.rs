@@ -13,7 +13,7 @@ use std::path::Path;
 use tokenizers::Tokenizer;
 
 use crate::error::{GgufError, Result};
-use crate::llama::{map_name, reorder_rope_rows, rope_heads};
+use crate::llama::{map_name, reorder_rope_rows, rope_heads, LlamaGgufParams};
 use crate::metadata::MetadataValue;
 use crate::tokenizer::tokenizer_metadata;
 use crate::types::GgmlType;
@@ -53,23 +53,16 @@ impl ExportType {
     }
 }
 
-/// The hyper-parameters written as `{architecture}.*` keys.
+/// What an export writes besides the tensors and the tokenizer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LlamaExportParams {
-    /// `llama` (Q/K rows permuted for llama.cpp's rotary layout) or `qwen2` (not permuted).
-    pub architecture: String,
+    /// The hyper-parameters, as the reader ([`LlamaGgufParams::from_gguf`]) gives them back:
+    /// written as `{architecture}.*` keys. `architecture` is `llama` (Q/K rows permuted for
+    /// llama.cpp's rotary layout) or `qwen2` (not permuted); `tied_embeddings` must agree with
+    /// the tensors (no `lm_head.weight` when tied).
+    pub model: LlamaGgufParams,
     /// `general.name`.
     pub name: String,
-    pub block_count: usize,
-    pub embedding_length: usize,
-    pub feed_forward_length: usize,
-    pub head_count: usize,
-    pub head_count_kv: usize,
-    pub head_dim: usize,
-    pub rope_freq_base: f32,
-    pub rms_norm_eps: f32,
-    pub context_length: usize,
-    pub vocab_size: usize,
     pub bos_token_id: Option<u32>,
     pub eos_token_id: Option<u32>,
     pub pad_token_id: Option<u32>,
@@ -98,9 +91,9 @@ fn invalid(path: &Path, tensor: &str, message: String) -> GgufError {
 ///
 /// `tensors` are `(HF name, row-major shape, f32 values)`, e.g. a model's state dict; `tokenizer`
 /// must be a byte-level BPE tokenizer with a pre-tokenizer GGUF can name, or a SentencePiece-style
-/// one (see
-/// [`tokenizer_metadata`]). Every tensor must have a GGUF name; an untied model carries
-/// `lm_head.weight`, a tied one does not (llama.cpp then reuses `token_embd`).
+/// one (see [`tokenizer_metadata`]). Every tensor must have a GGUF name; an untied model carries
+/// `lm_head.weight`, a tied one does not (llama.cpp then reuses `token_embd`), as
+/// `params.model.tied_embeddings` says (checked).
 pub fn write_llama_gguf(
     path: &Path,
     params: &LlamaExportParams,
@@ -108,7 +101,7 @@ pub fn write_llama_gguf(
     tokenizer: &Tokenizer,
     ty: ExportType,
 ) -> Result<()> {
-    let arch = params.architecture.as_str();
+    let (m, arch) = (&params.model, params.model.architecture.as_str());
     let permute = match arch {
         "llama" => true,
         "qwen2" => false,
@@ -119,6 +112,17 @@ pub fn write_llama_gguf(
             })
         }
     };
+    let has_head = tensors.iter().any(|(n, _, _)| n == "lm_head.weight");
+    if has_head == m.tied_embeddings {
+        return Err(GgufError::Model {
+            path: path.to_path_buf(),
+            message: format!(
+                "tied_embeddings = {} but the tensors {} lm_head.weight",
+                m.tied_embeddings,
+                if has_head { "include" } else { "lack" }
+            ),
+        });
+    }
     let mut w = GgufWriter::new(path);
     let u32_of = |key: &str, v: usize| -> Result<MetadataValue> {
         u32::try_from(v)
@@ -129,29 +133,29 @@ pub fn write_llama_gguf(
     w.add_metadata("general.name", params.name.as_str())?;
     w.add_metadata("general.file_type", ty.file_type())?;
     let keys: [(&str, usize); 8] = [
-        ("context_length", params.context_length),
-        ("embedding_length", params.embedding_length),
-        ("block_count", params.block_count),
-        ("feed_forward_length", params.feed_forward_length),
-        ("rope.dimension_count", params.head_dim),
-        ("attention.head_count", params.head_count),
-        ("attention.head_count_kv", params.head_count_kv),
-        ("vocab_size", params.vocab_size),
+        ("context_length", m.context_length),
+        ("embedding_length", m.embedding_length),
+        ("block_count", m.block_count),
+        ("feed_forward_length", m.feed_forward_length),
+        ("rope.dimension_count", m.head_dim),
+        ("attention.head_count", m.head_count),
+        ("attention.head_count_kv", m.head_count_kv),
+        ("vocab_size", m.vocab_size),
     ];
     for (k, v) in keys {
         let key = format!("{arch}.{k}");
         w.add_metadata(&key, u32_of(&key, v)?)?;
     }
-    if params.head_dim * params.head_count != params.embedding_length {
+    if m.head_dim * m.head_count != m.embedding_length {
         let key = format!("{arch}.attention.key_length");
-        w.add_metadata(&key, u32_of(&key, params.head_dim)?)?;
+        w.add_metadata(&key, u32_of(&key, m.head_dim)?)?;
         let key = format!("{arch}.attention.value_length");
-        w.add_metadata(&key, u32_of(&key, params.head_dim)?)?;
+        w.add_metadata(&key, u32_of(&key, m.head_dim)?)?;
     }
-    w.add_metadata(&format!("{arch}.rope.freq_base"), params.rope_freq_base)?;
-    w.add_metadata(&format!("{arch}.attention.layer_norm_rms_epsilon"), params.rms_norm_eps)?;
+    w.add_metadata(&format!("{arch}.rope.freq_base"), m.rope_freq_base)?;
+    w.add_metadata(&format!("{arch}.attention.layer_norm_rms_epsilon"), m.rms_norm_eps)?;
     let specials = (params.bos_token_id, params.eos_token_id, params.pad_token_id);
-    for (key, value) in tokenizer_metadata(path, tokenizer, params.vocab_size, specials)? {
+    for (key, value) in tokenizer_metadata(path, tokenizer, m.vocab_size, specials)? {
         w.add_metadata(&key, value)?;
     }
     if let Some(t) = &params.chat_template {
@@ -161,7 +165,7 @@ pub fn write_llama_gguf(
     for (name, shape, data) in tensors {
         let gname = gguf_name(name)
             .ok_or_else(|| invalid(path, name, "has no GGUF name (not a Llama-family tensor)".into()))?;
-        let heads = rope_heads(&gname, params.head_count, params.head_count_kv);
+        let heads = rope_heads(&gname, m.head_count, m.head_count_kv);
         let permuted;
         let data = match heads {
             Some(n_head) if permute => {
