@@ -180,12 +180,16 @@ fn eval_logits(model: &dyn ModuleT) -> impl Fn(&Tensor) -> Tensor + '_ {
 /// ensemble's prediction). `[B, …]` → `[B, C]`.
 fn ensemble_logits<'a>(members: &'a [&'a dyn ModuleT], t: f64) -> impl Fn(&Tensor) -> Tensor + 'a {
     move |x| {
-        let logp: Vec<Tensor> =
-            members.iter().map(|m| (m.forward_t(x, false) / t).log_softmax(-1, Kind::Float)).collect(); // k × [B, C]
-
-        // log of the mean probability, [B, C]
-        (Tensor::stack(&logp, 0).logsumexp(0, false) - (members.len() as f64).ln()) * t
+        let z: Vec<Tensor> = members.iter().map(|m| m.forward_t(x, false)).collect(); // k × [B, C]
+        combine_logits(&z, t)
     }
+}
+
+/// The members' logits `k × [B, C]` combined as [`ensemble_logits`] does: `t · log(mean_k
+/// softmax(z_k/t))` `[B, C]`.
+fn combine_logits(z: &[Tensor], t: f64) -> Tensor {
+    let logp: Vec<Tensor> = z.iter().map(|z| (z / t).log_softmax(-1, Kind::Float)).collect(); // k × [B, C]
+    (Tensor::stack(&logp, 0).logsumexp(0, false) - (z.len() as f64).ln()) * t // log of the mean probability
 }
 
 /// Logits (eval mode) for every image. `[N, C]`.
@@ -348,7 +352,11 @@ pub fn run(recipe: &ImageRecipe, recipe_toml: &str, out: &Path, opts: &RunOption
         let (vs, model) = build(stage, ph.seed, hw, classes);
         let kd = ph.temperature.map(|t| KdLoss { temperature: t, alpha: recipe.distill.alpha });
         let single = teachers.get(&ph.seed).map(|(_, m)| eval_logits(m.as_ref()));
-        let ens_train = (ph.role == Role::StudentKdEnsemble).then(|| predict(&ens, &train.images)); // [N, C]
+        // From the members' training-set logits, computed once when they loaded.
+        let ens_train = (ph.role == Role::StudentKdEnsemble).then(|| {
+            let z: Vec<Tensor> = recipe.seeds.iter().map(|s| teacher_logits[s].shallow_clone()).collect();
+            tch::no_grad(|| combine_logits(&z, ph.temperature.unwrap_or(1.0))) // [N, C]
+        });
         let (t_logits, t_fn): (Option<&Tensor>, Option<Logits>) = match ph.role {
             Role::StudentKd => (teacher_logits.get(&ph.seed), single.as_ref().map(|f| f as Logits)),
             Role::StudentKdEnsemble => (ens_train.as_ref(), Some(&ens)),
