@@ -462,8 +462,9 @@ pub fn tokenizer_metadata(
         })
         .collect::<Result<_>>()?;
 
+    let unk = model["unk_token"].as_str().and_then(|t| tokenizer.token_to_id(t));
     let mut out: Vec<(String, MetadataValue)> = if model["byte_fallback"] == true {
-        let scores = sentencepiece_scores(tokenizer, &json, &tokens, &mut types, &merges).map_err(err)?;
+        let scores = sentencepiece_scores(&json, &tokens, &mut types, &merges, unk).map_err(err)?;
         // The merges too (llama.cpp goes by the scores): distill reads them back exactly.
         let merges: Vec<String> = merges.into_iter().map(|(a, b)| format!("{a} {b}")).collect();
         vec![
@@ -509,7 +510,6 @@ pub fn tokenizer_metadata(
     let (w, wo) = (with.get_ids(), without.get_ids());
     let add_bos = bos.is_some() && w.len() > wo.len() && w.first().copied() == bos;
     let add_eos = eos.is_some() && w.len() > wo.len() && w.last().copied() == eos;
-    let unk = model["unk_token"].as_str().and_then(|t| tokenizer.token_to_id(t));
     for (key, id) in
         [("bos_token_id", bos), ("eos_token_id", eos), ("padding_token_id", pad), ("unknown_token_id", unk)]
     {
@@ -524,13 +524,13 @@ pub fn tokenizer_metadata(
 
 /// The scores llama.cpp's SentencePiece tokenizer needs to merge as the BPE `merges` do (see
 /// [`tokenizer_metadata`]), after checking that the tokenizer handles text as SentencePiece
-/// does; marks byte and unknown pieces in `types`.
+/// does; marks byte and unknown (`unk`) pieces in `types`.
 fn sentencepiece_scores(
-    tokenizer: &Tokenizer,
     json: &serde_json::Value,
     tokens: &[String],
     types: &mut [i64],
     merges: &[(String, String)],
+    unk: Option<u32>,
 ) -> std::result::Result<Vec<f32>, String> {
     // SentencePiece's text handling: `▁` prepended and for every space, either in the
     // normalizer (transformers' legacy conversion) or in a Metaspace pre-tokenizer that does not
@@ -554,7 +554,6 @@ fn sentencepiece_scores(
         ));
     }
 
-    let unk = json["model"]["unk_token"].as_str().and_then(|t| tokenizer.token_to_id(t));
     let ids: std::collections::HashMap<&str, usize> = tokens.iter().enumerate().map(|(i, t)| (t.as_str(), i)).collect();
     for (i, t) in tokens.iter().enumerate() {
         let byte = t.len() == 6
