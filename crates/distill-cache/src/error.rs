@@ -179,3 +179,9 @@ pub(crate) fn io(path: &std::path::Path, action: &'static str) -> impl FnOnce(st
     let path = path.to_path_buf();
     move |source| CacheError::Io { path, action, source }
 }
+
+impl From<distill_base::AtomicWriteError> for CacheError {
+    fn from(e: distill_base::AtomicWriteError) -> Self {
+        CacheError::Io { path: e.path, action: e.action, source: e.source }
+    }
+}

@@ -1,9 +1,8 @@
 //! `manifest.json`: what a cache holds ([`CacheSpec`]), which shards are complete, and the
 //! atomic file writes shared by the writer.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::fs;
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -325,37 +324,9 @@ pub(crate) fn hex(digest: &[u8]) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// A temporary file name next to `path`: `.NAME.tmp-PID-NANOS`.
-pub(crate) fn temp_path(path: &Path) -> PathBuf {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let nanos =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-    dir.join(format!(".{name}.tmp-{}-{nanos}", std::process::id()))
-}
-
-/// Fsyncs a directory so a rename inside it is durable (best effort: not every platform allows it).
-pub(crate) fn sync_dir(dir: &Path) {
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
-}
+pub(crate) use distill_base::atomic::{sync_dir, temp_path};
 
 /// Writes `bytes` to `path` atomically: temp file in the same directory + fsync + rename.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = temp_path(path);
-    let result = (|| {
-        let mut file =
-            OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(io(&tmp, "create temporary file"))?;
-        file.write_all(bytes).map_err(io(&tmp, "write"))?;
-        file.sync_all().map_err(io(&tmp, "fsync"))?;
-        drop(file);
-        fs::rename(&tmp, path).map_err(io(path, "rename temporary file"))?;
-        sync_dir(path.parent().unwrap_or(Path::new(".")));
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+    Ok(distill_base::write_atomic(path, bytes)?)
 }

@@ -115,14 +115,13 @@ pub enum BenchCmd {
 /// The model as benchmarked: itself, or (`bf16`) only its bf16 copy — the f32 original is
 /// dropped, as PyTorch's `model.to(torch.bfloat16)` keeps one copy.
 fn bf16_if(vs: nn::VarStore, model: Llama, bf16: bool) -> Result<(nn::VarStore, Llama)> {
-    Ok(if bf16 { lm::teacher_in_kind(&vs, &model, Kind::BFloat16)? } else { (vs, model) })
+    Ok(if bf16 { distill::teacher::teacher_in_kind(&vs, &model, Kind::BFloat16)? } else { (vs, model) })
 }
 
 pub fn run(what: BenchCmd) -> Result<()> {
+    use distill::bench::{self, loss as bench_loss};
     use distill::cache::CachedTeacher;
-    use distill::lm_task::TeacherSource;
-    use distill::recipe::TeacherDtype;
-    use distill::{bench, bench_loss};
+    use distill::teacher::{Teacher, TeacherDtype};
     match what {
         BenchCmd::Step { config, spec, cache, warmup, steps, threads, json } => {
             set_threads(threads);
@@ -136,7 +135,7 @@ pub fn run(what: BenchCmd) -> Result<()> {
                 let (vs, student) = bench::random_model(&student_cfg, 0)?;
                 let reader = bench_loss::open_step_cache(&dir, &s, student_cfg.vocab_size)?;
                 let cached = CachedTeacher::from_reader(reader);
-                bench::bench_step(&vs, &student, TeacherSource::Cache(&cached), &s, warmup, steps)?
+                bench::bench_step(&vs, &student, Teacher::Cache(&cached), &s, warmup, steps)?
             } else {
                 if cache.is_some() {
                     bail!("--cache: configuration `{config}` runs its teacher online (no \"teacher_cache\": true)");
@@ -156,7 +155,7 @@ pub fn run(what: BenchCmd) -> Result<()> {
                 };
                 let (_t_vs, teacher) = bf16_if(t_vs, teacher, bf16)?;
                 let (vs, student) = bench::random_model(&student_cfg, 0)?;
-                bench::bench_step(&vs, &student, TeacherSource::Model(&teacher), &s, warmup, steps)?
+                bench::bench_step(&vs, &student, Teacher::Lm(&teacher), &s, warmup, steps)?
             };
             if json {
                 println!("{}", serde_json::json!({"name": config, "result": r}));
@@ -224,7 +223,7 @@ pub fn run(what: BenchCmd) -> Result<()> {
             set_threads(threads);
             let t = lm::load_lm(&resolve(&teacher)?, Device::Cpu)?;
             let sources: Vec<TextSource> = data.iter().map(TextSource::new).collect();
-            let blocks = distill::experiments::lm::text_blocks(&sources, &t.tokenizer, seq, 50)?;
+            let blocks = distill::data::text::text_blocks(&sources, &t.tokenizer, seq, 50)?;
             let o = bench_loss::FrontierOpts { rows, ks: k, step, batch_rows: 4 };
             let r = bench_loss::cache_frontier(&t.model, &blocks, &o)?;
             if json {

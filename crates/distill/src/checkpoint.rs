@@ -2,7 +2,6 @@
 //! small atomic text/JSON writes for run directories.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
 use std::path::Path;
 
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
@@ -11,16 +10,14 @@ use tch::{Kind, Tensor};
 use crate::{Error, Result};
 
 /// Writes `bytes` to `path` atomically: a crash leaves either the old file or the new one
-/// (see [`crate::io::safetensors::write_atomic`]).
+/// (temporary sibling, fsync, rename; [`distill_base::atomic`]).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    crate::io::safetensors::write_atomic(path, |w| w.write_all(bytes).map_err(|e| Error::io(path, e)))
+    Ok(distill_base::write_atomic(path, bytes)?)
 }
 
 /// Serializes `value` as pretty JSON and writes it atomically.
 pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
-    let mut s = serde_json::to_string_pretty(value).map_err(|e| Error::Invalid(e.to_string()))?;
-    s.push('\n');
-    write_atomic(path, s.as_bytes())
+    Ok(distill_base::write_json(path, value)?)
 }
 
 fn dtype_of(kind: Kind) -> Result<(Dtype, usize)> {

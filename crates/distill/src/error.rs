@@ -31,6 +31,21 @@ pub enum Error {
     /// An error raised inside libtorch.
     #[error("torch: {0}")]
     Torch(#[from] tch::TchError),
+    /// A GGUF file could not be read, viewed or written (the message names the file).
+    #[error(transparent)]
+    Gguf(#[from] distill_gguf::GgufError),
+    /// A teacher cache could not be written, opened or read (the message names the file).
+    #[error(transparent)]
+    Cache(#[from] distill_cache::CacheError),
+    /// Text data could not be read, cleaned, tokenized or packed (the message names the source).
+    #[error(transparent)]
+    Text(#[from] distill_text::TextError),
+}
+
+impl From<distill_base::AtomicWriteError> for Error {
+    fn from(e: distill_base::AtomicWriteError) -> Self {
+        Error::Io { path: e.path, source: e.source }
+    }
 }
 
 impl Error {

@@ -5,44 +5,100 @@ use std::time::Instant;
 
 use distill_text::TokenBlocks;
 use serde::{Deserialize, Serialize};
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 use tokenizers::Tokenizer;
 
+use crate::data::text::lm_batch;
 use crate::generate::{generate, top_k_next, GenerateOptions};
 use crate::models::llama::{ForwardOptions, Llama};
 use crate::{Error, Result};
 
-/// A batch of rows as tensors: ids `[B, T]` i64, targets `[B, T]` i64 (−100 where position t
-/// has no real next token), and the attention mask `[B, T]` when any row has padding.
-pub struct LmBatch {
-    pub ids: Tensor,
-    pub targets: Tensor,
-    pub mask: Option<Tensor>,
+/// What the run reports after training.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LmEval {
+    /// Prompts for the top-k next-token tables and generations.
+    #[serde(default = "default_prompts")]
+    pub prompts: Vec<String>,
+    /// Tokens generated per prompt.
+    #[serde(default = "default_max_new")]
+    pub max_new_tokens: usize,
+    /// Rows of the next-token table.
+    #[serde(default = "default_top")]
+    pub top_k_table: usize,
+    /// Sampling for the sampled generations.
+    #[serde(default = "default_sample_t")]
+    pub sample_temperature: f64,
+    #[serde(default = "default_sample_k")]
+    pub sample_top_k: usize,
+    #[serde(default = "default_sample_p")]
+    pub sample_top_p: f64,
+    /// CTRL repetition penalty for a third, penalized greedy generation next to plain greedy
+    /// and sampled (1.0 = leave it out).
+    #[serde(default = "default_rep_penalty")]
+    pub repetition_penalty: f64,
+    /// Evaluate on at most this many validation rows (default: all).
+    #[serde(default)]
+    pub max_val_blocks: Option<usize>,
+    /// Extra held-out text sources evaluated for perplexity (e.g. text never seen in training).
+    #[serde(default)]
+    pub extra: Vec<distill_text::TextSource>,
 }
 
-/// Gathers rows of `blocks` into tensors on `device`.
-pub fn lm_batch(blocks: &TokenBlocks, rows: &[usize], device: Device) -> LmBatch {
-    let b = blocks.gather(rows);
-    let (n, t) = (rows.len() as i64, b.seq_len as i64);
-    let ids: Vec<i64> = b.input_ids.iter().map(|&x| x as i64).collect();
-    let mut targets = vec![-100i64; ids.len()];
-    for r in 0..rows.len() {
-        for p in 0..b.seq_len.saturating_sub(1) {
-            let i = r * b.seq_len + p;
-            if b.loss_mask[i] == 1 {
-                targets[i] = ids[i + 1];
-            }
+fn default_prompts() -> Vec<String> {
+    ["The capital of France is", "Once upon a time", "The history of the United States", "In the morning, the"]
+        .map(String::from)
+        .to_vec()
+}
+fn default_max_new() -> usize {
+    50
+}
+fn default_top() -> usize {
+    5
+}
+fn default_sample_t() -> f64 {
+    0.8
+}
+fn default_sample_k() -> usize {
+    50
+}
+fn default_sample_p() -> f64 {
+    0.95
+}
+fn default_rep_penalty() -> f64 {
+    1.2
+}
+
+impl Default for LmEval {
+    fn default() -> Self {
+        LmEval {
+            prompts: default_prompts(),
+            max_new_tokens: default_max_new(),
+            top_k_table: default_top(),
+            sample_temperature: default_sample_t(),
+            sample_top_k: default_sample_k(),
+            sample_top_p: default_sample_p(),
+            repetition_penalty: default_rep_penalty(),
+            max_val_blocks: None,
+            extra: Vec::new(),
         }
     }
-    let padded = b.attention_mask.contains(&0);
-    let mask = padded.then(|| {
-        let m: Vec<i64> = b.attention_mask.iter().map(|&x| x as i64).collect();
-        Tensor::from_slice(&m).view([n, t]).to_device(device)
-    });
-    LmBatch {
-        ids: Tensor::from_slice(&ids).view([n, t]).to_device(device),
-        targets: Tensor::from_slice(&targets).view([n, t]).to_device(device),
-        mask,
+}
+
+impl LmEval {
+    /// Checks table sizes and sampling settings.
+    pub fn validate(&self) -> Result<()> {
+        let e = self;
+        if e.top_k_table == 0 || e.sample_top_k == 0 || !(e.sample_top_p > 0.0 && e.sample_top_p <= 1.0) {
+            return Err(Error::Recipe("eval: top_k_table and sample_top_k must be > 0, sample_top_p in (0, 1]".into()));
+        }
+        if e.sample_temperature.is_nan() || e.sample_temperature <= 0.0 {
+            return Err(Error::Recipe("eval.sample_temperature must be > 0".into()));
+        }
+        if !(e.repetition_penalty >= 1.0 && e.repetition_penalty.is_finite()) {
+            return Err(Error::Recipe(format!("eval.repetition_penalty must be ≥ 1, got {}", e.repetition_penalty)));
+        }
+        Ok(())
     }
 }
 

@@ -17,14 +17,15 @@ use tch::{Kind, Tensor};
 
 pub use distill_gguf::ExportType as GgufType;
 
+use crate::checkpoint::write_atomic;
 use crate::io::hf::LlamaConfig;
-use crate::io::safetensors::{save_safetensors, write_atomic};
+use crate::io::safetensors::save_safetensors;
 use crate::models::llama::Llama;
 use crate::{Error, Result};
 
 fn write_json(path: &Path, v: &Value) -> Result<()> {
     let bytes = serde_json::to_vec_pretty(v).map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
-    write_atomic(path, |w| std::io::Write::write_all(w, &bytes).map_err(|e| Error::io(path, e)))
+    write_atomic(path, &bytes)
 }
 
 /// The token string of `id` in a `tokenizer.json` (added tokens first, then the model vocab).
@@ -130,7 +131,7 @@ pub fn export_hf_with_chat_template(
         write_json(&tmp.join("generation_config.json"), &generation_config(cfg))?;
         if let (Some(tok), Some(tc)) = (tokenizer_json, &tok_cfg) {
             let p = tmp.join("tokenizer.json");
-            write_atomic(&p, |w| std::io::Write::write_all(w, tok).map_err(|e| Error::io(&p, e)))?;
+            write_atomic(&p, tok)?;
             write_json(&tmp.join("tokenizer_config.json"), tc)?;
         }
         Ok(())

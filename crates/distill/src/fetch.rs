@@ -168,6 +168,19 @@ pub fn missing_assets<'a>(paths: impl IntoIterator<Item = &'a str>) -> Result<Ve
     Ok(out)
 }
 
+/// Checks that a recipe path exists, resolving `asset:` paths (an unfetched asset passes: the
+/// runner fetches it).
+pub fn check_path(p: &str, key: &str) -> Result<PathBuf> {
+    let path = resolve(p)?;
+    if p.starts_with("asset:") && !missing_assets([p])?.is_empty() {
+        return Ok(path);
+    }
+    if !path.exists() {
+        return Err(Error::Recipe(format!("{key}: no such file: {}", path.display())));
+    }
+    Ok(path)
+}
+
 fn sha256_file(path: &Path) -> Result<String> {
     let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let mut h = Sha256::new();

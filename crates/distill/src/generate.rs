@@ -7,6 +7,7 @@
 
 use tch::{Kind, Tensor};
 
+use crate::data::rng::SplitMix64;
 use crate::models::llama::{KvCache, Llama};
 use crate::{Error, Result};
 
@@ -42,23 +43,6 @@ impl Default for GenerateOptions {
             eos_id: None,
             repetition_penalty: 1.0,
         }
-    }
-}
-
-/// SplitMix64: a tiny, well-mixed, seedable generator.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [0, 1).
-    fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 }
 
@@ -169,7 +153,7 @@ fn last_row(logits: &Tensor) -> Result<Vec<f32>> {
 /// `eos_id` when it was produced).
 pub fn generate(model: &Llama, prompt_ids: &[i64], opts: &GenerateOptions) -> Result<Vec<i64>> {
     validate(model, prompt_ids, opts)?;
-    let mut rng = SplitMix64(opts.seed);
+    let mut rng = SplitMix64::new(opts.seed);
     let mut out = Vec::with_capacity(opts.max_new_tokens);
     if opts.max_new_tokens == 0 {
         return Ok(out);
@@ -220,7 +204,7 @@ mod tests {
         let logits = [0.0f32, 5.0, 5.0, 1.0];
         assert_eq!(argmax(&logits), 1);
         let opts = GenerateOptions { temperature: 1.0, top_p: 0.01, ..Default::default() };
-        let mut rng = SplitMix64(7);
+        let mut rng = SplitMix64::new(7);
         for _ in 0..20 {
             let t = pick(&logits, &opts, &mut rng);
             assert!(t == 1 || t == 2, "{t}");

@@ -1,11 +1,12 @@
 //! distill: knowledge distillation on libtorch.
 //!
 //! The library computes; the `distill` binary parses arguments and prints. Start from
-//! [`recipe::Recipe`] (what to run), [`train::fit`] (the one Trainer) and
-//! [`losses`] (the objectives, each with its formula and paper).
+//! [`recipe::Recipe`] (what to run), [`plan`] (the phases of a run), [`teacher::Teacher`] and
+//! [`student`] (who teaches whom), [`methods`] (the per-step distillation terms), [`tasks`]
+//! (what a training step computes) and [`train::fit`] (the one Trainer). `ARCHITECTURE.md` at
+//! the repository root is the map.
 
 pub mod bench;
-pub mod bench_loss;
 pub mod cache;
 pub mod checkpoint;
 pub mod data;
@@ -17,11 +18,15 @@ pub mod fetch;
 pub mod generate;
 pub mod io;
 pub mod lm;
-pub mod lm_task;
 pub mod losses;
+pub mod methods;
 pub mod models;
 pub mod optim;
+pub mod plan;
 pub mod recipe;
+pub mod student;
+pub mod tasks;
+pub mod teacher;
 pub mod train;
 
 pub use error::{Error, Result};

@@ -459,7 +459,7 @@ fn residual_pca_diagonalizes_transformers_hidden_second_moment() {
         c += x.transpose(0, 1).mm(&x);
     }
     let k = 8;
-    let (q, kept) = distill::lm::residual_pca(&model, &ids, k).unwrap();
+    let (q, kept) = distill::student::residual_pca(&model, &ids, k).unwrap();
     assert_eq!(q.size(), vec![h, k]);
     let q = q.to_kind(Kind::Double);
     assert!(max_diff(&q.transpose(0, 1).mm(&q), &Tensor::eye(k, (Kind::Double, Device::Cpu))) < 1e-5);
@@ -476,7 +476,7 @@ fn residual_pca_diagonalizes_transformers_hidden_second_moment() {
     let trace: f64 = all.iter().sum();
     assert!((trace - 21.0).abs() < 1e-6, "21 unit vectors");
     assert!((kept - sorted[..k as usize].iter().sum::<f64>() / trace).abs() < 1e-5);
-    assert!(distill::lm::residual_pca(&model, &ids, 33).is_err());
+    assert!(distill::student::residual_pca(&model, &ids, 33).is_err());
 }
 
 /// (i) The bf16 training teacher (`teacher.dtype`): a frozen copy whose weights are the f32
@@ -486,13 +486,14 @@ fn residual_pca_diagonalizes_transformers_hidden_second_moment() {
 #[test]
 fn bf16_training_teacher_matches_f32() {
     use distill::data::rng::SplitMix64;
-    use distill::lm_task::{LmKdTask, TeacherSource};
     use distill::losses::chunked::ChunkedKd;
     use distill::losses::divergence::Divergence;
+    use distill::tasks::LmKdTask;
+    use distill::teacher::Teacher;
     use distill::train::TrainTask;
 
     let (t_vs, teacher) = load("llama_tied");
-    let (b_vs, bf) = distill::lm::teacher_in_kind(&t_vs, &teacher, Kind::BFloat16).unwrap();
+    let (b_vs, bf) = distill::teacher::teacher_in_kind(&t_vs, &teacher, Kind::BFloat16).unwrap();
     let t_vars = t_vs.variables();
     for (name, w) in b_vs.variables() {
         assert_eq!(w.kind(), Kind::BFloat16, "{name}");
@@ -516,7 +517,7 @@ fn bf16_training_teacher_matches_f32() {
     let loss = ChunkedKd { divergence: Divergence::ForwardKl, temperature: 2.0, alpha: 0.7, chunk_rows: 16 };
     let run = |t: &Llama| {
         let mut task =
-            LmKdTask { student: &student, teacher: Some(TeacherSource::Model(t)), blocks: &blocks, loss, hidden: None };
+            LmKdTask { student: &student, teacher: Some(Teacher::Lm(t)), blocks: &blocks, loss, terms: vec![] };
         for v in s_vs.trainable_variables() {
             let mut g = v.grad();
             if g.defined() {
@@ -652,10 +653,12 @@ fn gguf_export_refuses_what_llama_cpp_would_compute_differently() {
 #[test]
 fn hidden_state_kd_adds_its_term_and_trains_the_projection() {
     use distill::data::rng::SplitMix64;
-    use distill::lm_task::{HiddenKd, LmKdTask, TeacherSource};
     use distill::losses::chunked::ChunkedKd;
     use distill::losses::divergence::Divergence;
     use distill::losses::HiddenLoss;
+    use distill::methods::hidden::HiddenKd;
+    use distill::tasks::LmKdTask;
+    use distill::teacher::Teacher;
     use distill::train::TrainTask;
 
     let (_t_vs, teacher) = load("llama_tied"); // 2 layers, hidden 32
@@ -674,10 +677,10 @@ fn hidden_state_kd_adds_its_term_and_trains_the_projection() {
         let hidden = HiddenKd { pairs: pairs.clone(), proj: proj.shallow_clone(), loss: kind, weight: 0.5 };
         let mut with = LmKdTask {
             student: &student,
-            teacher: Some(TeacherSource::Model(&teacher)),
+            teacher: Some(Teacher::Lm(&teacher)),
             blocks: &blocks,
             loss,
-            hidden: Some(hidden),
+            terms: vec![Box::new(hidden)],
         };
         for v in vs.trainable_variables() {
             let mut g = v.grad();
@@ -694,16 +697,11 @@ fn hidden_state_kd_adds_its_term_and_trains_the_projection() {
         let got = l.total.double_value(&[]);
         let hidden_part = l.parts.iter().find(|(n, _)| *n == "hidden").unwrap().1.double_value(&[]);
 
-        let mut without = LmKdTask {
-            student: &student,
-            teacher: Some(TeacherSource::Model(&teacher)),
-            blocks: &blocks,
-            loss,
-            hidden: None,
-        };
+        let mut without =
+            LmKdTask { student: &student, teacher: Some(Teacher::Lm(&teacher)), blocks: &blocks, loss, terms: vec![] };
         let base = without.loss(&batch, &mut SplitMix64::new(0)).unwrap().total.double_value(&[]);
         // The hidden term from scratch: HF-convention hidden states, real next-token positions.
-        let b = distill::eval::lm_batch(&blocks, &batch, Device::Cpu);
+        let b = distill::data::text::lm_batch(&blocks, &batch, Device::Cpu);
         let idx = b.targets.ge(0).view([-1]).nonzero().squeeze_dim(1);
         let states = |m: &Llama| {
             let o = ForwardOptions { hidden_states: true, ..Default::default() };

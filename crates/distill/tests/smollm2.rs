@@ -5,9 +5,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use distill::export::GgufType;
-use distill::lm::{load_lm, student_config};
+use distill::lm::load_lm;
 use distill::models::llama::{ForwardOptions, Llama};
-use distill::recipe::{LmStudent, StudentInit};
+use distill::student::student_config;
+use distill::student::{LmStudent, StudentInit};
 use tch::{nn, Device, Tensor};
 
 fn smollm2() -> PathBuf {
@@ -69,7 +70,7 @@ fn teacher_conversion_and_student_export_match_transformers() {
     let vs = nn::VarStore::new(Device::Cpu);
     let student = Llama::new(vs.root(), &s_cfg).unwrap();
     let calib = Tensor::from_slice(&ids).view([1, -1]);
-    distill::lm::init_student(&vs, &s_cfg, &teacher, StudentInit::LayerSubset, &calib).unwrap();
+    distill::student::init_student(&vs, &s_cfg, &teacher, StudentInit::LayerSubset, &calib).unwrap();
     assert_eq!(student.param_count(), 17_304_832);
     // layer-subset copies the teacher's embedding (sliced to 256 columns) and layer 29 → 5.
     let te = teacher.vs.variables();
@@ -82,8 +83,8 @@ fn teacher_conversion_and_student_export_match_transformers() {
     tch::manual_seed(0);
     let vs_pca = nn::VarStore::new(Device::Cpu);
     let _pca_student = Llama::new(vs_pca.root(), &s_cfg).unwrap();
-    let kept = distill::lm::init_student(&vs_pca, &s_cfg, &teacher, StudentInit::EmbeddingPca, &calib).unwrap();
-    let (q, kept_q) = distill::lm::residual_pca(&teacher.model, &calib, 256).unwrap();
+    let kept = distill::student::init_student(&vs_pca, &s_cfg, &teacher, StudentInit::EmbeddingPca, &calib).unwrap();
+    let (q, kept_q) = distill::student::residual_pca(&teacher.model, &calib, 256).unwrap();
     assert_eq!(kept, kept_q);
     assert!(kept > 0.8 && kept < 1.0, "{kept}");
     let pv = vs_pca.variables();

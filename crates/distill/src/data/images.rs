@@ -4,11 +4,113 @@
 use std::io::Read;
 use std::path::Path;
 
+use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 use crate::data::rng::SplitMix64;
-use crate::recipe::{ImageData, ImageFormat};
 use crate::{fetch, Error, Result};
+
+/// File format of an image set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ImageFormat {
+    /// IDX (MNIST) files, raw or gzip: separate image and label files.
+    Idx,
+    /// CSV, one image per row: a label column and the pixels.
+    Csv,
+}
+
+/// Where the images are and how to read them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageData {
+    pub format: ImageFormat,
+    /// IDX: training images file.
+    #[serde(default)]
+    pub train_images: Option<String>,
+    /// IDX: training labels file.
+    #[serde(default)]
+    pub train_labels: Option<String>,
+    /// IDX: test images file.
+    #[serde(default)]
+    pub test_images: Option<String>,
+    /// IDX: test labels file.
+    #[serde(default)]
+    pub test_labels: Option<String>,
+    /// CSV: training file.
+    #[serde(default)]
+    pub train: Option<String>,
+    /// CSV: test file.
+    #[serde(default)]
+    pub test: Option<String>,
+    /// CSV: index of the label column (default 0); every other column is a pixel.
+    #[serde(default)]
+    pub label_column: usize,
+    /// CSV: whether the first row is a header (default: detected — a first row that is not all
+    /// numbers is a header).
+    #[serde(default)]
+    pub header: Option<bool>,
+    /// Pixels are divided by this (default 255 for 8-bit images; 16 for sklearn digits).
+    #[serde(default = "default_pixel_scale")]
+    pub pixel_scale: f64,
+    /// Image height × width (default: IDX header, or the square root of the CSV pixel count).
+    #[serde(default)]
+    pub image_size: Option<[usize; 2]>,
+    /// Students see labels for only the first N (shuffled, class-balanced not guaranteed)
+    /// training images; the teacher's soft targets still cover all of them (KD with
+    /// unlabeled data). The scratch student trains on those N only.
+    #[serde(default)]
+    pub labeled_subset: Option<usize>,
+}
+
+fn default_pixel_scale() -> f64 {
+    255.0
+}
+
+impl ImageData {
+    /// The paths this section names, as written.
+    pub fn paths(&self) -> Vec<&str> {
+        [&self.train_images, &self.train_labels, &self.test_images, &self.test_labels, &self.train, &self.test]
+            .into_iter()
+            .filter_map(|p| p.as_deref())
+            .collect()
+    }
+
+    /// Checks that the files the format needs are named and exist, and the values are in range.
+    pub fn validate(&self) -> Result<()> {
+        let d = self;
+        let need = |v: &Option<String>, key: &str| -> Result<()> {
+            match v {
+                Some(p) => fetch::check_path(p, &format!("data.{key}")).map(|_| ()),
+                None => Err(Error::Recipe(format!("data.{key} is required for format = {:?}", d.format))),
+            }
+        };
+        match d.format {
+            ImageFormat::Idx => {
+                need(&d.train_images, "train_images")?;
+                need(&d.train_labels, "train_labels")?;
+                need(&d.test_images, "test_images")?;
+                need(&d.test_labels, "test_labels")?;
+            }
+            ImageFormat::Csv => {
+                need(&d.train, "train")?;
+                need(&d.test, "test")?;
+            }
+        }
+        if !(d.pixel_scale > 0.0 && d.pixel_scale.is_finite()) {
+            return Err(Error::Recipe(format!("data.pixel_scale must be > 0, got {}", d.pixel_scale)));
+        }
+        if let Some([h, w]) = d.image_size {
+            if h == 0 || w == 0 {
+                return Err(Error::Recipe("data.image_size must be positive".into()));
+            }
+        }
+        if d.labeled_subset == Some(0) {
+            return Err(Error::Recipe("data.labeled_subset must be > 0".into()));
+        }
+        Ok(())
+    }
+}
 
 /// A labelled image set held in memory.
 #[derive(Debug)]

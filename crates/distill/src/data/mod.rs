@@ -1,4 +1,8 @@
-//! Data: image sets, deterministic order and augmentation.
+//! Data: image sets, packed text batches, deterministic order and augmentation.
 
 pub mod images;
-pub mod rng;
+pub mod text;
+
+/// The one seeded generator (SplitMix64) behind data order, augmentation, tail samples and
+/// generation; it lives in `distill-base` so that every crate draws the same numbers.
+pub use distill_base::rng;

@@ -16,42 +16,19 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
-use tch::{nn, nn::ModuleT, Device, Kind, Tensor};
+use tch::{nn, Device, Kind, Tensor};
 
-use crate::checkpoint::{load_tensors, save_tensors, write_json};
-use crate::data::images::{jitter, load_recipe_data, ImageSet};
+use crate::checkpoint::{load_tensors, save_tensors, write_atomic, write_json};
+use crate::data::images::{load_recipe_data, ImageSet};
 use crate::data::rng::SplitMix64;
-use crate::losses::response::{cross_entropy, KdLoss};
-use crate::models::{image_classifier, param_count};
+use crate::methods::response::image_term;
+use crate::models::{image_classifier, param_count, Classifier};
+use crate::plan::{image_plan, Phase, Role, TeacherFrom};
 use crate::recipe::{ImageRecipe, Stage};
-use crate::train::{fit, StepLoss, TrainOptions, TrainTask};
+use crate::tasks::ClassifierTask;
+use crate::teacher::{combine_logits, Ensemble, Teacher};
+use crate::train::{fit, TrainOptions, TrainTask};
 use crate::{Error, Result};
-
-/// What a phase is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Role {
-    Teacher,
-    StudentScratch,
-    StudentKd,
-    /// Every seed's teacher averaged (evaluated, not trained).
-    TeacherEnsemble,
-    /// A student distilled from the teacher ensemble.
-    StudentKdEnsemble,
-}
-
-impl Role {
-    /// As the table prints it.
-    pub fn name(self) -> &'static str {
-        match self {
-            Role::Teacher => "teacher",
-            Role::StudentScratch => "student-scratch",
-            Role::StudentKd => "student-kd",
-            Role::TeacherEnsemble => "teacher-ensemble",
-            Role::StudentKdEnsemble => "student-kd-ensemble",
-        }
-    }
-}
 
 /// One trained model's evaluation.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -86,110 +63,12 @@ pub struct Summary {
     pub ensemble_gap_recovered: Option<f64>,
 }
 
-#[derive(Debug, Clone)]
-struct Phase {
-    id: String,
-    role: Role,
-    seed: u64,
-    temperature: Option<f64>,
-}
-
-fn phases(r: &ImageRecipe) -> Vec<Phase> {
-    let mut out = Vec::new();
-    let t = r.distill.temperature;
-    for &seed in &r.seeds {
-        out.push(Phase { id: format!("teacher-s{seed}"), role: Role::Teacher, seed, temperature: None });
-        out.push(Phase { id: format!("scratch-s{seed}"), role: Role::StudentScratch, seed, temperature: None });
-        out.push(Phase { id: format!("kd-s{seed}-T{t}"), role: Role::StudentKd, seed, temperature: Some(t) });
-    }
-    let s0 = r.seeds[0];
-    if r.distill.ensemble {
-        out.push(Phase { id: "teacher-ensemble".into(), role: Role::TeacherEnsemble, seed: s0, temperature: None });
-        let (id, role) = (format!("kd-ensemble-T{t}"), Role::StudentKdEnsemble);
-        out.push(Phase { id, role, seed: s0, temperature: Some(t) });
-    }
-    for &ts in &r.distill.sweep {
-        if ts != t {
-            out.push(Phase { id: format!("kd-s{s0}-T{ts}"), role: Role::StudentKd, seed: s0, temperature: Some(ts) });
-        }
-    }
-    out
-}
-
 /// Options of a run that are not part of the recipe.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
     pub progress: bool,
     /// Print a line per finished phase to stderr.
     pub verbose: bool,
-}
-
-/// A model (or ensemble) as a function from a batch of images to its logits `[B, C]`.
-type Logits<'a> = &'a dyn Fn(&Tensor) -> Tensor;
-
-struct ClassifierTask<'a> {
-    model: &'a dyn ModuleT,
-    x: &'a Tensor,
-    labels: &'a Tensor,
-    /// The teacher's logits on the un-augmented training images (offline teacher).
-    teacher_logits: Option<&'a Tensor>,
-    /// The teacher itself (its logits on a batch), run on the same augmented batch as the
-    /// student when the student is jittered ("consistent teaching", Beyer et al. 2022).
-    teacher: Option<Logits<'a>>,
-    kd: Option<KdLoss>,
-    jitter: usize,
-    /// Example index → row of `x` (a labeled subset for the scratch student).
-    rows: Option<&'a [i64]>,
-}
-
-impl TrainTask for ClassifierTask<'_> {
-    fn num_examples(&self) -> usize {
-        self.rows.map(|r| r.len()).unwrap_or(self.x.size()[0] as usize)
-    }
-
-    fn loss(&mut self, batch: &[usize], rng: &mut SplitMix64) -> Result<StepLoss> {
-        let idx: Vec<i64> = match self.rows {
-            Some(r) => batch.iter().map(|&i| r[i]).collect(),
-            None => batch.iter().map(|&i| i as i64).collect(),
-        };
-        let idx = Tensor::from_slice(&idx);
-        let x = jitter(&self.x.index_select(0, &idx), self.jitter, rng); // [B, 1, H, W]
-        let y = self.labels.index_select(0, &idx); // [B]
-        let logits = self.model.forward_t(&x, true); // [B, C]
-        match (self.kd, self.teacher_logits) {
-            (Some(kd), Some(tl)) => {
-                let t = match self.teacher {
-                    Some(t) if self.jitter > 0 => tch::no_grad(|| t(&x)), // [B, C]
-                    _ => tl.index_select(0, &idx),                        // [B, C]
-                };
-                let p = kd.forward(&logits, &t, Some(&y));
-                Ok(StepLoss { total: p.total, parts: vec![("soft", p.soft), ("hard", p.hard)] })
-            }
-            _ => Ok(StepLoss { total: cross_entropy(&logits, &y), parts: vec![] }),
-        }
-    }
-}
-
-/// A model's logits in eval mode: `[B, …]` → `[B, C]`.
-fn eval_logits(model: &dyn ModuleT) -> impl Fn(&Tensor) -> Tensor + '_ {
-    move |x| model.forward_t(x, false)
-}
-
-/// Several teachers as one, at temperature `t`: `t · log(mean_k softmax(z_k/t))`, whose softmax
-/// at temperature `t` is the members' average distribution (and whose argmax at `t = 1` is the
-/// ensemble's prediction). `[B, …]` → `[B, C]`.
-fn ensemble_logits<'a>(members: &'a [&'a dyn ModuleT], t: f64) -> impl Fn(&Tensor) -> Tensor + 'a {
-    move |x| {
-        let z: Vec<Tensor> = members.iter().map(|m| m.forward_t(x, false)).collect(); // k × [B, C]
-        combine_logits(&z, t)
-    }
-}
-
-/// The members' logits `k × [B, C]` combined as [`ensemble_logits`] does: `t · log(mean_k
-/// softmax(z_k/t))` `[B, C]`.
-fn combine_logits(z: &[Tensor], t: f64) -> Tensor {
-    let logp: Vec<Tensor> = z.iter().map(|z| (z / t).log_softmax(-1, Kind::Float)).collect(); // k × [B, C]
-    (Tensor::stack(&logp, 0).logsumexp(0, false) - (z.len() as f64).ln()) * t // log of the mean probability
 }
 
 /// Logits (eval mode) for every image. `[N, C]`.
@@ -222,7 +101,7 @@ fn latency_ms_per_1k(logits: &dyn Fn(&Tensor) -> Tensor, set: &ImageSet) -> f64 
 }
 
 /// Builds the model of `stage` in a fresh var store, seeded for its initialization.
-fn build(stage: &Stage, seed: u64, hw: [usize; 2], classes: usize) -> (nn::VarStore, Box<dyn ModuleT>) {
+fn build(stage: &Stage, seed: u64, hw: [usize; 2], classes: usize) -> (nn::VarStore, Box<dyn Classifier>) {
     tch::manual_seed(seed as i64);
     let vs = nn::VarStore::new(Device::Cpu);
     let m = image_classifier(&vs.root(), &stage.model, hw, classes);
@@ -271,14 +150,16 @@ pub fn run(recipe: &ImageRecipe, recipe_toml: &str, out: &Path, opts: &RunOption
     let n_labeled = labeled.as_ref().map(|l| l.len()).unwrap_or(n);
 
     std::fs::create_dir_all(out.join("phases")).map_err(|e| Error::io(out, e))?;
-    crate::checkpoint::write_atomic(&out.join("recipe.toml"), recipe_toml.as_bytes())?;
+    write_atomic(&out.join("recipe.toml"), recipe_toml.as_bytes())?;
 
-    let mut teacher_logits: HashMap<u64, Tensor> = HashMap::new();
-    let mut teachers: HashMap<u64, (nn::VarStore, Box<dyn ModuleT>)> = HashMap::new();
+    let plan = image_plan(&recipe.seeds, &recipe.distill);
+    let seed_of = |id: &str| plan.iter().find(|p| p.id == id).map(|p| p.seed).unwrap_or(0);
+    // Teacher phases loaded so far (by phase id), with their logits on the training images.
+    let mut teachers: HashMap<String, (nn::VarStore, Box<dyn Classifier>, Tensor)> = HashMap::new();
     let mut teacher_params = HashMap::new();
     let mut results = Vec::new();
-    for ph in phases(recipe) {
-        let dir = out.join("phases").join(&ph.id);
+    for ph in &plan {
+        let dir = ph.dir(out);
         let result_path = dir.join("result.json");
         if let Ok(text) = std::fs::read_to_string(&result_path) {
             let r: PhaseResult = serde_json::from_str(&text).map_err(|e| Error::format(&result_path, e.to_string()))?;
@@ -292,75 +173,46 @@ pub fn run(recipe: &ImageRecipe, recipe_toml: &str, out: &Path, opts: &RunOption
             continue;
         }
         // The teachers this phase learns from (or is), loaded once with their training-set logits.
-        let needed: Vec<u64> = match ph.role {
-            Role::StudentKd => vec![ph.seed],
-            Role::TeacherEnsemble | Role::StudentKdEnsemble => recipe.seeds.clone(),
-            Role::Teacher | Role::StudentScratch => vec![],
+        let sources: Vec<String> = match &ph.teacher {
+            TeacherFrom::Phase(id) => vec![id.clone()],
+            TeacherFrom::Ensemble(ids) => ids.clone(),
+            TeacherFrom::None | TeacherFrom::Recipe => vec![],
         };
-        for &s in &needed {
-            if let std::collections::hash_map::Entry::Vacant(slot) = teachers.entry(s) {
-                let (tvs, tm) = build(&recipe.teacher, s, hw, classes);
-                load_weights(&tvs, &out.join("phases").join(format!("teacher-s{s}")).join("model.safetensors"))?;
-                teacher_logits.insert(s, predict(&eval_logits(tm.as_ref()), &train.images));
-                slot.insert((tvs, tm));
+        for id in &sources {
+            if !teachers.contains_key(id) {
+                let (tvs, tm) = build(&recipe.teacher, seed_of(id), hw, classes);
+                load_weights(&tvs, &out.join("phases").join(id).join("model.safetensors"))?;
+                let logits = predict(&|x| tm.logits(x, false), &train.images);
+                teachers.insert(id.clone(), (tvs, tm, logits));
             }
         }
-        let ensemble = matches!(ph.role, Role::TeacherEnsemble | Role::StudentKdEnsemble);
-        let members: Vec<&dyn ModuleT> =
-            if ensemble { recipe.seeds.iter().map(|s| teachers[s].1.as_ref()).collect() } else { Vec::new() };
-        let ens = ensemble_logits(&members, ph.temperature.unwrap_or(1.0));
+        let members: Vec<&dyn Classifier> = sources.iter().map(|id| teachers[id].1.as_ref()).collect();
         if ph.role == Role::TeacherEnsemble {
-            // Evaluated, not trained: the average of the seeds' teachers (T = 1).
-            let errs = errors(&ens, &test);
-            let params: usize = recipe.seeds.iter().map(|s| teacher_params.get(s).copied().unwrap_or(0)).sum();
-            let size_bytes = recipe
-                .seeds
-                .iter()
-                .filter_map(|s| {
-                    std::fs::metadata(out.join("phases").join(format!("teacher-s{s}")).join("model.safetensors")).ok()
-                })
-                .map(|m| m.len())
-                .sum();
-            let tp = teacher_params.get(&ph.seed).copied().unwrap_or(params);
-            let res = PhaseResult {
-                role: ph.role,
-                seed: ph.seed,
-                temperature: None,
-                alpha: None,
-                test_errors: errs,
-                test_total: test.len() as i64,
-                test_accuracy: 1.0 - errs as f64 / test.len() as f64,
-                params,
-                size_bytes,
-                latency_ms_per_1k: latency_ms_per_1k(&ens, &test),
-                compression_ratio: tp as f64 / params.max(1) as f64,
-                train_examples: n,
-                labeled_examples: n,
-                steps: 0,
-                train_seconds: 0.0,
-            };
-            std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-            write_json(&result_path, &res)?;
-            if opts.verbose {
-                eprintln!("{:>18}: {} test errors ({} teachers averaged)", ph.id, errs, members.len());
-            }
-            results.push(res);
+            let params: usize = sources.iter().map(|id| param_count(&teachers[id].0)).sum();
+            results.push(evaluate_ensemble(ph, &members, &sources, params, &test, &teacher_params, out, n, opts)?);
             continue;
         }
         let stage = if ph.role == Role::Teacher { &recipe.teacher } else { &recipe.student };
         // Same initialization for the scratch and KD students of a seed.
         let (vs, model) = build(stage, ph.seed, hw, classes);
-        let kd = ph.temperature.map(|t| KdLoss { temperature: t, alpha: recipe.distill.alpha });
-        let single = teachers.get(&ph.seed).map(|(_, m)| eval_logits(m.as_ref()));
-        // From the members' training-set logits, computed once when they loaded.
-        let ens_train = (ph.role == Role::StudentKdEnsemble).then(|| {
-            let z: Vec<Tensor> = recipe.seeds.iter().map(|s| teacher_logits[s].shallow_clone()).collect();
-            tch::no_grad(|| combine_logits(&z, ph.temperature.unwrap_or(1.0))) // [N, C]
-        });
-        let (t_logits, t_fn): (Option<&Tensor>, Option<Logits>) = match ph.role {
-            Role::StudentKd => (teacher_logits.get(&ph.seed), single.as_ref().map(|f| f as Logits)),
-            Role::StudentKdEnsemble => (ens_train.as_ref(), Some(&ens)),
-            _ => (None, None),
+        let kd = ph.temperature.map(|t| image_term(&recipe.distill, t));
+        let t = ph.temperature.unwrap_or(1.0);
+        // The soft targets: computed once from the training-set logits, or, when the student's
+        // images are jittered, the teacher (or ensemble) run on the same jittered batch.
+        let train_logits = match members.len() {
+            0 => None,
+            1 => Some(teachers[&sources[0]].2.shallow_clone()),
+            _ => {
+                let z: Vec<Tensor> = sources.iter().map(|id| teachers[id].2.shallow_clone()).collect();
+                let w = vec![1.0 / z.len() as f64; z.len()];
+                Some(tch::no_grad(|| combine_logits(&z, &w, t))) // [N, C]
+            }
+        };
+        let teacher = match (&train_logits, members.len()) {
+            (None, _) => None,
+            (Some(l), _) if stage.jitter == 0 => Some(Teacher::Logits(l)),
+            (Some(_), 1) => Some(Teacher::Classifier(members[0])),
+            (Some(_), _) => Some(Teacher::Ensemble(Ensemble::uniform(members.clone(), t))),
         };
         let (labels, rows) = match ph.role {
             Role::Teacher | Role::TeacherEnsemble => (&train.labels, None),
@@ -371,11 +223,11 @@ pub fn run(recipe: &ImageRecipe, recipe_toml: &str, out: &Path, opts: &RunOption
             model: model.as_ref(),
             x: &train.images,
             labels,
-            teacher_logits: t_logits,
-            teacher: t_fn,
+            teacher,
             kd,
             jitter: stage.jitter,
             rows,
+            terms: Vec::new(),
         };
         let examples = task.num_examples();
         let topts = TrainOptions {
@@ -390,7 +242,7 @@ pub fn run(recipe: &ImageRecipe, recipe_toml: &str, out: &Path, opts: &RunOption
         let report = fit(&vs, &mut task, &topts)?;
         let model_path = dir.join("model.safetensors");
         save_weights(&vs, &model_path)?;
-        let errs = errors(&eval_logits(model.as_ref()), &test);
+        let errs = errors(&|x| model.logits(x, false), &test);
         let params = param_count(&vs);
         if ph.role == Role::Teacher {
             teacher_params.insert(ph.seed, params);
@@ -406,7 +258,7 @@ pub fn run(recipe: &ImageRecipe, recipe_toml: &str, out: &Path, opts: &RunOption
             test_accuracy: 1.0 - errs as f64 / test.len() as f64,
             params,
             size_bytes: std::fs::metadata(&model_path).map(|m| m.len()).unwrap_or(0),
-            latency_ms_per_1k: latency_ms_per_1k(&eval_logits(model.as_ref()), &test),
+            latency_ms_per_1k: latency_ms_per_1k(&|x| model.logits(x, false), &test),
             compression_ratio: tp as f64 / params as f64,
             train_examples: if ph.role == Role::Teacher { n } else { examples },
             labeled_examples: match ph.role {
@@ -425,6 +277,54 @@ pub fn run(recipe: &ImageRecipe, recipe_toml: &str, out: &Path, opts: &RunOption
     let summary = summarize(recipe, results);
     write_json(&out.join("summary.json"), &summary)?;
     Ok(summary)
+}
+
+/// The seeds' teachers averaged (T = 1), evaluated, not trained; its result is written like a
+/// trained phase's.
+#[allow(clippy::too_many_arguments)]
+fn evaluate_ensemble(
+    ph: &Phase,
+    members: &[&dyn Classifier],
+    sources: &[String],
+    params: usize,
+    test: &ImageSet,
+    teacher_params: &HashMap<u64, usize>,
+    out: &Path,
+    n: usize,
+    opts: &RunOptions,
+) -> Result<PhaseResult> {
+    let ens = Ensemble::uniform(members.to_vec(), 1.0);
+    let errs = errors(&|x| ens.logits(x), test);
+    let size_bytes = sources
+        .iter()
+        .filter_map(|id| std::fs::metadata(out.join("phases").join(id).join("model.safetensors")).ok())
+        .map(|m| m.len())
+        .sum();
+    let tp = teacher_params.get(&ph.seed).copied().unwrap_or(params);
+    let res = PhaseResult {
+        role: ph.role,
+        seed: ph.seed,
+        temperature: None,
+        alpha: None,
+        test_errors: errs,
+        test_total: test.len() as i64,
+        test_accuracy: 1.0 - errs as f64 / test.len() as f64,
+        params,
+        size_bytes,
+        latency_ms_per_1k: latency_ms_per_1k(&|x| ens.logits(x), test),
+        compression_ratio: tp as f64 / params.max(1) as f64,
+        train_examples: n,
+        labeled_examples: n,
+        steps: 0,
+        train_seconds: 0.0,
+    };
+    let dir = ph.dir(out);
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    write_json(&dir.join("result.json"), &res)?;
+    if opts.verbose {
+        eprintln!("{:>18}: {} test errors ({} teachers averaged)", ph.id, errs, members.len());
+    }
+    Ok(res)
 }
 
 fn summarize(recipe: &ImageRecipe, results: Vec<PhaseResult>) -> Summary {
@@ -497,12 +397,22 @@ pub fn table(s: &Summary) -> String {
 
 /// The phase directories a run uses, for tools and tests.
 pub fn phase_dirs(recipe: &ImageRecipe, out: &Path) -> Vec<PathBuf> {
-    phases(recipe).into_iter().map(|p| out.join("phases").join(p.id)).collect()
+    image_plan(&recipe.seeds, &recipe.distill).iter().map(|p| p.dir(out)).collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::models::Outputs;
+
+    #[derive(Debug)]
+    struct Linear(nn::Linear);
+
+    impl Classifier for Linear {
+        fn forward_outputs(&self, x: &Tensor, _train: bool) -> Outputs {
+            Outputs { logits: x.apply(&self.0), features: Vec::new() }
+        }
+    }
 
     /// The ensemble's logits at temperature T give, through softmax at T, the members' average
     /// distribution at T.
@@ -510,18 +420,18 @@ mod tests {
     fn ensemble_logits_average_the_members_softened_distributions() {
         tch::manual_seed(0);
         let vs = nn::VarStore::new(Device::Cpu);
-        let a = nn::linear(vs.root() / "a", 5, 4, Default::default());
-        let b = nn::linear(vs.root() / "b", 5, 4, Default::default());
-        let c = nn::linear(vs.root() / "c", 5, 4, Default::default());
+        let a = Linear(nn::linear(vs.root() / "a", 5, 4, Default::default()));
+        let b = Linear(nn::linear(vs.root() / "b", 5, 4, Default::default()));
+        let c = Linear(nn::linear(vs.root() / "c", 5, 4, Default::default()));
         let x = Tensor::randn([3, 5], (Kind::Float, Device::Cpu)) * 3.0;
-        let members: Vec<&dyn ModuleT> = vec![&a, &b, &c];
+        let members: Vec<&dyn Classifier> = vec![&a, &b, &c];
         for t in [1.0, 2.0, 8.0] {
-            let z = tch::no_grad(|| ensemble_logits(&members, t)(&x)); // [3, 4]
+            let z = tch::no_grad(|| Ensemble::uniform(members.clone(), t).logits(&x)); // [3, 4]
             let got = (&z / t).softmax(-1, Kind::Float);
             let want = tch::no_grad(|| {
                 members
                     .iter()
-                    .map(|m| (m.forward_t(&x, false) / t).softmax(-1, Kind::Float))
+                    .map(|m| (m.logits(&x, false) / t).softmax(-1, Kind::Float))
                     .fold(Tensor::zeros([3, 4], (Kind::Float, Device::Cpu)), |acc, p| acc + p)
                     / 3.0
             });

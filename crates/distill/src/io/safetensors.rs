@@ -323,26 +323,7 @@ fn dtype_of(kind: Kind) -> Option<(&'static str, usize)> {
 /// Writes `path` atomically: `write` fills a temporary sibling file, which is fsynced and renamed
 /// over `path`; the directory is then fsynced (best effort). The temporary file is removed on error.
 pub fn write_atomic(path: &Path, write: impl FnOnce(&mut BufWriter<File>) -> Result<()>) -> Result<()> {
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("out");
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        let mut w = BufWriter::with_capacity(1 << 20, file);
-        write(&mut w)?;
-        let file = w.into_inner().map_err(|e| Error::io(&tmp, e.into_error()))?;
-        file.sync_all().map_err(|e| Error::io(&tmp, e))?;
-        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-        return result;
-    }
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
-    Ok(())
+    distill_base::write_atomic_with(path, write)
 }
 
 /// Saves named tensors (any device; F32, F16, BF16, F64, I64 or I32) as one safetensors file,

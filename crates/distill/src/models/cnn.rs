@@ -1,6 +1,8 @@
 //! A small convolutional classifier: `(conv3×3 → ReLU → maxpool2)*` then one hidden layer.
 
-use tch::{nn, nn::ModuleT, Tensor};
+use tch::{nn, Tensor};
+
+use super::{Classifier, Outputs};
 
 /// Conv net for small images (28×28 Fashion-MNIST, 8×8 digits).
 #[derive(Debug)]
@@ -31,16 +33,21 @@ impl Cnn {
     }
 }
 
-impl ModuleT for Cnn {
+impl Classifier for Cnn {
     /// # Shapes
-    /// `x: [B, 1, H, W]` → logits `[B, classes]`.
-    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+    /// `x: [B, 1, H, W]` → logits `[B, classes]`; features: each conv block's output
+    /// `[B, c_i, H_i, W_i]`, then the hidden layer after ReLU `[B, hidden]`.
+    fn forward_outputs(&self, x: &Tensor, train: bool) -> Outputs {
         let mut h = x.shallow_clone();
+        let mut features = Vec::with_capacity(self.convs.len() + 1);
         for c in &self.convs {
             let k = if h.size()[2] >= 2 && h.size()[3] >= 2 { 2 } else { 1 };
             h = h.apply(c).relu().max_pool2d_default(k); // [B, c, H/2, W/2]
+            features.push(h.shallow_clone());
         }
-        h.flatten(1, -1).apply(&self.fc).relu().dropout(self.dropout, train).apply(&self.out)
-        // [B, classes]
+        let f = h.flatten(1, -1).apply(&self.fc).relu(); // [B, hidden]
+        let logits = f.dropout(self.dropout, train).apply(&self.out); // [B, classes]
+        features.push(f);
+        Outputs { logits, features }
     }
 }

@@ -1,7 +1,9 @@
 //! Fully connected ReLU classifier, Hinton et al. (2015)'s MNIST teacher (784-1200-1200-10 with
 //! dropout) and student (784-800-800-10).
 
-use tch::{nn, nn::ModuleT, Tensor};
+use tch::{nn, Tensor};
+
+use super::{Classifier, Outputs};
 
 /// `input → [dropout] → (Linear → ReLU → dropout)* → Linear → logits`.
 #[derive(Debug)]
@@ -33,18 +35,22 @@ impl Mlp {
     }
 }
 
-impl ModuleT for Mlp {
+impl Classifier for Mlp {
     /// # Shapes
-    /// `x: [B, …]` (flattened to `[B, inputs]`) → logits `[B, classes]`.
-    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+    /// `x: [B, …]` (flattened to `[B, inputs]`) → logits `[B, classes]`, features
+    /// `[B, hidden_i]` per hidden layer (after ReLU, before dropout).
+    fn forward_outputs(&self, x: &Tensor, train: bool) -> Outputs {
         let mut h = x.flatten(1, -1).dropout(self.input_dropout, train); // [B, D]
+        let mut features = Vec::with_capacity(self.layers.len() - 1);
         let last = self.layers.len() - 1;
         for (i, l) in self.layers.iter().enumerate() {
             h = h.apply(l);
             if i < last {
-                h = h.relu().dropout(self.dropout, train); // [B, hidden_i]
+                let a = h.relu(); // [B, hidden_i]
+                h = a.dropout(self.dropout, train);
+                features.push(a);
             }
         }
-        h
+        Outputs { logits: h, features }
     }
 }

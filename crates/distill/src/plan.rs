@@ -1,0 +1,185 @@
+//! Phase plans: the typed list of phases a run goes through, replacing phase names compared as
+//! strings. A phase has a directory (`DIR/phases/<id>`), a role in the report, and says where its
+//! teacher and its starting weights come from — the recipe's teacher, another phase's model or an
+//! ensemble of phases — which is what multi-stage methods (born-again generations,
+//! teacher-assistant chains, prune → heal → quantize) are made of. Runners walk the plan in
+//! order; a phase whose result file exists is done and is skipped on `--resume`.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::methods::{ImageDistill, LmDistill};
+
+/// What a phase produces, as the report names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    Teacher,
+    StudentScratch,
+    StudentKd,
+    /// Every seed's teacher averaged (evaluated, not trained).
+    TeacherEnsemble,
+    /// A student distilled from the teacher ensemble.
+    StudentKdEnsemble,
+}
+
+impl Role {
+    /// As the tables print it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Teacher => "teacher",
+            Role::StudentScratch => "student-scratch",
+            Role::StudentKd => "student-kd",
+            Role::TeacherEnsemble => "teacher-ensemble",
+            Role::StudentKdEnsemble => "student-kd-ensemble",
+        }
+    }
+}
+
+/// Where a phase's teacher comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TeacherFrom {
+    /// No teacher: trained on the labels alone (or a teacher itself).
+    None,
+    /// The recipe's `[teacher]` (an LM recipe's GGUF or HF model, or its cache).
+    Recipe,
+    /// The model another phase trained (by phase id).
+    Phase(String),
+    /// The average of several phases' models.
+    Ensemble(Vec<String>),
+}
+
+/// Where a phase's starting weights come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InitFrom {
+    /// Built fresh from the phase's seed (and, for an LM student, `student.init`).
+    Seed,
+    /// Another phase's trained weights (by phase id).
+    Phase(String),
+}
+
+/// One phase of a run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Phase {
+    /// Directory name under `DIR/phases/`.
+    pub id: String,
+    pub role: Role,
+    pub seed: u64,
+    /// Temperature of the logit term (KD phases).
+    pub temperature: Option<f64>,
+    /// Weight α of the soft term (KD phases; 0 for an LM scratch twin).
+    pub alpha: Option<f64>,
+    pub teacher: TeacherFrom,
+    pub init: InitFrom,
+    /// Whether the phase trains (an ensemble is only evaluated).
+    pub trains: bool,
+    /// The Hugging Face directory the phase exports to, under the run directory (LM phases).
+    pub export: Option<&'static str>,
+}
+
+impl Phase {
+    /// `DIR/phases/<id>`.
+    pub fn dir(&self, out: &Path) -> PathBuf {
+        out.join("phases").join(&self.id)
+    }
+
+    /// Whether the phase learns from a teacher (and so gets the extra terms).
+    pub fn distills(&self) -> bool {
+        !matches!(self.teacher, TeacherFrom::None)
+    }
+}
+
+/// The id of seed `seed`'s teacher phase in an image run.
+pub fn teacher_id(seed: u64) -> String {
+    format!("teacher-s{seed}")
+}
+
+/// An image run: per seed a teacher, a scratch student and a KD student; then, with
+/// `distill.ensemble`, the seeds' teachers averaged and a student distilled from them; then the
+/// temperature sweep on the first seed.
+pub fn image_plan(seeds: &[u64], d: &ImageDistill) -> Vec<Phase> {
+    let mut out = Vec::new();
+    let t = d.temperature;
+    let phase = |id: String, role, seed, temperature: Option<f64>, teacher| Phase {
+        id,
+        role,
+        seed,
+        temperature,
+        alpha: temperature.map(|_| d.alpha),
+        teacher,
+        init: InitFrom::Seed,
+        trains: role != Role::TeacherEnsemble,
+        export: None,
+    };
+    for &seed in seeds {
+        out.push(phase(teacher_id(seed), Role::Teacher, seed, None, TeacherFrom::None));
+        out.push(phase(format!("scratch-s{seed}"), Role::StudentScratch, seed, None, TeacherFrom::None));
+        let from = TeacherFrom::Phase(teacher_id(seed));
+        out.push(phase(format!("kd-s{seed}-T{t}"), Role::StudentKd, seed, Some(t), from));
+    }
+    let s0 = seeds[0];
+    if d.ensemble {
+        let all = TeacherFrom::Ensemble(seeds.iter().map(|&s| teacher_id(s)).collect());
+        out.push(phase("teacher-ensemble".into(), Role::TeacherEnsemble, s0, None, all.clone()));
+        out.push(phase(format!("kd-ensemble-T{t}"), Role::StudentKdEnsemble, s0, Some(t), all));
+    }
+    for &ts in &d.sweep {
+        if ts != t {
+            let from = TeacherFrom::Phase(teacher_id(s0));
+            out.push(phase(format!("kd-s{s0}-T{ts}"), Role::StudentKd, s0, Some(ts), from));
+        }
+    }
+    out
+}
+
+/// An LM run: the KD student (when `alpha > 0`), then the scratch twin (when asked, or when
+/// `alpha = 0` makes the recipe a scratch run). Both start from the same seeded init.
+pub fn lm_plan(d: &LmDistill, seed: u64) -> Vec<Phase> {
+    let mut out = Vec::new();
+    let phase = |id: &str, role, alpha: f64, teacher, export| Phase {
+        id: id.into(),
+        role,
+        seed,
+        temperature: Some(d.temperature),
+        alpha: Some(alpha),
+        teacher,
+        init: InitFrom::Seed,
+        trains: true,
+        export: Some(export),
+    };
+    if d.alpha > 0.0 {
+        out.push(phase("kd", Role::StudentKd, d.alpha, TeacherFrom::Recipe, "student"));
+    }
+    if d.alpha == 0.0 || d.scratch_twin {
+        out.push(phase("scratch", Role::StudentScratch, 0.0, TeacherFrom::None, "scratch"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_plan_lists_seeds_then_ensemble_then_sweep() {
+        let d = ImageDistill { temperature: 2.0, alpha: 0.9, sweep: vec![1.0, 2.0, 8.0], ensemble: true };
+        let ids: Vec<String> = image_plan(&[0, 1], &d).into_iter().map(|p| p.id).collect();
+        let want = [
+            "teacher-s0",
+            "scratch-s0",
+            "kd-s0-T2",
+            "teacher-s1",
+            "scratch-s1",
+            "kd-s1-T2",
+            "teacher-ensemble",
+            "kd-ensemble-T2",
+            "kd-s0-T1",
+            "kd-s0-T8",
+        ];
+        assert_eq!(ids, want);
+        let p = image_plan(&[3], &d);
+        assert_eq!(p[2].teacher, TeacherFrom::Phase("teacher-s3".into()));
+        assert_eq!((p[2].alpha, p[1].alpha), (Some(0.9), None));
+    }
+}

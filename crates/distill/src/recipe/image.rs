@@ -1,0 +1,80 @@
+//! The image-classification recipe: a teacher, a scratch student and a distilled student per
+//! seed (Hinton et al. 2015, §3).
+
+use serde::{Deserialize, Serialize};
+
+use super::Task;
+use crate::data::images::ImageData;
+use crate::methods::ImageDistill;
+use crate::models::ModelSpec;
+use crate::train::{CheckpointCfg, TrainCfg};
+use crate::{Error, Result};
+
+/// Teacher, scratch student and distilled student on an image set (Hinton et al. 2015, §3).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageRecipe {
+    pub task: Task,
+    /// Name shown in tables and summary.json.
+    pub name: String,
+    /// Each seed trains a teacher, a scratch student and a KD student.
+    #[serde(default = "default_seeds")]
+    pub seeds: Vec<u64>,
+    /// Intra-op threads for libtorch (default: all cores).
+    #[serde(default)]
+    pub threads: Option<usize>,
+    pub data: ImageData,
+    pub teacher: Stage,
+    pub student: Stage,
+    pub distill: ImageDistill,
+    #[serde(default)]
+    pub checkpoint: CheckpointCfg,
+}
+
+fn default_seeds() -> Vec<u64> {
+    vec![0]
+}
+
+/// A model and how it is trained.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stage {
+    pub model: ModelSpec,
+    pub train: TrainCfg,
+    /// Random translation of up to ±N pixels per training image (Hinton's teacher: 2).
+    #[serde(default)]
+    pub jitter: usize,
+}
+
+impl ImageRecipe {
+    /// The paths the recipe names, as written.
+    pub fn paths(&self) -> Vec<&str> {
+        self.data.paths()
+    }
+
+    /// Checks values and paths. No tensor is created.
+    pub fn validate(&self) -> Result<()> {
+        if self.seeds.is_empty() {
+            return Err(Error::Recipe("seeds: give at least one seed".into()));
+        }
+        if let Some(0) = self.threads {
+            return Err(Error::Recipe("threads must be > 0".into()));
+        }
+        self.data.validate()?;
+        self.teacher.model.validate("teacher")?;
+        self.student.model.validate("student")?;
+        self.teacher.train.validate("teacher.train")?;
+        self.student.train.validate("student.train")?;
+        self.distill.validate()?;
+        if self.distill.ensemble && self.seeds.len() < 2 {
+            return Err(Error::Recipe(format!(
+                "distill.ensemble needs at least two seeds (one teacher each), got seeds = {:?}",
+                self.seeds
+            )));
+        }
+        if self.checkpoint.every_steps == 0 {
+            return Err(Error::Recipe("checkpoint.every_steps must be > 0".into()));
+        }
+        Ok(())
+    }
+}

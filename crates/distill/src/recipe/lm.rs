@@ -1,0 +1,147 @@
+//! The causal-LM recipe: a frozen teacher's next-token distributions train a smaller decoder
+//! that shares its tokenizer; resolved once ([`LmRecipe::resolve`]) into the values a run reads.
+
+use std::path::PathBuf;
+
+use distill_text::{TextDataConfig, TextSource};
+use serde::{Deserialize, Serialize};
+
+use super::Task;
+use crate::data::text::resolve_sources;
+use crate::eval::LmEval;
+use crate::losses::divergence::Divergence;
+use crate::methods::{LmDistill, TermContext};
+use crate::student::LmStudent;
+use crate::teacher::LmTeacher;
+use crate::train::{CheckpointCfg, TrainCfg};
+use crate::{fetch, Error, Result};
+
+/// LLM distillation: a frozen teacher's next-token distributions train a smaller decoder that
+/// shares its tokenizer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LmRecipe {
+    pub task: Task,
+    pub name: String,
+    /// Seed of the student's initialization, data order and dropout.
+    #[serde(default)]
+    pub seed: u64,
+    /// Intra-op threads for libtorch (default: all cores).
+    #[serde(default)]
+    pub threads: Option<usize>,
+    /// Where models train and run: `cpu` (default), `cuda` or `cuda:N`.
+    #[serde(default = "default_device")]
+    pub device: String,
+    pub teacher: LmTeacher,
+    pub student: LmStudent,
+    /// Text sources, cleaning, split and packing (see `distill_text::TextDataConfig`).
+    pub data: distill_text::TextDataConfig,
+    pub train: TrainCfg,
+    pub distill: LmDistill,
+    #[serde(default)]
+    pub eval: LmEval,
+    #[serde(default)]
+    pub checkpoint: CheckpointCfg,
+}
+
+fn default_device() -> String {
+    "cpu".into()
+}
+
+/// Parses `cpu`, `cuda` or `cuda:N` into a device and checks that libtorch can use it.
+pub fn parse_device(s: &str) -> Result<tch::Device> {
+    let dev = match s {
+        "cpu" => return Ok(tch::Device::Cpu),
+        "cuda" => 0,
+        _ => s
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse::<usize>().ok())
+            .ok_or_else(|| Error::Recipe(format!("device must be `cpu`, `cuda` or `cuda:N`, got `{s}`")))?,
+    };
+    let n = tch::Cuda::device_count() as usize;
+    if dev >= n {
+        return Err(Error::Invalid(format!(
+            "device `{s}` requested but libtorch sees {n} CUDA device(s) (CPU-only torch wheel or no GPU)"
+        )));
+    }
+    Ok(tch::Device::Cuda(dev))
+}
+
+/// An LM recipe resolved once: the values every later stage reads, never derived twice.
+#[derive(Debug, Clone)]
+pub struct ResolvedLm {
+    pub device: tch::Device,
+    /// The teacher's model file or directory (`asset:` resolved).
+    pub teacher_path: PathBuf,
+    /// The teacher cache directory, when training reads the teacher from one.
+    pub cache: Option<PathBuf>,
+    /// `[data]` with every source path resolved.
+    pub data: TextDataConfig,
+    /// `eval.extra` with every source path resolved.
+    pub extra: Vec<TextSource>,
+    /// The divergence of the logit term.
+    pub divergence: Divergence,
+}
+
+impl LmRecipe {
+    /// Every path the recipe names, as written.
+    pub fn paths(&self) -> Vec<&str> {
+        let mut v = vec![self.teacher.path.as_str()];
+        v.extend(
+            self.data.sources.iter().chain(&self.data.val_sources).chain(&self.eval.extra).map(|s| s.path.as_str()),
+        );
+        v
+    }
+
+    /// Checks values and paths. No tensor is created.
+    pub fn validate(&self) -> Result<()> {
+        if let Some(0) = self.threads {
+            return Err(Error::Recipe("threads must be > 0".into()));
+        }
+        if !(self.device == "cpu" || self.device == "cuda" || self.device.starts_with("cuda:")) {
+            return Err(Error::Recipe(format!("device must be `cpu`, `cuda` or `cuda:N`, got `{}`", self.device)));
+        }
+        fetch::check_path(&self.teacher.path, "teacher.path")?;
+        if let Some(c) = &self.teacher.cache {
+            fetch::check_path(c, "teacher.cache")?;
+        }
+        self.data.validate().map_err(|e| Error::Recipe(format!("data: {e}")))?;
+        let lists = [
+            ("data.sources", &self.data.sources),
+            ("data.val_sources", &self.data.val_sources),
+            ("eval.extra", &self.eval.extra),
+        ];
+        for (key, list) in lists {
+            for (i, s) in list.iter().enumerate() {
+                if !s.path.contains(['*', '?', '[']) {
+                    fetch::check_path(&s.path, &format!("{key}[{i}].path"))?;
+                }
+            }
+        }
+        self.student.validate()?;
+        self.train.validate("train")?;
+        let ctx = TermContext { student_layers: self.student.layers, online_teacher: self.teacher.cache.is_none() };
+        self.distill.validate(&ctx)?;
+        self.eval.validate()?;
+        if self.checkpoint.every_steps == 0 {
+            return Err(Error::Recipe("checkpoint.every_steps must be > 0".into()));
+        }
+        Ok(())
+    }
+
+    /// Resolves the recipe once into the values a run reads: the device (checked against
+    /// libtorch), `asset:` paths, the divergence.
+    pub fn resolve(&self) -> Result<ResolvedLm> {
+        let mut data = self.data.clone();
+        data.sources = resolve_sources(&self.data.sources)?;
+        data.val_sources = resolve_sources(&self.data.val_sources)?;
+        Ok(ResolvedLm {
+            device: parse_device(&self.device)?,
+            teacher_path: fetch::resolve(&self.teacher.path)?,
+            cache: self.teacher.cache.as_deref().map(fetch::resolve).transpose()?,
+            data,
+            extra: resolve_sources(&self.eval.extra)?,
+            divergence: self.distill.divergence()?,
+        })
+    }
+}

@@ -1,0 +1,281 @@
+//! The student: its `[student]` section, its config derived from the teacher's (shared
+//! vocabulary, RoPE, norms and special ids; widths the recipe leaves out keep the teacher's
+//! ratios), and its initialization strategies (random, a subset of the teacher's layers, the
+//! teacher's embedding projected onto its residual stream's principal directions).
+
+use serde::{Deserialize, Serialize};
+use tch::{nn, Kind, Tensor};
+
+use crate::io::hf::{Arch, LlamaConfig};
+use crate::lm::LoadedLm;
+use crate::models::llama::Llama;
+use crate::{Error, Result};
+
+/// How the student is initialized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StudentInit {
+    /// Normal(0, initializer_range) matrices, ones for norms (the HF Llama init).
+    Random,
+    /// Every k-th teacher layer (DistilBERT-style), embeddings and norms copied; matrices are
+    /// sliced to the student's widths when they shrink.
+    LayerSubset,
+    /// The teacher's token embedding (and untied output projection) projected onto the top
+    /// principal directions of its residual stream (SliceGPT-style rotation, then truncation);
+    /// layers random. The scratch twin gets the same init, so KD vs scratch stays a fair test.
+    EmbeddingPca,
+}
+
+/// The student's shape, derived from the teacher's config where a field is left out.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LmStudent {
+    #[serde(default = "default_init")]
+    pub init: StudentInit,
+    /// Decoder layers.
+    pub layers: usize,
+    /// Hidden size (default: the teacher's).
+    #[serde(default)]
+    pub hidden: Option<usize>,
+    /// Attention heads (default: the teacher's, or hidden / teacher head_dim).
+    #[serde(default)]
+    pub heads: Option<usize>,
+    /// Key/value heads (default: keeps the teacher's query/kv ratio).
+    #[serde(default)]
+    pub kv_heads: Option<usize>,
+    /// MLP width (default: the teacher's ratio to hidden).
+    #[serde(default)]
+    pub intermediate: Option<usize>,
+    /// Tie the output projection to the embedding (default true).
+    #[serde(default = "default_true")]
+    pub tie_embeddings: bool,
+}
+
+fn default_init() -> StudentInit {
+    StudentInit::Random
+}
+fn default_true() -> bool {
+    true
+}
+
+impl LmStudent {
+    /// Checks the shape the recipe gives (the rest is derived from the teacher).
+    pub fn validate(&self) -> Result<()> {
+        let st = self;
+        if st.layers == 0 {
+            return Err(Error::Recipe("student.layers must be > 0".into()));
+        }
+        for (k, v) in
+            [("hidden", st.hidden), ("heads", st.heads), ("kv_heads", st.kv_heads), ("intermediate", st.intermediate)]
+        {
+            if v == Some(0) {
+                return Err(Error::Recipe(format!("student.{k} must be > 0")));
+            }
+        }
+        if let (Some(h), Some(kv)) = (st.heads, st.kv_heads) {
+            if h % kv != 0 {
+                return Err(Error::Recipe(format!(
+                    "student.heads ({h}) must be a multiple of student.kv_heads ({kv})"
+                )));
+            }
+        }
+        if let (Some(hid), Some(h)) = (st.hidden, st.heads) {
+            if hid % h != 0 {
+                return Err(Error::Recipe(format!("student.hidden ({hid}) must be a multiple of student.heads ({h})")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Derives the student's config from the teacher's: vocabulary, RoPE, norms and special ids
+/// are shared; widths left out of the recipe keep the teacher's ratios. The student is always a
+/// plain `LlamaForCausalLM` (no biases, no sliding window).
+pub fn student_config(t: &LlamaConfig, s: &LmStudent) -> Result<LlamaConfig> {
+    let hidden = s.hidden.map(|h| h as i64).unwrap_or(t.hidden_size);
+    let heads = match s.heads {
+        Some(h) => h as i64,
+        None if hidden == t.hidden_size => t.num_heads,
+        None => (hidden / t.head_dim).max(1),
+    };
+    if hidden % heads != 0 {
+        return Err(Error::Recipe(format!("student hidden {hidden} is not a multiple of its {heads} heads")));
+    }
+    let kv = match s.kv_heads {
+        Some(k) => k as i64,
+        None => (heads * t.num_kv_heads / t.num_heads).max(1),
+    };
+    if heads % kv != 0 {
+        return Err(Error::Recipe(format!("student heads {heads} is not a multiple of its {kv} kv heads")));
+    }
+    let inter = s.intermediate.map(|i| i as i64).unwrap_or_else(|| {
+        let r = t.intermediate_size as f64 / t.hidden_size as f64;
+        ((hidden as f64 * r / 64.0).round() as i64 * 64).max(64)
+    });
+    let cfg = LlamaConfig {
+        arch: Arch::Llama,
+        hidden_size: hidden,
+        intermediate_size: inter,
+        num_layers: s.layers as i64,
+        num_heads: heads,
+        num_kv_heads: kv,
+        head_dim: hidden / heads,
+        tie_word_embeddings: s.tie_embeddings,
+        qkv_bias: false,
+        o_bias: false,
+        mlp_bias: false,
+        sliding_window: None,
+        attention_dropout: 0.0,
+        ..t.clone()
+    };
+    cfg.validate().map_err(Error::Recipe)?;
+    Ok(cfg)
+}
+
+/// Teacher layers a `layer-subset` student of `student_layers` copies: evenly spaced, first and
+/// last included (DistilBERT took every other layer of BERT-base).
+pub fn subset_layers(teacher_layers: i64, student_layers: i64) -> Vec<i64> {
+    if student_layers <= 1 {
+        return vec![0];
+    }
+    (0..student_layers)
+        .map(|i| ((i as f64) * (teacher_layers - 1) as f64 / (student_layers - 1) as f64).round() as i64)
+        .collect()
+}
+
+/// Principal directions of the teacher's residual stream: the top `k` eigenvectors of
+/// `C = Σ ĥĥᵀ` over every position of `ids` `[B, T]` and every hidden state (embeddings and
+/// each layer's output), each normalised `ĥ = h/‖h‖` so that no layer's scale dominates;
+/// uncentered, as SliceGPT's rotation (Ashkboos et al. 2024). Returns `Q` `[H, k]` (orthonormal
+/// columns, largest eigenvalue first) and the share of `tr C` that the `k` directions keep.
+pub fn residual_pca(teacher: &Llama, ids: &Tensor, k: i64) -> Result<(Tensor, f64)> {
+    let h = teacher.config().hidden_size;
+    if !(1..=h).contains(&k) {
+        return Err(Error::Invalid(format!("residual PCA: {k} directions of a {h}-wide residual stream")));
+    }
+    tch::no_grad(|| {
+        let opts = crate::models::llama::ForwardOptions { hidden_states: true, ..Default::default() };
+        let out = teacher.forward(ids, None, opts)?;
+        let mut c = Tensor::zeros([h, h], (Kind::Double, teacher.device()));
+        for x in out.hidden_states.unwrap_or_default() {
+            let x = x.f_to_kind(Kind::Double)?.f_view([-1, h])?; // [N, H]
+            let x = &x / x.f_norm_scalaropt_dim(2, [-1], true)?.f_clamp_min(1e-12)?;
+            c += x.f_transpose(0, 1)?.f_mm(&x)?;
+        }
+        let (evals, evecs) = c.f_linalg_eigh("L")?; // ascending
+        let order = evals.f_argsort(0, true)?;
+        let q = evecs.f_index_select(1, &order)?.f_narrow(1, 0, k)?; // [H, k]
+        let kept = evals.f_index_select(0, &order)?.f_narrow(0, 0, k)?.f_sum(Kind::Double)?.double_value(&[])
+            / evals.f_sum(Kind::Double)?.double_value(&[]);
+        Ok((q.f_to_kind(Kind::Float)?, kept))
+    })
+}
+
+/// Initializes a student built by [`Llama::new`] (already random, normal(0, 0.02)).
+/// `layer-subset` copies the embedding, final norm and the [`subset_layers`] of the teacher,
+/// slicing every tensor to the student's shape (leading rows/columns) when widths shrink.
+/// `embedding-pca` copies only the teacher's token embedding (and output projection when the
+/// student's is untied), projected onto the teacher's top principal directions
+/// ([`residual_pca`] over `calib` `[B, T]`) when the student is narrower; the layers stay random.
+/// Returns the share of the residual stream's second moment the projection keeps (1 when none).
+pub fn init_student(
+    student: &nn::VarStore,
+    s_cfg: &LlamaConfig,
+    teacher: &LoadedLm,
+    init: StudentInit,
+    calib: &Tensor,
+) -> Result<f64> {
+    match init {
+        StudentInit::Random => Ok(1.0),
+        StudentInit::LayerSubset => init_layer_subset(student, s_cfg, teacher).map(|_| 1.0),
+        StudentInit::EmbeddingPca => init_embedding_pca(student, s_cfg, teacher, calib),
+    }
+}
+
+fn init_embedding_pca(student: &nn::VarStore, s_cfg: &LlamaConfig, teacher: &LoadedLm, calib: &Tensor) -> Result<f64> {
+    let t_cfg = teacher.model.config();
+    let (h_t, h_s) = (t_cfg.hidden_size, s_cfg.hidden_size);
+    if h_s > h_t {
+        return Err(Error::Recipe(format!(
+            "embedding-pca init: the student is wider than the teacher ({h_s} > {h_t}); use init = \"random\""
+        )));
+    }
+    let (q, kept) =
+        if h_s == h_t { (None, 1.0) } else { residual_pca(&teacher.model, calib, h_s).map(|(q, f)| (Some(q), f))? };
+    let t_vars = teacher.vs.variables();
+    let project = |src: &Tensor| match &q {
+        Some(q) => src.f_mm(q),
+        None => Ok(src.shallow_clone()),
+    };
+    let s_vars = student.variables();
+    tch::no_grad(|| {
+        let emb = project(&t_vars["model.embed_tokens.weight"])?;
+        s_vars["model.embed_tokens.weight"].shallow_clone().copy_(&emb);
+        if let Some(head) = s_vars.get("lm_head.weight") {
+            let src = t_vars.get("lm_head.weight").unwrap_or(&t_vars["model.embed_tokens.weight"]);
+            head.shallow_clone().copy_(&project(src)?);
+        }
+        Ok::<_, Error>(())
+    })?;
+    Ok(kept)
+}
+
+fn init_layer_subset(student: &nn::VarStore, s_cfg: &LlamaConfig, teacher: &LoadedLm) -> Result<()> {
+    let t_vars = teacher.vs.variables();
+    let layers = subset_layers(teacher.model.config().num_layers, s_cfg.num_layers);
+    tch::no_grad(|| {
+        for (name, dst) in student.variables() {
+            let src_name = map_layer(&name, &layers);
+            let src_name = if name == "lm_head.weight" && !t_vars.contains_key("lm_head.weight") {
+                "model.embed_tokens.weight".to_string()
+            } else {
+                src_name
+            };
+            let src = t_vars
+                .get(&src_name)
+                .ok_or_else(|| Error::Invalid(format!("layer-subset init: teacher has no tensor `{src_name}`")))?;
+            let mut sl: Tensor = src.shallow_clone();
+            for (d, &n) in dst.size().iter().enumerate() {
+                let have = sl.size()[d];
+                if n > have {
+                    return Err(Error::Recipe(format!(
+                        "layer-subset init: student `{name}` is wider than the teacher's ({n} > {have} on dim {d}); use init = \"random\""
+                    )));
+                }
+                sl = sl.narrow(d as i64, 0, n);
+            }
+            dst.shallow_clone().copy_(&sl);
+        }
+        Ok(())
+    })
+}
+
+fn map_layer(name: &str, layers: &[i64]) -> String {
+    if let Some(rest) = name.strip_prefix("model.layers.") {
+        if let Some((i, tail)) = rest.split_once('.') {
+            if let Ok(i) = i.parse::<usize>() {
+                if let Some(t) = layers.get(i) {
+                    return format!("model.layers.{t}.{tail}");
+                }
+            }
+        }
+    }
+    name.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subset_layers_are_evenly_spaced_with_ends() {
+        assert_eq!(subset_layers(30, 6), vec![0, 6, 12, 17, 23, 29]);
+        assert_eq!(subset_layers(12, 6), vec![0, 2, 4, 7, 9, 11]);
+        assert_eq!(subset_layers(30, 1), vec![0]);
+        assert_eq!(
+            map_layer("model.layers.3.mlp.up_proj.weight", &[0, 6, 12, 17]),
+            "model.layers.17.mlp.up_proj.weight"
+        );
+        assert_eq!(map_layer("model.norm.weight", &[0]), "model.norm.weight");
+    }
+}

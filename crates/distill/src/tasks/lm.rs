@@ -1,0 +1,99 @@
+//! The causal-LM distillation objective as a [`TrainTask`]: the student's next-token
+//! distributions against a teacher's, blended with cross-entropy on the real next tokens, plus
+//! the extra terms of [`crate::methods`]. `distill run` trains with it and `distill bench step`
+//! times exactly this code.
+
+use distill_text::TokenBlocks;
+use tch::Tensor;
+
+use crate::data::rng::SplitMix64;
+use crate::data::text::lm_batch;
+use crate::losses::chunked::{ChunkTeacher, ChunkedKd};
+use crate::methods::{StepStates, Term};
+use crate::models::llama::Llama;
+use crate::teacher::Teacher;
+use crate::train::{StepLoss, TrainTask};
+use crate::{Error, Result};
+
+/// KD of a causal LM on packed rows: `α·T²·D(p_t^T, p_s^T) + (1−α)·CE` over every position
+/// with a real next token, computed in chunks of tokens from the student's final hidden states
+/// (never the whole batch's `[tokens, vocab]` logits at once), plus each extra term. `α = 0`
+/// without terms never touches the teacher (the scratch twin).
+pub struct LmKdTask<'a> {
+    pub student: &'a Llama,
+    /// An LM ([`Teacher::Lm`]) or its cache ([`Teacher::Cache`]); `None` only when
+    /// `loss.alpha == 0` and there are no terms.
+    pub teacher: Option<Teacher<'a>>,
+    pub blocks: &'a TokenBlocks,
+    /// The logit term.
+    pub loss: ChunkedKd,
+    /// Extra terms added to the loss (feature KD, …), each logged under its name.
+    pub terms: Vec<Box<dyn Term>>,
+}
+
+impl TrainTask for LmKdTask<'_> {
+    fn num_examples(&self) -> usize {
+        self.blocks.n_blocks()
+    }
+
+    fn loss(&mut self, batch: &[usize], _rng: &mut SplitMix64) -> Result<StepLoss> {
+        let b = lm_batch(self.blocks, batch, self.student.device());
+        let idx = b.targets.ge(0).view([-1]).nonzero().squeeze_dim(1); // [N]
+        let y = b.targets.view([-1]).index_select(0, &idx); // [N]
+
+        // Rows of a [B, T, H] state at the positions with a real next token → [N, H].
+        let rows = |x: &Tensor| x.view([-1, x.size()[2]]).index_select(0, &idx);
+        let states_needed = self.terms.iter().any(|t| t.needs_states());
+        let (h, states) = match states_needed {
+            true => self.student.forward_hidden_states(&b.ids, b.mask.as_ref(), true)?, // [B, T, H], L+1 × [B, T, H]
+            false => (self.student.forward_hidden(&b.ids, b.mask.as_ref(), true)?, Vec::new()),
+        };
+        let h = rows(&h); // [N, H]
+        let w = self.student.lm_head_weight(); // [V, H]
+        let soft = self.loss.alpha > 0.0;
+        if !self.terms.is_empty() && !matches!(self.teacher, Some(Teacher::Lm(_))) {
+            return Err(Error::Invalid(format!(
+                "the {} term needs the online teacher (a model, not a cache)",
+                self.terms[0].name()
+            )));
+        }
+        let mut extra = Vec::with_capacity(self.terms.len());
+        let parts = match (&self.teacher, soft) {
+            (_, false) if self.terms.is_empty() => self.loss.forward(&h, &w, None, Some(&y)),
+            (Some(Teacher::Lm(t)), _) => {
+                let (th, t_states) = tch::no_grad(|| match states_needed {
+                    true => t.forward_hidden_states(&b.ids, b.mask.as_ref(), false),
+                    false => Ok((t.forward_hidden(&b.ids, b.mask.as_ref(), false)?, Vec::new())),
+                })?; // [B, T, Ht], L_t+1 × [B, T, Ht]
+                let s_view = StepStates { states: &states, rows: Some(&idx) };
+                let t_view = StepStates { states: &t_states, rows: Some(&idx) };
+                for term in &self.terms {
+                    extra.push((term.name(), term.loss(&s_view, &t_view)?));
+                }
+                let th = rows(&th); // [N, Ht]
+                let tw = t.lm_head_weight().detach(); // [V, Ht]
+                let teacher = soft.then_some(ChunkTeacher::DenseHidden { hidden: &th, weight: &tw });
+                self.loss.forward(&h, &w, teacher, Some(&y))
+            }
+            (Some(Teacher::Cache(c)), true) => {
+                let cached = c.rows(batch, self.student.device())?.select(&idx); // [N, K], [N, S]
+                let teacher = match &cached.samples {
+                    Some(samples) => ChunkTeacher::Sampled { top: &cached.top, samples },
+                    None => ChunkTeacher::Sparse(&cached.top),
+                };
+                self.loss.forward(&h, &w, Some(teacher), Some(&y))
+            }
+            (Some(_), true) => return Err(Error::Invalid("an LM student needs an LM teacher or its cache".into())),
+            (None, true) => return Err(Error::Invalid("distillation with alpha > 0 needs a teacher".into())),
+            (_, false) => unreachable!("checked above: extra terms have an online teacher"),
+        };
+        let mut parts_out: Vec<(&'static str, Tensor)> =
+            if soft { vec![("soft", parts.soft), ("hard", parts.hard)] } else { vec![] };
+        let mut total = parts.total;
+        for (name, term) in extra {
+            parts_out.push((name, term.detach()));
+            total += term;
+        }
+        Ok(StepLoss { total, parts: parts_out })
+    }
+}
