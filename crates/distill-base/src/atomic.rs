@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 /// A step of an atomic write failed.
 #[derive(Debug)]
 pub struct AtomicWriteError {
-    /// The file concerned (the temporary file or the destination).
+    /// The destination (the temporary file is an implementation detail; `action` names the step).
     pub path: PathBuf,
     /// What was being done (`create temporary file`, `write`, `fsync`, `rename temporary file`).
     pub action: &'static str,
@@ -54,19 +54,18 @@ pub fn write_atomic_with<E: From<AtomicWriteError>>(
     write: impl FnOnce(&mut BufWriter<File>) -> Result<(), E>,
 ) -> Result<(), E> {
     let tmp = temp_path(path);
-    let fail = |path: &Path, action: &'static str| {
+    let fail = |action: &'static str| {
         let path = path.to_path_buf();
         move |source| AtomicWriteError { path, action, source }
     };
     let result = (|| {
-        let file =
-            OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(fail(&tmp, "create temporary file"))?;
+        let file = OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(fail("create temporary file"))?;
         let mut w = BufWriter::with_capacity(1 << 20, file);
         write(&mut w)?;
-        let file = w.into_inner().map_err(|e| fail(&tmp, "write")(e.into_error()))?;
-        file.sync_all().map_err(fail(&tmp, "fsync"))?;
+        let file = w.into_inner().map_err(|e| fail("write")(e.into_error()))?;
+        file.sync_all().map_err(fail("fsync"))?;
         drop(file);
-        fs::rename(&tmp, path).map_err(fail(path, "rename temporary file"))?;
+        fs::rename(&tmp, path).map_err(fail("rename temporary file"))?;
         sync_dir(path.parent().unwrap_or(Path::new(".")));
         Ok(())
     })();

@@ -239,6 +239,56 @@ fn fashion_recipe_runs_on_a_csv_set_by_overriding_data_only() {
     }
 }
 
+/// `recipes/fashion-fewlabel.toml` (KD with unlabeled data) at a tiny budget on a CSV set: the
+/// scratch student trains on the labelled subset alone, the KD student on every image with
+/// labels for the subset only, and both learn.
+#[test]
+fn fewlabel_recipe_trains_the_scratch_student_on_the_labelled_subset_only() {
+    let d = tmpdir("fewlabel");
+    write_csv(&d.join("train.csv"), 600, 5);
+    write_csv(&d.join("test.csv"), 100, 6);
+    let out = d.join("run");
+    let sets = [
+        "data.format=csv".to_string(),
+        format!("data.train={}", d.join("train.csv").display()),
+        format!("data.test={}", d.join("test.csv").display()),
+        "data.pixel_scale=16".to_string(),
+        "data.labeled_subset=150".to_string(),
+        "teacher.train.epochs=8".to_string(),
+        "teacher.train.warmup_steps=0".to_string(),
+        "student.train.steps=60".to_string(),
+        "student.train.warmup_steps=0".to_string(),
+        "student.model.hidden=[64]".to_string(),
+    ];
+    let mut args = vec!["run", "recipes/fashion-fewlabel.toml", "--out", out.to_str().unwrap(), "--json"];
+    for s in &sets {
+        args.extend(["--set", s]);
+    }
+    let o = distill(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let res = s["results"].as_array().unwrap();
+    let roles: Vec<&str> = res.iter().map(|r| r["role"].as_str().unwrap()).collect();
+    assert_eq!(roles, ["teacher", "student-scratch", "student-kd"]);
+    // (train_examples, labeled_examples, steps): the teacher sees every label; the scratch
+    // student only the 150 labelled images; the KD student all 600 images, 150 labels.
+    let seen: Vec<(i64, i64, i64)> = res
+        .iter()
+        .map(|r| {
+            (
+                r["train_examples"].as_i64().unwrap(),
+                r["labeled_examples"].as_i64().unwrap(),
+                r["steps"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(seen, [(600, 600, 40), (150, 150, 60), (600, 150, 60)]);
+    for r in res {
+        // Far better than chance (90 errors of 100).
+        assert!(r["test_errors"].as_i64().unwrap() < 60, "{r}");
+    }
+}
+
 fn weights(out: &Path) -> Vec<(String, Vec<u8>)> {
     let mut v = Vec::new();
     for e in std::fs::read_dir(out.join("phases")).unwrap() {

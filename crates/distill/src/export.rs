@@ -17,16 +17,11 @@ use tch::{Kind, Tensor};
 
 pub use distill_gguf::ExportType as GgufType;
 
-use crate::checkpoint::write_atomic;
+use crate::checkpoint::{write_atomic, write_json};
 use crate::io::hf::LlamaConfig;
 use crate::io::safetensors::save_safetensors;
 use crate::models::llama::Llama;
 use crate::{Error, Result};
-
-fn write_json(path: &Path, v: &Value) -> Result<()> {
-    let bytes = serde_json::to_vec_pretty(v).map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
-    write_atomic(path, &bytes)
-}
 
 /// The token string of `id` in a `tokenizer.json` (added tokens first, then the model vocab).
 fn token_string(tok: &Value, id: i64) -> Option<String> {

@@ -46,6 +46,7 @@ pub enum TeacherDtype {
 }
 
 /// A frozen teacher, whatever stands behind its soft targets.
+#[derive(Clone)]
 pub enum Teacher<'a> {
     /// A causal LM run under no-grad on every batch: the f32 original or its bf16 copy
     /// ([`teacher_in_kind`]).
@@ -79,6 +80,7 @@ impl Teacher<'_> {
 /// Several classifiers as one teacher at temperature `temperature`: logits
 /// `T · log Σ_k w_k softmax(z_k/T)`, whose softmax at T is the members' weighted average
 /// distribution (and whose argmax at T = 1 is the ensemble's prediction).
+#[derive(Clone)]
 pub struct Ensemble<'a> {
     pub members: Vec<&'a dyn Classifier>,
     /// One weight per member, summing to 1.

@@ -175,12 +175,8 @@ fn student_phase(inp: &PhaseInputs<'_>, ph: &Phase) -> Result<(nn::VarStore, Lla
             terms.push(term);
         }
     }
-    let training_teacher = match &inp.training_teacher {
-        Teacher::Lm(m) => Teacher::Lm(m),
-        Teacher::Cache(c) => Teacher::Cache(c),
-        _ => return Err(Error::Invalid("an LM student needs an LM teacher or its cache".into())),
-    };
-    let mut task = LmKdTask { student: &model, teacher: Some(training_teacher), blocks: train, loss, terms };
+    let teacher_now = Some(inp.training_teacher.clone());
+    let mut task = LmKdTask { student: &model, teacher: teacher_now, blocks: train, loss, terms };
     let topts = TrainOptions {
         phase: name.to_string(),
         seed: r.seed,

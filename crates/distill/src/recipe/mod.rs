@@ -299,6 +299,26 @@ alpha = 0.9
         }
     }
 
+    /// Every recipe shipped in `recipes/` parses and validates as it is.
+    #[test]
+    fn every_recipe_in_the_repo_validates() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../recipes");
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".toml"))
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            ["fashion-fewlabel.toml", "fashion-hinton.toml", "smollm2-brown-scratch.toml", "smollm2-brown.toml"]
+        );
+        for n in &names {
+            let r = Recipe::load(&dir.join(n), &[]).unwrap();
+            r.validate().unwrap_or_else(|e| panic!("{n}: {e}"));
+        }
+    }
+
     #[test]
     fn total_steps_from_epochs() {
         let r = image(parse(&["student.train.epochs=1.5", "student.train.batch_size=100"]).unwrap());
