@@ -23,7 +23,7 @@ use crate::data::images::{load_recipe_data, ImageSet};
 use crate::data::rng::SplitMix64;
 use crate::methods::response::image_term;
 use crate::models::{image_classifier, param_count, Classifier};
-use crate::plan::{image_plan, Phase, Role, TeacherFrom};
+use crate::plan::{image_plan, InitFrom, Phase, Role, TeacherFrom};
 use crate::recipe::{ImageRecipe, Stage};
 use crate::tasks::ClassifierTask;
 use crate::teacher::{combine_logits, Ensemble, Teacher};
@@ -191,6 +191,12 @@ pub fn run(recipe: &ImageRecipe, recipe_toml: &str, out: &Path, opts: &RunOption
             let params: usize = sources.iter().map(|id| param_count(&teachers[id].0)).sum();
             results.push(evaluate_ensemble(ph, &members, &sources, params, &test, &teacher_params, out, n, opts)?);
             continue;
+        }
+        if let InitFrom::Phase(from) = &ph.init {
+            return Err(Error::Invalid(format!(
+                "phase {}: starting from phase {from}'s weights is not supported by image runs yet",
+                ph.id
+            )));
         }
         let stage = if ph.role == Role::Teacher { &recipe.teacher } else { &recipe.student };
         // Same initialization for the scratch and KD students of a seed.

@@ -27,7 +27,7 @@ use crate::io::hf::LlamaConfig;
 use crate::lm::{load_lm, LoadedLm};
 use crate::methods::{response, BuildContext};
 use crate::models::llama::Llama;
-use crate::plan::{lm_plan, Phase, Role, TeacherFrom};
+use crate::plan::{lm_plan, InitFrom, Phase, Role, TeacherFrom};
 use crate::recipe::{LmRecipe, ResolvedLm};
 use crate::student::{init_student, student_config, StudentInit};
 use crate::tasks::LmKdTask;
@@ -141,6 +141,11 @@ fn student_phase(inp: &PhaseInputs<'_>, ph: &Phase) -> Result<(nn::VarStore, Lla
             eprintln!("{name:>8}: trained earlier, reloaded from {}", export_dir.display());
         }
         return Ok((vs, model, report, export_dir));
+    }
+    if let InitFrom::Phase(from) = &ph.init {
+        return Err(Error::Invalid(format!(
+            "phase {name}: starting from phase {from}'s weights is not supported by LM runs yet"
+        )));
     }
     tch::manual_seed(r.seed as i64);
     let vs = nn::VarStore::new(teacher.model.device());

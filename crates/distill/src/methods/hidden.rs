@@ -14,7 +14,7 @@
 use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
 
-use super::{BuildContext, StepStates, Term, TermConfig, TermContext};
+use super::{BuildContext, Needs, StepStates, Term, TermConfig, TermContext};
 use crate::losses::hidden::{uniform_layer_map, HiddenLoss};
 use crate::{Error, Result};
 
@@ -113,8 +113,8 @@ impl Term for HiddenKd {
         format!("hidden-state KD ({}, weight {}), student→teacher layers {}", self.loss, self.weight, shown.join(" "))
     }
 
-    fn needs_states(&self) -> bool {
-        true
+    fn needs(&self) -> Needs {
+        Needs { states: true, attentions: false }
     }
 
     /// # Shapes

@@ -56,19 +56,42 @@ pub trait Term {
     fn name(&self) -> &'static str;
     /// One line for the run log: what the term does and with which settings.
     fn describe(&self) -> String;
-    /// Whether the term reads the models' intermediate states (the forwards then keep them).
-    fn needs_states(&self) -> bool;
+    /// What the term reads besides the logits (the forwards then keep it).
+    fn needs(&self) -> Needs;
     /// The weighted term, a scalar that trains the student (and the term's own parameters).
     fn loss(&self, student: &StepStates<'_>, teacher: &StepStates<'_>) -> Result<Tensor>;
 }
 
-/// One model's intermediate states for a step, read at the rows that count: an LM's `L+1`
-/// hidden states `[B, T, H]` at the positions with a real next token (`rows`), or a
-/// classifier's features `[B, …]` flattened per example.
+/// What a term reads from the forward passes besides the logits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Needs {
+    /// The intermediate states (an LM's `L+1` hidden states, a classifier's features).
+    pub states: bool,
+    /// An LM's `L` attention-probability maps `[B, nh, T, T]`.
+    pub attentions: bool,
+}
+
+impl Needs {
+    /// Everything any of `terms` needs.
+    pub fn of(terms: &[Box<dyn Term>]) -> Needs {
+        terms.iter().fold(Needs::default(), |a, t| {
+            let n = t.needs();
+            Needs { states: a.states || n.states, attentions: a.attentions || n.attentions }
+        })
+    }
+}
+
+/// One model's intermediate outputs for a step: an LM's `L+1` hidden states `[B, T, H]` and
+/// `L` attention maps `[B, nh, T, T]` (read at the positions with a real next token, `rows`;
+/// `mask` marks real positions), or a classifier's features `[B, …]` flattened per example.
 pub struct StepStates<'a> {
     pub states: &'a [Tensor],
+    /// Empty unless a term asked for them ([`Needs::attentions`]).
+    pub attentions: &'a [Tensor],
     /// Flat indices into `B·T` (LM); `None` keeps every example.
     pub rows: Option<&'a Tensor>,
+    /// The attention mask `[B, T]` (1 = real) when the batch has padding.
+    pub mask: Option<&'a Tensor>,
 }
 
 impl StepStates<'_> {

@@ -414,23 +414,17 @@ impl Llama {
         Ok(ModelOutputs { logits, hidden_states: hidden, attentions: attn })
     }
 
-    /// The final normed hidden state `[B, T, H]` (no lm_head), for chunked losses.
-    pub fn forward_hidden(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>, train: bool) -> Result<Tensor> {
-        let opts = ForwardOptions { train, ..Default::default() };
-        Ok(self.trunk(input_ids, attention_mask, None, opts)?.0)
-    }
-
-    /// The final normed hidden state `[B, T, H]` and the `L+1` hidden states (as
-    /// [`ModelOutputs::hidden_states`]), no lm_head: for chunked losses with feature KD.
-    pub fn forward_hidden_states(
+    /// The final normed hidden state `[B, T, H]` (no lm_head) and, as `opts` asks, the `L+1`
+    /// hidden states and the `L` attention maps `[B, nh, T, T]` (empty when not asked): what
+    /// chunked losses and the methods that read intermediate states take.
+    pub fn forward_states(
         &self,
         input_ids: &Tensor,
         attention_mask: Option<&Tensor>,
-        train: bool,
-    ) -> Result<(Tensor, Vec<Tensor>)> {
-        let opts = ForwardOptions { train, hidden_states: true, ..Default::default() };
-        let (x, hidden, _) = self.trunk(input_ids, attention_mask, None, opts)?;
-        Ok((x, hidden.unwrap_or_default()))
+        opts: ForwardOptions,
+    ) -> Result<(Tensor, Vec<Tensor>, Vec<Tensor>)> {
+        let (x, hidden, attn) = self.trunk(input_ids, attention_mask, None, opts)?;
+        Ok((x, hidden.unwrap_or_default(), attn.unwrap_or_default()))
     }
 
     /// Incremental forward: `input_ids` `[B, T]` are the positions after the `cache.len()` cached

@@ -9,8 +9,8 @@ use tch::Tensor;
 use crate::data::rng::SplitMix64;
 use crate::data::text::lm_batch;
 use crate::losses::chunked::{ChunkTeacher, ChunkedKd};
-use crate::methods::{StepStates, Term};
-use crate::models::llama::Llama;
+use crate::methods::{Needs, StepStates, Term};
+use crate::models::llama::{ForwardOptions, Llama};
 use crate::teacher::Teacher;
 use crate::train::{StepLoss, TrainTask};
 use crate::{Error, Result};
@@ -43,11 +43,10 @@ impl TrainTask for LmKdTask<'_> {
 
         // Rows of a [B, T, H] state at the positions with a real next token → [N, H].
         let rows = |x: &Tensor| x.view([-1, x.size()[2]]).index_select(0, &idx);
-        let states_needed = self.terms.iter().any(|t| t.needs_states());
-        let (h, states) = match states_needed {
-            true => self.student.forward_hidden_states(&b.ids, b.mask.as_ref(), true)?, // [B, T, H], L+1 × [B, T, H]
-            false => (self.student.forward_hidden(&b.ids, b.mask.as_ref(), true)?, Vec::new()),
-        };
+        let needs = Needs::of(&self.terms);
+        let opts = |train| ForwardOptions { train, hidden_states: needs.states, attentions: needs.attentions };
+        // [B, T, H], L+1 × [B, T, H] (when needed), L × [B, nh, T, T] (when needed)
+        let (h, states, attns) = self.student.forward_states(&b.ids, b.mask.as_ref(), opts(true))?;
         let h = rows(&h); // [N, H]
         let w = self.student.lm_head_weight(); // [V, H]
         let soft = self.loss.alpha > 0.0;
@@ -61,12 +60,11 @@ impl TrainTask for LmKdTask<'_> {
         let parts = match (&self.teacher, soft) {
             (_, false) if self.terms.is_empty() => self.loss.forward(&h, &w, None, Some(&y)),
             (Some(Teacher::Lm(t)), _) => {
-                let (th, t_states) = tch::no_grad(|| match states_needed {
-                    true => t.forward_hidden_states(&b.ids, b.mask.as_ref(), false),
-                    false => Ok((t.forward_hidden(&b.ids, b.mask.as_ref(), false)?, Vec::new())),
-                })?; // [B, T, Ht], L_t+1 × [B, T, Ht]
-                let s_view = StepStates { states: &states, rows: Some(&idx) };
-                let t_view = StepStates { states: &t_states, rows: Some(&idx) };
+                // [B, T, Ht], L_t+1 × [B, T, Ht], L_t × [B, nh_t, T, T]
+                let (th, t_states, t_attns) = tch::no_grad(|| t.forward_states(&b.ids, b.mask.as_ref(), opts(false)))?;
+                let mask = b.mask.as_ref();
+                let s_view = StepStates { states: &states, attentions: &attns, rows: Some(&idx), mask };
+                let t_view = StepStates { states: &t_states, attentions: &t_attns, rows: Some(&idx), mask };
                 for term in &self.terms {
                     extra.push((term.name(), term.loss(&s_view, &t_view)?));
                 }
