@@ -207,25 +207,32 @@ fn csv_run_reports_numbers_in_summary() {
     assert!(out.join("recipe.toml").is_file());
 }
 
-#[test]
-fn fashion_recipe_runs_on_a_csv_set_by_overriding_data_only() {
-    let d = tmpdir("fashion-csv");
-    write_csv(&d.join("train.csv"), 1000, 3);
-    write_csv(&d.join("test.csv"), 100, 4);
+/// Runs `recipe` with `--json` on a synthetic 8×8 CSV set of (train, test) images instead of
+/// its own data (plus `extra` overrides) and returns summary.json.
+fn run_on_csv(name: &str, recipe: &str, (train, test): (usize, usize), extra: &[&str]) -> serde_json::Value {
+    let d = tmpdir(name);
+    write_csv(&d.join("train.csv"), train, 3);
+    write_csv(&d.join("test.csv"), test, 4);
     let out = d.join("run");
-    let sets = [
+    let mut sets = vec![
         "data.format=csv".to_string(),
         format!("data.train={}", d.join("train.csv").display()),
         format!("data.test={}", d.join("test.csv").display()),
         "data.pixel_scale=16".to_string(),
     ];
-    let mut args = vec!["run", "recipes/fashion-hinton.toml", "--out", out.to_str().unwrap(), "--json"];
+    sets.extend(extra.iter().map(|s| s.to_string()));
+    let mut args = vec!["run", recipe, "--out", out.to_str().unwrap(), "--json"];
     for s in &sets {
         args.extend(["--set", s]);
     }
     let o = distill(&args);
     assert!(o.status.success(), "{}", stderr(&o));
-    let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+#[test]
+fn fashion_recipe_runs_on_a_csv_set_by_overriding_data_only() {
+    let s = run_on_csv("fashion-csv", "recipes/fashion-hinton.toml", (1000, 100), &[]);
     let res = s["results"].as_array().unwrap();
     // 3 seeds × (teacher, scratch, kd at T=2) + sweep {1, 4, 8, 20}.
     assert_eq!(res.len(), 13);
@@ -244,29 +251,15 @@ fn fashion_recipe_runs_on_a_csv_set_by_overriding_data_only() {
 /// labels for the subset only, and both learn.
 #[test]
 fn fewlabel_recipe_trains_the_scratch_student_on_the_labelled_subset_only() {
-    let d = tmpdir("fewlabel");
-    write_csv(&d.join("train.csv"), 600, 5);
-    write_csv(&d.join("test.csv"), 100, 6);
-    let out = d.join("run");
     let sets = [
-        "data.format=csv".to_string(),
-        format!("data.train={}", d.join("train.csv").display()),
-        format!("data.test={}", d.join("test.csv").display()),
-        "data.pixel_scale=16".to_string(),
-        "data.labeled_subset=150".to_string(),
-        "teacher.train.epochs=8".to_string(),
-        "teacher.train.warmup_steps=0".to_string(),
-        "student.train.steps=60".to_string(),
-        "student.train.warmup_steps=0".to_string(),
-        "student.model.hidden=[64]".to_string(),
+        "data.labeled_subset=150",
+        "teacher.train.epochs=8",
+        "teacher.train.warmup_steps=0",
+        "student.train.steps=60",
+        "student.train.warmup_steps=0",
+        "student.model.hidden=[64]",
     ];
-    let mut args = vec!["run", "recipes/fashion-fewlabel.toml", "--out", out.to_str().unwrap(), "--json"];
-    for s in &sets {
-        args.extend(["--set", s]);
-    }
-    let o = distill(&args);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let s = run_on_csv("fewlabel", "recipes/fashion-fewlabel.toml", (600, 100), &sets);
     let res = s["results"].as_array().unwrap();
     let roles: Vec<&str> = res.iter().map(|r| r["role"].as_str().unwrap()).collect();
     assert_eq!(roles, ["teacher", "student-scratch", "student-kd"]);
