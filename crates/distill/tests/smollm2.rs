@@ -64,6 +64,7 @@ fn teacher_conversion_and_student_export_match_transformers() {
         kv_heads: Some(2),
         intermediate: Some(768),
         tie_embeddings: true,
+        calib_rows: None,
     };
     let s_cfg = student_config(cfg, &spec).unwrap();
     tch::manual_seed(0);
@@ -83,7 +84,8 @@ fn teacher_conversion_and_student_export_match_transformers() {
     tch::manual_seed(0);
     let vs_pca = nn::VarStore::new(Device::Cpu);
     let _pca_student = Llama::new(vs_pca.root(), &s_cfg).unwrap();
-    let kept = distill::student::init_student(&vs_pca, &s_cfg, &teacher, StudentInit::EmbeddingPca, &calib).unwrap();
+    let kept =
+        distill::student::init_student(&vs_pca, &s_cfg, &teacher, StudentInit::EmbeddingPca, &calib).unwrap().kept;
     let (q, kept_q) = distill::student::residual_pca(&teacher.model, &calib, 256).unwrap();
     assert_eq!(kept, kept_q);
     assert!(kept > 0.8 && kept < 1.0, "{kept}");

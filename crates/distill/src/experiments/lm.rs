@@ -150,15 +150,26 @@ fn student_phase(inp: &PhaseInputs<'_>, ph: &Phase) -> Result<(nn::VarStore, Lla
     tch::manual_seed(r.seed as i64);
     let vs = nn::VarStore::new(teacher.model.device());
     let model = Llama::new(vs.root(), s_cfg)?;
-    let calib_rows: Vec<usize> = (0..train.n_blocks().min(16)).collect();
+    let calib_rows: Vec<usize> = (0..train.n_blocks().min(r.student.calib_rows())).collect();
     let calib = lm_batch(train, &calib_rows, teacher.model.device()).ids;
-    let kept = init_student(&vs, s_cfg, teacher, r.student.init, &calib)?;
-    if opts.verbose && r.student.init == StudentInit::EmbeddingPca && kept < 1.0 {
+    let init = init_student(&vs, s_cfg, teacher, r.student.init, &calib)?;
+    if opts.verbose && r.student.init == StudentInit::EmbeddingPca && init.kept < 1.0 {
         eprintln!(
             "{name:>8}: embedding projected onto the teacher's top {} principal directions ({:.1}% of its residual stream)",
             s_cfg.hidden_size,
-            100.0 * kept
+            100.0 * init.kept
         );
+    }
+    if let Some((importance, selection)) = &init.pruned {
+        std::fs::create_dir_all(&phase_dir).map_err(|e| Error::io(&phase_dir, e))?;
+        let v = serde_json::json!({ "importance": importance, "selection": selection });
+        write_json(&phase_dir.join("pruning.json"), &v)?;
+        if opts.verbose {
+            eprintln!(
+                "{name:>8}: pruned the teacher to {} layers × {} channels, {} heads ({} kv), {} neurons, by importance on {} tokens (phases/{name}/pruning.json)",
+                s_cfg.num_layers, s_cfg.hidden_size, s_cfg.num_heads, s_cfg.num_kv_heads, s_cfg.intermediate_size, importance.tokens
+            );
+        }
     }
     let loss = response::lm_term(&r.distill, ph.alpha.unwrap_or(0.0))?;
     // The extra terms (KD student only), their parameters trained and checkpointed with the

@@ -34,6 +34,9 @@ pub struct ForwardOptions {
     pub attentions: bool,
     /// Training mode: attention dropout is applied when the config sets one.
     pub train: bool,
+    /// Return every layer's intermediate activations ([`LayerInternals`]), for importance
+    /// estimation.
+    pub internals: bool,
 }
 
 /// Full-sequence outputs of a forward pass: every position, never only the last.
@@ -46,6 +49,38 @@ pub struct ModelOutputs {
     pub hidden_states: Option<Vec<Tensor>>,
     /// `L × [B, nh, T, S]` attention probabilities (rows at padded query positions are not meaningful).
     pub attentions: Option<Vec<Tensor>>,
+    /// `L` layers' intermediate activations, when [`ForwardOptions::internals`] asks.
+    pub internals: Option<Vec<LayerInternals>>,
+}
+
+/// One decoder layer's intermediate activations, at every position.
+#[derive(Debug)]
+pub struct LayerInternals {
+    /// The block's input, the residual stream `[B, T, H]`.
+    pub input: Tensor,
+    /// `input_layernorm(input)` `[B, T, H]`.
+    pub attn_norm: Tensor,
+    /// The attention output of each head, before `o_proj` `[B, T, nh, hd]`.
+    pub heads: Tensor,
+    /// `post_attention_layernorm` of the stream after attention `[B, T, H]`.
+    pub mlp_norm: Tensor,
+    /// `silu(gate(x)) ⊙ up(x)`, the input of `down_proj` `[B, T, I]`.
+    pub mlp_act: Tensor,
+    /// The block's output `[B, T, H]`.
+    pub output: Tensor,
+}
+
+/// [`Llama::forward_states`]: every position, lists empty unless [`ForwardOptions`] asked.
+#[derive(Debug)]
+pub struct States {
+    /// The final normed hidden state `[B, T, H]` (what `lm_head` reads).
+    pub last: Tensor,
+    /// `L+1 × [B, T, H]`, as [`ModelOutputs::hidden_states`].
+    pub hidden_states: Vec<Tensor>,
+    /// `L × [B, nh, T, S]` attention probabilities.
+    pub attentions: Vec<Tensor>,
+    /// `L` layers' intermediate activations.
+    pub internals: Vec<LayerInternals>,
 }
 
 /// Keys and values of the positions seen so far, per layer, for incremental decoding.
@@ -162,7 +197,7 @@ impl Attention {
         cache: Option<&mut Option<(Tensor, Tensor)>>,
         want_probs: bool,
         train: bool,
-    ) -> (Tensor, Option<Tensor>) {
+    ) -> (Tensor, Option<Tensor>, Tensor) {
         let (b, t) = (x.size()[0], x.size()[1]);
         let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let q = apply_linear(&self.q_proj, x).view([b, t, nh, hd]).transpose(1, 2); // [B, nh, T, hd]
@@ -211,7 +246,7 @@ impl Attention {
             (out, None)
         };
         let out = out.transpose(1, 2).contiguous().reshape([b, t, nh * hd]); // [B, T, nh·hd]
-        (apply_linear(&self.o_proj, &out), probs) // [B, T, H]
+        (apply_linear(&self.o_proj, &out), probs, out) // [B, T, H], probs, [B, T, nh·hd]
     }
 }
 
@@ -232,11 +267,12 @@ impl Mlp {
         }
     }
 
-    /// `down(silu(gate(x)) ⊙ up(x))`.
-    fn forward(&self, x: &Tensor) -> Tensor {
+    /// `down(silu(gate(x)) ⊙ up(x))`, and the product fed to `down` `[B, T, I]`.
+    fn forward(&self, x: &Tensor) -> (Tensor, Tensor) {
         let g = apply_linear(&self.gate_proj, x).silu(); // [B, T, I]
         let u = apply_linear(&self.up_proj, x); // [B, T, I]
-        apply_linear(&self.down_proj, &(g * u)) // [B, T, H]
+        let act = g * u; // [B, T, I]
+        (apply_linear(&self.down_proj, &act), act) // [B, T, H]
     }
 }
 
@@ -409,28 +445,32 @@ impl Llama {
         attention_mask: Option<&Tensor>,
         opts: ForwardOptions,
     ) -> Result<ModelOutputs> {
-        let (x, hidden, attn) = self.trunk(input_ids, attention_mask, None, opts)?; // [B, T, H]
-        let logits = x.linear(&self.lm_head_weight(), None::<Tensor>); // [B, T, V]
-        Ok(ModelOutputs { logits, hidden_states: hidden, attentions: attn })
+        let tr = self.trunk(input_ids, attention_mask, None, opts)?; // [B, T, H]
+        let logits = tr.x.linear(&self.lm_head_weight(), None::<Tensor>); // [B, T, V]
+        Ok(ModelOutputs { logits, hidden_states: tr.hidden, attentions: tr.attns, internals: tr.internals })
     }
 
-    /// The final normed hidden state `[B, T, H]` (no lm_head) and, as `opts` asks, the `L+1`
-    /// hidden states and the `L` attention maps `[B, nh, T, T]` (empty when not asked): what
-    /// chunked losses and the methods that read intermediate states take.
+    /// The final normed hidden state (no lm_head) and whatever else `opts` asks for: what
+    /// chunked losses, the methods that read intermediate states and importance estimation take.
     pub fn forward_states(
         &self,
         input_ids: &Tensor,
         attention_mask: Option<&Tensor>,
         opts: ForwardOptions,
-    ) -> Result<(Tensor, Vec<Tensor>, Vec<Tensor>)> {
-        let (x, hidden, attn) = self.trunk(input_ids, attention_mask, None, opts)?;
-        Ok((x, hidden.unwrap_or_default(), attn.unwrap_or_default()))
+    ) -> Result<States> {
+        let tr = self.trunk(input_ids, attention_mask, None, opts)?;
+        Ok(States {
+            last: tr.x,
+            hidden_states: tr.hidden.unwrap_or_default(),
+            attentions: tr.attns.unwrap_or_default(),
+            internals: tr.internals.unwrap_or_default(),
+        })
     }
 
     /// Incremental forward: `input_ids` `[B, T]` are the positions after the `cache.len()` cached
     /// ones (no padding); returns logits `[B, T, V]` and extends the cache.
     pub fn forward_cached(&self, input_ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
-        let (x, _, _) = self.trunk(input_ids, None, Some(cache), ForwardOptions::default())?; // [B, T, H]
+        let x = self.trunk(input_ids, None, Some(cache), ForwardOptions::default())?.x; // [B, T, H]
         Ok(x.linear(&self.lm_head_weight(), None::<Tensor>)) // [B, T, V]
     }
 
@@ -464,14 +504,13 @@ impl Llama {
 
     /// Embedding → layers → final norm. Returns the normed state `[B, T, H]` and the optional
     /// hidden states / attention probabilities.
-    #[allow(clippy::type_complexity)]
     fn trunk(
         &self,
         input_ids: &Tensor,
         attention_mask: Option<&Tensor>,
         mut cache: Option<&mut KvCache>,
         opts: ForwardOptions,
-    ) -> Result<(Tensor, Option<Vec<Tensor>>, Option<Vec<Tensor>>)> {
+    ) -> Result<Trunk> {
         let past = cache.as_ref().map_or(0, |c| c.len);
         let (b, t) = self.check_inputs(input_ids, attention_mask, past)?;
         let dev = self.device();
@@ -516,16 +555,31 @@ impl Llama {
         let mut x = Tensor::embedding(&self.embed_tokens, &ids, -1, false, false); // [B, T, H]
         let mut hidden = opts.hidden_states.then(|| vec![x.shallow_clone()]);
         let mut attns = opts.attentions.then(Vec::new);
+        let mut internals = opts.internals.then(Vec::new);
         if let Some(c) = cache.as_deref_mut() {
             c.layers.resize_with(self.layers.len(), || None);
         }
         for (i, layer) in self.layers.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            let input = x.shallow_clone(); // [B, T, H]
             let h = layer.input_layernorm.forward(&x); // [B, T, H]
-            let (a, probs) = layer.self_attn.forward(&h, &cos, &sin, mask.as_ref(), slot, opts.attentions, opts.train); // [B, T, H]
+            let (a, probs, heads) =
+                layer.self_attn.forward(&h, &cos, &sin, mask.as_ref(), slot, opts.attentions, opts.train); // [B, T, H]
             x = &x + a; // [B, T, H] (not `+=`: that is in place and would alias hidden_states[i])
-            let h = layer.post_attention_layernorm.forward(&x); // [B, T, H]
-            x = &x + layer.mlp.forward(&h); // [B, T, H]
+            let h2 = layer.post_attention_layernorm.forward(&x); // [B, T, H]
+            let (m, act) = layer.mlp.forward(&h2); // [B, T, H], [B, T, I]
+            x = &x + m; // [B, T, H]
+            if let Some(li) = internals.as_mut() {
+                let nh = layer.self_attn.num_heads;
+                li.push(LayerInternals {
+                    input,
+                    attn_norm: h,
+                    heads: heads.view([b, t, nh, -1]),
+                    mlp_norm: h2,
+                    mlp_act: act,
+                    output: x.shallow_clone(),
+                });
+            }
             if let Some(hs) = hidden.as_mut() {
                 hs.push(x.shallow_clone());
             }
@@ -542,6 +596,14 @@ impl Llama {
                 *last = x.shallow_clone();
             }
         }
-        Ok((x, hidden, attns))
+        Ok(Trunk { x, hidden, attns, internals })
     }
+}
+
+/// What [`Llama::trunk`] computes: the normed state `[B, T, H]` and what `opts` asked for.
+struct Trunk {
+    x: Tensor,
+    hidden: Option<Vec<Tensor>>,
+    attns: Option<Vec<Tensor>>,
+    internals: Option<Vec<LayerInternals>>,
 }

@@ -44,9 +44,15 @@ impl TrainTask for LmKdTask<'_> {
         // Rows of a [B, T, H] state at the positions with a real next token → [N, H].
         let rows = |x: &Tensor| x.view([-1, x.size()[2]]).index_select(0, &idx);
         let needs = Needs::of(&self.terms);
-        let opts = |train| ForwardOptions { train, hidden_states: needs.states, attentions: needs.attentions };
+        let opts = |train| ForwardOptions {
+            train,
+            hidden_states: needs.states,
+            attentions: needs.attentions,
+            internals: false,
+        };
         // [B, T, H], L+1 × [B, T, H] (when needed), L × [B, nh, T, T] (when needed)
-        let (h, states, attns) = self.student.forward_states(&b.ids, b.mask.as_ref(), opts(true))?;
+        let st = self.student.forward_states(&b.ids, b.mask.as_ref(), opts(true))?;
+        let (h, states, attns) = (st.last, st.hidden_states, st.attentions);
         let h = rows(&h); // [N, H]
         let w = self.student.lm_head_weight(); // [V, H]
         let soft = self.loss.alpha > 0.0;
@@ -61,7 +67,8 @@ impl TrainTask for LmKdTask<'_> {
             (_, false) if self.terms.is_empty() => self.loss.forward(&h, &w, None, Some(&y)),
             (Some(Teacher::Lm(t)), _) => {
                 // [B, T, Ht], L_t+1 × [B, T, Ht], L_t × [B, nh_t, T, T]
-                let (th, t_states, t_attns) = tch::no_grad(|| t.forward_states(&b.ids, b.mask.as_ref(), opts(false)))?;
+                let ts = tch::no_grad(|| t.forward_states(&b.ids, b.mask.as_ref(), opts(false)))?;
+                let (th, t_states, t_attns) = (ts.last, ts.hidden_states, ts.attentions);
                 let mask = b.mask.as_ref();
                 let s_view = StepStates { states: &states, attentions: &attns, rows: Some(&idx), mask };
                 let t_view = StepStates { states: &t_states, attentions: &t_attns, rows: Some(&idx), mask };

@@ -3,6 +3,8 @@
 //! ratios), and its initialization strategies (random, a subset of the teacher's layers, the
 //! teacher's embedding projected onto its residual stream's principal directions).
 
+pub mod prune;
+
 use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
 
@@ -24,6 +26,11 @@ pub enum StudentInit {
     /// principal directions of its residual stream (SliceGPT-style rotation, then truncation);
     /// layers random. The scratch twin gets the same init, so KD vs scratch stays a fair test.
     EmbeddingPca,
+    /// The teacher pruned to the student's shape (Minitron): neurons, heads (by whole kv
+    /// groups and heads within them), channels and blocks ranked by their importance on
+    /// `calib_rows` training rows, the most important kept ([`prune`]). Head size stays the
+    /// teacher's.
+    Prune,
 }
 
 /// The student's shape, derived from the teacher's config where a field is left out.
@@ -49,6 +56,16 @@ pub struct LmStudent {
     /// Tie the output projection to the embedding (default true).
     #[serde(default = "default_true")]
     pub tie_embeddings: bool,
+    /// Training rows the `embedding-pca` and `prune` inits read (default 16 and 128).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calib_rows: Option<usize>,
+}
+
+impl LmStudent {
+    /// The calibration rows the init reads.
+    pub fn calib_rows(&self) -> usize {
+        self.calib_rows.unwrap_or(if self.init == StudentInit::Prune { 128 } else { 16 })
+    }
 }
 
 fn default_init() -> StudentInit {
@@ -79,7 +96,11 @@ impl LmStudent {
                 )));
             }
         }
-        if let (Some(hid), Some(h)) = (st.hidden, st.heads) {
+        if st.calib_rows == Some(0) {
+            return Err(Error::Recipe("student.calib_rows must be > 0".into()));
+        }
+        // A pruned student keeps the teacher's head size, whatever its width.
+        if let (Some(hid), Some(h), false) = (st.hidden, st.heads, st.init == StudentInit::Prune) {
             if hid % h != 0 {
                 return Err(Error::Recipe(format!("student.hidden ({hid}) must be a multiple of student.heads ({h})")));
             }
@@ -98,7 +119,8 @@ pub fn student_config(t: &LlamaConfig, s: &LmStudent) -> Result<LlamaConfig> {
         None if hidden == t.hidden_size => t.num_heads,
         None => (hidden / t.head_dim).max(1),
     };
-    if hidden % heads != 0 {
+    let prune = s.init == StudentInit::Prune;
+    if hidden % heads != 0 && !prune {
         return Err(Error::Recipe(format!("student hidden {hidden} is not a multiple of its {heads} heads")));
     }
     let kv = match s.kv_heads {
@@ -119,7 +141,7 @@ pub fn student_config(t: &LlamaConfig, s: &LmStudent) -> Result<LlamaConfig> {
         num_layers: s.layers as i64,
         num_heads: heads,
         num_kv_heads: kv,
-        head_dim: hidden / heads,
+        head_dim: if prune { t.head_dim } else { hidden / heads },
         tie_word_embeddings: s.tie_embeddings,
         qkv_bias: false,
         o_bias: false,
@@ -184,12 +206,29 @@ pub fn init_student(
     teacher: &LoadedLm,
     init: StudentInit,
     calib: &Tensor,
-) -> Result<f64> {
+) -> Result<InitReport> {
+    let kept = |kept| InitReport { kept, pruned: None };
     match init {
-        StudentInit::Random => Ok(1.0),
-        StudentInit::LayerSubset => init_layer_subset(student, s_cfg, teacher).map(|_| 1.0),
-        StudentInit::EmbeddingPca => init_embedding_pca(student, s_cfg, teacher, calib),
+        StudentInit::Random => Ok(kept(1.0)),
+        StudentInit::LayerSubset => init_layer_subset(student, s_cfg, teacher).map(|_| kept(1.0)),
+        StudentInit::EmbeddingPca => init_embedding_pca(student, s_cfg, teacher, calib).map(kept),
+        StudentInit::Prune => {
+            let imp = prune::importance(&teacher.model, calib, None, 8)?;
+            let sel = prune::select(&imp, teacher.model.config(), s_cfg)?;
+            prune::slice_into(student, &teacher.vs.variables(), teacher.model.config(), &sel)?;
+            Ok(InitReport { kept: 1.0, pruned: Some((imp, sel)) })
+        }
     }
+}
+
+/// What [`init_student`] did.
+#[derive(Debug)]
+pub struct InitReport {
+    /// `embedding-pca`: the share of the residual stream's second moment the projection keeps
+    /// (1 otherwise).
+    pub kept: f64,
+    /// `prune`: the importance scores and what was kept.
+    pub pruned: Option<(prune::Importance, prune::Selection)>,
 }
 
 fn init_embedding_pca(student: &nn::VarStore, s_cfg: &LlamaConfig, teacher: &LoadedLm, calib: &Tensor) -> Result<f64> {
