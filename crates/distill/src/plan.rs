@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::methods::{ImageDistill, LmDistill};
+use crate::student::StudentInit;
 
 /// What a phase produces, as the report names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,6 +23,8 @@ pub enum Role {
     TeacherEnsemble,
     /// A student distilled from the teacher ensemble.
     StudentKdEnsemble,
+    /// The student as its init made it (pruned from the teacher), evaluated before training.
+    StudentPruned,
 }
 
 impl Role {
@@ -33,6 +36,7 @@ impl Role {
             Role::StudentKd => "student-kd",
             Role::TeacherEnsemble => "teacher-ensemble",
             Role::StudentKdEnsemble => "student-kd-ensemble",
+            Role::StudentPruned => "student-pruned",
         }
     }
 }
@@ -133,10 +137,25 @@ pub fn image_plan(seeds: &[u64], d: &ImageDistill) -> Vec<Phase> {
     out
 }
 
-/// An LM run: the KD student (when `alpha > 0`), then the scratch twin (when asked, or when
-/// `alpha = 0` makes the recipe a scratch run). Both start from the same seeded init.
-pub fn lm_plan(d: &LmDistill, seed: u64) -> Vec<Phase> {
+/// An LM run: with a pruned init, the pruned student before any training (evaluated only);
+/// the KD student (when `alpha > 0`), then the scratch twin (when asked, or when `alpha = 0`
+/// makes the recipe a scratch run). All start from the same seeded init: with `prune`, KD
+/// healing against CE healing of the same pruned model (Minitron's comparison).
+pub fn lm_plan(d: &LmDistill, init: StudentInit, seed: u64) -> Vec<Phase> {
     let mut out = Vec::new();
+    if init == StudentInit::Prune {
+        out.push(Phase {
+            id: "pruned".into(),
+            role: Role::StudentPruned,
+            seed,
+            temperature: None,
+            alpha: None,
+            teacher: TeacherFrom::None,
+            init: InitFrom::Seed,
+            trains: false,
+            export: Some("pruned"),
+        });
+    }
     let phase = |id: &str, role, alpha: f64, teacher, export| Phase {
         id: id.into(),
         role,

@@ -222,7 +222,7 @@ pub fn run(recipe: &ImageRecipe, recipe_toml: &str, out: &Path, opts: &RunOption
         };
         let (labels, rows) = match ph.role {
             Role::Teacher | Role::TeacherEnsemble => (&train.labels, None),
-            Role::StudentScratch => (&train.labels, labeled.as_deref()),
+            Role::StudentScratch | Role::StudentPruned => (&train.labels, labeled.as_deref()),
             Role::StudentKd | Role::StudentKdEnsemble => (&student_labels, None),
         };
         let mut task = ClassifierTask {

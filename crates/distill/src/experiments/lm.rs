@@ -29,6 +29,7 @@ use crate::methods::{response, BuildContext};
 use crate::models::llama::Llama;
 use crate::plan::{lm_plan, InitFrom, Phase, Role, TeacherFrom};
 use crate::recipe::{LmRecipe, ResolvedLm};
+use crate::student::prune::{self, Importance, Selection};
 use crate::student::{init_student, student_config, StudentInit};
 use crate::tasks::LmKdTask;
 use crate::teacher::{resolve_teacher_kind, teacher_in_kind, Teacher};
@@ -112,8 +113,16 @@ fn dir_bytes(dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// The first `rows` training rows' ids `[rows, T]`, what the student inits read.
+fn calibration(train: &TokenBlocks, rows: usize, device: Device) -> tch::Tensor {
+    let rows: Vec<usize> = (0..train.n_blocks().min(rows)).collect();
+    lm_batch(train, &rows, device).ids
+}
+
 /// What every student phase of a run shares.
 struct PhaseInputs<'a> {
+    /// With `student.init = "prune"`: the teacher's importance scores and what the student keeps.
+    pruning: Option<(Importance, Selection)>,
     r: &'a LmRecipe,
     teacher: &'a LoadedLm,
     /// The student's config, derived once from the teacher's.
@@ -150,25 +159,19 @@ fn student_phase(inp: &PhaseInputs<'_>, ph: &Phase) -> Result<(nn::VarStore, Lla
     tch::manual_seed(r.seed as i64);
     let vs = nn::VarStore::new(teacher.model.device());
     let model = Llama::new(vs.root(), s_cfg)?;
-    let calib_rows: Vec<usize> = (0..train.n_blocks().min(r.student.calib_rows())).collect();
-    let calib = lm_batch(train, &calib_rows, teacher.model.device()).ids;
-    let init = init_student(&vs, s_cfg, teacher, r.student.init, &calib)?;
-    if opts.verbose && r.student.init == StudentInit::EmbeddingPca && init.kept < 1.0 {
-        eprintln!(
-            "{name:>8}: embedding projected onto the teacher's top {} principal directions ({:.1}% of its residual stream)",
-            s_cfg.hidden_size,
-            100.0 * init.kept
-        );
-    }
-    if let Some((importance, selection)) = &init.pruned {
-        std::fs::create_dir_all(&phase_dir).map_err(|e| Error::io(&phase_dir, e))?;
-        let v = serde_json::json!({ "importance": importance, "selection": selection });
-        write_json(&phase_dir.join("pruning.json"), &v)?;
-        if opts.verbose {
-            eprintln!(
-                "{name:>8}: pruned the teacher to {} layers × {} channels, {} heads ({} kv), {} neurons, by importance on {} tokens (phases/{name}/pruning.json)",
-                s_cfg.num_layers, s_cfg.hidden_size, s_cfg.num_heads, s_cfg.num_kv_heads, s_cfg.intermediate_size, importance.tokens
-            );
+    match &inp.pruning {
+        // The same pruned weights for every phase, importance estimated once per run.
+        Some((_, sel)) => prune::slice_into(&vs, &teacher.vs.variables(), teacher.model.config(), sel)?,
+        None => {
+            let calib = calibration(train, r.student.calib_rows(), teacher.model.device());
+            let init = init_student(&vs, s_cfg, teacher, r.student.init, &calib)?;
+            if opts.verbose && r.student.init == StudentInit::EmbeddingPca && init.kept < 1.0 {
+                eprintln!(
+                    "{name:>8}: embedding projected onto the teacher's top {} principal directions ({:.1}% of its residual stream)",
+                    s_cfg.hidden_size,
+                    100.0 * init.kept
+                );
+            }
         }
     }
     let loss = response::lm_term(&r.distill, ph.alpha.unwrap_or(0.0))?;
@@ -191,18 +194,23 @@ fn student_phase(inp: &PhaseInputs<'_>, ph: &Phase) -> Result<(nn::VarStore, Lla
             terms.push(term);
         }
     }
-    let teacher_now = Some(inp.training_teacher.clone());
-    let mut task = LmKdTask { student: &model, teacher: teacher_now, blocks: train, loss, terms };
-    let topts = TrainOptions {
-        phase: name.to_string(),
-        seed: r.seed,
-        cfg: r.train.clone(),
-        dir: phase_dir.clone(),
-        checkpoint_every: r.checkpoint.every_steps,
-        log_every: 10,
-        progress: opts.progress,
+    let report = if ph.trains {
+        let teacher_now = Some(inp.training_teacher.clone());
+        let mut task = LmKdTask { student: &model, teacher: teacher_now, blocks: train, loss, terms };
+        let topts = TrainOptions {
+            phase: name.to_string(),
+            seed: r.seed,
+            cfg: r.train.clone(),
+            dir: phase_dir.clone(),
+            checkpoint_every: r.checkpoint.every_steps,
+            log_every: 10,
+            progress: opts.progress,
+        };
+        fit(&vs, &mut task, &topts)?
+    } else {
+        std::fs::create_dir_all(&phase_dir).map_err(|e| Error::io(&phase_dir, e))?;
+        TrainReport { steps: 0, final_loss: 0.0, seconds: 0.0, resumed_from: None }
     };
-    let report = fit(&vs, &mut task, &topts)?;
     export_hf(&model, Some(&teacher.tokenizer_json), &export_dir)?;
     if ph.role == Role::StudentKd {
         // The distilled student also leaves as a GGUF file for llama.cpp (matrices F16), when
@@ -282,7 +290,7 @@ pub fn run(r: &LmRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) -> Re
     std::fs::create_dir_all(out.join("phases")).map_err(|e| Error::io(out, e))?;
     write_atomic(&out.join("recipe.toml"), recipe_toml.as_bytes())?;
 
-    let plan = lm_plan(&r.distill, r.seed);
+    let plan = lm_plan(&r.distill, r.student.init, r.seed);
     // The online teacher the students train against: a bf16 copy where that is faster.
     let mut teacher_train_dtype = None;
     let mut online: Option<(nn::VarStore, Llama)> = None;
@@ -299,7 +307,29 @@ pub fn run(r: &LmRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) -> Re
         Some(c) => Teacher::Cache(c),
         None => Teacher::Lm(online_model),
     };
-    let inputs = PhaseInputs { r, teacher: &teacher, s_cfg: &s_cfg, training_teacher, train: &data.train, out, opts };
+    let pruning = match r.student.init {
+        StudentInit::Prune => {
+            let calib = calibration(&data.train, r.student.calib_rows(), device);
+            let imp = prune::importance(&teacher.model, &calib, None, 8)?;
+            let sel = prune::select(&imp, &t_cfg, &s_cfg)?;
+            let v = serde_json::json!({ "importance": imp, "selection": sel });
+            write_json(&out.join("pruning.json"), &v)?;
+            say(format!(
+                "pruned the teacher to {} layers × {} channels, {} heads ({} kv), {} MLP neurons: {s_params} parameters, {:.1}% of its {t_params}; importance on {} tokens in pruning.json",
+                s_cfg.num_layers,
+                s_cfg.hidden_size,
+                s_cfg.num_heads,
+                s_cfg.num_kv_heads,
+                s_cfg.intermediate_size,
+                100.0 * s_params as f64 / t_params as f64,
+                imp.tokens
+            ));
+            Some((imp, sel))
+        }
+        _ => None,
+    };
+    let inputs =
+        PhaseInputs { pruning, r, teacher: &teacher, s_cfg: &s_cfg, training_teacher, train: &data.train, out, opts };
     let mut students = Vec::new();
     for ph in &plan {
         students.push((ph.role, student_phase(&inputs, ph)?));
@@ -345,7 +375,7 @@ pub fn run(r: &LmRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) -> Re
             tokens_per_s: tokens_per_second(model, 1, data.train.seq_len as i64)?,
             validation: val,
             extra,
-            train: Some(report.clone()),
+            train: (report.steps > 0).then(|| report.clone()),
             path: Some(dir.clone()),
         });
     }

@@ -311,7 +311,13 @@ alpha = 0.9
         names.sort();
         assert_eq!(
             names,
-            ["fashion-fewlabel.toml", "fashion-hinton.toml", "smollm2-brown-scratch.toml", "smollm2-brown.toml"]
+            [
+                "fashion-fewlabel.toml",
+                "fashion-hinton.toml",
+                "smollm2-brown-scratch.toml",
+                "smollm2-brown.toml",
+                "smollm2-prune.toml"
+            ]
         );
         for n in &names {
             let r = Recipe::load(&dir.join(n), &[]).unwrap();
