@@ -106,6 +106,53 @@ fn assert_error(o: &Output, want: &[&str]) {
     }
 }
 
+/// `student.init = "prune"`: the teacher (2 layers, 32 wide, 4 heads in 2 kv groups, MLP 64)
+/// pruned by importance to 1 layer, 24 channels, one kv group of 2 heads and 40 neurons;
+/// evaluated before healing, healed by KD and by CE from the same pruned weights.
+#[test]
+fn pruned_student_is_evaluated_then_healed_by_kd_and_by_ce() {
+    let d = tmpdir("prune");
+    let t = teacher(&d);
+    let text = d.join("corpus.txt");
+    corpus(&text, 120);
+    let r = recipe(&d, &t, &text);
+    let toml = std::fs::read_to_string(&r).unwrap().replace(
+        "[student]\nlayers = 1\nhidden = 16\nheads = 2\nkv_heads = 1\nintermediate = 32",
+        "[student]\ninit = \"prune\"\nlayers = 1\nhidden = 24\nheads = 2\nkv_heads = 1\nintermediate = 40\ncalib_rows = 4",
+    );
+    assert!(toml.contains("init = \"prune\""));
+    std::fs::write(&r, toml).unwrap();
+    let out = d.join("run");
+    let o = distill(&["run", r.to_str().unwrap(), "--out", out.to_str().unwrap(), "--set", "train.steps=30"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let students = s["students"].as_array().unwrap();
+    let roles: Vec<&str> = students.iter().map(|m| m["role"].as_str().unwrap()).collect();
+    assert_eq!(roles, ["student-pruned", "student-kd", "student-scratch"]);
+    let steps: Vec<Option<i64>> = students.iter().map(|m| m["train"]["steps"].as_i64()).collect();
+    assert_eq!(steps, [None, Some(30), Some(30)]);
+    // Tied 96 × 24 embedding; q 24→2·8, k and v 24→8, o 16→24; MLP 3 · 24 · 40; three norms.
+    let params = 96 * 24 + (24 * 16 + 2 * 24 * 8 + 16 * 24) + 3 * 24 * 40 + 3 * 24;
+    assert!(students.iter().all(|m| m["params"] == params), "{students:?}");
+    let p: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("pruning.json")).unwrap()).unwrap();
+    assert_eq!(p["importance"]["tokens"], 4 * 16);
+    let len = |v: &serde_json::Value| v.as_array().unwrap().len();
+    let sel = &p["selection"];
+    assert_eq!(
+        (len(&sel["layers"]), len(&sel["channels"]), len(&sel["heads"][0]), len(&sel["neurons"][0])),
+        (1, 24, 2, 40)
+    );
+    // The pruned student keeps the teacher's head size (8): its export says so.
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("pruned/config.json")).unwrap()).unwrap();
+    assert_eq!((cfg["head_dim"].as_i64(), cfg["hidden_size"].as_i64()), (Some(8), Some(24)));
+    // Healing by KD (alpha = 1) brings the pruned student closer to the teacher.
+    let kl = |m: &serde_json::Value| m["validation"]["kl_to_teacher"].as_f64().unwrap();
+    assert!(kl(&students[1]) < kl(&students[0]), "{} vs {}", kl(&students[1]), kl(&students[0]));
+}
+
 #[test]
 fn tiny_lm_distills_evaluates_and_exports() {
     let d = tmpdir("run");

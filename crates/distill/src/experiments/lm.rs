@@ -222,8 +222,10 @@ fn student_phase(inp: &PhaseInputs<'_>, ph: &Phase) -> Result<(nn::VarStore, Lla
         }
     }
     write_json(&done, &report)?;
-    if opts.verbose {
+    if opts.verbose && ph.trains {
         eprintln!("{name:>8}: {} steps in {:.0}s, final loss {:.4}", report.steps, report.seconds, report.final_loss);
+    } else if opts.verbose {
+        eprintln!("{name:>8}: as initialized, not trained; exported to {}", export_dir.display());
     }
     Ok((vs, model, report, export_dir))
 }
