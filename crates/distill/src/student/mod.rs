@@ -4,6 +4,7 @@
 //! teacher's embedding projected onto its residual stream's principal directions).
 
 pub mod prune;
+pub mod quant;
 
 use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};

@@ -1,0 +1,103 @@
+//! Fake quantization on GGUF's Q8_0 / Q4_0 grids against gguf-py's own quantize → dequantize
+//! (the reference llama.cpp's files are written with), bit for bit, and its straight-through
+//! gradient.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use distill::student::quant::{fake_quant, fake_quant_ste, QuantGrid};
+use tch::{Device, Kind, Tensor};
+
+fn python() -> PathBuf {
+    std::env::var_os("DISTILL_PYTHON").map(PathBuf::from).unwrap_or_else(|| {
+        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+        home.join(".cache/distill/venv/bin/python")
+    })
+}
+
+const ROUNDTRIP_PY: &str = r#"
+import sys, numpy as np
+from gguf.quants import quantize, dequantize
+from gguf import GGMLQuantizationType as T
+a = np.fromfile(sys.argv[1], dtype=np.float32).reshape(-1, int(sys.argv[2]))
+for name, path in (("Q8_0", sys.argv[3]), ("Q4_0", sys.argv[4])):
+    q = getattr(T, name)
+    dequantize(quantize(a, q), q).astype(np.float32).tofile(path)
+"#;
+
+/// Rows of 96 values (3 blocks): normal weights at several scales, a block of zeros, a block
+/// whose largest magnitude is negative, one with ties in |x|, values on the .5 rounding edges of
+/// the Q8_0 grid, and a wide dynamic range.
+fn weights() -> Tensor {
+    tch::manual_seed(11);
+    let mut rows: Vec<Tensor> =
+        [0.02, 1.0, 50.0].iter().map(|s| Tensor::randn([64, 96], (Kind::Float, Device::Cpu)) * *s).collect();
+    let mut special = vec![0f32; 96];
+    special[32] = -3.0; // block 1: the maximum magnitude is negative
+    special[33] = 1.5;
+    for (i, v) in special.iter_mut().enumerate().skip(64) {
+        // block 2: 127 · k/254 lands on the .5 edges; the tie between ±1.0 keeps the first
+        *v = if i == 64 {
+            1.0
+        } else if i == 65 {
+            -1.0
+        } else {
+            (i as f32 - 64.0) / 254.0
+        };
+    }
+    rows.push(Tensor::from_slice(&special).view([1, 96]));
+    let wide: Vec<f32> = (0..96).map(|i| if i % 7 == 0 { 1e3 } else { 1e-4 * i as f32 }).collect();
+    rows.push(Tensor::from_slice(&wide).view([1, 96]));
+    Tensor::cat(&rows, 0) // [194, 96]
+}
+
+fn bits(t: &Tensor) -> Vec<u32> {
+    let t = t.contiguous().view([-1]);
+    let mut v = vec![0f32; t.numel()];
+    t.copy_data(&mut v, t.numel());
+    v.into_iter().map(f32::to_bits).collect()
+}
+
+#[test]
+fn grids_equal_gguf_py_bit_for_bit() {
+    let w = weights();
+    let dir = std::env::temp_dir().join(format!("distill-quant-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (src, q8, q4) = (dir.join("w.f32"), dir.join("q8.f32"), dir.join("q4.f32"));
+    let raw: Vec<u8> = bits(&w).into_iter().flat_map(u32::to_le_bytes).collect();
+    std::fs::write(&src, raw).unwrap();
+    let out = Command::new(python())
+        .args(["-c", ROUNDTRIP_PY])
+        .args([src.to_str().unwrap(), "96", q8.to_str().unwrap(), q4.to_str().unwrap()])
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run {} (set DISTILL_PYTHON or run scripts/setup.sh): {e}", python().display())
+        });
+    assert!(out.status.success(), "python failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    for (grid, path) in [(QuantGrid::Q8_0, &q8), (QuantGrid::Q4_0, &q4)] {
+        let want: Vec<u32> =
+            std::fs::read(path).unwrap().chunks(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let got = bits(&fake_quant(&w, grid).unwrap());
+        assert_eq!(got.len(), 194 * 96);
+        let differ = got.iter().zip(&want).filter(|(a, b)| a != b).count();
+        assert_eq!(differ, 0, "{grid:?}: {differ} of {} values differ", got.len());
+    }
+    // The zero block stays zero; Q4_0 has at most 16 levels per block, Q8_0 at most 255.
+    let q4 = fake_quant(&w, QuantGrid::Q4_0).unwrap();
+    assert_eq!(q4.get(192).narrow(0, 0, 32).abs().sum(Kind::Float).double_value(&[]), 0.0);
+    let levels = |t: &Tensor| t.narrow(0, 0, 32).unique_dim(0, true, false, false).0.size()[0];
+    assert!(levels(&q4.get(1)) <= 16);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn straight_through_gradient_is_the_identity() {
+    let w = (Tensor::randn([4, 64], (Kind::Float, Device::Cpu)) * 0.1).set_requires_grad(true);
+    let g = Tensor::randn([4, 64], (Kind::Float, Device::Cpu));
+    let y = fake_quant_ste(&w, QuantGrid::Q4_0).unwrap();
+    assert!(y.equal(&fake_quant(&w, QuantGrid::Q4_0).unwrap()));
+    (&y * &g).sum(Kind::Float).backward();
+    assert!(w.grad().equal(&g));
+    let e = fake_quant(&Tensor::zeros([2, 40], (Kind::Float, Device::Cpu)), QuantGrid::Q8_0).unwrap_err();
+    assert!(e.to_string().contains("a row of 40 values does not divide"), "{e}");
+}
