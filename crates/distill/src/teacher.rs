@@ -98,7 +98,13 @@ impl<'a> Ensemble<'a> {
     /// `[B, …]` → `[B, C]` (eval mode).
     pub fn logits(&self, x: &Tensor) -> Tensor {
         let z: Vec<Tensor> = self.members.iter().map(|m| m.logits(x, false)).collect(); // k × [B, C]
-        combine_logits(&z, &self.weights, self.temperature)
+        self.combine(&z)
+    }
+
+    /// The members' logits `k × [B, C]`, already computed (e.g. once for the training set),
+    /// combined with this ensemble's weights and temperature → `[B, C]`.
+    pub fn combine(&self, z: &[Tensor]) -> Tensor {
+        combine_logits(z, &self.weights, self.temperature)
     }
 }
 

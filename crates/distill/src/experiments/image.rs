@@ -26,7 +26,7 @@ use crate::models::{image_classifier, param_count, Classifier};
 use crate::plan::{image_plan, InitFrom, Phase, Role, TeacherFrom};
 use crate::recipe::{ImageRecipe, Stage};
 use crate::tasks::ClassifierTask;
-use crate::teacher::{combine_logits, Ensemble, Teacher};
+use crate::teacher::{Ensemble, Teacher};
 use crate::train::{fit, TrainOptions, TrainTask};
 use crate::{Error, Result};
 
@@ -205,20 +205,20 @@ pub fn run(recipe: &ImageRecipe, recipe_toml: &str, out: &Path, opts: &RunOption
         let t = ph.temperature.unwrap_or(1.0);
         // The soft targets: computed once from the training-set logits, or, when the student's
         // images are jittered, the teacher (or ensemble) run on the same jittered batch.
-        let train_logits = match members.len() {
-            0 => None,
-            1 => Some(teachers[&sources[0]].2.shallow_clone()),
-            _ => {
+        let ensemble = (members.len() > 1).then(|| Ensemble::uniform(members.clone(), t));
+        let train_logits = match (&ensemble, sources.first()) {
+            (Some(e), _) => {
                 let z: Vec<Tensor> = sources.iter().map(|id| teachers[id].2.shallow_clone()).collect();
-                let w = vec![1.0 / z.len() as f64; z.len()];
-                Some(tch::no_grad(|| combine_logits(&z, &w, t))) // [N, C]
+                Some(tch::no_grad(|| e.combine(&z))) // [N, C]
             }
+            (None, Some(id)) => Some(teachers[id].2.shallow_clone()),
+            (None, None) => None,
         };
-        let teacher = match (&train_logits, members.len()) {
+        let teacher = match (&train_logits, ensemble) {
             (None, _) => None,
             (Some(l), _) if stage.jitter == 0 => Some(Teacher::Logits(l)),
-            (Some(_), 1) => Some(Teacher::Classifier(members[0])),
-            (Some(_), _) => Some(Teacher::Ensemble(Ensemble::uniform(members.clone(), t))),
+            (Some(_), Some(e)) => Some(Teacher::Ensemble(e)),
+            (Some(_), None) => Some(Teacher::Classifier(members[0])),
         };
         let (labels, rows) = match ph.role {
             Role::Teacher | Role::TeacherEnsemble => (&train.labels, None),

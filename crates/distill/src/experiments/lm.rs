@@ -25,6 +25,7 @@ use crate::export::export_hf;
 use crate::generate::GenerateOptions;
 use crate::io::hf::LlamaConfig;
 use crate::lm::{load_lm, LoadedLm};
+use crate::losses::divergence::Divergence;
 use crate::methods::{response, BuildContext};
 use crate::models::llama::Llama;
 use crate::plan::{lm_plan, InitFrom, Phase, Role, TeacherFrom};
@@ -121,6 +122,8 @@ fn calibration(train: &TokenBlocks, rows: usize, device: Device) -> tch::Tensor 
 
 /// What every student phase of a run shares.
 struct PhaseInputs<'a> {
+    /// The logit term's divergence, as the recipe resolved it.
+    divergence: Divergence,
     /// With `student.init = "prune"`: the teacher's importance scores and what the student keeps.
     pruning: Option<(Importance, Selection)>,
     r: &'a LmRecipe,
@@ -174,7 +177,7 @@ fn student_phase(inp: &PhaseInputs<'_>, ph: &Phase) -> Result<(nn::VarStore, Lla
             }
         }
     }
-    let loss = response::lm_term(&r.distill, ph.alpha.unwrap_or(0.0))?;
+    let loss = response::lm_term(&r.distill, inp.divergence, ph.alpha.unwrap_or(0.0));
     // The extra terms (KD student only), their parameters trained and checkpointed with the
     // student, never exported.
     let mut terms = Vec::new();
@@ -312,8 +315,7 @@ pub fn run(r: &LmRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) -> Re
     let pruning = match r.student.init {
         StudentInit::Prune => {
             let calib = calibration(&data.train, r.student.calib_rows(), device);
-            let imp = prune::importance(&teacher.model, &calib, None, 8)?;
-            let sel = prune::select(&imp, &t_cfg, &s_cfg)?;
+            let (imp, sel) = prune::plan(&teacher.model, &calib, &s_cfg)?;
             let v = serde_json::json!({ "importance": imp, "selection": sel });
             write_json(&out.join("pruning.json"), &v)?;
             say(format!(
@@ -330,8 +332,17 @@ pub fn run(r: &LmRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) -> Re
         }
         _ => None,
     };
-    let inputs =
-        PhaseInputs { pruning, r, teacher: &teacher, s_cfg: &s_cfg, training_teacher, train: &data.train, out, opts };
+    let inputs = PhaseInputs {
+        divergence: rr.divergence,
+        pruning,
+        r,
+        teacher: &teacher,
+        s_cfg: &s_cfg,
+        training_teacher,
+        train: &data.train,
+        out,
+        opts,
+    };
     let mut students = Vec::new();
     for ph in &plan {
         students.push((ph.role, student_phase(&inputs, ph)?));

@@ -16,14 +16,15 @@
 //! `[distill]` section ([`LmDistill`](super::LmDistill), [`ImageDistill`](super::ImageDistill)).
 
 use crate::losses::chunked::ChunkedKd;
+use crate::losses::divergence::Divergence;
 use crate::losses::response::KdLoss;
-use crate::Result;
 
 use super::{ImageDistill, LmDistill};
 
-/// The LM logit term of a phase that trains with weight `alpha` on the soft term.
-pub fn lm_term(d: &LmDistill, alpha: f64) -> Result<ChunkedKd> {
-    Ok(ChunkedKd { divergence: d.divergence()?, temperature: d.temperature, alpha, chunk_rows: d.chunk_tokens as i64 })
+/// The LM logit term of a phase that trains with weight `alpha` on the soft term;
+/// `divergence` is the recipe's, resolved once ([`LmDistill::divergence`]).
+pub fn lm_term(d: &LmDistill, divergence: Divergence, alpha: f64) -> ChunkedKd {
+    ChunkedKd { divergence, temperature: d.temperature, alpha, chunk_rows: d.chunk_tokens as i64 }
 }
 
 /// The classifier logit term at temperature `temperature` (the main one or a sweep's).

@@ -214,8 +214,7 @@ pub fn init_student(
         StudentInit::LayerSubset => init_layer_subset(student, s_cfg, teacher).map(|_| kept(1.0)),
         StudentInit::EmbeddingPca => init_embedding_pca(student, s_cfg, teacher, calib).map(kept),
         StudentInit::Prune => {
-            let imp = prune::importance(&teacher.model, calib, None, 8)?;
-            let sel = prune::select(&imp, teacher.model.config(), s_cfg)?;
+            let (imp, sel) = prune::plan(&teacher.model, calib, s_cfg)?;
             prune::slice_into(student, &teacher.vs.variables(), teacher.model.config(), &sel)?;
             Ok(InitReport { kept: 1.0, pruned: Some((imp, sel)) })
         }

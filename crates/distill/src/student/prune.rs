@@ -60,7 +60,7 @@ pub fn importance(model: &Llama, ids: &Tensor, mask: Option<&Tensor>, batch: i64
     let mut neurons: Vec<Tensor> = (0..l).map(|_| zeros(cfg.intermediate_size)).collect();
     let mut heads: Vec<Tensor> = (0..l).map(|_| zeros(cfg.num_heads)).collect();
     let mut channels = zeros(h);
-    let mut blocks = zeros(l as i64);
+    let mut cos_sums: Vec<Tensor> = (0..l).map(|_| zeros(1)).collect();
     let mut tokens = 0f64;
     let n = ids.size()[0];
     tch::no_grad(|| -> Result<()> {
@@ -88,13 +88,7 @@ pub fn importance(model: &Llama, ids: &Tensor, mask: Option<&Tensor>, batch: i64
                     -1,
                     1e-12,
                 );
-                let c = summed(&cos.unsqueeze(-1)); // [1]
-                let one_hot = Tensor::zeros([l as i64], (Kind::Double, dev)).index_fill(
-                    0,
-                    &Tensor::from(i as i64).to_device(dev),
-                    1.0,
-                );
-                blocks += one_hot * c;
+                cos_sums[i] += summed(&cos.unsqueeze(-1)); // [1]
             }
             channels += summed(&st.last.abs());
         }
@@ -107,7 +101,7 @@ pub fn importance(model: &Llama, ids: &Tensor, mask: Option<&Tensor>, batch: i64
         neurons: neurons.iter().map(|x| to_vec(&(x / t))).collect(),
         heads: heads.iter().map(|x| to_vec(&(x / t))).collect(),
         channels: to_vec(&(channels / (t * norms))),
-        blocks: to_vec(&(blocks / t)).into_iter().map(|c| 1.0 - c).collect(),
+        blocks: cos_sums.iter().map(|c| 1.0 - to_vec(&(c / t))[0]).collect(),
     })
 }
 
@@ -197,6 +191,17 @@ pub fn select(imp: &Importance, t: &LlamaConfig, s: &LlamaConfig) -> Result<Sele
         neurons.push(top_k_sorted(&imp.neurons[l as usize], s.intermediate_size as usize));
     }
     Ok(Selection { layers, channels, kv_heads, heads, neurons })
+}
+
+/// Rows per forward when [`plan`] scores calibration rows.
+const CALIB_BATCH: i64 = 8;
+
+/// Importance of `teacher` on calibration rows `calib` `[N, T]` and what a student of shape `s`
+/// keeps by it: the whole decision, shared by `student.init = "prune"` and the LM runner.
+pub fn plan(teacher: &Llama, calib: &Tensor, s: &LlamaConfig) -> Result<(Importance, Selection)> {
+    let imp = importance(teacher, calib, None, CALIB_BATCH)?;
+    let sel = select(&imp, teacher.config(), s)?;
+    Ok((imp, sel))
 }
 
 /// Rows `[i·hd, (i+1)·hd)` of every head `i` in `heads`, in order.
