@@ -20,7 +20,7 @@ use crate::types::GgmlType;
 use crate::writer::GgufWriter;
 
 /// How the matrices of an exported model are stored. Norms and biases are always F32 (as
-/// llama.cpp's converter writes them).
+/// llama.cpp's converter writes them); [`ExportType::tensor_type`] is the rule per tensor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExportType {
     /// Every tensor F32: reads back bit for bit.
@@ -30,25 +30,49 @@ pub enum ExportType {
     /// Matrices Q8_0 (blocks of 32 with one f16 scale); a matrix whose rows are not a multiple of
     /// 32 falls back to F16.
     Q8_0,
+    /// The projection matrices Q4_0 (blocks of 32 4-bit values with one f16 scale); the token
+    /// embedding (also the output matrix when tied) and an untied output matrix Q8_0, as
+    /// `llama-quantize` keeps the output at higher precision; rows that are not a multiple of 32
+    /// F16.
+    Q4_0,
 }
 
 impl ExportType {
-    /// Parses `f32`, `f16` or `q8_0` (case-insensitive).
+    /// Parses `f32`, `f16`, `q8_0` or `q4_0` (case-insensitive).
     pub fn parse(s: &str) -> Option<Self> {
         match s.to_ascii_lowercase().as_str() {
             "f32" => Some(Self::F32),
             "f16" => Some(Self::F16),
             "q8_0" => Some(Self::Q8_0),
+            "q4_0" => Some(Self::Q4_0),
             _ => None,
         }
     }
 
-    /// `general.file_type` (llama.cpp's `llama_ftype`): 0 all F32, 1 mostly F16, 7 mostly Q8_0.
+    /// `general.file_type` (llama.cpp's `llama_ftype`): 0 all F32, 1 mostly F16, 7 mostly Q8_0,
+    /// 2 mostly Q4_0.
     fn file_type(self) -> u32 {
         match self {
             Self::F32 => 0,
             Self::F16 => 1,
             Self::Q8_0 => 7,
+            Self::Q4_0 => 2,
+        }
+    }
+
+    /// How the tensor `gguf_name` of `shape` (PyTorch order) is stored. Quantization-aware
+    /// training reads the same rule, so that the weights it trains against are the ones this
+    /// export writes.
+    pub fn tensor_type(self, gguf_name: &str, shape: &[usize]) -> GgmlType {
+        let blocks = shape.last().is_some_and(|c| c % 32 == 0);
+        let embedding = gguf_name == "token_embd.weight" || gguf_name == "output.weight";
+        match (shape.len(), self) {
+            (0 | 1, _) | (_, Self::F32) => GgmlType::F32,
+            (_, Self::F16) => GgmlType::F16,
+            _ if !blocks => GgmlType::F16,
+            (_, Self::Q8_0) => GgmlType::Q8_0,
+            (_, Self::Q4_0) if embedding => GgmlType::Q8_0,
+            (_, Self::Q4_0) => GgmlType::Q4_0,
         }
     }
 }
@@ -178,13 +202,7 @@ pub fn write_llama_gguf(
             }
             _ => data,
         };
-        let tensor_ty = match (shape.len(), ty) {
-            (0 | 1, _) | (_, ExportType::F32) => GgmlType::F32,
-            (_, ExportType::F16) => GgmlType::F16,
-            (_, ExportType::Q8_0) if shape.last().is_some_and(|c| c % 32 == 0) => GgmlType::Q8_0,
-            (_, ExportType::Q8_0) => GgmlType::F16,
-        };
-        w.add_tensor_f32(&gname, shape, data, tensor_ty)?;
+        w.add_tensor_f32(&gname, shape, data, ty.tensor_type(&gname, shape))?;
     }
     w.write()
 }
@@ -232,6 +250,14 @@ mod tests {
     fn export_types_parse() {
         assert_eq!(ExportType::parse("F16"), Some(ExportType::F16));
         assert_eq!(ExportType::parse("q8_0"), Some(ExportType::Q8_0));
-        assert_eq!(ExportType::parse("q4_0"), None);
+        assert_eq!(ExportType::parse("Q4_0"), Some(ExportType::Q4_0));
+        let q4 = ExportType::Q4_0;
+        assert_eq!(q4.tensor_type("blk.0.ffn_down.weight", &[576, 640]), GgmlType::Q4_0);
+        assert_eq!(q4.tensor_type("token_embd.weight", &[49152, 576]), GgmlType::Q8_0);
+        assert_eq!(q4.tensor_type("output.weight", &[49152, 576]), GgmlType::Q8_0);
+        assert_eq!(q4.tensor_type("blk.0.attn_q.weight", &[64, 48]), GgmlType::F16);
+        assert_eq!(q4.tensor_type("blk.0.attn_norm.weight", &[576]), GgmlType::F32);
+        assert_eq!(ExportType::Q8_0.tensor_type("token_embd.weight", &[8, 64]), GgmlType::Q8_0);
+        assert_eq!(ExportType::parse("q4_1"), None);
     }
 }

@@ -1,5 +1,5 @@
 //! Pure-Rust GGUF support for distill: read (v2/v3), dequantize (F32, F16, BF16, Q8_0, Q4_0,
-//! Q4_1, Q4_K, Q5_K, Q6_K — bitwise equal to gguf-py), write (v3; F32, F16, Q8_0), view a
+//! Q4_1, Q4_K, Q5_K, Q6_K — bitwise equal to gguf-py), write (v3; F32, F16, Q8_0, Q4_0), view a
 //! Llama-family model under Hugging Face tensor names, build its tokenizer from metadata, and
 //! export a Llama-family model with its tokenizer as a GGUF file llama.cpp runs.
 
@@ -19,7 +19,7 @@ pub use error::{GgufError, Result};
 pub use export::{gguf_name, permute_rope_rows, write_llama_gguf, ExportType, LlamaExportParams};
 pub use llama::{hf_name, hf_tensor, hf_tensors, unpermute_rope_rows, HfTensor, LlamaGgufParams};
 pub use metadata::{MetadataArray, MetadataValue, MetadataValueType};
-pub use quant::{quantize_f16, quantize_q8_0};
+pub use quant::{quantize_f16, quantize_q4_0, quantize_q8_0};
 pub use reader::{GgufFile, TensorInfo};
 pub use tokenizer::{tokenizer_fingerprint, tokenizer_from_gguf, tokenizer_metadata};
 pub use types::GgmlType;

@@ -1,4 +1,4 @@
-//! Writing GGUF v3 files: metadata, then F32 / F16 / Q8_0 (or pre-encoded) tensors, every tensor
+//! Writing GGUF v3 files: metadata, then F32 / F16 / Q8_0 / Q4_0 (or pre-encoded) tensors, every tensor
 //! aligned, the whole file written to a temporary file in the destination directory, fsynced and
 //! renamed into place so that a reader never sees a half-written file.
 
@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{GgufError, Result};
 use crate::metadata::{MetadataArray, MetadataValue};
-use crate::quant::{quantize_f16, quantize_f32, quantize_q8_0};
+use crate::quant::{quantize_f16, quantize_f32, quantize_q4_0, quantize_q8_0};
 use crate::reader::{DEFAULT_ALIGNMENT, GGUF_MAGIC, MAX_DIMS};
 use crate::types::GgmlType;
 
@@ -79,7 +79,7 @@ impl GgufWriter {
     }
 
     /// Adds a tensor given as `f32` in row-major `shape` (PyTorch order), encoded as `ty`:
-    /// F32, F16 (round to nearest even) or Q8_0 (innermost dim a multiple of 32).
+    /// F32, F16 (round to nearest even), Q8_0 or Q4_0 (innermost dim a multiple of 32).
     ///
     /// # Shapes
     /// `data.len() == shape.iter().product()`; at most 4 dims.
@@ -91,16 +91,19 @@ impl GgufWriter {
         let bytes = match ty {
             GgmlType::F32 => quantize_f32(data),
             GgmlType::F16 => quantize_f16(data),
-            GgmlType::Q8_0 => {
+            GgmlType::Q8_0 | GgmlType::Q4_0 => {
                 let row = shape.last().copied().unwrap_or(1);
                 if row % 32 != 0 {
                     return Err(
-                        self.invalid(name, format!("Q8_0 needs the innermost dim to be a multiple of 32, got {row}"))
+                        self.invalid(name, format!("{ty} needs the innermost dim to be a multiple of 32, got {row}"))
                     );
                 }
-                quantize_q8_0(data).map_err(|e| self.invalid(name, e.to_string()))?
+                let q = if ty == GgmlType::Q8_0 { quantize_q8_0(data) } else { quantize_q4_0(data) };
+                q.map_err(|e| self.invalid(name, e.to_string()))?
             }
-            other => return Err(self.invalid(name, format!("encoding {other} is not supported (F32, F16, Q8_0)"))),
+            other => {
+                return Err(self.invalid(name, format!("encoding {other} is not supported (F32, F16, Q8_0, Q4_0)")))
+            }
         };
         self.add_tensor_raw(name, shape, ty, bytes)
     }

@@ -6,7 +6,8 @@ mod common;
 use std::process::Command;
 
 use distill_gguf::{
-    dequantize_to_vec, quantize_q8_0, GgmlType, GgufError, GgufFile, GgufWriter, MetadataArray, MetadataValue,
+    dequantize_to_vec, quantize_q4_0, quantize_q8_0, GgmlType, GgufError, GgufFile, GgufWriter, MetadataArray,
+    MetadataValue,
 };
 
 fn sample(n: usize, seed: u32) -> Vec<f32> {
@@ -124,6 +125,27 @@ fn q8_0_quantization_matches_gguf_py_bitwise() {
     // Row 1's first block is all zeros: d = 0, q = 0.
     assert!(got[2 * 34..3 * 34].iter().all(|&b| b == 0));
     assert!(quantize_q8_0(&[0.0; 31]).is_err());
+}
+
+#[test]
+fn q4_0_quantization_matches_gguf_py_bitwise() {
+    let input = common::read_f32(&common::fixtures().join("q8_0_input.f32"));
+    let want = std::fs::read(common::fixtures().join("q4_0_expected.bin")).unwrap();
+    let got = quantize_q4_0(&input).unwrap();
+    assert_eq!(got.len(), input.len() / 32 * 18);
+    if let Some(i) = (0..got.len()).find(|&i| got[i] != want[i]) {
+        panic!("byte {i} (block {}) differs: {} vs {}", i / 18, got[i], want[i]);
+    }
+    // Row 2 runs -127..127: the largest magnitude is the first, -127, so d = 127/8 and it is q = 0.
+    let blk = &got[4 * 18..5 * 18];
+    assert_eq!(half::f16::from_bits(u16::from_le_bytes([blk[0], blk[1]])).to_f32(), 15.875);
+    assert_eq!(blk[2] & 0xf, 0);
+    // The dequantizer reads back what the quantizer wrote: |x - x̂| <= d/2 + f16 error, and 15
+    // as the largest code (x = +max maps to 16, clipped).
+    let back = dequantize_to_vec(GgmlType::Q4_0, &got, input.len()).unwrap();
+    assert_eq!(back[4 * 32], -127.0);
+    assert_eq!(back[4 * 32 + 31], 7.0 * 15.875);
+    assert!(quantize_q4_0(&[0.0; 33]).is_err());
 }
 
 #[test]
