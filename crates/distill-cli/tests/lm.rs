@@ -123,15 +123,43 @@ fn pruned_student_is_evaluated_then_healed_by_kd_and_by_ce() {
     assert!(toml.contains("init = \"prune\""));
     std::fs::write(&r, toml).unwrap();
     let out = d.join("run");
-    let o = distill(&["run", r.to_str().unwrap(), "--out", out.to_str().unwrap(), "--set", "train.steps=30"]);
+    let o = distill(&[
+        "run",
+        r.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--set",
+        "train.steps=30",
+        "--set",
+        "student.twin_init=\"random\"",
+        "--set",
+        "quantize.steps=5",
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let s: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
     let students = s["students"].as_array().unwrap();
     let roles: Vec<&str> = students.iter().map(|m| m["role"].as_str().unwrap()).collect();
-    assert_eq!(roles, ["student-pruned", "student-kd", "student-scratch"]);
+    assert_eq!(
+        roles,
+        ["student-pruned", "student-kd", "student-scratch", "student-kd-twin-init", "student-kd-ptq", "student-kd-qad"]
+    );
     let steps: Vec<Option<i64>> = students.iter().map(|m| m["train"]["steps"].as_i64()).collect();
-    assert_eq!(steps, [None, Some(30), Some(30)]);
+    assert_eq!(steps, [None, Some(30), Some(30), Some(30), None, Some(5)]);
+    // Rows of 24 values are no Q4_0 blocks: the quantized students' matrices are stored (and
+    // evaluated) as F16, the norms F32. PTQ is the KD student rounded, so it barely moves.
+    let (vs, ptq) =
+        distill::models::llama::Llama::from_pretrained(out.join("student-ptq"), tch::Device::Cpu, tch::Kind::Float)
+            .unwrap();
+    for (name, w) in ptq.named_parameters() {
+        let f16 = w.to_kind(tch::Kind::Half).to_kind(tch::Kind::Float);
+        if w.dim() == 2 {
+            assert!(w.equal(&f16), "{name} is not on the F16 grid");
+        }
+    }
+    drop(vs);
+    let kl = |m: &serde_json::Value| m["validation"]["kl_to_teacher"].as_f64().unwrap();
+    assert!((kl(&students[4]) - kl(&students[1])).abs() < 1e-3, "{} vs {}", kl(&students[4]), kl(&students[1]));
     // Tied 96 × 24 embedding; q 24→2·8, k and v 24→8, o 16→24; MLP 3 · 24 · 40; three norms.
     let params = 96 * 24 + (24 * 16 + 2 * 24 * 8 + 16 * 24) + 3 * 24 * 40 + 3 * 24;
     assert!(students.iter().all(|m| m["params"] == params), "{students:?}");
@@ -149,7 +177,6 @@ fn pruned_student_is_evaluated_then_healed_by_kd_and_by_ce() {
         serde_json::from_str(&std::fs::read_to_string(out.join("pruned/config.json")).unwrap()).unwrap();
     assert_eq!((cfg["head_dim"].as_i64(), cfg["hidden_size"].as_i64()), (Some(8), Some(24)));
     // Healing by KD (alpha = 1) brings the pruned student closer to the teacher.
-    let kl = |m: &serde_json::Value| m["validation"]["kl_to_teacher"].as_f64().unwrap();
     assert!(kl(&students[1]) < kl(&students[0]), "{} vs {}", kl(&students[1]), kl(&students[0]));
 }
 

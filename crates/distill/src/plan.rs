@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::methods::{ImageDistill, LmDistill};
-use crate::student::StudentInit;
+use crate::student::quant::{QuantCfg, QuantFormat};
+use crate::student::{LmStudent, StudentInit};
+use crate::train::TrainCfg;
 
 /// What a phase produces, as the report names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,6 +27,12 @@ pub enum Role {
     StudentKdEnsemble,
     /// The student as its init made it (pruned from the teacher), evaluated before training.
     StudentPruned,
+    /// A KD student of the same shape from another init (`student.twin_init`).
+    StudentKdTwinInit,
+    /// The KD student quantized after training (post-training quantization).
+    StudentPtq,
+    /// The KD student trained on with fake-quantized weights (quantization-aware distillation).
+    StudentQad,
 }
 
 impl Role {
@@ -37,6 +45,9 @@ impl Role {
             Role::TeacherEnsemble => "teacher-ensemble",
             Role::StudentKdEnsemble => "student-kd-ensemble",
             Role::StudentPruned => "student-pruned",
+            Role::StudentKdTwinInit => "student-kd-twin-init",
+            Role::StudentPtq => "student-kd-ptq",
+            Role::StudentQad => "student-kd-qad",
         }
     }
 }
@@ -59,6 +70,8 @@ pub enum TeacherFrom {
 pub enum InitFrom {
     /// Built fresh from the phase's seed (and, for an LM student, `student.init`).
     Seed,
+    /// Built fresh from the phase's seed with this init instead of `student.init`.
+    With(StudentInit),
     /// Another phase's trained weights (by phase id).
     Phase(String),
 }
@@ -80,6 +93,12 @@ pub struct Phase {
     pub trains: bool,
     /// The Hugging Face directory the phase exports to, under the run directory (LM phases).
     pub export: Option<&'static str>,
+    /// The phase's student is quantized to this GGUF format: after training (PTQ, `trains =
+    /// false`) or throughout (QAD: the forward sees the quantized weights); it leaves as that
+    /// GGUF file.
+    pub quant: Option<QuantFormat>,
+    /// Training other than the recipe's `[train]` (QAD's steps and lr).
+    pub train: Option<TrainCfg>,
 }
 
 impl Phase {
@@ -115,6 +134,8 @@ pub fn image_plan(seeds: &[u64], d: &ImageDistill) -> Vec<Phase> {
         init: InitFrom::Seed,
         trains: role != Role::TeacherEnsemble,
         export: None,
+        quant: None,
+        train: None,
     };
     for &seed in seeds {
         out.push(phase(teacher_id(seed), Role::Teacher, seed, None, TeacherFrom::None));
@@ -139,39 +160,89 @@ pub fn image_plan(seeds: &[u64], d: &ImageDistill) -> Vec<Phase> {
 
 /// An LM run: with a pruned init, the pruned student before any training (evaluated only);
 /// the KD student (when `alpha > 0`), then the scratch twin (when asked, or when `alpha = 0`
-/// makes the recipe a scratch run). All start from the same seeded init: with `prune`, KD
-/// healing against CE healing of the same pruned model (Minitron's comparison).
-pub fn lm_plan(d: &LmDistill, init: StudentInit, seed: u64) -> Vec<Phase> {
+/// makes the recipe a scratch run), then a KD twin from `student.twin_init`. All start from the
+/// same seeded init: with `prune`, KD healing against CE healing of the same pruned model
+/// (Minitron's comparison). With `[quantize]`, the KD student quantized after training (PTQ)
+/// and, with `quantize.steps > 0`, trained on with fake-quantized weights (QAD).
+pub fn lm_plan(
+    d: &LmDistill,
+    student: &LmStudent,
+    quant: Option<&QuantCfg>,
+    train: &TrainCfg,
+    seed: u64,
+) -> Vec<Phase> {
     let mut out = Vec::new();
-    if init == StudentInit::Prune {
+    let base = Phase {
+        id: String::new(),
+        role: Role::StudentKd,
+        seed,
+        temperature: Some(d.temperature),
+        alpha: Some(d.alpha),
+        teacher: TeacherFrom::Recipe,
+        init: InitFrom::Seed,
+        trains: true,
+        export: None,
+        quant: None,
+        train: None,
+    };
+    if student.init == StudentInit::Prune {
         out.push(Phase {
             id: "pruned".into(),
             role: Role::StudentPruned,
-            seed,
             temperature: None,
             alpha: None,
             teacher: TeacherFrom::None,
-            init: InitFrom::Seed,
             trains: false,
             export: Some("pruned"),
+            ..base.clone()
         });
     }
-    let phase = |id: &str, role, alpha: f64, teacher, export| Phase {
-        id: id.into(),
-        role,
-        seed,
-        temperature: Some(d.temperature),
-        alpha: Some(alpha),
-        teacher,
-        init: InitFrom::Seed,
-        trains: true,
-        export: Some(export),
-    };
-    if d.alpha > 0.0 {
-        out.push(phase("kd", Role::StudentKd, d.alpha, TeacherFrom::Recipe, "student"));
+    let kd = d.alpha > 0.0;
+    if kd {
+        out.push(Phase { id: "kd".into(), export: Some("student"), ..base.clone() });
     }
-    if d.alpha == 0.0 || d.scratch_twin {
-        out.push(phase("scratch", Role::StudentScratch, 0.0, TeacherFrom::None, "scratch"));
+    if !kd || d.scratch_twin {
+        out.push(Phase {
+            id: "scratch".into(),
+            role: Role::StudentScratch,
+            alpha: Some(0.0),
+            teacher: TeacherFrom::None,
+            export: Some("scratch"),
+            ..base.clone()
+        });
+    }
+    if let (Some(init), true) = (student.twin_init, kd) {
+        out.push(Phase {
+            id: format!("kd-{}", init.name()),
+            role: Role::StudentKdTwinInit,
+            init: InitFrom::With(init),
+            export: Some("student-twin-init"),
+            ..base.clone()
+        });
+    }
+    if let (Some(q), true) = (quant, kd) {
+        let from = InitFrom::Phase("kd".into());
+        out.push(Phase {
+            id: format!("ptq-{}", q.format.name()),
+            role: Role::StudentPtq,
+            teacher: TeacherFrom::None,
+            init: from.clone(),
+            trains: false,
+            export: Some("student-ptq"),
+            quant: Some(q.format),
+            ..base.clone()
+        });
+        if q.steps > 0 {
+            out.push(Phase {
+                id: format!("qad-{}", q.format.name()),
+                role: Role::StudentQad,
+                init: from,
+                export: Some("student-qad"),
+                quant: Some(q.format),
+                train: Some(q.train_cfg(train)),
+                ..base
+            });
+        }
     }
     out
 }
@@ -200,5 +271,30 @@ mod tests {
         let p = image_plan(&[3], &d);
         assert_eq!(p[2].teacher, TeacherFrom::Phase("teacher-s3".into()));
         assert_eq!((p[2].alpha, p[1].alpha), (Some(0.9), None));
+    }
+
+    #[test]
+    fn lm_plan_prunes_heals_twins_then_quantizes_the_kd_student() {
+        let d: LmDistill = toml::from_str("temperature = 2.0\nalpha = 1.0\nscratch_twin = true").unwrap();
+        let st: LmStudent = toml::from_str("layers = 2\ninit = \"prune\"\ntwin_init = \"embedding-pca\"").unwrap();
+        let train: TrainCfg = toml::from_str("steps = 100\nlr = 5e-4\nwarmup_steps = 10").unwrap();
+        let q: QuantCfg = toml::from_str("steps = 20").unwrap();
+        let p = lm_plan(&d, &st, Some(&q), &train, 7);
+        let ids: Vec<&str> = p.iter().map(|p| p.id.as_str()).collect();
+        assert_eq!(ids, ["pruned", "kd", "scratch", "kd-embedding-pca", "ptq-q4_0", "qad-q4_0"]);
+        assert_eq!(p[3].init, InitFrom::With(StudentInit::EmbeddingPca));
+        let (ptq, qad) = (&p[4], &p[5]);
+        assert_eq!(
+            (ptq.init.clone(), ptq.trains, ptq.quant),
+            (InitFrom::Phase("kd".into()), false, Some(QuantFormat::Q4_0))
+        );
+        assert_eq!((qad.init.clone(), qad.teacher.clone()), (InitFrom::Phase("kd".into()), TeacherFrom::Recipe));
+        let t = qad.train.as_ref().unwrap();
+        assert_eq!((t.steps, t.lr, t.warmup_steps), (Some(20), 5e-5, 2));
+        assert!(p.iter().all(|p| p.seed == 7));
+        // Without a KD student there is nothing to quantize or twin.
+        let scratch: LmDistill = toml::from_str("temperature = 1.0\nalpha = 0.0").unwrap();
+        let p = lm_plan(&scratch, &st, Some(&q), &train, 0);
+        assert_eq!(p.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(), ["pruned", "scratch"]);
     }
 }

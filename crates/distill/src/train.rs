@@ -23,7 +23,7 @@ use crate::optim::{OptimizerKind, Schedule};
 use crate::{Error, Result};
 
 /// How one model is trained.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainCfg {
     /// Passes over the training set (exclusive with `steps`).

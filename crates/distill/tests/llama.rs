@@ -516,8 +516,14 @@ fn bf16_training_teacher_matches_f32() {
     let blocks = distill::bench::random_blocks(4, 16, 96, 3);
     let loss = ChunkedKd { divergence: Divergence::ForwardKl, temperature: 2.0, alpha: 0.7, chunk_rows: 16 };
     let run = |t: &Llama| {
-        let mut task =
-            LmKdTask { student: &student, teacher: Some(Teacher::Lm(t)), blocks: &blocks, loss, terms: vec![] };
+        let mut task = LmKdTask {
+            student: &student,
+            teacher: Some(Teacher::Lm(t)),
+            blocks: &blocks,
+            loss,
+            terms: vec![],
+            quant: None,
+        };
         for v in s_vs.trainable_variables() {
             let mut g = v.grad();
             if g.defined() {
@@ -681,6 +687,7 @@ fn hidden_state_kd_adds_its_term_and_trains_the_projection() {
             blocks: &blocks,
             loss,
             terms: vec![Box::new(hidden)],
+            quant: None,
         };
         for v in vs.trainable_variables() {
             let mut g = v.grad();
@@ -697,8 +704,14 @@ fn hidden_state_kd_adds_its_term_and_trains_the_projection() {
         let got = l.total.double_value(&[]);
         let hidden_part = l.parts.iter().find(|(n, _)| *n == "hidden").unwrap().1.double_value(&[]);
 
-        let mut without =
-            LmKdTask { student: &student, teacher: Some(Teacher::Lm(&teacher)), blocks: &blocks, loss, terms: vec![] };
+        let mut without = LmKdTask {
+            student: &student,
+            teacher: Some(Teacher::Lm(&teacher)),
+            blocks: &blocks,
+            loss,
+            terms: vec![],
+            quant: None,
+        };
         let base = without.loss(&batch, &mut SplitMix64::new(0)).unwrap().total.double_value(&[]);
         // The hidden term from scratch: HF-convention hidden states, real next-token positions.
         let b = distill::data::text::lm_batch(&blocks, &batch, Device::Cpu);

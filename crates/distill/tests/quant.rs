@@ -5,8 +5,11 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use distill::student::quant::{fake_quant, fake_quant_ste, QuantGrid};
-use tch::{Device, Kind, Tensor};
+use distill::export::GgufType;
+use distill::io::hf::LlamaConfig;
+use distill::models::llama::Llama;
+use distill::student::quant::{fake_quant, fake_quant_ste, quantize_weights, quantized_view, QuantGrid};
+use tch::{nn, Device, Kind, Tensor};
 
 fn python() -> PathBuf {
     std::env::var_os("DISTILL_PYTHON").map(PathBuf::from).unwrap_or_else(|| {
@@ -100,4 +103,70 @@ fn straight_through_gradient_is_the_identity() {
     assert!(w.grad().equal(&g));
     let e = fake_quant(&Tensor::zeros([2, 40], (Kind::Float, Device::Cpu)), QuantGrid::Q8_0).unwrap_err();
     assert!(e.to_string().contains("a row of 40 values does not divide"), "{e}");
+}
+
+fn fixtures() -> PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+fn grads(model: &Llama) -> Vec<Tensor> {
+    model.named_parameters().iter().map(|(_, w)| w.grad().copy()).collect()
+}
+
+/// The quantization-aware forward (straight-through view) computes exactly what the model
+/// computes after post-training quantization, which is exactly what distill reads back from the
+/// Q4_0 GGUF it writes (projections Q4_0, tied embedding Q8_0): the file holds the weights QAD
+/// trained against. The view's gradient reaches the full-precision weights unchanged.
+#[test]
+fn quantized_view_equals_quantized_weights_equals_the_q4_0_gguf() {
+    let cfg = LlamaConfig::from_file(fixtures().join("llama/llama_tied")).unwrap();
+    let cfg = LlamaConfig { vocab_size: 1000, max_position_embeddings: 512, initializer_range: 0.3, ..cfg };
+    tch::manual_seed(5);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let model = Llama::new(vs.root(), &cfg).unwrap();
+    let ids = Tensor::randint(1000, [2, 24], (Kind::Int64, Device::Cpu));
+    let logits = |m: &Llama| m.forward(&ids, None, Default::default()).unwrap().logits;
+    let before = tch::no_grad(|| logits(&model));
+
+    let view = quantized_view(&model, GgufType::Q4_0).unwrap();
+    let lv = logits(&view);
+    assert!((&lv - &before).abs().max().double_value(&[]) > 1e-3, "Q4_0 must change the logits");
+    let g_out = Tensor::randn(lv.size(), (Kind::Float, Device::Cpu));
+    (&lv * &g_out).sum(Kind::Float).backward();
+    let through_view = grads(&model);
+    assert!(through_view.iter().all(|g| g.defined() && g.abs().sum(Kind::Float).double_value(&[]) > 0.0));
+
+    quantize_weights(&model, GgufType::Q4_0).unwrap();
+    for (_, w) in model.named_parameters() {
+        let _ = w.grad().zero_();
+    }
+    let lq = logits(&model);
+    assert!(lq.equal(&lv), "the view and the quantized weights disagree");
+    (&lq * &g_out).sum(Kind::Float).backward();
+    for ((name, _), (a, b)) in model.named_parameters().iter().zip(through_view.iter().zip(grads(&model))) {
+        assert!(a.allclose(&b, 1e-6, 1e-7, false), "{name}: the straight-through gradient is not the identity");
+    }
+    // Quantizing twice changes nothing.
+    let w = model.named_parameters()[1].1.copy();
+    quantize_weights(&model, GgufType::Q4_0).unwrap();
+    assert!(model.named_parameters()[1].1.equal(&w));
+
+    let tok = tokenizers::Tokenizer::from_file(fixtures().join("gguf/spm_tokenizer.hf.json")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q4.gguf");
+    distill::export::export_gguf(&model, &tok, None, "q4", &path, GgufType::Q4_0).unwrap();
+    let f = distill_gguf::GgufFile::open(&path).unwrap();
+    let ty = |n: &str| f.tensor_info(n).unwrap().ty;
+    use distill_gguf::GgmlType as G;
+    assert_eq!(
+        (ty("blk.0.attn_q.weight"), ty("blk.1.ffn_down.weight"), ty("token_embd.weight"), ty("blk.0.attn_norm.weight")),
+        (G::Q4_0, G::Q4_0, G::Q8_0, G::F32)
+    );
+    let back = distill::lm::load_lm(&path, Device::Cpu).unwrap();
+    let (a, b) = (back.model.named_parameters(), model.named_parameters());
+    assert_eq!(a.len(), b.len());
+    for ((name, x), (_, y)) in a.iter().zip(&b) {
+        assert!(x.equal(y), "{name}: the GGUF holds other values than the quantized model");
+    }
+    assert!(tch::no_grad(|| logits(&back.model)).equal(&lq.detach()));
 }

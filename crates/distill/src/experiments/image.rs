@@ -223,7 +223,11 @@ pub fn run(recipe: &ImageRecipe, recipe_toml: &str, out: &Path, opts: &RunOption
         let (labels, rows) = match ph.role {
             Role::Teacher | Role::TeacherEnsemble => (&train.labels, None),
             Role::StudentScratch | Role::StudentPruned => (&train.labels, labeled.as_deref()),
-            Role::StudentKd | Role::StudentKdEnsemble => (&student_labels, None),
+            Role::StudentKd
+            | Role::StudentKdEnsemble
+            | Role::StudentKdTwinInit
+            | Role::StudentPtq
+            | Role::StudentQad => (&student_labels, None),
         };
         let mut task = ClassifierTask {
             model: model.as_ref(),

@@ -31,6 +31,7 @@ use crate::models::llama::Llama;
 use crate::plan::{lm_plan, InitFrom, Phase, Role, TeacherFrom};
 use crate::recipe::{LmRecipe, ResolvedLm};
 use crate::student::prune::{self, Importance, Selection};
+use crate::student::quant::{quantize_weights, QuantFormat};
 use crate::student::{init_student, student_config, StudentInit};
 use crate::tasks::LmKdTask;
 use crate::teacher::{resolve_teacher_kind, teacher_in_kind, Teacher};
@@ -138,9 +139,14 @@ struct PhaseInputs<'a> {
     opts: &'a RunOptions,
 }
 
-/// Trains (or reloads, when already done) one student phase. Returns its var store, model and
-/// training report.
-fn student_phase(inp: &PhaseInputs<'_>, ph: &Phase) -> Result<(nn::VarStore, Llama, TrainReport, PathBuf)> {
+/// Trains (or reloads, when already done) one student phase; `earlier` holds the var stores of
+/// the phases before it, by id. Returns its var store, model, training report and export
+/// directory.
+fn student_phase(
+    inp: &PhaseInputs<'_>,
+    ph: &Phase,
+    earlier: &[(&str, &nn::VarStore)],
+) -> Result<(nn::VarStore, Llama, TrainReport, PathBuf)> {
     let PhaseInputs { r, teacher, s_cfg, train, out, opts, .. } = *inp;
     let name = ph.id.as_str();
     let export_dir = out.join(ph.export.unwrap_or("student"));
@@ -154,21 +160,28 @@ fn student_phase(inp: &PhaseInputs<'_>, ph: &Phase) -> Result<(nn::VarStore, Lla
         }
         return Ok((vs, model, report, export_dir));
     }
-    if let InitFrom::Phase(from) = &ph.init {
-        return Err(Error::Invalid(format!(
-            "phase {name}: starting from phase {from}'s weights is not supported by LM runs yet"
-        )));
-    }
     tch::manual_seed(r.seed as i64);
-    let vs = nn::VarStore::new(teacher.model.device());
+    let mut vs = nn::VarStore::new(teacher.model.device());
     let model = Llama::new(vs.root(), s_cfg)?;
-    match &inp.pruning {
+    match (&ph.init, &inp.pruning) {
+        (InitFrom::Phase(from), _) => {
+            let src = earlier.iter().find(|(id, _)| id == from).ok_or_else(|| {
+                Error::Invalid(format!("phase {name} starts from phase {from}'s weights, but {from} has not run"))
+            })?;
+            vs.copy(src.1)?;
+        }
         // The same pruned weights for every phase, importance estimated once per run.
-        Some((_, sel)) => prune::slice_into(&vs, &teacher.vs.variables(), teacher.model.config(), sel)?,
-        None => {
+        (InitFrom::Seed, Some((_, sel))) => {
+            prune::slice_into(&vs, &teacher.vs.variables(), teacher.model.config(), sel)?
+        }
+        (how, _) => {
+            let how = match how {
+                InitFrom::With(init) => *init,
+                _ => r.student.init,
+            };
             let calib = calibration(train, r.student.calib_rows(), teacher.model.device());
-            let init = init_student(&vs, s_cfg, teacher, r.student.init, &calib)?;
-            if opts.verbose && r.student.init == StudentInit::EmbeddingPca && init.kept < 1.0 {
+            let init = init_student(&vs, s_cfg, teacher, how, &calib)?;
+            if opts.verbose && how == StudentInit::EmbeddingPca && init.kept < 1.0 {
                 eprintln!(
                     "{name:>8}: embedding projected onto the teacher's top {} principal directions ({:.1}% of its residual stream)",
                     s_cfg.hidden_size,
@@ -177,11 +190,12 @@ fn student_phase(inp: &PhaseInputs<'_>, ph: &Phase) -> Result<(nn::VarStore, Lla
             }
         }
     }
+    let quant = ph.quant.map(QuantFormat::export_type);
     let loss = response::lm_term(&r.distill, inp.divergence, ph.alpha.unwrap_or(0.0));
     // The extra terms (KD student only), their parameters trained and checkpointed with the
     // student, never exported.
     let mut terms = Vec::new();
-    if ph.distills() {
+    if ph.distills() && ph.trains {
         let t_cfg = teacher.model.config();
         for cfg in r.distill.terms.configured() {
             let term = cfg.build(BuildContext {
@@ -199,11 +213,11 @@ fn student_phase(inp: &PhaseInputs<'_>, ph: &Phase) -> Result<(nn::VarStore, Lla
     }
     let report = if ph.trains {
         let teacher_now = Some(inp.training_teacher.clone());
-        let mut task = LmKdTask { student: &model, teacher: teacher_now, blocks: train, loss, terms };
+        let mut task = LmKdTask { student: &model, teacher: teacher_now, blocks: train, loss, terms, quant };
         let topts = TrainOptions {
             phase: name.to_string(),
             seed: r.seed,
-            cfg: r.train.clone(),
+            cfg: ph.train.clone().unwrap_or_else(|| r.train.clone()),
             dir: phase_dir.clone(),
             checkpoint_every: r.checkpoint.every_steps,
             log_every: 10,
@@ -214,12 +228,22 @@ fn student_phase(inp: &PhaseInputs<'_>, ph: &Phase) -> Result<(nn::VarStore, Lla
         std::fs::create_dir_all(&phase_dir).map_err(|e| Error::io(&phase_dir, e))?;
         TrainReport { steps: 0, final_loss: 0.0, seconds: 0.0, resumed_from: None }
     };
+    if let Some(ty) = quant {
+        // From here on the model is what the GGUF file holds (QAD trained the full-precision
+        // weights behind the rounding; PTQ rounds the KD student's).
+        quantize_weights(&model, ty)?;
+    }
     export_hf(&model, Some(&teacher.tokenizer_json), &export_dir)?;
-    if ph.role == Role::StudentKd {
-        // The distilled student also leaves as a GGUF file for llama.cpp (matrices F16), when
-        // GGUF can express it (byte-level BPE tokenizer, no sliding window); otherwise say why.
+    // The distilled student also leaves as a GGUF file for llama.cpp (matrices F16, or the
+    // phase's quantized format), when GGUF can express it (byte-level BPE tokenizer, no sliding
+    // window); otherwise say why.
+    let gguf_ty = match (quant, ph.role) {
+        (Some(ty), _) => Some(ty),
+        (None, Role::StudentKd) => Some(crate::export::GgufType::F16),
+        _ => None,
+    };
+    if let Some(ty) = gguf_ty {
         let gguf = export_dir.with_extension("gguf");
-        let ty = crate::export::GgufType::F16;
         if let Err(e) = crate::export::export_gguf(&model, &teacher.tokenizer, None, &r.name, &gguf, ty) {
             eprintln!("{name:>8}: no GGUF export ({e}); the HF directory {} is complete", export_dir.display());
         }
@@ -228,7 +252,7 @@ fn student_phase(inp: &PhaseInputs<'_>, ph: &Phase) -> Result<(nn::VarStore, Lla
     if opts.verbose && ph.trains {
         eprintln!("{name:>8}: {} steps in {:.0}s, final loss {:.4}", report.steps, report.seconds, report.final_loss);
     } else if opts.verbose {
-        eprintln!("{name:>8}: as initialized, not trained; exported to {}", export_dir.display());
+        eprintln!("{name:>8}: not trained; exported to {}", export_dir.display());
     }
     Ok((vs, model, report, export_dir))
 }
@@ -295,7 +319,7 @@ pub fn run(r: &LmRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) -> Re
     std::fs::create_dir_all(out.join("phases")).map_err(|e| Error::io(out, e))?;
     write_atomic(&out.join("recipe.toml"), recipe_toml.as_bytes())?;
 
-    let plan = lm_plan(&r.distill, r.student.init, r.seed);
+    let plan = lm_plan(&r.distill, &r.student, r.quantize.as_ref(), &r.train, r.seed);
     // The online teacher the students train against: a bf16 copy where that is faster.
     let mut teacher_train_dtype = None;
     let mut online: Option<(nn::VarStore, Llama)> = None;
@@ -343,9 +367,11 @@ pub fn run(r: &LmRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) -> Re
         out,
         opts,
     };
-    let mut students = Vec::new();
+    let mut students: Vec<(&Phase, (nn::VarStore, Llama, TrainReport, PathBuf))> = Vec::new();
     for ph in &plan {
-        students.push((ph.role, student_phase(&inputs, ph)?));
+        let earlier: Vec<(&str, &nn::VarStore)> = students.iter().map(|(p, s)| (p.id.as_str(), &s.0)).collect();
+        let got = student_phase(&inputs, ph, &earlier)?;
+        students.push((ph, got));
     }
     drop(inputs);
     drop(online);
@@ -374,16 +400,22 @@ pub fn run(r: &LmRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) -> Re
         path: Some(teacher_path.clone()),
     };
     let mut reports = Vec::new();
-    for (role, (_vs, model, report, dir)) in &students {
+    for (ph, (_vs, model, report, dir)) in &students {
+        // A quantized student's size is its GGUF file's; the others', their F32 safetensors.
+        let gguf = dir.with_extension("gguf");
+        let size_bytes = match (ph.quant, std::fs::metadata(&gguf)) {
+            (Some(_), Ok(m)) => m.len(),
+            _ => dir_bytes(dir),
+        };
         let val = score(model, Some(&teacher.model), &data.validation, max_rows, eval_batch)?;
         let extra: Vec<LmScores> = extra_blocks
             .iter()
             .map(|b| score(model, Some(&teacher.model), b, max_rows, eval_batch))
             .collect::<Result<_>>()?;
         reports.push(ModelReport {
-            role: role.name().into(),
+            role: ph.role.name().into(),
             params: model.param_count(),
-            size_bytes: dir_bytes(dir),
+            size_bytes,
             compression_ratio: t_params as f64 / model.param_count() as f64,
             tokens_per_s: tokens_per_second(model, 1, data.train.seq_len as i64)?,
             validation: val,
@@ -399,7 +431,7 @@ pub fn run(r: &LmRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) -> Re
         let mut pr =
             PromptReport { prompt: p.clone(), top_k: vec![], greedy: vec![], penalized: vec![], sampled: vec![] };
         let models: Vec<(&str, &Llama)> = std::iter::once((Role::Teacher.name(), &teacher.model))
-            .chain(students.iter().map(|(role, s)| (role.name(), &s.1)))
+            .chain(students.iter().map(|(ph, s)| (ph.role.name(), &s.1)))
             .collect();
         for (role, m) in models {
             pr.top_k.push((role.into(), top_k_table(m, &teacher.tokenizer, p, r.eval.top_k_table)?));

@@ -11,7 +11,7 @@ pub fn report(s: &LmSummary) -> String {
     o +=
         &format!("== {}: {} training tokens, {} validation tokens ==\n", s.recipe, s.train_tokens, s.validation_tokens);
     o += &format!(
-        "{:<16} {:>11} {:>9} {:>7} {:>9} {:>10} {:>9} {:>8}",
+        "{:<20} {:>11} {:>9} {:>7} {:>9} {:>10} {:>9} {:>8}",
         "model", "params", "size MB", "compr.", "tok/s", "val PPL", "KL(t‖s)", "top-1 ="
     );
     for src in &s.extra_sources {
@@ -26,7 +26,7 @@ pub fn report(s: &LmSummary) -> String {
             None => "-".into(),
         };
         o += &format!(
-            "{:<16} {:>11} {:>9.1} {:>6.1}x {:>9.0} {:>10.2} {:>9} {:>8}",
+            "{:<20} {:>11} {:>9.1} {:>6.1}x {:>9.0} {:>10.2} {:>9} {:>8}",
             m.role,
             m.params,
             m.size_bytes as f64 / 1e6,
@@ -58,12 +58,12 @@ pub fn report(s: &LmSummary) -> String {
         o += "top next tokens:\n";
         for (role, top) in &p.top_k {
             let cells: Vec<String> = top.iter().map(|t| format!("{:?} {:.1}%", t.token, t.prob * 100.0)).collect();
-            o += &format!("  {:<16} {}\n", role, cells.join(" | "));
+            o += &format!("  {:<20} {}\n", role, cells.join(" | "));
         }
         for (kind, gens) in p.by_decoding() {
             for (role, g) in gens {
                 o += &format!(
-                    "  {kind:<9} {role:<16} [distinct-2 {:.2}, repetition {:.2}] {:?}\n",
+                    "  {kind:<9} {role:<20} [distinct-2 {:.2}, repetition {:.2}] {:?}\n",
                     g.distinct_2, g.repetition_rate, g.text
                 );
             }
@@ -82,7 +82,7 @@ fn collapse_table(s: &LmSummary) -> String {
         return String::new();
     }
     let mut o = format!(
-        "\nnot collapsed (distinct-2 >= {COLLAPSE_DISTINCT_2} over the generated tokens), prompts:\n{:<18}",
+        "\nnot collapsed (distinct-2 >= {COLLAPSE_DISTINCT_2} over the generated tokens), prompts:\n{:<22}",
         ""
     );
     for (kind, _) in s.prompts[0].by_decoding() {
@@ -90,7 +90,7 @@ fn collapse_table(s: &LmSummary) -> String {
     }
     o.push('\n');
     for role in std::iter::once(&s.teacher.role).chain(s.students.iter().map(|m| &m.role)) {
-        o += &format!("  {role:<16}");
+        o += &format!("  {role:<20}");
         for k in 0..3 {
             let found: Vec<f64> = s
                 .prompts

@@ -428,6 +428,58 @@ impl Llama {
         out
     }
 
+    /// The same model with every parameter replaced by `f(hf_name, parameter)` (same shape and
+    /// kind), e.g. a fake-quantized view for quantization-aware training: the result shares
+    /// nothing with `self` but what `f` returns, and gradients flow back through `f`.
+    pub fn map_weights(&self, f: &dyn Fn(&str, &Tensor) -> Result<Tensor>) -> Result<Llama> {
+        let lin = |name: String, l: &nn::Linear| -> Result<nn::Linear> {
+            let bs = match &l.bs {
+                Some(b) => Some(f(&format!("{name}.bias"), b)?),
+                None => None,
+            };
+            Ok(nn::Linear { ws: f(&format!("{name}.weight"), &l.ws)?, bs })
+        };
+        let norm = |name: String, n: &RmsNorm| -> Result<RmsNorm> {
+            Ok(RmsNorm { weight: f(&format!("{name}.weight"), &n.weight)?, eps: n.eps })
+        };
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for (i, l) in self.layers.iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            let a = &l.self_attn;
+            layers.push(DecoderLayer {
+                input_layernorm: norm(format!("{p}.input_layernorm"), &l.input_layernorm)?,
+                self_attn: Attention {
+                    q_proj: lin(format!("{p}.self_attn.q_proj"), &a.q_proj)?,
+                    k_proj: lin(format!("{p}.self_attn.k_proj"), &a.k_proj)?,
+                    v_proj: lin(format!("{p}.self_attn.v_proj"), &a.v_proj)?,
+                    o_proj: lin(format!("{p}.self_attn.o_proj"), &a.o_proj)?,
+                    num_heads: a.num_heads,
+                    num_kv_heads: a.num_kv_heads,
+                    head_dim: a.head_dim,
+                    dropout: a.dropout,
+                },
+                post_attention_layernorm: norm(format!("{p}.post_attention_layernorm"), &l.post_attention_layernorm)?,
+                mlp: Mlp {
+                    gate_proj: lin(format!("{p}.mlp.gate_proj"), &l.mlp.gate_proj)?,
+                    up_proj: lin(format!("{p}.mlp.up_proj"), &l.mlp.up_proj)?,
+                    down_proj: lin(format!("{p}.mlp.down_proj"), &l.mlp.down_proj)?,
+                },
+            });
+        }
+        let lm_head = match &self.lm_head {
+            Some(w) => Some(f("lm_head.weight", w)?),
+            None => None,
+        };
+        Ok(Llama {
+            cfg: self.cfg.clone(),
+            embed_tokens: f("model.embed_tokens.weight", &self.embed_tokens)?,
+            layers,
+            norm: norm("model.norm".into(), &self.norm)?,
+            lm_head,
+            inv_freq: self.inv_freq.shallow_clone(),
+        })
+    }
+
     /// Number of parameters (a tied head counted once).
     pub fn param_count(&self) -> i64 {
         self.named_parameters().iter().map(|(_, t)| t.numel() as i64).sum()

@@ -11,6 +11,7 @@ use crate::data::text::resolve_sources;
 use crate::eval::LmEval;
 use crate::losses::divergence::Divergence;
 use crate::methods::{LmDistill, TermContext};
+use crate::student::quant::QuantCfg;
 use crate::student::LmStudent;
 use crate::teacher::LmTeacher;
 use crate::train::{CheckpointCfg, TrainCfg};
@@ -42,6 +43,9 @@ pub struct LmRecipe {
     pub eval: LmEval,
     #[serde(default)]
     pub checkpoint: CheckpointCfg,
+    /// Post-training quantization and quantization-aware distillation of the KD student.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantize: Option<QuantCfg>,
 }
 
 fn default_device() -> String {
@@ -125,6 +129,15 @@ impl LmRecipe {
         self.eval.validate()?;
         if self.checkpoint.every_steps == 0 {
             return Err(Error::Recipe("checkpoint.every_steps must be > 0".into()));
+        }
+        if let Some(q) = &self.quantize {
+            q.validate()?;
+            if self.distill.alpha == 0.0 {
+                return Err(Error::Recipe(
+                    "quantize quantizes the KD student, but distill.alpha = 0 trains none; set distill.alpha > 0"
+                        .into(),
+                ));
+            }
         }
         Ok(())
     }

@@ -60,12 +60,29 @@ pub struct LmStudent {
     /// Training rows the `embedding-pca` and `prune` inits read (default 16 and 128).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub calib_rows: Option<usize>,
+    /// A twin of the KD student of the same shape built with this init instead (trained the
+    /// same way): with `init = "prune"` and `twin_init = "embedding-pca"`, Minitron's third row,
+    /// the same shape without the teacher's pruned weights.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub twin_init: Option<StudentInit>,
 }
 
 impl LmStudent {
     /// The calibration rows the init reads.
     pub fn calib_rows(&self) -> usize {
         self.calib_rows.unwrap_or(if self.init == StudentInit::Prune { 128 } else { 16 })
+    }
+}
+
+impl StudentInit {
+    /// As recipes spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            StudentInit::Random => "random",
+            StudentInit::LayerSubset => "layer-subset",
+            StudentInit::EmbeddingPca => "embedding-pca",
+            StudentInit::Prune => "prune",
+        }
     }
 }
 
@@ -94,6 +111,14 @@ impl LmStudent {
             if h % kv != 0 {
                 return Err(Error::Recipe(format!(
                     "student.heads ({h}) must be a multiple of student.kv_heads ({kv})"
+                )));
+            }
+        }
+        if let Some(t) = st.twin_init {
+            if t == st.init || t == StudentInit::Prune {
+                return Err(Error::Recipe(format!(
+                    "student.twin_init must differ from student.init and cannot be `prune`, got `{}`",
+                    t.name()
                 )));
             }
         }

@@ -13,10 +13,134 @@
 //! [`fake_quant_ste`] is the straight-through estimator (Bengio et al. 2013): `x̂` in the
 //! forward pass, the identity in the backward pass, so a student trains in full precision while
 //! its forward sees the quantized weights.
+//!
+//! Which tensor gets which grid is the GGUF export's own rule ([`GgufType::tensor_type`]): for
+//! `q4_0`, the projections Q4_0, the token embedding (the output matrix when tied) Q8_0, norms
+//! f32. [`quantized_view`] applies it to a whole model (with the STE, for quantization-aware
+//! distillation) and [`quantize_weights`] in place (post-training quantization, and the end of
+//! QAD), so the model distill evaluates is the one the GGUF file holds: quantizing those
+//! weights again gives the same blocks.
 
+use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
+use crate::export::GgufType;
+use crate::models::llama::Llama;
+use crate::train::TrainCfg;
 use crate::{Error, Result};
+
+/// The GGUF format a quantized student is trained for and exported to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QuantFormat {
+    /// 4-bit projections, 8-bit embedding (`llama_ftype` MOSTLY_Q4_0).
+    Q4_0,
+    /// 8-bit everything.
+    Q8_0,
+}
+
+impl QuantFormat {
+    /// The export type that writes this format.
+    pub fn export_type(self) -> GgufType {
+        match self {
+            QuantFormat::Q4_0 => GgufType::Q4_0,
+            QuantFormat::Q8_0 => GgufType::Q8_0,
+        }
+    }
+
+    /// As file names and reports spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            QuantFormat::Q4_0 => "q4_0",
+            QuantFormat::Q8_0 => "q8_0",
+        }
+    }
+}
+
+/// `[quantize]`: after the KD phase, its student quantized after training (PTQ) and, with
+/// `steps > 0`, the same student trained on with fake-quantized weights against the
+/// full-precision teacher (QAD); both leave as GGUF files of that format.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuantCfg {
+    #[serde(default = "default_format")]
+    pub format: QuantFormat,
+    /// QAD optimizer steps (0: post-training quantization only).
+    #[serde(default)]
+    pub steps: u64,
+    /// QAD learning rate (default: a tenth of `train.lr`; it starts from a trained student).
+    #[serde(default)]
+    pub lr: Option<f64>,
+}
+
+fn default_format() -> QuantFormat {
+    QuantFormat::Q4_0
+}
+
+impl QuantCfg {
+    /// Checks the section.
+    pub fn validate(&self) -> Result<()> {
+        if let Some(lr) = self.lr {
+            if !(lr > 0.0 && lr.is_finite()) {
+                return Err(Error::Recipe(format!("quantize.lr must be a positive number, got {lr}")));
+            }
+        }
+        Ok(())
+    }
+
+    /// The QAD phase's training: the recipe's `[train]` with these steps and lr, a warmup of
+    /// at most a tenth of the steps.
+    pub fn train_cfg(&self, train: &TrainCfg) -> TrainCfg {
+        let mut t = train.clone();
+        t.epochs = None;
+        t.steps = Some(self.steps);
+        t.lr = self.lr.unwrap_or(train.lr / 10.0);
+        t.warmup_steps = train.warmup_steps.min(self.steps / 10);
+        t
+    }
+}
+
+/// How the export stores the parameter `hf_name` of `shape`.
+fn storage(ty: GgufType, hf_name: &str, shape: &[i64]) -> distill_gguf::GgmlType {
+    let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
+    match distill_gguf::gguf_name(hf_name) {
+        Some(g) => ty.tensor_type(&g, &shape),
+        None => distill_gguf::GgmlType::F32,
+    }
+}
+
+/// `w` as the export stores it under `storage`, read back as f32.
+fn as_stored(w: &Tensor, storage: distill_gguf::GgmlType) -> Result<Option<Tensor>> {
+    use distill_gguf::GgmlType as G;
+    Ok(match storage {
+        G::Q4_0 => Some(fake_quant(w, QuantGrid::Q4_0)?),
+        G::Q8_0 => Some(fake_quant(w, QuantGrid::Q8_0)?),
+        G::F16 => Some(tch::no_grad(|| w.to_kind(Kind::Half).to_kind(Kind::Float))),
+        _ => None,
+    })
+}
+
+/// `model` with every weight as a GGUF export of type `ty` stores it, through the
+/// straight-through estimator: the forward pass of quantization-aware training.
+pub fn quantized_view(model: &Llama, ty: GgufType) -> Result<Llama> {
+    model.map_weights(&|name, w| {
+        Ok(match as_stored(w, storage(ty, name, &w.size()))? {
+            Some(q) => w + (q.to_kind(w.kind()) - w).detach(),
+            None => w.shallow_clone(),
+        })
+    })
+}
+
+/// Rounds `model`'s weights in place to what a GGUF export of type `ty` stores (post-training
+/// quantization): evaluating the model afterwards evaluates the file.
+pub fn quantize_weights(model: &Llama, ty: GgufType) -> Result<()> {
+    for (name, w) in model.named_parameters() {
+        if let Some(q) = as_stored(&w, storage(ty, &name, &w.size()))? {
+            tch::no_grad(|| w.shallow_clone().copy_(&q.to_kind(w.kind())));
+        }
+    }
+    Ok(())
+}
 
 /// A GGUF block-quantization grid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

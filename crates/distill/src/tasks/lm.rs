@@ -8,9 +8,11 @@ use tch::Tensor;
 
 use crate::data::rng::SplitMix64;
 use crate::data::text::lm_batch;
+use crate::export::GgufType;
 use crate::losses::chunked::{ChunkTeacher, ChunkedKd};
 use crate::methods::{Needs, StepStates, Term};
 use crate::models::llama::{ForwardOptions, Llama};
+use crate::student::quant::quantized_view;
 use crate::teacher::Teacher;
 use crate::train::{StepLoss, TrainTask};
 use crate::{Error, Result};
@@ -29,6 +31,9 @@ pub struct LmKdTask<'a> {
     pub loss: ChunkedKd,
     /// Extra terms added to the loss (feature KD, …), each logged under its name.
     pub terms: Vec<Box<dyn Term>>,
+    /// Quantization-aware training: the student's forward sees its weights as a GGUF export of
+    /// this type stores them (straight-through gradients to the full-precision weights).
+    pub quant: Option<GgufType>,
 }
 
 impl TrainTask for LmKdTask<'_> {
@@ -37,7 +42,15 @@ impl TrainTask for LmKdTask<'_> {
     }
 
     fn loss(&mut self, batch: &[usize], _rng: &mut SplitMix64) -> Result<StepLoss> {
-        let b = lm_batch(self.blocks, batch, self.student.device());
+        let view;
+        let student = match self.quant {
+            Some(ty) => {
+                view = quantized_view(self.student, ty)?;
+                &view
+            }
+            None => self.student,
+        };
+        let b = lm_batch(self.blocks, batch, student.device());
         let idx = b.targets.ge(0).view([-1]).nonzero().squeeze_dim(1); // [N]
         let y = b.targets.view([-1]).index_select(0, &idx); // [N]
 
@@ -51,10 +64,10 @@ impl TrainTask for LmKdTask<'_> {
             internals: false,
         };
         // [B, T, H], L+1 × [B, T, H] (when needed), L × [B, nh, T, T] (when needed)
-        let st = self.student.forward_states(&b.ids, b.mask.as_ref(), opts(true))?;
+        let st = student.forward_states(&b.ids, b.mask.as_ref(), opts(true))?;
         let (h, states, attns) = (st.last, st.hidden_states, st.attentions);
         let h = rows(&h); // [N, H]
-        let w = self.student.lm_head_weight(); // [V, H]
+        let w = student.lm_head_weight(); // [V, H]
         let soft = self.loss.alpha > 0.0;
         if !self.terms.is_empty() && !matches!(self.teacher, Some(Teacher::Lm(_))) {
             return Err(Error::Invalid(format!(
@@ -81,7 +94,7 @@ impl TrainTask for LmKdTask<'_> {
                 self.loss.forward(&h, &w, teacher, Some(&y))
             }
             (Some(Teacher::Cache(c)), true) => {
-                let cached = c.rows(batch, self.student.device())?.select(&idx); // [N, K], [N, S]
+                let cached = c.rows(batch, student.device())?.select(&idx); // [N, K], [N, S]
                 let teacher = match &cached.samples {
                     Some(samples) => ChunkTeacher::Sampled { top: &cached.top, samples },
                     None => ChunkTeacher::Sparse(&cached.top),
