@@ -139,6 +139,9 @@ struct PhaseInputs<'a> {
     opts: &'a RunOptions,
 }
 
+/// A student phase's var store, model, training report and export directory.
+type PhaseResult = (nn::VarStore, Llama, TrainReport, PathBuf);
+
 /// Trains (or reloads, when already done) one student phase; `earlier` holds the var stores of
 /// the phases before it, by id. Returns its var store, model, training report and export
 /// directory.
@@ -146,7 +149,7 @@ fn student_phase(
     inp: &PhaseInputs<'_>,
     ph: &Phase,
     earlier: &[(&str, &nn::VarStore)],
-) -> Result<(nn::VarStore, Llama, TrainReport, PathBuf)> {
+) -> Result<PhaseResult> {
     let PhaseInputs { r, teacher, s_cfg, train, out, opts, .. } = *inp;
     let name = ph.id.as_str();
     let export_dir = out.join(ph.export.unwrap_or("student"));
@@ -367,7 +370,7 @@ pub fn run(r: &LmRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) -> Re
         out,
         opts,
     };
-    let mut students: Vec<(&Phase, (nn::VarStore, Llama, TrainReport, PathBuf))> = Vec::new();
+    let mut students: Vec<(&Phase, PhaseResult)> = Vec::new();
     for ph in &plan {
         let earlier: Vec<(&str, &nn::VarStore)> = students.iter().map(|(p, s)| (p.id.as_str(), &s.0)).collect();
         let got = student_phase(&inputs, ph, &earlier)?;
