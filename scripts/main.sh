@@ -13,6 +13,6 @@ echo "== 1/2 Fashion-MNIST: CNN teacher vs MLP student 784-800-800-10, scratch a
 ./target/release/distill run recipes/fashion-hinton.toml --out "runs/fashion-hinton-quick-$stamp" \
   --set seeds=[0] --set distill.sweep=[]
 
-echo "== 2/2 SmolLM2-135M-Instruct (GGUF) pruned to 79M parameters by importance, then healed on Brown: KD vs CE =="
+echo "== 2/2 SmolLM2-135M-Instruct (GGUF) pruned to 79M parameters by importance, healed on Brown (KD vs CE), then 4-bit (PTQ vs QAD) =="
 ./target/release/distill run recipes/smollm2-prune.toml --out "runs/smollm2-prune-quick-$stamp" \
-  --set train.steps=40 --set train.warmup_steps=4
+  --set train.steps=40 --set train.warmup_steps=4 --set student.twin_init= --set quantize.steps=10

@@ -194,3 +194,44 @@ fn transformers_loads_a_pruned_export_with_the_same_logits() {
     assert!(diff < 1e-4, "{diff}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `student.params` picks the widths: SmolLM2-135M's shape (30 layers, 576 wide, 9 heads in 3
+/// kv groups of head size 64, MLP 1,536, 49,152 tokens, tied) at 79.3M parameters keeps every
+/// channel and 2 of 3 kv groups, and the widest MLP that fits: 640 — the shape the prune recipe
+/// names. The count agrees with the built model's, and impossible targets name the key.
+#[test]
+fn a_parameter_target_picks_the_shape() {
+    use distill::student::{config_params, student_config, LmStudent};
+    let hf = serde_json::json!({"architectures": ["LlamaForCausalLM"], "vocab_size": 49152, "hidden_size": 576,
+        "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3,
+        "tie_word_embeddings": true});
+    let smol = distill::bench::config_from_json(&hf, "teacher").unwrap();
+    assert_eq!(config_params(&smol), 134_515_008);
+    let st = |extra: &str| -> LmStudent { toml::from_str(&format!("layers = 30\ninit = \"prune\"\n{extra}")).unwrap() };
+    let s = student_config(&smol, &st("params = 79.3e6")).unwrap();
+    let got = (s.num_layers, s.hidden_size, s.num_heads, s.num_kv_heads, s.head_dim, s.intermediate_size);
+    assert_eq!(got, (30, 576, 6, 2, 64, 640));
+    assert_eq!(config_params(&s), 79_219_008);
+    // Fewer parameters: the MLP shrinks until it would be narrower than the residual stream,
+    // then a kv group goes, then channels.
+    let s = student_config(&smol, &st("params = 60e6")).unwrap();
+    assert!(config_params(&s) <= 60_000_000 && s.intermediate_size >= s.hidden_size, "{s:?}");
+    assert!(s.hidden_size < 576 || s.num_kv_heads < 2, "{s:?}");
+    // The built model counts the same.
+    let t = teacher();
+    let mut two = st("params = 60000");
+    two.layers = 2;
+    let small = student_config(t.1.config(), &two).unwrap();
+    assert_eq!((small.hidden_size, small.num_kv_heads, small.intermediate_size), (64, 2, 64));
+    let vs = nn::VarStore::new(Device::Cpu);
+    assert_eq!(Llama::new(vs.root(), &small).unwrap().param_count(), config_params(&small));
+    for (extra, needle) in [
+        ("params = 2e8", "student.params (200000000) must be below the 134515008 parameters"),
+        ("params = 2e6", "student.params (2000000) is too few for 30 layers"),
+    ] {
+        let e = student_config(&smol, &st(extra)).unwrap_err().to_string();
+        assert!(e.contains(needle), "{e}");
+    }
+    let e = st("params = 79.3e6\nhidden = 512").validate().unwrap_err().to_string();
+    assert!(e.contains("student.params picks student.hidden"), "{e}");
+}

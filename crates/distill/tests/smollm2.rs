@@ -65,6 +65,7 @@ fn teacher_conversion_and_student_export_match_transformers() {
         intermediate: Some(768),
         tie_embeddings: true,
         calib_rows: None,
+        params: None,
         twin_init: None,
     };
     let s_cfg = student_config(cfg, &spec).unwrap();

@@ -145,11 +145,7 @@ type PhaseResult = (nn::VarStore, Llama, TrainReport, PathBuf);
 /// Trains (or reloads, when already done) one student phase; `earlier` holds the var stores of
 /// the phases before it, by id. Returns its var store, model, training report and export
 /// directory.
-fn student_phase(
-    inp: &PhaseInputs<'_>,
-    ph: &Phase,
-    earlier: &[(&str, &nn::VarStore)],
-) -> Result<PhaseResult> {
+fn student_phase(inp: &PhaseInputs<'_>, ph: &Phase, earlier: &[(&str, &nn::VarStore)]) -> Result<PhaseResult> {
     let PhaseInputs { r, teacher, s_cfg, train, out, opts, .. } = *inp;
     let name = ph.id.as_str();
     let export_dir = out.join(ph.export.unwrap_or("student"));

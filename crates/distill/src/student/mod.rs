@@ -54,6 +54,11 @@ pub struct LmStudent {
     /// MLP width (default: the teacher's ratio to hidden).
     #[serde(default)]
     pub intermediate: Option<usize>,
+    /// A target parameter count (a tied embedding counted once) instead of `hidden`, `heads`,
+    /// `kv_heads` and `intermediate`: [`shape_for_params`] picks them, width before depth as
+    /// Minitron prefers, `layers` as given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params: Option<f64>,
     /// Tie the output projection to the embedding (default true).
     #[serde(default = "default_true")]
     pub tie_embeddings: bool,
@@ -122,6 +127,23 @@ impl LmStudent {
                 )));
             }
         }
+        if let Some(p) = st.params {
+            if !(p >= 1.0 && p.is_finite()) {
+                return Err(Error::Recipe(format!("student.params must be a positive count, got {p}")));
+            }
+            for (k, v) in [
+                ("hidden", st.hidden),
+                ("heads", st.heads),
+                ("kv_heads", st.kv_heads),
+                ("intermediate", st.intermediate),
+            ] {
+                if v.is_some() {
+                    return Err(Error::Recipe(format!(
+                        "student.params picks student.{k} (and the other widths); give one or the other"
+                    )));
+                }
+            }
+        }
         if st.calib_rows == Some(0) {
             return Err(Error::Recipe("student.calib_rows must be > 0".into()));
         }
@@ -139,6 +161,9 @@ impl LmStudent {
 /// are shared; widths left out of the recipe keep the teacher's ratios. The student is always a
 /// plain `LlamaForCausalLM` (no biases, no sliding window).
 pub fn student_config(t: &LlamaConfig, s: &LmStudent) -> Result<LlamaConfig> {
+    if let Some(p) = s.params {
+        return student_config(t, &shape_for_params(t, s, p)?);
+    }
     let hidden = s.hidden.map(|h| h as i64).unwrap_or(t.hidden_size);
     let heads = match s.heads {
         Some(h) => h as i64,
@@ -178,6 +203,70 @@ pub fn student_config(t: &LlamaConfig, s: &LmStudent) -> Result<LlamaConfig> {
     };
     cfg.validate().map_err(Error::Recipe)?;
     Ok(cfg)
+}
+
+/// Parameters of a plain Llama of config `c` (no biases; a tied head counted once), what
+/// [`Llama::param_count`] counts on the built model.
+pub fn config_params(c: &LlamaConfig) -> i64 {
+    let (h, hd, i) = (c.hidden_size, c.head_dim, c.intermediate_size);
+    let layer = 2 * h + 2 * h * c.num_heads * hd + 2 * h * c.num_kv_heads * hd + 3 * h * i;
+    let heads = if c.tie_word_embeddings { 1 } else { 2 };
+    heads * c.vocab_size * h + c.num_layers * layer + h
+}
+
+/// The widths for a target of `params` parameters at `s.layers` layers, width before depth
+/// (Minitron): the widest residual stream (the teacher's, then 64 fewer channels at a time),
+/// then the most kv groups (whole groups, the teacher's query/kv ratio kept), whose largest MLP
+/// (a multiple of 32, at most the teacher's) still fits and is at least as wide as the residual
+/// stream. Returns `s` with `hidden`, `heads`, `kv_heads` and `intermediate` set.
+pub fn shape_for_params(t: &LlamaConfig, s: &LmStudent, params: f64) -> Result<LmStudent> {
+    let target = params as i64;
+    let teacher_shape = LmStudent { params: None, ..s.clone() };
+    let full = config_params(&student_config(
+        t,
+        &LmStudent {
+            hidden: Some(t.hidden_size as usize),
+            heads: Some(t.num_heads as usize),
+            kv_heads: Some(t.num_kv_heads as usize),
+            intermediate: Some(t.intermediate_size as usize),
+            ..teacher_shape.clone()
+        },
+    )?);
+    if target >= full {
+        return Err(Error::Recipe(format!(
+            "student.params ({target}) must be below the {full} parameters of the teacher's widths at {} layers",
+            s.layers
+        )));
+    }
+    let ratio = (t.num_heads / t.num_kv_heads.max(1)) as usize;
+    let mut hidden = t.hidden_size;
+    while hidden >= 64 {
+        for groups in (1..=t.num_kv_heads as usize).rev() {
+            let shape = |inter: usize| LmStudent {
+                hidden: Some(hidden as usize),
+                heads: Some(groups * ratio),
+                kv_heads: Some(groups),
+                intermediate: Some(inter),
+                ..teacher_shape.clone()
+            };
+            let Ok(base) = student_config(t, &shape(32)) else { continue };
+            // Each MLP neuron costs 3·hidden parameters per layer.
+            let per_neuron = 3 * hidden * s.layers as i64;
+            let spare = target - config_params(&base);
+            if spare < 0 {
+                continue;
+            }
+            let inter = ((32 + spare / per_neuron) / 32 * 32).min(t.intermediate_size);
+            if inter >= hidden {
+                return Ok(shape(inter as usize));
+            }
+        }
+        hidden = if hidden % 64 == 0 { hidden - 64 } else { hidden / 64 * 64 };
+    }
+    Err(Error::Recipe(format!(
+        "student.params ({target}) is too few for {} layers with an MLP at least as wide as the residual stream; lower student.layers",
+        s.layers
+    )))
 }
 
 /// Teacher layers a `layer-subset` student of `student_layers` copies: evenly spaced, first and
