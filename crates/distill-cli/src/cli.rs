@@ -17,7 +17,7 @@ pub enum Encoding {
 }
 
 fn parse_gguf_type(s: &str) -> Result<GgufType, String> {
-    GgufType::parse(s).ok_or_else(|| format!("--gguf-type `{s}`: expected f32, f16 or q8_0"))
+    GgufType::parse(s).ok_or_else(|| format!("--gguf-type `{s}`: expected f32, f16, q8_0 or q4_0"))
 }
 
 fn parse_encoding(s: &str) -> Result<Encoding, String> {
@@ -68,7 +68,8 @@ pub enum Cmd {
         /// HF directory to write, or a `.gguf` file.
         #[arg(long)]
         out: PathBuf,
-        /// How a GGUF output stores its matrices: `f32`, `f16` or `q8_0` (norms stay F32).
+        /// How a GGUF output stores its matrices: `f32`, `f16`, `q8_0` or `q4_0` (projections 4-bit,
+        /// the embedding Q8_0; post-training quantization). Norms stay F32.
         #[arg(long, default_value = "f16", value_parser = parse_gguf_type)]
         gguf_type: GgufType,
     },

@@ -334,7 +334,7 @@ fn lm_bad_inputs_fail_with_one_clear_line() {
     // GGUF output: an unknown storage type, and a model GGUF cannot hold (word-level tokenizer).
     let to = d.join("t.gguf");
     let o = distill(&["convert", t.to_str().unwrap(), "--out", to.to_str().unwrap(), "--gguf-type", "q4"]);
-    assert_error(&o, &["--gguf-type `q4`: expected f32, f16 or q8_0"]);
+    assert_error(&o, &["--gguf-type `q4`: expected f32, f16, q8_0 or q4_0"]);
     let o = distill(&["convert", t.to_str().unwrap(), "--out", to.to_str().unwrap()]);
     assert_error(&o, &["t.gguf: tokenizer: model \"WordLevel\" is not BPE"]);
     assert!(!to.exists());
