@@ -9,14 +9,18 @@ quantized weights (transformers, f32 — distill's forward equals transformers' 
 within 1e-4, crates/distill/tests/llama.rs); the table gives their top-1 agreement over every
 position and max |Δlogit|. Then the greedy continuation (`tokens` tokens, no repetition penalty)
 of each of the run's prompts in both, equal or not; the file sizes and llama.cpp's speed (prompt
-processing of `seq` tokens, then generation) next to the teacher's GGUF. Prints a table, then one
-JSON object.
+processing of `seq` tokens, then generation) next to the teacher's GGUF. The teacher's GGUF gets
+the same check against its own weights dequantized (`distill convert`, f32): the share of
+top-1 flips that llama.cpp's activation rounding (Q8 blocks) causes on a model nobody trained
+for it. Prints a table, then one JSON object.
 """
 import argparse
 import json
 import os
 import pathlib
 import statistics
+import subprocess
+import tempfile
 import time
 
 import llama_cpp
@@ -79,11 +83,10 @@ def speed(path, ids):
     return statistics.median(pp), statistics.median(tg)
 
 
-results = {}
-for name in ("student-qad", "student-ptq"):
-    gguf, hf_dir = run / f"{name}.gguf", run / name
-    if not gguf.is_file():
-        continue
+def check(gguf, hf_dir):
+    """Top-1 agreement and max |Δlogit| of llama.cpp on `gguf` against transformers on `hf_dir`
+    (the same weights) over held-out windows, the prompts' greedy continuations in both, size
+    and speed."""
     tok = AutoTokenizer.from_pretrained(hf_dir)
     ids = tok(held_out, add_special_tokens=False).input_ids
     windows = [ids[i * a.seq:(i + 1) * a.seq] for i in range(min(a.rows, len(ids) // a.seq))]
@@ -111,16 +114,23 @@ for name in ("student-qad", "student-ptq"):
                      "llama_cpp": tok.decode(cpp), "distill": tok.decode(ref)})
     del llm
     pp, tg = speed(gguf, ids)
-    results[name] = {"positions": total, "top1_agreement": agree / max(total, 1), "max_abs_logit_diff": max_diff,
-                     "greedy": gens, "size_bytes": gguf.stat().st_size, "prompt_tok_s": pp, "gen_tok_s": tg}
+    return {"positions": total, "top1_agreement": agree / max(total, 1), "max_abs_logit_diff": max_diff,
+            "greedy": gens, "size_bytes": gguf.stat().st_size, "prompt_tok_s": pp, "gen_tok_s": tg}
 
+
+results = {}
+for name in ("student-qad", "student-ptq"):
+    gguf = run / f"{name}.gguf"
+    if gguf.is_file():
+        results[name] = check(gguf, run / name)
 if not results:
     raise SystemExit(f"error: {run} has no student-qad.gguf or student-ptq.gguf (the recipe needs [quantize])")
-tok = AutoTokenizer.from_pretrained(run / "student")
-ids = tok(held_out, add_special_tokens=False).input_ids
-pp, tg = speed(teacher_gguf, ids)
-results["teacher"] = {"size_bytes": teacher_gguf.stat().st_size, "prompt_tok_s": pp, "gen_tok_s": tg,
-                      "path": str(teacher_gguf)}
+with tempfile.TemporaryDirectory() as tmp:
+    distill = pathlib.Path(__file__).resolve().parent.parent / "target" / "release" / "distill"
+    subprocess.run([str(distill), "convert", str(teacher_gguf), "--out", f"{tmp}/teacher"], check=True,
+                   capture_output=True)
+    results["teacher"] = check(teacher_gguf, f"{tmp}/teacher")
+    results["teacher"]["path"] = str(teacher_gguf)
 
 print(f"llama.cpp {llama_cpp.__version__}, {a.threads} threads; held-out text {summary['extra_sources'][0]}")
 print(f"{'model':<12} {'size MB':>8} {'pp tok/s':>9} {'gen tok/s':>10} {'top-1 =':>8} {'max|dlogit|':>12} greedy equal")

@@ -126,44 +126,72 @@ pub fn score(
     max_rows: Option<usize>,
     batch: usize,
 ) -> Result<LmScores> {
+    Ok(score_many(&[model], teacher, blocks, max_rows, batch)?.remove(0))
+}
+
+/// [`score`] for several models on the same rows: the teacher runs once per batch for all of
+/// them.
+pub fn score_many(
+    models: &[&Llama],
+    teacher: Option<&Llama>,
+    blocks: &TokenBlocks,
+    max_rows: Option<usize>,
+    batch: usize,
+) -> Result<Vec<LmScores>> {
     let n = blocks.n_blocks().min(max_rows.unwrap_or(usize::MAX));
     if n == 0 {
         return Err(Error::Invalid("no evaluation rows (the text is shorter than one sequence)".into()));
     }
-    let (mut nll, mut kl, mut agree, mut count) = (0f64, 0f64, 0f64, 0usize);
+    let Some(first) = models.first() else { return Ok(Vec::new()) };
+    // Per model: summed NLL, KL to the teacher, top-1 agreements.
+    let mut sums = vec![(0f64, 0f64, 0f64); models.len()];
+    let mut count = 0usize;
     let opts = ForwardOptions::default();
     tch::no_grad(|| -> Result<()> {
         for start in (0..n).step_by(batch.max(1)) {
             let rows: Vec<usize> = (start..(start + batch).min(n)).collect();
-            let b = lm_batch(blocks, &rows, model.device());
+            let b = lm_batch(blocks, &rows, first.device());
             let valid = b.targets.ge(0).view([-1]); // [B*T]
             let idx = valid.nonzero().squeeze_dim(1); // [N]
             if idx.numel() == 0 {
                 continue;
             }
             let y = b.targets.view([-1]).index_select(0, &idx); // [N]
-            let logits = model.forward(&b.ids, b.mask.as_ref(), opts)?.logits; // [B, T, V]
-            let v = logits.size()[2];
-            let lp = logits.view([-1, v]).index_select(0, &idx).log_softmax(-1, Kind::Float); // [N, V]
-            nll -= lp.gather(1, &y.unsqueeze(1), false).sum(Kind::Double).double_value(&[]);
-            if let Some(t) = teacher {
-                let tl = t.forward(&b.ids, b.mask.as_ref(), opts)?.logits; // [B, T, V]
-                let tlp = tl.view([-1, v]).index_select(0, &idx).log_softmax(-1, Kind::Float); // [N, V]
-                kl += (tlp.exp() * (&tlp - &lp)).sum(Kind::Double).double_value(&[]);
-                agree += tlp.argmax(-1, false).eq_tensor(&lp.argmax(-1, false)).sum(Kind::Double).double_value(&[]);
+            let tlp = match teacher {
+                Some(t) => {
+                    let tl = t.forward(&b.ids, b.mask.as_ref(), opts)?.logits; // [B, T, V]
+                    let v = tl.size()[2];
+                    Some(tl.view([-1, v]).index_select(0, &idx).log_softmax(-1, Kind::Float)) // [N, V]
+                }
+                None => None,
+            };
+            let t_top = tlp.as_ref().map(|t| t.argmax(-1, false)); // [N]
+            let t_p = tlp.as_ref().map(|t| t.exp()); // [N, V]
+            for (m, (nll, kl, agree)) in models.iter().zip(sums.iter_mut()) {
+                let logits = m.forward(&b.ids, b.mask.as_ref(), opts)?.logits; // [B, T, V]
+                let v = logits.size()[2];
+                let lp = logits.view([-1, v]).index_select(0, &idx).log_softmax(-1, Kind::Float); // [N, V]
+                *nll -= lp.gather(1, &y.unsqueeze(1), false).sum(Kind::Double).double_value(&[]);
+                if let (Some(tlp), Some(tp), Some(top)) = (&tlp, &t_p, &t_top) {
+                    *kl += (tp * (tlp - &lp)).sum(Kind::Double).double_value(&[]);
+                    *agree += top.eq_tensor(&lp.argmax(-1, false)).sum(Kind::Double).double_value(&[]);
+                }
             }
             count += idx.numel();
         }
         Ok(())
     })?;
     let c = count.max(1) as f64;
-    Ok(LmScores {
-        tokens: count,
-        nll: nll / c,
-        perplexity: (nll / c).exp(),
-        kl_to_teacher: teacher.map(|_| kl / c),
-        top1_agreement: teacher.map(|_| agree / c),
-    })
+    Ok(sums
+        .into_iter()
+        .map(|(nll, kl, agree)| LmScores {
+            tokens: count,
+            nll: nll / c,
+            perplexity: (nll / c).exp(),
+            kl_to_teacher: teacher.map(|_| kl / c),
+            top1_agreement: teacher.map(|_| agree / c),
+        })
+        .collect())
 }
 
 /// One row of a top-k next-token table.

@@ -20,7 +20,7 @@ use tch::{nn, Device, Kind};
 use crate::cache::CachedTeacher;
 use crate::checkpoint::{write_atomic, write_json};
 use crate::data::text::{lm_batch, text_blocks};
-use crate::eval::{generate_text, score, tokens_per_second, top_k_table, Generation, LmScores, TopToken};
+use crate::eval::{generate_text, score, score_many, tokens_per_second, top_k_table, Generation, LmScores, TopToken};
 use crate::export::export_hf;
 use crate::generate::GenerateOptions;
 use crate::io::hf::LlamaConfig;
@@ -398,19 +398,23 @@ pub fn run(r: &LmRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) -> Re
         train: None,
         path: Some(teacher_path.clone()),
     };
+    // Every student on the same rows, the teacher run once per batch for all of them.
+    let models: Vec<&Llama> = students.iter().map(|(_, s)| &s.1).collect();
+    let val_scores = score_many(&models, Some(&teacher.model), &data.validation, max_rows, eval_batch)?;
+    let extra_scores: Vec<Vec<LmScores>> = extra_blocks
+        .iter()
+        .map(|b| score_many(&models, Some(&teacher.model), b, max_rows, eval_batch))
+        .collect::<Result<_>>()?;
     let mut reports = Vec::new();
-    for (ph, (_vs, model, report, dir)) in &students {
+    for (i, (ph, (_vs, model, report, dir))) in students.iter().enumerate() {
         // A quantized student's size is its GGUF file's; the others', their F32 safetensors.
         let gguf = dir.with_extension("gguf");
         let size_bytes = match (ph.quant, std::fs::metadata(&gguf)) {
             (Some(_), Ok(m)) => m.len(),
             _ => dir_bytes(dir),
         };
-        let val = score(model, Some(&teacher.model), &data.validation, max_rows, eval_batch)?;
-        let extra: Vec<LmScores> = extra_blocks
-            .iter()
-            .map(|b| score(model, Some(&teacher.model), b, max_rows, eval_batch))
-            .collect::<Result<_>>()?;
+        let val = val_scores[i].clone();
+        let extra: Vec<LmScores> = extra_scores.iter().map(|e| e[i].clone()).collect();
         reports.push(ModelReport {
             role: ph.role.name().into(),
             params: model.param_count(),
