@@ -12,7 +12,10 @@ of each of the run's prompts in both, equal or not; the file sizes and llama.cpp
 processing of `seq` tokens, then generation) next to the teacher's GGUF. The teacher's GGUF gets
 the same check against its own weights dequantized (`distill convert`, f32): the share of
 top-1 flips that llama.cpp's activation rounding (Q8 blocks) causes on a model nobody trained
-for it. Prints a table, then one JSON object.
+for it. The "q8 away=even" column: the same weights in transformers with every linear layer's
+input rounded to Q8_0 blocks two equally valid ways (half away from zero, half to even) — how
+often their top-1 tokens agree, i.e. how much the model itself amplifies activation rounding.
+Prints a table, then one JSON object.
 """
 import argparse
 import json
@@ -102,6 +105,26 @@ def check(gguf, hf_dir):
         agree += int((ours.argmax(-1) == ref.argmax(-1)).sum())
         total += len(w)
         max_diff = max(max_diff, float(np.abs(ours - ref).max()))
+    # How much the model amplifies rounding: the same weights with every linear layer's input
+    # rounded to Q8_0 blocks (llama.cpp's activation format) two equally valid ways, half away
+    # from zero and half to even; their top-1 agreement with each other.
+    def q8(mode):
+        def hook(_, inp):
+            x = inp[0]
+            b = x.reshape(-1, 32)
+            d = b.abs().amax(-1, keepdim=True) / 127
+            y = b * torch.where(d == 0, torch.zeros_like(d), 1 / d)
+            q = torch.round(y) if mode == "even" else torch.sign(y) * torch.floor(y.abs() + 0.5)
+            return ((q * d.half().float()).reshape(x.shape),)
+        return hook
+    tops = {}
+    for mode in ("away", "even"):
+        hooks = [m.register_forward_pre_hook(q8(mode)) for m in hf.modules() if isinstance(m, torch.nn.Linear)]
+        with torch.no_grad():
+            tops[mode] = torch.cat([hf(torch.tensor([w])).logits[0].argmax(-1) for w in windows])
+        for h in hooks:
+            h.remove()
+    rounding_agreement = float((tops["away"] == tops["even"]).double().mean())
     gens = []
     for p in prompts:
         pid = tok(p, add_special_tokens=False).input_ids
@@ -115,6 +138,7 @@ def check(gguf, hf_dir):
     del llm
     pp, tg = speed(gguf, ids)
     return {"positions": total, "top1_agreement": agree / max(total, 1), "max_abs_logit_diff": max_diff,
+            "q8_rounding_top1_agreement": rounding_agreement,
             "greedy": gens, "size_bytes": gguf.stat().st_size, "prompt_tok_s": pp, "gen_tok_s": tg}
 
 
@@ -133,12 +157,13 @@ with tempfile.TemporaryDirectory() as tmp:
     results["teacher"]["path"] = str(teacher_gguf)
 
 print(f"llama.cpp {llama_cpp.__version__}, {a.threads} threads; held-out text {summary['extra_sources'][0]}")
-print(f"{'model':<12} {'size MB':>8} {'pp tok/s':>9} {'gen tok/s':>10} {'top-1 =':>8} {'max|dlogit|':>12} greedy equal")
+print(f"{'model':<12} {'size MB':>8} {'pp tok/s':>9} {'gen tok/s':>10} {'top-1 =':>8} {'max|dlogit|':>12} {'q8 away=even':>13} greedy equal")
 for name, r in results.items():
     eq = f"{sum(g['equal'] for g in r['greedy'])}/{len(r['greedy'])}" if "greedy" in r else "-"
     top1 = f"{100 * r['top1_agreement']:.2f}%" if "top1_agreement" in r else "-"
     diff = f"{r['max_abs_logit_diff']:.3f}" if "max_abs_logit_diff" in r else "-"
-    print(f"{name:<12} {r['size_bytes'] / 1e6:>8.1f} {r['prompt_tok_s']:>9.0f} {r['gen_tok_s']:>10.1f} {top1:>8} {diff:>12} {eq}")
+    rnd = f"{100 * r['q8_rounding_top1_agreement']:.2f}%"
+    print(f"{name:<12} {r['size_bytes'] / 1e6:>8.1f} {r['prompt_tok_s']:>9.0f} {r['gen_tok_s']:>10.1f} {top1:>8} {diff:>12} {rnd:>13} {eq}")
 for name, r in results.items():
     for g in r.get("greedy", []):
         mark = "=" if g["equal"] else f"differs after {g['common_prefix']} tokens"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job, end to end on a fresh machine: setup (venv with torch 2.11, release build),
-# assets from the package registries, then two bounded experiments (≈ 5 and ≈ 12 minutes on
+# assets from the package registries, then two bounded experiments (≈ 5 and ≈ 11 minutes on
 # 2 cores). Full-size runs: see README (distill run recipes/… --out runs/…).
 set -euo pipefail
 cd "$(dirname "$0")/.."
