@@ -161,7 +161,8 @@ pub fn score_many(
                 Some(t) => {
                     let tl = t.forward(&b.ids, b.mask.as_ref(), opts)?.logits; // [B, T, V]
                     let v = tl.size()[2];
-                    Some(tl.view([-1, v]).index_select(0, &idx).log_softmax(-1, Kind::Float)) // [N, V]
+                    // [N, V]
+                    Some(tl.view([-1, v]).index_select(0, &idx).log_softmax(-1, Kind::Float))
                 }
                 None => None,
             };
