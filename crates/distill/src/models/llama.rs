@@ -397,41 +397,23 @@ impl Llama {
         self.lm_head.as_ref().unwrap_or(&self.embed_tokens).shallow_clone()
     }
 
-    /// Every parameter with its HF name.
+    /// Every parameter with its HF name, in [`Llama::map_weights`]' order.
     pub fn named_parameters(&self) -> Vec<(String, Tensor)> {
-        let mut out = vec![("model.embed_tokens.weight".to_string(), self.embed_tokens.shallow_clone())];
-        let lin = |out: &mut Vec<(String, Tensor)>, name: String, l: &nn::Linear| {
-            out.push((format!("{name}.weight"), l.ws.shallow_clone()));
-            if let Some(b) = &l.bs {
-                out.push((format!("{name}.bias"), b.shallow_clone()));
-            }
-        };
-        for (i, l) in self.layers.iter().enumerate() {
-            let p = format!("model.layers.{i}");
-            out.push((format!("{p}.input_layernorm.weight"), l.input_layernorm.weight.shallow_clone()));
-            lin(&mut out, format!("{p}.self_attn.q_proj"), &l.self_attn.q_proj);
-            lin(&mut out, format!("{p}.self_attn.k_proj"), &l.self_attn.k_proj);
-            lin(&mut out, format!("{p}.self_attn.v_proj"), &l.self_attn.v_proj);
-            lin(&mut out, format!("{p}.self_attn.o_proj"), &l.self_attn.o_proj);
-            out.push((
-                format!("{p}.post_attention_layernorm.weight"),
-                l.post_attention_layernorm.weight.shallow_clone(),
-            ));
-            lin(&mut out, format!("{p}.mlp.gate_proj"), &l.mlp.gate_proj);
-            lin(&mut out, format!("{p}.mlp.up_proj"), &l.mlp.up_proj);
-            lin(&mut out, format!("{p}.mlp.down_proj"), &l.mlp.down_proj);
-        }
-        out.push(("model.norm.weight".into(), self.norm.weight.shallow_clone()));
-        if let Some(w) = &self.lm_head {
-            out.push(("lm_head.weight".into(), w.shallow_clone()));
-        }
-        out
+        let out = std::cell::RefCell::new(Vec::new());
+        let _ = self.map_weights(&|name, w| {
+            out.borrow_mut().push((name.to_string(), w.shallow_clone()));
+            Ok(w.shallow_clone())
+        });
+        out.into_inner()
     }
 
     /// The same model with every parameter replaced by `f(hf_name, parameter)` (same shape and
     /// kind), e.g. a fake-quantized view for quantization-aware training: the result shares
-    /// nothing with `self` but what `f` returns, and gradients flow back through `f`.
+    /// nothing with `self` but what `f` returns, and gradients flow back through `f`. `f` sees
+    /// the embedding, then each layer's parameters, the final norm and an untied head, in that
+    /// order; the one place that names the parameters.
     pub fn map_weights(&self, f: &dyn Fn(&str, &Tensor) -> Result<Tensor>) -> Result<Llama> {
+        let embed_tokens = f("model.embed_tokens.weight", &self.embed_tokens)?;
         let lin = |name: String, l: &nn::Linear| -> Result<nn::Linear> {
             let bs = match &l.bs {
                 Some(b) => Some(f(&format!("{name}.bias"), b)?),
@@ -466,15 +448,16 @@ impl Llama {
                 },
             });
         }
+        let norm = norm("model.norm".into(), &self.norm)?;
         let lm_head = match &self.lm_head {
             Some(w) => Some(f("lm_head.weight", w)?),
             None => None,
         };
         Ok(Llama {
             cfg: self.cfg.clone(),
-            embed_tokens: f("model.embed_tokens.weight", &self.embed_tokens)?,
+            embed_tokens,
             layers,
-            norm: norm("model.norm".into(), &self.norm)?,
+            norm,
             lm_head,
             inv_freq: self.inv_freq.shallow_clone(),
         })

@@ -100,18 +100,12 @@ impl QuantCfg {
     }
 }
 
-/// How the export stores the parameter `hf_name` of `shape`.
-fn storage(ty: GgufType, hf_name: &str, shape: &[i64]) -> distill_gguf::GgmlType {
-    let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
-    match distill_gguf::gguf_name(hf_name) {
-        Some(g) => ty.tensor_type(&g, &shape),
-        None => distill_gguf::GgmlType::F32,
-    }
-}
-
-/// `w` as the export stores it under `storage`, read back as f32.
-fn as_stored(w: &Tensor, storage: distill_gguf::GgmlType) -> Result<Option<Tensor>> {
+/// The parameter `hf_name` as a GGUF export of type `ty` stores it, read back as f32 (`None`:
+/// stored as is, F32).
+fn as_stored(ty: GgufType, hf_name: &str, w: &Tensor) -> Result<Option<Tensor>> {
     use distill_gguf::GgmlType as G;
+    let shape: Vec<usize> = w.size().iter().map(|&d| d as usize).collect();
+    let storage = distill_gguf::gguf_name(hf_name).map_or(G::F32, |g| ty.tensor_type(&g, &shape));
     Ok(match storage {
         G::Q4_0 => Some(fake_quant(w, QuantGrid::Q4_0)?),
         G::Q8_0 => Some(fake_quant(w, QuantGrid::Q8_0)?),
@@ -120,12 +114,17 @@ fn as_stored(w: &Tensor, storage: distill_gguf::GgmlType) -> Result<Option<Tenso
     })
 }
 
+/// `q`'s value with `w`'s gradient: `w + (q − w)` with the difference detached.
+fn straight_through(w: &Tensor, q: &Tensor) -> Tensor {
+    w + (q.to_kind(w.kind()) - w).detach()
+}
+
 /// `model` with every weight as a GGUF export of type `ty` stores it, through the
 /// straight-through estimator: the forward pass of quantization-aware training.
 pub fn quantized_view(model: &Llama, ty: GgufType) -> Result<Llama> {
     model.map_weights(&|name, w| {
-        Ok(match as_stored(w, storage(ty, name, &w.size()))? {
-            Some(q) => w + (q.to_kind(w.kind()) - w).detach(),
+        Ok(match as_stored(ty, name, w)? {
+            Some(q) => straight_through(w, &q),
             None => w.shallow_clone(),
         })
     })
@@ -135,7 +134,7 @@ pub fn quantized_view(model: &Llama, ty: GgufType) -> Result<Llama> {
 /// quantization): evaluating the model afterwards evaluates the file.
 pub fn quantize_weights(model: &Llama, ty: GgufType) -> Result<()> {
     for (name, w) in model.named_parameters() {
-        if let Some(q) = as_stored(&w, storage(ty, &name, &w.size()))? {
+        if let Some(q) = as_stored(ty, &name, &w)? {
             tch::no_grad(|| w.shallow_clone().copy_(&q.to_kind(w.kind())));
         }
     }
@@ -189,6 +188,5 @@ pub fn fake_quant(w: &Tensor, grid: QuantGrid) -> Result<Tensor> {
 /// The straight-through estimator: `w + (fake_quant(w) − w)` with the difference detached, so
 /// the value is the quantized weight and the gradient reaches `w` unchanged.
 pub fn fake_quant_ste(w: &Tensor, grid: QuantGrid) -> Result<Tensor> {
-    let q = fake_quant(w, grid)?.to_kind(w.kind());
-    Ok(w + (q - w).detach())
+    Ok(straight_through(w, &fake_quant(w, grid)?))
 }
