@@ -9,7 +9,7 @@ use tch::{Kind, Tensor};
 use tokenizers::Tokenizer;
 
 use crate::data::text::lm_batch;
-use crate::generate::{generate, top_k_next, GenerateOptions};
+use crate::generate::{generate_batch, top_k_next, GenerateOptions};
 use crate::models::llama::{ForwardOptions, Llama};
 use crate::{Error, Result};
 
@@ -126,25 +126,27 @@ pub fn score(
     max_rows: Option<usize>,
     batch: usize,
 ) -> Result<LmScores> {
-    Ok(score_many(&[model], teacher, blocks, max_rows, batch)?.remove(0))
+    Ok(score_many(&[model], teacher, blocks, max_rows, batch)?.1.remove(0))
 }
 
 /// [`score`] for several models on the same rows: the teacher runs once per batch for all of
-/// them.
+/// them. Returns the teacher's own scores (NLL and perplexity; no KL or agreement) and each
+/// model's.
 pub fn score_many(
     models: &[&Llama],
     teacher: Option<&Llama>,
     blocks: &TokenBlocks,
     max_rows: Option<usize>,
     batch: usize,
-) -> Result<Vec<LmScores>> {
+) -> Result<(Option<LmScores>, Vec<LmScores>)> {
     let n = blocks.n_blocks().min(max_rows.unwrap_or(usize::MAX));
     if n == 0 {
         return Err(Error::Invalid("no evaluation rows (the text is shorter than one sequence)".into()));
     }
-    let Some(first) = models.first() else { return Ok(Vec::new()) };
-    // Per model: summed NLL, KL to the teacher, top-1 agreements.
+    let Some(first) = models.first().copied().or(teacher) else { return Ok((None, Vec::new())) };
+    // Per model: summed NLL, KL to the teacher, top-1 agreements; the teacher's summed NLL.
     let mut sums = vec![(0f64, 0f64, 0f64); models.len()];
+    let mut teacher_nll = 0f64;
     let mut count = 0usize;
     let opts = ForwardOptions::default();
     tch::no_grad(|| -> Result<()> {
@@ -166,6 +168,9 @@ pub fn score_many(
                 }
                 None => None,
             };
+            if let Some(t) = &tlp {
+                teacher_nll -= t.gather(1, &y.unsqueeze(1), false).sum(Kind::Double).double_value(&[]);
+            }
             let t_top = tlp.as_ref().map(|t| t.argmax(-1, false)); // [N]
             let t_p = tlp.as_ref().map(|t| t.exp()); // [N, V]
             for (m, (nll, kl, agree)) in models.iter().zip(sums.iter_mut()) {
@@ -183,16 +188,22 @@ pub fn score_many(
         Ok(())
     })?;
     let c = count.max(1) as f64;
-    Ok(sums
+    let own = |nll: f64| LmScores {
+        tokens: count,
+        nll: nll / c,
+        perplexity: (nll / c).exp(),
+        kl_to_teacher: None,
+        top1_agreement: None,
+    };
+    let students = sums
         .into_iter()
         .map(|(nll, kl, agree)| LmScores {
-            tokens: count,
-            nll: nll / c,
-            perplexity: (nll / c).exp(),
             kl_to_teacher: teacher.map(|_| kl / c),
             top1_agreement: teacher.map(|_| agree / c),
+            ..own(nll)
         })
-        .collect())
+        .collect();
+    Ok((teacher.map(|_| own(teacher_nll)), students))
 }
 
 /// One row of a top-k next-token table.
@@ -253,12 +264,26 @@ pub fn diversity(ids: &[i64]) -> (f64, f64) {
 /// Generates a continuation of `prompt` and measures its diversity. Stops at `eos` unless
 /// `ignore_eos`, so collapse detectors see full-length output.
 pub fn generate_text(model: &Llama, tok: &Tokenizer, prompt: &str, opts: &GenerateOptions) -> Result<Generation> {
-    let ids = encode(tok, prompt)?;
-    let out = generate(model, &ids, opts)?;
-    let (d2, rep) = diversity(&out);
-    let u: Vec<u32> = out.iter().map(|&i| i as u32).collect();
-    let text = tok.decode(&u, true).map_err(|e| Error::Invalid(format!("cannot decode: {e}")))?;
-    Ok(Generation { text, tokens: out.len(), distinct_2: d2, repetition_rate: rep })
+    Ok(generate_texts(model, tok, &[prompt.to_string()], opts)?.remove(0))
+}
+
+/// [`generate_text`] for several prompts in one batch (see [`generate_batch`]).
+pub fn generate_texts(
+    model: &Llama,
+    tok: &Tokenizer,
+    prompts: &[String],
+    opts: &GenerateOptions,
+) -> Result<Vec<Generation>> {
+    let ids = prompts.iter().map(|p| encode(tok, p)).collect::<Result<Vec<_>>>()?;
+    generate_batch(model, &ids, opts)?
+        .into_iter()
+        .map(|out| {
+            let (d2, rep) = diversity(&out);
+            let u: Vec<u32> = out.iter().map(|&i| i as u32).collect();
+            let text = tok.decode(&u, true).map_err(|e| Error::Invalid(format!("cannot decode: {e}")))?;
+            Ok(Generation { text, tokens: out.len(), distinct_2: d2, repetition_rate: rep })
+        })
+        .collect()
 }
 
 /// Forward throughput in tokens/s (full-sequence logits, no-grad) on `rows` × `seq` random ids;

@@ -142,38 +142,74 @@ fn validate(model: &Llama, prompt_ids: &[i64], opts: &GenerateOptions) -> Result
     Ok(())
 }
 
-/// Last-position logits `[V]` of `logits` `[1, T, V]` as f32.
-fn last_row(logits: &Tensor) -> Result<Vec<f32>> {
-    let t = logits.size()[1];
-    let row = logits.f_select(0, 0)?.f_select(0, t - 1)?.f_to_kind(Kind::Float)?; // [V]
-    Ok(Vec::<f32>::try_from(&row)?)
+/// Last-position logits of every row of `logits` `[B, T, V]`, as f32 rows of length V.
+fn last_rows(logits: &Tensor) -> Result<Vec<Vec<f32>>> {
+    let (b, t, v) = logits.size3()?;
+    let rows = logits.f_select(1, t - 1)?.f_to_kind(Kind::Float)?.f_contiguous()?; // [B, V]
+    let flat = Vec::<f32>::try_from(&rows.f_view([-1])?)?;
+    debug_assert_eq!(flat.len() as i64, b * v);
+    Ok(flat.chunks(v as usize).map(<[f32]>::to_vec).collect())
 }
 
 /// Generates up to `max_new_tokens` after `prompt_ids`; returns only the new tokens (ending with
 /// `eos_id` when it was produced).
 pub fn generate(model: &Llama, prompt_ids: &[i64], opts: &GenerateOptions) -> Result<Vec<i64>> {
-    validate(model, prompt_ids, opts)?;
-    let mut rng = SplitMix64::new(opts.seed);
-    let mut out = Vec::with_capacity(opts.max_new_tokens);
-    if opts.max_new_tokens == 0 {
-        return Ok(out);
+    Ok(generate_batch(model, &[prompt_ids.to_vec()], opts)?.remove(0))
+}
+
+/// [`generate`] for several prompts at once: one left-padded batch through one KV cache, so a
+/// decoding step reads the weights once for all rows. Row i is what `generate(model,
+/// &prompts[i], opts)` returns (the same per-row sampler, seeded with `opts.seed`), up to the
+/// float rounding of the masked attention; a row stops at its own `eos_id`.
+pub fn generate_batch(model: &Llama, prompts: &[Vec<i64>], opts: &GenerateOptions) -> Result<Vec<Vec<i64>>> {
+    for p in prompts {
+        validate(model, p, opts)?;
     }
-    let mut seen = prompt_ids.to_vec();
+    let b = prompts.len();
+    let mut outs: Vec<Vec<i64>> = vec![Vec::with_capacity(opts.max_new_tokens); b];
+    if opts.max_new_tokens == 0 || b == 0 {
+        return Ok(outs);
+    }
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let padded = prompts.iter().any(|p| p.len() != longest);
+    // Left padding (id 0, masked out) so that every row's last prompt token is the last column.
+    let mut ids = Vec::with_capacity(b * longest);
+    let mut mask = Vec::with_capacity(b * longest);
+    for p in prompts {
+        let pad = longest - p.len();
+        ids.extend(std::iter::repeat_n(0, pad).chain(p.iter().copied()));
+        mask.extend(std::iter::repeat_n(0i64, pad).chain(std::iter::repeat_n(1, p.len())));
+    }
+    let mut rngs: Vec<SplitMix64> = (0..b).map(|_| SplitMix64::new(opts.seed)).collect();
+    let mut seen: Vec<Vec<i64>> = prompts.to_vec();
+    let mut done = vec![false; b];
     tch::no_grad(|| {
         let mut cache = KvCache::new();
-        let ids = Tensor::from_slice(prompt_ids).unsqueeze(0); // [1, T]
-        let mut logits = model.forward_cached(&ids, &mut cache)?; // [1, T, V]
+        let mut mask = padded.then(|| Tensor::from_slice(&mask).view([b as i64, longest as i64])); // [B, S]
+        let ids = Tensor::from_slice(&ids).view([b as i64, longest as i64]); // [B, T]
+        let mut logits = model.forward_cached(&ids, mask.as_ref(), &mut cache)?; // [B, T, V]
         loop {
-            let mut row = last_row(&logits)?;
-            penalize(&mut row, &seen, opts.repetition_penalty);
-            let next = pick(&row, opts, &mut rng) as i64;
-            out.push(next);
-            seen.push(next);
-            if out.len() >= opts.max_new_tokens || opts.eos_id == Some(next) {
-                return Ok(out);
+            let mut next = vec![0i64; b];
+            for (i, mut row) in last_rows(&logits)?.into_iter().enumerate() {
+                if done[i] {
+                    continue;
+                }
+                penalize(&mut row, &seen[i], opts.repetition_penalty);
+                let t = pick(&row, opts, &mut rngs[i]) as i64;
+                outs[i].push(t);
+                seen[i].push(t);
+                next[i] = t;
+                done[i] = outs[i].len() >= opts.max_new_tokens || opts.eos_id == Some(t);
             }
-            let ids = Tensor::from_slice(&[next]).unsqueeze(0); // [1, 1]
-            logits = model.forward_cached(&ids, &mut cache)?; // [1, 1, V]
+            if done.iter().all(|&d| d) {
+                return Ok(outs);
+            }
+            if let Some(m) = mask.as_mut() {
+                *m = Tensor::cat(&[&*m, &Tensor::ones([b as i64, 1], (Kind::Int64, m.device()))], 1);
+                // [B, S + 1]
+            }
+            let ids = Tensor::from_slice(&next).view([b as i64, 1]); // [B, 1]
+            logits = model.forward_cached(&ids, mask.as_ref(), &mut cache)?; // [B, 1, V]
         }
     })
 }

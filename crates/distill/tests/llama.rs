@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use distill::export::GgufType;
-use distill::generate::{generate, top_k_next, GenerateOptions};
+use distill::generate::{generate, generate_batch, top_k_next, GenerateOptions};
 use distill::io::hf::LlamaConfig;
 use distill::io::safetensors::{load_named_f32, load_safetensors, save_safetensors, LoadOptions};
 use distill::models::llama::{ForwardOptions, KvCache, Llama};
@@ -138,10 +138,10 @@ fn kv_cache_matches_full_forward() {
         let ids = expected(name)["input_ids"].get(0).unsqueeze(0); // [1, 7]
         let full = tch::no_grad(|| model.forward(&ids, None, ForwardOptions::default())).unwrap().logits;
         let mut cache = KvCache::new();
-        let first = tch::no_grad(|| model.forward_cached(&ids.narrow(1, 0, 4), &mut cache)).unwrap();
+        let first = tch::no_grad(|| model.forward_cached(&ids.narrow(1, 0, 4), None, &mut cache)).unwrap();
         let mut parts = vec![first];
         for i in 4..7 {
-            parts.push(tch::no_grad(|| model.forward_cached(&ids.narrow(1, i, 1), &mut cache)).unwrap());
+            parts.push(tch::no_grad(|| model.forward_cached(&ids.narrow(1, i, 1), None, &mut cache)).unwrap());
         }
         assert_eq!(cache.len(), 7);
         let d = max_diff(&Tensor::cat(&parts, 1), &full);
@@ -443,6 +443,37 @@ fn greedy_generation_matches_transformers() {
     }
 }
 
+/// (g2) batched decoding: prompts of different lengths left-padded into one batch give each
+/// row exactly what decoding it alone gives, greedy, penalized and sampled (per-row sampler).
+#[test]
+fn batched_generation_equals_one_prompt_at_a_time() {
+    for name in MODELS {
+        let (_vs, model) = load(name);
+        let exp = expected(name);
+        let prompt = Vec::<i64>::try_from(&exp["gen_prompt"]).unwrap();
+        let v = model.config().vocab_size;
+        let longer: Vec<i64> = prompt.iter().chain(prompt.iter()).map(|&t| (t * 7 + 3) % v).collect();
+        let prompts = vec![prompt.clone(), prompt[..2].to_vec(), longer];
+        let greedy = GenerateOptions { max_new_tokens: 10, ..Default::default() };
+        let pen = GenerateOptions { repetition_penalty: 1.5, ..greedy.clone() };
+        let sampled = GenerateOptions { temperature: 0.9, top_k: 20, top_p: 0.95, seed: 5, ..greedy.clone() };
+        for opts in [&greedy, &pen, &sampled] {
+            let batch = generate_batch(&model, &prompts, opts).unwrap();
+            let one: Vec<Vec<i64>> = prompts.iter().map(|p| generate(&model, p, opts).unwrap()).collect();
+            assert_eq!(batch, one, "{name}: {opts:?}");
+            assert!(batch.iter().all(|r| r.len() == 10));
+        }
+        // A row that stops at its end-of-sequence token stops alone.
+        let eos = generate(&model, &prompts[1], &greedy).unwrap()[2];
+        let stop = GenerateOptions { eos_id: Some(eos), ..greedy.clone() };
+        let batch = generate_batch(&model, &prompts, &stop).unwrap();
+        let one: Vec<Vec<i64>> = prompts.iter().map(|p| generate(&model, p, &stop).unwrap()).collect();
+        assert_eq!(batch, one, "{name}: eos");
+        assert_eq!(batch[1].last(), Some(&eos));
+        assert!(batch[1].len() <= 3);
+    }
+}
+
 /// (h) `residual_pca`: the directions are eigenvectors of `Σ ĥĥᵀ` built from transformers'
 /// hidden states (row 0 of the fixture batch, no padding), in descending order, orthonormal,
 /// and the kept share is their eigenvalues over the trace.
@@ -488,7 +519,7 @@ fn bf16_training_teacher_matches_f32() {
     use distill::data::rng::SplitMix64;
     use distill::losses::chunked::ChunkedKd;
     use distill::losses::divergence::Divergence;
-    use distill::tasks::LmKdTask;
+    use distill::tasks::{LmKdTask, TeacherMemo};
     use distill::teacher::Teacher;
     use distill::train::TrainTask;
 
@@ -515,7 +546,7 @@ fn bf16_training_teacher_matches_f32() {
     let (s_vs, student) = load("llama_untied");
     let blocks = distill::bench::random_blocks(4, 16, 96, 3);
     let loss = ChunkedKd { divergence: Divergence::ForwardKl, temperature: 2.0, alpha: 0.7, chunk_rows: 16 };
-    let run = |t: &Llama| {
+    let run_with = |t: &Llama, memo: Option<&TeacherMemo>| {
         let mut task = LmKdTask {
             student: &student,
             teacher: Some(Teacher::Lm(t)),
@@ -523,6 +554,7 @@ fn bf16_training_teacher_matches_f32() {
             loss,
             terms: vec![],
             quant: None,
+            memo,
         };
         for v in s_vs.trainable_variables() {
             let mut g = v.grad();
@@ -535,11 +567,27 @@ fn bf16_training_teacher_matches_f32() {
         let grads: Vec<Tensor> = s_vs.trainable_variables().iter().map(|v| v.grad().copy()).collect();
         (l.total.double_value(&[]), Tensor::cat(&grads.iter().map(|g| g.view([-1])).collect::<Vec<_>>(), 0))
     };
+    let run = |t: &Llama| run_with(t, None);
     let (l32, g32) = run(&teacher);
     let (l16, g16) = run(&bf);
     assert!((l16 - l32).abs() < 2e-3 * l32, "KD loss {l16} (bf16 teacher) vs {l32} (f32)");
     let rel = (&g16 - &g32).norm().double_value(&[]) / g32.norm().double_value(&[]);
     assert!(rel < 0.01, "student gradients differ by {rel} relative");
+
+    // The memo shared by the phases of a run: the first phase stores the teacher's states, a
+    // later one reads them; both give the online teacher's loss and gradients bit for bit.
+    let memo = TeacherMemo::new(1 << 30);
+    let first = run_with(&teacher, Some(&memo));
+    assert_eq!(memo.len(), 1);
+    let again = run_with(&teacher, Some(&memo));
+    assert_eq!(memo.len(), 1);
+    for (l, g) in [first, again] {
+        assert_eq!(l, l32);
+        assert!(g.equal(&g32));
+    }
+    let full = TeacherMemo::new(0);
+    let _ = run_with(&teacher, Some(&full));
+    assert!(full.is_empty(), "nothing is stored past the limit");
 }
 
 const SPM_GGUF_PY: &str = r#"
@@ -688,6 +736,7 @@ fn hidden_state_kd_adds_its_term_and_trains_the_projection() {
             loss,
             terms: vec![Box::new(hidden)],
             quant: None,
+            memo: None,
         };
         for v in vs.trainable_variables() {
             let mut g = v.grad();
@@ -711,6 +760,7 @@ fn hidden_state_kd_adds_its_term_and_trains_the_projection() {
             loss,
             terms: vec![],
             quant: None,
+            memo: None,
         };
         let base = without.loss(&batch, &mut SplitMix64::new(0)).unwrap().total.double_value(&[]);
         // The hidden term from scratch: HF-convention hidden states, real next-token positions.

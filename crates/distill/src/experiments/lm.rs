@@ -20,7 +20,7 @@ use tch::{nn, Device, Kind};
 use crate::cache::CachedTeacher;
 use crate::checkpoint::{write_atomic, write_json};
 use crate::data::text::{lm_batch, text_blocks};
-use crate::eval::{generate_text, score, score_many, tokens_per_second, top_k_table, Generation, LmScores, TopToken};
+use crate::eval::{generate_texts, score_many, tokens_per_second, top_k_table, Generation, LmScores, TopToken};
 use crate::export::export_hf;
 use crate::generate::GenerateOptions;
 use crate::io::hf::LlamaConfig;
@@ -33,7 +33,7 @@ use crate::recipe::{LmRecipe, ResolvedLm};
 use crate::student::prune::{self, Importance, Selection};
 use crate::student::quant::{quantize_weights, QuantFormat};
 use crate::student::{init_student, student_config, StudentInit};
-use crate::tasks::LmKdTask;
+use crate::tasks::{LmKdTask, TeacherMemo};
 use crate::teacher::{resolve_teacher_kind, teacher_in_kind, Teacher};
 use crate::train::{fit, TrainOptions, TrainReport};
 use crate::{Error, Result};
@@ -135,6 +135,9 @@ struct PhaseInputs<'a> {
     /// cache.
     training_teacher: Teacher<'a>,
     train: &'a TokenBlocks,
+    /// The online teacher's final hidden states per training batch, shared by the phases that
+    /// train on the same rows (KD, its twin, QAD): the teacher runs once per batch.
+    memo: &'a TeacherMemo,
     out: &'a Path,
     opts: &'a RunOptions,
 }
@@ -212,7 +215,8 @@ fn student_phase(inp: &PhaseInputs<'_>, ph: &Phase, earlier: &[(&str, &nn::VarSt
     }
     let report = if ph.trains {
         let teacher_now = Some(inp.training_teacher.clone());
-        let mut task = LmKdTask { student: &model, teacher: teacher_now, blocks: train, loss, terms, quant };
+        let memo = Some(inp.memo);
+        let mut task = LmKdTask { student: &model, teacher: teacher_now, blocks: train, loss, terms, quant, memo };
         let topts = TrainOptions {
             phase: name.to_string(),
             seed: r.seed,
@@ -355,6 +359,8 @@ pub fn run(r: &LmRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) -> Re
         }
         _ => None,
     };
+    // 1 GiB of teacher states: 120 batches of 8 × 128 tokens of a 576-wide teacher are 0.28 GiB.
+    let memo = TeacherMemo::new(1 << 30);
     let inputs = PhaseInputs {
         divergence: rr.divergence,
         pruning,
@@ -363,6 +369,7 @@ pub fn run(r: &LmRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) -> Re
         s_cfg: &s_cfg,
         training_teacher,
         train: &data.train,
+        memo: &memo,
         out,
         opts,
     };
@@ -384,9 +391,16 @@ pub fn run(r: &LmRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) -> Re
         .collect::<Result<_>>()?;
     let max_rows = r.eval.max_val_blocks;
     let eval_batch = r.train.batch_size.clamp(1, 8);
-    let t_val = score(&teacher.model, None, &data.validation, max_rows, eval_batch)?;
-    let t_extra: Vec<LmScores> =
-        extra_blocks.iter().map(|b| score(&teacher.model, None, b, max_rows, eval_batch)).collect::<Result<_>>()?;
+    // Every student on the same rows, the teacher run once per batch for all of them (and
+    // scored from that same forward).
+    let models: Vec<&Llama> = students.iter().map(|(_, s)| &s.1).collect();
+    let score_all = |b: &TokenBlocks| -> Result<(LmScores, Vec<LmScores>)> {
+        let (t, s) = score_many(&models, Some(&teacher.model), b, max_rows, eval_batch)?;
+        Ok((t.expect("a teacher was given"), s))
+    };
+    let (t_val, val_scores) = score_all(&data.validation)?;
+    let (t_extra, extra_scores): (Vec<LmScores>, Vec<Vec<LmScores>>) =
+        extra_blocks.iter().map(score_all).collect::<Result<Vec<_>>>()?.into_iter().unzip();
     let teacher_report = ModelReport {
         role: Role::Teacher.name().into(),
         params: t_params,
@@ -398,13 +412,6 @@ pub fn run(r: &LmRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) -> Re
         train: None,
         path: Some(teacher_path.clone()),
     };
-    // Every student on the same rows, the teacher run once per batch for all of them.
-    let models: Vec<&Llama> = students.iter().map(|(_, s)| &s.1).collect();
-    let val_scores = score_many(&models, Some(&teacher.model), &data.validation, max_rows, eval_batch)?;
-    let extra_scores: Vec<Vec<LmScores>> = extra_blocks
-        .iter()
-        .map(|b| score_many(&models, Some(&teacher.model), b, max_rows, eval_batch))
-        .collect::<Result<_>>()?;
     let mut reports = Vec::new();
     for (i, (ph, (_vs, model, report, dir))) in students.iter().enumerate() {
         // A quantized student's size is its GGUF file's; the others', their F32 safetensors.
@@ -428,40 +435,52 @@ pub fn run(r: &LmRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) -> Re
         });
     }
 
-    let mut prompts = Vec::new();
     let eos = t_cfg.eos_token_ids.first().copied();
-    for p in &r.eval.prompts {
-        let mut pr =
-            PromptReport { prompt: p.clone(), top_k: vec![], greedy: vec![], penalized: vec![], sampled: vec![] };
-        let models: Vec<(&str, &Llama)> = std::iter::once((Role::Teacher.name(), &teacher.model))
-            .chain(students.iter().map(|(ph, s)| (ph.role.name(), &s.1)))
-            .collect();
-        for (role, m) in models {
-            pr.top_k.push((role.into(), top_k_table(m, &teacher.tokenizer, p, r.eval.top_k_table)?));
-            let greedy = GenerateOptions {
-                max_new_tokens: r.eval.max_new_tokens,
-                temperature: 0.0,
-                top_k: 0,
-                top_p: 1.0,
-                seed: r.seed,
-                eos_id: None,
-                repetition_penalty: 1.0,
-            };
-            pr.greedy.push((role.into(), generate_text(m, &teacher.tokenizer, p, &greedy)?));
-            if r.eval.repetition_penalty != 1.0 {
-                let pen = GenerateOptions { repetition_penalty: r.eval.repetition_penalty, ..greedy.clone() };
-                pr.penalized.push((role.into(), generate_text(m, &teacher.tokenizer, p, &pen)?));
-            }
-            let sampled = GenerateOptions {
-                temperature: r.eval.sample_temperature,
-                top_k: r.eval.sample_top_k,
-                top_p: r.eval.sample_top_p,
-                eos_id: eos,
-                ..greedy
-            };
-            pr.sampled.push((role.into(), generate_text(m, &teacher.tokenizer, p, &sampled)?));
+    let mut prompts: Vec<PromptReport> = r
+        .eval
+        .prompts
+        .iter()
+        .map(|p| PromptReport { prompt: p.clone(), top_k: vec![], greedy: vec![], penalized: vec![], sampled: vec![] })
+        .collect();
+    let models: Vec<(&str, &Llama)> = std::iter::once((Role::Teacher.name(), &teacher.model))
+        .chain(students.iter().map(|(ph, s)| (ph.role.name(), &s.1)))
+        .collect();
+    let greedy = GenerateOptions {
+        max_new_tokens: r.eval.max_new_tokens,
+        temperature: 0.0,
+        top_k: 0,
+        top_p: 1.0,
+        seed: r.seed,
+        eos_id: None,
+        repetition_penalty: 1.0,
+    };
+    let pen = GenerateOptions { repetition_penalty: r.eval.repetition_penalty, ..greedy.clone() };
+    let sampled = GenerateOptions {
+        temperature: r.eval.sample_temperature,
+        top_k: r.eval.sample_top_k,
+        top_p: r.eval.sample_top_p,
+        eos_id: eos,
+        ..greedy.clone()
+    };
+    // Each model decodes all prompts as one batch per decoding (the weights are read once per
+    // step for every prompt); row i is what decoding prompt i alone gives.
+    for (role, m) in models {
+        for pr in prompts.iter_mut() {
+            pr.top_k.push((role.into(), top_k_table(m, &teacher.tokenizer, &pr.prompt, r.eval.top_k_table)?));
         }
-        prompts.push(pr);
+        let mut decode =
+            |opts: &GenerateOptions, pick: fn(&mut PromptReport) -> &mut Vec<(String, Generation)>| -> Result<()> {
+                let gens = generate_texts(m, &teacher.tokenizer, &r.eval.prompts, opts)?;
+                for (pr, g) in prompts.iter_mut().zip(gens) {
+                    pick(pr).push((role.into(), g));
+                }
+                Ok(())
+            };
+        decode(&greedy, |pr| &mut pr.greedy)?;
+        if r.eval.repetition_penalty != 1.0 {
+            decode(&pen, |pr| &mut pr.penalized)?;
+        }
+        decode(&sampled, |pr| &mut pr.sampled)?;
     }
     let ppl = |role: Role| reports.iter().find(|m| m.role == role.name()).map(|m| m.validation.perplexity);
     let ratio = match (ppl(Role::StudentKd), ppl(Role::StudentScratch)) {

@@ -503,9 +503,16 @@ impl Llama {
     }
 
     /// Incremental forward: `input_ids` `[B, T]` are the positions after the `cache.len()` cached
-    /// ones (no padding); returns logits `[B, T, V]` and extends the cache.
-    pub fn forward_cached(&self, input_ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
-        let x = self.trunk(input_ids, None, Some(cache), ForwardOptions::default())?.x; // [B, T, H]
+    /// ones; `attention_mask` `[B, cache.len() + T]` (1 = real, 0 = pad; None = no padding) covers
+    /// the cached positions and the new ones, so left-padded rows decode together. Returns logits
+    /// `[B, T, V]` and extends the cache.
+    pub fn forward_cached(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        let x = self.trunk(input_ids, attention_mask, Some(cache), ForwardOptions::default())?.x; // [B, T, H]
         Ok(x.linear(&self.lm_head_weight(), None::<Tensor>)) // [B, T, V]
     }
 

@@ -3,6 +3,9 @@
 //! the extra terms of [`crate::methods`]. `distill run` trains with it and `distill bench step`
 //! times exactly this code.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+
 use distill_text::TokenBlocks;
 use tch::Tensor;
 
@@ -34,6 +37,52 @@ pub struct LmKdTask<'a> {
     /// Quantization-aware training: the student's forward sees its weights as a GGUF export of
     /// this type stores them (straight-through gradients to the full-precision weights).
     pub quant: Option<GgufType>,
+    /// The online teacher's final hidden states shared with the other phases of the run that
+    /// train on the same rows (see [`TeacherMemo`]).
+    pub memo: Option<&'a TeacherMemo>,
+}
+
+/// An online teacher's final hidden states at the positions with a real next token, `[N, Ht]`,
+/// kept per batch (keyed by its row indices) so that the phases of one run that train on the
+/// same rows — the KD student, a twin from another init, QAD from the KD student — run the
+/// teacher once per batch instead of once per phase. Exact: a later phase reads the very values
+/// the teacher computed (its logits are `hidden · Wᵀ`, computed chunk by chunk as before); only
+/// the logit term uses it (terms that read intermediate states run the teacher). Stops storing
+/// at `limit_bytes`.
+pub struct TeacherMemo {
+    map: RefCell<HashMap<Vec<usize>, Tensor>>,
+    bytes: RefCell<usize>,
+    limit_bytes: usize,
+}
+
+impl TeacherMemo {
+    pub fn new(limit_bytes: usize) -> Self {
+        Self { map: RefCell::new(HashMap::new()), bytes: RefCell::new(0), limit_bytes }
+    }
+
+    /// The stored hidden states of `rows`, or `compute()`'s (stored while under the limit).
+    fn get_or(&self, rows: &[usize], compute: impl FnOnce() -> Result<Tensor>) -> Result<Tensor> {
+        if let Some(t) = self.map.borrow().get(rows) {
+            return Ok(t.shallow_clone());
+        }
+        let t = compute()?;
+        let size = t.numel() * t.kind().elt_size_in_bytes();
+        let mut bytes = self.bytes.borrow_mut();
+        if *bytes + size <= self.limit_bytes {
+            *bytes += size;
+            self.map.borrow_mut().insert(rows.to_vec(), t.shallow_clone());
+        }
+        Ok(t)
+    }
+
+    /// Batches held.
+    pub fn len(&self) -> usize {
+        self.map.borrow().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 impl TrainTask for LmKdTask<'_> {
@@ -78,6 +127,16 @@ impl TrainTask for LmKdTask<'_> {
         let mut extra = Vec::with_capacity(self.terms.len());
         let parts = match (&self.teacher, soft) {
             (_, false) if self.terms.is_empty() => self.loss.forward(&h, &w, None, Some(&y)),
+            (Some(Teacher::Lm(t)), _) if self.terms.is_empty() && self.memo.is_some() => {
+                let memo = self.memo.expect("checked by the guard");
+                let th = memo.get_or(batch, || {
+                    let ts = tch::no_grad(|| t.forward_states(&b.ids, b.mask.as_ref(), opts(false)))?;
+                    Ok(rows(&ts.last)) // [N, Ht]
+                })?;
+                let tw = t.lm_head_weight().detach(); // [V, Ht]
+                let teacher = soft.then_some(ChunkTeacher::DenseHidden { hidden: &th, weight: &tw });
+                self.loss.forward(&h, &w, teacher, Some(&y))
+            }
             (Some(Teacher::Lm(t)), _) => {
                 // [B, T, Ht], L_t+1 × [B, T, Ht], L_t × [B, nh_t, T, T]
                 let ts = tch::no_grad(|| t.forward_states(&b.ids, b.mask.as_ref(), opts(false)))?;

@@ -6,4 +6,4 @@ pub mod image;
 pub mod lm;
 
 pub use image::ClassifierTask;
-pub use lm::LmKdTask;
+pub use lm::{LmKdTask, TeacherMemo};
