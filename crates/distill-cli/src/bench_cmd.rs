@@ -51,6 +51,26 @@ pub enum BenchCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Greedy generation with the KV cache at several batch sizes (batch 1 = `distill generate`):
+    /// generated tokens/s over all rows, and each batch size's speed-up over batch 1.
+    Generate {
+        /// GGUF file or HF directory.
+        #[arg(long)]
+        model: PathBuf,
+        /// Batch sizes, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1,8")]
+        batch: Vec<usize>,
+        #[arg(long, default_value_t = 16)]
+        prompt_tokens: usize,
+        #[arg(long, default_value_t = 64)]
+        new_tokens: usize,
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        #[arg(long)]
+        threads: Option<usize>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Time and measure the peak extra memory of the KD loss's forward + backward from hidden
     /// states: chunked (default) or naive full logits (--naive).
     Loss {
@@ -178,6 +198,30 @@ pub fn run(what: BenchCmd) -> Result<()> {
                     "{:.1} ms per {rows}x{seq} forward, {:.0} tok/s, peak RSS {:.0} MiB ({} threads)",
                     r.ms_per_forward, r.tokens_per_s, r.peak_rss_mib, r.threads
                 );
+            }
+        }
+        BenchCmd::Generate { model, batch, prompt_tokens, new_tokens, reps, threads, json } => {
+            set_threads(threads);
+            let t = lm::load_lm(&resolve(&model)?, Device::Cpu)?;
+            let results = batch
+                .iter()
+                .map(|&b| bench::bench_generate(&t.model, b, prompt_tokens, new_tokens, reps))
+                .collect::<distill::Result<Vec<_>>>()?;
+            let base = results.first().map_or(1.0, |r| r.tokens_per_s);
+            if json {
+                println!("{}", serde_json::json!({"model": model, "results": results}));
+            } else {
+                for r in &results {
+                    println!(
+                        "batch {:>3}: {:.0} ms per generation ({prompt_tokens} prompt + {new_tokens} new tokens), {:.1} generated tok/s, {:.2}x batch {} ({} threads)",
+                        r.batch,
+                        r.ms_per_generation,
+                        r.tokens_per_s,
+                        r.tokens_per_s / base,
+                        results[0].batch,
+                        r.threads
+                    );
+                }
             }
         }
         BenchCmd::Loss { vocab, tokens, hidden, chunk_rows, naive, warmup, reps, threads, json } => {

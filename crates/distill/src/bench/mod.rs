@@ -210,6 +210,58 @@ pub fn bench_forward(model: &Llama, rows: i64, seq: i64, reps: usize) -> Result<
     })
 }
 
+/// What [`bench_generate`] measured for one batch size.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GenerateBenchResult {
+    pub threads: i32,
+    pub batch: usize,
+    pub prompt_tokens: usize,
+    pub new_tokens: usize,
+    /// Wall time of one whole generation (prompt + every decoding step), median of the reps.
+    pub ms_per_generation: f64,
+    /// Generated tokens per second over all rows.
+    pub tokens_per_s: f64,
+}
+
+/// Greedy generation of `new_tokens` after `batch` random prompts of `prompt_tokens` tokens,
+/// all rows in one batch with the KV cache ([`crate::generate::generate_batch`]; batch 1 is
+/// `distill generate`): median of `reps` after one warm-up.
+pub fn bench_generate(
+    model: &Llama,
+    batch: usize,
+    prompt_tokens: usize,
+    new_tokens: usize,
+    reps: usize,
+) -> Result<GenerateBenchResult> {
+    if batch == 0 || prompt_tokens == 0 || new_tokens == 0 {
+        return Err(Error::Invalid("bench generate: batch, prompt and new tokens must be > 0".into()));
+    }
+    let v = model.config().vocab_size as u64;
+    let mut rng = SplitMix64::new(batch as u64);
+    let prompts: Vec<Vec<i64>> =
+        (0..batch).map(|_| (0..prompt_tokens).map(|_| (rng.next_u64() % v) as i64).collect()).collect();
+    let opts = crate::generate::GenerateOptions { max_new_tokens: new_tokens, ..Default::default() };
+    let mut ms = Vec::new();
+    for i in 0..=reps.max(1) {
+        let t0 = Instant::now();
+        let out = crate::generate::generate_batch(model, &prompts, &opts)?;
+        debug_assert!(out.iter().all(|r| r.len() == new_tokens));
+        if i > 0 {
+            ms.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    ms.sort_by(f64::total_cmp);
+    let median = ms[ms.len() / 2];
+    Ok(GenerateBenchResult {
+        threads: tch::get_num_threads(),
+        batch,
+        prompt_tokens,
+        new_tokens,
+        ms_per_generation: median,
+        tokens_per_s: (batch * new_tokens) as f64 / (median / 1e3),
+    })
+}
+
 /// A randomly initialised model of `cfg` on the CPU.
 pub fn random_model(cfg: &LlamaConfig, seed: i64) -> Result<(nn::VarStore, Llama)> {
     tch::manual_seed(seed);
