@@ -12,6 +12,8 @@ Sections:
   teacher forward        SmolLM2-135M Q4_1 full-sequence forward (and llama.cpp when installed)
   loss                   KD loss forward+backward from hidden states at V = 151,936 and 49,152:
                          distill chunked, distill naive, PyTorch naive; extra peak RSS and time ratios
+  generate               greedy generation with the KV cache at batch 1 and 8 (SmolLM2-135M): distill,
+                         transformers' generate, llama.cpp (batch 1, when installed); generated tok/s
   --cache-frontier       bytes/token vs KL of a top-k cache, k = 8..128 (distill bench cache-kl)
 """
 import argparse
@@ -102,6 +104,30 @@ def forward(a):
     return row
 
 
+def generate(a):
+    common = ["--batch", "1,8", "--prompt-tokens", "16", "--new-tokens", "64", "--threads", a.threads, "--reps", "3"]
+    d = run_json([DISTILL, "bench", "generate", "--model", TEACHER, "--json", *common])["results"]
+    p = run_json([sys.executable, TWIN, "generate", "--model", TEACHER, *common])["results"]
+    row = {"name": "generate", "model": TEACHER, "distill": d, "pytorch": p, "llamacpp": None}
+    try:
+        import llama_cpp  # noqa: F401
+        row["llamacpp"] = run_json([sys.executable, ROOT / "bench" / "llamacpp.py", "--model", TEACHER, "--generate",
+                                    "--prompt-tokens", "16", "--new-tokens", "64", "--threads", a.threads])["result"]
+    except ImportError:
+        pass
+    return row
+
+
+def print_generate(g, a):
+    print(f"\nGreedy generation (SmolLM2-135M Q4_1 GGUF, 16 prompt + 64 new tokens per row, KV cache, {a.threads} threads; generated tok/s)")
+    base = g["distill"][0]["tokens_per_s"]
+    for d, p in zip(g["distill"], g["pytorch"]):
+        print(f"  batch {d['batch']}: distill {d['tokens_per_s']:.1f} ({d['tokens_per_s'] / base:.2f}x its batch 1) | "
+              f"transformers generate {p['tokens_per_s']:.1f}, ratio {d['tokens_per_s'] / p['tokens_per_s']:.2f}x")
+    l = g.get("llamacpp")
+    print(f"  llama.cpp, batch 1 (its Q4_1 weights): {l['tokens_per_s']:.1f}" if l else "  llama.cpp: not installed (bench/run.sh --llamacpp)")
+
+
 def loss(a):
     rows = []
     for v in [x for x in a.loss_vocabs.split(",") if x]:
@@ -172,6 +198,7 @@ def main():
     ap.add_argument("--warmup", default="2")
     ap.add_argument("--seq", default="512", help="tokens of the teacher-forward benchmark")
     ap.add_argument("--no-forward", action="store_true")
+    ap.add_argument("--no-generate", action="store_true")
     ap.add_argument("--no-loss", action="store_true", help="skip the loss benchmark (the naive runs need ~12 GiB at V 151,936)")
     ap.add_argument("--loss-vocabs", default="151936,49152")
     ap.add_argument("--loss-tokens", default="2048")
@@ -184,6 +211,8 @@ def main():
     out = {"threads": int(a.threads), "configs": configs}
     if not a.no_forward:
         out["teacher_forward"] = forward(a)
+    if not a.no_generate:
+        out["generate"] = generate(a)
     if not a.no_loss:
         out["loss"] = loss(a)
     if a.cache_frontier:
@@ -195,6 +224,8 @@ def main():
         print_steps(configs, a)
     if "teacher_forward" in out:
         print_forward(out["teacher_forward"], a)
+    if "generate" in out:
+        print_generate(out["generate"], a)
     if "loss" in out:
         print_loss(out["loss"], a)
     if "cache_frontier" in out:

@@ -4,6 +4,7 @@
   python bench/twin.py step --config c --cache DIR      (teacher distributions from a distill cache)
   python bench/twin.py forward --model FILE.gguf [--rows 1 --seq 512]
   python bench/twin.py loss --vocab V [--tokens 2048 --hidden 896]
+  python bench/twin.py generate --model FILE.gguf [--batch 1,8 --prompt-tokens 16 --new-tokens 64]
 
 Same model definition (transformers' LlamaForCausalLM, float32, SDPA attention), same loss
 (alpha * T^2 * KL(p_t || p_s) "batchmean" + (1 - alpha) * CE over every position that has a next
@@ -277,6 +278,29 @@ def loss_bench(a):
         "allocator": "jemalloc" if "jemalloc" in os.environ.get("LD_PRELOAD", "") else "glibc"}
 
 
+def generate_bench(a):
+    """transformers' `generate`, greedy with its KV cache, `batch` random prompts at once: generated
+    tokens/s over all rows (median of `reps` after a warm-up), as `distill bench generate`."""
+    model = load_model(a.model).eval()
+    V = model.config.vocab_size
+    results = []
+    for b in (int(x) for x in a.batch.split(",")):
+        ids = torch.randint(0, V, (b, a.prompt_tokens))
+        times = []
+        with torch.no_grad():
+            for i in range(a.reps + 1):
+                t0 = time.perf_counter()
+                model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=a.new_tokens,
+                               min_new_tokens=a.new_tokens, do_sample=False, pad_token_id=0)
+                if i > 0:
+                    times.append((time.perf_counter() - t0) * 1e3)
+        med = statistics.median(times)
+        results.append({"threads": torch.get_num_threads(), "batch": b, "prompt_tokens": a.prompt_tokens,
+                        "new_tokens": a.new_tokens, "ms_per_generation": med,
+                        "tokens_per_s": b * a.new_tokens / (med / 1e3)})
+    return {"model": a.model, "results": results}
+
+
 class OneLineParser(argparse.ArgumentParser):
     def error(self, message):
         sys.exit(f"error: {self.prog}: {message}")
@@ -306,11 +330,18 @@ def main():
     lo.add_argument("--warmup", type=int, default=1)
     lo.add_argument("--reps", type=int, default=3)
     lo.add_argument("--threads", type=int)
+    g = sub.add_parser("generate")
+    g.add_argument("--model", required=True)
+    g.add_argument("--batch", default="1,8")
+    g.add_argument("--prompt-tokens", type=int, default=16)
+    g.add_argument("--new-tokens", type=int, default=64)
+    g.add_argument("--reps", type=int, default=3)
+    g.add_argument("--threads", type=int)
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
     try:
-        out = {"step": step_bench, "forward": forward_bench, "loss": loss_bench}[a.cmd](a)
+        out = {"step": step_bench, "forward": forward_bench, "loss": loss_bench, "generate": generate_bench}[a.cmd](a)
     except (Fail, cache_format.CacheFormatError) as e:
         sys.exit(f"error: {e}")
     print(json.dumps(out))
