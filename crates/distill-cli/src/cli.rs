@@ -97,13 +97,18 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Continue a prompt with a causal LM (greedy unless sampling options are given).
+    /// Continue prompts with a causal LM (greedy unless sampling options are given); several
+    /// `--prompt`s are decoded together as one batch.
     Generate {
         /// Model: HF directory or GGUF file.
         #[arg(long)]
         model: PathBuf,
+        /// A prompt; repeat for several (one batch, each printed after its continuation).
+        #[arg(long, required = true)]
+        prompt: Vec<String>,
+        /// Stop a continuation once its text contains this string (not printed); repeatable.
         #[arg(long)]
-        prompt: String,
+        stop: Vec<String>,
         #[arg(long, default_value_t = 50)]
         max_tokens: usize,
         /// Sampling temperature (0 = greedy).

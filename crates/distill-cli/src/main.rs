@@ -320,7 +320,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Generate { model, prompt, max_tokens, temperature, top_k, top_p, repetition_penalty, seed } => {
+        Cmd::Generate { model, prompt, stop, max_tokens, temperature, top_k, top_p, repetition_penalty, seed } => {
             set_threads(None);
             let m = lm::load_lm(&resolve(&model)?, Device::Cpu)?;
             let sampling = temperature.is_some() || top_k.is_some() || top_p.is_some();
@@ -333,8 +333,13 @@ fn run(cli: Cli) -> Result<()> {
                 eos_id: m.model.config().eos_token_ids.first().copied(),
                 repetition_penalty,
             };
-            let g = distill::eval::generate_text(&m.model, &m.tokenizer, &prompt, &opts)?;
-            println!("{}{}", prompt, g.text);
+            let gens = distill::eval::generate_texts(&m.model, &m.tokenizer, &prompt, &opts, &stop)?;
+            for (i, (p, g)) in prompt.iter().zip(gens).enumerate() {
+                if i > 0 {
+                    println!();
+                }
+                println!("{p}{}", g.text);
+            }
             Ok(())
         }
     }

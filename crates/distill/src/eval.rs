@@ -9,7 +9,7 @@ use tch::{Kind, Tensor};
 use tokenizers::Tokenizer;
 
 use crate::data::text::lm_batch;
-use crate::generate::{generate_batch, top_k_next, GenerateOptions};
+use crate::generate::{generate_batch_until, top_k_next, GenerateOptions};
 use crate::models::llama::{ForwardOptions, Llama};
 use crate::{Error, Result};
 
@@ -264,23 +264,39 @@ pub fn diversity(ids: &[i64]) -> (f64, f64) {
 /// Generates a continuation of `prompt` and measures its diversity. Stops at `eos` unless
 /// `ignore_eos`, so collapse detectors see full-length output.
 pub fn generate_text(model: &Llama, tok: &Tokenizer, prompt: &str, opts: &GenerateOptions) -> Result<Generation> {
-    Ok(generate_texts(model, tok, &[prompt.to_string()], opts)?.remove(0))
+    Ok(generate_texts(model, tok, &[prompt.to_string()], opts, &[])?.remove(0))
 }
 
-/// [`generate_text`] for several prompts in one batch (see [`generate_batch`]).
+/// Byte offset of the earliest occurrence of any of `stops` in `text` (empty strings never match).
+pub fn first_stop(text: &str, stops: &[String]) -> Option<usize> {
+    stops.iter().filter(|s| !s.is_empty()).filter_map(|s| text.find(s.as_str())).min()
+}
+
+/// [`generate_text`] for several prompts in one batch (see [`generate_batch_until`]). A row also
+/// stops once its decoded text contains one of `stops`, and its text ends before the stop string
+/// (as llama.cpp's server and OpenAI's API return it); `tokens` and the diversity measures count
+/// every generated token.
 pub fn generate_texts(
     model: &Llama,
     tok: &Tokenizer,
     prompts: &[String],
     opts: &GenerateOptions,
+    stops: &[String],
 ) -> Result<Vec<Generation>> {
     let ids = prompts.iter().map(|p| encode(tok, p)).collect::<Result<Vec<_>>>()?;
-    generate_batch(model, &ids, opts)?
+    let decode = |out: &[i64]| -> Result<String> {
+        let u: Vec<u32> = out.iter().map(|&i| i as u32).collect();
+        tok.decode(&u, true).map_err(|e| Error::Invalid(format!("cannot decode: {e}")))
+    };
+    let stop = |_: usize, out: &[i64]| !stops.is_empty() && decode(out).is_ok_and(|t| first_stop(&t, stops).is_some());
+    generate_batch_until(model, &ids, opts, stop)?
         .into_iter()
         .map(|out| {
             let (d2, rep) = diversity(&out);
-            let u: Vec<u32> = out.iter().map(|&i| i as u32).collect();
-            let text = tok.decode(&u, true).map_err(|e| Error::Invalid(format!("cannot decode: {e}")))?;
+            let mut text = decode(&out)?;
+            if let Some(at) = first_stop(&text, stops) {
+                text.truncate(at);
+            }
             Ok(Generation { text, tokens: out.len(), distinct_2: d2, repetition_rate: rep })
         })
         .collect()
@@ -310,6 +326,15 @@ pub fn tokens_per_second(model: &Llama, rows: i64, seq: i64) -> Result<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn first_stop_finds_the_earliest_stop_string() {
+        let stops = vec!["\n\n".to_string(), "User:".to_string(), String::new()];
+        assert_eq!(first_stop("Paris.\n\nUser: next", &stops), Some(6));
+        assert_eq!(first_stop("User: hi\n\n", &stops), Some(0));
+        assert_eq!(first_stop("no stop here", &stops), None);
+        assert_eq!(first_stop("anything", &[]), None);
+    }
 
     #[test]
     fn diversity_flags_collapse() {

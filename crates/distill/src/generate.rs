@@ -162,6 +162,17 @@ pub fn generate(model: &Llama, prompt_ids: &[i64], opts: &GenerateOptions) -> Re
 /// &prompts[i], opts)` returns (the same per-row sampler, seeded with `opts.seed`), up to the
 /// float rounding of the masked attention; a row stops at its own `eos_id`.
 pub fn generate_batch(model: &Llama, prompts: &[Vec<i64>], opts: &GenerateOptions) -> Result<Vec<Vec<i64>>> {
+    generate_batch_until(model, prompts, opts, |_, _| false)
+}
+
+/// [`generate_batch`] where row i also stops as soon as `stop(i, tokens)` holds for its tokens so
+/// far (the last one included): stop strings, with the caller decoding.
+pub fn generate_batch_until(
+    model: &Llama,
+    prompts: &[Vec<i64>],
+    opts: &GenerateOptions,
+    stop: impl Fn(usize, &[i64]) -> bool,
+) -> Result<Vec<Vec<i64>>> {
     for p in prompts {
         validate(model, p, opts)?;
     }
@@ -199,7 +210,7 @@ pub fn generate_batch(model: &Llama, prompts: &[Vec<i64>], opts: &GenerateOption
                 outs[i].push(t);
                 seen[i].push(t);
                 next[i] = t;
-                done[i] = outs[i].len() >= opts.max_new_tokens || opts.eos_id == Some(t);
+                done[i] = outs[i].len() >= opts.max_new_tokens || opts.eos_id == Some(t) || stop(i, &outs[i]);
             }
             if done.iter().all(|&d| d) {
                 return Ok(outs);

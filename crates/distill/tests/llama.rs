@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use distill::export::GgufType;
-use distill::generate::{generate, generate_batch, top_k_next, GenerateOptions};
+use distill::generate::{generate, generate_batch, generate_batch_until, top_k_next, GenerateOptions};
 use distill::io::hf::LlamaConfig;
 use distill::io::safetensors::{load_named_f32, load_safetensors, save_safetensors, LoadOptions};
 use distill::models::llama::{ForwardOptions, KvCache, Llama};
@@ -471,6 +471,15 @@ fn batched_generation_equals_one_prompt_at_a_time() {
         assert_eq!(batch, one, "{name}: eos");
         assert_eq!(batch[1].last(), Some(&eos));
         assert!(batch[1].len() <= 3);
+        // A caller's stop rule (stop strings decode and search) ends its row alone, at the first
+        // token for which it holds.
+        let full = generate_batch(&model, &prompts, &greedy).unwrap();
+        let mark = full[0][3];
+        let until =
+            generate_batch_until(&model, &prompts, &greedy, |i, out| i == 0 && out.last() == Some(&mark)).unwrap();
+        let first = full[0].iter().position(|&t| t == mark).unwrap();
+        assert_eq!(until[0], full[0][..=first].to_vec(), "{name}: stop rule");
+        assert_eq!(until[1..], full[1..], "{name}: the other rows run on");
     }
 }
 

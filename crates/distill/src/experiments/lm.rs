@@ -470,7 +470,7 @@ pub fn run(r: &LmRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) -> Re
         }
         let mut decode =
             |opts: &GenerateOptions, pick: fn(&mut PromptReport) -> &mut Vec<(String, Generation)>| -> Result<()> {
-                let gens = generate_texts(m, &teacher.tokenizer, &r.eval.prompts, opts)?;
+                let gens = generate_texts(m, &teacher.tokenizer, &r.eval.prompts, opts, &[])?;
                 for (pr, g) in prompts.iter_mut().zip(gens) {
                     pick(pr).push((role.into(), g));
                 }
