@@ -109,6 +109,10 @@ pub enum Cmd {
         /// Stop a continuation once its text contains this string (not printed); repeatable.
         #[arg(long)]
         stop: Vec<String>,
+        /// Wrap each prompt as one user turn in the model's chat template (from its GGUF or HF
+        /// directory), ending where the assistant's answer starts.
+        #[arg(long)]
+        chat: bool,
         #[arg(long, default_value_t = 50)]
         max_tokens: usize,
         /// Sampling temperature (0 = greedy).

@@ -320,7 +320,18 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Generate { model, prompt, stop, max_tokens, temperature, top_k, top_p, repetition_penalty, seed } => {
+        Cmd::Generate {
+            model,
+            prompt,
+            stop,
+            chat,
+            max_tokens,
+            temperature,
+            top_k,
+            top_p,
+            repetition_penalty,
+            seed,
+        } => {
             set_threads(None);
             let m = lm::load_lm(&resolve(&model)?, Device::Cpu)?;
             let sampling = temperature.is_some() || top_k.is_some() || top_p.is_some();
@@ -333,12 +344,37 @@ fn run(cli: Cli) -> Result<()> {
                 eos_id: m.model.config().eos_token_ids.first().copied(),
                 repetition_penalty,
             };
-            let gens = distill::eval::generate_texts(&m.model, &m.tokenizer, &prompt, &opts, &stop)?;
+            let inputs: Vec<String> = if chat {
+                let Some(template) = m.chat_template.as_deref() else {
+                    bail!(
+                        "{} has no chat template (tokenizer.chat_template / chat_template.jinja); drop --chat",
+                        model.display()
+                    );
+                };
+                let name = |id: Option<i64>| id.and_then(|i| m.tokenizer.id_to_token(i as u32)).unwrap_or_default();
+                let cfg = m.model.config();
+                let (bos, eos) = (name(cfg.bos_token_id), name(cfg.eos_token_ids.first().copied()));
+                prompt
+                    .iter()
+                    .map(|p| {
+                        let turn = [distill::chat::Message::user(p)];
+                        distill::chat::apply_chat_template(template, &turn, true, &bos, &eos)
+                    })
+                    .collect::<distill::Result<_>>()?
+            } else {
+                prompt.clone()
+            };
+            let gens = distill::eval::generate_texts(&m.model, &m.tokenizer, &inputs, &opts, &stop)?;
+            // A chat answer is printed after the user's prompt, a continuation after its prompt.
             for (i, (p, g)) in prompt.iter().zip(gens).enumerate() {
                 if i > 0 {
                     println!();
                 }
-                println!("{p}{}", g.text);
+                if chat {
+                    println!("{p}\n{}", g.text);
+                } else {
+                    println!("{p}{}", g.text);
+                }
             }
             Ok(())
         }

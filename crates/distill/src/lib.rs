@@ -8,6 +8,7 @@
 
 pub mod bench;
 pub mod cache;
+pub mod chat;
 pub mod checkpoint;
 pub mod data;
 pub mod error;

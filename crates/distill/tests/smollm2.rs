@@ -176,3 +176,37 @@ fn teacher_conversion_and_student_export_match_transformers() {
     assert_eq!(teacher.tokenizer.decode(&[top as u32], false).unwrap(), " Paris");
     std::fs::remove_dir_all(&tmp).unwrap();
 }
+
+const CHAT_PY: &str = r#"
+import json, sys
+from transformers import AutoTokenizer
+path, convs = sys.argv[1], json.loads(sys.argv[2])
+d, f = path.rsplit("/", 1)
+tok = AutoTokenizer.from_pretrained(d, gguf_file=f)
+print(json.dumps([tok.apply_chat_template(c, tokenize=False, add_generation_prompt=g) for c, g in convs]))
+"#;
+
+/// The chat template in SmolLM2's GGUF renders as transformers' `apply_chat_template` renders it:
+/// a lone user turn (the default system turn added, generation prompt on) and a full
+/// system / user / assistant conversation (no generation prompt).
+#[test]
+fn chat_template_matches_transformers() {
+    use distill::chat::{apply_chat_template, Message};
+    let gguf = smollm2();
+    let teacher = load_lm(&gguf, Device::Cpu).unwrap();
+    let template = teacher.chat_template.as_deref().expect("SmolLM2's GGUF has a chat template");
+    let msg = |role: &str, content: &str| Message { role: role.into(), content: content.into() };
+    let convs = [
+        (vec![msg("user", "What is 2+2?")], true),
+        (vec![msg("system", "Be brief."), msg("user", "Hi"), msg("assistant", "Hello!")], false),
+    ];
+    let ours: Vec<String> =
+        convs.iter().map(|(c, g)| apply_chat_template(template, c, *g, "", "<|im_end|>").unwrap()).collect();
+    let arg = serde_json::to_string(&convs.iter().map(|(c, g)| (c, g)).collect::<Vec<_>>()).unwrap();
+    let o = Command::new(python()).args(["-c", CHAT_PY, gguf.to_str().unwrap(), &arg]).output().unwrap();
+    assert!(o.status.success(), "python failed: {}", String::from_utf8_lossy(&o.stderr));
+    let stdout = String::from_utf8(o.stdout).unwrap();
+    let theirs: Vec<String> = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(ours, theirs);
+    assert!(ours[0].ends_with("<|im_start|>assistant\n") && ours[0].contains("What is 2+2?"), "{}", ours[0]);
+}
