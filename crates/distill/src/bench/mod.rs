@@ -170,6 +170,20 @@ pub fn bench_step(
     })
 }
 
+/// Median wall time in ms of `reps` runs of `run` after one warm-up run.
+fn median_ms(reps: usize, mut run: impl FnMut() -> Result<()>) -> Result<f64> {
+    let mut ms = Vec::with_capacity(reps);
+    for i in 0..=reps {
+        let t0 = Instant::now();
+        run()?;
+        if i > 0 {
+            ms.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    ms.sort_by(f64::total_cmp);
+    Ok(ms[ms.len() / 2])
+}
+
 /// What [`bench_forward`] measured.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ForwardBenchResult {
@@ -186,20 +200,11 @@ pub struct ForwardBenchResult {
 pub fn bench_forward(model: &Llama, rows: i64, seq: i64, reps: usize) -> Result<ForwardBenchResult> {
     let v = model.config().vocab_size;
     let ids = Tensor::randint(v, [rows, seq], (Kind::Int64, model.device()));
-    let mut ms = Vec::new();
-    tch::no_grad(|| -> Result<()> {
-        for i in 0..=reps {
-            let t0 = Instant::now();
-            let l = model.forward(&ids, None, ForwardOptions::default())?.logits; // [rows, seq, V]
-            let _ = l.get(0).get(0).get(0).double_value(&[]);
-            if i > 0 {
-                ms.push(t0.elapsed().as_secs_f64() * 1e3);
-            }
-        }
+    let median = median_ms(reps, || {
+        let l = tch::no_grad(|| model.forward(&ids, None, ForwardOptions::default()))?.logits; // [rows, seq, V]
+        let _ = l.get(0).get(0).get(0).double_value(&[]);
         Ok(())
     })?;
-    ms.sort_by(f64::total_cmp);
-    let median = ms[ms.len() / 2];
     Ok(ForwardBenchResult {
         threads: tch::get_num_threads(),
         rows,
@@ -241,17 +246,11 @@ pub fn bench_generate(
     let prompts: Vec<Vec<i64>> =
         (0..batch).map(|_| (0..prompt_tokens).map(|_| (rng.next_u64() % v) as i64).collect()).collect();
     let opts = crate::generate::GenerateOptions { max_new_tokens: new_tokens, ..Default::default() };
-    let mut ms = Vec::new();
-    for i in 0..=reps.max(1) {
-        let t0 = Instant::now();
+    let median = median_ms(reps.max(1), || {
         let out = crate::generate::generate_batch(model, &prompts, &opts)?;
         debug_assert!(out.iter().all(|r| r.len() == new_tokens));
-        if i > 0 {
-            ms.push(t0.elapsed().as_secs_f64() * 1e3);
-        }
-    }
-    ms.sort_by(f64::total_cmp);
-    let median = ms[ms.len() / 2];
+        Ok(())
+    })?;
     Ok(GenerateBenchResult {
         threads: tch::get_num_threads(),
         batch,

@@ -3,7 +3,7 @@
 //! the extra terms of [`crate::methods`]. `distill run` trains with it and `distill bench step`
 //! times exactly this code.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
 use distill_text::TokenBlocks;
@@ -51,13 +51,13 @@ pub struct LmKdTask<'a> {
 /// at `limit_bytes`.
 pub struct TeacherMemo {
     map: RefCell<HashMap<Vec<usize>, Tensor>>,
-    bytes: RefCell<usize>,
+    bytes: Cell<usize>,
     limit_bytes: usize,
 }
 
 impl TeacherMemo {
     pub fn new(limit_bytes: usize) -> Self {
-        Self { map: RefCell::new(HashMap::new()), bytes: RefCell::new(0), limit_bytes }
+        Self { map: RefCell::new(HashMap::new()), bytes: Cell::new(0), limit_bytes }
     }
 
     /// The stored hidden states of `rows`, or `compute()`'s (stored while under the limit).
@@ -67,9 +67,8 @@ impl TeacherMemo {
         }
         let t = compute()?;
         let size = t.numel() * t.kind().elt_size_in_bytes();
-        let mut bytes = self.bytes.borrow_mut();
-        if *bytes + size <= self.limit_bytes {
-            *bytes += size;
+        if self.bytes.get() + size <= self.limit_bytes {
+            self.bytes.set(self.bytes.get() + size);
             self.map.borrow_mut().insert(rows.to_vec(), t.shallow_clone());
         }
         Ok(t)
@@ -127,27 +126,29 @@ impl TrainTask for LmKdTask<'_> {
         let mut extra = Vec::with_capacity(self.terms.len());
         let parts = match (&self.teacher, soft) {
             (_, false) if self.terms.is_empty() => self.loss.forward(&h, &w, None, Some(&y)),
-            (Some(Teacher::Lm(t)), _) if self.terms.is_empty() && self.memo.is_some() => {
-                let memo = self.memo.expect("checked by the guard");
-                let th = memo.get_or(batch, || {
-                    let ts = tch::no_grad(|| t.forward_states(&b.ids, b.mask.as_ref(), opts(false)))?;
-                    Ok(rows(&ts.last)) // [N, Ht]
-                })?;
-                let tw = t.lm_head_weight().detach(); // [V, Ht]
-                let teacher = soft.then_some(ChunkTeacher::DenseHidden { hidden: &th, weight: &tw });
-                self.loss.forward(&h, &w, teacher, Some(&y))
-            }
             (Some(Teacher::Lm(t)), _) => {
-                // [B, T, Ht], L_t+1 × [B, T, Ht], L_t × [B, nh_t, T, T]
-                let ts = tch::no_grad(|| t.forward_states(&b.ids, b.mask.as_ref(), opts(false)))?;
-                let (th, t_states, t_attns) = (ts.last, ts.hidden_states, ts.attentions);
-                let mask = b.mask.as_ref();
-                let s_view = StepStates { states: &states, attentions: &attns, rows: Some(&idx), mask };
-                let t_view = StepStates { states: &t_states, attentions: &t_attns, rows: Some(&idx), mask };
-                for term in &self.terms {
-                    extra.push((term.name(), term.loss(&s_view, &t_view)?));
-                }
-                let th = rows(&th); // [N, Ht]
+                let forward = || tch::no_grad(|| t.forward_states(&b.ids, b.mask.as_ref(), opts(false)));
+                // [N, Ht]: from the memo when only the logit term reads the teacher; otherwise
+                // the terms read its intermediate states too.
+                let th = match self.memo.filter(|_| self.terms.is_empty()) {
+                    Some(memo) => memo.get_or(batch, || Ok(rows(&forward()?.last)))?,
+                    None => {
+                        // [B, T, Ht], L_t+1 × [B, T, Ht], L_t × [B, nh_t, T, T]
+                        let ts = forward()?;
+                        let mask = b.mask.as_ref();
+                        let s_view = StepStates { states: &states, attentions: &attns, rows: Some(&idx), mask };
+                        let t_view = StepStates {
+                            states: &ts.hidden_states,
+                            attentions: &ts.attentions,
+                            rows: Some(&idx),
+                            mask,
+                        };
+                        for term in &self.terms {
+                            extra.push((term.name(), term.loss(&s_view, &t_view)?));
+                        }
+                        rows(&ts.last)
+                    }
+                };
                 let tw = t.lm_head_weight().detach(); // [V, Ht]
                 let teacher = soft.then_some(ChunkTeacher::DenseHidden { hidden: &th, weight: &tw });
                 self.loss.forward(&h, &w, teacher, Some(&y))
