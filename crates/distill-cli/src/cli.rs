@@ -128,6 +128,63 @@ pub enum Cmd {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// A model writes training text (sequence-level KD): it completes every prompt of a prompt
+    /// file, or the start of each training row of a recipe, into a checksummed JSONL data set a
+    /// recipe trains on with `data.train_sources`. Interrupted, it resumes where it stopped.
+    GenerateData {
+        /// The writer: GGUF file or HF directory (with --recipe, default: the recipe's teacher).
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Prompts: `.jsonl` (one object per line, the prompt under --field) or text (one prompt
+        /// per non-blank line).
+        #[arg(long)]
+        prompts: Option<PathBuf>,
+        /// JSONL field holding the prompt.
+        #[arg(long, default_value = "prompt")]
+        field: String,
+        /// Prompts from this causal-lm recipe's training rows (their first --prompt-tokens
+        /// tokens); the writer is its teacher unless --model is given.
+        #[arg(long)]
+        recipe: Option<PathBuf>,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// With --recipe: tokens of each row kept as the prompt.
+        #[arg(long, default_value_t = 32)]
+        prompt_tokens: usize,
+        /// With --recipe: only the first N training rows.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// The JSONL file to write (progress is kept in OUT.parts/ until it is complete).
+        #[arg(long)]
+        out: PathBuf,
+        /// Cut a completion before this string and stop its row (repeatable).
+        #[arg(long)]
+        stop: Vec<String>,
+        /// Wrap each prompt as one user turn in the model's chat template.
+        #[arg(long)]
+        chat: bool,
+        /// Tokens per completion [default: 256; with --recipe, the rows' length minus
+        /// --prompt-tokens, so the written text replaces the rows token for token].
+        #[arg(long)]
+        max_tokens: Option<usize>,
+        /// Sampling temperature (0 = greedy).
+        #[arg(long, default_value_t = 0.8)]
+        temperature: f64,
+        #[arg(long, default_value_t = 0)]
+        top_k: usize,
+        #[arg(long, default_value_t = 0.95)]
+        top_p: f64,
+        #[arg(long, default_value_t = 1.0)]
+        repetition_penalty: f64,
+        /// Seed; prompt i is sampled with a seed derived from it and i.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Prompts decoded together (one batch, one part file).
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
+        #[arg(long)]
+        threads: Option<usize>,
+    },
     /// Run a teacher once over packed text and store its top-k next-token log-probabilities
     /// (an offline teacher for `teacher.cache` in a recipe).
     Cache {

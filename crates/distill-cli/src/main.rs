@@ -178,6 +178,87 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
+        Cmd::GenerateData {
+            model,
+            prompts,
+            field,
+            recipe,
+            set,
+            prompt_tokens,
+            limit,
+            out,
+            stop,
+            chat,
+            max_tokens,
+            temperature,
+            top_k,
+            top_p,
+            repetition_penalty,
+            seed,
+            batch,
+            threads,
+        } => {
+            let (writer, from_rows) = match (&prompts, &recipe) {
+                (Some(p), None) => {
+                    let Some(m) = &model else { bail!("--model: give the model that writes (or use --recipe)") };
+                    // Read and check the prompts before the model loads.
+                    (m.clone(), Err(distill::gendata::read_prompts(p, &field)?))
+                }
+                (None, Some(rp)) => {
+                    let Recipe::Lm(r) = load_recipe(rp, &set)? else {
+                        bail!("--recipe: {} is not a causal-lm recipe", rp.display());
+                    };
+                    fetch_missing(&Recipe::Lm(r.clone()))?;
+                    let writer = model.clone().unwrap_or_else(|| PathBuf::from(&r.teacher.path));
+                    (writer, Ok(r.resolve()?.data))
+                }
+                (Some(_), Some(_)) => bail!("--prompts and --recipe are exclusive"),
+                (None, None) => bail!("give --prompts FILE (with --model), or --recipe"),
+            };
+            set_threads(threads);
+            let m = lm::load_lm(&resolve(&writer)?, Device::Cpu)?;
+            let (prompts, max_new) = match from_rows {
+                Err(list) => (list, max_tokens.unwrap_or(256)),
+                Ok(data) => {
+                    let rows = distill_text::build_dataset(&data, &m.tokenizer)?.train;
+                    let p = distill::gendata::prompts_from_rows(
+                        &rows,
+                        &m.tokenizer,
+                        prompt_tokens,
+                        limit.unwrap_or(usize::MAX),
+                    )?;
+                    (p, max_tokens.unwrap_or(rows.seq_len - prompt_tokens))
+                }
+            };
+            let opts = distill::gendata::GenDataOptions {
+                generate: distill::generate::GenerateOptions {
+                    max_new_tokens: max_new,
+                    temperature,
+                    top_k,
+                    top_p,
+                    seed,
+                    eos_id: m.model.config().eos_token_ids.first().copied(),
+                    repetition_penalty,
+                },
+                stops: stop,
+                chat,
+                batch,
+                progress: true,
+            };
+            let s = distill::gendata::generate_data(&m, &prompts, &opts, &out)?;
+            println!(
+                "{}: {} records ({} written now, {} tokens, {:.0} s; ends: {} EOS, {} stop string, {} length)",
+                out.display(),
+                s.records,
+                s.generated,
+                s.new_tokens,
+                s.seconds,
+                s.finish_eos,
+                s.finish_stop,
+                s.finish_length
+            );
+            Ok(())
+        }
         Cmd::Inspect { dir, verify, json } => {
             let rep = distill_cache::inspect(&dir)?;
             if verify {
@@ -345,22 +426,7 @@ fn run(cli: Cli) -> Result<()> {
                 repetition_penalty,
             };
             let inputs: Vec<String> = if chat {
-                let Some(template) = m.chat_template.as_deref() else {
-                    bail!(
-                        "{} has no chat template (tokenizer.chat_template / chat_template.jinja); drop --chat",
-                        model.display()
-                    );
-                };
-                let name = |id: Option<i64>| id.and_then(|i| m.tokenizer.id_to_token(i as u32)).unwrap_or_default();
-                let cfg = m.model.config();
-                let (bos, eos) = (name(cfg.bos_token_id), name(cfg.eos_token_ids.first().copied()));
-                prompt
-                    .iter()
-                    .map(|p| {
-                        let turn = [distill::chat::Message::user(p)];
-                        distill::chat::apply_chat_template(template, &turn, true, &bos, &eos)
-                    })
-                    .collect::<distill::Result<_>>()?
+                prompt.iter().map(|p| m.chat_prompt(p)).collect::<distill::Result<_>>()?
             } else {
                 prompt.clone()
             };

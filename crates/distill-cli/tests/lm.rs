@@ -553,3 +553,140 @@ fn distill_names(path: &Path) -> Vec<String> {
     let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
     header.as_object().unwrap().keys().filter(|k| *k != "__metadata__").cloned().collect()
 }
+
+/// `distill generate-data`: prompts from a file and from a recipe's rows, a run killed with
+/// SIGKILL between parts resumes to the same bytes as an uninterrupted one, and the written
+/// text trains a student through `data.train_sources` on the same validation rows.
+#[test]
+fn generate_data_resumes_after_kill_9_and_trains_through_train_sources() {
+    let d = tmpdir("gendata");
+    let t = teacher(&d);
+    let prompts = d.join("prompts.jsonl");
+    let lines: Vec<String> = (0..300).map(|i| format!("{{\"prompt\": \"w{} w{}\"}}", i % 93, (i * 7) % 93)).collect();
+    std::fs::write(&prompts, lines.join("\n") + "\n").unwrap();
+    let args = |out: &Path| -> Vec<String> {
+        let mut a: Vec<String> =
+            ["generate-data", "--model", t.to_str().unwrap(), "--prompts"].iter().map(|s| s.to_string()).collect();
+        a.push(prompts.to_str().unwrap().into());
+        for s in ["--batch", "2", "--max-tokens", "10", "--temperature", "1", "--top-p", "1", "--seed", "5", "--out"] {
+            a.push(s.into());
+        }
+        a.push(out.to_str().unwrap().into());
+        a
+    };
+    let a = d.join("a.jsonl");
+    let o = Command::new(BIN).args(args(&a)).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let records: Vec<serde_json::Value> =
+        std::fs::read_to_string(&a).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(records.len(), 300);
+    for (i, r) in records.iter().enumerate() {
+        assert_eq!(r["id"], i);
+        assert_eq!(r["prompt"].as_str().unwrap(), format!("w{} w{}", i % 93, (i * 7) % 93));
+        assert_eq!(
+            r["text"].as_str().unwrap(),
+            format!("{}{}", r["prompt"].as_str().unwrap(), r["completion"].as_str().unwrap())
+        );
+        assert_eq!(r["sampling"]["temperature"], 1.0);
+        assert_eq!(r["sampling"]["seed"], 5);
+        assert_eq!(r["sha256"].as_str().unwrap().len(), 64);
+        let n = r["new_tokens"].as_u64().unwrap();
+        assert!(n >= 1 && n <= 10);
+        assert_eq!(r["finish"], if n == 10 { "length" } else { "eos" }, "{r}");
+    }
+    // Sampled per prompt: equal prompts (i and i + 93·k share none here) differ across seeds.
+    let distinct: std::collections::HashSet<&str> = records.iter().map(|r| r["completion"].as_str().unwrap()).collect();
+    assert!(distinct.len() > 250, "{}", distinct.len());
+
+    // Killed after its second part, resumed: the same file, byte for byte.
+    let b = d.join("b.jsonl");
+    let parts = d.join("b.jsonl.parts");
+    let mut child = Command::new(BIN).args(args(&b)).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let t0 = std::time::Instant::now();
+    while !parts.join("part-000001.jsonl").exists() {
+        if let Some(st) = child.try_wait().unwrap() {
+            panic!("generate-data finished ({st}) before it could be killed");
+        }
+        assert!(t0.elapsed() < std::time::Duration::from_secs(60), "no part appeared");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(!b.exists());
+    let written = std::fs::read_dir(&parts).unwrap().count() - 1; // without the manifest
+    assert!(written < 150, "{written} of 150 parts were written before the kill");
+    let o = Command::new(BIN).args(args(&b)).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains(&format!("({} written now", 300 - 2 * written)));
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    assert!(!parts.exists());
+    // Run again: nothing to do. With other settings: refused, the file kept.
+    let o = Command::new(BIN).args(args(&b)).output().unwrap();
+    assert!(String::from_utf8_lossy(&o.stdout).contains("(0 written now"));
+    let mut other = args(&b);
+    let n = other.len();
+    other[n - 3] = "6".into(); // --seed
+    let o = Command::new(BIN).args(&other).output().unwrap();
+    assert_error(&o, &["b.jsonl already exists and holds another data set"]);
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    // A damaged record is named by its line.
+    let damaged = std::fs::read_to_string(&a).unwrap().replacen("\"w", "\"x", 1);
+    std::fs::write(&b, damaged).unwrap();
+    assert_error(&Command::new(BIN).args(args(&b)).output().unwrap(), &["b.jsonl: line 1: record 0 fails its sha256"]);
+
+    // Prompts from a recipe's training rows: the first 6 tokens of the first 5 rows; the
+    // completions fill each row (16 tokens) unless EOS comes first.
+    let text = d.join("corpus.txt");
+    corpus(&text, 120);
+    let r = recipe(&d, &t, &text);
+    let rows = d.join("rows.jsonl");
+    let o = distill(&[
+        "generate-data",
+        "--recipe",
+        r.to_str().unwrap(),
+        "--prompt-tokens",
+        "6",
+        "--limit",
+        "5",
+        "--out",
+        rows.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let recs: Vec<serde_json::Value> =
+        std::fs::read_to_string(&rows).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(recs.len(), 5);
+    for r in &recs {
+        assert_eq!(r["prompt"].as_str().unwrap().split(' ').count(), 6, "{r}");
+        assert_eq!(r["sampling"]["max_new_tokens"], 10);
+        assert_eq!((r["sampling"]["temperature"].as_f64(), r["sampling"]["top_p"].as_f64()), (Some(0.8), Some(0.95)));
+    }
+
+    // The written text as the training set: validation stays the corpus' split, so the
+    // teacher's validation perplexity is the same number as in a run on the corpus itself.
+    let run = |name: &str, set: &[&str]| -> serde_json::Value {
+        let out = d.join(name);
+        let mut a = vec![
+            "run",
+            r.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--set",
+            "train.steps=20",
+            "--set",
+            "data.clean.min_chars=0",
+        ];
+        for s in set {
+            a.extend(["--set", s]);
+        }
+        let o = distill(&a);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap()
+    };
+    let plain = run("on-corpus", &[]);
+    let src = format!("data.train_sources=[{{ path = \"{}\", format = \"jsonl\" }}]", a.display());
+    let written = run("on-written", &[&src]);
+    let ppl = |s: &serde_json::Value| s["teacher"]["validation"]["perplexity"].as_f64().unwrap();
+    assert_eq!(ppl(&plain), ppl(&written));
+    let kd_ppl = |s: &serde_json::Value| s["students"][0]["validation"]["perplexity"].as_f64().unwrap();
+    assert_ne!(kd_ppl(&plain), kd_ppl(&written));
+}

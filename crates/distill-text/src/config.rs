@@ -280,6 +280,12 @@ pub struct TextDataConfig {
     /// data and `split.val_fraction` is not used. Default: empty.
     #[serde(default)]
     pub val_sources: Vec<TextSource>,
+    /// Training text that replaces the training part of `sources`: when non-empty, these
+    /// documents train, and the validation rows are still the split of `sources` (or
+    /// `val_sources`); e.g. text a teacher wrote (`distill generate-data`) for sequence-level KD,
+    /// validated on the same held-out documents as a run on the original text. Default: empty.
+    #[serde(default)]
+    pub train_sources: Vec<TextSource>,
     /// Cleaning rules.
     #[serde(default)]
     pub clean: CleanConfig,
@@ -297,6 +303,7 @@ impl TextDataConfig {
         TextDataConfig {
             sources,
             val_sources: Vec::new(),
+            train_sources: Vec::new(),
             clean: CleanConfig::default(),
             split: SplitConfig::default(),
             pack: PackConfig::default(),
@@ -308,7 +315,9 @@ impl TextDataConfig {
         if self.sources.is_empty() {
             return Err(TextError::NoSources);
         }
-        for (name, list) in [("sources", &self.sources), ("val_sources", &self.val_sources)] {
+        for (name, list) in
+            [("sources", &self.sources), ("val_sources", &self.val_sources), ("train_sources", &self.train_sources)]
+        {
             for (i, source) in list.iter().enumerate() {
                 source.validate(&format!("{name}[{i}]"))?;
             }

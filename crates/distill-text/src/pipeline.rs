@@ -26,18 +26,27 @@ pub struct PreparedText {
 ///
 /// With `val_sources`, every document of `sources` trains and `val_sources` validates;
 /// otherwise documents are split by [`crate::split::is_validation`].
+///
+/// With `train_sources`, their documents replace the training part (cleaned by the same rules;
+/// `clean` then counts them) and the validation part stays as above.
 pub fn prepare_text(config: &TextDataConfig) -> Result<PreparedText> {
     config.validate()?;
     let docs = read_sources(&config.sources)?;
     let (docs, clean) = clean_documents(docs, &config.clean)?;
-    if config.val_sources.is_empty() {
+    let mut prepared = if config.val_sources.is_empty() {
         let split = split_documents(docs, &config.split)?;
-        Ok(PreparedText { split, clean, val_clean: None })
+        PreparedText { split, clean, val_clean: None }
     } else {
         let val_docs = read_sources(&config.val_sources)?;
         let (validation, val_clean) = clean_documents(val_docs, &config.clean)?;
-        Ok(PreparedText { split: Split { train: docs, validation }, clean, val_clean: Some(val_clean) })
+        PreparedText { split: Split { train: docs, validation }, clean, val_clean: Some(val_clean) }
+    };
+    if !config.train_sources.is_empty() {
+        let (train, clean) = clean_documents(read_sources(&config.train_sources)?, &config.clean)?;
+        prepared.split.train = train;
+        prepared.clean = clean;
     }
+    Ok(prepared)
 }
 
 /// Counts of every stage of [`build_dataset`].

@@ -329,6 +329,29 @@ fn explicit_validation_sources() {
     assert_eq!(data.stats.val_clean.unwrap().kept, 1);
 }
 
+#[test]
+fn training_sources_replace_the_training_part_and_keep_the_validation_split() {
+    let dir = common::scratch_dir("train-sources");
+    let docs: Vec<String> = (0..40).map(|i| ["a b c d", "e f g h", "i j k l", "m n o p"][i % 4].to_string()).collect();
+    let corpus = write(&dir, "corpus.txt", &docs.join("\n\n"));
+    let written = write(&dir, "written.jsonl", "{\"text\": \"p o n m\"}\n{\"text\": \"l k j\"}\n");
+    let tokenizer =
+        common::word_tokenizer(&["a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l", "m", "n", "o", "p"]);
+    let mut config = TextDataConfig::new(vec![TextSource::new(&corpus).with_documents(DocBoundary::Paragraph)]);
+    config.clean.min_chars = 0;
+    config.split.val_fraction = 0.25;
+    config.pack.seq_len = 3;
+    let plain = build_dataset(&config, &tokenizer).unwrap();
+    config.train_sources = vec![TextSource::new(&written)];
+    let replaced = build_dataset(&config, &tokenizer).unwrap();
+    assert!(plain.stats.val_docs > 0 && plain.stats.train_docs > 2);
+    assert_eq!(replaced.validation, plain.validation);
+    assert_eq!(replaced.stats.val_docs, plain.stats.val_docs);
+    assert_eq!(replaced.stats.train_docs, 2);
+    // p o n m </s> l k j </s> = 9 tokens = 3 rows; p = 20, EOS `</s>` = 3.
+    assert_eq!(replaced.train.input_ids, vec![20, 19, 18, 17, 3, 16, 15, 14, 3]);
+}
+
 // ---------------------------------------------------------------- special tokens
 
 #[test]

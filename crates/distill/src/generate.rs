@@ -173,6 +173,22 @@ pub fn generate_batch_until(
     opts: &GenerateOptions,
     stop: impl Fn(usize, &[i64]) -> bool,
 ) -> Result<Vec<Vec<i64>>> {
+    generate_batch_seeded(model, prompts, &vec![opts.seed; prompts.len()], opts, stop)
+}
+
+/// [`generate_batch_until`] with row i's sampler seeded by `seeds[i]` instead of `opts.seed`:
+/// a data set's prompt i gets the same text whichever batch it lands in (up to the rounding of
+/// the padded batch), and equal prompts get independent samples.
+pub fn generate_batch_seeded(
+    model: &Llama,
+    prompts: &[Vec<i64>],
+    seeds: &[u64],
+    opts: &GenerateOptions,
+    stop: impl Fn(usize, &[i64]) -> bool,
+) -> Result<Vec<Vec<i64>>> {
+    if seeds.len() != prompts.len() {
+        return Err(Error::Invalid(format!("generate: {} seeds for {} prompts", seeds.len(), prompts.len())));
+    }
     for p in prompts {
         validate(model, p, opts)?;
     }
@@ -191,9 +207,18 @@ pub fn generate_batch_until(
         ids.extend(std::iter::repeat_n(0, pad).chain(p.iter().copied()));
         mask.extend(std::iter::repeat_n(0i64, pad).chain(std::iter::repeat_n(1, p.len())));
     }
-    let mut rngs: Vec<SplitMix64> = (0..b).map(|_| SplitMix64::new(opts.seed)).collect();
+    let mut rngs: Vec<SplitMix64> = seeds.iter().map(|&s| SplitMix64::new(s)).collect();
     let mut seen: Vec<Vec<i64>> = prompts.to_vec();
     let mut done = vec![false; b];
+    // Several rows: column-major weights (see `Llama::column_major`); one row is bound by
+    // reading the weights, where the layout does not matter and the copy would not pay.
+    let col;
+    let model = if b > 1 {
+        col = model.column_major()?;
+        &col
+    } else {
+        model
+    };
     tch::no_grad(|| {
         let mut cache = KvCache::new();
         let mut mask = padded.then(|| Tensor::from_slice(&mask).view([b as i64, longest as i64])); // [B, S]

@@ -16,6 +16,7 @@ pub mod eval;
 pub mod experiments;
 pub mod export;
 pub mod fetch;
+pub mod gendata;
 pub mod generate;
 pub mod io;
 pub mod lm;

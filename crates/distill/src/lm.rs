@@ -39,6 +39,23 @@ fn hf_chat_template(dir: &Path) -> Option<String> {
     cfg.get("chat_template")?.as_str().map(str::to_string)
 }
 
+impl LoadedLm {
+    /// `user` as one user turn in the model's chat template, ending where the assistant's answer
+    /// starts; an error when the model has none.
+    pub fn chat_prompt(&self, user: &str) -> Result<String> {
+        let Some(template) = self.chat_template.as_deref() else {
+            return Err(Error::Invalid(format!(
+                "{} has no chat template (tokenizer.chat_template / chat_template.jinja); drop --chat",
+                self.source.display()
+            )));
+        };
+        let name = |id: Option<i64>| id.and_then(|i| self.tokenizer.id_to_token(i as u32)).unwrap_or_default();
+        let cfg = self.model.config();
+        let (bos, eos) = (name(cfg.bos_token_id), name(cfg.eos_token_ids.first().copied()));
+        crate::chat::apply_chat_template(template, &[crate::chat::Message::user(user)], true, &bos, &eos)
+    }
+}
+
 impl std::fmt::Debug for LoadedLm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LoadedLm").field("source", &self.source).field("config", self.model.config()).finish()

@@ -463,6 +463,19 @@ impl Llama {
         })
     }
 
+    /// The same model with every matrix stored column-major (`w.t().contiguous().t()`: same
+    /// shape, transposed strides), so that `x.linear(w)` multiplies by a contiguous `[in, out]`
+    /// matrix. For decoding several rows at once this is about 1.2× faster on CPU (the BLAS
+    /// kernels for a few rows against a transposed operand are the slow ones); the values are the
+    /// same, the copy costs one model's memory while it lives.
+    pub fn column_major(&self) -> Result<Llama> {
+        tch::no_grad(|| {
+            self.map_weights(&|_, w| {
+                Ok(if w.dim() == 2 { w.f_tr()?.f_contiguous()?.f_tr()? } else { w.shallow_clone() })
+            })
+        })
+    }
+
     /// Number of parameters (a tied head counted once).
     pub fn param_count(&self) -> i64 {
         self.named_parameters().iter().map(|(_, t)| t.numel() as i64).sum()

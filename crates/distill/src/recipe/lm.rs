@@ -92,7 +92,13 @@ impl LmRecipe {
     pub fn paths(&self) -> Vec<&str> {
         let mut v = vec![self.teacher.path.as_str()];
         v.extend(
-            self.data.sources.iter().chain(&self.data.val_sources).chain(&self.eval.extra).map(|s| s.path.as_str()),
+            self.data
+                .sources
+                .iter()
+                .chain(&self.data.val_sources)
+                .chain(&self.data.train_sources)
+                .chain(&self.eval.extra)
+                .map(|s| s.path.as_str()),
         );
         v
     }
@@ -113,6 +119,7 @@ impl LmRecipe {
         let lists = [
             ("data.sources", &self.data.sources),
             ("data.val_sources", &self.data.val_sources),
+            ("data.train_sources", &self.data.train_sources),
             ("eval.extra", &self.eval.extra),
         ];
         for (key, list) in lists {
@@ -148,6 +155,7 @@ impl LmRecipe {
         let mut data = self.data.clone();
         data.sources = resolve_sources(&self.data.sources)?;
         data.val_sources = resolve_sources(&self.data.val_sources)?;
+        data.train_sources = resolve_sources(&self.data.train_sources)?;
         Ok(ResolvedLm {
             device: parse_device(&self.device)?,
             teacher_path: fetch::resolve(&self.teacher.path)?,
