@@ -185,6 +185,66 @@ pub enum Cmd {
         #[arg(long)]
         threads: Option<usize>,
     },
+    /// Verified self-distillation: the model samples solutions to generated problems with exact
+    /// checkers (arithmetic, unit conversion, counting, sorting), keeps the correct ones and is
+    /// fine-tuned on them, for several rounds; held-out greedy pass@1 and pass@N before and after
+    /// each round. With --student, the student learns from the model's verified solutions.
+    /// Interrupted, it resumes from the last finished file.
+    SelfDistill {
+        /// The model (GGUF file or HF directory): it writes the solutions, and learns from them
+        /// unless --student is given.
+        #[arg(long)]
+        model: PathBuf,
+        /// A student (same tokenizer) fine-tuned on --model's verified solutions.
+        #[arg(long)]
+        student: Option<PathBuf>,
+        /// Task families, comma-separated (add, sub, mul, units, count, sort).
+        #[arg(long, default_value = "add,sub,mul,units,count,sort")]
+        families: String,
+        /// Training problems per family.
+        #[arg(long, default_value_t = 48)]
+        train: usize,
+        /// Held-out problems per family.
+        #[arg(long, default_value_t = 32)]
+        heldout: usize,
+        /// Solutions sampled per training problem and round.
+        #[arg(long, default_value_t = 4)]
+        samples: usize,
+        /// Samples per held-out problem for pass@N (0: greedy pass@1 only).
+        #[arg(long, default_value_t = 4)]
+        eval_samples: usize,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        #[arg(long, default_value_t = 0.8)]
+        temperature: f64,
+        /// Tokens per solution (a solution also ends at its first blank line).
+        #[arg(long, default_value_t = 48)]
+        max_tokens: usize,
+        /// Distinct verified solutions per problem kept for training.
+        #[arg(long, default_value_t = 2)]
+        keep: usize,
+        /// Fine-tuning passes over a round's verified solutions.
+        #[arg(long, default_value_t = 2.0)]
+        epochs: f64,
+        #[arg(long, default_value_t = 2e-5)]
+        lr: f64,
+        #[arg(long, default_value_t = 8)]
+        train_batch: usize,
+        /// Rows per generation batch.
+        #[arg(long, default_value_t = 48)]
+        batch: usize,
+        /// Pose each problem as a user turn in the chat template (default: a plain two-example
+        /// prompt).
+        #[arg(long)]
+        chat: bool,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Output directory (resumed when it exists with the same settings).
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        threads: Option<usize>,
+    },
     /// Run a teacher once over packed text and store its top-k next-token log-probabilities
     /// (an offline teacher for `teacher.cache` in a recipe).
     Cache {

@@ -259,6 +259,91 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
+        Cmd::SelfDistill {
+            model,
+            student,
+            families,
+            train,
+            heldout,
+            samples,
+            eval_samples,
+            rounds,
+            temperature,
+            max_tokens,
+            keep,
+            epochs,
+            lr,
+            train_batch,
+            batch,
+            chat,
+            seed,
+            out,
+            threads,
+        } => {
+            use distill::selfdistill::{run, trainable, SelfDistillOptions};
+            let families = families
+                .split(',')
+                .map(|f| distill::verify::Family::parse(f.trim()))
+                .collect::<distill::Result<Vec<_>>>()?;
+            let o = SelfDistillOptions {
+                families,
+                train_problems: train,
+                heldout_problems: heldout,
+                samples,
+                eval_samples,
+                rounds,
+                temperature,
+                max_new_tokens: max_tokens,
+                keep_per_problem: keep,
+                epochs,
+                lr,
+                train_batch,
+                gen_batch: batch,
+                chat,
+                seed,
+            };
+            o.validate()?;
+            set_threads(threads);
+            let model = resolve(&model)?;
+            let student = student.as_deref().map(resolve).transpose()?;
+            let writer = match &student {
+                Some(s) => {
+                    let w = lm::load_lm(&model, Device::Cpu)?;
+                    let st = lm::load_lm(s, Device::Cpu)?;
+                    if lm::tokenizer_fingerprint(&w.tokenizer) != lm::tokenizer_fingerprint(&st.tokenizer) {
+                        bail!(
+                            "--student {} has another tokenizer than --model; it cannot learn from its token ids",
+                            s.display()
+                        );
+                    }
+                    Some(w)
+                }
+                None => None,
+            };
+            let initial = student.clone().unwrap_or_else(|| model.clone());
+            let load = |p: Option<&Path>| trainable(&initial, p);
+            let rep = run(writer.as_ref(), &load, &o, &out, &|m| eprintln!("{m}"))?;
+            let header: Vec<String> = (0..=rounds).map(|r| format!("round {r}")).collect();
+            println!("held-out greedy pass@1 (pass@{eval_samples}) per family, before training (round 0) and after each round");
+            println!("| family | {} |", header.join(" | "));
+            println!("|---|{}", "---|".repeat(rounds + 1));
+            for (i, f) in o.families.iter().enumerate() {
+                let cells: Vec<String> = rep
+                    .evals
+                    .iter()
+                    .map(|ev| {
+                        let e = &ev[i];
+                        match e.pass_n {
+                            Some(pn) => format!("{:.1}% ({:.1}%)", 100.0 * e.pass1, 100.0 * pn),
+                            None => format!("{:.1}%", 100.0 * e.pass1),
+                        }
+                    })
+                    .collect();
+                println!("| {} | {} |", f.name(), cells.join(" | "));
+            }
+            println!("{}: {:.0} s", out.display(), rep.seconds);
+            Ok(())
+        }
         Cmd::Inspect { dir, verify, json } => {
             let rep = distill_cache::inspect(&dir)?;
             if verify {

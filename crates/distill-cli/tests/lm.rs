@@ -371,6 +371,48 @@ fn lm_bad_inputs_fail_with_one_clear_line() {
     // Unknown LM recipe key.
     let o = distill(&["run", rs, "--out", outs, "--set", "student.layer=2"]);
     assert_error(&o, &["unknown field `layer`"]);
+
+    // On-policy distillation settings that cannot work, each refused before a model loads.
+    let cases: [(&[&str], &str); 5] = [
+        (&["distill.on_policy={lambda=1.5}"], "distill.on_policy.lambda must be in [0, 1], got 1.5"),
+        (
+            &["distill.on_policy={lambda=1, prompt_tokens=15}"],
+            "prompt_tokens must be in 1..15 (the rows are data.pack.seq_len = 16",
+        ),
+        (&["distill.on_policy={lambda=1, temperature=0}"], "distill.on_policy.temperature must be > 0"),
+        (&["distill.on_policy={lambda=1, prompt_tokens=4}", "distill.alpha=0.5"], "set distill.alpha = 1, got 0.5"),
+        (&["distill.on_policy={lambda=1, prompt_tokens=4}", "teacher.cache=."], "needs an online teacher"),
+    ];
+    for (sets, want) in cases {
+        let mut a = vec!["run", rs, "--out", outs];
+        for s in sets {
+            a.extend(["--set", s]);
+        }
+        assert_error(&distill(&a), &[want]);
+        assert!(!out.exists());
+    }
+
+    // Prompt files that cannot be read as prompts: one line each, nothing written.
+    let gen = d.join("gen.jsonl");
+    for (name, bytes, want) in [
+        ("empty.jsonl", &b""[..], "empty.jsonl: no prompts: the file is empty"),
+        ("latin1.txt", &b"caf\xe9 au lait\n"[..], "latin1.txt: not UTF-8 text"),
+        ("notjson.jsonl", &b"{\"prompt\": \"a\"}\nplain text\n"[..], "notjson.jsonl: line 2: not JSON"),
+    ] {
+        let p = d.join(name);
+        std::fs::write(&p, bytes).unwrap();
+        let o = distill(&[
+            "generate-data",
+            "--model",
+            t.to_str().unwrap(),
+            "--prompts",
+            p.to_str().unwrap(),
+            "--out",
+            gen.to_str().unwrap(),
+        ]);
+        assert_error(&o, &[want]);
+        assert!(!gen.exists() && !d.join("gen.jsonl.parts").exists());
+    }
 }
 
 fn sha256_hex(p: &Path) -> String {

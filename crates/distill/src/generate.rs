@@ -5,7 +5,7 @@
 //! its own seeded generator (SplitMix64), so a seed gives the same tokens on every run and does
 //! not touch libtorch's global RNG.
 
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use crate::data::rng::SplitMix64;
 use crate::models::llama::{KvCache, Llama};
@@ -186,8 +186,26 @@ pub fn generate_batch_seeded(
     opts: &GenerateOptions,
     stop: impl Fn(usize, &[i64]) -> bool,
 ) -> Result<Vec<Vec<i64>>> {
+    generate_after_prefix(model, &[], prompts, seeds, opts, stop)
+}
+
+/// [`generate_batch_seeded`] for prompts `prefix + prompts[i]` that share `prefix` (few-shot
+/// examples, a system prompt): the prefix runs once, its KV cache is repeated for every row, and
+/// the rows' own parts are left-padded after it. Row i is what the whole prompt gives, up to the
+/// float rounding of the padded batch.
+pub fn generate_after_prefix(
+    model: &Llama,
+    prefix: &[i64],
+    prompts: &[Vec<i64>],
+    seeds: &[u64],
+    opts: &GenerateOptions,
+    stop: impl Fn(usize, &[i64]) -> bool,
+) -> Result<Vec<Vec<i64>>> {
     if seeds.len() != prompts.len() {
         return Err(Error::Invalid(format!("generate: {} seeds for {} prompts", seeds.len(), prompts.len())));
+    }
+    if !prefix.is_empty() {
+        validate(model, prefix, opts)?;
     }
     for p in prompts {
         validate(model, p, opts)?;
@@ -208,7 +226,7 @@ pub fn generate_batch_seeded(
         mask.extend(std::iter::repeat_n(0i64, pad).chain(std::iter::repeat_n(1, p.len())));
     }
     let mut rngs: Vec<SplitMix64> = seeds.iter().map(|&s| SplitMix64::new(s)).collect();
-    let mut seen: Vec<Vec<i64>> = prompts.to_vec();
+    let mut seen: Vec<Vec<i64>> = prompts.iter().map(|p| [prefix, p].concat()).collect();
     let mut done = vec![false; b];
     // Several rows: column-major weights (see `Llama::column_major`); one row is bound by
     // reading the weights, where the layout does not matter and the copy would not pay.
@@ -221,7 +239,16 @@ pub fn generate_batch_seeded(
     };
     tch::no_grad(|| {
         let mut cache = KvCache::new();
-        let mut mask = padded.then(|| Tensor::from_slice(&mask).view([b as i64, longest as i64])); // [B, S]
+        let pre = prefix.len() as i64;
+        if pre > 0 {
+            let _ = model.forward_cached(&Tensor::from_slice(prefix).view([1, pre]), None, &mut cache)?; // [1, P, V]
+            cache.repeat_rows(b as i64);
+        }
+        let mut mask = padded.then(|| {
+            let own = Tensor::from_slice(&mask).view([b as i64, longest as i64]); // [B, T]
+            Tensor::cat(&[Tensor::ones([b as i64, pre], (Kind::Int64, Device::Cpu)), own], 1)
+            // [B, P + T]
+        });
         let ids = Tensor::from_slice(&ids).view([b as i64, longest as i64]); // [B, T]
         let mut logits = model.forward_cached(&ids, mask.as_ref(), &mut cache)?; // [B, T, V]
         loop {

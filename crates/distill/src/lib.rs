@@ -26,9 +26,11 @@ pub mod models;
 pub mod optim;
 pub mod plan;
 pub mod recipe;
+pub mod selfdistill;
 pub mod student;
 pub mod tasks;
 pub mod teacher;
 pub mod train;
+pub mod verify;
 
 pub use error::{Error, Result};

@@ -12,7 +12,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use distill::export::GgufType;
-use distill::generate::{generate, generate_batch, generate_batch_until, top_k_next, GenerateOptions};
+use distill::generate::{
+    generate, generate_after_prefix, generate_batch, generate_batch_seeded, generate_batch_until, top_k_next,
+    GenerateOptions,
+};
 use distill::io::hf::LlamaConfig;
 use distill::io::safetensors::{load_named_f32, load_safetensors, save_safetensors, LoadOptions};
 use distill::models::llama::{ForwardOptions, KvCache, Llama};
@@ -480,6 +483,21 @@ fn batched_generation_equals_one_prompt_at_a_time() {
         let first = full[0].iter().position(|&t| t == mark).unwrap();
         assert_eq!(until[0], full[0][..=first].to_vec(), "{name}: stop rule");
         assert_eq!(until[1..], full[1..], "{name}: the other rows run on");
+        // A shared prefix computed once: each row is what its whole prompt gives, and per-row
+        // seeds make equal prompts sample independently.
+        let (prefix, rest) = longer.split_at(3);
+        let own = vec![rest.to_vec(), prompt.clone(), prompt[..1].to_vec()];
+        for opts in [&greedy, &pen, &sampled] {
+            let seeds = [opts.seed; 3];
+            let shared = generate_after_prefix(&model, prefix, &own, &seeds, opts, |_, _| false).unwrap();
+            let whole: Vec<Vec<i64>> =
+                own.iter().map(|o| generate(&model, &[prefix, o].concat(), opts).unwrap()).collect();
+            assert_eq!(shared, whole, "{name}: prefix, {opts:?}");
+        }
+        let twice = vec![prompt.clone(), prompt.clone()];
+        let two = generate_batch_seeded(&model, &twice, &[1, 2], &sampled, |_, _| false).unwrap();
+        assert_eq!(two[0], generate(&model, &prompt, &GenerateOptions { seed: 1, ..sampled.clone() }).unwrap());
+        assert_eq!(two[1], generate(&model, &prompt, &GenerateOptions { seed: 2, ..sampled.clone() }).unwrap());
     }
 }
 
@@ -564,6 +582,7 @@ fn bf16_training_teacher_matches_f32() {
             terms: vec![],
             quant: None,
             memo,
+            on_policy: None,
         };
         for v in s_vs.trainable_variables() {
             let mut g = v.grad();
@@ -746,6 +765,7 @@ fn hidden_state_kd_adds_its_term_and_trains_the_projection() {
             terms: vec![Box::new(hidden)],
             quant: None,
             memo: None,
+            on_policy: None,
         };
         for v in vs.trainable_variables() {
             let mut g = v.grad();
@@ -770,6 +790,7 @@ fn hidden_state_kd_adds_its_term_and_trains_the_projection() {
             terms: vec![],
             quant: None,
             memo: None,
+            on_policy: None,
         };
         let base = without.loss(&batch, &mut SplitMix64::new(0)).unwrap().total.double_value(&[]);
         // The hidden term from scratch: HF-convention hidden states, real next-token positions.
@@ -790,4 +811,81 @@ fn hidden_state_kd_adds_its_term_and_trains_the_projection() {
         assert!((hidden_part - want).abs() < 1e-5 * want.max(1.0), "{kind:?}: hidden {hidden_part} vs {want}");
         assert!((got - base - want).abs() < 1e-4, "{kind:?}: total {got} = KD {base} + hidden {want}");
     }
+}
+
+/// GKD's on-policy step: the rows keep their prompt, the student's seeded samples fill the rest,
+/// only those tokens are targets, and the loss is the divergence over them computed from full
+/// logits (the chunked kernel against `Divergence::dense`); the memo never answers for them.
+#[test]
+fn on_policy_step_scores_the_students_own_continuations() {
+    use distill::data::rng::SplitMix64;
+    use distill::losses::chunked::ChunkedKd;
+    use distill::losses::divergence::Divergence;
+    use distill::methods::on_policy::OnPolicyCfg;
+    use distill::tasks::{LmKdTask, TeacherMemo};
+    use distill::teacher::Teacher;
+    use distill::train::TrainTask;
+
+    let (_t_vs, teacher) = load("llama_tied");
+    let (_s_vs, student) = load("llama_untied");
+    let blocks = distill::bench::random_blocks(4, 16, 96, 3);
+    let rows = [0usize, 1, 2, 3];
+    let b = distill::data::text::lm_batch(&blocks, &rows, Device::Cpu);
+    let cfg = OnPolicyCfg { lambda: 1.0, prompt_tokens: 5, temperature: 1.0, top_p: 1.0 };
+    let own = cfg.rewrite(&student, &b, &mut SplitMix64::new(9)).unwrap().expect("λ = 1 always rewrites");
+    let mut rng = SplitMix64::new(9);
+    let _ = rng.next_f64(); // the λ draw
+    let seeds: Vec<u64> = (0..4).map(|_| rng.next_u64()).collect();
+    let prompts: Vec<Vec<i64>> = (0..4).map(|r| Vec::<i64>::try_from(&b.ids.get(r).narrow(0, 0, 5)).unwrap()).collect();
+    let opts = GenerateOptions { max_new_tokens: 11, temperature: 1.0, ..Default::default() };
+    let want = generate_batch_seeded(&student, &prompts, &seeds, &opts, |_, _| false).unwrap();
+    for r in 0..4 {
+        let ids = Vec::<i64>::try_from(&own.ids.get(r)).unwrap();
+        assert_eq!((&ids[..5], &ids[5..]), (&prompts[r as usize][..], &want[r as usize][..]));
+        let targets = Vec::<i64>::try_from(&own.targets.get(r)).unwrap();
+        for (j, &t) in targets.iter().enumerate() {
+            assert_eq!(t, if (4..15).contains(&j) { ids[j + 1] } else { -100 }, "row {r} position {j}");
+        }
+    }
+    assert!(!own.ids.narrow(1, 5, 11).equal(&b.ids.narrow(1, 5, 11)));
+    let never = OnPolicyCfg { lambda: 0.0, ..cfg.clone() };
+    assert!(never.rewrite(&student, &b, &mut SplitMix64::new(9)).unwrap().is_none());
+
+    let beta = 0.5;
+    let step = |lambda: f64, memo: Option<&TeacherMemo>| {
+        let mut task = LmKdTask {
+            student: &student,
+            teacher: Some(Teacher::Lm(&teacher)),
+            blocks: &blocks,
+            loss: ChunkedKd { divergence: Divergence::Jsd { beta }, temperature: 1.0, alpha: 1.0, chunk_rows: 8 },
+            terms: vec![],
+            quant: None,
+            memo,
+            on_policy: Some(OnPolicyCfg { lambda, ..cfg.clone() }),
+        };
+        let l = task.loss(&rows, &mut SplitMix64::new(9)).unwrap();
+        let flag = l.parts.iter().find(|(n, _)| *n == "on_policy").unwrap().1.double_value(&[]);
+        (l.total.double_value(&[]), flag)
+    };
+    let memo = TeacherMemo::new(1 << 30);
+    let (got, flag) = step(1.0, Some(&memo));
+    assert_eq!(flag, 1.0);
+    assert!(memo.is_empty(), "on-policy rows never enter the memo");
+    let (z_s, z_t) = tch::no_grad(|| {
+        let o = ForwardOptions::default();
+        (student.forward(&own.ids, None, o).unwrap().logits, teacher.forward(&own.ids, None, o).unwrap().logits)
+    }); // [4, 16, 96]
+    let pick = |z: &Tensor| z.narrow(1, 4, 11).reshape([44, 96]);
+    let want = Divergence::Jsd { beta }.dense(&pick(&z_s), &pick(&z_t), 1.0).double_value(&[]);
+    assert!((got - want).abs() < 1e-5 * want, "on-policy JSD {got} vs {want} from full logits");
+    // λ = 0: supervised KD on the fixed rows, every position with a next token.
+    let (sup, flag) = step(0.0, None);
+    assert_eq!(flag, 0.0);
+    let (z_s, z_t) = tch::no_grad(|| {
+        let o = ForwardOptions::default();
+        (student.forward(&b.ids, None, o).unwrap().logits, teacher.forward(&b.ids, None, o).unwrap().logits)
+    });
+    let pick = |z: &Tensor| z.narrow(1, 0, 15).reshape([60, 96]);
+    let want = Divergence::Jsd { beta }.dense(&pick(&z_s), &pick(&z_t), 1.0).double_value(&[]);
+    assert!((sup - want).abs() < 1e-5 * want, "supervised JSD {sup} vs {want}");
 }

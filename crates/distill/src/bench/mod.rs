@@ -131,8 +131,16 @@ pub fn bench_step(
         Teacher::Lm(t) => t.param_count(),
         _ => 0,
     };
-    let mut task =
-        LmKdTask { student, teacher: Some(teacher), blocks: &blocks, loss, terms: Vec::new(), quant: None, memo: None };
+    let mut task = LmKdTask {
+        student,
+        teacher: Some(teacher),
+        blocks: &blocks,
+        loss,
+        terms: Vec::new(),
+        quant: None,
+        memo: None,
+        on_policy: None,
+    };
     let cfg: TrainCfg = serde_json::from_value(serde_json::json!({
         "steps": (warmup + steps) as u64, "lr": spec.lr, "weight_decay": 0.01, "clip_grad_norm": 1.0,
     }))

@@ -216,7 +216,9 @@ fn student_phase(inp: &PhaseInputs<'_>, ph: &Phase, earlier: &[(&str, &nn::VarSt
     let report = if ph.trains {
         let teacher_now = Some(inp.training_teacher.clone());
         let memo = Some(inp.memo);
-        let mut task = LmKdTask { student: &model, teacher: teacher_now, blocks: train, loss, terms, quant, memo };
+        let on_policy = r.distill.on_policy.clone().filter(|_| ph.distills());
+        let mut task =
+            LmKdTask { student: &model, teacher: teacher_now, blocks: train, loss, terms, quant, memo, on_policy };
         let topts = TrainOptions {
             phase: name.to_string(),
             seed: r.seed,

@@ -13,6 +13,7 @@
 //! ([`crate::plan`]), not terms.
 
 pub mod hidden;
+pub mod on_policy;
 pub mod response;
 
 use serde::{Deserialize, Serialize};
@@ -167,6 +168,10 @@ pub struct LmDistill {
     /// tokens at a time, never for the whole batch (see `losses::chunked`).
     #[serde(default = "default_chunk_tokens")]
     pub chunk_tokens: usize,
+    /// `[distill.on_policy]`: GKD — with probability λ a step trains on the student's own
+    /// continuations, scored by the teacher (KD phases only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_policy: Option<on_policy::OnPolicyCfg>,
     /// The extra per-step terms (KD student only; the scratch twin never gets them).
     #[serde(flatten)]
     pub terms: Terms,

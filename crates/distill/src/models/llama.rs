@@ -103,6 +103,13 @@ impl KvCache {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+    /// A one-row cache repeated for `rows` rows: a prompt prefix computed once for a batch.
+    pub fn repeat_rows(&mut self, rows: i64) {
+        for (k, v) in self.layers.iter_mut().flatten() {
+            *k = k.expand([rows, -1, -1, -1], false).contiguous(); // [rows, nkv, S, hd]
+            *v = v.expand([rows, -1, -1, -1], false).contiguous(); // [rows, nkv, S, hd]
+        }
+    }
 }
 
 #[derive(Debug)]

@@ -133,6 +133,9 @@ impl LmRecipe {
         self.train.validate("train")?;
         let ctx = TermContext { student_layers: self.student.layers, online_teacher: self.teacher.cache.is_none() };
         self.distill.validate(&ctx)?;
+        if let Some(op) = &self.distill.on_policy {
+            op.validate(self.data.pack.seq_len, self.teacher.cache.is_none(), self.distill.alpha)?;
+        }
         self.eval.validate()?;
         if self.checkpoint.every_steps == 0 {
             return Err(Error::Recipe("checkpoint.every_steps must be > 0".into()));

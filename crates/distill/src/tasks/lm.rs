@@ -13,6 +13,7 @@ use crate::data::rng::SplitMix64;
 use crate::data::text::lm_batch;
 use crate::export::GgufType;
 use crate::losses::chunked::{ChunkTeacher, ChunkedKd};
+use crate::methods::on_policy::OnPolicyCfg;
 use crate::methods::{Needs, StepStates, Term};
 use crate::models::llama::{ForwardOptions, Llama};
 use crate::student::quant::quantized_view;
@@ -40,6 +41,8 @@ pub struct LmKdTask<'a> {
     /// The online teacher's final hidden states shared with the other phases of the run that
     /// train on the same rows (see [`TeacherMemo`]).
     pub memo: Option<&'a TeacherMemo>,
+    /// On-policy distillation (GKD): some steps train on the student's own continuations.
+    pub on_policy: Option<OnPolicyCfg>,
 }
 
 /// An online teacher's final hidden states at the positions with a real next token, `[N, Ht]`,
@@ -89,7 +92,7 @@ impl TrainTask for LmKdTask<'_> {
         self.blocks.n_blocks()
     }
 
-    fn loss(&mut self, batch: &[usize], _rng: &mut SplitMix64) -> Result<StepLoss> {
+    fn loss(&mut self, batch: &[usize], rng: &mut SplitMix64) -> Result<StepLoss> {
         let view;
         let student = match self.quant {
             Some(ty) => {
@@ -98,7 +101,16 @@ impl TrainTask for LmKdTask<'_> {
             }
             None => self.student,
         };
-        let b = lm_batch(self.blocks, batch, student.device());
+        let mut b = lm_batch(self.blocks, batch, student.device());
+        // An on-policy step: the rows hold the student's own text, so the memo (keyed by rows)
+        // must not answer for them.
+        let mut on_policy = false;
+        if let Some(op) = &self.on_policy {
+            if let Some(own) = op.rewrite(student, &b, rng)? {
+                b = own;
+                on_policy = true;
+            }
+        }
         let idx = b.targets.ge(0).view([-1]).nonzero().squeeze_dim(1); // [N]
         let y = b.targets.view([-1]).index_select(0, &idx); // [N]
 
@@ -130,7 +142,7 @@ impl TrainTask for LmKdTask<'_> {
                 let forward = || tch::no_grad(|| t.forward_states(&b.ids, b.mask.as_ref(), opts(false)));
                 // [N, Ht]: from the memo when only the logit term reads the teacher; otherwise
                 // the terms read its intermediate states too.
-                let th = match self.memo.filter(|_| self.terms.is_empty()) {
+                let th = match self.memo.filter(|_| self.terms.is_empty() && !on_policy) {
                     Some(memo) => memo.get_or(batch, || Ok(rows(&forward()?.last)))?,
                     None => {
                         // [B, T, Ht], L_t+1 × [B, T, Ht], L_t × [B, nh_t, T, T]
@@ -167,6 +179,9 @@ impl TrainTask for LmKdTask<'_> {
         };
         let mut parts_out: Vec<(&'static str, Tensor)> =
             if soft { vec![("soft", parts.soft), ("hard", parts.hard)] } else { vec![] };
+        if self.on_policy.is_some() {
+            parts_out.push(("on_policy", Tensor::from(if on_policy { 1.0f32 } else { 0.0 })));
+        }
         let mut total = parts.total;
         for (name, term) in extra {
             parts_out.push((name, term.detach()));
