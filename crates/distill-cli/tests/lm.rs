@@ -633,7 +633,7 @@ fn generate_data_resumes_after_kill_9_and_trains_through_train_sources() {
         assert_eq!(r["sampling"]["seed"], 5);
         assert_eq!(r["sha256"].as_str().unwrap().len(), 64);
         let n = r["new_tokens"].as_u64().unwrap();
-        assert!(n >= 1 && n <= 10);
+        assert!((1..=10).contains(&n));
         assert_eq!(r["finish"], if n == 10 { "length" } else { "eos" }, "{r}");
     }
     // Sampled per prompt: equal prompts (i and i + 93·k share none here) differ across seeds.

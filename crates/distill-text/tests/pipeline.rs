@@ -333,7 +333,7 @@ fn explicit_validation_sources() {
 fn training_sources_replace_the_training_part_and_keep_the_validation_split() {
     let dir = common::scratch_dir("train-sources");
     let docs: Vec<String> = (0..40).map(|i| ["a b c d", "e f g h", "i j k l", "m n o p"][i % 4].to_string()).collect();
-    let corpus = write(&dir, "corpus.txt", &docs.join("\n\n"));
+    let corpus = write(&dir, "corpus.txt", docs.join("\n\n"));
     let written = write(&dir, "written.jsonl", "{\"text\": \"p o n m\"}\n{\"text\": \"l k j\"}\n");
     let tokenizer =
         common::word_tokenizer(&["a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l", "m", "n", "o", "p"]);

@@ -71,7 +71,7 @@ impl SelfDistillOptions {
         if !(self.temperature > 0.0 && self.temperature.is_finite()) {
             return bad("--temperature must be > 0");
         }
-        if !(self.lr > 0.0 && self.lr.is_finite()) || !(self.epochs > 0.0) {
+        if !(self.lr > 0.0 && self.lr.is_finite() && self.epochs > 0.0 && self.epochs.is_finite()) {
             return bad("--lr and --epochs must be > 0");
         }
         if self.train_batch == 0 || self.gen_batch == 0 || self.max_new_tokens == 0 || self.keep_per_problem == 0 {
@@ -324,7 +324,7 @@ pub fn run(
                 learner_at(r - 1, &mut held)?;
                 let learner = &held.as_ref().expect("loaded").1;
                 let tr = Instant::now();
-                let w = writer.unwrap_or(&learner);
+                let w = writer.unwrap_or(learner);
                 let sols = complete(w, &train, o.samples, o.temperature, o, o.seed ^ (r as u64) << 32)?;
                 let mut examples = Vec::new();
                 let mut sampled = Vec::new();

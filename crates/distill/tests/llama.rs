@@ -456,7 +456,7 @@ fn batched_generation_equals_one_prompt_at_a_time() {
         let prompt = Vec::<i64>::try_from(&exp["gen_prompt"]).unwrap();
         let v = model.config().vocab_size;
         let longer: Vec<i64> = prompt.iter().chain(prompt.iter()).map(|&t| (t * 7 + 3) % v).collect();
-        let prompts = vec![prompt.clone(), prompt[..2].to_vec(), longer];
+        let prompts = vec![prompt.clone(), prompt[..2].to_vec(), longer.clone()];
         let greedy = GenerateOptions { max_new_tokens: 10, ..Default::default() };
         let pen = GenerateOptions { repetition_penalty: 1.5, ..greedy.clone() };
         let sampled = GenerateOptions { temperature: 0.9, top_k: 20, top_p: 0.95, seed: 5, ..greedy.clone() };
