@@ -86,7 +86,7 @@ impl Family {
             }
             Family::Units => {
                 let (from, to, k) = UNITS[int(0, UNITS.len() as i64 - 1) as usize];
-                let n = int(2, 19);
+                let n = int(2, 99);
                 (format!("How many {to} are in {n} {from}?"), vec![n * k])
             }
             Family::Count => {

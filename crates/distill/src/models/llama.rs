@@ -590,16 +590,23 @@ impl Llama {
         let mask = if pad.is_some() || self.cfg.sliding_window.is_some() {
             let q_abs = Tensor::arange_start(past, s, (Kind::Int64, dev)).unsqueeze(1); // [T, 1]
             let k_abs = Tensor::arange(s, (Kind::Int64, dev)).unsqueeze(0); // [1, S]
-            let mut allowed = k_abs.le_tensor(&q_abs); // [T, S]
-            if let Some(w) = self.cfg.sliding_window {
-                allowed = allowed.logical_and(&k_abs.gt_tensor(&(&q_abs - w))); // [T, S]
-            }
+            let causal = k_abs.le_tensor(&q_abs).unsqueeze(0); // [1, T, S]
+            let allowed = match (self.cfg.sliding_window, &pad) {
+                // The window counts real positions, not columns: padding may sit between cached
+                // and new tokens (a shared prompt prefix), where the two differ.
+                (Some(w), Some(p)) => {
+                    let k_pos = p.cumsum(1, Kind::Int64) - 1; // [B, S]
+                    let q_pos = k_pos.narrow(1, past, t); // [B, T]
+                    let in_window = k_pos.unsqueeze(1).gt_tensor(&(q_pos.unsqueeze(2) - w)); // [B, T, S]
+                    causal.logical_and(&in_window)
+                }
+                (Some(w), None) => causal.logical_and(&k_abs.gt_tensor(&(&q_abs - w)).unsqueeze(0)), // [1, T, S]
+                (None, _) => causal,
+            };
             let allowed = match &pad {
                 // A padded query may see only itself so that its softmax row stays finite.
-                Some(p) => {
-                    allowed.unsqueeze(0).logical_and(&p.unsqueeze(1)).logical_or(&k_abs.eq_tensor(&q_abs).unsqueeze(0))
-                } // [B, T, S]
-                None => allowed.unsqueeze(0).expand([b, t, s], false), // [B, T, S]
+                Some(p) => allowed.logical_and(&p.unsqueeze(1)).logical_or(&k_abs.eq_tensor(&q_abs).unsqueeze(0)), // [B, T, S]
+                None => allowed.expand([b, t, s], false), // [B, T, S]
             };
             Some(allowed.unsqueeze(1)) // [B, 1, T, S]
         } else {
