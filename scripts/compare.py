@@ -17,7 +17,7 @@ from pathlib import Path
 
 
 def load(spec):
-    label, _, where = spec.partition("=")
+    label, _, where = spec.rpartition("=")
     run, _, role = where.partition(":")
     if not label or not run or not role:
         sys.exit(f"error: `{spec}`: expected LABEL=RUN_DIR:ROLE")
