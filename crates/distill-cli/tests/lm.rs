@@ -379,7 +379,10 @@ fn lm_bad_inputs_fail_with_one_clear_line() {
             &["distill.on_policy={lambda=1, prompt_tokens=15}"],
             "prompt_tokens must be in 1..15 (the rows are data.pack.seq_len = 16",
         ),
-        (&["distill.on_policy={lambda=1, temperature=0}"], "distill.on_policy.temperature must be > 0"),
+        (
+            &["distill.on_policy={lambda=1, prompt_tokens=4, temperature=0}"],
+            "distill.on_policy.temperature must be > 0",
+        ),
         (&["distill.on_policy={lambda=1, prompt_tokens=4}", "distill.alpha=0.5"], "set distill.alpha = 1, got 0.5"),
         (&["distill.on_policy={lambda=1, prompt_tokens=4}", "teacher.cache=."], "needs an online teacher"),
     ];
