@@ -268,6 +268,18 @@ pub fn generate_text(model: &Llama, tok: &Tokenizer, prompt: &str, opts: &Genera
 }
 
 /// Byte offset of the earliest occurrence of any of `stops` in `text` (empty strings never match).
+/// Generated ids as text, special tokens dropped.
+pub fn decode(tok: &Tokenizer, ids: &[i64]) -> Result<String> {
+    let u: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
+    tok.decode(&u, true).map_err(|e| Error::Invalid(format!("cannot decode: {e}")))
+}
+
+/// Whether the text of `ids` already contains one of `stops`: the per-row stop rule of
+/// [`generate_batch_until`] for stop strings.
+pub fn reaches_stop(tok: &Tokenizer, ids: &[i64], stops: &[String]) -> bool {
+    !stops.is_empty() && decode(tok, ids).is_ok_and(|t| first_stop(&t, stops).is_some())
+}
+
 pub fn first_stop(text: &str, stops: &[String]) -> Option<usize> {
     stops.iter().filter(|s| !s.is_empty()).filter_map(|s| text.find(s.as_str())).min()
 }
@@ -284,16 +296,12 @@ pub fn generate_texts(
     stops: &[String],
 ) -> Result<Vec<Generation>> {
     let ids = prompts.iter().map(|p| encode(tok, p)).collect::<Result<Vec<_>>>()?;
-    let decode = |out: &[i64]| -> Result<String> {
-        let u: Vec<u32> = out.iter().map(|&i| i as u32).collect();
-        tok.decode(&u, true).map_err(|e| Error::Invalid(format!("cannot decode: {e}")))
-    };
-    let stop = |_: usize, out: &[i64]| !stops.is_empty() && decode(out).is_ok_and(|t| first_stop(&t, stops).is_some());
+    let stop = |_: usize, out: &[i64]| reaches_stop(tok, out, stops);
     generate_batch_until(model, &ids, opts, stop)?
         .into_iter()
         .map(|out| {
             let (d2, rep) = diversity(&out);
-            let mut text = decode(&out)?;
+            let mut text = decode(tok, &out)?;
             if let Some(at) = first_stop(&text, stops) {
                 text.truncate(at);
             }

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::data::rng::SplitMix64;
-use crate::eval::{encode, first_stop};
+use crate::eval::{decode, encode, first_stop, reaches_stop};
 use crate::generate::{generate_batch_seeded, GenerateOptions};
 use crate::lm::{tokenizer_fingerprint, LoadedLm};
 use crate::{Error, Result};
@@ -290,10 +290,6 @@ pub fn generate_data(lm: &LoadedLm, prompts: &[String], opts: &GenDataOptions, o
 
     let inputs: Vec<String> =
         if opts.chat { prompts.iter().map(|p| lm.chat_prompt(p)).collect::<Result<_>>()? } else { prompts.to_vec() };
-    let decode = |ids: &[i64]| -> Result<String> {
-        let u: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
-        lm.tokenizer.decode(&u, true).map_err(|e| Error::Invalid(format!("cannot decode: {e}")))
-    };
     let n_parts = prompts.len().div_ceil(opts.batch);
     let (mut generated, mut new_tokens) = (0, 0);
     let mut all = Vec::with_capacity(prompts.len());
@@ -313,14 +309,12 @@ pub fn generate_data(lm: &LoadedLm, prompts: &[String], opts: &GenDataOptions, o
         let tp = Instant::now();
         let encoded = ids.iter().map(|&i| encode(&lm.tokenizer, &inputs[i])).collect::<Result<Vec<_>>>()?;
         let seeds: Vec<u64> = ids.iter().map(|&i| row_seed(opts.generate.seed, i)).collect();
-        let stop = |_: usize, out: &[i64]| {
-            !opts.stops.is_empty() && decode(out).is_ok_and(|t| first_stop(&t, &opts.stops).is_some())
-        };
+        let stop = |_: usize, out: &[i64]| reaches_stop(&lm.tokenizer, out, &opts.stops);
         let outs = generate_batch_seeded(&lm.model, &encoded, &seeds, &opts.generate, stop)?;
         let mut recs = Vec::with_capacity(ids.len());
         let mut lines = String::new();
         for (&i, out_ids) in ids.iter().zip(&outs) {
-            let mut completion = decode(out_ids)?;
+            let mut completion = decode(&lm.tokenizer, out_ids)?;
             let finish = if let Some(at) = first_stop(&completion, &opts.stops) {
                 completion.truncate(at);
                 Finish::Stop

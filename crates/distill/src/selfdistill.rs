@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
 use crate::data::rng::SplitMix64;
-use crate::eval::{encode, first_stop};
+use crate::eval::{decode, encode, first_stop, reaches_stop};
 use crate::generate::{generate_after_prefix, GenerateOptions};
 use crate::lm::LoadedLm;
 use crate::losses::chunked::ChunkedKd;
@@ -176,10 +176,6 @@ fn complete(
     seed: u64,
 ) -> Result<Vec<Vec<(String, Example)>>> {
     let mut out: Vec<Vec<(String, Example)>> = (0..probs.len()).map(|_| Vec::new()).collect();
-    let decode = |ids: &[i64]| -> Result<String> {
-        let u: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
-        lm.tokenizer.decode(&u, true).map_err(|e| Error::Invalid(format!("cannot decode: {e}")))
-    };
     let stops = vec![STOP.to_string()];
     // Jobs (problem, sample) grouped by family so that a batch shares its prefix.
     let mut jobs: Vec<(usize, usize)> = (0..probs.len()).flat_map(|i| (0..k).map(move |s| (i, s))).collect();
@@ -203,10 +199,10 @@ fn complete(
             eos_id: lm.model.config().eos_token_ids.first().copied(),
             ..Default::default()
         };
-        let stop = |_: usize, ids: &[i64]| decode(ids).is_ok_and(|t| first_stop(&t, &stops).is_some());
+        let stop = |_: usize, ids: &[i64]| reaches_stop(&lm.tokenizer, ids, &stops);
         let gens = generate_after_prefix(&lm.model, &prefix_ids, &own, &seeds, &opts, stop)?;
         for ((&(i, _), own), g) in batch.iter().zip(&own).zip(gens) {
-            let mut text = decode(&g)?;
+            let mut text = decode(&lm.tokenizer, &g)?;
             if let Some(cut) = first_stop(&text, &stops) {
                 text.truncate(cut);
             }
