@@ -87,17 +87,28 @@ fn self_distill_trains_on_verified_solutions_only_and_resumes() {
         }
     }
 
-    // Interrupted after training, before its evaluation: the round is kept, the evaluation
-    // redone from the saved weights gives the same numbers.
+    // The sampled solutions are kept as ids; the finished round's training checkpoint is gone.
+    let sampled = json(&out.join("round-1/sampled.json"));
+    assert_eq!(sampled["examples"].as_array().unwrap().len(), kept.len());
+    assert_eq!(sampled["sampled"], round["sampled"]);
+    assert!(!out.join("round-1/train/ckpt.safetensors").exists());
+    assert!(out.join("round-1/train/metrics.jsonl").is_file());
+
+    // Interrupted after sampling, before the round was final: the samples are not drawn again,
+    // the fine-tuning and the evaluation redone give the same numbers.
     let before = evals(1);
-    let trained = std::fs::metadata(out.join("round-1/round.json")).unwrap().modified().unwrap();
-    std::fs::remove_file(out.join("eval-1.json")).unwrap();
-    std::fs::remove_file(out.join("summary.json")).unwrap();
+    let mtime = |p: &str| std::fs::metadata(out.join(p)).unwrap().modified().unwrap();
+    let drawn = mtime("round-1/sampled.json");
+    for f in ["round-1/round.json", "eval-1.json", "summary.json"] {
+        std::fs::remove_file(out.join(f)).unwrap();
+    }
     let again = run();
+    assert_eq!(mtime("round-1/sampled.json"), drawn);
+    let redone = json(&out.join("round-1/round.json"));
+    assert_eq!((&redone["sampled"], &redone["train_steps"]), (&round["sampled"], &round["train_steps"]));
     assert_eq!(evals(1), before);
     let rows = |t: &str| t.lines().filter(|l| l.starts_with('|')).map(str::to_string).collect::<Vec<_>>();
     assert_eq!(rows(&again), rows(&table));
-    assert_eq!(std::fs::metadata(out.join("round-1/round.json")).unwrap().modified().unwrap(), trained);
 
     // Other settings into the same directory are refused.
     let o = Command::new(BIN).args(args).arg(&out).args(["--seed", "1"]).output().unwrap();

@@ -8,10 +8,12 @@
 //!
 //! Everything a round produces is a file in the output directory, written atomically: the
 //! evaluation of the learner after round r (`eval-{r}.json`, r = 0 before any training), the
-//! round's verified solutions (`round-{r}/verified.jsonl`: family, question, answer, completion),
-//! its training report (`round-{r}/round.json`) and the learner's
-//! weights (`round-{r}/model`, an HF directory). Run again after an interruption and every
-//! finished file is kept; a round's fine-tuning resumes from its checkpoint.
+//! round's verified solutions (`round-{r}/verified.jsonl`: family, question, answer, completion;
+//! `round-{r}/sampled.json`: the same as token ids, with the per-family counts), its training
+//! report (`round-{r}/round.json`) and the learner's weights (`round-{r}/model`, an HF
+//! directory). Run again after an interruption and every finished file is kept: a round whose
+//! solutions were sampled does not sample again, and its fine-tuning resumes from its checkpoint
+//! (`round-{r}/train`, removed once the round is final).
 
 use std::path::Path;
 use std::time::Instant;
@@ -105,8 +107,18 @@ pub struct RoundReport {
     pub seconds: f64,
 }
 
+/// A round's sampling, kept so that a resumed round does not sample again
+/// (`round-{r}/sampled.json`).
+#[derive(Serialize, Deserialize)]
+struct Sampled {
+    sampled: Vec<(String, usize, usize, usize)>,
+    examples: Vec<Example>,
+    seconds: f64,
+}
+
 /// A verified solution: the prompt's shared prefix (few-shot preamble), the problem's own part
 /// and the completion, as token ids.
+#[derive(Serialize, Deserialize)]
 struct Example {
     ids: Vec<i64>,
     /// Index in `ids` where the completion starts.
@@ -320,35 +332,48 @@ pub fn run(
                 learner_at(r - 1, &mut held)?;
                 let learner = &held.as_ref().expect("loaded").1;
                 let tr = Instant::now();
-                let w = writer.unwrap_or(learner);
-                let sols = complete(w, &train, o.samples, o.temperature, o, o.seed ^ (r as u64) << 32)?;
-                let mut examples = Vec::new();
-                let mut sampled = Vec::new();
-                let mut verified = String::new();
-                for &f in &o.families {
-                    let (mut n, mut ok, mut kept) = (0, 0, 0);
-                    for (p, s) in train.iter().zip(&sols).filter(|(p, _)| p.family == f) {
-                        let mut seen = std::collections::HashSet::new();
-                        for (text, ex) in s {
-                            n += 1;
-                            if check(p, text) == Verdict::Correct {
-                                ok += 1;
-                                if seen.len() < o.keep_per_problem && seen.insert(text.clone()) {
-                                    examples.push(Example { ids: ex.ids.clone(), start: ex.start });
-                                    let line = serde_json::json!({
-                                        "family": f.name(), "question": p.question, "answer": p.answer, "completion": text,
-                                    });
-                                    verified += &format!("{line}\n");
-                                    kept += 1;
+                let sampled_path = dir.join("sampled.json");
+                let Sampled { sampled, examples, seconds: sampling_s } = match read_json::<Sampled>(&sampled_path)? {
+                    Some(s) => {
+                        log(&format!("round {r}: sampling already done ({} verified solutions)", s.examples.len()));
+                        s
+                    }
+                    None => {
+                        let w = writer.unwrap_or(learner);
+                        let sols = complete(w, &train, o.samples, o.temperature, o, o.seed ^ (r as u64) << 32)?;
+                        let mut examples = Vec::new();
+                        let mut sampled = Vec::new();
+                        let mut verified = String::new();
+                        for &f in &o.families {
+                            let (mut n, mut ok, mut kept) = (0, 0, 0);
+                            for (p, s) in train.iter().zip(&sols).filter(|(p, _)| p.family == f) {
+                                let mut seen = std::collections::HashSet::new();
+                                for (text, ex) in s {
+                                    n += 1;
+                                    if check(p, text) == Verdict::Correct {
+                                        ok += 1;
+                                        if seen.len() < o.keep_per_problem && seen.insert(text.clone()) {
+                                            examples.push(Example { ids: ex.ids.clone(), start: ex.start });
+                                            let line = serde_json::json!({
+                                                "family": f.name(), "question": p.question, "answer": p.answer, "completion": text,
+                                            });
+                                            verified += &format!("{line}\n");
+                                            kept += 1;
+                                        }
+                                    }
                                 }
                             }
+                            log(&format!("round {r}: {}: {ok}/{n} samples correct, {kept} kept", f.name()));
+                            sampled.push((f.name().to_string(), n, ok, kept));
                         }
+                        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+                        distill_base::write_atomic(&dir.join("verified.jsonl"), verified.as_bytes())?;
+                        let s = Sampled { sampled, examples, seconds: tr.elapsed().as_secs_f64() };
+                        distill_base::write_json(&sampled_path, &s)?;
+                        s
                     }
-                    log(&format!("round {r}: {}: {ok}/{n} samples correct, {kept} kept", f.name()));
-                    sampled.push((f.name().to_string(), n, ok, kept));
-                }
-                std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-                distill_base::write_atomic(&dir.join("verified.jsonl"), verified.as_bytes())?;
+                };
+                let tr = Instant::now();
                 let (steps, loss) = if examples.is_empty() {
                     log(&format!("round {r}: no verified solution; the learner is unchanged"));
                     (0, f64::NAN)
@@ -393,9 +418,15 @@ pub fn run(
                     sampled,
                     train_steps: steps,
                     final_loss: loss,
-                    seconds: tr.elapsed().as_secs_f64(),
+                    seconds: sampling_s + tr.elapsed().as_secs_f64(),
                 };
                 distill_base::write_json(&done(r), &rep)?;
+                // The round is final: its training checkpoint (weights and optimizer state,
+                // 3× the model) is no longer needed to resume.
+                let ckpt = dir.join("train").join("ckpt.safetensors");
+                if ckpt.exists() {
+                    std::fs::remove_file(&ckpt).map_err(|e| Error::io(&ckpt, e))?;
+                }
                 log(&format!("round {r}: {steps} fine-tuning steps, final loss {loss:.4} ({:.0} s)", rep.seconds));
                 rounds.push(rep);
                 if let Some(h) = held.as_mut() {

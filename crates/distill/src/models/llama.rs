@@ -86,8 +86,47 @@ pub struct States {
 /// Keys and values of the positions seen so far, per layer, for incremental decoding.
 #[derive(Debug, Default)]
 pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>, // L × ([B, nkv, S, hd], [B, nkv, S, hd])
+    layers: Vec<Option<LayerKv>>,
     len: i64,
+}
+
+/// One layer's keys and values in buffers with room to grow: a decoding step writes its new
+/// positions in place instead of copying the whole cache into a longer tensor.
+#[derive(Debug)]
+struct LayerKv {
+    k: Tensor, // [B, nkv, capacity, hd]
+    v: Tensor, // [B, nkv, capacity, hd]
+    len: i64,
+}
+
+impl LayerKv {
+    /// Appends `k`, `v` `[B, nkv, T, hd]`; returns views of every cached position
+    /// `[B, nkv, len, hd]`.
+    fn append(slot: &mut Option<LayerKv>, k: &Tensor, v: &Tensor) -> (Tensor, Tensor) {
+        let t = k.size()[2];
+        let len = slot.as_ref().map_or(0, |c| c.len);
+        let cap = slot.as_ref().map_or(0, |c| c.k.size()[2]);
+        if len + t > cap {
+            // Grow geometrically (at least 64 positions) so that a long decode copies O(log S) times.
+            let new_cap = (len + t).max(2 * cap).max(64);
+            let mut size = k.size();
+            size[2] = new_cap;
+            let grown = |old: Option<&Tensor>| {
+                let buf = Tensor::empty(size.as_slice(), (k.kind(), k.device())); // [B, nkv, cap', hd]
+                if let Some(o) = old {
+                    buf.narrow(2, 0, len).copy_(&o.narrow(2, 0, len));
+                }
+                buf
+            };
+            let (nk, nv) = (grown(slot.as_ref().map(|c| &c.k)), grown(slot.as_ref().map(|c| &c.v)));
+            *slot = Some(LayerKv { k: nk, v: nv, len });
+        }
+        let c = slot.as_mut().expect("allocated above");
+        c.k.narrow(2, len, t).copy_(k);
+        c.v.narrow(2, len, t).copy_(v);
+        c.len = len + t;
+        (c.k.narrow(2, 0, c.len), c.v.narrow(2, 0, c.len))
+    }
 }
 
 impl KvCache {
@@ -105,9 +144,9 @@ impl KvCache {
     }
     /// A one-row cache repeated for `rows` rows: a prompt prefix computed once for a batch.
     pub fn repeat_rows(&mut self, rows: i64) {
-        for (k, v) in self.layers.iter_mut().flatten() {
-            *k = k.expand([rows, -1, -1, -1], false).contiguous(); // [rows, nkv, S, hd]
-            *v = v.expand([rows, -1, -1, -1], false).contiguous(); // [rows, nkv, S, hd]
+        for c in self.layers.iter_mut().flatten() {
+            c.k = c.k.expand([rows, -1, -1, -1], false).contiguous(); // [rows, nkv, capacity, hd]
+            c.v = c.v.expand([rows, -1, -1, -1], false).contiguous(); // [rows, nkv, capacity, hd]
         }
     }
 }
@@ -201,7 +240,7 @@ impl Attention {
         cos: &Tensor,          // [B, 1, T, hd]
         sin: &Tensor,          // [B, 1, T, hd]
         mask: Option<&Tensor>, // [B, 1, T, S] bool, true = attend; None = plain causal
-        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        cache: Option<&mut Option<LayerKv>>,
         want_probs: bool,
         train: bool,
     ) -> (Tensor, Option<Tensor>, Tensor) {
@@ -213,14 +252,7 @@ impl Attention {
         let q = &q * cos + rotate_half(&q) * sin; // [B, nh, T, hd]
         let k = &k * cos + rotate_half(&k) * sin; // [B, nkv, T, hd]
         let (k, v) = match cache {
-            Some(slot) => {
-                let kv = match slot.take() {
-                    Some((pk, pv)) => (Tensor::cat(&[pk, k], 2), Tensor::cat(&[pv, v], 2)), // [B, nkv, S, hd]
-                    None => (k, v),
-                };
-                *slot = Some((kv.0.shallow_clone(), kv.1.shallow_clone()));
-                kv
-            }
+            Some(slot) => LayerKv::append(slot, &k, &v), // [B, nkv, S, hd] each
             None => (k, v),
         };
         let scale = (hd as f64).powf(-0.5);
