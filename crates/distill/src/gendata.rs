@@ -293,6 +293,14 @@ pub fn generate_data(lm: &LoadedLm, prompts: &[String], opts: &GenDataOptions, o
     let n_parts = prompts.len().div_ceil(opts.batch);
     let (mut generated, mut new_tokens) = (0, 0);
     let mut all = Vec::with_capacity(prompts.len());
+    // Every part decodes with the same weights: packed once for all of them.
+    let col;
+    let model = if opts.batch > 1 {
+        col = lm.model.packed_for_rows(opts.batch as i64)?;
+        &col
+    } else {
+        &lm.model
+    };
     for part in 0..n_parts {
         let ids: Vec<usize> = (part * opts.batch..((part + 1) * opts.batch).min(prompts.len())).collect();
         let path = dir.join(format!("part-{part:06}.jsonl"));
@@ -310,7 +318,7 @@ pub fn generate_data(lm: &LoadedLm, prompts: &[String], opts: &GenDataOptions, o
         let encoded = ids.iter().map(|&i| encode(&lm.tokenizer, &inputs[i])).collect::<Result<Vec<_>>>()?;
         let seeds: Vec<u64> = ids.iter().map(|&i| row_seed(opts.generate.seed, i)).collect();
         let stop = |_: usize, out: &[i64]| reaches_stop(&lm.tokenizer, out, &opts.stops);
-        let outs = generate_batch_seeded(&lm.model, &encoded, &seeds, &opts.generate, stop)?;
+        let outs = generate_batch_seeded(model, &encoded, &seeds, &opts.generate, stop)?;
         let mut recs = Vec::with_capacity(ids.len());
         let mut lines = String::new();
         for (&i, out_ids) in ids.iter().zip(&outs) {

@@ -228,11 +228,12 @@ pub fn generate_after_prefix(
     let mut rngs: Vec<SplitMix64> = seeds.iter().map(|&s| SplitMix64::new(s)).collect();
     let mut seen: Vec<Vec<i64>> = prompts.iter().map(|p| [prefix, p].concat()).collect();
     let mut done = vec![false; b];
-    // Several rows: column-major weights (see `Llama::column_major`); one row is bound by
-    // reading the weights, where the layout does not matter and the copy would not pay.
+    // Several rows: weights packed for this row count (see `Llama::packed_for_rows`); one row is
+    // bound by reading the weights, where packing would not pay. A caller that decodes many
+    // batches with the same weights passes a copy packed once.
     let col;
-    let model = if b > 1 {
-        col = model.column_major()?;
+    let model = if b > 1 && model.packed_rows() != Some(b as i64) {
+        col = model.packed_for_rows(b as i64)?;
         &col
     } else {
         model

@@ -189,6 +189,8 @@ fn complete(
 ) -> Result<Vec<Vec<(String, Example)>>> {
     let mut out: Vec<Vec<(String, Example)>> = (0..probs.len()).map(|_| Vec::new()).collect();
     let stops = vec![STOP.to_string()];
+    // Every batch decodes with the same weights: packed once for all of them.
+    let model = lm.model.packed_for_rows(o.gen_batch as i64)?;
     // Jobs (problem, sample) grouped by family so that a batch shares its prefix.
     let mut jobs: Vec<(usize, usize)> = (0..probs.len()).flat_map(|i| (0..k).map(move |s| (i, s))).collect();
     jobs.sort_by_key(|&(i, s)| (probs[i].family.name(), i, s));
@@ -212,7 +214,7 @@ fn complete(
             ..Default::default()
         };
         let stop = |_: usize, ids: &[i64]| reaches_stop(&lm.tokenizer, ids, &stops);
-        let gens = generate_after_prefix(&lm.model, &prefix_ids, &own, &seeds, &opts, stop)?;
+        let gens = generate_after_prefix(&model, &prefix_ids, &own, &seeds, &opts, stop)?;
         for ((&(i, _), own), g) in batch.iter().zip(&own).zip(gens) {
             let mut text = decode(&lm.tokenizer, &g)?;
             if let Some(cut) = first_stop(&text, &stops) {

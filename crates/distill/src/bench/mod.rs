@@ -254,6 +254,15 @@ pub fn bench_generate(
     let prompts: Vec<Vec<i64>> =
         (0..batch).map(|_| (0..prompt_tokens).map(|_| (rng.next_u64() % v) as i64).collect()).collect();
     let opts = crate::generate::GenerateOptions { max_new_tokens: new_tokens, ..Default::default() };
+    // As `generate-data` and `self-distill` decode: several rows on weights packed once for
+    // that row count.
+    let col;
+    let model = if batch > 1 {
+        col = model.packed_for_rows(batch as i64)?;
+        &col
+    } else {
+        model
+    };
     let median = median_ms(reps.max(1), || {
         let out = crate::generate::generate_batch(model, &prompts, &opts)?;
         debug_assert!(out.iter().all(|r| r.len() == new_tokens));

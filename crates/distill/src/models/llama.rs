@@ -21,6 +21,7 @@ use std::path::Path;
 
 use tch::{nn, Device, Kind, Tensor};
 
+use super::packed::Packed;
 use crate::io::hf::{LlamaConfig, RopeScaling};
 use crate::io::safetensors::{load_safetensors, LoadOptions};
 use crate::{Error, Result};
@@ -172,17 +173,31 @@ impl RmsNorm {
     }
 }
 
-fn linear(p: &nn::Path, name: &str, inp: i64, out: i64, bias: bool, std: f64) -> nn::Linear {
+/// A projection: weight `[out, in]`, optional bias, and — in a [`Llama::packed_for_rows`]
+/// copy — the weight packed for decoding.
+#[derive(Debug)]
+struct Proj {
+    ws: Tensor,
+    bs: Option<Tensor>,
+    packed: Option<Packed>,
+}
+
+fn linear(p: &nn::Path, name: &str, inp: i64, out: i64, bias: bool, std: f64) -> Proj {
     let cfg = nn::LinearConfig {
         ws_init: nn::Init::Randn { mean: 0.0, stdev: std },
         bs_init: Some(nn::Init::Const(0.0)),
         bias,
     };
-    nn::linear(p / name, inp, out, cfg)
+    let l = nn::linear(p / name, inp, out, cfg);
+    Proj { ws: l.ws, bs: l.bs, packed: None }
 }
 
-fn apply_linear(l: &nn::Linear, x: &Tensor) -> Tensor {
-    x.linear(&l.ws, l.bs.as_ref())
+fn apply_linear(l: &Proj, x: &Tensor) -> Tensor {
+    match &l.packed {
+        // The shim reports its errors instead of throwing; the plain product is the fallback.
+        Some(p) => p.linear(x, &l.ws, l.bs.as_ref()).unwrap_or_else(|_| x.linear(&l.ws, l.bs.as_ref())),
+        None => x.linear(&l.ws, l.bs.as_ref()),
+    }
 }
 
 /// `cat(-x2, x1)` over the last dim, `x = cat(x1, x2)`.
@@ -195,10 +210,10 @@ fn rotate_half(x: &Tensor) -> Tensor {
 
 #[derive(Debug)]
 struct Attention {
-    q_proj: nn::Linear,
-    k_proj: nn::Linear,
-    v_proj: nn::Linear,
-    o_proj: nn::Linear,
+    q_proj: Proj,
+    k_proj: Proj,
+    v_proj: Proj,
+    o_proj: Proj,
     num_heads: i64,
     num_kv_heads: i64,
     head_dim: i64,
@@ -291,9 +306,9 @@ impl Attention {
 
 #[derive(Debug)]
 struct Mlp {
-    gate_proj: nn::Linear,
-    up_proj: nn::Linear,
-    down_proj: nn::Linear,
+    gate_proj: Proj,
+    up_proj: Proj,
+    down_proj: Proj,
 }
 
 impl Mlp {
@@ -332,6 +347,8 @@ pub struct Llama {
     norm: RmsNorm,
     lm_head: Option<Tensor>, // [V, H], None when tied
     inv_freq: Tensor,        // [hd/2] f32
+    /// The output projection packed for decoding ([`Llama::packed_for_rows`]).
+    head_packed: Option<Packed>,
 }
 
 /// Rotary inverse frequencies `[hd/2]` (f32, as transformers computes them).
@@ -393,7 +410,7 @@ impl Llama {
             )
         });
         let inv_freq = rope_inv_freq(cfg, path.device());
-        Ok(Llama { cfg: cfg.clone(), embed_tokens, layers, norm, lm_head, inv_freq })
+        Ok(Llama { cfg: cfg.clone(), embed_tokens, layers, norm, lm_head, inv_freq, head_packed: None })
     }
 
     /// Loads `dir/config.json` and `dir/model.safetensors` (or a sharded index) onto `device`,
@@ -453,12 +470,12 @@ impl Llama {
     /// order; the one place that names the parameters.
     pub fn map_weights(&self, f: &dyn Fn(&str, &Tensor) -> Result<Tensor>) -> Result<Llama> {
         let embed_tokens = f("model.embed_tokens.weight", &self.embed_tokens)?;
-        let lin = |name: String, l: &nn::Linear| -> Result<nn::Linear> {
+        let lin = |name: String, l: &Proj| -> Result<Proj> {
             let bs = match &l.bs {
                 Some(b) => Some(f(&format!("{name}.bias"), b)?),
                 None => None,
             };
-            Ok(nn::Linear { ws: f(&format!("{name}.weight"), &l.ws)?, bs })
+            Ok(Proj { ws: f(&format!("{name}.weight"), &l.ws)?, bs, packed: None })
         };
         let norm = |name: String, n: &RmsNorm| -> Result<RmsNorm> {
             Ok(RmsNorm { weight: f(&format!("{name}.weight"), &n.weight)?, eps: n.eps })
@@ -499,7 +516,40 @@ impl Llama {
             norm,
             lm_head,
             inv_freq: self.inv_freq.shallow_clone(),
+            head_packed: None,
         })
+    }
+
+    /// The same weights with every matrix also packed for products of exactly `rows` rows
+    /// ([`crate::models::packed`]): what decoding a batch of `rows` sequences multiplies by.
+    /// Costs one more copy of the matrices while it lives; other row counts (a prompt) use the
+    /// plain weights. Where packing does not apply (not float32 on the CPU, no MKL) this is
+    /// [`Llama::column_major`].
+    pub fn packed_for_rows(&self, rows: i64) -> Result<Llama> {
+        tch::no_grad(|| {
+            let mut m = self.map_weights(&|_, w| Ok(w.shallow_clone()))?;
+            let Some(head) = Packed::new(&m.lm_head_weight(), rows)? else {
+                return self.column_major();
+            };
+            m.head_packed = Some(head);
+            for l in &mut m.layers {
+                let a = &mut l.self_attn;
+                let p = &mut l.mlp;
+                for proj in [&mut a.q_proj, &mut a.k_proj, &mut a.v_proj, &mut a.o_proj].into_iter().chain([
+                    &mut p.gate_proj,
+                    &mut p.up_proj,
+                    &mut p.down_proj,
+                ]) {
+                    proj.packed = Packed::new(&proj.ws, rows)?;
+                }
+            }
+            Ok(m)
+        })
+    }
+
+    /// The row count of a [`Llama::packed_for_rows`] copy.
+    pub fn packed_rows(&self) -> Option<i64> {
+        self.head_packed.as_ref().map(Packed::rows)
     }
 
     /// The same model with every matrix stored column-major (`w.t().contiguous().t()`: same
@@ -508,11 +558,20 @@ impl Llama {
     /// kernels for a few rows against a transposed operand are the slow ones); the values are the
     /// same, the copy costs one model's memory while it lives.
     pub fn column_major(&self) -> Result<Llama> {
+        if self.is_column_major() {
+            return self.map_weights(&|_, w| Ok(w.shallow_clone()));
+        }
         tch::no_grad(|| {
             self.map_weights(&|_, w| {
                 Ok(if w.dim() == 2 { w.f_tr()?.f_contiguous()?.f_tr()? } else { w.shallow_clone() })
             })
         })
+    }
+
+    /// True when the matrices are stored column-major (a [`Llama::column_major`] copy).
+    pub fn is_column_major(&self) -> bool {
+        let w = &self.layers.first().map_or(&self.embed_tokens, |l| &l.self_attn.q_proj.ws);
+        w.dim() == 2 && w.stride()[0] == 1 && w.size()[0] > 1
     }
 
     /// Number of parameters (a tied head counted once).
@@ -565,7 +624,10 @@ impl Llama {
         cache: &mut KvCache,
     ) -> Result<Tensor> {
         let x = self.trunk(input_ids, attention_mask, Some(cache), ForwardOptions::default())?.x; // [B, T, H]
-        Ok(x.linear(&self.lm_head_weight(), None::<Tensor>)) // [B, T, V]
+        match &self.head_packed {
+            Some(p) => p.linear(&x, &self.lm_head_weight(), None), // [B, T, V]
+            None => Ok(x.linear(&self.lm_head_weight(), None::<Tensor>)), // [B, T, V]
+        }
     }
 
     /// Checks ids and mask before any compute; returns `(B, T)`.

@@ -5,6 +5,7 @@
 pub mod cnn;
 pub mod llama;
 pub mod mlp;
+pub mod packed;
 
 use serde::{Deserialize, Serialize};
 use tch::{nn, Tensor};
