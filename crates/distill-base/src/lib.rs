@@ -2,10 +2,12 @@
 //!
 //! - [`atomic`]: files written atomically (temporary sibling, fsync, rename, fsync of the
 //!   directory), so a crash leaves either the old file or the new one, never half of one.
+//! - [`guard`]: a panic in third-party code on untrusted input turned into an error.
 //! - [`rng`]: SplitMix64, the small platform-independent generator behind data order,
 //!   augmentation, tail sampling and generation, so a seed means the same thing everywhere.
 
 pub mod atomic;
+pub mod guard;
 pub mod rng;
 
 pub use atomic::{write_atomic, write_atomic_with, write_json, AtomicWriteError};

@@ -42,8 +42,22 @@ fn tune_allocator() {
     }
 }
 
+/// A panic is one line on stderr, never a backtrace: silent when [`distill_base::guard::catch`]
+/// turns it into an error (printed by `main`), otherwise reported as a bug with its place.
+fn one_line_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        if distill_base::guard::guarded() {
+            return;
+        }
+        let msg = distill_base::guard::panic_message(info.payload()).replace('\n', " ");
+        let at = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+        eprintln!("error: internal error (a bug in distill; please report it): {msg}{at}");
+    }));
+}
+
 fn main() -> ExitCode {
     tune_allocator();
+    one_line_panics();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),

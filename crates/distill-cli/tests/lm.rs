@@ -368,6 +368,33 @@ fn lm_bad_inputs_fail_with_one_clear_line() {
     ]);
     assert_error(&o, &["tokenizer mismatch"]);
 
+    // A tokenizer.json whose pipeline panics inside the tokenizers crate (a Strip decoder that
+    // cuts more characters than a token has — token `ww` is all `w`; a post-processor template
+    // naming a second sequence): one line naming the file, no panic text.
+    for (name, field, value) in [
+        ("strip", "\"decoder\": null", r#""decoder": {"type": "Strip", "content": "w", "start": 0, "stop": 100}"#),
+        (
+            "template",
+            "\"post_processor\": null",
+            r#""post_processor": {"type": "TemplateProcessing", "single": [{"Sequence": {"id": "B", "type_id": 0}}],
+                "pair": [{"Sequence": {"id": "A", "type_id": 0}}], "special_tokens": {}}"#,
+        ),
+    ] {
+        let m = d.join(name);
+        std::fs::create_dir_all(&m).unwrap();
+        for f in ["config.json", "model.safetensors"] {
+            std::fs::copy(t.join(f), m.join(f)).unwrap();
+        }
+        let tok = std::fs::read_to_string(t.join("tokenizer.json")).unwrap();
+        assert!(tok.contains(field), "{field}");
+        std::fs::write(m.join("tokenizer.json"), tok.replace(field, value).replace("\"w0\":", "\"ww\":")).unwrap();
+        let o = distill(&["generate", "--model", m.to_str().unwrap(), "--prompt", "w1 w2"]);
+        assert_error(&o, &[&format!("{name}/tokenizer.json: not a usable tokenizer.json"), "panicked"]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert_eq!(o.status.code(), Some(1));
+    }
+
     // Unknown LM recipe key.
     let o = distill(&["run", rs, "--out", outs, "--set", "student.layer=2"]);
     assert_error(&o, &["unknown field `layer`"]);

@@ -83,10 +83,12 @@ pub fn tokenize_documents(docs: &[Document], tokenizer: &Tokenizer) -> Result<Ve
     tokenizer.with_padding(None);
     docs.par_iter()
         .map(|doc| {
-            tokenizer
-                .encode_fast(doc.text.as_str(), false)
+            let err = |message: String| TextError::Tokenize { key: doc.key.clone(), index: doc.index, message };
+            // A tokenizer.json is untrusted input: a panic in its pipeline is this document's error.
+            distill_base::guard::catch(|| tokenizer.encode_fast(doc.text.as_str(), false))
+                .map_err(|p| err(format!("the tokenizer failed: {p}")))?
                 .map(|enc| enc.get_ids().to_vec())
-                .map_err(|e| TextError::Tokenize { key: doc.key.clone(), index: doc.index, message: e.to_string() })
+                .map_err(|e| err(e.to_string()))
         })
         .collect()
 }

@@ -218,15 +218,14 @@ pub struct TopToken {
 pub fn top_k_table(model: &Llama, tok: &Tokenizer, prompt: &str, k: usize) -> Result<Vec<TopToken>> {
     let ids = encode(tok, prompt)?;
     let top = top_k_next(model, &ids, k)?;
-    Ok(top
-        .into_iter()
-        .map(|(id, prob)| TopToken { token: tok.decode(&[id as u32], false).unwrap_or_default(), id, prob })
-        .collect())
+    Ok(top.into_iter().map(|(id, prob)| TopToken { token: decode_raw(tok, &[id as u32]), id, prob }).collect())
 }
 
 /// Token ids of `text` (no special tokens added).
 pub fn encode(tok: &Tokenizer, text: &str) -> Result<Vec<i64>> {
-    let enc = tok.encode(text, false).map_err(|e| Error::Invalid(format!("cannot tokenize prompt: {e}")))?;
+    let enc = distill_base::guard::catch(|| tok.encode(text, false))
+        .map_err(|p| Error::Invalid(format!("the tokenizer failed on the prompt: {p}")))?
+        .map_err(|e| Error::Invalid(format!("cannot tokenize prompt: {e}")))?;
     let ids: Vec<i64> = enc.get_ids().iter().map(|&i| i as i64).collect();
     if ids.is_empty() {
         return Err(Error::Invalid("the prompt is empty after tokenization".into()));
@@ -269,9 +268,16 @@ pub fn generate_text(model: &Llama, tok: &Tokenizer, prompt: &str, opts: &Genera
 
 /// Byte offset of the earliest occurrence of any of `stops` in `text` (empty strings never match).
 /// Generated ids as text, special tokens dropped.
+/// One token's text with special tokens kept; empty when the tokenizer cannot decode it.
+fn decode_raw(tok: &Tokenizer, ids: &[u32]) -> String {
+    distill_base::guard::catch(|| tok.decode(ids, false)).ok().and_then(|r| r.ok()).unwrap_or_default()
+}
+
 pub fn decode(tok: &Tokenizer, ids: &[i64]) -> Result<String> {
     let u: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
-    tok.decode(&u, true).map_err(|e| Error::Invalid(format!("cannot decode: {e}")))
+    distill_base::guard::catch(|| tok.decode(&u, true))
+        .map_err(|p| Error::Invalid(format!("the tokenizer failed to decode: {p}")))?
+        .map_err(|e| Error::Invalid(format!("cannot decode: {e}")))
 }
 
 /// Whether the text of `ids` already contains one of `stops`: the per-row stop rule of

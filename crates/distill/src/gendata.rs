@@ -408,8 +408,7 @@ pub fn prompts_from_rows(
     let mut out = Vec::new();
     for i in 0..rows.n_blocks().min(limit) {
         let row = rows.row(i).expect("row in range");
-        let text =
-            tok.decode(&row[..prompt_tokens], true).map_err(|e| Error::Invalid(format!("cannot decode: {e}")))?;
+        let text = crate::eval::decode(tok, &row[..prompt_tokens].iter().map(|&t| t as i64).collect::<Vec<_>>())?;
         if !text.trim().is_empty() {
             out.push(text);
         }

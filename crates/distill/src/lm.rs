@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use distill_base::guard;
 use tch::{nn, Device, Kind};
 use tokenizers::Tokenizer;
 
@@ -105,6 +106,27 @@ pub fn config_from_gguf(file: &distill_gguf::GgufFile, p: &distill_gguf::LlamaGg
     Ok(cfg)
 }
 
+/// A tokenizer.json read into a tokenizer that cannot take the process down: parsed with any
+/// panic caught, its own truncation and padding off (distill packs and pads itself), and a
+/// trial — decode the first ids of the vocabulary, encode that text and a test sentence — so
+/// that a pipeline that panics (a decoder stripping more than a token holds, a post-processor
+/// template naming a second sequence) is an error here, naming the file. Errors the tokenizer
+/// reports itself are left to the text that causes them.
+pub fn tokenizer_from_json(bytes: &[u8], path: &Path) -> Result<Tokenizer> {
+    let bad = |m: String| Error::format(path, format!("not a usable tokenizer.json: {m}"));
+    let mut tok = guard::catch(|| Tokenizer::from_bytes(bytes)).map_err(bad)?.map_err(|e| bad(e.to_string()))?;
+    tok.with_truncation(None).map_err(|e| bad(e.to_string()))?;
+    tok.with_padding(None);
+    let ids: Vec<u32> = (0..tok.get_vocab_size(true).min(64) as u32).collect();
+    let text = guard::catch(|| tok.decode(&ids, true))
+        .map_err(|p| bad(format!("decoding its first tokens panicked: {p}")))?
+        .unwrap_or_default();
+    for t in [text.as_str(), "Hello, world! 1234 \u{2014} \u{e7}a va?\n"] {
+        let _ = guard::catch(|| tok.encode(t, false)).map_err(|p| bad(format!("encoding text panicked: {p}")))?;
+    }
+    Ok(tok)
+}
+
 /// Loads a causal LM from a GGUF file or an HF directory, frozen (no gradients), in f32.
 pub fn load_lm(path: &Path, device: Device) -> Result<LoadedLm> {
     if path.is_dir() {
@@ -112,8 +134,7 @@ pub fn load_lm(path: &Path, device: Device) -> Result<LoadedLm> {
         vs.freeze();
         let tj = path.join("tokenizer.json");
         let tokenizer_json = std::fs::read(&tj).map_err(|e| Error::io(&tj, e))?;
-        let tokenizer = Tokenizer::from_bytes(&tokenizer_json)
-            .map_err(|e| Error::format(&tj, format!("not a valid tokenizer.json: {e}")))?;
+        let tokenizer = tokenizer_from_json(&tokenizer_json, &tj)?;
         let file_bytes = std::fs::read_dir(path)
             .map_err(|e| Error::io(path, e))?
             .filter_map(|e| e.ok())
