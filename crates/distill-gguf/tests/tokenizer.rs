@@ -35,7 +35,9 @@ fn build(spec: Spec) -> GgufFile {
     let table = bytes_to_unicode();
     let mut tokens: Vec<String> = table.iter().map(|c| c.to_string()).collect();
     let mut types = vec![1i32; 256];
-    for (t, ty) in [("12", 1), ("123", 1), ("'S", 1), ("<|ctl|>", 3), ("<think>", 4), ("<｜end｜>", 3)] {
+    for (t, ty) in
+        [("12", 1), ("123", 1), ("'S", 1), ("<|ctl|>", 3), ("<think>", 4), ("<｜end｜>", 3), ("$B", 3), ("<a:b>", 3)]
+    {
         tokens.push(t.to_owned());
         types.push(ty);
     }
@@ -94,7 +96,7 @@ fn control_and_user_defined_tokens() {
     assert_eq!(tok.decode(e.get_ids(), false).unwrap(), "a<|ctl|>b<think>c");
     // The control token spelled outside the byte alphabet is re-spelled, not made special, and
     // adds nothing to the vocabulary.
-    assert_eq!(tok.get_vocab_size(true), 262);
+    assert_eq!(tok.get_vocab_size(true), 264);
     assert_eq!(tok.token_to_id("<｜end｜>"), None);
     let respelled: String = "<｜end｜>".bytes().map(|b| bytes_to_unicode()[b as usize]).collect();
     assert_eq!(tok.token_to_id(&respelled), Some(ID_FULLWIDTH));
@@ -105,6 +107,16 @@ fn add_bos_token_inserts_bos() {
     let tok = tokenizer_from_gguf(&build(Spec { add_bos: true, ..Spec::default() })).unwrap();
     assert_eq!(tok.encode("12", true).unwrap().get_ids(), [ID_CTL, ID_12]);
     assert_eq!(tok.encode("12", false).unwrap().get_ids(), [ID_12]);
+}
+
+/// A BOS spelled like a template placeholder (`$B`, the second sequence) or with a `:` (a type
+/// id) is still just BOS: it was inserted as a sequence (every encode panicked) or refused.
+#[test]
+fn bos_spelled_like_template_syntax_is_still_bos() {
+    for bos in [262, 263] {
+        let tok = tokenizer_from_gguf(&build(Spec { add_bos: true, bos, ..Spec::default() })).unwrap();
+        assert_eq!(tok.encode("12", true).unwrap().get_ids(), [bos, ID_12]);
+    }
 }
 
 #[test]

@@ -246,25 +246,30 @@ fn add_post_processor(file: &GgufFile, tokenizer: &mut Tokenizer, spelled: &[Str
             spelled.get(id as usize).ok_or_else(|| tok_err(file, format!("{key} = {id} is past the vocabulary")))?;
         Ok(Some((token.clone(), id)))
     };
-    let mut template: Vec<String> = Vec::new();
+    // The template is built from pieces, not from strings: tokenizers would read a token spelled
+    // `$B` as the second sequence (and panic on every encode) and refuse one containing `:`.
+    let special_piece = |t: &str| serde_json::json!({"SpecialToken": {"id": t, "type_id": 0}});
+    let mut template = Vec::new();
     let mut specials: Vec<(String, u32)> = Vec::new();
     if flag("tokenizer.ggml.add_bos_token")? {
         let bos = special_token("tokenizer.ggml.bos_token_id")?
             .ok_or_else(|| tok_err(file, "add_bos_token is set but bos_token_id is missing".into()))?;
-        template.push(bos.0.clone());
+        template.push(special_piece(&bos.0));
         specials.push(bos);
     }
-    template.push("$A".to_owned());
+    template.push(serde_json::json!({"Sequence": {"id": "A", "type_id": 0}}));
     if flag("tokenizer.ggml.add_eos_token")? {
         let eos = special_token("tokenizer.ggml.eos_token_id")?
             .ok_or_else(|| tok_err(file, "add_eos_token is set but eos_token_id is missing".into()))?;
-        template.push(eos.0.clone());
+        template.push(special_piece(&eos.0));
         specials.push(eos);
     }
     if !specials.is_empty() {
+        let template: tokenizers::processors::template::Template =
+            serde_json::from_value(serde_json::Value::Array(template))
+                .map_err(|e| tok_err(file, format!("post-processor template: {e}")))?;
         let post = TemplateProcessing::builder()
-            .try_single(template)
-            .map_err(|e| tok_err(file, format!("post-processor template: {e}")))?
+            .single(template)
             .special_tokens(specials)
             .build()
             .map_err(|e| tok_err(file, format!("post-processor: {e}")))?;
