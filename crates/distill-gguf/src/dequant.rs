@@ -56,6 +56,10 @@ pub fn dequantize(ty: GgmlType, data: &[u8], out: &mut [f32]) -> Result<(), Dequ
 
 /// Dequantizes `data` into a new vector of `n_elements` values (see [`dequantize`]).
 pub fn dequantize_to_vec(ty: GgmlType, data: &[u8], n_elements: usize) -> Result<Vec<f32>, DequantError> {
+    // The size is checked before the output is allocated: `n_elements` may come from a header.
+    if ty.bytes_for(n_elements as u64) != Some(data.len() as u64) {
+        return Err(DequantError::LengthMismatch { ty, bytes: data.len(), elements: n_elements });
+    }
     let mut out = vec![0f32; n_elements];
     dequantize(ty, data, &mut out)?;
     Ok(out)

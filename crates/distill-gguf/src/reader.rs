@@ -67,8 +67,8 @@ impl TensorInfo {
     /// The shape in PyTorch / row-major order (outermost first): GGUF dims reversed.
     /// A GGUF `[576, 49152]` embedding is `[49152, 576]` here.
     pub fn shape(&self) -> Vec<usize> {
-        // Dims were checked at open: their product is the element count of bytes inside the
-        // file, so each one fits in usize.
+        // Dims were checked at open: each is below 2^62, and unless one is 0 their product is
+        // the element count of bytes inside the file.
         self.dims.iter().rev().map(|&d| d as usize).collect()
     }
 
@@ -526,6 +526,11 @@ fn parse_header(path: &Path, buf: &[u8]) -> Result<Header> {
             .iter()
             .try_fold(1u64, |acc, &d| acc.checked_mul(d))
             .ok_or_else(|| c.malformed(format!("tensor `{name}`: element count overflows")))?;
+        // An empty tensor (a zero dim) would let the other dims be anything; every dim must be
+        // a size a tensor library can hold, whatever the product.
+        if let Some(&d) = dims.iter().find(|&&d| d > i64::MAX as u64 / 2) {
+            return Err(c.malformed(format!("tensor `{name}`: dimension {d} is not a tensor size")));
+        }
         let row = dims.first().copied().unwrap_or(1);
         if row % ty.block_size() != 0 {
             return Err(c.malformed(format!(

@@ -140,6 +140,12 @@ fn large_tensor_parallel_path_matches_serial_blocks() {
     // Length mismatches are errors.
     assert!(distill_gguf::dequantize_to_vec(GgmlType::Q4_K, &blocks[..143], 256).is_err());
     assert!(distill_gguf::dequantize_to_vec(GgmlType::Q8_0, &[0u8; 34], 33).is_err());
+    // A header-sized element count is checked against the bytes before anything is allocated
+    // (2^60 floats would abort the process).
+    assert!(matches!(
+        distill_gguf::dequantize_to_vec(GgmlType::F32, &[0u8; 4], 1 << 60),
+        Err(distill_gguf::DequantError::LengthMismatch { .. })
+    ));
     assert!(matches!(
         distill_gguf::dequantize_to_vec(GgmlType::Q5_0, &[0u8; 22], 32),
         Err(distill_gguf::DequantError::Unsupported(GgmlType::Q5_0))
@@ -347,6 +353,13 @@ fn structural_errors() {
         Raw::new().tensor("t", &[4], 0, u64::MAX - 31),
         &|e| matches!(e, GgufError::TensorOutOfBounds { .. }),
         "offset overflow",
+    );
+    // An empty tensor whose other dim is 2^64 − 1 (the product is 0, inside any file): a shape
+    // no tensor library can hold, refused before anything multiplies or converts it.
+    check(
+        Raw::new().tensor("t", &[0, u64::MAX], 0, 0),
+        &|e| matches!(e, GgufError::Malformed { message, .. } if message.contains("is not a tensor size")),
+        "huge dim beside a zero dim",
     );
     check(
         Raw::new().tensor("t", &[u64::MAX, 4], 0, 0),

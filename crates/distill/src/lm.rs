@@ -161,6 +161,8 @@ pub fn load_lm(path: &Path, device: Device) -> Result<LoadedLm> {
     let file = distill_gguf::GgufFile::open(path)?;
     let params = distill_gguf::LlamaGgufParams::from_gguf(&file)?;
     let cfg = config_from_gguf(&file, &params)?;
+    let held = file.tensors().iter().try_fold(0u64, |acc, t| acc.checked_add(t.n_elements())).unwrap_or(u64::MAX);
+    cfg.check_fits(held).map_err(|m| Error::format(path, format!("its metadata {m}")))?;
     let mut vs = nn::VarStore::new(device);
     let model = Llama::new(vs.root(), &cfg)?;
     let tensors: Vec<(String, Vec<i64>, Vec<f32>)> = distill_gguf::hf_tensors(&file, &params)

@@ -316,7 +316,44 @@ impl LlamaConfig {
     }
 
     /// Checks the invariants the model relies on.
+    /// Parameters the model has (a tied head counted once); None when the count overflows.
+    pub fn param_count(&self) -> Option<u64> {
+        let u = |v: i64| u64::try_from(v).ok();
+        let (v, h, i, l) = (u(self.vocab_size)?, u(self.hidden_size)?, u(self.intermediate_size)?, u(self.num_layers)?);
+        let (q, kv) =
+            (u(self.num_heads)?.checked_mul(u(self.head_dim)?)?, u(self.num_kv_heads)?.checked_mul(u(self.head_dim)?)?);
+        let attn = h.checked_mul(q.checked_mul(2)?.checked_add(kv.checked_mul(2)?)?)?;
+        let mlp = h.checked_mul(i)?.checked_mul(3)?;
+        let layer = attn.checked_add(mlp)?.checked_add(h.checked_mul(2)?)?;
+        let embed = v.checked_mul(h)?.checked_mul(if self.tie_word_embeddings { 1 } else { 2 })?;
+        l.checked_mul(layer)?.checked_add(embed)?.checked_add(h)
+    }
+
+    /// Checks that the weights `config` describes fit in the `held` elements its weight files
+    /// hold, before anything is allocated for them: a config (or GGUF header) that claims a
+    /// larger model than its files is refused instead of allocating without bound.
+    pub fn check_fits(&self, held: u64) -> std::result::Result<(), String> {
+        match self.param_count() {
+            Some(n) if n <= held => Ok(()),
+            Some(n) => {
+                Err(format!("describes a model of {n} parameters, but its weight files hold at most {held} values"))
+            }
+            None => Err("describes a model whose parameter count overflows".into()),
+        }
+    }
+
     pub fn validate(&self) -> std::result::Result<(), String> {
+        for (name, v) in [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_layers),
+            ("num_attention_heads", self.num_heads),
+        ] {
+            if v <= 0 {
+                return Err(format!("`{name}` must be positive, got {v}"));
+            }
+        }
         if self.num_kv_heads <= 0 || self.num_heads % self.num_kv_heads != 0 {
             return Err(format!(
                 "`num_attention_heads` {} is not a multiple of `num_key_value_heads` {}",

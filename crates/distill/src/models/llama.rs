@@ -417,7 +417,14 @@ impl Llama {
     /// converting the weights to `kind`.
     pub fn from_pretrained(dir: impl AsRef<Path>, device: Device, kind: Kind) -> Result<(nn::VarStore, Llama)> {
         let dir = dir.as_ref();
-        let cfg = LlamaConfig::from_file(dir.join("config.json"))?;
+        let cfg_path = dir.join("config.json");
+        let cfg = LlamaConfig::from_file(&cfg_path)?;
+        // At least 2 bytes per value (f16/bf16) in the checkpoint files.
+        let bytes: u64 = crate::io::safetensors::checkpoint_files(dir)?
+            .iter()
+            .map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0))
+            .sum();
+        cfg.check_fits(bytes / 2).map_err(|m| Error::format(&cfg_path, m))?;
         let mut vs = nn::VarStore::new(device);
         let model = Llama::new(vs.root(), &cfg)?;
         if kind != Kind::Float {
