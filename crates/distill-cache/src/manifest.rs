@@ -203,12 +203,12 @@ impl Manifest {
 
     /// Rows stored in the listed shards.
     pub fn rows_stored(&self) -> usize {
-        self.shards.iter().map(|s| s.rows).sum()
+        self.shards.iter().fold(0usize, |acc, s| acc.saturating_add(s.rows))
     }
 
     /// Bytes of all listed shard files, headers included.
     pub fn total_bytes(&self) -> u64 {
-        self.shards.iter().map(|s| s.bytes).sum()
+        self.shards.iter().fold(0u64, |acc, s| acc.saturating_add(s.bytes))
     }
 
     /// Rows in shard `index` (the last shard holds the remainder).
@@ -265,8 +265,12 @@ impl Manifest {
                 return Err(format!("shard entry {i} ({}) has no valid sha256", s.file));
             }
         }
-        let stored = self.rows_stored();
-        expect("tokens", self.tokens.to_string(), (stored * self.seq_len).to_string())?;
+        let stored = self.shards.iter().try_fold(0usize, |acc, s| acc.checked_add(s.rows));
+        let tokens = stored.and_then(|n| n.checked_mul(self.seq_len));
+        let (Some(stored), Some(tokens)) = (stored, tokens) else {
+            return Err("its shard row counts overflow".into());
+        };
+        expect("tokens", self.tokens.to_string(), tokens.to_string())?;
         if self.complete && stored != self.n_rows {
             return Err(format!("marked complete but its shards hold {stored} of {} rows", self.n_rows));
         }

@@ -59,7 +59,9 @@ impl CacheReader {
             }
             // SAFETY: the map is read-only and private to this reader; see the caveat on the type.
             let map = unsafe { Mmap::map(&file) }.map_err(io(&path, "mmap shard"))?;
-            shard::check_size_and_header(&path, map.len() as u64, &map[..HEADER_BYTES], &manifest, index, entry)?;
+            // The file may have shrunk since the stat: a short map is a size error, not a panic.
+            let header = map.get(..HEADER_BYTES).unwrap_or(&[]);
+            shard::check_size_and_header(&path, map.len() as u64, header, &manifest, index, entry)?;
             shards.push(Shard { path, map, entry: entry.clone(), verified: OnceLock::new() });
         }
         let layout = Layout::new(manifest.top_k, manifest.tail_samples, manifest.vocab_size, manifest.logprob_encoding);
@@ -143,6 +145,15 @@ impl CacheReader {
             for (t, rec) in records.chunks_exact(bpt).enumerate() {
                 let at = (j * s + t) * k;
                 log_tail[j * s + t] = self.layout.decode(rec, &mut ids[at..at + k], &mut logp[at..at + k]);
+                // The sha256 proves only that the shard is the one the manifest lists: an id past
+                // the vocabulary would index out of bounds in the loss.
+                let v = self.manifest.vocab_size as i64;
+                if let Some(&bad) = ids[at..at + k].iter().find(|&&id| id >= v) {
+                    return Err(CacheError::BadShard {
+                        path: shard.path.clone(),
+                        message: format!("row {row}, position {t}: token id {bad} is past the vocabulary ({v})"),
+                    });
+                }
             }
         }
         Ok(())

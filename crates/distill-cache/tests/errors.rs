@@ -235,3 +235,34 @@ fn invalid_specs_name_the_field() {
     }
     assert!(!tmp.path().join("manifest.json").exists());
 }
+
+/// A shard whose checksum matches its manifest entry (both rewritten, as anyone can) but whose
+/// ids lie past the vocabulary: an error naming the shard, row and position, never an id the
+/// loss would index out of bounds with.
+#[test]
+fn ids_past_the_vocabulary_are_refused_even_with_a_matching_checksum() {
+    use sha2::Digest;
+    let tmp = tempfile::tempdir().unwrap();
+    write_small(tmp.path());
+    let shard = tmp.path().join("shard-00000.bin");
+    let mut bytes = fs::read(&shard).unwrap();
+    // Record 0 (row 0, position 0): logp0, log_tail, then the first id as u16 (V = 1000).
+    let at = distill_cache::HEADER_BYTES + 8;
+    bytes[at..at + 2].copy_from_slice(&60_000u16.to_le_bytes());
+    let old = format!("{:x}", sha2::Sha256::digest(fs::read(&shard).unwrap()));
+    let new = format!("{:x}", sha2::Sha256::digest(&bytes));
+    fs::write(&shard, &bytes).unwrap();
+    let manifest = tmp.path().join("manifest.json");
+    let text = fs::read_to_string(&manifest).unwrap();
+    assert!(text.contains(&old));
+    fs::write(&manifest, text.replace(&old, &new)).unwrap();
+
+    let r = CacheReader::open(tmp.path()).unwrap();
+    let err = read(&r, &[1, 0]).unwrap_err().to_string();
+    assert!(
+        err.contains("shard-00000.bin")
+            && err.contains("row 0, position 0: token id 60000 is past the vocabulary (1000)"),
+        "{err}"
+    );
+    read(&r, &[1, 2]).unwrap();
+}
