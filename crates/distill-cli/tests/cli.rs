@@ -396,6 +396,49 @@ fn bad_inputs_fail_with_one_clear_line_and_leave_nothing() {
     std::fs::write(&empty, "label,p0\n").unwrap();
     let o = run_with(vec![format!("data.train={}", empty.display())]);
     assert_error(&o, &["empty.csv: no data rows"]);
+
+    // The label in the last column, read with the default label_column = 0: column 0 (a pixel
+    // that is 0 in every image) would make a one-class set, trained to "100% accuracy". It is
+    // refused, naming the single value and the setting; label_column = -1 reads the last column.
+    let last = |name: &str| {
+        let src = std::fs::read_to_string(d.join(name)).unwrap();
+        let rows: Vec<String> = src
+            .lines()
+            .skip(1)
+            .map(|l| {
+                let (label, px) = l.split_once(',').unwrap();
+                let px: Vec<&str> = px.split(',').skip(1).collect();
+                format!("0,{},{label}", px.join(","))
+            })
+            .collect();
+        let p = d.join(format!("last-{name}"));
+        std::fs::write(&p, rows.join("\n") + "\n").unwrap();
+        p
+    };
+    let (train_last, test_last) = (last("train.csv"), last("test.csv"));
+    let last_sets = |extra: &[&str]| {
+        let mut v = vec![format!("data.train={}", train_last.display()), format!("data.test={}", test_last.display())];
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let o = run_with(last_sets(&[]));
+    assert_error(
+        &o,
+        &[
+            "the training labels hold one class (every label is 0)",
+            "data.label_column = 0 picks the label (-1 = the last column)",
+        ],
+    );
+    let o = run_with(last_sets(&["data.label_column=-1", "teacher.train.lr=1e30"]));
+    assert_error(&o, &["loss is", "phase teacher-s0"]); // loaded, then diverged at step 1 as asked
+    let _ = std::fs::remove_dir_all(&out);
+    // A label that cannot be a class index (it would size the classifier).
+    let huge = d.join("huge.csv");
+    let mut text = std::fs::read_to_string(d.join("train.csv")).unwrap();
+    text.push_str(&format!("1e300{}\n", ",0".repeat(64)));
+    std::fs::write(&huge, text).unwrap();
+    let o = run_with(vec![format!("data.train={}", huge.display())]);
+    assert_error(&o, &["huge.csv: line 602: label `1e300` is not a class index below 1048576"]);
     assert!(!out.exists(), "a failed run left {} behind", out.display());
 
     // Divergence is caught at the step it happens, with the phase named.

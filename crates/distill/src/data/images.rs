@@ -43,9 +43,10 @@ pub struct ImageData {
     /// CSV: test file.
     #[serde(default)]
     pub test: Option<String>,
-    /// CSV: index of the label column (default 0); every other column is a pixel.
+    /// CSV: index of the label column (default 0; negative counts from the end, -1 = the last
+    /// column); every other column is a pixel.
     #[serde(default)]
-    pub label_column: usize,
+    pub label_column: i64,
     /// CSV: whether the first row is a header (default: detected — a first row that is not all
     /// numbers is a header).
     #[serde(default)]
@@ -142,18 +143,30 @@ impl ImageSet {
     }
 }
 
-/// Reads a whole file, transparently un-gzipping it when it starts with the gzip magic.
+/// Class indices at or above this are refused (they would size the classifier's output).
+pub const MAX_CLASSES: usize = 1 << 20;
+
+/// Reads a whole IDX file, transparently un-gzipping it when it starts with the gzip magic.
+/// A gzip stream is inflated only as far as its IDX header says the file reaches (plus one
+/// byte, so that trailing data is still reported): a small file cannot inflate without bound.
 fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
     let raw = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&raw[..])
-            .read_to_end(&mut out)
-            .map_err(|e| Error::format(path, format!("corrupt gzip stream: {e}")))?;
-        Ok(out)
-    } else {
-        Ok(raw)
+    if !raw.starts_with(&[0x1f, 0x8b]) {
+        return Ok(raw);
     }
+    let corrupt = |e: std::io::Error| Error::format(path, format!("corrupt gzip stream: {e}"));
+    let mut gz = flate2::read::GzDecoder::new(&raw[..]);
+    let mut out = Vec::new();
+    (&mut gz).take(4).read_to_end(&mut out).map_err(corrupt)?;
+    let ndim = if out.len() == 4 { usize::from(out[3]).min(4) } else { 0 };
+    (&mut gz).take(4 * ndim as u64).read_to_end(&mut out).map_err(corrupt)?;
+    let want = (0..ndim)
+        .filter_map(|i| out.get(4 + 4 * i..8 + 4 * i))
+        .map(|b| u64::from(u32::from_be_bytes([b[0], b[1], b[2], b[3]])))
+        .try_fold(1u64, |a, d| a.checked_mul(d))
+        .unwrap_or(u64::MAX);
+    gz.take(want.saturating_add(1)).read_to_end(&mut out).map_err(corrupt)?;
+    Ok(out)
 }
 
 /// An IDX array of unsigned bytes: its dimensions and data.
@@ -249,7 +262,7 @@ pub fn load_idx_pair(images: &Path, labels: &Path, scale: f64) -> Result<ImageSe
 /// first row does not parse as numbers.
 pub fn load_csv(
     path: &Path,
-    label_column: usize,
+    label_column: i64,
     header: Option<bool>,
     scale: f64,
     size: Option<[usize; 2]>,
@@ -277,14 +290,22 @@ pub fn load_csv(
             Some(c) if c != fields.len() => return Err(at(format!("{} columns, expected {c}", fields.len()))),
             _ => {}
         }
-        if label_column >= fields.len() {
-            return Err(at(format!("label_column {label_column} but the row has {} columns", fields.len())));
+        let n_fields = fields.len() as i64;
+        let label_at = if label_column < 0 { n_fields + label_column } else { label_column };
+        if !(0..n_fields).contains(&label_at) {
+            return Err(at(format!("label_column {label_column} but the row has {n_fields} columns")));
         }
         for (j, f) in fields.iter().enumerate() {
             let v: f64 = f.parse().map_err(|_| at(format!("column {}: `{f}` is not a number", j + 1)))?;
-            if j == label_column {
+            if j as i64 == label_at {
                 if v < 0.0 || v.fract() != 0.0 {
                     return Err(at(format!("label `{f}` is not a non-negative integer")));
+                }
+                // Labels size the classifier: a class index in the millions is a wrong column.
+                if v >= MAX_CLASSES as f64 {
+                    return Err(at(format!(
+                        "label `{f}` is not a class index below {MAX_CLASSES} (is data.label_column right?)"
+                    )));
                 }
                 labels.push(v as i64);
             } else {
@@ -310,7 +331,7 @@ pub fn load_csv(
             [side, side]
         }
     };
-    if h * w != npx {
+    if h.checked_mul(w) != Some(npx) {
         return Err(Error::format(path, format!("{npx} pixels per row but image_size is {h}x{w}")));
     }
     Ok(build(pixels, labels, h, w))
@@ -335,6 +356,21 @@ pub fn load_recipe_data(d: &ImageData) -> Result<(ImageSet, ImageSet)> {
         return Err(Error::Invalid(format!(
             "train images are {}x{} but test images are {}x{}",
             train.height, train.width, test.height, test.width
+        )));
+    }
+    // A training set with one class trains a constant and reports it as 100% accurate.
+    let one_class = train.is_empty() || train.labels.min().int64_value(&[]) == train.labels.max().int64_value(&[]);
+    if one_class {
+        let value =
+            if train.is_empty() { "none".to_string() } else { train.labels.get(0).int64_value(&[]).to_string() };
+        let hint = match d.format {
+            ImageFormat::Csv => {
+                format!("; data.label_column = {} picks the label (-1 = the last column)", d.label_column)
+            }
+            ImageFormat::Idx => String::new(),
+        };
+        return Err(Error::Invalid(format!(
+            "the training labels hold one class (every label is {value}): a classifier needs at least two{hint}"
         )));
     }
     if test.num_classes() > train.num_classes() {
@@ -372,6 +408,35 @@ pub fn jitter(x: &Tensor, max: usize, rng: &mut SplitMix64) -> Tensor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A gzip stream that inflates far past what its IDX header describes is read only as far
+    /// as the header reaches (and one byte more, reported as trailing data).
+    #[test]
+    fn gzip_is_inflated_only_as_far_as_the_idx_header_reaches() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bomb.idx.gz");
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        gz.write_all(&idx_bytes(&[2, 2], &[1, 2, 3, 4])).unwrap();
+        gz.write_all(&vec![0u8; 64 << 20]).unwrap(); // 64 MiB of zeros, ~64 KiB compressed
+        std::fs::write(&path, gz.finish().unwrap()).unwrap();
+        let bytes = read_maybe_gz(&path).unwrap();
+        assert_eq!(bytes.len(), 4 + 8 + 4 + 1);
+        let err = read_idx(&path).unwrap_err().to_string();
+        assert!(err.contains("1 trailing bytes after dims [2, 2]"), "{err}");
+    }
+
+    #[test]
+    fn csv_label_column_counts_from_the_end_when_negative() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.csv");
+        std::fs::write(&path, "1,2,3,9\n4,5,6,7\n").unwrap();
+        let set = load_csv(&path, -1, Some(false), 1.0, Some([1, 3])).unwrap();
+        assert_eq!(Vec::<i64>::try_from(&set.labels).unwrap(), [9, 7]);
+        assert_eq!(Vec::<f32>::try_from(&set.images.view([-1])).unwrap(), [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        let err = load_csv(&path, -5, Some(false), 1.0, Some([1, 3])).unwrap_err().to_string();
+        assert!(err.contains("label_column -5 but the row has 4 columns"), "{err}");
+    }
 
     fn idx_bytes(dims: &[u32], data: &[u8]) -> Vec<u8> {
         let mut b = vec![0, 0, 8, dims.len() as u8];
