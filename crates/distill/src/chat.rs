@@ -33,6 +33,10 @@ pub fn apply_chat_template(
     eos_token: &str,
 ) -> Result<String> {
     let mut env = Environment::new();
+    // A template comes with the model file: untrusted. Fuel bounds its work (a real chat
+    // template spends a few hundred units per message; nested loops over `range(100000)` would
+    // spend billions), and the prompt it renders is capped.
+    env.set_fuel(Some(FUEL_PER_MESSAGE * (messages.len() as u64 + 1)));
     env.set_trim_blocks(true);
     env.set_lstrip_blocks(true);
     env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
@@ -40,14 +44,29 @@ pub fn apply_chat_template(
     });
     let bad = |e: minijinja::Error| Error::Invalid(format!("chat template: {e}"));
     let t = env.template_from_str(template).map_err(bad)?;
-    t.render(context! {
-        messages => messages,
-        add_generation_prompt => add_generation_prompt,
-        bos_token => bos_token,
-        eos_token => eos_token,
-    })
-    .map_err(bad)
+    let out = t
+        .render(context! {
+            messages => messages,
+            add_generation_prompt => add_generation_prompt,
+            bos_token => bos_token,
+            eos_token => eos_token,
+        })
+        .map_err(bad)?;
+    let given: usize = messages.iter().map(|m| m.content.len()).sum();
+    if out.len() > given + MAX_TEMPLATE_TEXT {
+        return Err(Error::Invalid(format!(
+            "chat template: it rendered {} bytes around {given} bytes of messages (at most {MAX_TEMPLATE_TEXT} of its own)",
+            out.len()
+        )));
+    }
+    Ok(out)
 }
+
+/// Work a template may spend per message (minijinja fuel units; one per instruction).
+const FUEL_PER_MESSAGE: u64 = 200_000;
+
+/// Text a template may add around the messages (system prompts, role markers).
+const MAX_TEMPLATE_TEXT: usize = 1 << 20;
 
 #[cfg(test)]
 mod tests {
@@ -65,5 +84,9 @@ mod tests {
         let err = apply_chat_template(raising, &two, false, "", "").unwrap_err().to_string();
         assert!(err.contains("one turn only"), "{err}");
         assert!(apply_chat_template("{% for %}", &two, false, "", "").is_err());
+        // A template that would loop for 10^10 steps runs out of fuel instead.
+        let spin = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}";
+        let err = apply_chat_template(spin, &two, false, "", "").unwrap_err().to_string();
+        assert!(err.contains("chat template") && err.contains("fuel"), "{err}");
     }
 }
