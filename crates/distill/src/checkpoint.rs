@@ -89,15 +89,25 @@ pub struct Loaded {
 /// errors naming the file.
 pub fn load_tensors(path: &Path) -> Result<Loaded> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let (_, meta) = SafeTensors::read_metadata(&bytes)
+    tensors_from_bytes(path, &bytes)
+}
+
+/// [`load_tensors`] on bytes already read; `path` names them in errors.
+pub fn tensors_from_bytes(path: &Path, bytes: &[u8]) -> Result<Loaded> {
+    let (_, meta) = SafeTensors::read_metadata(bytes)
         .map_err(|e| Error::format(path, format!("not a valid safetensors file: {e}")))?;
-    let st = SafeTensors::deserialize(&bytes)
+    let st = SafeTensors::deserialize(bytes)
         .map_err(|e| Error::format(path, format!("not a valid safetensors file: {e}")))?;
     let mut tensors = HashMap::new();
     for (name, view) in st.tensors() {
         let kind = kind_of(view.dtype())
             .ok_or_else(|| Error::format(path, format!("tensor `{name}` has unsupported dtype {:?}", view.dtype())))?;
-        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+        let shape = view
+            .shape()
+            .iter()
+            .map(|&d| i64::try_from(d))
+            .collect::<std::result::Result<Vec<i64>, _>>()
+            .map_err(|_| Error::format(path, format!("tensor `{name}` has a dimension past i64")))?;
         let t = Tensor::f_from_data_size(view.data(), &shape, kind)?;
         tensors.insert(name, t);
     }

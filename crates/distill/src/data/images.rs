@@ -182,7 +182,8 @@ pub fn read_idx(path: &Path) -> Result<Idx> {
     parse_idx(&bytes).map_err(|m| Error::format(path, m))
 }
 
-fn parse_idx(b: &[u8]) -> std::result::Result<Idx, String> {
+/// Parses IDX bytes (see [`read_idx`]).
+pub fn parse_idx(b: &[u8]) -> std::result::Result<Idx, String> {
     if b.len() < 4 || b[0] != 0 || b[1] != 0 {
         return Err("not an IDX file (bad magic)".into());
     }
@@ -270,6 +271,18 @@ pub fn load_csv(
     let text = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let text = String::from_utf8(text)
         .map_err(|e| Error::format(path, format!("not UTF-8 text (byte {})", e.utf8_error().valid_up_to())))?;
+    parse_csv(path, &text, label_column, header, scale, size)
+}
+
+/// [`load_csv`] on text already read; `path` names it in errors.
+pub fn parse_csv(
+    path: &Path,
+    text: &str,
+    label_column: i64,
+    header: Option<bool>,
+    scale: f64,
+    size: Option<[usize; 2]>,
+) -> Result<ImageSet> {
     let mut pixels = Vec::new();
     let mut labels = Vec::new();
     let mut ncols = None;
