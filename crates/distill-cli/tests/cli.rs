@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+mod common;
+
 const BIN: &str = env!("CARGO_BIN_EXE_distill");
 
 fn root() -> PathBuf {
@@ -336,6 +338,35 @@ fn kill_9_then_resume_gives_the_same_model_bit_for_bit() {
     let steps: Vec<u64> =
         m.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap()).collect();
     assert_eq!(steps, [20, 40, 60, 80, 100, 120]);
+}
+
+/// The soak: an image run killed with SIGKILL at `DISTILL_SOAK_KILLS` random points (each kill
+/// hitting the run resumed from the last), then resumed to the end, has the uninterrupted run's
+/// weights bit for bit in every phase.
+#[test]
+fn kill_9_soak_image_run() {
+    let d = tmpdir("soak");
+    let r = tiny_recipe(&d).to_str().unwrap().to_string();
+    let (a, b) = (d.join("a"), d.join("b"));
+    let args = |out: &Path, resume: bool| {
+        let mut v = vec!["run".to_string(), r.clone(), "--out".into(), out.to_str().unwrap().into()];
+        if resume {
+            v.push("--resume".into());
+        }
+        v
+    };
+    let span = common::run_ok(BIN, &args(&a, false));
+    let kills = common::soak_kills();
+    let killed = common::kill_chain(BIN, &args(&b, false), &args(&b, true), &b, span, kills, 7);
+    assert!(killed * 2 >= kills, "only {killed} of {kills} runs were still going at their kill point");
+    let (ma, mb) = (common::models(&a), common::models(&b));
+    assert!(!ma.is_empty());
+    assert!(ma == mb, "final weights differ after {killed} kills");
+    let numbers = |s: serde_json::Value| -> Vec<String> {
+        let keys = ["role", "seed", "temperature", "steps", "test_errors"];
+        s["results"].as_array().unwrap().iter().map(|r| keys.map(|k| r[k].to_string()).join(" ")).collect()
+    };
+    assert_eq!(numbers(summary(&a)), numbers(summary(&b)));
 }
 
 #[test]

@@ -5,6 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+mod common;
+
 const BIN: &str = env!("CARGO_BIN_EXE_distill");
 
 fn fixtures() -> PathBuf {
@@ -454,6 +456,66 @@ fn lm_bad_inputs_fail_with_one_clear_line() {
         assert_error(&o, &[want]);
         assert!(!gen.exists() && !d.join("gen.jsonl.parts").exists());
     }
+}
+
+/// The soak for the LM paths: a KD run and a teacher-cache capture, each killed with SIGKILL
+/// at `DISTILL_SOAK_KILLS` random points (each kill hitting the job resumed from the last) and
+/// then finished: the run's weights and the cache's shards equal the uninterrupted ones bit
+/// for bit.
+#[test]
+fn kill_9_soak_lm_run_and_cache_capture() {
+    let d = tmpdir("soak");
+    let t = teacher(&d);
+    let text = d.join("corpus.txt");
+    corpus(&text, 120);
+    let r = recipe(&d, &t, &text).to_str().unwrap().to_string();
+    let kills = common::soak_kills();
+    let s = |v: &[&str]| -> Vec<String> { v.iter().map(|x| x.to_string()).collect() };
+
+    let (a, b) = (d.join("a"), d.join("b"));
+    let run = |out: &Path| s(&["run", &r, "--out", out.to_str().unwrap()]);
+    let span = common::run_ok(BIN, &run(&a));
+    let mut resume = run(&b);
+    resume.push("--resume".into());
+    let killed = common::kill_chain(BIN, &run(&b), &resume, &b, span, kills, 11);
+    assert!(killed * 2 >= kills, "run: only {killed} of {kills} kills hit a running job");
+    let (ma, mb) = (common::models(&a), common::models(&b));
+    assert!(!ma.is_empty());
+    assert!(ma == mb, "run: final weights differ after {killed} kills");
+
+    let (ca, cb) = (d.join("cache-a"), d.join("cache-b"));
+    let capture = |out: &Path| {
+        s(&[
+            "cache",
+            "--recipe",
+            &r,
+            "--top-k",
+            "16",
+            "--rows-per-shard",
+            "4",
+            "--batch",
+            "2",
+            "--out",
+            out.to_str().unwrap(),
+        ])
+    };
+    let span = common::run_ok(BIN, &capture(&ca));
+    let killed = common::kill_chain(BIN, &capture(&cb), &capture(&cb), &cb, span, kills, 13);
+    assert!(killed * 2 >= kills, "cache: only {killed} of {kills} kills hit a running job");
+    let shards = |dir: &Path| -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "bin"))
+            .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), sha256_hex(&p)))
+            .collect();
+        v.sort();
+        v
+    };
+    assert!(shards(&ca).len() >= 3);
+    assert_eq!(shards(&ca), shards(&cb), "cache: shards differ after {killed} kills");
+    let o = distill(&["inspect", cb.to_str().unwrap(), "--verify"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
 fn sha256_hex(p: &Path) -> String {

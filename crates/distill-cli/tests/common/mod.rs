@@ -1,0 +1,74 @@
+//! What the CLI test files share: the kill -9 soak.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Kill points per path: `DISTILL_SOAK_KILLS` (bench/soak.sh sets 20), 2 in the test suite.
+pub fn soak_kills() -> usize {
+    std::env::var("DISTILL_SOAK_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(2)
+}
+
+/// Runs `bin args` to completion; panics with its stderr on failure; returns the wall time.
+pub fn run_ok(bin: &str, args: &[String]) -> Duration {
+    let t = Instant::now();
+    let o = Command::new(bin).args(args).output().unwrap();
+    assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    t.elapsed()
+}
+
+/// Starts the job (`fresh` while `out` does not exist, else `resume`), SIGKILLs it after a
+/// random delay in `[5 %, 95 %]` of `span` — `kills` times, each resuming what the last left —
+/// then runs `resume` to completion. Returns how many runs were killed (a run that finished
+/// before its kill point counts as not killed). Delays come from `seed` (a fixed LCG), so a
+/// failure reproduces.
+pub fn kill_chain(
+    bin: &str,
+    fresh: &[String],
+    resume: &[String],
+    out: &Path,
+    span: Duration,
+    kills: usize,
+    seed: u64,
+) -> usize {
+    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut killed = 0;
+    for _ in 0..kills {
+        s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let frac = 0.05 + 0.9 * ((s >> 33) as f64 / (1u64 << 31) as f64);
+        let args = if out.exists() { resume } else { fresh };
+        let mut child = Command::new(bin).args(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let deadline = Instant::now() + span.mul_f64(frac);
+        while Instant::now() < deadline {
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap(); // SIGKILL
+            killed += 1;
+        }
+        child.wait().unwrap();
+    }
+    run_ok(bin, if out.exists() { resume } else { fresh });
+    killed
+}
+
+/// Every `model.safetensors` under `dir` (recursively) with its bytes, sorted by path.
+pub fn models(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.file_name().is_some_and(|n| n == "model.safetensors") {
+                out.push((p.strip_prefix(dir).unwrap().to_path_buf(), std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
