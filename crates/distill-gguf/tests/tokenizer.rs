@@ -21,11 +21,20 @@ struct Spec<'a> {
     merges: Vec<&'a str>,
     add_bos: bool,
     bos: u32,
+    /// Tokens appended after the fixed ones (type normal).
+    extra: Vec<&'a str>,
 }
 
 impl Default for Spec<'_> {
     fn default() -> Self {
-        Spec { model: "gpt2", pre: Some("gpt2"), merges: vec!["1 2", "12 3", "' S"], add_bos: false, bos: ID_CTL }
+        Spec {
+            model: "gpt2",
+            pre: Some("gpt2"),
+            merges: vec!["1 2", "12 3", "' S"],
+            add_bos: false,
+            bos: ID_CTL,
+            extra: vec![],
+        }
     }
 }
 
@@ -40,6 +49,10 @@ fn build(spec: Spec) -> GgufFile {
     {
         tokens.push(t.to_owned());
         types.push(ty);
+    }
+    for t in &spec.extra {
+        tokens.push(t.to_string());
+        types.push(1);
     }
     let mut w = GgufWriter::new("synthetic.gguf");
     w.add_metadata("general.architecture", "llama").unwrap();
@@ -136,6 +149,9 @@ fn unsupported_or_broken_tokenizers_are_clear_errors() {
     assert!(e.contains("merge #0"), "{e}");
     let e = err(Spec { bos: 9999, ..Spec::default() });
     assert!(e.contains("9999"), "{e}");
+    // A token spelled twice would leave a hole in the ids (found by the fuzzer).
+    let e = err(Spec { extra: vec!["12"], ..Spec::default() });
+    assert!(e.contains("token \"12\" appears twice (ids 256 and 264)"), "{e}");
 }
 
 #[test]

@@ -116,7 +116,11 @@ fn vocab_by_id(file: &GgufFile, tokens: &[String]) -> Result<Vocab> {
     let mut vocab = Vocab::default();
     for (id, t) in tokens.iter().enumerate() {
         let id = u32::try_from(id).map_err(|_| tok_err(file, "more than 2^32 tokens".into()))?;
-        vocab.insert(t.clone(), id);
+        // A second spelling of a token would leave a hole in the id space (the first id maps
+        // to nothing) and tokenizers would serialize a corrupt vocabulary.
+        if let Some(first) = vocab.insert(t.clone(), id) {
+            return Err(tok_err(file, format!("token {t:?} appears twice (ids {first} and {id})")));
+        }
     }
     Ok(vocab)
 }
