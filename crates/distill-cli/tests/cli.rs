@@ -369,6 +369,86 @@ fn kill_9_soak_image_run() {
     assert_eq!(numbers(summary(&a)), numbers(summary(&b)));
 }
 
+/// Bytes of every file under `dir`.
+fn du(dir: &Path) -> u64 {
+    let mut total = 0;
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        total += if p.is_dir() { du(&p) } else { std::fs::metadata(&p).unwrap().len() };
+    }
+    total
+}
+
+/// A full disk: the run's output lives on a tmpfs with room for half of what the run writes.
+/// The run stops with one error line naming the write that failed, leaves no temporary file,
+/// and once the disk is larger (`mount -o remount`) `--resume` finishes with the weights of an
+/// uninterrupted run. Needs permission to mount a tmpfs (root); without it the same is tested
+/// with a file-size limit (`ulimit -f`), which fails the write with EFBIG instead of ENOSPC.
+#[test]
+fn full_disk_fails_cleanly_and_resumes() {
+    let d = tmpdir("disk");
+    let r = tiny_recipe(&d).to_str().unwrap().to_string();
+    let a = d.join("a");
+    let o = distill(&["run", &r, "--out", a.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let total = du(&a);
+    let disk = d.join("disk");
+    std::fs::create_dir_all(&disk).unwrap();
+    let mount =
+        |opts: &str| Command::new("mount").args(["-t", "tmpfs", "-o", opts, "tmpfs", disk.to_str().unwrap()]).output();
+    let half = format!("size={}k", (total / 2 / 1024).max(16));
+    let mounted = std::env::var_os("DISTILL_TEST_NO_MOUNT").is_none() && mount(&half).is_ok_and(|o| o.status.success());
+    let b = disk.join("b");
+    let bs = b.to_str().unwrap().to_string();
+    let o = if mounted {
+        distill(&["run", &r, "--out", &bs])
+    } else {
+        // No mount permission: every file is limited to a quarter of the largest file.
+        let largest = common::models(&a).iter().map(|(_, m)| m.len() as u64).max().unwrap();
+        let blocks = (largest / 4 / 512).max(1);
+        Command::new("sh")
+            .args([
+                "-c",
+                &format!("trap '' XFSZ; ulimit -f {blocks}; exec \"$0\" \"$@\""),
+                BIN,
+                "run",
+                &r,
+                "--out",
+                &bs,
+            ])
+            .output()
+            .unwrap()
+    };
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    let last = err.lines().last().unwrap_or("");
+    let want = if mounted { "No space left on device" } else { "File too large" };
+    assert!(last.starts_with("error: ") && last.contains(want), "{err}");
+    let mut stack = vec![b.clone()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            assert!(!name.ends_with(".tmp"), "temporary file left behind: {}", p.display());
+            if p.is_dir() {
+                stack.push(p);
+            }
+        }
+    }
+    if mounted {
+        let grown = mount(&format!("remount,size={}k", total * 4 / 1024 + 64)).unwrap();
+        assert!(grown.status.success(), "{}", String::from_utf8_lossy(&grown.stderr));
+    }
+    let o = distill(&["run", &r, "--out", &bs, "--resume"]);
+    let ok = o.status.success();
+    let (ma, mb) = (common::models(&a), common::models(&b));
+    if mounted {
+        let _ = Command::new("umount").arg(&disk).output();
+    }
+    assert!(ok, "{}", stderr(&o));
+    assert!(!ma.is_empty() && ma == mb, "weights differ after a full disk and a resume");
+}
+
 #[test]
 fn bad_inputs_fail_with_one_clear_line_and_leave_nothing() {
     let d = tmpdir("bad");
