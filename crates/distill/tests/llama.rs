@@ -380,6 +380,14 @@ fn sharded_bf16_and_named_f32_loading() {
     load_safetensors(&mut vs, tmp.path(), &LoadOptions::default()).unwrap();
     let logits = tch::no_grad(|| sharded.forward(&ids, None, Default::default())).unwrap().logits;
     assert_eq!(max_diff(&logits, &reference), 0.0);
+    // An index naming a file outside its directory is refused, not followed.
+    for outside in ["../model-00001-of-00002.safetensors", "/etc/passwd", ".."] {
+        let mut bad = index.clone();
+        bad["weight_map"][&named[0].0] = outside.into();
+        std::fs::write(tmp.path().join("model.safetensors.index.json"), bad.to_string()).unwrap();
+        let err = load_safetensors(&mut vs, tmp.path(), &LoadOptions::default()).unwrap_err().to_string();
+        assert!(err.contains("is not a file beside the index"), "{outside}: {err}");
+    }
 
     // BF16 file into an f32 store: each value is the bf16 rounding of the original.
     let bf16: Vec<(String, Tensor)> = named.iter().map(|(n, t)| (n.clone(), t.to_kind(Kind::BFloat16))).collect();

@@ -80,6 +80,13 @@ pub fn checkpoint_files(path: &Path) -> Result<Vec<PathBuf>> {
         let file = file
             .as_str()
             .ok_or_else(|| Error::format(&path, format!("weight_map entry `{name}` is not a file name")))?;
+        // A shard is a file beside the index: no directories, no `..`, no absolute path.
+        if Path::new(file).file_name() != Some(std::ffi::OsStr::new(file)) || file == ".." {
+            return Err(Error::format(
+                &path,
+                format!("weight_map entry `{name}`: `{file}` is not a file beside the index"),
+            ));
+        }
         let shard = dir.join(file);
         if !shards.contains(&shard) {
             shards.push(shard);
