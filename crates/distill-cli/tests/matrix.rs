@@ -100,7 +100,45 @@ fn every_bad_input_is_one_exact_line_exit_1_and_no_output() {
         vec!["run".to_string(), r.to_str().unwrap().into(), "--out".into(), outs.clone()]
     };
 
+    // Image sets: 2×2 pixels, training labels 0–1, a test set with label 2.
+    let train_csv = write("train.csv", b"0,1,2,3,4\n1,4,3,2,1\n0,1,1,1,1\n1,9,9,9,9\n");
+    let test_csv = write("test.csv", b"0,1,2,3,4\n2,4,3,2,1\n");
+    let image_run = |test: &str| {
+        let mut v: Vec<String> =
+            ["run", "recipes/fashion-hinton.toml", "--out", outs.as_str()].iter().map(|s| s.to_string()).collect();
+        for set in ["data.format=csv".to_string(), format!("data.train={train_csv}"), format!("data.test={test}")] {
+            v.extend(["--set".to_string(), set]);
+        }
+        v
+    };
+    // A teacher cache captured at seq_len 16, read by a run packing 8-token rows.
+    let corpus: String = (0..200)
+        .map(|i| (0..16).map(|j| format!("w{}", (i * 7 + j * 13) % 90)).collect::<Vec<_>>().join(" ") + ".\n\n")
+        .collect();
+    let corpus_path = write("corpus.txt", corpus.as_bytes());
+    let cache_recipe = text_run(&corpus_path);
+    let cache = d.join("cache");
+    let o = Command::new(BIN)
+        .args(["cache", "--recipe", &cache_recipe[1], "--top-k", "8", "--out", cache.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut other_seq = cache_recipe.clone();
+    for set in [format!("teacher.cache={}", cache.display()), "data.pack.seq_len=8".to_string()] {
+        other_seq.extend(["--set".to_string(), set]);
+    }
+
     let rows: Vec<(&str, Vec<String>, String)> = vec![
+        (
+            "CSV: a test label the training set lacks",
+            image_run(&test_csv),
+            "error: test set has label 2 but the training set's labels stop at 1".into(),
+        ),
+        (
+            "cache: made for another seq_len",
+            other_seq,
+            "error: cache $D/cache does not match this run: data_fingerprint differs (cache: ".into(),
+        ),
         (
             "GGUF: bad magic",
             gen(&write("magic.gguf", b"GGUX\x03\x00\x00\x00")),
@@ -148,11 +186,17 @@ fn every_bad_input_is_one_exact_line_exit_1_and_no_output() {
     ];
     let mut failures = Vec::new();
     for (name, args, want) in rows {
-        let o = Command::new(BIN).args(&args).output().unwrap();
+        let o = Command::new(BIN)
+            .args(&args)
+            .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."))
+            .output()
+            .unwrap();
         let err = String::from_utf8_lossy(&o.stderr).replace(&ds, "$D");
         let last = err.lines().last().unwrap_or("").to_string();
         // Progress lines ("loading teacher …") may come first; the error is the last line.
-        if o.status.code() != Some(1)
+        let seq = name.starts_with("cache") && !last.ends_with("seq_len differs (cache: 16, run: 8)");
+        if seq
+            || o.status.code() != Some(1)
             || !last.starts_with(&want)
             || !err.lines().rev().skip(1).all(|l| !l.starts_with("error"))
         {
