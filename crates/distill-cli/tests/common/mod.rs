@@ -18,10 +18,11 @@ pub fn run_ok(bin: &str, args: &[String]) -> Duration {
 }
 
 /// Starts the job (`fresh` while `out` does not exist, else `resume`), SIGKILLs it after a
-/// random delay in `[5 %, 95 %]` of `span` — `kills` times, each resuming what the last left —
-/// then runs `resume` to completion. Returns how many runs were killed (a run that finished
-/// before its kill point counts as not killed). Delays come from `seed` (a fixed LCG), so a
-/// failure reproduces.
+/// random delay in `[5 %, 70 %]` of `span` — until `kills` runs were killed, each resuming what
+/// the last left — then runs `resume` to completion. A run that finishes before its kill point
+/// (the machine was faster than when `span` was measured) is not a kill: its output is removed
+/// and the chain starts over, at most `4 · kills` starts in all. Returns the runs killed.
+/// Delays come from `seed` (a fixed LCG), so a failure reproduces.
 pub fn kill_chain(
     bin: &str,
     fresh: &[String],
@@ -33,9 +34,12 @@ pub fn kill_chain(
 ) -> usize {
     let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
     let mut killed = 0;
-    for _ in 0..kills {
+    for _ in 0..4 * kills {
+        if killed == kills {
+            break;
+        }
         s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        let frac = 0.05 + 0.9 * ((s >> 33) as f64 / (1u64 << 31) as f64);
+        let frac = 0.05 + 0.65 * ((s >> 33) as f64 / (1u64 << 31) as f64);
         let args = if out.exists() { resume } else { fresh };
         let mut child = Command::new(bin).args(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
         let deadline = Instant::now() + span.mul_f64(frac);
@@ -47,9 +51,11 @@ pub fn kill_chain(
         }
         if child.try_wait().unwrap().is_none() {
             child.kill().unwrap(); // SIGKILL
+            child.wait().unwrap();
             killed += 1;
+        } else {
+            std::fs::remove_dir_all(out).unwrap();
         }
-        child.wait().unwrap();
     }
     run_ok(bin, if out.exists() { resume } else { fresh });
     killed
