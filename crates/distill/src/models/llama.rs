@@ -565,20 +565,11 @@ impl Llama {
     /// kernels for a few rows against a transposed operand are the slow ones); the values are the
     /// same, the copy costs one model's memory while it lives.
     pub fn column_major(&self) -> Result<Llama> {
-        if self.is_column_major() {
-            return self.map_weights(&|_, w| Ok(w.shallow_clone()));
-        }
         tch::no_grad(|| {
             self.map_weights(&|_, w| {
                 Ok(if w.dim() == 2 { w.f_tr()?.f_contiguous()?.f_tr()? } else { w.shallow_clone() })
             })
         })
-    }
-
-    /// True when the matrices are stored column-major (a [`Llama::column_major`] copy).
-    pub fn is_column_major(&self) -> bool {
-        let w = &self.layers.first().map_or(&self.embed_tokens, |l| &l.self_attn.q_proj.ws);
-        w.dim() == 2 && w.stride()[0] == 1 && w.size()[0] > 1
     }
 
     /// Number of parameters (a tied head counted once).
