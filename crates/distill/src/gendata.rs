@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 
 use crate::data::rng::SplitMix64;
 use crate::eval::{decode, encode, first_stop, reaches_stop};
-use crate::generate::{generate_batch_seeded, GenerateOptions};
+use crate::generate::{decoding_weights, generate_batch_seeded, GenerateOptions};
 use crate::lm::{tokenizer_fingerprint, LoadedLm};
 use crate::{Error, Result};
 
@@ -294,13 +294,8 @@ pub fn generate_data(lm: &LoadedLm, prompts: &[String], opts: &GenDataOptions, o
     let (mut generated, mut new_tokens) = (0, 0);
     let mut all = Vec::with_capacity(prompts.len());
     // Every part decodes with the same weights: packed once for all of them.
-    let col;
-    let model = if opts.batch > 1 {
-        col = lm.model.packed_for_rows(opts.batch as i64)?;
-        &col
-    } else {
-        &lm.model
-    };
+    let packed = decoding_weights(&lm.model, opts.batch)?;
+    let model = packed.as_ref().unwrap_or(&lm.model);
     for part in 0..n_parts {
         let ids: Vec<usize> = (part * opts.batch..((part + 1) * opts.batch).min(prompts.len())).collect();
         let path = dir.join(format!("part-{part:06}.jsonl"));

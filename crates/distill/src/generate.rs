@@ -228,16 +228,8 @@ pub fn generate_after_prefix(
     let mut rngs: Vec<SplitMix64> = seeds.iter().map(|&s| SplitMix64::new(s)).collect();
     let mut seen: Vec<Vec<i64>> = prompts.iter().map(|p| [prefix, p].concat()).collect();
     let mut done = vec![false; b];
-    // Several rows: weights packed for this row count (see `Llama::packed_for_rows`); one row is
-    // bound by reading the weights, where packing would not pay. A caller that decodes many
-    // batches with the same weights passes a copy packed once.
-    let col;
-    let model = if b > 1 && model.packed_rows() != Some(b as i64) {
-        col = model.packed_for_rows(b as i64)?;
-        &col
-    } else {
-        model
-    };
+    let packed = decoding_weights(model, b)?;
+    let model = packed.as_ref().unwrap_or(model);
     tch::no_grad(|| {
         let mut cache = KvCache::new();
         let pre = prefix.len() as i64;
@@ -275,6 +267,18 @@ pub fn generate_after_prefix(
             let ids = Tensor::from_slice(&next).view([b as i64, 1]); // [B, 1]
             logits = model.forward_cached(&ids, mask.as_ref(), &mut cache)?; // [B, 1, V]
         }
+    })
+}
+
+/// The weights to decode a batch of `rows` sequences with: None where `model` serves as it is
+/// (one row is bound by reading the weights, where packing would not pay; or `model` is already
+/// packed for `rows`), else a copy packed for that row count ([`Llama::packed_for_rows`]). A
+/// caller that decodes many batches with the same weights makes it once and passes it on.
+pub fn decoding_weights(model: &Llama, rows: usize) -> Result<Option<Llama>> {
+    Ok(if rows > 1 && model.packed_rows() != Some(rows as i64) {
+        Some(model.packed_for_rows(rows as i64)?)
+    } else {
+        None
     })
 }
 

@@ -23,7 +23,7 @@ use tch::Tensor;
 
 use crate::data::rng::SplitMix64;
 use crate::eval::{decode, encode, first_stop, reaches_stop};
-use crate::generate::{generate_after_prefix, GenerateOptions};
+use crate::generate::{decoding_weights, generate_after_prefix, GenerateOptions};
 use crate::lm::LoadedLm;
 use crate::losses::chunked::ChunkedKd;
 use crate::losses::divergence::Divergence;
@@ -190,7 +190,8 @@ fn complete(
     let mut out: Vec<Vec<(String, Example)>> = (0..probs.len()).map(|_| Vec::new()).collect();
     let stops = vec![STOP.to_string()];
     // Every batch decodes with the same weights: packed once for all of them.
-    let model = lm.model.packed_for_rows(o.gen_batch as i64)?;
+    let packed = decoding_weights(&lm.model, o.gen_batch)?;
+    let model = packed.as_ref().unwrap_or(&lm.model);
     // Jobs (problem, sample) grouped by family so that a batch shares its prefix.
     let mut jobs: Vec<(usize, usize)> = (0..probs.len()).flat_map(|i| (0..k).map(move |s| (i, s))).collect();
     jobs.sort_by_key(|&(i, s)| (probs[i].family.name(), i, s));
@@ -214,7 +215,7 @@ fn complete(
             ..Default::default()
         };
         let stop = |_: usize, ids: &[i64]| reaches_stop(&lm.tokenizer, ids, &stops);
-        let gens = generate_after_prefix(&model, &prefix_ids, &own, &seeds, &opts, stop)?;
+        let gens = generate_after_prefix(model, &prefix_ids, &own, &seeds, &opts, stop)?;
         for ((&(i, _), own), g) in batch.iter().zip(&own).zip(gens) {
             let mut text = decode(&lm.tokenizer, &g)?;
             if let Some(cut) = first_stop(&text, &stops) {

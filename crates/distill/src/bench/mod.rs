@@ -256,13 +256,8 @@ pub fn bench_generate(
     let opts = crate::generate::GenerateOptions { max_new_tokens: new_tokens, ..Default::default() };
     // As `generate-data` and `self-distill` decode: several rows on weights packed once for
     // that row count.
-    let col;
-    let model = if batch > 1 {
-        col = model.packed_for_rows(batch as i64)?;
-        &col
-    } else {
-        model
-    };
+    let packed = crate::generate::decoding_weights(model, batch)?;
+    let model = packed.as_ref().unwrap_or(model);
     let median = median_ms(reps.max(1), || {
         let out = crate::generate::generate_batch(model, &prompts, &opts)?;
         debug_assert!(out.iter().all(|r| r.len() == new_tokens));
