@@ -266,13 +266,12 @@ pub fn generate_text(model: &Llama, tok: &Tokenizer, prompt: &str, opts: &Genera
     Ok(generate_texts(model, tok, &[prompt.to_string()], opts, &[])?.remove(0))
 }
 
-/// Byte offset of the earliest occurrence of any of `stops` in `text` (empty strings never match).
-/// Generated ids as text, special tokens dropped.
 /// One token's text with special tokens kept; empty when the tokenizer cannot decode it.
 fn decode_raw(tok: &Tokenizer, ids: &[u32]) -> String {
     distill_base::guard::catch(|| tok.decode(ids, false)).ok().and_then(|r| r.ok()).unwrap_or_default()
 }
 
+/// Generated ids as text, special tokens dropped.
 pub fn decode(tok: &Tokenizer, ids: &[i64]) -> Result<String> {
     let u: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
     distill_base::guard::catch(|| tok.decode(&u, true))
@@ -286,6 +285,7 @@ pub fn reaches_stop(tok: &Tokenizer, ids: &[i64], stops: &[String]) -> bool {
     !stops.is_empty() && decode(tok, ids).is_ok_and(|t| first_stop(&t, stops).is_some())
 }
 
+/// Byte offset of the earliest occurrence of any of `stops` in `text` (empty strings never match).
 pub fn first_stop(text: &str, stops: &[String]) -> Option<usize> {
     stops.iter().filter(|s| !s.is_empty()).filter_map(|s| text.find(s.as_str())).min()
 }

@@ -315,7 +315,6 @@ impl LlamaConfig {
         HfLlamaConfig::from_file(&path)?.into_config(&path)
     }
 
-    /// Checks the invariants the model relies on.
     /// Parameters the model has (a tied head counted once); None when the count overflows.
     pub fn param_count(&self) -> Option<u64> {
         let u = |v: i64| u64::try_from(v).ok();
@@ -342,6 +341,7 @@ impl LlamaConfig {
         }
     }
 
+    /// Checks the invariants the model relies on.
     pub fn validate(&self) -> std::result::Result<(), String> {
         for (name, v) in [
             ("vocab_size", self.vocab_size),
