@@ -334,7 +334,6 @@ pub fn run(
             } else {
                 learner_at(r - 1, &mut held)?;
                 let learner = &held.as_ref().expect("loaded").1;
-                let tr = Instant::now();
                 let sampled_path = dir.join("sampled.json");
                 let Sampled { sampled, examples, seconds: sampling_s } = match read_json::<Sampled>(&sampled_path)? {
                     Some(s) => {
@@ -342,36 +341,7 @@ pub fn run(
                         s
                     }
                     None => {
-                        let w = writer.unwrap_or(learner);
-                        let sols = complete(w, &train, o.samples, o.temperature, o, o.seed ^ (r as u64) << 32)?;
-                        let mut examples = Vec::new();
-                        let mut sampled = Vec::new();
-                        let mut verified = String::new();
-                        for &f in &o.families {
-                            let (mut n, mut ok, mut kept) = (0, 0, 0);
-                            for (p, s) in train.iter().zip(&sols).filter(|(p, _)| p.family == f) {
-                                let mut seen = std::collections::HashSet::new();
-                                for (text, ex) in s {
-                                    n += 1;
-                                    if check(p, text) == Verdict::Correct {
-                                        ok += 1;
-                                        if seen.len() < o.keep_per_problem && seen.insert(text.clone()) {
-                                            examples.push(Example { ids: ex.ids.clone(), start: ex.start });
-                                            let line = serde_json::json!({
-                                                "family": f.name(), "question": p.question, "answer": p.answer, "completion": text,
-                                            });
-                                            verified += &format!("{line}\n");
-                                            kept += 1;
-                                        }
-                                    }
-                                }
-                            }
-                            log(&format!("round {r}: {}: {ok}/{n} samples correct, {kept} kept", f.name()));
-                            sampled.push((f.name().to_string(), n, ok, kept));
-                        }
-                        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-                        distill_base::write_atomic(&dir.join("verified.jsonl"), verified.as_bytes())?;
-                        let s = Sampled { sampled, examples, seconds: tr.elapsed().as_secs_f64() };
+                        let s = sample_and_verify(writer.unwrap_or(learner), &train, o, r, &dir, log)?;
                         distill_base::write_json(&sampled_path, &s)?;
                         s
                     }
@@ -462,6 +432,50 @@ pub fn run(
     let report = SelfDistillReport { options: o.clone(), evals, rounds, seconds: t0.elapsed().as_secs_f64() };
     distill_base::write_json(&out.join("summary.json"), &report)?;
     Ok(report)
+}
+
+/// Round `r`'s sampling: `w` writes `o.samples` solutions per training problem, the checker
+/// keeps at most `o.keep_per_problem` distinct correct ones per problem; the kept ones are
+/// written to `dir/verified.jsonl` and returned as token ids with the per-family counts.
+fn sample_and_verify(
+    w: &LoadedLm,
+    train: &[Problem],
+    o: &SelfDistillOptions,
+    r: usize,
+    dir: &Path,
+    log: &dyn Fn(&str),
+) -> Result<Sampled> {
+    let t = Instant::now();
+    let sols = complete(w, train, o.samples, o.temperature, o, o.seed ^ (r as u64) << 32)?;
+    let mut examples = Vec::new();
+    let mut sampled = Vec::new();
+    let mut verified = String::new();
+    for &f in &o.families {
+        let (mut n, mut ok, mut kept) = (0, 0, 0);
+        for (p, s) in train.iter().zip(&sols).filter(|(p, _)| p.family == f) {
+            let mut seen = std::collections::HashSet::new();
+            for (text, ex) in s {
+                n += 1;
+                if check(p, text) != Verdict::Correct {
+                    continue;
+                }
+                ok += 1;
+                if seen.len() < o.keep_per_problem && seen.insert(text.clone()) {
+                    examples.push(Example { ids: ex.ids.clone(), start: ex.start });
+                    let line = serde_json::json!({
+                        "family": f.name(), "question": p.question, "answer": p.answer, "completion": text,
+                    });
+                    verified += &format!("{line}\n");
+                    kept += 1;
+                }
+            }
+        }
+        log(&format!("round {r}: {}: {ok}/{n} samples correct, {kept} kept", f.name()));
+        sampled.push((f.name().to_string(), n, ok, kept));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    distill_base::write_atomic(&dir.join("verified.jsonl"), verified.as_bytes())?;
+    Ok(Sampled { sampled, examples, seconds: t.elapsed().as_secs_f64() })
 }
 
 /// The learner loaded for training: `path` or, when None, `initial`, with its weights
