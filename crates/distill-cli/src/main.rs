@@ -406,8 +406,17 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Run { recipe, out, set, resume, json } => {
             let r = load_recipe(&recipe, &set)?;
             let text = r.to_toml()?;
-            if resume {
-                let saved = out.join("recipe.toml");
+            // A run killed before it wrote its recipe leaves a directory with nothing in it but,
+            // at most, a temporary file of an atomic write: resuming it is starting it.
+            let saved = out.join("recipe.toml");
+            let nothing_done = !saved.exists()
+                && std::fs::read_dir(&out).map_or(true, |d| {
+                    d.flatten().all(|e| {
+                        let name = e.file_name().to_string_lossy().into_owned();
+                        name.starts_with('.') && name.contains(".tmp")
+                    })
+                });
+            if resume && !nothing_done {
                 let before = std::fs::read_to_string(&saved)
                     .with_context(|| format!("--resume: {} is not a run directory (no recipe.toml)", out.display()))?;
                 if before != text {
@@ -416,7 +425,8 @@ fn run(cli: Cli) -> Result<()> {
                         out.display()
                     );
                 }
-            } else if out.exists() && std::fs::read_dir(&out).map(|mut d| d.next().is_some()).unwrap_or(true) {
+            } else if !resume && out.exists() && std::fs::read_dir(&out).map(|mut d| d.next().is_some()).unwrap_or(true)
+            {
                 bail!("{} already exists; pass --resume to continue it or choose another --out", out.display());
             }
             fetch_missing(&r)?;
