@@ -149,8 +149,10 @@ pub fn run(recipe: &ImageRecipe, recipe_toml: &str, out: &Path, opts: &RunOption
     };
     let n_labeled = labeled.as_ref().map(|l| l.len()).unwrap_or(n);
 
-    std::fs::create_dir_all(out.join("phases")).map_err(|e| Error::io(out, e))?;
+    // The recipe first: a directory without it holds nothing a resume would need.
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     write_atomic(&out.join("recipe.toml"), recipe_toml.as_bytes())?;
+    std::fs::create_dir_all(out.join("phases")).map_err(|e| Error::io(out, e))?;
 
     let plan = image_plan(&recipe.seeds, &recipe.distill);
     let seed_of = |id: &str| plan.iter().find(|p| p.id == id).map(|p| p.seed).unwrap_or(0);

@@ -321,8 +321,10 @@ pub fn run(r: &LmRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) -> Re
         None => None,
     };
 
-    std::fs::create_dir_all(out.join("phases")).map_err(|e| Error::io(out, e))?;
+    // The recipe first: a directory without it holds nothing a resume would need.
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     write_atomic(&out.join("recipe.toml"), recipe_toml.as_bytes())?;
+    std::fs::create_dir_all(out.join("phases")).map_err(|e| Error::io(out, e))?;
 
     let plan = lm_plan(&r.distill, &r.student, r.quantize.as_ref(), &r.train, r.seed);
     // The online teacher the students train against: a bf16 copy where that is faster.
