@@ -9,10 +9,14 @@
 //!   chunk by chunk over rows, never holding all `[N, V]` logits ([`ChunkedKd`]).
 //! - [`hidden`]: feature KD on intermediate states through a learned projection (TinyBERT's MSE,
 //!   DistilBERT's cosine) ([`HiddenLoss`]).
+//! - [`feature_map`]: FitNets hints and attention transfer between image feature maps.
+//! - [`relation`]: relational KD (RKD distance and angle) and MiniLM's self-attention relations.
 
 pub mod chunked;
 pub mod divergence;
+pub mod feature_map;
 pub mod hidden;
+pub mod relation;
 pub mod response;
 pub mod sampled;
 
