@@ -17,6 +17,9 @@ if [ ! -f "$STAMP" ]; then
   touch "$STAMP"
 fi
 
+# Headless Chromium renders report.html in the report tests (crates/distill-cli/tests/report.rs).
+command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
+
 echo "setup: building distill (release)" >&2
 cargo build --release --quiet -p distill-cli
 echo "setup: ready: ./target/release/distill" >&2

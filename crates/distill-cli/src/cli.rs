@@ -54,6 +54,13 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Write (or rewrite) RUN_DIR/report.html from the run's files and print its path: a
+    /// self-contained page with the comparison table, metric bars, temperature sweep, loss curves
+    /// and, for LM runs, next-token tables and generations.
+    Report {
+        /// A run directory (`distill run --out`), with its summary.json.
+        run_dir: PathBuf,
+    },
     /// Parse and validate a recipe without running it.
     Check {
         recipe: PathBuf,

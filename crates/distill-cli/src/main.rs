@@ -394,6 +394,10 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Cmd::Report { run_dir } => {
+            println!("{}", distill::report::write_report(&run_dir)?.display());
+            Ok(())
+        }
         Cmd::Check { recipe, set } => {
             let r = load_recipe(&recipe, &set)?;
             let missing = fetch::missing_assets(r.paths())?;

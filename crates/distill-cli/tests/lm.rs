@@ -842,3 +842,177 @@ fn generate_data_resumes_after_kill_9_and_trains_through_train_sources() {
     let kd_ppl = |s: &serde_json::Value| s["students"][0]["validation"]["perplexity"].as_f64().unwrap();
     assert_ne!(kd_ppl(&plain), kd_ppl(&written));
 }
+
+/// The LM method phases in one run: MiniLM relation KD and RKD as KD variants, a born-again
+/// second generation taught by the KD student, and a teacher-assistant chain (an assistant
+/// pruned from the teacher teaches one more student): the phases in plan order, each taught by
+/// the right phase, each term in its own metrics only; and the errors of bad LM method recipes.
+#[test]
+fn lm_methods_run_in_order_and_learn_from_the_right_phase() {
+    let d = tmpdir("methods");
+    let t = teacher(&d);
+    let text = d.join("corpus.txt");
+    corpus(&text, 60);
+    let r = recipe(&d, &t, &text);
+    let mut toml = std::fs::read_to_string(&r).unwrap();
+    toml += r#"
+[distill.variants.attention]
+attention = { weight = 1.0 }
+[distill.variants.rkd]
+rkd = { distance = 25.0, angle = 50.0 }
+[distill.born_again]
+generations = 2
+[assistant]
+init = "prune"
+layers = 1
+hidden = 24
+heads = 2
+kv_heads = 1
+intermediate = 40
+calib_rows = 4
+"#;
+    std::fs::write(&r, toml).unwrap();
+    let out = d.join("run");
+    let o = distill(&["run", r.to_str().unwrap(), "--out", out.to_str().unwrap(), "--set", "train.steps=12"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    // Student q 16 / k, v 8 wide, teacher q 32 / k, v 16: 2 relation heads (the student's) divide all.
+    assert!(err.contains("kd-attention: self-attention relation KD (MiniLM; qq+kk+vv over 2 relation heads, weight 1), student→teacher layers 1→2"), "{err}");
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let students = s["students"].as_array().unwrap();
+    let rows: Vec<(&str, &str, Vec<&str>)> = students
+        .iter()
+        .map(|m| {
+            let by =
+                m["taught_by"].as_array().map(|a| a.iter().map(|x| x.as_str().unwrap()).collect()).unwrap_or_default();
+            (m["phase"].as_str().unwrap(), m["role"].as_str().unwrap(), by)
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("kd", "student-kd", vec!["teacher"]),
+            ("scratch", "student-scratch", vec![]),
+            ("kd-attention", "student-kd+attention", vec!["teacher"]),
+            ("kd-rkd", "student-kd+rkd", vec!["teacher"]),
+            ("born-again-g2", "student-born-again g2", vec!["kd"]),
+            ("assistant", "assistant", vec!["teacher"]),
+            ("kd-ta", "student-ta", vec!["assistant"]),
+        ]
+    );
+    // Ran in that order.
+    let done: Vec<_> = rows
+        .iter()
+        .map(|(id, ..)| std::fs::metadata(out.join("phases").join(id).join("train.json")).unwrap().modified().unwrap())
+        .collect();
+    assert!(done.windows(2).all(|w| w[0] <= w[1]), "{done:?}");
+    // The assistant is the pruned shape (24 wide), the chain's student the student's (16 wide).
+    let params = |i: usize| students[i]["params"].as_i64().unwrap();
+    assert_eq!(params(5), 96 * 24 + (24 * 16 + 2 * 24 * 8 + 16 * 24) + 3 * 24 * 40 + 3 * 24);
+    assert!([2, 3, 4, 6].iter().all(|&i| params(i) == params(0)));
+    let metrics = |phase: &str| std::fs::read_to_string(out.join("phases").join(phase).join("metrics.jsonl")).unwrap();
+    for (phase, term) in [("kd-attention", "attention"), ("kd-rkd", "rkd")] {
+        let m: Vec<serde_json::Value> = metrics(phase).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert!(!m.is_empty() && m.iter().all(|m| m[term].as_f64().unwrap() > 0.0), "{phase}");
+        for other in ["kd", "born-again-g2", "kd-ta"] {
+            assert!(!metrics(other).contains(&format!("\"{term}\"")), "{other} logged {term}");
+        }
+    }
+    // Method students export under their phase directory; the KD student keeps DIR/student.
+    assert!(out.join("phases/kd-ta/model/config.json").exists() && out.join("student/config.json").exists());
+
+    // Bad LM method recipes: one line naming the key.
+    let run = |name: &str, set: &str| {
+        let o = d.join(name);
+        distill(&["run", r.to_str().unwrap(), "--out", o.to_str().unwrap(), "--set", "train.steps=2", "--set", set])
+    };
+    assert_error(
+        &run("e1", "distill.variants.attention.attention.layers=[[3, 1]]"),
+        &["distill.variants.attention.attention.layers", "[3, 1]"],
+    );
+    assert_error(
+        &run("e2", "distill.variants.attention.attention.relation_heads=3"),
+        &["distill.attention.relation_heads = 3", "does not divide"],
+    );
+    assert_error(
+        &run("e3", "distill.variants.attention.attention.relations=[\"attention\"]"),
+        &["distill.attention.relations", "2 heads", "4"],
+    );
+    assert_error(
+        &run("e4", "distill.variants.rkd.fitnets={weight=1}"),
+        &["distill.variants.rkd.fitnets is for image students"],
+    );
+    assert_error(&run("e5", "assistant.layers=0"), &["assistant.layers must be > 0"]);
+}
+
+/// Multi-teacher KD for LMs: a second teacher identical to the first mixes into the first
+/// itself, so a student distilled from the mixture (fixed or entropy weights) trains exactly
+/// like the plain KD student; a teacher with another tokenizer is refused before any weights
+/// load (its weights here are not even readable).
+#[test]
+fn lm_multi_teacher_mixes_teachers_and_checks_tokenizers_first() {
+    let d = tmpdir("multi");
+    let t = teacher(&d);
+    let t2 = d.join("teacher2");
+    std::fs::create_dir_all(&t2).unwrap();
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(t.join(f), t2.join(f)).unwrap();
+    }
+    let text = d.join("corpus.txt");
+    corpus(&text, 60);
+    let r = recipe(&d, &t, &text);
+    let mut toml = std::fs::read_to_string(&r).unwrap();
+    toml = toml.replace("[student]", &format!("[[teachers]]\npath = \"{}\"\n[student]", t2.display()));
+    toml += "[distill.multi_teacher]\nweights = [0.5, 0.5]\nweightings = [\"fixed\", \"entropy\"]\n";
+    std::fs::write(&r, &toml).unwrap();
+    let out = d.join("run");
+    let args = [
+        "run",
+        r.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--set",
+        "train.steps=10",
+        "--set",
+        "teacher.dtype=\"f32\"",
+    ];
+    let o = distill(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let students = s["students"].as_array().unwrap();
+    let phases: Vec<&str> = students.iter().map(|m| m["phase"].as_str().unwrap()).collect();
+    assert_eq!(phases, ["kd", "scratch", "kd-multi-fixed", "kd-multi-entropy"]);
+    assert_eq!(students[3]["taught_by"], serde_json::json!(["teacher", "teacher2"]));
+    let losses = |phase: &str| -> Vec<f64> {
+        std::fs::read_to_string(out.join("phases").join(phase).join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64().unwrap())
+            .collect()
+    };
+    let kd = losses("kd");
+    for phase in ["kd-multi-fixed", "kd-multi-entropy"] {
+        let m = losses(phase);
+        assert_eq!(m.len(), kd.len());
+        for (a, b) in m.iter().zip(&kd) {
+            assert!((a - b).abs() < 1e-4 * b.abs(), "{phase}: {m:?} vs kd {kd:?}");
+        }
+    }
+
+    // Another tokenizer: one token renamed. Its weights are unreadable, so only a check made
+    // before any weights load can name the tokenizer.
+    let tok = std::fs::read_to_string(t2.join("tokenizer.json")).unwrap().replacen("\"w1\"", "\"W1\"", 1);
+    std::fs::write(t2.join("tokenizer.json"), tok).unwrap();
+    std::fs::write(t2.join("model.safetensors"), b"not weights").unwrap();
+    let out = d.join("run-bad");
+    let o = distill(&["run", r.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert_error(&o, &["teachers[0].path", "different tokenizer than teacher.path"]);
+    assert!(!out.exists(), "nothing is written before the check");
+    // An empty teacher list, a negative weight: named keys.
+    let o = distill(&["check", r.to_str().unwrap(), "--set", "teachers=[]"]);
+    assert_error(&o, &["distill.multi_teacher", "[[teachers]]"]);
+    let o = distill(&["check", r.to_str().unwrap(), "--set", "distill.multi_teacher.weights=[0.5, -0.5]"]);
+    assert_error(&o, &["distill.multi_teacher.weights", "≥ 0"]);
+}

@@ -26,6 +26,7 @@ pub mod models;
 pub mod optim;
 pub mod plan;
 pub mod recipe;
+pub mod report;
 pub mod selfdistill;
 pub mod student;
 pub mod tasks;

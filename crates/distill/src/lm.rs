@@ -180,6 +180,45 @@ pub fn load_lm(path: &Path, device: Device) -> Result<LoadedLm> {
     Ok(LoadedLm { vs, model, tokenizer, tokenizer_json, file_bytes, source: path.to_path_buf(), chat_template })
 }
 
+/// The tokenizer of a GGUF file or a Hugging Face directory, without reading any weights.
+pub fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
+    if path.is_dir() {
+        let tj = path.join("tokenizer.json");
+        let bytes = std::fs::read(&tj).map_err(|e| Error::io(&tj, e))?;
+        return tokenizer_from_json(&bytes, &tj);
+    }
+    if !path.exists() {
+        return Err(Error::Invalid(format!("{}: no such file or directory", path.display())));
+    }
+    if !is_gguf(path) {
+        return Err(Error::format(path, "neither a GGUF file nor a Hugging Face directory"));
+    }
+    let file = distill_gguf::GgufFile::open(path)?;
+    Ok(distill_gguf::tokenizer_from_gguf(&file)?)
+}
+
+/// Checks, before any weights load, that every teacher of a multi-teacher recipe has the first
+/// one's tokenizer; the error names the teacher that differs and how.
+pub fn check_same_tokenizer(paths: &[(String, &Path)]) -> Result<()> {
+    let Some((first_key, first)) = paths.first() else { return Ok(()) };
+    let want = load_tokenizer(first)?;
+    let fp = tokenizer_fingerprint(&want);
+    for (key, p) in &paths[1..] {
+        let tok = load_tokenizer(p)?;
+        let got = tokenizer_fingerprint(&tok);
+        if got != fp {
+            return Err(Error::Invalid(format!(
+                "{key} ({}) has a different tokenizer than {first_key} ({}): {} vs {} tokens, fingerprint {got:.12} vs {fp:.12}; multi-teacher KD mixes distributions token by token, so every teacher needs the same tokenizer",
+                p.display(),
+                first.display(),
+                tok.get_vocab_size(true),
+                want.get_vocab_size(true)
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// A stable fingerprint of a tokenizer's vocabulary, merges and special tokens.
 pub fn tokenizer_fingerprint(t: &Tokenizer) -> String {
     distill_gguf::tokenizer_fingerprint(t)

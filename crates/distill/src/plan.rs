@@ -33,6 +33,20 @@ pub enum Role {
     StudentPtq,
     /// The KD student trained on with fake-quantized weights (quantization-aware distillation).
     StudentQad,
+    /// A KD student with extra per-step terms (`[distill.variants.<name>]`).
+    StudentKdMethod,
+    /// A teacher assistant: a model of intermediate size distilled from the teacher.
+    Assistant,
+    /// The student distilled from the teacher assistant (teacher-assistant chain).
+    StudentTa,
+    /// A born-again generation: the student's architecture, taught by the previous generation.
+    StudentBornAgain,
+    /// The born-again generations averaged (evaluated, not trained).
+    BornAgainEnsemble,
+    /// Another teacher of the run (a different architecture or size; multi-teacher KD).
+    TeacherExtra,
+    /// A student distilled from the weighted teachers (multi-teacher KD).
+    StudentKdMulti,
 }
 
 impl Role {
@@ -48,6 +62,13 @@ impl Role {
             Role::StudentKdTwinInit => "student-kd-twin-init",
             Role::StudentPtq => "student-kd-ptq",
             Role::StudentQad => "student-kd-qad",
+            Role::StudentKdMethod => "student-kd+",
+            Role::Assistant => "assistant",
+            Role::StudentTa => "student-ta",
+            Role::StudentBornAgain => "student-born-again",
+            Role::BornAgainEnsemble => "born-again-ensemble",
+            Role::TeacherExtra => "teacher-extra",
+            Role::StudentKdMulti => "student-kd-multi",
         }
     }
 }
@@ -63,6 +84,67 @@ pub enum TeacherFrom {
     Phase(String),
     /// The average of several phases' models.
     Ensemble(Vec<String>),
+    /// Several phases' models combined with the recipe's weights or per example by confidence
+    /// (multi-teacher KD).
+    Weighted(Vec<String>, Weighting),
+}
+
+/// How a multi-teacher phase weighs its teachers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Weighting {
+    /// The weights `distill.multi_teacher.weights` (equal when absent).
+    Fixed,
+    /// Per example, proportional to the inverse entropy of each teacher's distribution (at T = 1).
+    Entropy,
+    /// Per example, proportional to each teacher's probability of the true label (fixed
+    /// weights for an example without a label).
+    TrueLabel,
+}
+
+impl Weighting {
+    pub fn name(self) -> &'static str {
+        match self {
+            Weighting::Fixed => "fixed",
+            Weighting::Entropy => "entropy",
+            Weighting::TrueLabel => "true-label",
+        }
+    }
+}
+
+/// Which of the recipe's architectures a phase trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Arch {
+    Teacher,
+    #[default]
+    Student,
+    /// `[assistant]`.
+    Assistant,
+    /// `[[teachers]]` entry `i` (multi-teacher).
+    ExtraTeacher(usize),
+}
+
+/// `[distill.born_again]`: born-again networks (Furlanello et al. 2018). Generation 1 is the KD
+/// student; generation `k + 1`, of the same architecture and from a fresh initialization, is
+/// taught by generation `k` alone (no hard labels beyond the recipe's α); the generations'
+/// average is evaluated as one more model.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BornAgainCfg {
+    /// The number of generations including the KD student (≥ 2).
+    pub generations: usize,
+}
+
+impl BornAgainCfg {
+    pub fn validate(&self) -> crate::Result<()> {
+        if !(2..=10).contains(&self.generations) {
+            return Err(crate::Error::Recipe(format!(
+                "distill.born_again.generations must be in 2..=10 (generation 1 is the KD student), got {}",
+                self.generations
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// Where a phase's starting weights come from.
@@ -72,6 +154,9 @@ pub enum InitFrom {
     Seed,
     /// Built fresh from the phase's seed with this init instead of `student.init`.
     With(StudentInit),
+    /// Built fresh from the phase's seed mixed with this salt: another random initialization
+    /// (a born-again generation).
+    Salted(u64),
     /// Another phase's trained weights (by phase id).
     Phase(String),
 }
@@ -99,6 +184,11 @@ pub struct Phase {
     pub quant: Option<QuantFormat>,
     /// Training other than the recipe's `[train]` (QAD's steps and lr).
     pub train: Option<TrainCfg>,
+    /// The architecture it trains (or evaluates).
+    pub arch: Arch,
+    /// What tells it apart from phases of the same role in tables: a variant's name, a
+    /// generation, a weighting.
+    pub label: Option<String>,
 }
 
 impl Phase {
@@ -111,6 +201,30 @@ impl Phase {
     pub fn distills(&self) -> bool {
         !matches!(self.teacher, TeacherFrom::None)
     }
+
+    /// The phases (or `teacher` for the recipe's) it learns from, as summaries record them.
+    pub fn taught_by(&self) -> Vec<String> {
+        match &self.teacher {
+            TeacherFrom::None => vec![],
+            TeacherFrom::Recipe => vec![Role::Teacher.name().into()],
+            TeacherFrom::Phase(id) => vec![id.clone()],
+            TeacherFrom::Ensemble(ids) | TeacherFrom::Weighted(ids, _) => ids.clone(),
+        }
+    }
+
+    /// The role as tables print it, with the label: `student-kd+fitnets`, `student-born-again g2`.
+    pub fn display_name(&self) -> String {
+        display_name(self.role, self.label.as_deref())
+    }
+}
+
+/// A role and a phase label as tables print them.
+pub fn display_name(role: Role, label: Option<&str>) -> String {
+    match (role, label) {
+        (Role::StudentKdMethod, Some(l)) => format!("student-kd+{l}"),
+        (r, Some(l)) => format!("{} {l}", r.name()),
+        (r, None) => r.name().to_string(),
+    }
 }
 
 /// The id of seed `seed`'s teacher phase in an image run.
@@ -118,10 +232,22 @@ pub fn teacher_id(seed: u64) -> String {
     format!("teacher-s{seed}")
 }
 
-/// An image run: per seed a teacher, a scratch student and a KD student; then, with
-/// `distill.ensemble`, the seeds' teachers averaged and a student distilled from them; then the
-/// temperature sweep on the first seed.
-pub fn image_plan(seeds: &[u64], d: &ImageDistill) -> Vec<Phase> {
+/// What an image run's plan is made of besides `[distill]`: the other models of the recipe.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ImageModels {
+    /// Entries of `[[teachers]]` (multi-teacher KD).
+    pub extra_teachers: usize,
+    /// Whether `[assistant]` is set (teacher-assistant chain).
+    pub assistant: bool,
+}
+
+/// An image run: per seed a teacher (and the `[[teachers]]`), a scratch student and a KD
+/// student; then that seed's method phases: a KD student per `[distill.variants.<name>]`, the
+/// teacher-assistant chain (assistant, then the student it teaches), the born-again generations
+/// and their average, a multi-teacher student per weighting. Then, with `distill.ensemble`, the
+/// seeds' teachers averaged and a student distilled from them; then the temperature sweep on
+/// the first seed.
+pub fn image_plan(seeds: &[u64], d: &ImageDistill, models: ImageModels) -> Vec<Phase> {
     let mut out = Vec::new();
     let t = d.temperature;
     let phase = |id: String, role, seed, temperature: Option<f64>, teacher| Phase {
@@ -132,16 +258,69 @@ pub fn image_plan(seeds: &[u64], d: &ImageDistill) -> Vec<Phase> {
         alpha: temperature.map(|_| d.alpha),
         teacher,
         init: InitFrom::Seed,
-        trains: role != Role::TeacherEnsemble,
+        trains: !matches!(role, Role::TeacherEnsemble | Role::BornAgainEnsemble),
         export: None,
         quant: None,
         train: None,
+        arch: match role {
+            Role::Teacher | Role::TeacherEnsemble => Arch::Teacher,
+            _ => Arch::Student,
+        },
+        label: None,
     };
     for &seed in seeds {
-        out.push(phase(teacher_id(seed), Role::Teacher, seed, None, TeacherFrom::None));
+        let tid = teacher_id(seed);
+        out.push(phase(tid.clone(), Role::Teacher, seed, None, TeacherFrom::None));
+        let extra: Vec<String> = (0..models.extra_teachers).map(|i| format!("teacher{}-s{seed}", i + 2)).collect();
+        for (i, id) in extra.iter().enumerate() {
+            let p = phase(id.clone(), Role::TeacherExtra, seed, None, TeacherFrom::None);
+            out.push(Phase { arch: Arch::ExtraTeacher(i), label: Some(format!("#{}", i + 2)), ..p });
+        }
         out.push(phase(format!("scratch-s{seed}"), Role::StudentScratch, seed, None, TeacherFrom::None));
-        let from = TeacherFrom::Phase(teacher_id(seed));
-        out.push(phase(format!("kd-s{seed}-T{t}"), Role::StudentKd, seed, Some(t), from));
+        let from = TeacherFrom::Phase(tid.clone());
+        let kd_id = format!("kd-s{seed}-T{t}");
+        out.push(phase(kd_id.clone(), Role::StudentKd, seed, Some(t), from.clone()));
+        for name in d.variants.keys() {
+            let p = phase(format!("kd-{name}-s{seed}"), Role::StudentKdMethod, seed, Some(t), from.clone());
+            out.push(Phase { label: Some(name.clone()), ..p });
+        }
+        if models.assistant {
+            let a_id = format!("assistant-s{seed}");
+            let a = phase(a_id.clone(), Role::Assistant, seed, Some(t), from.clone());
+            out.push(Phase { arch: Arch::Assistant, ..a });
+            out.push(phase(format!("kd-ta-s{seed}"), Role::StudentTa, seed, Some(t), TeacherFrom::Phase(a_id)));
+        }
+        if let Some(ba) = &d.born_again {
+            let mut gens = vec![kd_id.clone()];
+            for g in 2..=ba.generations {
+                let id = format!("born-again-g{g}-s{seed}");
+                let prev = TeacherFrom::Phase(gens.last().cloned().unwrap_or_default());
+                let p = phase(id.clone(), Role::StudentBornAgain, seed, Some(t), prev);
+                out.push(Phase { init: InitFrom::Salted(g as u64), label: Some(format!("g{g}")), ..p });
+                gens.push(id);
+            }
+            let p = phase(
+                format!("born-again-ensemble-s{seed}"),
+                Role::BornAgainEnsemble,
+                seed,
+                None,
+                TeacherFrom::Ensemble(gens),
+            );
+            out.push(Phase { label: Some(format!("g1..g{}", ba.generations)), ..p });
+        }
+        if let Some(mt) = &d.multi_teacher {
+            let ids: Vec<String> = std::iter::once(tid.clone()).chain(extra.iter().cloned()).collect();
+            for &w in &mt.weightings {
+                let p = phase(
+                    format!("kd-multi-{}-s{seed}", w.name()),
+                    Role::StudentKdMulti,
+                    seed,
+                    Some(t),
+                    TeacherFrom::Weighted(ids.clone(), w),
+                );
+                out.push(Phase { label: Some(w.name().into()), ..p });
+            }
+        }
     }
     let s0 = seeds[0];
     if d.ensemble {
@@ -163,13 +342,18 @@ pub fn image_plan(seeds: &[u64], d: &ImageDistill) -> Vec<Phase> {
 /// makes the recipe a scratch run), then a KD twin from `student.twin_init`. All start from the
 /// same seeded init: with `prune`, KD healing against CE healing of the same pruned model
 /// (Minitron's comparison). With `[quantize]`, the KD student quantized after training (PTQ)
-/// and, with `quantize.steps > 0`, trained on with fake-quantized weights (QAD).
+/// and, with `quantize.steps > 0`, trained on with fake-quantized weights (QAD). Then the method
+/// phases: a KD student per `[distill.variants.<name>]`, the born-again generations (each taught
+/// by the one before, the KD student being the first), and with `assistant` the
+/// teacher-assistant chain (the assistant distilled from the teacher, then a student from it).
 pub fn lm_plan(
     d: &LmDistill,
     student: &LmStudent,
     quant: Option<&QuantCfg>,
     train: &TrainCfg,
     seed: u64,
+    assistant: bool,
+    extra_teachers: usize,
 ) -> Vec<Phase> {
     let mut out = Vec::new();
     let base = Phase {
@@ -184,6 +368,8 @@ pub fn lm_plan(
         export: None,
         quant: None,
         train: None,
+        arch: Arch::Student,
+        label: None,
     };
     if student.init == StudentInit::Prune {
         out.push(Phase {
@@ -220,6 +406,65 @@ pub fn lm_plan(
             ..base.clone()
         });
     }
+    if kd {
+        for name in d.variants.keys() {
+            out.push(Phase {
+                id: format!("kd-{name}"),
+                role: Role::StudentKdMethod,
+                export: None,
+                label: Some(name.clone()),
+                ..base.clone()
+            });
+        }
+        if let Some(ba) = &d.born_again {
+            let mut prev = "kd".to_string();
+            for g in 2..=ba.generations {
+                let id = format!("born-again-g{g}");
+                out.push(Phase {
+                    id: id.clone(),
+                    role: Role::StudentBornAgain,
+                    teacher: TeacherFrom::Phase(prev),
+                    init: InitFrom::Salted(g as u64),
+                    export: None,
+                    label: Some(format!("g{g}")),
+                    ..base.clone()
+                });
+                prev = id;
+            }
+        }
+        if let Some(mt) = &d.multi_teacher {
+            // The recipe's teachers: `teacher`, then `teacher2`, … for `[[teachers]]`.
+            let ids: Vec<String> = std::iter::once("teacher".to_string())
+                .chain((0..extra_teachers).map(|i| format!("teacher{}", i + 2)))
+                .collect();
+            for &w in &mt.weightings {
+                out.push(Phase {
+                    id: format!("kd-multi-{}", w.name()),
+                    role: Role::StudentKdMulti,
+                    teacher: TeacherFrom::Weighted(ids.clone(), w),
+                    export: None,
+                    label: Some(w.name().into()),
+                    ..base.clone()
+                });
+            }
+        }
+        if assistant {
+            out.push(Phase {
+                id: "assistant".into(),
+                role: Role::Assistant,
+                arch: Arch::Assistant,
+                export: None,
+                ..base.clone()
+            });
+            out.push(Phase {
+                id: "kd-ta".into(),
+                role: Role::StudentTa,
+                teacher: TeacherFrom::Phase("assistant".into()),
+                export: None,
+                ..base.clone()
+            });
+        }
+    }
     if let (Some(q), true) = (quant, kd) {
         let from = InitFrom::Phase("kd".into());
         out.push(Phase {
@@ -253,8 +498,9 @@ mod tests {
 
     #[test]
     fn image_plan_lists_seeds_then_ensemble_then_sweep() {
-        let d = ImageDistill { temperature: 2.0, alpha: 0.9, sweep: vec![1.0, 2.0, 8.0], ensemble: true };
-        let ids: Vec<String> = image_plan(&[0, 1], &d).into_iter().map(|p| p.id).collect();
+        let d: ImageDistill =
+            toml::from_str("temperature = 2.0\nalpha = 0.9\nsweep = [1.0, 2.0, 8.0]\nensemble = true").unwrap();
+        let ids: Vec<String> = image_plan(&[0, 1], &d, ImageModels::default()).into_iter().map(|p| p.id).collect();
         let want = [
             "teacher-s0",
             "scratch-s0",
@@ -268,7 +514,7 @@ mod tests {
             "kd-s0-T8",
         ];
         assert_eq!(ids, want);
-        let p = image_plan(&[3], &d);
+        let p = image_plan(&[3], &d, ImageModels::default());
         assert_eq!(p[2].teacher, TeacherFrom::Phase("teacher-s3".into()));
         assert_eq!((p[2].alpha, p[1].alpha), (Some(0.9), None));
     }
@@ -279,7 +525,7 @@ mod tests {
         let st: LmStudent = toml::from_str("layers = 2\ninit = \"prune\"\ntwin_init = \"embedding-pca\"").unwrap();
         let train: TrainCfg = toml::from_str("steps = 100\nlr = 5e-4\nwarmup_steps = 10").unwrap();
         let q: QuantCfg = toml::from_str("steps = 20").unwrap();
-        let p = lm_plan(&d, &st, Some(&q), &train, 7);
+        let p = lm_plan(&d, &st, Some(&q), &train, 7, false, 0);
         let ids: Vec<&str> = p.iter().map(|p| p.id.as_str()).collect();
         assert_eq!(ids, ["pruned", "kd", "scratch", "kd-embedding-pca", "ptq-q4_0", "qad-q4_0"]);
         assert_eq!(p[3].init, InitFrom::With(StudentInit::EmbeddingPca));
@@ -294,7 +540,7 @@ mod tests {
         assert!(p.iter().all(|p| p.seed == 7));
         // Without a KD student there is nothing to quantize or twin.
         let scratch: LmDistill = toml::from_str("temperature = 1.0\nalpha = 0.0").unwrap();
-        let p = lm_plan(&scratch, &st, Some(&q), &train, 0);
+        let p = lm_plan(&scratch, &st, Some(&q), &train, 0, true, 0);
         assert_eq!(p.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(), ["pruned", "scratch"]);
     }
 }

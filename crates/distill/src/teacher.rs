@@ -12,6 +12,7 @@ use crate::cache::CachedTeacher;
 use crate::io::hf::LlamaConfig;
 use crate::models::llama::Llama;
 use crate::models::Classifier;
+use crate::plan::Weighting;
 use crate::{Error, Result};
 
 /// Where the teacher comes from.
@@ -60,6 +61,47 @@ pub enum Teacher<'a> {
     Logits(&'a Tensor),
     /// Several classifiers as one: their softened distributions averaged with weights.
     Ensemble(Ensemble<'a>),
+    /// Several causal LMs with one tokenizer, mixed per token (multi-teacher KD).
+    Mixture(LmMixture<'a>),
+}
+
+/// `[[teachers]]` of an LM recipe: another teacher for `[distill.multi_teacher]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtraLmTeacher {
+    /// A GGUF file or a Hugging Face directory with the same tokenizer as `[teacher]`.
+    pub path: String,
+}
+
+/// Several LM teachers as one (multi-teacher KD): per token, the members' distributions are
+/// weighted (fixed, or by each member's confidence on that token) and combined as
+/// [`combine_weighted`] does, a chunk of rows at a time, so `[tokens, vocab]` never exists for a
+/// batch for any member.
+#[derive(Clone)]
+pub struct LmMixture<'a> {
+    pub members: Vec<&'a Llama>,
+    /// The fixed weights, normalised.
+    pub fixed: Vec<f64>,
+    pub weighting: Weighting,
+    pub combine: Combine,
+}
+
+impl LmMixture<'_> {
+    /// The combined teacher's log-probabilities at `t` for rows `start..start + len`: `hidden`
+    /// holds each member's final hidden states `[N, H_k]`, `labels` the next tokens `[N]`.
+    pub fn chunk_log_probs(&self, hidden: &[Tensor], labels: &Tensor, start: i64, len: i64, t: f64) -> Tensor {
+        tch::no_grad(|| {
+            let z: Vec<Tensor> = self
+                .members
+                .iter()
+                .zip(hidden)
+                .map(|(m, h)| h.narrow(0, start, len).linear(&m.lm_head_weight(), None::<Tensor>).to_kind(Kind::Float))
+                .collect(); // k × [C, V]
+            let w = example_weights(&z, &labels.narrow(0, start, len), self.weighting, &self.fixed); // [k, C]
+            (combine_weighted(&z, &w, t, self.combine) / t).log_softmax(-1, Kind::Float)
+            // [C, V]
+        })
+    }
 }
 
 impl Teacher<'_> {
@@ -70,7 +112,7 @@ impl Teacher<'_> {
             Teacher::Logits(l) => Ok(l.index_select(0, idx)),
             Teacher::Classifier(m) => Ok(tch::no_grad(|| m.logits(x, false))),
             Teacher::Ensemble(e) => Ok(tch::no_grad(|| e.logits(x))),
-            Teacher::Lm(_) | Teacher::Cache(_) => {
+            Teacher::Lm(_) | Teacher::Cache(_) | Teacher::Mixture(_) => {
                 Err(Error::Invalid("a classifier student needs a classifier teacher, not a causal LM".into()))
             }
         }
@@ -119,6 +161,136 @@ pub fn combine_logits(z: &[Tensor], weights: &[f64], t: f64) -> Tensor {
     }
     let weighted: Vec<Tensor> = logp.iter().zip(weights).map(|(l, &w)| l + w.ln()).collect();
     Tensor::stack(&weighted, 0).logsumexp(0, false) * t
+}
+
+/// `[distill.multi_teacher]`: students distilled from several teachers at once — `[teacher]`
+/// and the `[[teachers]]` of other architectures or sizes — one student per weighting.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MultiTeacherCfg {
+    /// Fixed weights, one per teacher (`[teacher]` first, then `[[teachers]]` in order), each
+    /// ≥ 0, normalised to sum 1; default: equal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights: Option<Vec<f64>>,
+    /// One student per weighting: `fixed` (the weights), `entropy` (per example ∝ 1/H(p_k)),
+    /// `true-label` (per example ∝ p_k(y)). Default `["fixed"]`.
+    #[serde(default = "default_weightings")]
+    pub weightings: Vec<Weighting>,
+    /// `probabilities` (default): the soft targets are `Σ_k w_k softmax(z_k/T)`; `logits`: they
+    /// are `softmax(Σ_k w_k z_k / T)`.
+    #[serde(default)]
+    pub combine: Combine,
+}
+
+fn default_weightings() -> Vec<Weighting> {
+    vec![Weighting::Fixed]
+}
+
+/// How a multi-teacher phase combines its teachers' outputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Combine {
+    #[default]
+    Probabilities,
+    Logits,
+}
+
+impl MultiTeacherCfg {
+    /// Checks the weights against the number of teachers (`[teacher]` + `[[teachers]]`).
+    pub fn validate(&self, teachers: usize) -> Result<()> {
+        let bad = |m: String| Err(Error::Recipe(m));
+        if teachers < 2 {
+            return bad(
+                "distill.multi_teacher needs at least one more teacher: add a [[teachers]] entry (model, train) besides [teacher]"
+                    .into(),
+            );
+        }
+        if self.weightings.is_empty() {
+            return bad("distill.multi_teacher.weightings is empty (fixed, entropy, true-label)".into());
+        }
+        if let Some(w) = &self.weights {
+            if w.len() != teachers {
+                return bad(format!(
+                    "distill.multi_teacher.weights has {} entries for {teachers} teachers ([teacher] first, then [[teachers]])",
+                    w.len()
+                ));
+            }
+            if let Some(x) = w.iter().find(|x| !(**x >= 0.0 && x.is_finite())) {
+                return bad(format!("distill.multi_teacher.weights: each weight must be ≥ 0, got {x}"));
+            }
+            if w.iter().sum::<f64>() <= 0.0 {
+                return bad("distill.multi_teacher.weights are all 0".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// The fixed weights, normalised to sum 1.
+    pub fn fixed_weights(&self, teachers: usize) -> Vec<f64> {
+        match &self.weights {
+            Some(w) => {
+                let s: f64 = w.iter().sum();
+                w.iter().map(|x| x / s).collect()
+            }
+            None => vec![1.0 / teachers.max(1) as f64; teachers],
+        }
+    }
+}
+
+/// Per-example teacher weights `[k, N]` (columns sum to 1) for teachers' logits `k × [N, C]`:
+/// `fixed` repeats `fixed`; `entropy` ∝ `1/H(softmax(z_k))`; `true-label` ∝ `softmax(z_k)[y]`
+/// (`fixed` where `labels < 0`, an example the student may not see the label of).
+pub fn example_weights(z: &[Tensor], labels: &Tensor, weighting: Weighting, fixed: &[f64]) -> Tensor {
+    let n = z[0].size()[0];
+    let dev = z[0].device();
+    let fixed_w = Tensor::from_slice(&fixed.iter().map(|&x| x as f32).collect::<Vec<_>>())
+        .to_device(dev)
+        .unsqueeze(1)
+        .expand([-1, n], false); // [k, N]
+    let raw = match weighting {
+        Weighting::Fixed => return fixed_w.contiguous(),
+        Weighting::Entropy => {
+            let h: Vec<Tensor> = z
+                .iter()
+                .map(|z| {
+                    let lp = z.log_softmax(-1, Kind::Float); // [N, C]
+                    (lp.exp() * &lp).sum_dim_intlist([-1i64].as_slice(), false, Kind::Float).neg()
+                    // [N]
+                })
+                .collect();
+            Tensor::stack(&h, 0).clamp_min(1e-6).reciprocal() // [k, N]
+        }
+        Weighting::TrueLabel => {
+            let y = labels.clamp_min(0).unsqueeze(1); // [N, 1]
+            let p: Vec<Tensor> =
+                z.iter().map(|z| z.softmax(-1, Kind::Float).gather(1, &y, false).squeeze_dim(1)).collect();
+            let p = Tensor::stack(&p, 0).clamp_min(1e-12); // [k, N]
+            let labeled = labels.ge(0).unsqueeze(0); // [1, N]
+            p.where_self(&labeled, &fixed_w)
+        }
+    };
+    &raw / raw.sum_dim_intlist([0i64].as_slice(), true, Kind::Float) // [k, N]
+}
+
+/// Teachers' logits `k × [N, C]` combined with per-example weights `w` `[k, N]` at temperature
+/// `t` into logits whose softmax at `t` is the soft target: `t · log Σ_k w_k softmax(z_k/t)`
+/// (`Probabilities`) or `Σ_k w_k z_k` (`Logits`).
+pub fn combine_weighted(z: &[Tensor], w: &Tensor, t: f64, combine: Combine) -> Tensor {
+    match combine {
+        Combine::Probabilities => {
+            let terms: Vec<Tensor> = z
+                .iter()
+                .enumerate()
+                .map(|(k, z)| (z / t).log_softmax(-1, Kind::Float) + w.get(k as i64).unsqueeze(1).log())
+                .collect();
+            Tensor::stack(&terms, 0).logsumexp(0, false) * t // [N, C]
+        }
+        Combine::Logits => {
+            let terms: Vec<Tensor> = z.iter().enumerate().map(|(k, z)| z * w.get(k as i64).unsqueeze(1)).collect();
+            Tensor::stack(&terms, 0).sum_dim_intlist([0i64].as_slice(), false, Kind::Float)
+            // [N, C]
+        }
+    }
 }
 
 /// The kind the online teacher trains in, with the reason (for the log and the summary).
@@ -184,6 +356,35 @@ mod tests {
         assert!(s.is_finite() && s > 0.0, "{s}");
         let (kind, why) = resolve_teacher_kind(TeacherDtype::Auto, &cfg, cpu).unwrap();
         assert!(why.starts_with(if kind == Kind::Float { "f32 (auto" } else { "bf16 (auto" }), "{why}");
+    }
+
+    /// Per-example weights: entropy and true-label weights favour the confident teacher, the
+    /// columns sum to 1, and the combined soft target is the weighted average (probabilities)
+    /// or the softmax of the weighted logits.
+    #[test]
+    fn per_example_weights_follow_confidence() {
+        // Example 0: teacher A confident and right; example 1: teacher B confident and right.
+        let a = Tensor::from_slice(&[4.0f32, 0.0, 0.0, 0.3, 0.2, 0.1]).view([2, 3]);
+        let b = Tensor::from_slice(&[0.1f32, 0.2, 0.3, 0.0, 0.0, 5.0]).view([2, 3]);
+        let y = Tensor::from_slice(&[0i64, 2]);
+        let z = [a.shallow_clone(), b.shallow_clone()];
+        for w in [Weighting::Entropy, Weighting::TrueLabel] {
+            let ew = example_weights(&z, &y, w, &[0.5, 0.5]); // [2, N]
+            let v = Vec::<f32>::try_from(ew.flatten(0, -1)).unwrap(); // a0 a1 b0 b1
+            assert!(v[0] > 0.6 && v[3] > 0.6, "{w:?}: {v:?}");
+            assert!((v[0] + v[2] - 1.0).abs() < 1e-6 && (v[1] + v[3] - 1.0).abs() < 1e-6);
+        }
+        let ew = example_weights(&z, &Tensor::from_slice(&[-1i64, -1]), Weighting::TrueLabel, &[0.25, 0.75]);
+        assert_eq!(Vec::<f32>::try_from(ew.flatten(0, -1)).unwrap(), vec![0.25, 0.25, 0.75, 0.75]);
+        let w = Tensor::from_slice(&[0.3f32, 0.6, 0.7, 0.4]).view([2, 2]);
+        let t = 2.0;
+        let got = (combine_weighted(&z, &w, t, Combine::Probabilities) / t).softmax(-1, Kind::Float);
+        let want = (&a / t).softmax(-1, Kind::Float) * w.get(0).unsqueeze(1)
+            + (&b / t).softmax(-1, Kind::Float) * w.get(1).unsqueeze(1);
+        assert!((&got - &want).abs().max().double_value(&[]) < 1e-6);
+        let got = combine_weighted(&z, &w, t, Combine::Logits);
+        let want = &a * w.get(0).unsqueeze(1) + &b * w.get(1).unsqueeze(1);
+        assert!((&got - &want).abs().max().double_value(&[]) < 1e-6);
     }
 
     /// Weighted members: the softmax of the combined logits at T is the weighted average.

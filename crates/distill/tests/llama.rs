@@ -45,7 +45,7 @@ fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
 }
 
 fn all_outputs() -> ForwardOptions {
-    ForwardOptions { hidden_states: true, attentions: true, train: false, internals: false }
+    ForwardOptions { hidden_states: true, attentions: true, train: false, internals: false, qkv: false }
 }
 
 /// (a) logits, every hidden state and every attention map match transformers at real positions.

@@ -22,18 +22,28 @@ use crate::checkpoint::{load_tensors, save_tensors, write_atomic, write_json};
 use crate::data::images::{load_recipe_data, ImageSet};
 use crate::data::rng::SplitMix64;
 use crate::methods::response::image_term;
+use crate::methods::BuildContext;
 use crate::models::{image_classifier, param_count, Classifier};
-use crate::plan::{image_plan, InitFrom, Phase, Role, TeacherFrom};
+use crate::plan::{display_name, image_plan, Arch, ImageModels, InitFrom, Phase, Role, TeacherFrom, Weighting};
 use crate::recipe::{ImageRecipe, Stage};
 use crate::tasks::ClassifierTask;
-use crate::teacher::{Ensemble, Teacher};
+use crate::teacher::{combine_weighted, example_weights, Ensemble, Teacher};
 use crate::train::{fit, TrainOptions, TrainTask};
 use crate::{Error, Result};
 
 /// One trained model's evaluation.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PhaseResult {
+    /// The phase (its directory under `phases/`).
+    #[serde(default)]
+    pub id: String,
     pub role: Role,
+    /// What tells it apart from phases of the same role: a variant, a generation, a weighting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// The phases it learned from (or averages).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub taught_by: Vec<String>,
     pub seed: u64,
     pub temperature: Option<f64>,
     pub alpha: Option<f64>,
@@ -61,6 +71,24 @@ pub struct Summary {
     /// With `distill.ensemble`: `(scratch − kd-ensemble) / (scratch − teacher-ensemble)`, first seed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ensemble_gap_recovered: Option<f64>,
+    /// Per model (role and label) at the main temperature: test errors over the seeds.
+    #[serde(default)]
+    pub methods: Vec<MethodRow>,
+}
+
+/// One row of the methods table: a model's test errors over the seeds it ran with.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MethodRow {
+    /// As tables print it (`student-kd+fitnets`, `student-born-again g2`).
+    pub name: String,
+    pub seeds: Vec<u64>,
+    pub test_errors: Vec<i64>,
+    pub mean_errors: f64,
+    /// Sample standard deviation (n − 1); 0 for one seed.
+    pub std_errors: f64,
+    /// Mean errors minus the KD student's mean over the same seeds (negative = fewer errors).
+    pub vs_kd: Option<f64>,
+    pub params: usize,
 }
 
 /// Options of a run that are not part of the recipe.
@@ -154,8 +182,19 @@ pub fn run(recipe: &ImageRecipe, recipe_toml: &str, out: &Path, opts: &RunOption
     write_atomic(&out.join("recipe.toml"), recipe_toml.as_bytes())?;
     std::fs::create_dir_all(out.join("phases")).map_err(|e| Error::io(out, e))?;
 
-    let plan = image_plan(&recipe.seeds, &recipe.distill);
+    check_terms(recipe, &train.images.narrow(0, 0, 2.min(n as i64)), hw, classes)?;
+    let plan = image_plan(&recipe.seeds, &recipe.distill, image_models(recipe));
     let seed_of = |id: &str| plan.iter().find(|p| p.id == id).map(|p| p.seed).unwrap_or(0);
+    let arch_of = |id: &str| plan.iter().find(|p| p.id == id).map(|p| p.arch).unwrap_or_default();
+    // The stage (model and training) of each architecture; checked by validation.
+    let stage_of = |arch: Arch| -> &Stage {
+        match arch {
+            Arch::Teacher => &recipe.teacher,
+            Arch::Student => &recipe.student,
+            Arch::Assistant => recipe.assistant.as_ref().unwrap_or(&recipe.student),
+            Arch::ExtraTeacher(i) => recipe.teachers.get(i).unwrap_or(&recipe.teacher),
+        }
+    };
     // Teacher phases loaded so far (by phase id), with their logits on the training images.
     let mut teachers: HashMap<String, (nn::VarStore, Box<dyn Classifier>, Tensor)> = HashMap::new();
     let mut teacher_params = HashMap::new();
@@ -168,68 +207,108 @@ pub fn run(recipe: &ImageRecipe, recipe_toml: &str, out: &Path, opts: &RunOption
             if r.role == Role::Teacher {
                 teacher_params.insert(r.seed, r.params);
             }
+            let r = PhaseResult { id: ph.id.clone(), label: ph.label.clone(), taught_by: ph.taught_by(), ..r };
             if opts.verbose {
                 eprintln!("{:>18}: done earlier ({} test errors)", ph.id, r.test_errors);
             }
             results.push(r);
             continue;
         }
-        // The teachers this phase learns from (or is), loaded once with their training-set logits.
-        let sources: Vec<String> = match &ph.teacher {
-            TeacherFrom::Phase(id) => vec![id.clone()],
-            TeacherFrom::Ensemble(ids) => ids.clone(),
-            TeacherFrom::None | TeacherFrom::Recipe => vec![],
+        // The models this phase learns from (or averages), loaded once with their training-set
+        // logits.
+        let (sources, weighting): (Vec<String>, Option<Weighting>) = match &ph.teacher {
+            TeacherFrom::Phase(id) => (vec![id.clone()], None),
+            TeacherFrom::Ensemble(ids) => (ids.clone(), None),
+            TeacherFrom::Weighted(ids, w) => (ids.clone(), Some(*w)),
+            TeacherFrom::None | TeacherFrom::Recipe => (vec![], None),
         };
         for id in &sources {
             if !teachers.contains_key(id) {
-                let (tvs, tm) = build(&recipe.teacher, seed_of(id), hw, classes);
+                let (tvs, tm) = build(stage_of(arch_of(id)), seed_of(id), hw, classes);
                 load_weights(&tvs, &out.join("phases").join(id).join("model.safetensors"))?;
                 let logits = predict(&|x| tm.logits(x, false), &train.images);
                 teachers.insert(id.clone(), (tvs, tm, logits));
             }
         }
         let members: Vec<&dyn Classifier> = sources.iter().map(|id| teachers[id].1.as_ref()).collect();
-        if ph.role == Role::TeacherEnsemble {
+        if !ph.trains {
             let params: usize = sources.iter().map(|id| param_count(&teachers[id].0)).sum();
             results.push(evaluate_ensemble(ph, &members, &sources, params, &test, &teacher_params, out, n, opts)?);
             continue;
         }
-        if let InitFrom::Phase(from) = &ph.init {
-            return Err(Error::Invalid(format!(
-                "phase {}: starting from phase {from}'s weights is not supported by image runs yet",
-                ph.id
-            )));
-        }
-        let stage = if ph.role == Role::Teacher { &recipe.teacher } else { &recipe.student };
+        let stage = stage_of(ph.arch);
         // Same initialization for the scratch and KD students of a seed.
-        let (vs, model) = build(stage, ph.seed, hw, classes);
+        let (vs, model) = match &ph.init {
+            InitFrom::Salted(salt) => build(stage, ph.seed ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15), hw, classes),
+            _ => build(stage, ph.seed, hw, classes),
+        };
+        if let InitFrom::Phase(from) = &ph.init {
+            load_weights(&vs, &out.join("phases").join(from).join("model.safetensors"))?;
+        }
         let kd = ph.temperature.map(|t| image_term(&recipe.distill, t));
         let t = ph.temperature.unwrap_or(1.0);
+        // The extra terms: the main KD student's `[distill.<term>]`, a variant's own.
+        let term_cfgs = match (ph.role, &ph.label) {
+            (Role::StudentKd, _) => recipe.distill.terms.configured(),
+            (Role::StudentKdMethod, Some(name)) => match recipe.distill.variants.get(name) {
+                Some(v) => v.terms.configured(),
+                None => return Err(Error::Invalid(format!("phase {}: no variant {name} in the recipe", ph.id))),
+            },
+            _ => vec![],
+        };
+        if !term_cfgs.is_empty() && members.len() != 1 {
+            return Err(Error::Invalid(format!("phase {}: the extra terms need a single teacher model", ph.id)));
+        }
+        let mut terms = Vec::new();
+        if !term_cfgs.is_empty() {
+            let probe = train.images.narrow(0, 0, 2.min(n as i64));
+            let (ss, ts) = (feature_shapes(model.as_ref(), &probe), feature_shapes(members[0], &probe));
+            for cfg in term_cfgs {
+                let term = cfg.build(image_build_context(vs.root(), &ss, &ts))?;
+                if opts.verbose {
+                    eprintln!("{:>18}: {}", ph.id, term.describe());
+                }
+                terms.push(term);
+            }
+        }
+        let (labels, rows) = match ph.role {
+            Role::Teacher | Role::TeacherEnsemble | Role::TeacherExtra => (&train.labels, None),
+            Role::StudentScratch | Role::StudentPruned => (&train.labels, labeled.as_deref()),
+            _ => (&student_labels, None),
+        };
         // The soft targets: computed once from the training-set logits, or, when the student's
-        // images are jittered, the teacher (or ensemble) run on the same jittered batch.
-        let ensemble = (members.len() > 1).then(|| Ensemble::uniform(members.clone(), t));
-        let train_logits = match (&ensemble, sources.first()) {
-            (Some(e), _) => {
+        // images are jittered or a term reads the teacher's features, the teacher (or ensemble)
+        // run on the same batch. Weighted teachers always come from the training-set logits.
+        let ensemble = (members.len() > 1 && weighting.is_none()).then(|| Ensemble::uniform(members.clone(), t));
+        let train_logits = match (&ensemble, weighting, sources.first()) {
+            (_, Some(w), _) => {
+                let mt = recipe.distill.multi_teacher.as_ref().ok_or_else(|| {
+                    Error::Invalid(format!("phase {}: weighted teachers without distill.multi_teacher", ph.id))
+                })?;
+                let z: Vec<Tensor> = sources.iter().map(|id| teachers[id].2.shallow_clone()).collect();
+                let ew = example_weights(&z, labels, w, &mt.fixed_weights(z.len())); // [k, N]
+                if opts.verbose {
+                    let mean: Vec<String> = Vec::<f64>::try_from(ew.mean_dim(1, false, Kind::Double))
+                        .unwrap_or_default()
+                        .iter()
+                        .map(|x| format!("{x:.3}"))
+                        .collect();
+                    eprintln!("{:>18}: {} weights, mean per teacher [{}]", ph.id, w.name(), mean.join(", "));
+                }
+                Some(tch::no_grad(|| combine_weighted(&z, &ew, t, mt.combine))) // [N, C]
+            }
+            (Some(e), None, _) => {
                 let z: Vec<Tensor> = sources.iter().map(|id| teachers[id].2.shallow_clone()).collect();
                 Some(tch::no_grad(|| e.combine(&z))) // [N, C]
             }
-            (None, Some(id)) => Some(teachers[id].2.shallow_clone()),
-            (None, None) => None,
+            (None, None, Some(id)) => Some(teachers[id].2.shallow_clone()),
+            (None, None, None) => None,
         };
         let teacher = match (&train_logits, ensemble) {
             (None, _) => None,
-            (Some(l), _) if stage.jitter == 0 => Some(Teacher::Logits(l)),
+            (Some(l), _) if weighting.is_some() || (stage.jitter == 0 && terms.is_empty()) => Some(Teacher::Logits(l)),
             (Some(_), Some(e)) => Some(Teacher::Ensemble(e)),
             (Some(_), None) => Some(Teacher::Classifier(members[0])),
-        };
-        let (labels, rows) = match ph.role {
-            Role::Teacher | Role::TeacherEnsemble => (&train.labels, None),
-            Role::StudentScratch | Role::StudentPruned => (&train.labels, labeled.as_deref()),
-            Role::StudentKd
-            | Role::StudentKdEnsemble
-            | Role::StudentKdTwinInit
-            | Role::StudentPtq
-            | Role::StudentQad => (&student_labels, None),
         };
         let mut task = ClassifierTask {
             model: model.as_ref(),
@@ -239,7 +318,7 @@ pub fn run(recipe: &ImageRecipe, recipe_toml: &str, out: &Path, opts: &RunOption
             kd,
             jitter: stage.jitter,
             rows,
-            terms: Vec::new(),
+            terms,
         };
         let examples = task.num_examples();
         let topts = TrainOptions {
@@ -261,7 +340,10 @@ pub fn run(recipe: &ImageRecipe, recipe_toml: &str, out: &Path, opts: &RunOption
         }
         let tp = teacher_params.get(&ph.seed).copied().unwrap_or(params);
         let res = PhaseResult {
+            id: ph.id.clone(),
             role: ph.role,
+            label: ph.label.clone(),
+            taught_by: ph.taught_by(),
             seed: ph.seed,
             temperature: ph.temperature,
             alpha: kd.map(|k| k.alpha),
@@ -272,9 +354,9 @@ pub fn run(recipe: &ImageRecipe, recipe_toml: &str, out: &Path, opts: &RunOption
             size_bytes: std::fs::metadata(&model_path).map(|m| m.len()).unwrap_or(0),
             latency_ms_per_1k: latency_ms_per_1k(&|x| model.logits(x, false), &test),
             compression_ratio: tp as f64 / params as f64,
-            train_examples: if ph.role == Role::Teacher { n } else { examples },
+            train_examples: if matches!(ph.role, Role::Teacher | Role::TeacherExtra) { n } else { examples },
             labeled_examples: match ph.role {
-                Role::Teacher | Role::TeacherEnsemble => n,
+                Role::Teacher | Role::TeacherEnsemble | Role::TeacherExtra => n,
                 _ => n_labeled,
             },
             steps: report.steps,
@@ -288,11 +370,12 @@ pub fn run(recipe: &ImageRecipe, recipe_toml: &str, out: &Path, opts: &RunOption
     }
     let summary = summarize(recipe, results);
     write_json(&out.join("summary.json"), &summary)?;
+    crate::report::write_report_or_warn(out);
     Ok(summary)
 }
 
-/// The seeds' teachers averaged (T = 1), evaluated, not trained; its result is written like a
-/// trained phase's.
+/// Several phases' models averaged (T = 1: the seeds' teachers, the born-again generations),
+/// evaluated, not trained; its result is written like a trained phase's.
 #[allow(clippy::too_many_arguments)]
 fn evaluate_ensemble(
     ph: &Phase,
@@ -314,7 +397,10 @@ fn evaluate_ensemble(
         .sum();
     let tp = teacher_params.get(&ph.seed).copied().unwrap_or(params);
     let res = PhaseResult {
+        id: ph.id.clone(),
         role: ph.role,
+        label: ph.label.clone(),
+        taught_by: ph.taught_by(),
         seed: ph.seed,
         temperature: None,
         alpha: None,
@@ -364,26 +450,103 @@ fn summarize(recipe: &ImageRecipe, results: Vec<PhaseResult>) -> Summary {
         (Some(te), Some(sc), Some(kd)) if sc != te => Some((sc - kd) / (sc - te)),
         _ => None,
     };
+    let methods = method_rows(&results, t);
     Summary {
         recipe: recipe.name.clone(),
         results,
         gap_recovered: gap,
         gap_recovered_mean: mean,
         ensemble_gap_recovered: ensemble_gap,
+        methods,
     }
+}
+
+/// Test errors per model (role and label) over the seeds, at the main temperature `t` (the
+/// sweep's other temperatures are left out), in plan order.
+fn method_rows(results: &[PhaseResult], t: f64) -> Vec<MethodRow> {
+    let mut rows: Vec<MethodRow> = Vec::new();
+    for r in results {
+        if r.role == Role::StudentKd && r.temperature != Some(t) || r.role == Role::StudentKdEnsemble {
+            continue;
+        }
+        if r.role == Role::TeacherEnsemble {
+            continue;
+        }
+        let name = display_name(r.role, r.label.as_deref());
+        match rows.iter_mut().find(|m| m.name == name) {
+            Some(m) => {
+                m.seeds.push(r.seed);
+                m.test_errors.push(r.test_errors);
+            }
+            None => rows.push(MethodRow {
+                name,
+                seeds: vec![r.seed],
+                test_errors: vec![r.test_errors],
+                mean_errors: 0.0,
+                std_errors: 0.0,
+                vs_kd: None,
+                params: r.params,
+            }),
+        }
+    }
+    let stats = |e: &[i64]| {
+        let n = e.len() as f64;
+        let mean = e.iter().sum::<i64>() as f64 / n;
+        let var = if e.len() > 1 { e.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
+        (mean, var.sqrt())
+    };
+    let kd: Option<(Vec<u64>, Vec<i64>)> =
+        rows.iter().find(|m| m.name == Role::StudentKd.name()).map(|m| (m.seeds.clone(), m.test_errors.clone()));
+    for m in rows.iter_mut() {
+        (m.mean_errors, m.std_errors) = stats(&m.test_errors);
+        if let Some((seeds, errs)) = &kd {
+            // Over the seeds both have.
+            let pairs: Vec<(i64, i64)> = m
+                .seeds
+                .iter()
+                .zip(&m.test_errors)
+                .filter_map(|(s, e)| seeds.iter().position(|x| x == s).map(|i| (*e, errs[i])))
+                .collect();
+            if !pairs.is_empty() {
+                let d: f64 = pairs.iter().map(|(a, b)| (a - b) as f64).sum::<f64>() / pairs.len() as f64;
+                m.vs_kd = Some(d);
+            }
+        }
+    }
+    rows
+}
+
+/// The methods table: test errors mean ± std over seeds per model, against plain KD.
+pub fn methods_table(s: &Summary) -> String {
+    let mut o =
+        format!("{:<34} {:>6} {:>16} {:>10} {:>22}\n", "model", "seeds", "errors mean ± std", "vs KD", "per seed");
+    for m in &s.methods {
+        let vs = m.vs_kd.map(|d| format!("{d:+.1}")).unwrap_or_else(|| "-".into());
+        let per: Vec<String> = m.test_errors.iter().map(|e| e.to_string()).collect();
+        o += &format!(
+            "{:<34} {:>6} {:>9.1} ± {:<5.1} {:>10} {:>22}\n",
+            m.name,
+            m.seeds.len(),
+            m.mean_errors,
+            m.std_errors,
+            vs,
+            per.join(" / ")
+        );
+    }
+    o
 }
 
 /// The summary as a plain-text table.
 pub fn table(s: &Summary) -> String {
     let mut o = format!(
-        "{:<19} {:>4} {:>6} {:>8} {:>9} {:>10} {:>9} {:>12} {:>7}\n",
+        "{:<34} {:>4} {:>6} {:>8} {:>9} {:>10} {:>9} {:>12} {:>7}\n",
         "role", "seed", "T", "errors", "accuracy", "params", "size", "ms/1k imgs", "compr."
     );
     for r in &s.results {
-        let role = r.role.name();
+        let role = display_name(r.role, r.label.as_deref());
         let t = r.temperature.map(|t| format!("{t}")).unwrap_or_else(|| "-".into());
         o += &format!(
-            "{:<19} {:>4} {:>6} {:>8} {:>8.2}% {:>10} {:>8.2}M {:>12.2} {:>6.2}x\n",
+            "{:<34} {:>4} {:>6} {:>8} {:>8.2}% {:>10} {:>8.2}M {:>12.2} {:>6.2}x\n",
             role,
             r.seed,
             t,
@@ -404,12 +567,67 @@ pub fn table(s: &Summary) -> String {
     if let Some(g) = s.ensemble_gap_recovered {
         o += &format!("gap recovered by KD from the teacher ensemble: {:.1}%\n", g * 100.0);
     }
+    if s.methods.iter().any(|m| m.seeds.len() > 1) || s.methods.len() > 3 {
+        o += "\n";
+        o += &methods_table(s);
+    }
     o
 }
 
 /// The phase directories a run uses, for tools and tests.
 pub fn phase_dirs(recipe: &ImageRecipe, out: &Path) -> Vec<PathBuf> {
-    image_plan(&recipe.seeds, &recipe.distill).iter().map(|p| p.dir(out)).collect()
+    image_plan(&recipe.seeds, &recipe.distill, image_models(recipe)).iter().map(|p| p.dir(out)).collect()
+}
+
+/// Each feature state's per-example shape (`[C, H, W]` or `[F]`) on `probe` `[B, 1, H, W]`.
+fn feature_shapes(m: &dyn Classifier, probe: &Tensor) -> Vec<Vec<i64>> {
+    tch::no_grad(|| m.forward_outputs(probe, false)).features.iter().map(|f| f.size()[1..].to_vec()).collect()
+}
+
+/// What an image term is built against: the two models' feature shapes.
+fn image_build_context<'a>(vs: nn::Path<'a>, ss: &[Vec<i64>], ts: &[Vec<i64>]) -> BuildContext<'a> {
+    BuildContext {
+        vs,
+        student_layers: ss.len(),
+        student_width: ss.last().map(|s| s.iter().product()).unwrap_or(0),
+        teacher_layers: ts.len(),
+        teacher_width: ts.last().map(|s| s.iter().product()).unwrap_or(0),
+        student_shapes: ss.to_vec(),
+        teacher_shapes: ts.to_vec(),
+        student_qkv: [0; 3],
+        teacher_qkv: [0; 3],
+        student_heads: 0,
+        teacher_heads: 0,
+    }
+}
+
+/// Builds every configured term (the KD student's and each variant's) against the student's and
+/// the teacher's feature shapes on `probe`, in throwaway variables: a layer past a model or a map
+/// that is not one is an error before anything trains.
+fn check_terms(recipe: &ImageRecipe, probe: &Tensor, hw: [usize; 2], classes: usize) -> Result<()> {
+    let cfgs: Vec<_> = recipe
+        .distill
+        .terms
+        .configured()
+        .into_iter()
+        .chain(recipe.distill.variants.values().flat_map(|v| v.terms.configured()))
+        .collect();
+    if cfgs.is_empty() {
+        return Ok(());
+    }
+    let (_svs, s) = build(&recipe.student, 0, hw, classes);
+    let (_tvs, t) = build(&recipe.teacher, 0, hw, classes);
+    let (ss, ts) = (feature_shapes(s.as_ref(), probe), feature_shapes(t.as_ref(), probe));
+    let vs = nn::VarStore::new(Device::Cpu);
+    for cfg in cfgs {
+        cfg.build(image_build_context(vs.root() / "check", &ss, &ts))?;
+    }
+    Ok(())
+}
+
+/// The recipe's models besides teacher and student, as the plan needs them.
+fn image_models(recipe: &ImageRecipe) -> ImageModels {
+    ImageModels { extra_teachers: recipe.teachers.len(), assistant: recipe.assistant.is_some() }
 }
 
 #[cfg(test)]

@@ -28,13 +28,13 @@ use crate::lm::{load_lm, LoadedLm};
 use crate::losses::divergence::Divergence;
 use crate::methods::{response, BuildContext};
 use crate::models::llama::Llama;
-use crate::plan::{lm_plan, InitFrom, Phase, Role, TeacherFrom};
+use crate::plan::{lm_plan, Arch, InitFrom, Phase, Role, TeacherFrom};
 use crate::recipe::{LmRecipe, ResolvedLm};
 use crate::student::prune::{self, Importance, Selection};
 use crate::student::quant::{quantize_weights, QuantFormat};
 use crate::student::{init_student, student_config, StudentInit};
 use crate::tasks::{LmKdTask, TeacherMemo};
-use crate::teacher::{resolve_teacher_kind, teacher_in_kind, Teacher};
+use crate::teacher::{resolve_teacher_kind, teacher_in_kind, LmMixture, Teacher};
 use crate::train::{fit, TrainOptions, TrainReport};
 use crate::{Error, Result};
 
@@ -60,6 +60,12 @@ pub struct ModelReport {
     pub extra: Vec<LmScores>,
     pub train: Option<TrainReport>,
     pub path: Option<PathBuf>,
+    /// The phase (its directory under `phases/`) and the phases it learned from (`teacher` for
+    /// the recipe's teacher).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub taught_by: Vec<String>,
 }
 
 /// Per prompt: next-token tables and generations, per model.
@@ -127,6 +133,10 @@ struct PhaseInputs<'a> {
     divergence: Divergence,
     /// With `student.init = "prune"`: the teacher's importance scores and what the student keeps.
     pruning: Option<(Importance, Selection)>,
+    /// The teacher assistant's config and, with `assistant.init = "prune"`, what it keeps.
+    assistant: Option<(LlamaConfig, Option<Selection>)>,
+    /// `[[teachers]]`, loaded (multi-teacher KD).
+    extra_teachers: &'a [LoadedLm],
     r: &'a LmRecipe,
     teacher: &'a LoadedLm,
     /// The student's config, derived once from the teacher's.
@@ -145,13 +155,22 @@ struct PhaseInputs<'a> {
 /// A student phase's var store, model, training report and export directory.
 type PhaseResult = (nn::VarStore, Llama, TrainReport, PathBuf);
 
-/// Trains (or reloads, when already done) one student phase; `earlier` holds the var stores of
-/// the phases before it, by id. Returns its var store, model, training report and export
-/// directory.
-fn student_phase(inp: &PhaseInputs<'_>, ph: &Phase, earlier: &[(&str, &nn::VarStore)]) -> Result<PhaseResult> {
-    let PhaseInputs { r, teacher, s_cfg, train, out, opts, .. } = *inp;
+/// Trains (or reloads, when already done) one student phase; `earlier` holds the var stores and
+/// models of the phases before it, by id. Returns its var store, model, training report and
+/// export directory (the phase's own `export`, or `phases/<id>/model`).
+fn student_phase(inp: &PhaseInputs<'_>, ph: &Phase, earlier: &[(&str, &nn::VarStore, &Llama)]) -> Result<PhaseResult> {
+    let PhaseInputs { r, teacher, train, out, opts, .. } = *inp;
     let name = ph.id.as_str();
-    let export_dir = out.join(ph.export.unwrap_or("student"));
+    let export_dir = match ph.export {
+        Some(e) => out.join(e),
+        None => ph.dir(out).join("model"),
+    };
+    // The architecture it trains: the student's, or the teacher assistant's.
+    let (s_cfg, spec, pruning) = match (ph.arch, &inp.assistant, r.assistant.as_ref()) {
+        (Arch::Assistant, Some((cfg, sel)), Some(spec)) => (cfg, spec, sel.as_ref()),
+        (Arch::Assistant, ..) => return Err(Error::Invalid(format!("phase {name}: the recipe has no [assistant]"))),
+        _ => (inp.s_cfg, &r.student, inp.pruning.as_ref().map(|(_, s)| s)),
+    };
     let phase_dir = ph.dir(out);
     let done = phase_dir.join("train.json");
     if let Ok(text) = std::fs::read_to_string(&done) {
@@ -162,26 +181,29 @@ fn student_phase(inp: &PhaseInputs<'_>, ph: &Phase, earlier: &[(&str, &nn::VarSt
         }
         return Ok((vs, model, report, export_dir));
     }
-    tch::manual_seed(r.seed as i64);
+    match &ph.init {
+        InitFrom::Salted(salt) => tch::manual_seed((r.seed ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15)) as i64),
+        _ => tch::manual_seed(r.seed as i64),
+    }
     let mut vs = nn::VarStore::new(teacher.model.device());
     let model = Llama::new(vs.root(), s_cfg)?;
-    match (&ph.init, &inp.pruning) {
+    match (&ph.init, pruning) {
         (InitFrom::Phase(from), _) => {
-            let src = earlier.iter().find(|(id, _)| id == from).ok_or_else(|| {
+            let src = earlier.iter().find(|(id, ..)| id == from).ok_or_else(|| {
                 Error::Invalid(format!("phase {name} starts from phase {from}'s weights, but {from} has not run"))
             })?;
             vs.copy(src.1)?;
         }
         // The same pruned weights for every phase, importance estimated once per run.
-        (InitFrom::Seed, Some((_, sel))) => {
+        (InitFrom::Seed | InitFrom::Salted(_), Some(sel)) => {
             prune::slice_into(&vs, &teacher.vs.variables(), teacher.model.config(), sel)?
         }
         (how, _) => {
             let how = match how {
                 InitFrom::With(init) => *init,
-                _ => r.student.init,
+                _ => spec.init,
             };
-            let calib = calibration(train, r.student.calib_rows(), teacher.model.device());
+            let calib = calibration(train, spec.calib_rows(), teacher.model.device());
             let init = init_student(&vs, s_cfg, teacher, how, &calib)?;
             if opts.verbose && how == StudentInit::EmbeddingPca && init.kept < 1.0 {
                 eprintln!(
@@ -194,19 +216,48 @@ fn student_phase(inp: &PhaseInputs<'_>, ph: &Phase, earlier: &[(&str, &nn::VarSt
     }
     let quant = ph.quant.map(QuantFormat::export_type);
     let loss = response::lm_term(&r.distill, inp.divergence, ph.alpha.unwrap_or(0.0));
-    // The extra terms (KD student only), their parameters trained and checkpointed with the
-    // student, never exported.
+    // The teacher it learns from: the recipe's (online or cached), or an earlier phase's model
+    // (a born-again generation, the teacher assistant).
+    let (phase_teacher, memo) = match &ph.teacher {
+        TeacherFrom::Phase(from) => {
+            let src = earlier.iter().find(|(id, ..)| id == from).ok_or_else(|| {
+                Error::Invalid(format!("phase {name} learns from phase {from}, but {from} has not run"))
+            })?;
+            (Teacher::Lm(src.2), None)
+        }
+        TeacherFrom::Weighted(_, weighting) => {
+            let mt = r.distill.multi_teacher.as_ref().ok_or_else(|| {
+                Error::Invalid(format!("phase {name}: weighted teachers without distill.multi_teacher"))
+            })?;
+            let first = match &inp.training_teacher {
+                Teacher::Lm(m) => *m,
+                _ => &teacher.model,
+            };
+            let members: Vec<&Llama> =
+                std::iter::once(first).chain(inp.extra_teachers.iter().map(|t| &t.model)).collect();
+            let fixed = mt.fixed_weights(members.len());
+            (Teacher::Mixture(LmMixture { members, fixed, weighting: *weighting, combine: mt.combine }), None)
+        }
+        _ => (inp.training_teacher.clone(), Some(inp.memo)),
+    };
+    let t_cfg = match &phase_teacher {
+        Teacher::Lm(m) => m.config(),
+        _ => teacher.model.config(),
+    };
+    // The extra terms (the KD student's `[distill.<term>]`, a variant's own), their parameters
+    // trained and checkpointed with the student, never exported.
+    let term_cfgs = match (ph.role, &ph.label) {
+        (Role::StudentKd | Role::StudentKdTwinInit | Role::StudentQad, _) => r.distill.terms.configured(),
+        (Role::StudentKdMethod, Some(v)) => match r.distill.variants.get(v) {
+            Some(v) => v.terms.configured(),
+            None => return Err(Error::Invalid(format!("phase {name}: no variant {v} in the recipe"))),
+        },
+        _ => vec![],
+    };
     let mut terms = Vec::new();
     if ph.distills() && ph.trains {
-        let t_cfg = teacher.model.config();
-        for cfg in r.distill.terms.configured() {
-            let term = cfg.build(BuildContext {
-                vs: vs.root(),
-                student_layers: s_cfg.num_layers as usize,
-                student_width: s_cfg.hidden_size,
-                teacher_layers: t_cfg.num_layers as usize,
-                teacher_width: t_cfg.hidden_size,
-            })?;
+        for cfg in term_cfgs {
+            let term = cfg.build(lm_build_context(vs.root(), s_cfg, t_cfg))?;
             if opts.verbose {
                 eprintln!("{name:>8}: {}", term.describe());
             }
@@ -214,8 +265,7 @@ fn student_phase(inp: &PhaseInputs<'_>, ph: &Phase, earlier: &[(&str, &nn::VarSt
         }
     }
     let report = if ph.trains {
-        let teacher_now = Some(inp.training_teacher.clone());
-        let memo = Some(inp.memo);
+        let teacher_now = Some(phase_teacher);
         let on_policy = r.distill.on_policy.clone().filter(|_| ph.distills());
         let mut task =
             LmKdTask { student: &model, teacher: teacher_now, blocks: train, loss, terms, quant, memo, on_policy };
@@ -262,6 +312,36 @@ fn student_phase(inp: &PhaseInputs<'_>, ph: &Phase, earlier: &[(&str, &nn::VarSt
     Ok((vs, model, report, export_dir))
 }
 
+/// What an LM term is built against: both models' depth, width, heads and q/k/v widths.
+fn lm_build_context<'a>(vs: nn::Path<'a>, s: &LlamaConfig, t: &LlamaConfig) -> BuildContext<'a> {
+    let qkv = |c: &LlamaConfig| [c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim, c.num_kv_heads * c.head_dim];
+    BuildContext {
+        vs,
+        student_layers: s.num_layers as usize,
+        student_width: s.hidden_size,
+        teacher_layers: t.num_layers as usize,
+        teacher_width: t.hidden_size,
+        student_shapes: vec![],
+        teacher_shapes: vec![],
+        student_qkv: qkv(s),
+        teacher_qkv: qkv(t),
+        student_heads: s.num_heads,
+        teacher_heads: t.num_heads,
+    }
+}
+
+/// Builds every configured term (the KD student's and each variant's) against the student's and
+/// the teacher's configs in throwaway variables: a layer past a model or relation heads that
+/// do not divide the widths are errors before anything trains.
+fn check_terms(r: &LmRecipe, s: &LlamaConfig, t: &LlamaConfig) -> Result<()> {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let variants = r.distill.variants.values().flat_map(|v| v.terms.configured());
+    for cfg in r.distill.terms.configured().into_iter().chain(variants) {
+        cfg.build(lm_build_context(vs.root() / "check", s, t))?;
+    }
+    Ok(())
+}
+
 /// Runs (or resumes) an LM distillation recipe into `out`.
 pub fn run(r: &LmRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) -> Result<LmSummary> {
     let say = |m: String| {
@@ -271,11 +351,29 @@ pub fn run(r: &LmRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) -> Re
     };
     let rr: ResolvedLm = r.resolve()?;
     let teacher_path = rr.teacher_path.clone();
+    if r.distill.multi_teacher.is_some() {
+        // Every teacher's tokenizer, before any weights load.
+        let keys: Vec<(String, &Path)> = std::iter::once(("teacher.path".to_string(), teacher_path.as_path()))
+            .chain(rr.extra_teachers.iter().enumerate().map(|(i, p)| (format!("teachers[{i}].path"), p.as_path())))
+            .collect();
+        crate::lm::check_same_tokenizer(&keys)?;
+    }
     say(format!("loading teacher {}", teacher_path.display()));
     let device = rr.device;
     let teacher = load_lm(&teacher_path, device)?;
     let t_cfg = teacher.model.config().clone();
+    let extra_teachers: Vec<LoadedLm> = rr
+        .extra_teachers
+        .iter()
+        .map(|p| {
+            say(format!("loading teacher {}", p.display()));
+            let t = load_lm(p, device)?;
+            crate::lm::check_compatible(&t, t_cfg.vocab_size, Some(&teacher.tokenizer))?;
+            Ok(t)
+        })
+        .collect::<Result<_>>()?;
     let s_cfg = student_config(&t_cfg, &r.student)?;
+    check_terms(r, &s_cfg, &t_cfg)?;
 
     let data_cfg = &rr.data;
     let data = distill_text::build_dataset(data_cfg, &teacher.tokenizer)?;
@@ -326,7 +424,15 @@ pub fn run(r: &LmRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) -> Re
     write_atomic(&out.join("recipe.toml"), recipe_toml.as_bytes())?;
     std::fs::create_dir_all(out.join("phases")).map_err(|e| Error::io(out, e))?;
 
-    let plan = lm_plan(&r.distill, &r.student, r.quantize.as_ref(), &r.train, r.seed);
+    let plan = lm_plan(
+        &r.distill,
+        &r.student,
+        r.quantize.as_ref(),
+        &r.train,
+        r.seed,
+        r.assistant.is_some(),
+        extra_teachers.len(),
+    );
     // The online teacher the students train against: a bf16 copy where that is faster.
     let mut teacher_train_dtype = None;
     let mut online: Option<(nn::VarStore, Llama)> = None;
@@ -363,11 +469,33 @@ pub fn run(r: &LmRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) -> Re
         }
         _ => None,
     };
+    // The teacher assistant's shape (and pruning), derived from the teacher like the student's.
+    let assistant = match &r.assistant {
+        Some(spec) => {
+            let a_cfg = student_config(&t_cfg, spec)?;
+            let sel = match spec.init {
+                StudentInit::Prune => {
+                    let calib = calibration(&data.train, spec.calib_rows(), device);
+                    Some(prune::plan(&teacher.model, &calib, &a_cfg)?.1)
+                }
+                _ => None,
+            };
+            let a_params = Llama::new(nn::VarStore::new(Device::Cpu).root(), &a_cfg)?.param_count();
+            say(format!(
+                "teacher assistant: {} layers × {} channels, {a_params} parameters",
+                a_cfg.num_layers, a_cfg.hidden_size
+            ));
+            Some((a_cfg, sel))
+        }
+        None => None,
+    };
     // 1 GiB of teacher states: 120 batches of 8 × 128 tokens of a 576-wide teacher are 0.28 GiB.
     let memo = TeacherMemo::new(1 << 30);
     let inputs = PhaseInputs {
         divergence: rr.divergence,
         pruning,
+        assistant,
+        extra_teachers: &extra_teachers,
         r,
         teacher: &teacher,
         s_cfg: &s_cfg,
@@ -379,7 +507,8 @@ pub fn run(r: &LmRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) -> Re
     };
     let mut students: Vec<(&Phase, PhaseResult)> = Vec::new();
     for ph in &plan {
-        let earlier: Vec<(&str, &nn::VarStore)> = students.iter().map(|(p, s)| (p.id.as_str(), &s.0)).collect();
+        let earlier: Vec<(&str, &nn::VarStore, &Llama)> =
+            students.iter().map(|(p, s)| (p.id.as_str(), &s.0, &s.1)).collect();
         let got = student_phase(&inputs, ph, &earlier)?;
         students.push((ph, got));
     }
@@ -415,6 +544,8 @@ pub fn run(r: &LmRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) -> Re
         extra: t_extra,
         train: None,
         path: Some(teacher_path.clone()),
+        phase: None,
+        taught_by: vec![],
     };
     let mut reports = Vec::new();
     for (i, (ph, (_vs, model, report, dir))) in students.iter().enumerate() {
@@ -427,7 +558,7 @@ pub fn run(r: &LmRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) -> Re
         let val = val_scores[i].clone();
         let extra: Vec<LmScores> = extra_scores.iter().map(|e| e[i].clone()).collect();
         reports.push(ModelReport {
-            role: ph.role.name().into(),
+            role: ph.display_name(),
             params: model.param_count(),
             size_bytes,
             compression_ratio: t_params as f64 / model.param_count() as f64,
@@ -436,6 +567,8 @@ pub fn run(r: &LmRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) -> Re
             extra,
             train: (report.steps > 0).then(|| report.clone()),
             path: Some(dir.clone()),
+            phase: Some(ph.id.clone()),
+            taught_by: ph.taught_by(),
         });
     }
 
@@ -446,8 +579,8 @@ pub fn run(r: &LmRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) -> Re
         .iter()
         .map(|p| PromptReport { prompt: p.clone(), top_k: vec![], greedy: vec![], penalized: vec![], sampled: vec![] })
         .collect();
-    let models: Vec<(&str, &Llama)> = std::iter::once((Role::Teacher.name(), &teacher.model))
-        .chain(students.iter().map(|(ph, s)| (ph.role.name(), &s.1)))
+    let models: Vec<(String, &Llama)> = std::iter::once((Role::Teacher.name().to_string(), &teacher.model))
+        .chain(students.iter().map(|(ph, s)| (ph.display_name(), &s.1)))
         .collect();
     let greedy = GenerateOptions {
         max_new_tokens: r.eval.max_new_tokens,
@@ -469,6 +602,7 @@ pub fn run(r: &LmRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) -> Re
     // Each model decodes all prompts as one batch per decoding (the weights are read once per
     // step for every prompt); row i is what decoding prompt i alone gives.
     for (role, m) in models {
+        let role = role.as_str();
         for pr in prompts.iter_mut() {
             pr.top_k.push((role.into(), top_k_table(m, &teacher.tokenizer, &pr.prompt, r.eval.top_k_table)?));
         }
@@ -505,6 +639,7 @@ pub fn run(r: &LmRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) -> Re
     };
     write_json(&out.join("summary.json"), &summary)?;
     write_atomic(&out.join("report.txt"), report(&summary).as_bytes())?;
+    crate::report::write_report_or_warn(out);
     Ok(summary)
 }
 

@@ -25,7 +25,7 @@ use super::response::KdParts;
 use super::sampled::{sampled_forward_kl, TailSamples};
 
 /// Where the teacher's distribution for each chunk of rows comes from.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub enum ChunkTeacher<'a> {
     /// Teacher logits `[N, V]`.
     Dense(&'a Tensor),
@@ -38,6 +38,22 @@ pub enum ChunkTeacher<'a> {
     /// A top-k cache completed by tail samples (N rows each). Forward KL uses the unbiased
     /// sparse estimate of [`TailSamples`]; the other divergences use the K + 1 bins of `top`.
     Sampled { top: &'a SparseTeacher, samples: &'a TailSamples },
+    /// A teacher that computes the log-probabilities at T of rows `start..start + len` itself,
+    /// `(start, len, T) → [C, V]` (several teachers mixed, see `teacher::LmMixture`), under
+    /// `no_grad`.
+    LogProbs(&'a dyn Fn(i64, i64, f64) -> Tensor),
+}
+
+impl std::fmt::Debug for ChunkTeacher<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ChunkTeacher::Dense(_) => "ChunkTeacher::Dense",
+            ChunkTeacher::DenseHidden { .. } => "ChunkTeacher::DenseHidden",
+            ChunkTeacher::Sparse(_) => "ChunkTeacher::Sparse",
+            ChunkTeacher::Sampled { .. } => "ChunkTeacher::Sampled",
+            ChunkTeacher::LogProbs(_) => "ChunkTeacher::LogProbs",
+        })
+    }
 }
 
 /// `α·D_T(teacher, student) + (1−α)·CE` from the student's hidden states, `chunk_rows` rows at a
@@ -259,13 +275,21 @@ impl ChunkedKd {
                     let _ = gs.scatter_(1, &ids, &top);
                     g = Some(gs);
                 } else if let Some(teacher) = teacher {
-                    let zt = match teacher {
-                        ChunkTeacher::Dense(zt) => zt.narrow(0, start, len).to_device(dev),
-                        ChunkTeacher::DenseHidden { hidden: th, weight: tw } => th.narrow(0, start, len).mm(&tw.tr()),
+                    let dense = |zt: Tensor| {
+                        if t == 1.0 {
+                            zt.log_softmax(-1, Kind::Float)
+                        } else {
+                            (zt / t).log_softmax(-1, Kind::Float)
+                        }
+                    };
+                    let mut log_pt = match teacher {
+                        ChunkTeacher::Dense(zt) => dense(zt.narrow(0, start, len).to_device(dev)),
+                        ChunkTeacher::DenseHidden { hidden: th, weight: tw } => {
+                            dense(th.narrow(0, start, len).mm(&tw.tr()))
+                        }
+                        ChunkTeacher::LogProbs(f) => f(start, len, t).to_device(dev),
                         ChunkTeacher::Sparse(_) | ChunkTeacher::Sampled { .. } => unreachable!("handled above"),
                     }; // [C, V]
-                    let mut log_pt =
-                        if t == 1.0 { zt.log_softmax(-1, Kind::Float) } else { (zt / t).log_softmax(-1, Kind::Float) }; // [C, V]
                     let p_t = log_pt.exp(); // [C, V]
                     let _ = log_pt.g_sub_(&log_ps); // log p_t − log p_s
                                                     // Σ p_t (log p_t − log p_s), with 0·log 0 = 0 (p_t = 0 where log p_t = −inf).
@@ -345,6 +369,10 @@ fn teacher_chunk(teacher: ChunkTeacher<'_>, start: i64, len: i64, t: f64, v: i64
         }
         ChunkTeacher::DenseHidden { hidden, weight } => {
             let log_pt = tch::no_grad(|| dense(hidden.narrow(0, start, len).linear::<Tensor>(weight, None))); // [C, V]
+            (log_pt, log_ps.shallow_clone())
+        }
+        ChunkTeacher::LogProbs(f) => {
+            let log_pt = tch::no_grad(|| f(start, len, t)).to_device(log_ps.device()); // [C, V]
             (log_pt, log_ps.shallow_clone())
         }
         ChunkTeacher::Sparse(s) | ChunkTeacher::Sampled { top: s, .. } => {

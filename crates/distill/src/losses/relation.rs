@@ -85,7 +85,8 @@ pub fn causal_allowed(b: i64, t: i64, mask: Option<&Tensor>, device: tch::Device
         Some(m) => {
             let real = m.ne(0); // [B, T]
             let eye = Tensor::eye(t, (Kind::Bool, device));
-            causal.unsqueeze(0).logical_and(&real.unsqueeze(1)).logical_or(&eye).unsqueeze(1) // [B, 1, T, T]
+            causal.unsqueeze(0).logical_and(&real.unsqueeze(1)).logical_or(&eye).unsqueeze(1)
+            // [B, 1, T, T]
         }
     }
 }

@@ -14,7 +14,7 @@
 use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
 
-use super::{BuildContext, Needs, StepStates, Term, TermConfig, TermContext};
+use super::{BuildContext, Domain, Needs, StepStates, Term, TermConfig, TermContext};
 use crate::losses::hidden::{uniform_layer_map, HiddenLoss};
 use crate::{Error, Result};
 
@@ -67,6 +67,12 @@ impl TermConfig for HiddenKdCfg {
         if !(self.weight >= 0.0 && self.weight.is_finite()) {
             return Err(Error::Recipe(format!("distill.hidden.weight must be ≥ 0, got {}", self.weight)));
         }
+        if ctx.domain == Domain::Image {
+            return Err(Error::Recipe(
+                "distill.hidden is for LM students; image students use distill.fitnets (hints through a learned regressor)"
+                    .into(),
+            ));
+        }
         if matches!(&self.layers, Some(l) if l.is_empty()) {
             return Err(Error::Recipe("distill.hidden.layers is empty (leave it out for the uniform map)".into()));
         }
@@ -114,7 +120,7 @@ impl Term for HiddenKd {
     }
 
     fn needs(&self) -> Needs {
-        Needs { states: true, attentions: false }
+        Needs { states: true, ..Needs::default() }
     }
 
     /// # Shapes

@@ -12,9 +12,15 @@
 //! generations, teacher-assistant chains, prune → heal → quantize) are phase plans
 //! ([`crate::plan`]), not terms.
 
+pub mod attention;
+pub mod attention_transfer;
+pub mod fitnets;
 pub mod hidden;
 pub mod on_policy;
+pub mod relation;
 pub mod response;
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use tch::{nn, Tensor};
@@ -22,10 +28,21 @@ use tch::{nn, Tensor};
 use crate::losses::divergence::{Divergence, DivergenceCfg, DivergenceKind};
 use crate::{Error, Result};
 
+/// The kind of models a term is configured for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Domain {
+    /// Image classifiers: the states are their features (feature maps or vectors).
+    Image,
+    /// Causal LMs: hidden states, attention maps, queries/keys/values.
+    Lm,
+}
+
 /// What a term may check at validation time, before any tensor exists.
 #[derive(Debug, Clone, Copy)]
 pub struct TermContext {
-    /// The student's depth as the recipe gives it.
+    pub domain: Domain,
+    /// The student's depth as the recipe gives it (an LM's layers; for images the number of
+    /// feature states, when the recipe fixes it).
     pub student_layers: usize,
     /// Whether an online teacher runs at every step (a teacher cache holds only distributions).
     pub online_teacher: bool,
@@ -39,6 +56,34 @@ pub struct BuildContext<'a> {
     pub student_width: i64,
     pub teacher_layers: usize,
     pub teacher_width: i64,
+    /// Image models: each feature state's per-example shape (`[C, H, W]` or `[F]`); empty for LMs.
+    pub student_shapes: Vec<Vec<i64>>,
+    pub teacher_shapes: Vec<Vec<i64>>,
+    /// LMs: the widths of a layer's queries, keys and values (heads concatenated).
+    pub student_qkv: [i64; 3],
+    pub teacher_qkv: [i64; 3],
+    /// LMs: attention heads.
+    pub student_heads: i64,
+    pub teacher_heads: i64,
+}
+
+impl BuildContext<'_> {
+    /// Image models: the number of feature states (for LMs, the layer count).
+    pub fn student_states(&self) -> usize {
+        if self.student_shapes.is_empty() {
+            self.student_layers
+        } else {
+            self.student_shapes.len()
+        }
+    }
+
+    pub fn teacher_states(&self) -> usize {
+        if self.teacher_shapes.is_empty() {
+            self.teacher_layers
+        } else {
+            self.teacher_shapes.len()
+        }
+    }
 }
 
 /// A term's recipe side: its key, its checks and its builder.
@@ -70,6 +115,8 @@ pub struct Needs {
     pub states: bool,
     /// An LM's `L` attention-probability maps `[B, nh, T, T]`.
     pub attentions: bool,
+    /// An LM's `L` layers' queries, keys and values.
+    pub qkv: bool,
 }
 
 impl Needs {
@@ -77,7 +124,7 @@ impl Needs {
     pub fn of(terms: &[Box<dyn Term>]) -> Needs {
         terms.iter().fold(Needs::default(), |a, t| {
             let n = t.needs();
-            Needs { states: a.states || n.states, attentions: a.attentions || n.attentions }
+            Needs { states: a.states || n.states, attentions: a.attentions || n.attentions, qkv: a.qkv || n.qkv }
         })
     }
 }
@@ -89,6 +136,8 @@ pub struct StepStates<'a> {
     pub states: &'a [Tensor],
     /// Empty unless a term asked for them ([`Needs::attentions`]).
     pub attentions: &'a [Tensor],
+    /// An LM's per-layer queries, keys and values; empty unless asked ([`Needs::qkv`]).
+    pub qkv: &'a [crate::models::llama::Qkv],
     /// Flat indices into `B·T` (LM); `None` keeps every example.
     pub rows: Option<&'a Tensor>,
     /// The attention mask `[B, T]` (1 = real) when the batch has padding.
@@ -143,6 +192,14 @@ macro_rules! terms {
 terms! {
     /// `[distill.hidden]`: feature KD on intermediate states through a learned projection.
     hidden: hidden::HiddenKdCfg,
+    /// `[distill.fitnets]`: FitNets hints, a student layer regressing a teacher layer (images).
+    fitnets: fitnets::FitNetsCfg,
+    /// `[distill.attention_transfer]`: attention transfer between CNN feature maps (images).
+    attention_transfer: attention_transfer::AttentionTransferCfg,
+    /// `[distill.attention]`: MiniLM's self-attention distribution / relation KD (LMs).
+    attention: attention::AttentionKdCfg,
+    /// `[distill.rkd]`: relational KD, distances and angles within a batch (images and LMs).
+    rkd: relation::RkdCfg,
 }
 
 /// `[distill]` of an LM recipe: the logit term `α·T²·D(p_t^T, p_s^T) + (1−α)·CE` over predicted
@@ -172,6 +229,16 @@ pub struct LmDistill {
     /// continuations, scored by the teacher (KD phases only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_policy: Option<on_policy::OnPolicyCfg>,
+    /// Named KD variants: one more KD student per entry, trained with the logit term plus the
+    /// variant's terms (`[distill.variants.attention] attention = { weight = 1 }`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub variants: BTreeMap<String, Variant>,
+    /// `[distill.born_again]`: born-again generations after the KD student.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub born_again: Option<crate::plan::BornAgainCfg>,
+    /// `[distill.multi_teacher]`: students distilled from `[teacher]` and `[[teachers]]` mixed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multi_teacher: Option<crate::teacher::MultiTeacherCfg>,
     /// The extra per-step terms (KD student only; the scratch twin never gets them).
     #[serde(flatten)]
     pub terms: Terms,
@@ -207,8 +274,40 @@ impl LmDistill {
         for t in self.terms.configured() {
             t.validate(ctx)?;
         }
+        validate_variants(&self.variants, ctx)?;
+        if let Some(b) = &self.born_again {
+            b.validate()?;
+            if self.alpha == 0.0 {
+                return Err(Error::Recipe(
+                    "distill.born_again starts from the KD student, but distill.alpha = 0 trains none".into(),
+                ));
+            }
+        }
         Ok(())
     }
+}
+
+/// Variant names become directories; each variant names at least one term, each valid.
+fn validate_variants(variants: &BTreeMap<String, Variant>, ctx: &TermContext) -> Result<()> {
+    for (name, v) in variants {
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            return Err(Error::Recipe(format!(
+                "distill.variants.{name:?}: a variant's name becomes a directory: letters, digits, - and _ only"
+            )));
+        }
+        if v.terms.configured().is_empty() {
+            return Err(Error::Recipe(format!(
+                "distill.variants.{name} names no term (fitnets, attention_transfer, attention, rkd, hidden): it would repeat plain KD"
+            )));
+        }
+        for t in v.terms.configured() {
+            t.validate(ctx).map_err(|e| match e {
+                Error::Recipe(m) => Error::Recipe(m.replacen("distill.", &format!("distill.variants.{name}."), 1)),
+                e => e,
+            })?;
+        }
+    }
+    Ok(())
 }
 
 /// `[distill]` of an image recipe: Hinton's `α·T²·KL + (1−α)·CE` and the phases it adds.
@@ -227,11 +326,41 @@ pub struct ImageDistill {
     /// `mean_k softmax(z_k/T)` (Hinton et al. 2015 distil an ensemble). Needs ≥ 2 seeds.
     #[serde(default)]
     pub ensemble: bool,
+    /// Named KD variants: per seed, one more KD student trained with the logit term plus the
+    /// variant's terms (`[distill.variants.fitnets] fitnets = { weight = 1 }`), so that methods
+    /// are compared on the same student, data and budget in one run.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub variants: BTreeMap<String, Variant>,
+    /// `[distill.born_again]`: born-again generations after the KD student.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub born_again: Option<crate::plan::BornAgainCfg>,
+    /// `[distill.multi_teacher]`: students distilled from `[teacher]` and `[[teachers]]` together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multi_teacher: Option<crate::teacher::MultiTeacherCfg>,
+    /// Extra terms of the main KD student (`[distill.fitnets]`, …).
+    #[serde(flatten)]
+    pub terms: Terms,
+}
+
+/// `[distill.variants.<name>]`: the extra terms of one KD variant.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Variant {
+    #[serde(flatten)]
+    pub terms: Terms,
 }
 
 impl ImageDistill {
-    /// Checks temperatures and α (the seed count for `ensemble` is checked with the recipe).
-    pub fn validate(&self) -> Result<()> {
+    /// Checks temperatures, α and the method sections (the seed count for `ensemble` and the
+    /// teachers of `multi_teacher` are checked with the recipe).
+    pub fn validate(&self, ctx: &TermContext) -> Result<()> {
+        for t in self.terms.configured() {
+            t.validate(ctx)?;
+        }
+        validate_variants(&self.variants, ctx)?;
+        if let Some(b) = &self.born_again {
+            b.validate()?;
+        }
         for t in std::iter::once(&self.temperature).chain(&self.sweep) {
             if !(*t > 0.0 && t.is_finite()) {
                 return Err(Error::Recipe(format!("distill: temperatures must be > 0, got {t}")));

@@ -38,6 +38,18 @@ pub struct ForwardOptions {
     /// Return every layer's intermediate activations ([`LayerInternals`]), for importance
     /// estimation.
     pub internals: bool,
+    /// Return every layer's queries, keys and values ([`Qkv`]), for MiniLM's relation KD.
+    pub qkv: bool,
+}
+
+/// One layer's queries, keys and values at every position, heads concatenated: `q` `[B, T,
+/// nh·hd]` and `k` `[B, T, nkv·hd]` after RoPE (what the attention compares), `v` `[B, T,
+/// nkv·hd]`.
+#[derive(Debug)]
+pub struct Qkv {
+    pub q: Tensor,
+    pub k: Tensor,
+    pub v: Tensor,
 }
 
 /// Full-sequence outputs of a forward pass: every position, never only the last.
@@ -82,6 +94,8 @@ pub struct States {
     pub attentions: Vec<Tensor>,
     /// `L` layers' intermediate activations.
     pub internals: Vec<LayerInternals>,
+    /// `L` layers' queries, keys and values.
+    pub qkv: Vec<Qkv>,
 }
 
 /// Keys and values of the positions seen so far, per layer, for incremental decoding.
@@ -258,7 +272,8 @@ impl Attention {
         cache: Option<&mut Option<LayerKv>>,
         want_probs: bool,
         train: bool,
-    ) -> (Tensor, Option<Tensor>, Tensor) {
+        want_qkv: bool,
+    ) -> (Tensor, Option<Tensor>, Tensor, Option<Qkv>) {
         let (b, t) = (x.size()[0], x.size()[1]);
         let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let q = apply_linear(&self.q_proj, x).view([b, t, nh, hd]).transpose(1, 2); // [B, nh, T, hd]
@@ -266,6 +281,10 @@ impl Attention {
         let v = apply_linear(&self.v_proj, x).view([b, t, nkv, hd]).transpose(1, 2); // [B, nkv, T, hd]
         let q = &q * cos + rotate_half(&q) * sin; // [B, nh, T, hd]
         let k = &k * cos + rotate_half(&k) * sin; // [B, nkv, T, hd]
+        let qkv = want_qkv.then(|| {
+            let cat = |x: &Tensor| x.transpose(1, 2).reshape([b, t, -1]); // [B, T, n·hd]
+            Qkv { q: cat(&q), k: cat(&k), v: cat(&v) }
+        });
         let (k, v) = match cache {
             Some(slot) => LayerKv::append(slot, &k, &v), // [B, nkv, S, hd] each
             None => (k, v),
@@ -300,7 +319,7 @@ impl Attention {
             (out, None)
         };
         let out = out.transpose(1, 2).contiguous().reshape([b, t, nh * hd]); // [B, T, nh·hd]
-        (apply_linear(&self.o_proj, &out), probs, out) // [B, T, H], probs, [B, T, nh·hd]
+        (apply_linear(&self.o_proj, &out), probs, out, qkv) // [B, T, H], probs, [B, T, nh·hd], qkv
     }
 }
 
@@ -608,6 +627,7 @@ impl Llama {
             hidden_states: tr.hidden.unwrap_or_default(),
             attentions: tr.attns.unwrap_or_default(),
             internals: tr.internals.unwrap_or_default(),
+            qkv: tr.qkv.unwrap_or_default(),
         })
     }
 
@@ -717,6 +737,7 @@ impl Llama {
         let mut hidden = opts.hidden_states.then(|| vec![x.shallow_clone()]);
         let mut attns = opts.attentions.then(Vec::new);
         let mut internals = opts.internals.then(Vec::new);
+        let mut qkvs = opts.qkv.then(Vec::new);
         if let Some(c) = cache.as_deref_mut() {
             c.layers.resize_with(self.layers.len(), || None);
         }
@@ -724,8 +745,11 @@ impl Llama {
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
             let input = x.shallow_clone(); // [B, T, H]
             let h = layer.input_layernorm.forward(&x); // [B, T, H]
-            let (a, probs, heads) =
-                layer.self_attn.forward(&h, &cos, &sin, mask.as_ref(), slot, opts.attentions, opts.train); // [B, T, H]
+            let (a, probs, heads, qkv) =
+                layer.self_attn.forward(&h, &cos, &sin, mask.as_ref(), slot, opts.attentions, opts.train, opts.qkv); // [B, T, H]
+            if let (Some(all), Some(one)) = (qkvs.as_mut(), qkv) {
+                all.push(one);
+            }
             x = &x + a; // [B, T, H] (not `+=`: that is in place and would alias hidden_states[i])
             let h2 = layer.post_attention_layernorm.forward(&x); // [B, T, H]
             let (m, act) = layer.mlp.forward(&h2); // [B, T, H], [B, T, I]
@@ -757,7 +781,7 @@ impl Llama {
                 *last = x.shallow_clone();
             }
         }
-        Ok(Trunk { x, hidden, attns, internals })
+        Ok(Trunk { x, hidden, attns, internals, qkv: qkvs })
     }
 }
 
@@ -767,4 +791,5 @@ struct Trunk {
     hidden: Option<Vec<Tensor>>,
     attns: Option<Vec<Tensor>>,
     internals: Option<Vec<LayerInternals>>,
+    qkv: Option<Vec<Qkv>>,
 }

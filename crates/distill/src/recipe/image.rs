@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Task;
 use crate::data::images::ImageData;
-use crate::methods::ImageDistill;
+use crate::methods::{Domain, ImageDistill, TermContext};
 use crate::models::ModelSpec;
 use crate::train::{CheckpointCfg, TrainCfg};
 use crate::{Error, Result};
@@ -27,6 +27,14 @@ pub struct ImageRecipe {
     pub teacher: Stage,
     pub student: Stage,
     pub distill: ImageDistill,
+    /// A teacher assistant (Mirzadeh et al. 2020): a model of intermediate size distilled from
+    /// the teacher, which then teaches one more student (the teacher-assistant chain).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assistant: Option<Stage>,
+    /// More teachers, trained in the run besides `[teacher]` (other architectures or sizes),
+    /// for `[distill.multi_teacher]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub teachers: Vec<Stage>,
     #[serde(default)]
     pub checkpoint: CheckpointCfg,
 }
@@ -65,7 +73,25 @@ impl ImageRecipe {
         self.student.model.validate("student")?;
         self.teacher.train.validate("teacher.train")?;
         self.student.train.validate("student.train")?;
-        self.distill.validate()?;
+        let ctx = TermContext { domain: Domain::Image, student_layers: 0, online_teacher: true };
+        self.distill.validate(&ctx)?;
+        if let Some(a) = &self.assistant {
+            a.model.validate("assistant")?;
+            a.train.validate("assistant.train")?;
+        }
+        for (i, t) in self.teachers.iter().enumerate() {
+            t.model.validate(&format!("teachers[{i}]"))?;
+            t.train.validate(&format!("teachers[{i}].train"))?;
+        }
+        match &self.distill.multi_teacher {
+            Some(m) => m.validate(1 + self.teachers.len())?,
+            None if !self.teachers.is_empty() => {
+                return Err(Error::Recipe(
+                    "teachers: [[teachers]] are trained only for distill.multi_teacher; add [distill.multi_teacher] or remove them".into(),
+                ))
+            }
+            None => {}
+        }
         if self.distill.ensemble && self.seeds.len() < 2 {
             return Err(Error::Recipe(format!(
                 "distill.ensemble needs at least two seeds (one teacher each), got seeds = {:?}",

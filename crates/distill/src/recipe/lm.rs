@@ -13,6 +13,7 @@ use crate::losses::divergence::Divergence;
 use crate::methods::{LmDistill, TermContext};
 use crate::student::quant::QuantCfg;
 use crate::student::LmStudent;
+use crate::teacher::ExtraLmTeacher;
 use crate::teacher::LmTeacher;
 use crate::train::{CheckpointCfg, TrainCfg};
 use crate::{fetch, Error, Result};
@@ -46,6 +47,14 @@ pub struct LmRecipe {
     /// Post-training quantization and quantization-aware distillation of the KD student.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quantize: Option<QuantCfg>,
+    /// A teacher assistant (Mirzadeh et al. 2020): a model of intermediate size, derived from
+    /// the teacher like the student (`[student]`'s keys), distilled from the teacher; it then
+    /// teaches one more student with the KD student's steps (the teacher-assistant chain).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assistant: Option<LmStudent>,
+    /// More teachers (same tokenizer as `[teacher]`) for `[distill.multi_teacher]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub teachers: Vec<ExtraLmTeacher>,
 }
 
 fn default_device() -> String {
@@ -85,12 +94,15 @@ pub struct ResolvedLm {
     pub extra: Vec<TextSource>,
     /// The divergence of the logit term.
     pub divergence: Divergence,
+    /// `[[teachers]]` paths (`asset:` resolved).
+    pub extra_teachers: Vec<PathBuf>,
 }
 
 impl LmRecipe {
     /// Every path the recipe names, as written.
     pub fn paths(&self) -> Vec<&str> {
         let mut v = vec![self.teacher.path.as_str()];
+        v.extend(self.teachers.iter().map(|t| t.path.as_str()));
         v.extend(
             self.data
                 .sources
@@ -130,8 +142,49 @@ impl LmRecipe {
             }
         }
         self.student.validate()?;
+        if let Some(a) = &self.assistant {
+            a.validate().map_err(|e| match e {
+                Error::Recipe(m) => Error::Recipe(m.replace("student.", "assistant.")),
+                e => e,
+            })?;
+            if a.twin_init.is_some() {
+                return Err(Error::Recipe("assistant.twin_init: the assistant has no twin".into()));
+            }
+            if self.distill.alpha == 0.0 {
+                return Err(Error::Recipe("assistant is distilled from the teacher, but distill.alpha = 0".into()));
+            }
+        }
+        for (i, t) in self.teachers.iter().enumerate() {
+            fetch::check_path(&t.path, &format!("teachers[{i}].path"))?;
+        }
+        match &self.distill.multi_teacher {
+            Some(m) => {
+                m.validate(1 + self.teachers.len())?;
+                if self.teacher.cache.is_some() {
+                    return Err(Error::Recipe(
+                        "distill.multi_teacher runs every teacher online; remove teacher.cache".into(),
+                    ));
+                }
+                if self.distill.on_policy.is_some() {
+                    return Err(Error::Recipe("distill.multi_teacher and distill.on_policy cannot be combined".into()));
+                }
+                if self.distill.alpha == 0.0 {
+                    return Err(Error::Recipe("distill.multi_teacher needs distill.alpha > 0".into()));
+                }
+            }
+            None if !self.teachers.is_empty() => {
+                return Err(Error::Recipe(
+                    "teachers: [[teachers]] are used only by distill.multi_teacher; add [distill.multi_teacher] or remove them".into(),
+                ))
+            }
+            None => {}
+        }
         self.train.validate("train")?;
-        let ctx = TermContext { student_layers: self.student.layers, online_teacher: self.teacher.cache.is_none() };
+        let ctx = TermContext {
+            domain: crate::methods::Domain::Lm,
+            student_layers: self.student.layers,
+            online_teacher: self.teacher.cache.is_none(),
+        };
         self.distill.validate(&ctx)?;
         if let Some(op) = &self.distill.on_policy {
             op.validate(self.data.pack.seq_len, self.teacher.cache.is_none(), self.distill.alpha)?;
@@ -166,6 +219,7 @@ impl LmRecipe {
             data,
             extra: resolve_sources(&self.eval.extra)?,
             divergence: self.distill.divergence()?,
+            extra_teachers: self.teachers.iter().map(|t| fetch::resolve(&t.path)).collect::<Result<_>>()?,
         })
     }
 }

@@ -314,6 +314,8 @@ alpha = 0.9
             [
                 "fashion-fewlabel.toml",
                 "fashion-hinton.toml",
+                "methods-fashion.toml",
+                "methods-smollm2.toml",
                 "smollm2-brown-scratch.toml",
                 "smollm2-brown.toml",
                 "smollm2-prune.toml"

@@ -61,8 +61,8 @@ impl TrainTask for ClassifierTask<'_> {
                 return Err(Error::Invalid(format!("the {} term needs a teacher model", self.terms[0].name())));
             };
             let t_out = tch::no_grad(|| tm.forward_outputs(&x, false));
-            let s_view = StepStates { states: &out.features, attentions: &[], rows: None, mask: None };
-            let t_view = StepStates { states: &t_out.features, attentions: &[], rows: None, mask: None };
+            let s_view = StepStates { states: &out.features, attentions: &[], qkv: &[], rows: None, mask: None };
+            let t_view = StepStates { states: &t_out.features, attentions: &[], qkv: &[], rows: None, mask: None };
             for term in &self.terms {
                 let v = term.loss(&s_view, &t_view)?;
                 parts.push((term.name(), v.detach()));

@@ -122,10 +122,11 @@ impl TrainTask for LmKdTask<'_> {
             hidden_states: needs.states,
             attentions: needs.attentions,
             internals: false,
+            qkv: needs.qkv,
         };
         // [B, T, H], L+1 × [B, T, H] (when needed), L × [B, nh, T, T] (when needed)
         let st = student.forward_states(&b.ids, b.mask.as_ref(), opts(true))?;
-        let (h, states, attns) = (st.last, st.hidden_states, st.attentions);
+        let (h, states, attns, qkv) = (st.last, st.hidden_states, st.attentions, st.qkv);
         let h = rows(&h); // [N, H]
         let w = student.lm_head_weight(); // [V, H]
         let soft = self.loss.alpha > 0.0;
@@ -148,10 +149,12 @@ impl TrainTask for LmKdTask<'_> {
                         // [B, T, Ht], L_t+1 × [B, T, Ht], L_t × [B, nh_t, T, T]
                         let ts = forward()?;
                         let mask = b.mask.as_ref();
-                        let s_view = StepStates { states: &states, attentions: &attns, rows: Some(&idx), mask };
+                        let s_view =
+                            StepStates { states: &states, attentions: &attns, qkv: &qkv, rows: Some(&idx), mask };
                         let t_view = StepStates {
                             states: &ts.hidden_states,
                             attentions: &ts.attentions,
+                            qkv: &ts.qkv,
                             rows: Some(&idx),
                             mask,
                         };
@@ -164,6 +167,16 @@ impl TrainTask for LmKdTask<'_> {
                 let tw = t.lm_head_weight().detach(); // [V, Ht]
                 let teacher = soft.then_some(ChunkTeacher::DenseHidden { hidden: &th, weight: &tw });
                 self.loss.forward(&h, &w, teacher, Some(&y))
+            }
+            (Some(Teacher::Mixture(mx)), true) => {
+                // Every member's final states at the predicted positions, [N, H_k] each.
+                let hs: Vec<Tensor> = mx
+                    .members
+                    .iter()
+                    .map(|m| Ok(rows(&tch::no_grad(|| m.forward_states(&b.ids, b.mask.as_ref(), opts(false)))?.last)))
+                    .collect::<Result<_>>()?;
+                let log_probs = |start: i64, len: i64, t: f64| mx.chunk_log_probs(&hs, &y, start, len, t);
+                self.loss.forward(&h, &w, Some(ChunkTeacher::LogProbs(&log_probs)), Some(&y))
             }
             (Some(Teacher::Cache(c)), true) => {
                 let cached = c.rows(batch, student.device())?.select(&idx); // [N, K], [N, S]
