@@ -97,6 +97,8 @@ temperature = 4.0
 alpha = 0.9
 [distill.variants.fitnets]
 fitnets = {{ weight = 1.0 }}
+[distill.variants.fitnets2]
+fitnets = {{ weight = 1.0, stage1 = true }}
 [distill.variants.at]
 attention_transfer = {{ weight = 1000.0 }}
 [distill.variants.rkd]
@@ -146,6 +148,8 @@ fn image_methods_run_in_order_and_learn_from_the_right_phase() {
         "kd-s0-T4",
         "kd-at-s0",
         "kd-fitnets-s0",
+        "fitnets-hint-fitnets2-s0",
+        "kd-fitnets2-s0",
         "kd-rkd-s0",
         "assistant-s0",
         "kd-ta-s0",
@@ -175,6 +179,16 @@ fn image_methods_run_in_order_and_learn_from_the_right_phase() {
     assert_eq!(taught("born-again-g3-s0"), ["born-again-g2-s0"]);
     assert_eq!(taught("born-again-ensemble-s0"), ["kd-s0-T4", "born-again-g2-s0", "born-again-g3-s0"]);
     assert_eq!(taught("kd-multi-entropy-s0"), ["teacher-s0", "teacher2-s0"]);
+    // FitNets in two stages: the hint alone (no soft or hard part), then KD from its weights
+    // without the hint.
+    let init_from = |id: &str| res.iter().find(|r| r["id"] == id).unwrap()["init_from"].clone();
+    assert_eq!(init_from("kd-fitnets2-s0"), "fitnets-hint-fitnets2-s0");
+    assert_eq!(init_from("kd-fitnets-s0"), serde_json::Value::Null);
+    for m in metrics(&out, "fitnets-hint-fitnets2-s0") {
+        assert!(m.get("soft").is_none() && m.get("hard").is_none(), "{m}");
+        assert!((m["loss"].as_f64().unwrap() - m["fitnets"].as_f64().unwrap()).abs() < 1e-6, "{m}");
+    }
+    assert!(metrics(&out, "kd-fitnets2-s0").iter().all(|m| m.get("fitnets").is_none() && m.get("soft").is_some()));
     let get = |id: &str, k: &str| res.iter().find(|r| r["id"] == id).unwrap()[k].as_i64().unwrap();
     // Same student architecture for every student; the assistant in between; the ensemble holds
     // the three generations and is not trained.
@@ -187,7 +201,8 @@ fn image_methods_run_in_order_and_learn_from_the_right_phase() {
     assert_eq!(get("born-again-ensemble-s0", "params"), 3 * p_student);
     assert_eq!(get("born-again-ensemble-s0", "steps"), 0);
     // The students learn the task (4 classes, 120 test images).
-    for r in res {
+    // (The hint stage's classifier layers never trained: it is a starting point, not a model.)
+    for r in res.iter().filter(|r| r["role"] != "student-hint") {
         assert!(r["test_errors"].as_i64().unwrap() < 60, "{r}");
     }
     // Each variant's term is logged (and positive) in its own metrics, and nowhere else.
@@ -201,7 +216,7 @@ fn image_methods_run_in_order_and_learn_from_the_right_phase() {
             let loss = m["loss"].as_f64().unwrap();
             assert!((loss - parts).abs() < 1e-4 * loss.abs().max(1.0), "{phase}: {m}");
         }
-        for other in ["kd-s0-T4", "kd-ta-s0", "born-again-g2-s0"] {
+        for other in ["kd-s0-T4", "kd-ta-s0", "born-again-g2-s0", "kd-fitnets2-s0"] {
             assert!(metrics(&out, other).iter().all(|m| m.get(term).is_none()), "{other} logged {term}");
         }
     }

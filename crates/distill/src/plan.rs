@@ -45,6 +45,8 @@ pub enum Role {
     BornAgainEnsemble,
     /// Another teacher of the run (a different architecture or size; multi-teacher KD).
     TeacherExtra,
+    /// FitNets' stage 1: the student trained on the hint alone (its init for the KD stage).
+    StudentHint,
     /// A student distilled from the weighted teachers (multi-teacher KD).
     StudentKdMulti,
 }
@@ -68,6 +70,7 @@ impl Role {
             Role::StudentBornAgain => "student-born-again",
             Role::BornAgainEnsemble => "born-again-ensemble",
             Role::TeacherExtra => "teacher-extra",
+            Role::StudentHint => "student-hint",
             Role::StudentKdMulti => "student-kd-multi",
         }
     }
@@ -280,9 +283,18 @@ pub fn image_plan(seeds: &[u64], d: &ImageDistill, models: ImageModels) -> Vec<P
         let from = TeacherFrom::Phase(tid.clone());
         let kd_id = format!("kd-s{seed}-T{t}");
         out.push(phase(kd_id.clone(), Role::StudentKd, seed, Some(t), from.clone()));
-        for name in d.variants.keys() {
+        for (name, v) in &d.variants {
             let p = phase(format!("kd-{name}-s{seed}"), Role::StudentKdMethod, seed, Some(t), from.clone());
-            out.push(Phase { label: Some(name.clone()), ..p });
+            let p = Phase { label: Some(name.clone()), ..p };
+            if v.terms.fitnets.as_ref().is_some_and(|f| f.stage1) {
+                // FitNets' stage 1 (hint only), whose weights the KD stage starts from.
+                let hint = format!("fitnets-hint-{name}-s{seed}");
+                let h = phase(hint.clone(), Role::StudentHint, seed, None, from.clone());
+                out.push(Phase { label: Some(name.clone()), ..h });
+                out.push(Phase { init: InitFrom::Phase(hint), ..p });
+            } else {
+                out.push(p);
+            }
         }
         if models.assistant {
             let a_id = format!("assistant-s{seed}");

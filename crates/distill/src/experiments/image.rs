@@ -22,7 +22,7 @@ use crate::checkpoint::{load_tensors, save_tensors, write_atomic, write_json};
 use crate::data::images::{load_recipe_data, ImageSet};
 use crate::data::rng::SplitMix64;
 use crate::methods::response::image_term;
-use crate::methods::BuildContext;
+use crate::methods::{BuildContext, TermConfig};
 use crate::models::{image_classifier, param_count, Classifier};
 use crate::plan::{display_name, image_plan, Arch, ImageModels, InitFrom, Phase, Role, TeacherFrom, Weighting};
 use crate::recipe::{ImageRecipe, Stage};
@@ -44,6 +44,9 @@ pub struct PhaseResult {
     /// The phases it learned from (or averages).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub taught_by: Vec<String>,
+    /// The phase whose weights it started from (FitNets' KD stage: its hint stage).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<String>,
     pub seed: u64,
     pub temperature: Option<f64>,
     pub alpha: Option<f64>,
@@ -139,7 +142,7 @@ fn build(stage: &Stage, seed: u64, hw: [usize; 2], classes: usize) -> (nn::VarSt
 fn load_weights(vs: &nn::VarStore, path: &Path) -> Result<()> {
     let l = load_tensors(path)?;
     tch::no_grad(|| {
-        for (k, t) in vs.variables() {
+        for (k, t) in model_variables(vs) {
             let src = l.tensors.get(&k).ok_or_else(|| Error::format(path, format!("missing tensor `{k}`")))?;
             t.shallow_clone().copy_(src);
         }
@@ -147,8 +150,14 @@ fn load_weights(vs: &nn::VarStore, path: &Path) -> Result<()> {
     })
 }
 
+/// The model's own variables: a term's parameters (`distill_…`, a FitNets regressor) train and
+/// checkpoint with the student but are not part of the model it leaves as.
+fn model_variables(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
+    vs.variables().into_iter().filter(|(k, _)| !k.starts_with("distill_")).collect()
+}
+
 fn save_weights(vs: &nn::VarStore, path: &Path) -> Result<()> {
-    let mut v: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    let mut v = model_variables(vs);
     v.sort_by(|a, b| a.0.cmp(&b.0));
     save_tensors(path, &v, BTreeMap::from([("format".into(), "distill-weights-v1".into())]))
 }
@@ -248,12 +257,21 @@ pub fn run(recipe: &ImageRecipe, recipe_toml: &str, out: &Path, opts: &RunOption
         let kd = ph.temperature.map(|t| image_term(&recipe.distill, t));
         let t = ph.temperature.unwrap_or(1.0);
         // The extra terms: the main KD student's `[distill.<term>]`, a variant's own.
-        let term_cfgs = match (ph.role, &ph.label) {
-            (Role::StudentKd, _) => recipe.distill.terms.configured(),
-            (Role::StudentKdMethod, Some(name)) => match recipe.distill.variants.get(name) {
-                Some(v) => v.terms.configured(),
+        let variant = match (ph.role, &ph.label) {
+            (Role::StudentKdMethod | Role::StudentHint, Some(name)) => match recipe.distill.variants.get(name) {
+                Some(v) => Some(v),
                 None => return Err(Error::Invalid(format!("phase {}: no variant {name} in the recipe", ph.id))),
             },
+            _ => None,
+        };
+        let term_cfgs = match (ph.role, variant) {
+            (Role::StudentKd, _) => recipe.distill.terms.configured(),
+            // FitNets' stage 1 trains on the hint alone; the KD stage after it, without it.
+            (Role::StudentHint, Some(v)) => v.terms.fitnets.iter().map(|f| f as &dyn TermConfig).collect(),
+            (Role::StudentKdMethod, Some(v)) if matches!(ph.init, InitFrom::Phase(_)) => {
+                v.terms.configured().into_iter().filter(|c| c.key() != "fitnets").collect()
+            }
+            (Role::StudentKdMethod, Some(v)) => v.terms.configured(),
             _ => vec![],
         };
         if !term_cfgs.is_empty() && members.len() != 1 {
@@ -319,6 +337,7 @@ pub fn run(recipe: &ImageRecipe, recipe_toml: &str, out: &Path, opts: &RunOption
             jitter: stage.jitter,
             rows,
             terms,
+            terms_only: ph.role == Role::StudentHint,
         };
         let examples = task.num_examples();
         let topts = TrainOptions {
@@ -334,7 +353,7 @@ pub fn run(recipe: &ImageRecipe, recipe_toml: &str, out: &Path, opts: &RunOption
         let model_path = dir.join("model.safetensors");
         save_weights(&vs, &model_path)?;
         let errs = errors(&|x| model.logits(x, false), &test);
-        let params = param_count(&vs);
+        let params: usize = model_variables(&vs).iter().map(|(_, t)| t.numel()).sum();
         if ph.role == Role::Teacher {
             teacher_params.insert(ph.seed, params);
         }
@@ -344,6 +363,10 @@ pub fn run(recipe: &ImageRecipe, recipe_toml: &str, out: &Path, opts: &RunOption
             role: ph.role,
             label: ph.label.clone(),
             taught_by: ph.taught_by(),
+            init_from: match &ph.init {
+                InitFrom::Phase(id) => Some(id.clone()),
+                _ => None,
+            },
             seed: ph.seed,
             temperature: ph.temperature,
             alpha: kd.map(|k| k.alpha),
@@ -401,6 +424,7 @@ fn evaluate_ensemble(
         role: ph.role,
         label: ph.label.clone(),
         taught_by: ph.taught_by(),
+        init_from: None,
         seed: ph.seed,
         temperature: None,
         alpha: None,
@@ -469,7 +493,7 @@ fn method_rows(results: &[PhaseResult], t: f64) -> Vec<MethodRow> {
         if r.role == Role::StudentKd && r.temperature != Some(t) || r.role == Role::StudentKdEnsemble {
             continue;
         }
-        if r.role == Role::TeacherEnsemble {
+        if matches!(r.role, Role::TeacherEnsemble | Role::StudentHint) {
             continue;
         }
         let name = display_name(r.role, r.label.as_deref());

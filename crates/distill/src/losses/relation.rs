@@ -98,6 +98,11 @@ fn kl_rows(lt: &Tensor, ls: &Tensor, mask: Option<&Tensor>) -> Tensor {
     // Masked keys hold log 0 = −inf on both sides: 0 · (−inf − −inf) is taken as 0.
     let diff = (lt - ls).nan_to_num(0.0, 0.0, 0.0);
     let kl = (pt * diff).sum_dim_intlist([-1i64].as_slice(), false, Kind::Float); // [B, R, T]
+    mean_over_real_rows(&kl, mask)
+}
+
+/// `[B, R, T]` per-row values → their mean over heads and the real positions of `mask` `[B, T]`.
+fn mean_over_real_rows(kl: &Tensor, mask: Option<&Tensor>) -> Tensor {
     match mask {
         None => kl.mean(Kind::Float),
         Some(m) => {
@@ -129,12 +134,5 @@ pub fn attention_kl(s_probs: &Tensor, t_probs: &Tensor, mask: Option<&Tensor>) -
     // also keeps the gradient there 0 rather than 0/0.
     let log = |p: &Tensor| p.clamp_min(1e-30).log();
     let kl = (&t * (log(&t) - log(&s))).sum_dim_intlist([-1i64].as_slice(), false, Kind::Float); // [B, nh, T]
-    match mask {
-        None => kl.mean(Kind::Float),
-        Some(m) => {
-            let w = m.to_kind(Kind::Float).unsqueeze(1); // [B, 1, T]
-            let heads = kl.size()[1] as f64;
-            (kl * &w).sum(Kind::Float) / (w.sum(Kind::Float) * heads).clamp_min(1.0)
-        }
-    }
+    mean_over_real_rows(&kl, mask)
 }

@@ -9,10 +9,12 @@
 //! `r` is a 1×1 convolution between feature maps `[B, C, H, W]` (spatial sizes matched by
 //! average-pooling the larger map, [`crate::losses::feature_map::match_spatial`]) and a linear
 //! map between flattened features otherwise (an MLP student guided by a CNN's map, or two
-//! vectors); it trains with the student and is dropped afterwards. The paper trains the guided
-//! layers on the hint alone first (stage 1) and then the whole student by KD; here the hint is
-//! added to the KD objective for the whole run (the one-stage form most toolkits use). LM
-//! students use [`super::hidden`], the same idea on hidden states.
+//! vectors); it trains with the student and is dropped afterwards. By default the hint is added
+//! to the KD objective for the whole run (the one-stage form most toolkits use); with
+//! `stage1 = true` a variant follows the paper: the student first trains on the hint alone (its
+//! layers up to the guided one, and the regressor; phase `fitnets-hint-…`), then the KD phase
+//! starts from those weights with the logit term only. LM students use [`super::hidden`], the
+//! same idea on hidden states.
 
 use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
@@ -33,6 +35,9 @@ pub struct FitNetsCfg {
     /// feature of each (FitNets' guided and hint layers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layers: Option<Vec<[usize; 2]>>,
+    /// FitNets' two stages (in a `[distill.variants.<name>]`): hint-only pre-training, then KD.
+    #[serde(default)]
+    pub stage1: bool,
 }
 
 fn one() -> f64 {

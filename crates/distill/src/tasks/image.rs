@@ -32,6 +32,8 @@ pub struct ClassifierTask<'a> {
     pub rows: Option<&'a [i64]>,
     /// Extra terms over the features (need a teacher that is a model).
     pub terms: Vec<Box<dyn Term>>,
+    /// Train on the extra terms alone, without labels or soft targets (FitNets' stage 1).
+    pub terms_only: bool,
 }
 
 impl TrainTask for ClassifierTask<'_> {
@@ -48,14 +50,18 @@ impl TrainTask for ClassifierTask<'_> {
         let x = jitter(&self.x.index_select(0, &idx), self.jitter, rng); // [B, 1, H, W]
         let y = self.labels.index_select(0, &idx); // [B]
         let out = self.model.forward_outputs(&x, true); // [B, C], features
-        let (kd, teacher) = match (self.kd, &self.teacher) {
-            (Some(kd), Some(t)) => (kd, t),
+        let teacher = match (&self.teacher, self.kd.is_some() || self.terms_only) {
+            (Some(t), true) => t,
             _ => return Ok(StepLoss { total: cross_entropy(&out.logits, &y), parts: vec![] }),
         };
-        let t = teacher.classifier_logits(&x, &idx)?; // [B, C]
-        let p = kd.forward(&out.logits, &t, Some(&y));
-        let mut parts = vec![("soft", p.soft), ("hard", p.hard)];
-        let mut total = p.total;
+        let (mut parts, mut total) = match self.kd.filter(|_| !self.terms_only) {
+            Some(kd) => {
+                let t = teacher.classifier_logits(&x, &idx)?; // [B, C]
+                let p = kd.forward(&out.logits, &t, Some(&y));
+                (vec![("soft", p.soft), ("hard", p.hard)], p.total)
+            }
+            None => (vec![], Tensor::zeros([], (tch::Kind::Float, out.logits.device()))),
+        };
         if !self.terms.is_empty() {
             let Teacher::Classifier(tm) = teacher else {
                 return Err(Error::Invalid(format!("the {} term needs a teacher model", self.terms[0].name())));
