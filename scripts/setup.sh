@@ -18,7 +18,7 @@ if [ ! -f "$STAMP" ]; then
 fi
 
 # Headless Chromium renders report.html in the report tests (crates/distill-cli/tests/report.rs).
-command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
+command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
 echo "setup: building distill (release)" >&2
 cargo build --release --quiet -p distill-cli

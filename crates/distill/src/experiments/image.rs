@@ -322,9 +322,17 @@ pub fn run(recipe: &ImageRecipe, recipe_toml: &str, out: &Path, opts: &RunOption
             (None, None, Some(id)) => Some(teachers[id].2.shallow_clone()),
             (None, None, None) => None,
         };
+        // The terms read the teacher's features: computed once for the training set when the
+        // student sees the images unaugmented (eval mode, so the same as at every step).
+        let teacher_features = (!terms.is_empty() && stage.jitter == 0 && members.len() == 1)
+            .then(|| predict_features(members[0], &train.images));
         let teacher = match (&train_logits, ensemble) {
             (None, _) => None,
-            (Some(l), _) if weighting.is_some() || (stage.jitter == 0 && terms.is_empty()) => Some(Teacher::Logits(l)),
+            (Some(l), _)
+                if weighting.is_some() || (stage.jitter == 0 && (terms.is_empty() || teacher_features.is_some())) =>
+            {
+                Some(Teacher::Logits(l))
+            }
             (Some(_), Some(e)) => Some(Teacher::Ensemble(e)),
             (Some(_), None) => Some(Teacher::Classifier(members[0])),
         };
@@ -338,6 +346,7 @@ pub fn run(recipe: &ImageRecipe, recipe_toml: &str, out: &Path, opts: &RunOption
             rows,
             terms,
             terms_only: ph.role == Role::StudentHint,
+            teacher_features: teacher_features.as_deref(),
         };
         let examples = task.num_examples();
         let topts = TrainOptions {
@@ -601,6 +610,24 @@ pub fn table(s: &Summary) -> String {
 /// The phase directories a run uses, for tools and tests.
 pub fn phase_dirs(recipe: &ImageRecipe, out: &Path) -> Vec<PathBuf> {
     image_plan(&recipe.seeds, &recipe.distill, image_models(recipe)).iter().map(|p| p.dir(out)).collect()
+}
+
+/// A model's features for every image (eval mode, batches of 1,000): `[N, …]` per state.
+fn predict_features(m: &dyn Classifier, x: &Tensor) -> Vec<Tensor> {
+    tch::no_grad(|| {
+        let n = x.size()[0];
+        let mut parts: Vec<Vec<Tensor>> = Vec::new();
+        for s in (0..n).step_by(1000) {
+            let f = m.forward_outputs(&x.narrow(0, s, (n - s).min(1000)), false).features;
+            if parts.is_empty() {
+                parts = f.iter().map(|_| Vec::new()).collect();
+            }
+            for (p, t) in parts.iter_mut().zip(f) {
+                p.push(t);
+            }
+        }
+        parts.iter().map(|p| Tensor::cat(p, 0)).collect()
+    })
 }
 
 /// Each feature state's per-example shape (`[C, H, W]` or `[F]`) on `probe` `[B, 1, H, W]`.

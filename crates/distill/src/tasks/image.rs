@@ -34,6 +34,10 @@ pub struct ClassifierTask<'a> {
     pub terms: Vec<Box<dyn Term>>,
     /// Train on the extra terms alone, without labels or soft targets (FitNets' stage 1).
     pub terms_only: bool,
+    /// The teacher's features for every training image (`[N, …]` per state), computed once when
+    /// the student sees the images unaugmented: the terms read these rows instead of running the
+    /// teacher at every step.
+    pub teacher_features: Option<&'a [Tensor]>,
 }
 
 impl TrainTask for ClassifierTask<'_> {
@@ -63,12 +67,15 @@ impl TrainTask for ClassifierTask<'_> {
             None => (vec![], Tensor::zeros([], (tch::Kind::Float, out.logits.device()))),
         };
         if !self.terms.is_empty() {
-            let Teacher::Classifier(tm) = teacher else {
-                return Err(Error::Invalid(format!("the {} term needs a teacher model", self.terms[0].name())));
+            let t_states: Vec<Tensor> = match (self.teacher_features, teacher) {
+                (Some(f), _) => f.iter().map(|t| t.index_select(0, &idx)).collect(), // [B, …] each
+                (None, Teacher::Classifier(tm)) => tch::no_grad(|| tm.forward_outputs(&x, false)).features,
+                (None, _) => {
+                    return Err(Error::Invalid(format!("the {} term needs a teacher model", self.terms[0].name())))
+                }
             };
-            let t_out = tch::no_grad(|| tm.forward_outputs(&x, false));
             let s_view = StepStates { states: &out.features, attentions: &[], qkv: &[], rows: None, mask: None };
-            let t_view = StepStates { states: &t_out.features, attentions: &[], qkv: &[], rows: None, mask: None };
+            let t_view = StepStates { states: &t_states, attentions: &[], qkv: &[], rows: None, mask: None };
             for term in &self.terms {
                 let v = term.loss(&s_view, &t_view)?;
                 parts.push((term.name(), v.detach()));
