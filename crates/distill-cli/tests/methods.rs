@@ -236,6 +236,10 @@ fn image_methods_run_in_order_and_learn_from_the_right_phase() {
     }
     let kd = rows.iter().find(|m| m["name"] == "student-kd").unwrap();
     assert_eq!(kd["vs_kd"].as_f64(), Some(0.0));
+    // The report shows the same table.
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    let kd_cell = format!("{:.1} ± {:.1}", kd["mean_errors"].as_f64().unwrap(), kd["std_errors"].as_f64().unwrap());
+    assert!(html.contains("Methods over seeds") && html.contains(&kd_cell), "{kd_cell}");
     let table = String::from_utf8_lossy(&o.stdout);
     assert!(table.contains("errors mean ± std") && table.contains("student-kd+fitnets"), "{table}");
 }

@@ -453,7 +453,7 @@ fn evaluate_ensemble(
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     write_json(&dir.join("result.json"), &res)?;
     if opts.verbose {
-        eprintln!("{:>18}: {} test errors ({} teachers averaged)", ph.id, errs, members.len());
+        eprintln!("{:>18}: {} test errors ({} models averaged)", ph.id, errs, members.len());
     }
     Ok(res)
 }

@@ -327,6 +327,7 @@ fn page(run: &Run) -> String {
         o += &table::comparison(&run.rows, &columns);
         o += &table::bars(&run.rows, &columns);
     }
+    o += &methods(&run.summary);
     o += &sweep(&run.rows);
     o += &loss_curves(&run.curves);
     o += &prompts::section(&run.summary);
@@ -339,6 +340,37 @@ fn page(run: &Run) -> String {
     }
     o += "</body></html>\n";
     o
+}
+
+/// The methods table of an image run (`summary.methods`): each model's test errors over the
+/// seeds, mean ± std, and the difference to plain KD on the same seeds.
+fn methods(s: &Value) -> String {
+    let Some(rows) = s.get("methods").and_then(Value::as_array).filter(|r| !r.is_empty()) else {
+        return String::new();
+    };
+    let mut o = String::from(
+        "<h2>Methods over seeds</h2>\n<p class=\"note\">test errors per model, mean ± standard deviation over the seeds; vs KD: mean difference to plain KD on the same seeds (negative = fewer errors).</p>\n<table class=\"methods\"><thead><tr><th>model</th><th>seeds</th><th>errors mean ± std</th><th>vs KD</th><th>per seed</th><th>params</th></tr></thead><tbody>\n",
+    );
+    for r in rows {
+        let num = |k: &str| r.get(k).and_then(Value::as_f64);
+        let per: Vec<String> = r
+            .get("test_errors")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().map(|v| v.to_string()).collect())
+            .unwrap_or_default();
+        let seeds = r.get("seeds").and_then(Value::as_array).map(|a| a.len()).unwrap_or(0);
+        let _ = writeln!(
+            o,
+            "<tr><td data-key=\"method\">{}</td><td>{seeds}</td><td data-key=\"mean_errors\">{:.1} ± {:.1}</td><td data-key=\"vs_kd\">{}</td><td>{}</td><td>{}</td></tr>",
+            escape(r.get("name").and_then(Value::as_str).unwrap_or("")),
+            num("mean_errors").unwrap_or(f64::NAN),
+            num("std_errors").unwrap_or(f64::NAN),
+            num("vs_kd").map(|d| format!("{d:+.1}")).unwrap_or_else(|| "–".into()),
+            escape(&per.join(" / ")),
+            num("params").map(|p| format!("{:.2}k", p / 1e3)).unwrap_or_default(),
+        );
+    }
+    o + "</tbody></table>\n"
 }
 
 /// The summary's scalar fields (and maps of scalars, such as `gap_recovered` per seed).
