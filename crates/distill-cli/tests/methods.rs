@@ -4,35 +4,12 @@
 //! trained; and the recipe errors the methods add.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-const BIN: &str = env!("CARGO_BIN_EXE_distill");
+mod common;
+use common::{assert_error, distill, stderr};
 
 fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("distill-methods-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn distill(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).output().unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// The last stderr line is the one error line naming `want`, the exit code non-zero.
-fn assert_error(o: &Output, want: &[&str]) {
-    let err = stderr(o);
-    assert!(!o.status.success(), "expected failure; stderr: {err}");
-    let last = err.lines().last().unwrap_or("");
-    assert!(last.starts_with("error: "), "{err}");
-    assert_eq!(err.lines().filter(|l| l.starts_with("error")).count(), 1, "{err}");
-    for w in want {
-        assert!(last.contains(w), "`{w}` not in `{last}`");
-    }
+    common::tmpdir("methods", name)
 }
 
 /// 8×8 images of 4 classes, each a plane wave of its own orientation, plus noise (CSV, label

@@ -12,7 +12,8 @@ use std::process::{Command, Output};
 
 use serde_json::{json, Value};
 
-const BIN: &str = env!("CARGO_BIN_EXE_distill");
+mod common;
+use common::{distill, stderr};
 
 /// The report's first chart colour (Tableau 10 blue), also the bars' colour.
 const BLUE: [u8; 3] = [0x4e, 0x79, 0xa7];
@@ -20,18 +21,7 @@ const BLUE: [u8; 3] = [0x4e, 0x79, 0xa7];
 const ORANGE: [u8; 3] = [0xf2, 0x8e, 0x2b];
 
 fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("distill-report-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn distill(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).output().unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
+    common::tmpdir("report", name)
 }
 
 /// An 8×8, 4-class image set as CSV (`label,p0..p63`, pixels 0–16): class c brightens quadrant

@@ -1,8 +1,41 @@
-//! What the CLI test files share: the kill -9 soak.
+//! What the CLI test files share: running the binary, temporary directories, the one-error-line
+//! check, and the kill -9 soak. (Each test file uses part of it.)
+#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_distill");
+
+/// A fresh, empty `distill-<kind>-<name>-<pid>` under the temporary directory.
+pub fn tmpdir(kind: &str, name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("distill-{kind}-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Runs the `distill` binary to completion.
+pub fn distill(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().unwrap()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The last stderr line is the one error line, naming every `want`; the exit code non-zero.
+pub fn assert_error(o: &Output, want: &[&str]) {
+    let err = stderr(o);
+    assert!(!o.status.success(), "expected failure; stderr: {err}");
+    let last = err.lines().last().unwrap_or("");
+    assert!(last.starts_with("error: "), "{err}");
+    assert_eq!(err.lines().filter(|l| l.starts_with("error")).count(), 1, "{err}");
+    for w in want {
+        assert!(last.contains(w), "`{w}` not in `{last}`");
+    }
+}
 
 /// Kill points per path: `DISTILL_SOAK_KILLS` (bench/soak.sh sets 20), 2 in the test suite.
 pub fn soak_kills() -> usize {

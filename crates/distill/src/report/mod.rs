@@ -361,7 +361,7 @@ fn methods(s: &Value) -> String {
         let seeds = r.get("seeds").and_then(Value::as_array).map(|a| a.len()).unwrap_or(0);
         let _ = writeln!(
             o,
-            "<tr><td data-key=\"method\">{}</td><td>{seeds}</td><td data-key=\"mean_errors\">{:.1} ± {:.1}</td><td data-key=\"vs_kd\">{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td data-key=\"methods_model\">{}</td><td>{seeds}</td><td data-key=\"methods_mean_errors\">{:.1} ± {:.1}</td><td data-key=\"methods_vs_kd\">{}</td><td>{}</td><td>{}</td></tr>",
             escape(r.get("name").and_then(Value::as_str).unwrap_or("")),
             num("mean_errors").unwrap_or(f64::NAN),
             num("std_errors").unwrap_or(f64::NAN),
