@@ -499,10 +499,10 @@ fn summarize(recipe: &ImageRecipe, results: Vec<PhaseResult>) -> Summary {
 fn method_rows(results: &[PhaseResult], t: f64) -> Vec<MethodRow> {
     let mut rows: Vec<MethodRow> = Vec::new();
     for r in results {
-        if r.role == Role::StudentKd && r.temperature != Some(t) || r.role == Role::StudentKdEnsemble {
-            continue;
-        }
-        if matches!(r.role, Role::TeacherEnsemble | Role::StudentHint) {
+        // The sweep's other temperatures, the seeds' ensembles and FitNets' hint stages are not
+        // models of the table.
+        let other_t = r.role == Role::StudentKd && r.temperature != Some(t);
+        if other_t || matches!(r.role, Role::StudentKdEnsemble | Role::TeacherEnsemble | Role::StudentHint) {
             continue;
         }
         let name = display_name(r.role, r.label.as_deref());

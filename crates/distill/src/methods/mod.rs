@@ -67,25 +67,6 @@ pub struct BuildContext<'a> {
     pub teacher_heads: i64,
 }
 
-impl BuildContext<'_> {
-    /// Image models: the number of feature states (for LMs, the layer count).
-    pub fn student_states(&self) -> usize {
-        if self.student_shapes.is_empty() {
-            self.student_layers
-        } else {
-            self.student_shapes.len()
-        }
-    }
-
-    pub fn teacher_states(&self) -> usize {
-        if self.teacher_shapes.is_empty() {
-            self.teacher_layers
-        } else {
-            self.teacher_shapes.len()
-        }
-    }
-}
-
 /// A term's recipe side: its key, its checks and its builder.
 pub trait TermConfig: std::fmt::Debug {
     /// The key under `[distill]` (also the name its part is logged under).
