@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 . scripts/env.sh
-./target/release/distill fetch fashion-mnist smollm2 brown > /dev/null
+./target/release/distill fetch fashion-mnist smollm2 brown minilm spam-assassin > /dev/null
 cargo fmt --all --check
 cargo clippy --release --workspace --all-targets --quiet -- -D warnings
 cargo test --release --workspace

@@ -86,7 +86,32 @@ pub fn export_hf_with_chat_template(
     chat_template: Option<&str>,
     out_dir: impl AsRef<Path>,
 ) -> Result<()> {
-    let out_dir = out_dir.as_ref();
+    let cfg = model.config();
+    // Validate the tokenizer before writing anything.
+    let mut tok_cfg = tokenizer_json.map(|t| tokenizer_config(cfg, t)).transpose()?;
+    if let (Some(tc), Some(template)) = (tok_cfg.as_mut(), chat_template) {
+        tc["chat_template"] = json!(template);
+    }
+    write_dir(out_dir.as_ref(), |tmp| {
+        let tensors: Vec<(String, Tensor)> = tch::no_grad(|| {
+            model.named_parameters().into_iter().map(|(n, t)| Ok((n, t.f_to_kind(Kind::Float)?))).collect::<Result<_>>()
+        })?;
+        save_safetensors(&tensors, tmp.join("model.safetensors"))?;
+        write_json(&tmp.join("config.json"), &cfg.to_hf_json())?;
+        write_json(&tmp.join("generation_config.json"), &generation_config(cfg))?;
+        if let (Some(tok), Some(tc)) = (tokenizer_json, &tok_cfg) {
+            let p = tmp.join("tokenizer.json");
+            write_atomic(&p, tok)?;
+            write_json(&tmp.join("tokenizer_config.json"), tc)?;
+        }
+        Ok(())
+    })
+}
+
+/// Writes a model directory as a whole: `write` fills a temporary sibling, which then replaces
+/// `out_dir` (an earlier export — a directory with a `config.json` — or an empty one; anything
+/// else is refused). A failure leaves `out_dir` as it was.
+pub fn write_dir(out_dir: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     if out_dir.as_os_str().is_empty() {
         return Err(Error::Invalid("export directory is empty".into()));
     }
@@ -105,37 +130,15 @@ pub fn export_hf_with_chat_template(
             ));
         }
     }
-    let cfg = model.config();
-    // Validate the tokenizer before writing anything.
-    let mut tok_cfg = tokenizer_json.map(|t| tokenizer_config(cfg, t)).transpose()?;
-    if let (Some(tc), Some(template)) = (tok_cfg.as_mut(), chat_template) {
-        tc["chat_template"] = json!(template);
-    }
-
     let tmp = sibling(&out_dir, "tmp");
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     }
     std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    let written = (|| -> Result<()> {
-        let tensors: Vec<(String, Tensor)> = tch::no_grad(|| {
-            model.named_parameters().into_iter().map(|(n, t)| Ok((n, t.f_to_kind(Kind::Float)?))).collect::<Result<_>>()
-        })?;
-        save_safetensors(&tensors, tmp.join("model.safetensors"))?;
-        write_json(&tmp.join("config.json"), &cfg.to_hf_json())?;
-        write_json(&tmp.join("generation_config.json"), &generation_config(cfg))?;
-        if let (Some(tok), Some(tc)) = (tokenizer_json, &tok_cfg) {
-            let p = tmp.join("tokenizer.json");
-            write_atomic(&p, tok)?;
-            write_json(&tmp.join("tokenizer_config.json"), tc)?;
-        }
-        Ok(())
-    })();
-    if let Err(e) = written {
+    if let Err(e) = write(&tmp) {
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);
     }
-
     // Swap into place: old → backup, tmp → out_dir, drop backup.
     if out_dir.exists() {
         let old = sibling(&out_dir, "old");

@@ -11,6 +11,8 @@ pub mod cache;
 pub mod chat;
 pub mod checkpoint;
 pub mod data;
+pub mod embed_eval;
+pub mod encoder;
 pub mod error;
 pub mod eval;
 pub mod experiments;

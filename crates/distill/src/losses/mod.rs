@@ -14,6 +14,7 @@
 
 pub mod chunked;
 pub mod divergence;
+pub mod embedding;
 pub mod feature_map;
 pub mod hidden;
 pub mod relation;

@@ -2,6 +2,7 @@
 //! outputs — logits and the intermediate states every distillation method reads — for every
 //! example and position; none keeps only the last position.
 
+pub mod bert;
 pub mod cnn;
 pub mod llama;
 pub mod mlp;

@@ -3,6 +3,7 @@
 //! ratios), and its initialization strategies (random, a subset of the teacher's layers, the
 //! teacher's embedding projected onto its residual stream's principal directions).
 
+pub mod encoder;
 pub mod prune;
 pub mod quant;
 

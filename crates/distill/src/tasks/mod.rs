@@ -2,6 +2,7 @@
 //! A task holds the logit term of [`crate::methods::response`] plus the list of extra
 //! [`crate::methods::Term`]s, and feeds them typed student and teacher outputs.
 
+pub mod encoder;
 pub mod image;
 pub mod lm;
 
