@@ -80,12 +80,16 @@ pub enum Cmd {
         #[arg(long, default_value = "f16", value_parser = parse_gguf_type)]
         gguf_type: GgufType,
     },
-    /// Perplexity of a causal LM on text; against a teacher, KL and top-1 agreement too.
+    /// Perplexity of a causal LM on text; against a teacher, KL and top-1 agreement too. For a
+    /// sentence encoder (BERT or static directory): a logistic-regression probe on a labelled set
+    /// (JSONL with `text` and `label`, or a SpamAssassin-style directory; 80/20 split by
+    /// document), with a teacher also cosine and top-10 retrieval agreement; embeddings/s.
     Eval {
-        /// Model: HF directory (e.g. RUN/student) or GGUF file.
+        /// Model: HF directory (e.g. RUN/student), GGUF file, or sentence-encoder directory.
         #[arg(long)]
         model: PathBuf,
-        /// Text: file, directory or glob (plain text, JSONL with a `text` field, Brown).
+        /// Text: file, directory or glob (plain text, JSONL with a `text` field, Brown); for an
+        /// encoder, one labelled file or directory.
         #[arg(long)]
         data: Vec<String>,
         /// Teacher to compare against (HF directory or GGUF file).
@@ -103,6 +107,26 @@ pub enum Cmd {
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
+    },
+    /// Embed texts with a sentence encoder (BERT directory in sentence-transformers' layout, or a
+    /// static Model2Vec directory) into a `.npy` matrix or JSONL (`text`, `embedding`) file.
+    Embed {
+        /// Encoder directory (e.g. RUN/student).
+        #[arg(long)]
+        model: PathBuf,
+        /// Texts: a text file (one per non-blank line), JSONL (the --field of each line), or a
+        /// directory of JSON records.
+        #[arg(long)]
+        data: PathBuf,
+        /// Output file, `.npy` (float32 [N, D]) or `.jsonl`.
+        #[arg(long)]
+        out: PathBuf,
+        /// JSONL field holding the text.
+        #[arg(long, default_value = "text")]
+        field: String,
+        /// Texts per forward pass.
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
     },
     /// Continue prompts with a causal LM (greedy unless sampling options are given); several
     /// `--prompt`s are decoded together as one batch.

@@ -13,6 +13,7 @@ use tch::Device;
 
 mod bench_cmd;
 mod cli;
+mod encoder_cmd;
 
 /// A model path that may name an asset (`asset:smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`).
 fn resolve(p: &Path) -> Result<PathBuf> {
@@ -446,6 +447,18 @@ fn run(cli: Cli) -> Result<()> {
                         println!("summary: {}", out.join("summary.json").display());
                     }
                 }
+                Recipe::Encoder(er) => {
+                    set_threads(er.threads);
+                    let opts = distill::experiments::encoder::RunOptions { progress: true, verbose: true };
+                    let s = distill::experiments::encoder::run(&er, &text, &out, &opts)?;
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&s)?);
+                    } else {
+                        print!("{}", distill::experiments::encoder::table(&s));
+                        println!("summary: {}", out.join("summary.json").display());
+                        println!("student: {} (sentence-transformers directory)", out.join("student").display());
+                    }
+                }
                 Recipe::Lm(lr) => {
                     set_threads(lr.threads);
                     let opts = distill::experiments::lm::RunOptions { progress: true, verbose: true };
@@ -479,6 +492,19 @@ fn run(cli: Cli) -> Result<()> {
             }
             println!("{}", out.display());
             Ok(())
+        }
+        Cmd::Embed { model, data, out, field, batch } => {
+            set_threads(None);
+            encoder_cmd::embed(&resolve(&model)?, &resolve(&data)?, &out, batch, &field)
+        }
+        Cmd::Eval { model, data, teacher, seq_len, max_rows, min_chars, json }
+            if encoder_cmd::is_encoder_dir(&fetch::resolve(&model.to_string_lossy()).unwrap_or_else(|_| model.clone())) =>
+        {
+            let _ = (seq_len, max_rows, min_chars);
+            let [d] = data.as_slice() else { bail!("--data: give one labelled file or directory for an encoder") };
+            set_threads(None);
+            let t = teacher.as_deref().map(resolve).transpose()?;
+            encoder_cmd::eval(&resolve(&model)?, &resolve(Path::new(d))?, t.as_deref(), 32, json)
         }
         Cmd::Eval { model, data, teacher, seq_len, max_rows, min_chars, json } => {
             if data.is_empty() {

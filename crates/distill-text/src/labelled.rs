@@ -133,7 +133,8 @@ fn record(path: &Path, line: usize, v: &Value) -> Result<LabelledDoc> {
 }
 
 /// Reads labelled documents from a `.jsonl` / `.json` file or a directory of them (recursively,
-/// in name order). Each record needs `text` and `label` (or a SpamAssassin `group`).
+/// in name order; in a directory, a `.json` file that is not an object — an index — is
+/// skipped). Each record needs `text` and `label` (or a SpamAssassin `group`).
 pub fn read_labelled(path: &Path) -> Result<Vec<LabelledDoc>> {
     if !path.exists() {
         return Err(TextError::MissingPath { path: path.to_path_buf() });
@@ -148,11 +149,14 @@ pub fn read_labelled(path: &Path) -> Result<Vec<LabelledDoc>> {
         files.push(path.to_path_buf());
     }
     let mut out = Vec::new();
+    let in_dir = path.is_dir();
     for f in files {
         let text = read_utf8(&f)?;
         let whole = serde_json::from_str::<Value>(&text);
         match whole {
             Ok(v @ Value::Object(_)) => out.push(record(&f, 1, &v)?),
+            // A directory's index files (SpamAssassin's `file_list.json`) are not records.
+            Ok(_) if in_dir && f.extension().is_some_and(|e| e == "json") => {}
             _ => {
                 for (i, l) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
                     let v: Value = serde_json::from_str(l).map_err(|e| TextError::JsonlParse {

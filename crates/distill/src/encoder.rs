@@ -55,6 +55,8 @@ pub struct Encoder {
     pub normalize: bool,
     /// Extra tokenizer files copied on export (`vocab.txt`, `tokenizer_config.json`, …).
     pub tokenizer_files: Vec<(String, Vec<u8>)>,
+    /// Whether the truncation warning was printed already (once per encoder).
+    pub warned: std::cell::Cell<bool>,
 }
 
 fn read_json(path: &Path) -> Result<Value> {
@@ -200,6 +202,7 @@ impl Encoder {
             dense: None,
             normalize,
             tokenizer_files: vec![],
+            warned: std::cell::Cell::new(false),
         })
     }
 
@@ -220,10 +223,27 @@ impl Encoder {
     pub fn tokenize(&self, texts: &[String]) -> Result<(Vec<Vec<i64>>, usize)> {
         let mut out = Vec::with_capacity(texts.len());
         let mut truncated = 0;
-        for t in texts {
-            let enc = distill_base::guard::catch(|| self.tokenizer.encode(t.as_str(), true))
+        let encode = |t: &str| {
+            distill_base::guard::catch(|| self.tokenizer.encode(t, true))
                 .map_err(|p| Error::Invalid(format!("tokenizer panicked: {p}")))?
-                .map_err(|e| Error::Invalid(format!("tokenizer: {e}")))?;
+                .map_err(|e| Error::Invalid(format!("tokenizer: {e}")))
+        };
+        // A long text is first tokenized from a prefix cut at whitespace (the pre-tokenizer
+        // splits there, so the prefix's tokens are the text's first tokens): when that already
+        // overflows, the truncated result is the full text's. Otherwise the whole text is read.
+        let cut = 32 * self.max_len;
+        for t in texts {
+            let prefix = (t.len() > cut).then(|| {
+                let mut end = cut;
+                while !t.is_char_boundary(end) {
+                    end -= 1;
+                }
+                &t[..t[..end].rfind(char::is_whitespace).unwrap_or(end)]
+            });
+            let enc = match prefix.map(encode).transpose()? {
+                Some(e) if !e.get_overflowing().is_empty() => e,
+                _ => encode(t)?,
+            };
             if !enc.get_overflowing().is_empty() {
                 truncated += 1;
             }
@@ -284,7 +304,7 @@ impl Encoder {
                     .vs
                     .variables()
                     .into_iter()
-                    .filter(|(k, _)| !k.starts_with("dense."))
+                    .filter(|(k, _)| !k.starts_with("dense.") && !k.starts_with("distill_"))
                     .map(|(k, t)| (k, t.to_kind(Kind::Float).to(Device::Cpu)))
                     .collect();
                 v.sort_by(|a, b| a.0.cmp(&b.0));
@@ -357,7 +377,9 @@ impl Encoder {
 impl Embedder for Encoder {
     fn embed(&self, texts: &[String], batch: usize) -> Result<Tensor> {
         let (ids, truncated) = self.tokenize(texts)?;
-        warn_truncated(truncated, texts.len(), self.max_len);
+        if truncated > 0 && !self.warned.replace(true) {
+            warn_truncated(truncated, texts.len(), self.max_len);
+        }
         Ok(embed_sorted(&ids, batch, |rows| {
             let (x, m) = self.pad(rows);
             tch::no_grad(|| self.forward(&x, &m, false, false).1).to_kind(Kind::Float).to(Device::Cpu)
@@ -523,4 +545,73 @@ impl Embedder for StaticEncoder {
     fn params(&self) -> i64 {
         self.embeddings.numel() as i64
     }
+}
+
+impl StaticEncoder {
+    /// Loads a Model2Vec directory (`model.safetensors` with `embeddings`, `tokenizer.json`,
+    /// `config.json`).
+    pub fn load(dir: &Path) -> Result<StaticEncoder> {
+        for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+            if !dir.join(f).is_file() {
+                return Err(Error::format(dir, format!("not a static (Model2Vec) directory: no {f}")));
+            }
+        }
+        let cfg = read_json(&dir.join("config.json"))?;
+        let file = dir.join("model.safetensors");
+        let t = Tensor::read_safetensors(&file).map_err(|e| Error::format(&file, format!("not safetensors: {e}")))?;
+        let e = t
+            .into_iter()
+            .find(|(k, _)| k == "embeddings")
+            .map(|(_, v)| v.to_kind(Kind::Float))
+            .ok_or_else(|| Error::format(&file, "no tensor `embeddings`"))?;
+        if e.dim() != 2 {
+            return Err(Error::format(&file, format!("`embeddings` has shape {:?}, expected [vocab, dim]", e.size())));
+        }
+        let tj = dir.join("tokenizer.json");
+        let tokenizer_json = std::fs::read(&tj).map_err(|e| Error::io(&tj, e))?;
+        let tokenizer = tokenizer_from_json(&tokenizer_json, &tj)?;
+        if tokenizer.get_vocab_size(true) as i64 > e.size()[0] {
+            return Err(Error::format(&file, "fewer embeddings than tokenizer tokens"));
+        }
+        let unk = tokenizer.token_to_id("[UNK]").map(|i| i as i64);
+        Ok(StaticEncoder {
+            embeddings: e,
+            tokenizer,
+            tokenizer_json,
+            normalize: cfg.get("normalize").and_then(Value::as_bool).unwrap_or(false),
+            max_len: cfg.get("seq_length").and_then(Value::as_u64).unwrap_or(512) as usize,
+            unk,
+        })
+    }
+}
+
+/// Loads a sentence encoder directory: Model2Vec (`model_type` `model2vec`) or BERT.
+pub fn load_embedder(dir: &Path) -> Result<Box<dyn Embedder>> {
+    let cfg = dir.join("config.json");
+    let is_static = cfg.is_file()
+        && read_json(&cfg).ok().and_then(|v| v.get("model_type").and_then(Value::as_str).map(|s| s == "model2vec"))
+            == Some(true);
+    if is_static {
+        Ok(Box::new(StaticEncoder::load(dir)?))
+    } else {
+        Ok(Box::new(Encoder::load(dir, Device::Cpu)?))
+    }
+}
+
+/// Writes `[N, D]` float32 as a NumPy `.npy` file (format 1.0), atomically.
+pub fn write_npy(path: &Path, e: &Tensor) -> Result<()> {
+    let (n, d) = e.size2()?;
+    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({n}, {d}), }}");
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    bytes.extend_from_slice(header.as_bytes());
+    let v: Vec<f32> = e.to_kind(Kind::Float).to(Device::Cpu).contiguous().view([-1]).try_into()?;
+    for x in v {
+        bytes.extend_from_slice(&x.to_le_bytes());
+    }
+    crate::checkpoint::write_atomic(path, &bytes)
 }

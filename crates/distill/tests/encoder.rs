@@ -147,3 +147,38 @@ fn a_directory_that_is_not_bert_is_one_error_naming_what_is_missing() {
     assert!(e.contains("lacks `vocab_size`"), "{e}");
     let _ = std::fs::remove_dir_all(&tmp);
 }
+
+const LOSS_PY: &str = r#"
+import json, sys, torch
+import torch.nn.functional as F
+d = json.loads(sys.argv[1])
+s = torch.tensor(d["s"], requires_grad=True)
+t = torch.tensor(d["t"])
+loss = (1 - F.cosine_similarity(s, t, dim=1, eps=1e-8)).mean() * d["wc"] + F.mse_loss(s, t) * d["wm"]
+loss.backward()
+print(json.dumps({"loss": loss.item(), "grad": s.grad.tolist()}))
+"#;
+
+#[test]
+fn embedding_loss_matches_pytorch() {
+    use distill::losses::embedding::embedding_loss;
+    tch::manual_seed(3);
+    let s = Tensor::randn([5, 7], (tch::Kind::Float, Device::Cpu));
+    let t = Tensor::randn([5, 7], (tch::Kind::Float, Device::Cpu)) * 0.5;
+    let (wc, wm) = (0.7, 2.5);
+    let sv: Vec<Vec<f32>> = Vec::<Vec<f32>>::try_from(&s).unwrap();
+    let tv: Vec<Vec<f32>> = Vec::<Vec<f32>>::try_from(&t).unwrap();
+    let arg = serde_json::json!({"s": sv, "t": tv, "wc": wc, "wm": wm}).to_string();
+    let o = Command::new(python()).arg("-c").arg(LOSS_PY).arg(&arg).output().unwrap();
+    assert!(o.status.success(), "python failed: {}", String::from_utf8_lossy(&o.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let s = s.set_requires_grad(true);
+    let (total, _, _) = embedding_loss(&s, &t, wc, wm);
+    total.backward();
+    let want = r["loss"].as_f64().unwrap();
+    assert!((total.double_value(&[]) - want).abs() < 1e-5, "{} vs {want}", total.double_value(&[]));
+    let g: Vec<Vec<f32>> = serde_json::from_value(r["grad"].clone()).unwrap();
+    let g = Tensor::stack(&g.iter().map(|r| Tensor::from_slice(r)).collect::<Vec<_>>(), 0);
+    let diff = (s.grad() - g).abs().max().double_value(&[]);
+    assert!(diff < 1e-5, "gradient differs by {diff}");
+}

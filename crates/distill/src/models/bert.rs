@@ -169,7 +169,8 @@ pub struct Bert {
     ty: nn::Embedding,
     ln: nn::LayerNorm,
     layers: Vec<Layer>,
-    dropout: f64,
+    /// Dropout probability in training mode (BERT: 0.1).
+    pub dropout: f64,
 }
 
 fn ln(p: nn::Path, h: i64, eps: f64) -> nn::LayerNorm {

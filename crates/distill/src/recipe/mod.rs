@@ -9,9 +9,11 @@
 //! [`crate::teacher`], `[student]` in [`crate::student`], `[distill]` in [`crate::methods`],
 //! `[eval]` in [`crate::eval`]; this module only composes them.
 
+mod encoder;
 mod image;
 mod lm;
 
+pub use encoder::{EncoderData, EncoderDistill, EncoderRecipe, EncoderStudents, EncoderTeacher};
 pub use image::{ImageRecipe, Stage};
 pub use lm::{parse_device, LmRecipe, ResolvedLm};
 
@@ -29,6 +31,8 @@ pub enum Task {
     ImageClassification,
     /// A causal LM teacher (GGUF or HF directory) distilled into a smaller decoder.
     CausalLm,
+    /// A BERT sentence encoder distilled into smaller and static encoders, judged downstream.
+    SentenceEmbedding,
 }
 
 #[derive(Deserialize)]
@@ -42,6 +46,7 @@ struct TaskOnly {
 pub enum Recipe {
     Image(ImageRecipe),
     Lm(LmRecipe),
+    Encoder(EncoderRecipe),
 }
 
 impl Recipe {
@@ -62,7 +67,13 @@ impl Recipe {
                 let r: LmRecipe = doc.try_into().map_err(|e: toml::de::Error| Error::Recipe(one_line(&e)))?;
                 Ok(Recipe::Lm(r))
             }
-            None => Err(Error::Recipe("missing key `task` (one of: image-classification, causal-lm)".into())),
+            Some(Task::SentenceEmbedding) => {
+                let r: EncoderRecipe = doc.try_into().map_err(|e: toml::de::Error| Error::Recipe(one_line(&e)))?;
+                Ok(Recipe::Encoder(r))
+            }
+            None => Err(Error::Recipe(
+                "missing key `task` (one of: image-classification, causal-lm, sentence-embedding)".into(),
+            )),
         }
     }
 
@@ -86,6 +97,7 @@ impl Recipe {
         match self {
             Recipe::Image(r) => r.validate(),
             Recipe::Lm(r) => r.validate(),
+            Recipe::Encoder(r) => r.validate(),
         }
     }
 
@@ -94,6 +106,7 @@ impl Recipe {
         match self {
             Recipe::Image(r) => r.paths(),
             Recipe::Lm(r) => r.paths(),
+            Recipe::Encoder(r) => r.paths(),
         }
     }
 }
