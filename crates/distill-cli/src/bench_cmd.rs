@@ -51,6 +51,21 @@ pub enum BenchCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Sentence-encoder throughput: embeddings/s over deterministic texts of 16–255 words (best
+    /// of three passes, tokenization included), as `bench/twin.py embed` with sentence-transformers.
+    Embed {
+        /// Encoder directory (BERT in sentence-transformers' layout, or Model2Vec).
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long, default_value_t = 256)]
+        texts: usize,
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+        #[arg(long)]
+        threads: Option<usize>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Greedy generation with the KV cache at several batch sizes (batch 1 = `distill generate`):
     /// generated tokens/s over all rows, and each batch size's speed-up over batch 1.
     Generate {
@@ -197,6 +212,19 @@ pub fn run(what: BenchCmd) -> Result<()> {
                 println!(
                     "{:.1} ms per {rows}x{seq} forward, {:.0} tok/s, peak RSS {:.0} MiB ({} threads)",
                     r.ms_per_forward, r.tokens_per_s, r.peak_rss_mib, r.threads
+                );
+            }
+        }
+        BenchCmd::Embed { model, texts, batch, threads, json } => {
+            set_threads(threads);
+            let m = distill::encoder::load_embedder(&resolve(&model)?)?;
+            let r = bench::bench_embed(m.as_ref(), texts, batch)?;
+            if json {
+                println!("{}", serde_json::json!({"model": model, "result": r}));
+            } else {
+                println!(
+                    "{:.1} embeddings/s ({} texts, batch {}, {} threads), peak RSS {:.0} MiB",
+                    r.embeddings_per_s, r.texts, r.batch, r.threads, r.peak_rss_mib
                 );
             }
         }

@@ -1,6 +1,6 @@
 //! `distill embed` and the encoder mode of `distill eval`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use distill::embed_eval::{mean_cos, probe, throughput, topk_overlap};
@@ -36,7 +36,7 @@ fn read_texts(data: &Path, field: &str) -> Result<Vec<String>> {
 }
 
 /// `distill embed`: writes the embeddings of every text as `.npy` or JSONL.
-pub fn embed(model: &Path, data: &Path, out: &PathBuf, batch: usize, field: &str) -> Result<()> {
+pub fn embed(model: &Path, data: &Path, out: &Path, batch: usize, field: &str) -> Result<()> {
     let m = load_embedder(model)?;
     let texts = read_texts(data, field)?;
     if texts.is_empty() {
@@ -74,7 +74,11 @@ pub fn eval(model: &Path, data: &Path, teacher: Option<&Path>, batch: usize, jso
     let (mut tr, mut te): (Vec<_>, Vec<_>) = (vec![], vec![]);
     for d in docs {
         let y = classes.iter().position(|c| *c == d.label).unwrap_or(0) as i64;
-        if d.is_test(0.2, 0) { te.push((d.text, y)) } else { tr.push((d.text, y)) }
+        if d.is_test(0.2, 0) {
+            te.push((d.text, y))
+        } else {
+            tr.push((d.text, y))
+        }
     }
     if tr.is_empty() || te.len() < 2 {
         bail!("--data: too few documents for a train/test split");

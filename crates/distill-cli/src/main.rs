@@ -498,7 +498,9 @@ fn run(cli: Cli) -> Result<()> {
             encoder_cmd::embed(&resolve(&model)?, &resolve(&data)?, &out, batch, &field)
         }
         Cmd::Eval { model, data, teacher, seq_len, max_rows, min_chars, json }
-            if encoder_cmd::is_encoder_dir(&fetch::resolve(&model.to_string_lossy()).unwrap_or_else(|_| model.clone())) =>
+            if encoder_cmd::is_encoder_dir(
+                &fetch::resolve(&model.to_string_lossy()).unwrap_or_else(|_| model.clone()),
+            ) =>
         {
             let _ = (seq_len, max_rows, min_chars);
             let [d] = data.as_slice() else { bail!("--data: give one labelled file or directory for an encoder") };

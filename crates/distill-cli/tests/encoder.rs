@@ -36,7 +36,8 @@ fn embed_writes_npy_equal_to_sentence_transformers_and_warns_on_truncation() {
     let long = "word ".repeat(400);
     std::fs::write(&texts, format!("A short sentence.\n\nAnother one, about spam.\n{long}\n")).unwrap();
     let npy = d.join("e.npy");
-    let o = distill(&["embed", "--model", &minilm(), "--data", texts.to_str().unwrap(), "--out", npy.to_str().unwrap()]);
+    let o =
+        distill(&["embed", "--model", &minilm(), "--data", texts.to_str().unwrap(), "--out", npy.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("warning: 1 of 3 texts are longer than the model's 256 tokens and were truncated"));
     let p = Command::new(python())
@@ -64,7 +65,15 @@ fn embed_writes_npy_equal_to_sentence_transformers_and_warns_on_truncation() {
     let empty = d.join("empty");
     std::fs::create_dir_all(&empty).unwrap();
     let out = d.join("x.npy");
-    let o = distill(&["embed", "--model", empty.to_str().unwrap(), "--data", texts.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    let o = distill(&[
+        "embed",
+        "--model",
+        empty.to_str().unwrap(),
+        "--data",
+        texts.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert_error(&o, &["not a BERT encoder directory", "no config.json"]);
     assert!(!out.exists());
     let _ = std::fs::remove_dir_all(&d);
@@ -78,7 +87,9 @@ fn labelled(path: &std::path::Path) {
     for i in 0..40 {
         let a = sports[i % 8];
         let b = sports[(i * 3 + 1) % 8];
-        s += &serde_json::json!({"text": format!("The {a} and the {b} were in the news on day {i}."), "label": "sport"}).to_string();
+        s +=
+            &serde_json::json!({"text": format!("The {a} and the {b} were in the news on day {i}."), "label": "sport"})
+                .to_string();
         s.push('\n');
         let a = money[i % 8];
         let b = money[(i * 5 + 2) % 8];

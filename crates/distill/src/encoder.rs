@@ -103,7 +103,7 @@ fn st_layout(dir: &Path) -> Result<StLayout> {
                 } else if on("pooling_mode_mean_tokens") || mode == "mean" {
                     Pooling::Mean
                 } else {
-                    return Err(Error::format(&sub.join("config.json"), "pooling mode not supported (mean, cls, max)"));
+                    return Err(Error::format(sub.join("config.json"), "pooling mode not supported (mean, cls, max)"));
                 };
             }
             "Dense" => {

@@ -66,7 +66,7 @@ fn compare(a: &Tensor, b: &Tensor) -> (f64, f64) {
 
 #[test]
 fn bert_matches_sentence_transformers_on_minilm() {
-    let _ = tch::set_num_threads(1);
+    tch::set_num_threads(1);
     let dir = minilm();
     let enc = Encoder::load(&dir, Device::Cpu).unwrap();
     assert_eq!(enc.max_len, 256);
@@ -89,7 +89,7 @@ fn bert_matches_sentence_transformers_on_minilm() {
 
 #[test]
 fn students_export_to_layouts_their_libraries_load() {
-    let _ = tch::set_num_threads(1);
+    tch::set_num_threads(1);
     let dir = minilm();
     let teacher = Encoder::load(&dir, Device::Cpu).unwrap();
     let t = texts();

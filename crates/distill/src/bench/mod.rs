@@ -280,3 +280,44 @@ pub fn random_model(cfg: &LlamaConfig, seed: i64) -> Result<(nn::VarStore, Llama
     let m = Llama::new(vs.root(), cfg)?;
     Ok((vs, m))
 }
+
+/// The words of [`bench_texts`] (the same list as `bench/twin.py`).
+const BENCH_WORDS: [&str; 20] = [
+    "the", "model", "student", "teacher", "learns", "from", "soft", "targets", "and", "hidden", "states", "of", "a",
+    "larger", "network", "while", "keeping", "most", "quality", "today",
+];
+
+/// `n` deterministic texts of 16 to 255 words (text `i`: `16 + 37·i mod 240` words, word `j`
+/// = `BENCH_WORDS[(7·i + j) mod 20]`), as `bench/twin.py embed` builds them.
+pub fn bench_texts(n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            let len = 16 + (i * 37) % 240;
+            (0..len).map(|j| BENCH_WORDS[(i * 7 + j) % BENCH_WORDS.len()]).collect::<Vec<_>>().join(" ")
+        })
+        .collect()
+}
+
+/// What `distill bench embed` measures.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EmbedBenchResult {
+    pub texts: usize,
+    pub batch: usize,
+    pub threads: i32,
+    /// Best of three passes, tokenization included.
+    pub embeddings_per_s: f64,
+    pub peak_rss_mib: f64,
+}
+
+/// Embeddings/s of a sentence encoder over [`bench_texts`] at `batch`.
+pub fn bench_embed(model: &dyn crate::encoder::Embedder, texts: usize, batch: usize) -> Result<EmbedBenchResult> {
+    let t = bench_texts(texts);
+    let eps = crate::embed_eval::throughput(model, &t, batch)?;
+    Ok(EmbedBenchResult {
+        texts,
+        batch,
+        threads: tch::get_num_threads(),
+        embeddings_per_s: eps,
+        peak_rss_mib: peak_rss_mib(),
+    })
+}

@@ -277,7 +277,9 @@ pub fn run(r: &EncoderRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) 
 
     let cache = out.join("teacher_train.safetensors");
     let teacher_train = match load_tensors(&cache) {
-        Ok(t) if t.tensors.get("embeddings").map(|e| e.size()[0]) == Some(rows.len() as i64) => t.tensors["embeddings"].shallow_clone(),
+        Ok(t) if t.tensors.get("embeddings").map(|e| e.size()[0]) == Some(rows.len() as i64) => {
+            t.tensors["embeddings"].shallow_clone()
+        }
         _ => {
             say(format!("teacher: embedding {} training texts", rows.len()));
             let e = embed_ids(&teacher, &rows, 64);
@@ -438,7 +440,16 @@ pub fn run(r: &EncoderRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) 
 pub fn table(s: &EncoderSummary) -> String {
     let mut t = format!(
         "{:<44} {:>8} {:>7} {:>8} {:>7} {:>7} {:>7} {:>8} {:>8} {:>6}\n",
-        "model", "params", "MB", "probe", "vs T", "F1", "cos", format!("top{}", s.top_k), "emb/s", "speed"
+        "model",
+        "params",
+        "MB",
+        "probe",
+        "vs T",
+        "F1",
+        "cos",
+        format!("top{}", s.top_k),
+        "emb/s",
+        "speed"
     );
     for r in &s.results {
         let cos = r.cos_to_teacher.map(|c| format!("{c:.4}")).unwrap_or_else(|| "—".into());

@@ -6,10 +6,12 @@
 use serde::{Deserialize, Serialize};
 
 use super::Task;
-use crate::train::CheckpointCfg;
 use crate::embed_eval::EncoderEvalCfg;
-use crate::methods::{attention::AttentionKdCfg, attention::Relation, hidden::HiddenKdCfg, Domain, TermConfig, TermContext};
+use crate::methods::{
+    attention::AttentionKdCfg, attention::Relation, hidden::HiddenKdCfg, Domain, TermConfig, TermContext,
+};
 use crate::student::encoder::{NarrowShape, StaticCfg};
+use crate::train::CheckpointCfg;
 use crate::train::TrainCfg;
 use crate::{Error, Result};
 
@@ -74,7 +76,13 @@ fn default_dropout() -> f64 {
 
 impl Default for EncoderStudents {
     fn default() -> Self {
-        EncoderStudents { layers: default_layers(), layer_ids: None, dropout: default_dropout(), narrow: None, static_: None }
+        EncoderStudents {
+            layers: default_layers(),
+            layer_ids: None,
+            dropout: default_dropout(),
+            narrow: None,
+            static_: None,
+        }
     }
 }
 
@@ -178,7 +186,9 @@ impl EncoderRecipe {
         }
         if let Some(n) = &self.student.narrow {
             if n.layers < 1 || n.hidden < 1 || n.heads < 1 || n.intermediate < 1 || n.hidden % n.heads != 0 {
-                return bad("student.narrow: layers, hidden, heads, intermediate must be ≥ 1, hidden divisible by heads".into());
+                return bad(
+                    "student.narrow: layers, hidden, heads, intermediate must be ≥ 1, hidden divisible by heads".into(),
+                );
             }
         }
         if let Some(s) = &self.student.static_ {
@@ -201,13 +211,17 @@ impl EncoderRecipe {
         if dist.cosine < 0.0 || dist.mse < 0.0 || dist.cosine + dist.mse == 0.0 {
             return bad("distill.cosine and distill.mse must be ≥ 0, not both 0".into());
         }
-        let ctx = TermContext { domain: Domain::Lm, student_layers: self.student.layers as usize, online_teacher: true };
+        let ctx =
+            TermContext { domain: Domain::Lm, student_layers: self.student.layers as usize, online_teacher: true };
         for t in dist.terms() {
             t.validate(&ctx)?;
         }
         if let Some(a) = &dist.attention {
             if a.relations.iter().any(|r| *r != Relation::Attention) {
-                return bad("distill.attention: encoders take relations = [\"attention\"] (the q/k/v relations are causal)".into());
+                return bad(
+                    "distill.attention: encoders take relations = [\"attention\"] (the q/k/v relations are causal)"
+                        .into(),
+                );
             }
         }
         let e = &self.eval;

@@ -206,7 +206,7 @@ alpha = 0.9
     fn image(r: Recipe) -> ImageRecipe {
         match r {
             Recipe::Image(r) => r,
-            Recipe::Lm(_) => panic!("not an image recipe"),
+            _ => panic!("not an image recipe"),
         }
     }
 
@@ -263,7 +263,7 @@ alpha = 0.9
                     r.validate()?;
                     Ok(r)
                 }
-                Recipe::Image(_) => unreachable!(),
+                _ => unreachable!(),
             }
         };
         let r = lm(&[]).unwrap();
@@ -329,6 +329,7 @@ alpha = 0.9
                 "fashion-hinton.toml",
                 "methods-fashion.toml",
                 "methods-smollm2.toml",
+                "minilm-spam.toml",
                 "smollm2-brown-scratch.toml",
                 "smollm2-brown.toml",
                 "smollm2-prune.toml"
@@ -338,6 +339,29 @@ alpha = 0.9
             let r = Recipe::load(&dir.join(n), &[]).unwrap();
             r.validate().unwrap_or_else(|e| panic!("{n}: {e}"));
         }
+    }
+
+    #[test]
+    fn encoder_recipe_rules_name_the_key() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../recipes/minilm-spam.toml");
+        let check = |sets: &[&str]| -> Result<()> {
+            let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+            Recipe::load(&dir, &sets)?.validate()
+        };
+        check(&[]).unwrap();
+        for (sets, needle) in [
+            (&["student.dropout=1.0"][..], "student.dropout must be in [0, 1)"),
+            (&["student.narrow.hidden=250"][..], "hidden divisible by heads"),
+            (&["data.test_fraction=0"][..], "data.test_fraction must be in (0, 1)"),
+            (&["distill.cosine=0", "distill.mse=0"][..], "not both 0"),
+            (&["distill.attention={weight=1}"][..], "encoders take relations = [\"attention\"]"),
+            (&["data.labeled=x"][..], "unknown field `labeled`"),
+            (&["data.labelled=/nonexistent/spam"][..], "data.labelled: no such file"),
+        ] {
+            let e = check(sets).unwrap_err().to_string();
+            assert!(e.contains(needle), "{sets:?}: {e}");
+        }
+        check(&["distill.attention={weight=1, relations=[\"attention\"]}"]).unwrap();
     }
 
     #[test]

@@ -59,7 +59,7 @@ impl TrainTask for EncoderKdTask<'_> {
             };
             for term in &self.terms {
                 let v = term.loss(&s_view, &t_view)?;
-                total = total + &v;
+                total += &v;
                 parts.push((term.name(), v.to_kind(Kind::Float)));
             }
         }
