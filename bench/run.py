@@ -134,7 +134,7 @@ def embed(a):
 def print_embed(rows, a):
     print(f"\nSentence encoders (256 texts of 16-255 words, batch 32, {a.threads} threads, tokenization included; embeddings/s)")
     for r in rows:
-        print(f"  {r['model']}: distill {r['distill_emb_s']:.1f} | sentence-transformers {r['pytorch_emb_s']:.1f} | "
+        print(f"  {r['model']}: distill {r['distill_emb_s']:.1f} | sentence-transformers/model2vec {r['pytorch_emb_s']:.1f} | "
               f"ratio {r['ratio_vs_pytorch']:.2f}x | peak RSS {r['distill_peak_rss_mib']:.0f} vs {r['pytorch_peak_rss_mib']:.0f} MiB")
 
 

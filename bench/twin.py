@@ -312,9 +312,15 @@ def bench_texts(n):
 
 
 def embed_bench(a):
-    """sentence-transformers' encode over the same texts: best of three passes after a warm-up batch."""
-    from sentence_transformers import SentenceTransformer
-    model = SentenceTransformer(str(asset(a.model)), device="cpu")
+    """sentence-transformers' encode (model2vec's for a static model) over the same texts: best of
+    three passes after a warm-up batch."""
+    path = asset(a.model)
+    if json.loads((path / "config.json").read_text()).get("model_type") == "model2vec":
+        from model2vec import StaticModel
+        model = StaticModel.from_pretrained(str(path))
+    else:
+        from sentence_transformers import SentenceTransformer
+        model = SentenceTransformer(str(path), device="cpu")
     texts = bench_texts(a.texts)
     model.encode(texts[:a.batch], batch_size=a.batch)
     best = float("inf")
