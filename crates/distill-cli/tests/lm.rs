@@ -481,7 +481,12 @@ fn kill_9_soak_lm_run_and_cache_capture() {
     assert_eq!(killed, kills, "run: kills that hit a running job");
     let (ma, mb) = (common::models(&a), common::models(&b));
     assert!(!ma.is_empty());
-    assert!(ma == mb, "run: final weights differ after {killed} kills");
+    let names =
+        |m: &[(std::path::PathBuf, Vec<u8>)]| m.iter().map(|(p, _)| p.display().to_string()).collect::<Vec<_>>();
+    assert_eq!(names(&ma), names(&mb), "run: the model files differ after {killed} kills");
+    for ((p, x), (_, y)) in ma.iter().zip(&mb) {
+        assert!(x == y, "run: {} differs after {killed} kills", p.display());
+    }
 
     let (ca, cb) = (d.join("cache-a"), d.join("cache-b"));
     let capture = |out: &Path| {

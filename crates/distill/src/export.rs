@@ -130,10 +130,23 @@ pub fn write_dir(out_dir: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Res
             ));
         }
     }
-    let tmp = sibling(&out_dir, "tmp");
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    // A process killed mid-export leaves its temporary sibling (named by its pid), or, between
+    // the two renames of the swap, the previous export as `.old-`: remove those (an `.old-` one
+    // only when `out_dir` itself is whole).
+    if let (Some(parent), Some(name)) = (out_dir.parent(), out_dir.file_name().and_then(|n| n.to_str())) {
+        let (tmp_prefix, old_prefix) = (format!(".{name}.tmp-"), format!(".{name}.old-"));
+        let whole = out_dir.join("config.json").is_file();
+        for e in std::fs::read_dir(parent).into_iter().flatten().flatten() {
+            let stale = e
+                .file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(&tmp_prefix) || (whole && n.starts_with(&old_prefix)));
+            if stale && e.path().is_dir() {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
     }
+    let tmp = sibling(&out_dir, "tmp");
     std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     if let Err(e) = write(&tmp) {
         let _ = std::fs::remove_dir_all(&tmp);

@@ -105,6 +105,13 @@ fn students_export_to_layouts_their_libraries_load() {
     let a = &sv["encoder.layer.1.attention.self.query.weight"];
     assert!(a.equal(&tv["encoder.layer.3.attention.self.query.weight"]));
     s.save(&tmp.join("l3")).unwrap();
+    // What a process killed mid-export leaves beside the directory is removed by the next export.
+    for stale in [".l3.tmp-999999", ".l3.old-999999"] {
+        std::fs::create_dir_all(tmp.join(stale)).unwrap();
+        std::fs::write(tmp.join(stale).join("model.safetensors"), b"partial").unwrap();
+    }
+    s.save(&tmp.join("l3")).unwrap();
+    assert!(!tmp.join(".l3.tmp-999999").exists() && !tmp.join(".l3.old-999999").exists());
     let theirs = py_embed(ST_PY, &[tmp.join("l3").to_str().unwrap(), &serde_json::to_string(&t).unwrap()]);
     let (cos, diff) = compare(&s.embed(&t, 4).unwrap(), &theirs);
     assert!(cos >= 0.9999 && diff <= 1e-4, "3-layer export: cos {cos}, diff {diff}");
