@@ -473,16 +473,18 @@ pub struct StaticEncoder {
 impl StaticEncoder {
     /// Token ids of each text without special tokens, at most `max_len`.
     fn ids(&self, texts: &[String]) -> Result<Vec<Vec<i64>>> {
-        texts
+        // One batch call: the tokenizer encodes the texts in parallel.
+        let inputs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let encs = distill_base::guard::catch(|| self.tokenizer.encode_batch(inputs, false))
+            .map_err(|p| Error::Invalid(format!("tokenizer panicked: {p}")))?
+            .map_err(|e| Error::Invalid(format!("tokenizer: {e}")))?;
+        Ok(encs
             .iter()
-            .map(|t| {
-                let enc = distill_base::guard::catch(|| self.tokenizer.encode(t.as_str(), false))
-                    .map_err(|p| Error::Invalid(format!("tokenizer panicked: {p}")))?
-                    .map_err(|e| Error::Invalid(format!("tokenizer: {e}")))?;
+            .map(|enc| {
                 let ids = enc.get_ids().iter().map(|&i| i as i64).filter(|&i| Some(i) != self.unk);
-                Ok(ids.take(self.max_len).collect())
+                ids.take(self.max_len).collect()
             })
-            .collect()
+            .collect())
     }
 
     /// Writes the Model2Vec layout: `model.safetensors` (`embeddings` `[V, D]`), `tokenizer.json`
@@ -513,23 +515,27 @@ impl StaticEncoder {
 impl Embedder for StaticEncoder {
     fn embed(&self, texts: &[String], batch: usize) -> Result<Tensor> {
         let ids = self.ids(texts)?;
-        let d = self.embeddings.size()[1];
         Ok(embed_sorted(&ids, batch, |rows| {
-            let v: Vec<Tensor> = rows
+            // Mean of each row's vectors in one `embedding_bag` (an empty row is zeros).
+            let flat: Vec<i64> = rows.iter().flat_map(|r| r.iter().copied()).collect();
+            let offsets: Vec<i64> = rows
                 .iter()
-                .map(|r| {
-                    if r.is_empty() {
-                        Tensor::zeros([d], (Kind::Float, Device::Cpu))
-                    } else {
-                        self.embeddings.index_select(0, &Tensor::from_slice(r)).mean_dim(
-                            [0i64].as_slice(),
-                            false,
-                            Kind::Float,
-                        )
-                    }
+                .scan(0i64, |acc, r| {
+                    let o = *acc;
+                    *acc += r.len() as i64;
+                    Some(o)
                 })
                 .collect();
-            let e = Tensor::stack(&v, 0);
+            let (e, _, _, _) = Tensor::embedding_bag(
+                &self.embeddings,
+                &Tensor::from_slice(&flat),
+                &Tensor::from_slice(&offsets),
+                false,
+                1,
+                false,
+                None::<Tensor>,
+                false,
+            );
             if self.normalize {
                 normalize(&e)
             } else {
