@@ -8,9 +8,7 @@ use distill::encoder::{load_embedder, write_npy};
 
 /// Whether `dir` holds a sentence encoder (BERT or Model2Vec) rather than a causal LM.
 pub fn is_encoder_dir(dir: &Path) -> bool {
-    let Ok(text) = std::fs::read_to_string(dir.join("config.json")) else { return false };
-    let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else { return false };
-    matches!(v.get("model_type").and_then(|t| t.as_str()), Some("bert" | "model2vec"))
+    matches!(distill::encoder::model_type(dir).as_deref(), Some("bert" | "model2vec"))
 }
 
 /// Texts of `data`: a `.jsonl` file (the `field` of each line), a labelled directory (JSON

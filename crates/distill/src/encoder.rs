@@ -370,7 +370,15 @@ impl Encoder {
 
     /// Bytes of the weights as exported (f32).
     pub fn size_bytes(&self) -> i64 {
-        self.vs.variables().values().map(|t| t.numel() as i64 * 4).sum()
+        self.params() * 4
+    }
+
+    /// The sentence embeddings `[N, D]` of token rows (as [`Encoder::tokenize`] gives them).
+    pub fn embed_ids(&self, ids: &[Vec<i64>], batch: usize) -> Tensor {
+        embed_sorted(ids, batch, |rows| {
+            let (x, m) = self.pad(rows);
+            tch::no_grad(|| self.forward(&x, &m, false, false).1).to_kind(Kind::Float).to(Device::Cpu)
+        })
     }
 }
 
@@ -380,10 +388,7 @@ impl Embedder for Encoder {
         if truncated > 0 && !self.warned.replace(true) {
             warn_truncated(truncated, texts.len(), self.max_len);
         }
-        Ok(embed_sorted(&ids, batch, |rows| {
-            let (x, m) = self.pad(rows);
-            tch::no_grad(|| self.forward(&x, &m, false, false).1).to_kind(Kind::Float).to(Device::Cpu)
-        }))
+        Ok(self.embed_ids(&ids, batch))
     }
 
     fn dim(&self) -> i64 {
@@ -471,6 +476,42 @@ pub struct StaticEncoder {
 }
 
 impl StaticEncoder {
+    /// Loads a Model2Vec directory (`model.safetensors` with `embeddings`, `tokenizer.json`,
+    /// `config.json`).
+    pub fn load(dir: &Path) -> Result<StaticEncoder> {
+        for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+            if !dir.join(f).is_file() {
+                return Err(Error::format(dir, format!("not a static (Model2Vec) directory: no {f}")));
+            }
+        }
+        let cfg = read_json(&dir.join("config.json"))?;
+        let file = dir.join("model.safetensors");
+        let t = Tensor::read_safetensors(&file).map_err(|e| Error::format(&file, format!("not safetensors: {e}")))?;
+        let e = t
+            .into_iter()
+            .find(|(k, _)| k == "embeddings")
+            .map(|(_, v)| v.to_kind(Kind::Float))
+            .ok_or_else(|| Error::format(&file, "no tensor `embeddings`"))?;
+        if e.dim() != 2 {
+            return Err(Error::format(&file, format!("`embeddings` has shape {:?}, expected [vocab, dim]", e.size())));
+        }
+        let tj = dir.join("tokenizer.json");
+        let tokenizer_json = std::fs::read(&tj).map_err(|e| Error::io(&tj, e))?;
+        let tokenizer = tokenizer_from_json(&tokenizer_json, &tj)?;
+        if tokenizer.get_vocab_size(true) as i64 > e.size()[0] {
+            return Err(Error::format(&file, "fewer embeddings than tokenizer tokens"));
+        }
+        let unk = tokenizer.token_to_id("[UNK]").map(|i| i as i64);
+        Ok(StaticEncoder {
+            embeddings: e,
+            tokenizer,
+            tokenizer_json,
+            normalize: cfg.get("normalize").and_then(Value::as_bool).unwrap_or(false),
+            max_len: cfg.get("seq_length").and_then(Value::as_u64).unwrap_or(512) as usize,
+            unk,
+        })
+    }
+
     /// Token ids of each text without special tokens, at most `max_len`.
     fn ids(&self, texts: &[String]) -> Result<Vec<Vec<i64>>> {
         // One batch call: the tokenizer encodes the texts in parallel.
@@ -553,51 +594,15 @@ impl Embedder for StaticEncoder {
     }
 }
 
-impl StaticEncoder {
-    /// Loads a Model2Vec directory (`model.safetensors` with `embeddings`, `tokenizer.json`,
-    /// `config.json`).
-    pub fn load(dir: &Path) -> Result<StaticEncoder> {
-        for f in ["config.json", "model.safetensors", "tokenizer.json"] {
-            if !dir.join(f).is_file() {
-                return Err(Error::format(dir, format!("not a static (Model2Vec) directory: no {f}")));
-            }
-        }
-        let cfg = read_json(&dir.join("config.json"))?;
-        let file = dir.join("model.safetensors");
-        let t = Tensor::read_safetensors(&file).map_err(|e| Error::format(&file, format!("not safetensors: {e}")))?;
-        let e = t
-            .into_iter()
-            .find(|(k, _)| k == "embeddings")
-            .map(|(_, v)| v.to_kind(Kind::Float))
-            .ok_or_else(|| Error::format(&file, "no tensor `embeddings`"))?;
-        if e.dim() != 2 {
-            return Err(Error::format(&file, format!("`embeddings` has shape {:?}, expected [vocab, dim]", e.size())));
-        }
-        let tj = dir.join("tokenizer.json");
-        let tokenizer_json = std::fs::read(&tj).map_err(|e| Error::io(&tj, e))?;
-        let tokenizer = tokenizer_from_json(&tokenizer_json, &tj)?;
-        if tokenizer.get_vocab_size(true) as i64 > e.size()[0] {
-            return Err(Error::format(&file, "fewer embeddings than tokenizer tokens"));
-        }
-        let unk = tokenizer.token_to_id("[UNK]").map(|i| i as i64);
-        Ok(StaticEncoder {
-            embeddings: e,
-            tokenizer,
-            tokenizer_json,
-            normalize: cfg.get("normalize").and_then(Value::as_bool).unwrap_or(false),
-            max_len: cfg.get("seq_length").and_then(Value::as_u64).unwrap_or(512) as usize,
-            unk,
-        })
-    }
+/// The `model_type` of `dir/config.json`, when it has one.
+pub fn model_type(dir: &Path) -> Option<String> {
+    let v = read_json(&dir.join("config.json")).ok()?;
+    v.get("model_type").and_then(Value::as_str).map(str::to_string)
 }
 
 /// Loads a sentence encoder directory: Model2Vec (`model_type` `model2vec`) or BERT.
 pub fn load_embedder(dir: &Path) -> Result<Box<dyn Embedder>> {
-    let cfg = dir.join("config.json");
-    let is_static = cfg.is_file()
-        && read_json(&cfg).ok().and_then(|v| v.get("model_type").and_then(Value::as_str).map(|s| s == "model2vec"))
-            == Some(true);
-    if is_static {
+    if model_type(dir).as_deref() == Some("model2vec") {
         Ok(Box::new(StaticEncoder::load(dir)?))
     } else {
         Ok(Box::new(Encoder::load(dir, Device::Cpu)?))

@@ -13,12 +13,12 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
 use crate::checkpoint::{load_tensors, save_tensors, write_atomic, write_json};
 use crate::data::rng::SplitMix64;
 use crate::embed_eval::{mean_cos, probe, throughput, topk_overlap, ProbeScore};
-use crate::encoder::{embed_sorted, Embedder, Encoder};
+use crate::encoder::{Embedder, Encoder};
 use crate::methods::{BuildContext, Term};
 use crate::recipe::EncoderRecipe;
 use crate::student::encoder::{every_other, layer_subset, projected, static_student};
@@ -172,14 +172,6 @@ fn cut(rows: Vec<Vec<i64>>, max: usize) -> Vec<Vec<i64>> {
         .collect()
 }
 
-/// The embedding of token rows (as the encoder embeds texts).
-fn embed_ids(enc: &Encoder, ids: &[Vec<i64>], batch: usize) -> Tensor {
-    embed_sorted(ids, batch, |rows| {
-        let (x, m) = enc.pad(rows);
-        tch::no_grad(|| enc.forward(&x, &m, false, false).1).to_kind(Kind::Float).to(Device::Cpu)
-    })
-}
-
 struct EvalSet<'a> {
     l: &'a Labelled,
     teacher_test: Tensor,
@@ -191,10 +183,19 @@ struct EvalSet<'a> {
     probe_l2: f64,
 }
 
-/// Scores `model` (the run warned about truncation once, at the start).
-fn evaluate(model: &dyn Embedder, set: &EvalSet<'_>, size_bytes: i64) -> Result<(EncoderRow, ProbeScore)> {
+/// Scores `model` (the run warned about truncation once, at the start); `test`: its held-out
+/// embeddings when already computed (the teacher's).
+fn evaluate(
+    model: &dyn Embedder,
+    set: &EvalSet<'_>,
+    size_bytes: i64,
+    test: Option<Tensor>,
+) -> Result<(EncoderRow, ProbeScore)> {
     let train = model.embed(&set.l.probe_texts, set.batch)?;
-    let test = model.embed(&set.l.test_texts, set.batch)?;
+    let test = match test {
+        Some(t) => t,
+        None => model.embed(&set.l.test_texts, set.batch)?,
+    };
     let p = probe(&train, &set.l.probe_y, &test, &set.l.test_y, set.probe_steps, set.probe_l2);
     let n = set.retrieval.min(test.size()[0] as usize) as i64;
     let overlap = topk_overlap(&set.teacher_test.narrow(0, 0, n), &test.narrow(0, 0, n), set.top_k);
@@ -282,7 +283,7 @@ pub fn run(r: &EncoderRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) 
         }
         _ => {
             say(format!("teacher: embedding {} training texts", rows.len()));
-            let e = embed_ids(&teacher, &rows, 64);
+            let e = teacher.embed_ids(&rows, 64);
             save_tensors(&cache, &[("embeddings".into(), e.shallow_clone())], BTreeMap::new())?;
             e
         }
@@ -335,11 +336,14 @@ pub fn run(r: &EncoderRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) 
         }
         let export = dir.join("model");
         let (mut row, train) = match id {
-            "teacher" => (evaluate(&teacher, &set, teacher.size_bytes())?.0, None),
+            "teacher" => {
+                let test = set.teacher_test.shallow_clone();
+                (evaluate(&teacher, &set, teacher.size_bytes(), Some(test))?.0, None)
+            }
             "init" => {
                 let s = layer_subset(&teacher, &layers)?;
                 s.warned.set(true);
-                (evaluate(&s, &set, s.size_bytes())?.0, None)
+                (evaluate(&s, &set, s.size_bytes(), None)?.0, None)
             }
             "kd" | "narrow" => {
                 let mut s = match (id, &r.student.narrow) {
@@ -380,14 +384,14 @@ pub fn run(r: &EncoderRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) 
                 let reloaded = Encoder::load(&export, Device::Cpu)?;
                 s = reloaded;
                 s.warned.set(true);
-                (evaluate(&s, &set, s.size_bytes())?.0, Some(rep))
+                (evaluate(&s, &set, s.size_bytes(), None)?.0, Some(rep))
             }
             _ => {
                 let cfg = r.student.static_.clone().unwrap_or_default();
                 let st = static_student(&teacher, &cfg)?;
                 st.save(&export, &r.teacher.path)?;
                 let bytes = st.embeddings.numel() as i64 * 4;
-                (evaluate(&st, &set, bytes)?.0, None)
+                (evaluate(&st, &set, bytes, None)?.0, None)
             }
         };
         row.id = id.to_string();

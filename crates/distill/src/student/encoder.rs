@@ -8,6 +8,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::encoder::{Encoder, StaticEncoder};
 use crate::models::bert::{mean_pool, BertConfig};
+use crate::student::{add_unit_outer, top_eigenvectors};
 use crate::{Error, Result};
 
 /// Every other teacher layer, ending at the last (`6 → 3`: layers 1, 3, 5), DistilBERT's rule;
@@ -102,22 +103,19 @@ pub struct NarrowShape {
 pub fn residual_pca(teacher: &Encoder, rows: &[Vec<i64>], k: i64) -> Result<Tensor> {
     let h = teacher.bert.config.hidden_size;
     let mut c = Tensor::zeros([h, h], (Kind::Double, teacher.vs.device()));
-    tch::no_grad(|| {
+    tch::no_grad(|| -> Result<()> {
         for chunk in rows.chunks(16) {
             let r: Vec<&[i64]> = chunk.iter().map(|v| v.as_slice()).collect();
             let (ids, mask) = teacher.pad(&r);
             let out = teacher.bert.forward(&ids, &mask, false, false);
             let keep = mask.view([-1]).nonzero().squeeze_dim(1);
             for x in &out.hidden_states {
-                let x = x.to_kind(Kind::Double).view([-1, h]).index_select(0, &keep);
-                let x = &x / x.norm_scalaropt_dim(2, [-1i64].as_slice(), true).clamp_min(1e-12);
-                c += x.transpose(0, 1).mm(&x);
+                add_unit_outer(&mut c, &x.view([-1, h]).index_select(0, &keep))?;
             }
         }
-    });
-    let (evals, evecs) = c.linalg_eigh("L");
-    let order = evals.argsort(0, true);
-    Ok(evecs.index_select(1, &order).narrow(1, 0, k).to_kind(Kind::Float))
+        Ok(())
+    })?;
+    Ok(top_eigenvectors(&c, k)?.0.to_kind(Kind::Float))
 }
 
 /// A narrower, possibly shallower student: residual stream projected by `P` `[H, h]` (the
@@ -284,9 +282,7 @@ pub fn static_student(teacher: &Encoder, cfg: &StaticCfg) -> Result<StaticEncode
     let table = Tensor::cat(&parts, 0).to_kind(Kind::Double); // [V, H]
     let centred = &table - table.mean_dim([0i64].as_slice(), true, Kind::Double);
     let cov = centred.transpose(0, 1).mm(&centred);
-    let (evals, evecs) = cov.linalg_eigh("L");
-    let order = evals.argsort(0, true);
-    let comps = evecs.index_select(1, &order).narrow(1, 0, cfg.dim); // [H, d]
+    let (comps, _) = top_eigenvectors(&cov, cfg.dim)?; // [H, d]
     let mut e = centred.mm(&comps); // [V, d]
     if cfg.sif > 0.0 {
         let inv = Tensor::arange(v, (Kind::Double, Device::Cpu)).f_add_scalar(2.0)?.reciprocal();

@@ -296,17 +296,31 @@ pub fn residual_pca(teacher: &Llama, ids: &Tensor, k: i64) -> Result<(Tensor, f6
         let out = teacher.forward(ids, None, opts)?;
         let mut c = Tensor::zeros([h, h], (Kind::Double, teacher.device()));
         for x in out.hidden_states.unwrap_or_default() {
-            let x = x.f_to_kind(Kind::Double)?.f_view([-1, h])?; // [N, H]
-            let x = &x / x.f_norm_scalaropt_dim(2, [-1], true)?.f_clamp_min(1e-12)?;
-            c += x.f_transpose(0, 1)?.f_mm(&x)?;
+            add_unit_outer(&mut c, &x.f_view([-1, h])?)?; // [N, H]
         }
-        let (evals, evecs) = c.f_linalg_eigh("L")?; // ascending
-        let order = evals.f_argsort(0, true)?;
-        let q = evecs.f_index_select(1, &order)?.f_narrow(1, 0, k)?; // [H, k]
-        let kept = evals.f_index_select(0, &order)?.f_narrow(0, 0, k)?.f_sum(Kind::Double)?.double_value(&[])
-            / evals.f_sum(Kind::Double)?.double_value(&[]);
+        let (q, kept) = top_eigenvectors(&c, k)?;
         Ok((q.f_to_kind(Kind::Float)?, kept))
     })
+}
+
+/// `c += Σ ĥĥᵀ` over the rows `h` of `x` `[N, H]`, each scaled to unit length `ĥ = h/‖h‖`
+/// (in f64; `c` `[H, H]` f64).
+pub(crate) fn add_unit_outer(c: &mut Tensor, x: &Tensor) -> Result<()> {
+    let x = x.f_to_kind(Kind::Double)?;
+    let x = &x / x.f_norm_scalaropt_dim(2, [-1], true)?.f_clamp_min(1e-12)?;
+    *c += x.f_transpose(0, 1)?.f_mm(&x)?;
+    Ok(())
+}
+
+/// The top `k` eigenvectors of the symmetric `c` `[H, H]` as columns `[H, k]`, largest eigenvalue
+/// first (in `c`'s kind), and the share of `tr c` their eigenvalues hold.
+pub(crate) fn top_eigenvectors(c: &Tensor, k: i64) -> Result<(Tensor, f64)> {
+    let (evals, evecs) = c.f_linalg_eigh("L")?; // ascending
+    let order = evals.f_argsort(0, true)?;
+    let q = evecs.f_index_select(1, &order)?.f_narrow(1, 0, k)?; // [H, k]
+    let kept = evals.f_index_select(0, &order)?.f_narrow(0, 0, k)?.f_sum(Kind::Double)?.double_value(&[])
+        / evals.f_sum(Kind::Double)?.double_value(&[]);
+    Ok((q, kept))
 }
 
 /// Initializes a student built by [`Llama::new`] (already random, normal(0, 0.02)).
