@@ -17,6 +17,9 @@ if [ ! -f "$STAMP" ]; then
   touch "$STAMP"
 fi
 
+# gloo's headers, for the data-parallel backend (libtorch carries gloo's code, not its headers).
+[ -f /usr/include/gloo/context.h ] || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libgloo-dev; }
+
 # Headless Chromium renders report.html in the report tests (crates/distill-cli/tests/report.rs).
 command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 

@@ -1,21 +1,34 @@
 //! Embeds libtorch's directory as an rpath so that test and example binaries run without
-//! `LD_LIBRARY_PATH`, and compiles `csrc/mkl_packed.cpp` (MKL packed GEMM through libtorch's
-//! dispatcher, see `models::packed`) against libtorch's headers. torch-sys publishes the library
-//! directory as `DEP_TCH_LIBTORCH_LIB`; the headers sit in `../include` beside it (the PyPI wheel
-//! and the libtorch archive alike).
+//! `LD_LIBRARY_PATH`, and compiles the crate's C++ against libtorch's headers:
+//! `csrc/mkl_packed.cpp` (MKL packed GEMM through libtorch's dispatcher, see `models::packed`) and
+//! `csrc/c10d.cpp` (a process group over libtorch's c10d, see `dist`). torch-sys publishes the
+//! library directory as `DEP_TCH_LIBTORCH_LIB`; the headers sit in `../include` beside it (the
+//! PyPI wheel and the libtorch archive alike).
+//!
+//! c10d's gloo backend is compiled in when gloo's headers are found (`GLOO_INCLUDE_DIR`, else
+//! `/usr/include`, where Debian's libgloo-dev puts them; libtorch ships gloo's code but not its
+//! headers). Its NCCL backend only when libtorch has CUDA (`libtorch_cuda.so`) and NCCL's and
+//! CUDA's headers are found (`NCCL_INCLUDE_DIR`, `CUDA_HOME/include`, or the `nvidia/*/include`
+//! directories of the PyPI wheels beside torch).
+use std::path::{Path, PathBuf};
+
 fn main() {
     println!("cargo:rerun-if-changed=csrc/mkl_packed.cpp");
-    println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
+    println!("cargo:rerun-if-changed=csrc/c10d.cpp");
+    for v in ["LIBTORCH_CXX11_ABI", "GLOO_INCLUDE_DIR", "NCCL_INCLUDE_DIR", "CUDA_HOME"] {
+        println!("cargo:rerun-if-env-changed={v}");
+    }
     let Ok(dir) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
         panic!("torch-sys did not publish libtorch's directory (DEP_TCH_LIBTORCH_LIB)");
     };
     println!("cargo:rustc-link-arg=-Wl,-rpath,{dir}");
-    let include = std::path::Path::new(&dir).join("../include");
+    let lib = Path::new(&dir);
+    let include = lib.join("../include");
     // torch ≥ 2.7 wheels and archives are built with the C++11 ABI; torch-sys reads the same
     // variable.
     let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
-    cc::Build::new()
-        .cpp(true)
+    let mut b = cc::Build::new();
+    b.cpp(true)
         .pic(true)
         .warnings(false)
         .include(&include)
@@ -24,5 +37,30 @@ fn main() {
         .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
         .flag("-DGLOG_USE_GLOG_EXPORT")
         .file("csrc/mkl_packed.cpp")
-        .compile("distill_mkl_packed");
+        .file("csrc/c10d.cpp");
+    let gloo = std::env::var_os("GLOO_INCLUDE_DIR").map(PathBuf::from).unwrap_or_else(|| "/usr/include".into());
+    println!("cargo:rerun-if-changed={}", gloo.join("gloo/context.h").display());
+    if gloo.join("gloo/context.h").is_file() {
+        b.include(&gloo).define("DISTILL_GLOO", None);
+        println!("cargo:rustc-cfg=distill_gloo");
+    } else {
+        println!(
+            "cargo:warning=gloo's headers not found (install Debian's libgloo-dev or set GLOO_INCLUDE_DIR): this build cannot train data-parallel on CPU"
+        );
+    }
+    if lib.join("libtorch_cuda.so").is_file() {
+        let wheel = |name: &str| lib.join("../../nvidia").join(name).join("include");
+        let nccl = std::env::var_os("NCCL_INCLUDE_DIR").map(PathBuf::from).unwrap_or_else(|| wheel("nccl"));
+        let cuda = std::env::var_os("CUDA_HOME").map(|h| PathBuf::from(h).join("include")).unwrap_or_else(|| {
+            ["cu13", "cu12", "cuda_runtime"].map(wheel).into_iter().find(|d| d.is_dir()).unwrap_or_default()
+        });
+        // The runtime wheels lack parts of the toolkit's headers (`crt/`): then no NCCL path.
+        if nccl.join("nccl.h").is_file() && cuda.join("crt/host_config.h").is_file() {
+            b.include(&nccl).include(&cuda).define("DISTILL_NCCL", None).define("USE_CUDA", None);
+            println!("cargo:rustc-cfg=distill_nccl");
+        }
+    }
+    println!("cargo:rustc-check-cfg=cfg(distill_gloo)");
+    println!("cargo:rustc-check-cfg=cfg(distill_nccl)");
+    b.compile("distill_csrc");
 }

@@ -53,6 +53,10 @@ pub enum Cmd {
         /// Print summary.json to stdout instead of the table.
         #[arg(long)]
         json: bool,
+        /// Train data-parallel in N local processes (gloo on CPU, NCCL on CUDA), each its slice
+        /// of every batch; the same as `torchrun --nproc-per-node N --no-python distill run …`.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        nproc: Option<u32>,
     },
     /// Write (or rewrite) RUN_DIR/report.html from the run's files and print its path: a
     /// self-contained page with the comparison table, metric bars, temperature sweep, loss curves

@@ -13,6 +13,7 @@ use tch::Device;
 
 mod bench_cmd;
 mod cli;
+mod dist_cmd;
 mod encoder_cmd;
 
 /// A model path that may name an asset (`asset:smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`).
@@ -63,6 +64,15 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
+    if let Cmd::Run { nproc: Some(n), .. } = &cli.cmd {
+        return match dist_cmd::launch(*n as usize) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("error: {}", one_line(&e));
+                ExitCode::FAILURE
+            }
+        };
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -110,6 +120,34 @@ fn one_line(e: &anyhow::Error) -> String {
 fn set_threads(threads: Option<usize>) {
     let n = threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
     tch::set_num_threads(n as i32);
+}
+
+/// `--out` may be new or empty; with `--resume` it must hold this very recipe (with the same
+/// overrides).
+fn check_run_dir(out: &Path, resume: bool, text: &str) -> Result<()> {
+    // A run killed before it wrote its recipe leaves a directory with nothing in it but, at most,
+    // a temporary file of an atomic write: resuming it is starting it.
+    let saved = out.join("recipe.toml");
+    let nothing_done = !saved.exists()
+        && std::fs::read_dir(out).map_or(true, |d| {
+            d.flatten().all(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.starts_with('.') && name.contains(".tmp")
+            })
+        });
+    if resume && !nothing_done {
+        let before = std::fs::read_to_string(&saved)
+            .with_context(|| format!("--resume: {} is not a run directory (no recipe.toml)", out.display()))?;
+        if before != text {
+            bail!(
+                "--resume: the recipe (with --set overrides) differs from the one {} was started with; use the same recipe and overrides",
+                out.display()
+            );
+        }
+    } else if !resume && out.exists() && std::fs::read_dir(out).map(|mut d| d.next().is_some()).unwrap_or(true) {
+        bail!("{} already exists; pass --resume to continue it or choose another --out", out.display());
+    }
+    Ok(())
 }
 
 fn load_recipe(path: &Path, set: &[String]) -> Result<Recipe> {
@@ -408,39 +446,40 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Run { recipe, out, set, resume, json } => {
+        Cmd::Run { recipe, out, set, resume, json, nproc: _ } => {
             let r = load_recipe(&recipe, &set)?;
             let text = r.to_toml()?;
-            // A run killed before it wrote its recipe leaves a directory with nothing in it but,
-            // at most, a temporary file of an atomic write: resuming it is starting it.
-            let saved = out.join("recipe.toml");
-            let nothing_done = !saved.exists()
-                && std::fs::read_dir(&out).map_or(true, |d| {
-                    d.flatten().all(|e| {
-                        let name = e.file_name().to_string_lossy().into_owned();
-                        name.starts_with('.') && name.contains(".tmp")
-                    })
-                });
-            if resume && !nothing_done {
-                let before = std::fs::read_to_string(&saved)
-                    .with_context(|| format!("--resume: {} is not a run directory (no recipe.toml)", out.display()))?;
-                if before != text {
-                    bail!(
-                        "--resume: the recipe (with --set overrides) differs from the one {} was started with; use the same recipe and overrides",
-                        out.display()
-                    );
+            let world = distill::dist::WorldEnv::from_env()?;
+            let threads = match &r {
+                Recipe::Image(ir) => ir.threads,
+                Recipe::Encoder(er) => er.threads,
+                Recipe::Lm(lr) => lr.threads,
+            };
+            set_threads(threads.or_else(|| world.as_ref().and_then(|_| dist_cmd::threads_per_rank())));
+            let check = || -> Result<()> {
+                check_run_dir(&out, resume, &text)?;
+                fetch_missing(&r)
+            };
+            let place = match &world {
+                Some(w) => {
+                    let device = match &r {
+                        Recipe::Lm(lr) if lr.device != "cpu" => Device::Cuda(w.local_rank),
+                        _ => Device::Cpu,
+                    };
+                    dist_cmd::join(w, device, &out, resume, check)?
                 }
-            } else if !resume && out.exists() && std::fs::read_dir(&out).map(|mut d| d.next().is_some()).unwrap_or(true)
-            {
-                bail!("{} already exists; pass --resume to continue it or choose another --out", out.display());
-            }
-            fetch_missing(&r)?;
+                None => {
+                    check()?;
+                    dist_cmd::single(&out)
+                }
+            };
+            let (dir, main) = (place.dir.as_path(), place.main);
             match r {
                 Recipe::Image(ir) => {
-                    set_threads(ir.threads);
-                    let opts = distill::experiments::image::RunOptions { progress: true, verbose: true };
-                    let s = distill::experiments::image::run(&ir, &text, &out, &opts)?;
-                    if json {
+                    let opts = distill::experiments::image::RunOptions { progress: main, verbose: main };
+                    let s = distill::experiments::image::run(&ir, &text, dir, &opts)?;
+                    if !main {
+                    } else if json {
                         println!("{}", serde_json::to_string_pretty(&s)?);
                     } else {
                         print!("{}", distill::experiments::image::table(&s));
@@ -448,10 +487,10 @@ fn run(cli: Cli) -> Result<()> {
                     }
                 }
                 Recipe::Encoder(er) => {
-                    set_threads(er.threads);
-                    let opts = distill::experiments::encoder::RunOptions { progress: true, verbose: true };
-                    let s = distill::experiments::encoder::run(&er, &text, &out, &opts)?;
-                    if json {
+                    let opts = distill::experiments::encoder::RunOptions { progress: main, verbose: main };
+                    let s = distill::experiments::encoder::run(&er, &text, dir, &opts)?;
+                    if !main {
+                    } else if json {
                         println!("{}", serde_json::to_string_pretty(&s)?);
                     } else {
                         print!("{}", distill::experiments::encoder::table(&s));
@@ -460,10 +499,10 @@ fn run(cli: Cli) -> Result<()> {
                     }
                 }
                 Recipe::Lm(lr) => {
-                    set_threads(lr.threads);
-                    let opts = distill::experiments::lm::RunOptions { progress: true, verbose: true };
-                    let s = distill::experiments::lm::run(&lr, &text, &out, &opts)?;
-                    if json {
+                    let opts = distill::experiments::lm::RunOptions { progress: main, verbose: main };
+                    let s = distill::experiments::lm::run(&lr, &text, dir, &opts)?;
+                    if !main {
+                    } else if json {
                         println!("{}", serde_json::to_string_pretty(&s)?);
                     } else {
                         print!("{}", distill::experiments::lm::report(&s));

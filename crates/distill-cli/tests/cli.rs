@@ -20,51 +20,9 @@ fn tmpdir(name: &str) -> PathBuf {
     d
 }
 
-/// A synthetic 8×8, 10-class image set, written as CSV (`label,p0..p63`, pixels 0–16 like
-/// sklearn's digits): each class is a plane wave of its own orientation and frequency, so a few
-/// pixels of jitter keep it recognisable, plus uniform noise.
-fn write_csv(path: &Path, n: usize, seed: u64) {
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    let mut next = move || {
-        s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        ((s >> 33) as f64) / (1u64 << 31) as f64
-    };
-    let mut proto_rng = {
-        let mut p = 12345u64;
-        move || {
-            p = p.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((p >> 33) as f64) / (1u64 << 31) as f64
-        }
-    };
-    let protos: Vec<[f64; 3]> = (0..10)
-        .map(|c| {
-            let angle = c as f64 * std::f64::consts::PI / 5.0;
-            let freq = if c % 2 == 0 { 0.6 } else { 1.1 };
-            [angle.cos() * freq, angle.sin() * freq, proto_rng() * 6.0]
-        })
-        .collect();
-    let mut out = String::from("label");
-    for i in 0..64 {
-        out += &format!(",p{i}");
-    }
-    out.push('\n');
-    for i in 0..n {
-        let c = i % 10;
-        out += &c.to_string();
-        let [a, b, phase] = protos[c];
-        for k in 0..64 {
-            let (y, x) = ((k / 8) as f64, (k % 8) as f64);
-            let v = (8.0 + 7.0 * (a * x + b * y + phase).sin() + (next() - 0.5) * 8.0).clamp(0.0, 16.0).round();
-            out += &format!(",{v}");
-        }
-        out.push('\n');
-    }
-    std::fs::write(path, out).unwrap();
-}
-
 fn tiny_recipe(dir: &Path) -> PathBuf {
-    write_csv(&dir.join("train.csv"), 600, 1);
-    write_csv(&dir.join("test.csv"), 200, 2);
+    common::write_csv(&dir.join("train.csv"), 600, 1);
+    common::write_csv(&dir.join("test.csv"), 200, 2);
     let r = dir.join("tiny.toml");
     std::fs::write(
         &r,
@@ -213,8 +171,8 @@ fn csv_run_reports_numbers_in_summary() {
 /// its own data (plus `extra` overrides) and returns summary.json.
 fn run_on_csv(name: &str, recipe: &str, (train, test): (usize, usize), extra: &[&str]) -> serde_json::Value {
     let d = tmpdir(name);
-    write_csv(&d.join("train.csv"), train, 3);
-    write_csv(&d.join("test.csv"), test, 4);
+    common::write_csv(&d.join("train.csv"), train, 3);
+    common::write_csv(&d.join("test.csv"), test, 4);
     let out = d.join("run");
     let mut sets = vec![
         "data.format=csv".to_string(),

@@ -9,45 +9,11 @@ mod common;
 
 const BIN: &str = env!("CARGO_BIN_EXE_distill");
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/llama")
-}
-
 fn tmpdir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("distill-lm-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
-}
-
-/// The tiny teacher as an HF directory.
-fn teacher(d: &Path) -> PathBuf {
-    let t = d.join("teacher");
-    std::fs::create_dir_all(&t).unwrap();
-    for f in ["config.json", "model.safetensors"] {
-        std::fs::copy(fixtures().join("llama_tied").join(f), t.join(f)).unwrap();
-    }
-    std::fs::copy(fixtures().join("tokenizer.json"), t.join("tokenizer.json")).unwrap();
-    t
-}
-
-/// Paragraphs of words `w0…w92` drawn from a fixed first-order chain (LCG), so the text has
-/// structure to learn.
-fn corpus(path: &Path, paragraphs: usize) {
-    let mut s = 7u64;
-    let mut out = String::new();
-    let mut w = 0u64;
-    for _ in 0..paragraphs {
-        let mut p = Vec::new();
-        for _ in 0..40 {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            w = (w * 7 + 3 + (s >> 61)) % 93;
-            p.push(format!("w{w}"));
-        }
-        out += &p.join(" ");
-        out += "\n\n";
-    }
-    std::fs::write(path, out).unwrap();
 }
 
 fn recipe(d: &Path, teacher: &Path, text: &Path) -> PathBuf {
@@ -114,9 +80,9 @@ fn assert_error(o: &Output, want: &[&str]) {
 #[test]
 fn pruned_student_is_evaluated_then_healed_by_kd_and_by_ce() {
     let d = tmpdir("prune");
-    let t = teacher(&d);
+    let t = common::lm_teacher(&d);
     let text = d.join("corpus.txt");
-    corpus(&text, 120);
+    common::lm_corpus(&text, 120);
     let r = recipe(&d, &t, &text);
     let toml = std::fs::read_to_string(&r).unwrap().replace(
         "[student]\nlayers = 1\nhidden = 16\nheads = 2\nkv_heads = 1\nintermediate = 32",
@@ -185,9 +151,9 @@ fn pruned_student_is_evaluated_then_healed_by_kd_and_by_ce() {
 #[test]
 fn tiny_lm_distills_evaluates_and_exports() {
     let d = tmpdir("run");
-    let t = teacher(&d);
+    let t = common::lm_teacher(&d);
     let text = d.join("corpus.txt");
-    corpus(&text, 120);
+    common::lm_corpus(&text, 120);
     let r = recipe(&d, &t, &text);
     let out = d.join("run");
     let o = distill(&["run", r.to_str().unwrap(), "--out", out.to_str().unwrap()]);
@@ -307,9 +273,9 @@ fn tiny_lm_distills_evaluates_and_exports() {
 #[test]
 fn lm_bad_inputs_fail_with_one_clear_line() {
     let d = tmpdir("bad");
-    let t = teacher(&d);
+    let t = common::lm_teacher(&d);
     let text = d.join("corpus.txt");
-    corpus(&text, 40);
+    common::lm_corpus(&text, 40);
     let r = recipe(&d, &t, &text);
     let rs = r.to_str().unwrap();
     let out = d.join("run");
@@ -465,9 +431,9 @@ fn lm_bad_inputs_fail_with_one_clear_line() {
 #[test]
 fn kill_9_soak_lm_run_and_cache_capture() {
     let d = tmpdir("soak");
-    let t = teacher(&d);
+    let t = common::lm_teacher(&d);
     let text = d.join("corpus.txt");
-    corpus(&text, 120);
+    common::lm_corpus(&text, 120);
     let r = recipe(&d, &t, &text).to_str().unwrap().to_string();
     let kills = common::soak_kills();
     let s = |v: &[&str]| -> Vec<String> { v.iter().map(|x| x.to_string()).collect() };
@@ -531,9 +497,9 @@ fn sha256_hex(p: &Path) -> String {
 #[test]
 fn offline_cache_captures_resumes_and_trains_like_the_online_teacher() {
     let d = tmpdir("cache");
-    let t = teacher(&d);
+    let t = common::lm_teacher(&d);
     let text = d.join("corpus.txt");
-    corpus(&text, 120);
+    common::lm_corpus(&text, 120);
     let r = recipe(&d, &t, &text);
     let rs = r.to_str().unwrap();
     // K = V = 96 with f16 log-probs: the cache holds the whole distribution, so training from it
@@ -661,9 +627,9 @@ fn offline_cache_captures_resumes_and_trains_like_the_online_teacher() {
 #[test]
 fn hidden_state_kd_runs_and_is_not_exported() {
     let d = tmpdir("hidden");
-    let t = teacher(&d);
+    let t = common::lm_teacher(&d);
     let text = d.join("corpus.txt");
-    corpus(&text, 60);
+    common::lm_corpus(&text, 60);
     let r = recipe(&d, &t, &text);
     let out = d.join("run");
     let o = distill(&[
@@ -710,7 +676,7 @@ fn distill_names(path: &Path) -> Vec<String> {
 #[test]
 fn generate_data_resumes_after_kill_9_and_trains_through_train_sources() {
     let d = tmpdir("gendata");
-    let t = teacher(&d);
+    let t = common::lm_teacher(&d);
     let prompts = d.join("prompts.jsonl");
     let lines: Vec<String> = (0..300).map(|i| format!("{{\"prompt\": \"w{} w{}\"}}", i % 93, (i * 7) % 93)).collect();
     std::fs::write(&prompts, lines.join("\n") + "\n").unwrap();
@@ -794,7 +760,7 @@ fn generate_data_resumes_after_kill_9_and_trains_through_train_sources() {
     // Prompts from a recipe's training rows: the first 6 tokens of the first 5 rows; the
     // completions fill each row (16 tokens) unless EOS comes first.
     let text = d.join("corpus.txt");
-    corpus(&text, 120);
+    common::lm_corpus(&text, 120);
     let r = recipe(&d, &t, &text);
     let rows = d.join("rows.jsonl");
     let o = distill(&[
@@ -855,9 +821,9 @@ fn generate_data_resumes_after_kill_9_and_trains_through_train_sources() {
 #[test]
 fn lm_methods_run_in_order_and_learn_from_the_right_phase() {
     let d = tmpdir("methods");
-    let t = teacher(&d);
+    let t = common::lm_teacher(&d);
     let text = d.join("corpus.txt");
-    corpus(&text, 60);
+    common::lm_corpus(&text, 60);
     let r = recipe(&d, &t, &text);
     let mut toml = std::fs::read_to_string(&r).unwrap();
     toml += r#"
@@ -958,14 +924,14 @@ calib_rows = 4
 #[test]
 fn lm_multi_teacher_mixes_teachers_and_checks_tokenizers_first() {
     let d = tmpdir("multi");
-    let t = teacher(&d);
+    let t = common::lm_teacher(&d);
     let t2 = d.join("teacher2");
     std::fs::create_dir_all(&t2).unwrap();
     for f in ["config.json", "model.safetensors", "tokenizer.json"] {
         std::fs::copy(t.join(f), t2.join(f)).unwrap();
     }
     let text = d.join("corpus.txt");
-    corpus(&text, 60);
+    common::lm_corpus(&text, 60);
     let r = recipe(&d, &t, &text);
     let mut toml = std::fs::read_to_string(&r).unwrap();
     toml = toml.replace("[student]", &format!("[[teachers]]\npath = \"{}\"\n[student]", t2.display()));

@@ -28,6 +28,10 @@ pub enum Error {
     /// Fetching an asset from a package registry failed.
     #[error("fetch {asset}: {msg}")]
     Fetch { asset: String, msg: String },
+    /// A data-parallel job failed: a peer gone, a timeout, a bad torchrun environment (the
+    /// message names this rank and, where known, the lost one).
+    #[error("distributed: {0}")]
+    Dist(String),
     /// An error raised inside libtorch.
     #[error("torch: {0}")]
     Torch(#[from] tch::TchError),

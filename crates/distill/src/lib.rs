@@ -11,6 +11,7 @@ pub mod cache;
 pub mod chat;
 pub mod checkpoint;
 pub mod data;
+pub mod dist;
 pub mod embed_eval;
 pub mod encoder;
 pub mod error;

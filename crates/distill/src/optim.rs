@@ -91,6 +91,17 @@ impl Optimizer {
         }
     }
 
+    /// Every parameter's gradient, zeros where none was computed (a parameter the loss did not
+    /// reach): what data-parallel ranks sum, so each rank holds the same set.
+    pub fn grads_defined(&mut self) -> Vec<Tensor> {
+        let missing: Vec<Tensor> =
+            self.slots.iter().filter(|s| !s.param.grad().defined()).map(|s| s.param.sum(Kind::Float) * 0.0).collect();
+        if !missing.is_empty() {
+            Tensor::stack(&missing, 0).sum(Kind::Float).backward();
+        }
+        self.slots.iter().map(|s| s.param.grad()).collect()
+    }
+
     /// Global L2 norm of all gradients; when `max` is given and exceeded, scales them down to it.
     pub fn clip_grad_norm(&mut self, max: Option<f64>) -> f64 {
         let grads: Vec<Tensor> = self.slots.iter().map(|s| s.param.grad()).filter(|g| g.defined()).collect();

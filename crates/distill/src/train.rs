@@ -161,7 +161,20 @@ pub trait TrainTask {
 pub struct StepLoss {
     pub total: Tensor,
     pub parts: Vec<(&'static str, Tensor)>,
+    /// What `total` is a mean over (examples, or the tokens scored): data-parallel ranks weight
+    /// their slices' losses by it, so the step's loss is the one-process mean.
+    pub weight: f64,
 }
+
+impl StepLoss {
+    /// A loss averaged over the `n` examples of a batch.
+    pub fn per_example(total: Tensor, parts: Vec<(&'static str, Tensor)>, n: usize) -> Self {
+        StepLoss { total, parts, weight: n as f64 }
+    }
+}
+
+/// Gradients are summed over ranks in flat buckets of this size (DDP's default is 25 MiB).
+const BUCKET_BYTES: usize = 25 << 20;
 
 /// How a phase trains.
 #[derive(Debug, Clone)]
@@ -204,6 +217,17 @@ pub fn fit(vs: &nn::VarStore, task: &mut dyn TrainTask, opts: &TrainOptions) -> 
     let cfg = &opts.cfg;
     let bs = cfg.batch_size.min(n);
     let per_epoch = n.div_ceil(bs) as u64;
+    let pg = crate::dist::group();
+    if let Some(g) = pg {
+        // Every rank needs at least one example of every batch (the last one of an epoch too).
+        let smallest = if n % bs == 0 { bs } else { n % bs };
+        if smallest < g.size {
+            return Err(Error::Invalid(format!(
+                "{}: a batch of {smallest} examples cannot be split over {} ranks; raise batch_size or use fewer processes",
+                opts.phase, g.size
+            )));
+        }
+    }
     let total = cfg.total_steps(n);
     let mut params: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
     params.sort_by(|a, b| a.0.cmp(&b.0));
@@ -219,6 +243,17 @@ pub fn fit(vs: &nn::VarStore, task: &mut dyn TrainTask, opts: &TrainOptions) -> 
         truncate_metrics(&metrics_path, start)?;
     } else {
         let _ = std::fs::remove_file(&metrics_path);
+    }
+    if let Some(g) = pg {
+        // Rank 0's parameters, optimizer state and step on every rank: the same start whether
+        // fresh (each rank initialised its own copy) or resumed (rank 0's checkpoint).
+        let step = Tensor::from_slice(&[start as i64]);
+        g.broadcast(&[&step], 0, "the start of training")?;
+        start = step.int64_value(&[0]) as u64;
+        let mut state: Vec<Tensor> = params.iter().map(|(_, t)| t.shallow_clone()).collect();
+        state.extend(opt.state().into_iter().map(|(_, t)| t));
+        g.broadcast_bucketed(&state, BUCKET_BYTES, "the start of training")?;
+        opt.steps = start;
     }
     let mut metrics = std::fs::OpenOptions::new()
         .create(true)
@@ -282,6 +317,11 @@ pub fn fit(vs: &nn::VarStore, task: &mut dyn TrainTask, opts: &TrainOptions) -> 
 /// One optimizer step on `batch`: loss, backward, global-norm clipping, update with `lr`.
 /// Returns the step's loss parts, the loss value and the gradient norm before clipping. A
 /// non-finite loss is an error (nothing is updated).
+///
+/// In a data-parallel job each rank computes the loss of its slice of `batch`
+/// ([`dist::slice`](crate::dist::slice)), weighted by its share of the batch's
+/// [`StepLoss::weight`]; the gradients are summed over the ranks in buckets before clipping and
+/// the update, so every rank applies the one-process step (up to summation order).
 pub fn train_step(
     task: &mut dyn TrainTask,
     opt: &mut Optimizer,
@@ -290,13 +330,40 @@ pub fn train_step(
     clip_grad_norm: Option<f64>,
     lr: f64,
 ) -> Result<(StepLoss, f64, f64)> {
-    let out = task.loss(batch, rng)?;
-    let loss = out.total.double_value(&[]);
+    let pg = crate::dist::group();
+    let local = match pg {
+        Some(g) => &batch[crate::dist::slice(batch.len(), g.rank, g.size)],
+        None => batch,
+    };
+    let mut out = task.loss(local, rng)?;
+    let mut loss = out.total.double_value(&[]);
+    // The step's loss over the whole batch: each rank's mean weighted by what it averages over.
+    let mut share = 1.0;
+    if let Some(g) = pg {
+        let w = out.weight;
+        let mut stats = vec![w, loss * w];
+        stats.extend(out.parts.iter().map(|(_, t)| t.double_value(&[]) * w));
+        let stats = Tensor::from_slice(&stats);
+        g.all_reduce_sum(&[&stats], "the loss")?;
+        let total_w = stats.double_value(&[0]);
+        share = w / total_w;
+        loss = stats.double_value(&[1]) / total_w;
+        for (i, (_, t)) in out.parts.iter_mut().enumerate() {
+            *t = Tensor::from(stats.double_value(&[2 + i as i64]) / total_w);
+        }
+    }
     if !loss.is_finite() {
         return Err(Error::NonFinite { phase: String::new(), step: 0, value: loss });
     }
     opt.zero_grad();
-    out.total.backward();
+    if share == 1.0 {
+        out.total.backward();
+    } else {
+        (&out.total * share).backward();
+    }
+    if let Some(g) = pg {
+        g.all_reduce_bucketed(&opt.grads_defined(), BUCKET_BYTES, "the gradient all-reduce")?;
+    }
     let gnorm = opt.clip_grad_norm(clip_grad_norm);
     opt.step(lr);
     Ok((out, loss, gnorm))

@@ -111,3 +111,79 @@ pub fn models(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     out.sort();
     out
 }
+
+/// A synthetic 8×8, 10-class image set, written as CSV (`label,p0..p63`, pixels 0–16 like
+/// sklearn's digits): each class is a plane wave of its own orientation and frequency, so a few
+/// pixels of jitter keep it recognisable, plus uniform noise.
+pub fn write_csv(path: &Path, n: usize, seed: u64) {
+    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut next = move || {
+        s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((s >> 33) as f64) / (1u64 << 31) as f64
+    };
+    let mut proto_rng = {
+        let mut p = 12345u64;
+        move || {
+            p = p.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((p >> 33) as f64) / (1u64 << 31) as f64
+        }
+    };
+    let protos: Vec<[f64; 3]> = (0..10)
+        .map(|c| {
+            let angle = c as f64 * std::f64::consts::PI / 5.0;
+            let freq = if c % 2 == 0 { 0.6 } else { 1.1 };
+            [angle.cos() * freq, angle.sin() * freq, proto_rng() * 6.0]
+        })
+        .collect();
+    let mut out = String::from("label");
+    for i in 0..64 {
+        out += &format!(",p{i}");
+    }
+    out.push('\n');
+    for i in 0..n {
+        let c = i % 10;
+        out += &c.to_string();
+        let [a, b, phase] = protos[c];
+        for k in 0..64 {
+            let (y, x) = ((k / 8) as f64, (k % 8) as f64);
+            let v = (8.0 + 7.0 * (a * x + b * y + phase).sin() + (next() - 0.5) * 8.0).clamp(0.0, 16.0).round();
+            out += &format!(",{v}");
+        }
+        out.push('\n');
+    }
+    std::fs::write(path, out).unwrap();
+}
+
+pub fn llama_fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/llama")
+}
+
+/// The tiny teacher as an HF directory.
+pub fn lm_teacher(d: &Path) -> PathBuf {
+    let t = d.join("teacher");
+    std::fs::create_dir_all(&t).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(llama_fixtures().join("llama_tied").join(f), t.join(f)).unwrap();
+    }
+    std::fs::copy(llama_fixtures().join("tokenizer.json"), t.join("tokenizer.json")).unwrap();
+    t
+}
+
+/// Paragraphs of words `w0…w92` drawn from a fixed first-order chain (LCG), so the text has
+/// structure to learn.
+pub fn lm_corpus(path: &Path, paragraphs: usize) {
+    let mut s = 7u64;
+    let mut out = String::new();
+    let mut w = 0u64;
+    for _ in 0..paragraphs {
+        let mut p = Vec::new();
+        for _ in 0..40 {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            w = (w * 7 + 3 + (s >> 61)) % 93;
+            p.push(format!("w{w}"));
+        }
+        out += &p.join(" ");
+        out += "\n\n";
+    }
+    std::fs::write(path, out).unwrap();
+}

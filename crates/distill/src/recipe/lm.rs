@@ -61,11 +61,12 @@ fn default_device() -> String {
     "cpu".into()
 }
 
-/// Parses `cpu`, `cuda` or `cuda:N` into a device and checks that libtorch can use it.
+/// Parses `cpu`, `cuda` or `cuda:N` into a device and checks that libtorch can use it. In a
+/// data-parallel job, `cuda` is this process's own GPU (`LOCAL_RANK`).
 pub fn parse_device(s: &str) -> Result<tch::Device> {
     let dev = match s {
         "cpu" => return Ok(tch::Device::Cpu),
-        "cuda" => 0,
+        "cuda" => crate::dist::group().map_or(0, |g| g.local_rank),
         _ => s
             .strip_prefix("cuda:")
             .and_then(|n| n.parse::<usize>().ok())

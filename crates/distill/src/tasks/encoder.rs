@@ -63,6 +63,6 @@ impl TrainTask for EncoderKdTask<'_> {
                 parts.push((term.name(), v.to_kind(Kind::Float)));
             }
         }
-        Ok(StepLoss { total, parts })
+        Ok(StepLoss::per_example(total, parts, batch.len()))
     }
 }

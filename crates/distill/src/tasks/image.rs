@@ -56,7 +56,7 @@ impl TrainTask for ClassifierTask<'_> {
         let out = self.model.forward_outputs(&x, true); // [B, C], features
         let teacher = match (&self.teacher, self.kd.is_some() || self.terms_only) {
             (Some(t), true) => t,
-            _ => return Ok(StepLoss { total: cross_entropy(&out.logits, &y), parts: vec![] }),
+            _ => return Ok(StepLoss::per_example(cross_entropy(&out.logits, &y), vec![], batch.len())),
         };
         let (mut parts, mut total) = match self.kd.filter(|_| !self.terms_only) {
             Some(kd) => {
@@ -82,6 +82,6 @@ impl TrainTask for ClassifierTask<'_> {
                 total += v;
             }
         }
-        Ok(StepLoss { total, parts })
+        Ok(StepLoss::per_example(total, parts, batch.len()))
     }
 }

@@ -200,6 +200,6 @@ impl TrainTask for LmKdTask<'_> {
             parts_out.push((name, term.detach()));
             total += term;
         }
-        Ok(StepLoss { total, parts: parts_out })
+        Ok(StepLoss { total, parts: parts_out, weight: idx.size()[0] as f64 })
     }
 }
