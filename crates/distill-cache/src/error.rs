@@ -60,6 +60,19 @@ pub enum CacheError {
         message: String,
     },
 
+    /// The directory holds one part of a capture split over machines.
+    #[error("cache {} is part {index} of {count} of a capture: join the parts with `distill cache merge`", dir.display())]
+    Partial {
+        /// The cache directory.
+        dir: PathBuf,
+        /// Which part (1-based).
+        index: usize,
+        /// Parts of the capture.
+        count: usize,
+    },
+    /// The parts given to [`merge`](crate::merge) do not make one capture.
+    #[error("cache merge: {0}")]
+    Merge(String),
     /// The cache has not been written to the end (the capture was interrupted).
     #[error("cache {} is incomplete ({rows} of {n_rows} rows): run the capture again to resume", dir.display())]
     Incomplete {

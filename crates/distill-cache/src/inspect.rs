@@ -50,6 +50,9 @@ pub struct InspectReport {
     pub data_fingerprint: String,
     /// Free-form teacher description.
     pub teacher: String,
+    /// Which part of a capture split over machines this is, if one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub part: Option<crate::Part>,
 }
 
 /// Reads `dir/manifest.json` (without touching the shards) and summarizes it.
@@ -77,16 +80,20 @@ pub fn inspect(dir: impl AsRef<Path>) -> Result<InspectReport> {
         tokenizer_fingerprint: m.tokenizer_fingerprint,
         data_fingerprint: m.data_fingerprint,
         teacher: m.teacher,
+        part: m.part,
     })
 }
 
 impl fmt::Display for InspectReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = if self.complete {
+        let mut state = if self.complete {
             "complete".to_owned()
         } else {
             format!("INCOMPLETE ({} of {} rows)", self.rows, self.n_rows)
         };
+        if let Some(p) = self.part {
+            state = format!("part {} of {} (shards {}..{}), {state}", p.index + 1, p.count, p.first_shard, p.end_shard);
+        }
         writeln!(f, "teacher cache {}: {state}", self.dir.display())?;
         writeln!(f, "  teacher      {} ({})", self.teacher, self.teacher_fingerprint)?;
         writeln!(f, "  tokenizer    {}", self.tokenizer_fingerprint)?;

@@ -111,6 +111,7 @@ pub mod error;
 pub mod format;
 pub mod inspect;
 pub mod manifest;
+mod merge;
 pub mod reader;
 mod shard;
 pub mod writer;
@@ -121,6 +122,7 @@ pub use format::{
     HEADER_BYTES,
 };
 pub use inspect::{inspect, InspectReport};
-pub use manifest::{shard_file_name, CacheSpec, Manifest, ShardEntry, FORMAT_NAME, MANIFEST_FILE};
+pub use manifest::{shard_file_name, CacheSpec, Manifest, Part, ShardEntry, FORMAT_NAME, MANIFEST_FILE};
+pub use merge::merge;
 pub use reader::CacheReader;
 pub use writer::{CacheWriter, TokenId, NORMALIZATION_TOLERANCE};

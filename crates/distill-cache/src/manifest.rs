@@ -95,6 +95,30 @@ impl CacheSpec {
     }
 }
 
+/// One machine's share of a capture split over `count` machines (`distill cache --shard i/N`):
+/// the contiguous shards `first_shard..end_shard` of the whole cache. A cache with a part is
+/// partial: it is read only through [`merge`](crate::merge), which joins the parts into the cache
+/// one machine would have written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Part {
+    /// This part, `0..count`.
+    pub index: usize,
+    /// Parts of the capture.
+    pub count: usize,
+    /// Its first shard.
+    pub first_shard: usize,
+    /// One past its last shard.
+    pub end_shard: usize,
+}
+
+impl Part {
+    /// Part `index` of `count` of a capture of `n_shards` shards: shards split into contiguous
+    /// runs whose lengths differ by at most one.
+    pub fn new(index: usize, count: usize, n_shards: usize) -> Part {
+        Part { index, count, first_shard: index * n_shards / count, end_shard: (index + 1) * n_shards / count }
+    }
+}
+
 /// One complete shard file, as listed in the manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardEntry {
@@ -155,6 +179,9 @@ pub struct Manifest {
     pub tokens: usize,
     /// The complete shards, in row order.
     pub shards: Vec<ShardEntry>,
+    /// Set in one part of a capture split over machines; absent in a whole cache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part: Option<Part>,
 }
 
 impl Manifest {
@@ -181,7 +208,27 @@ impl Manifest {
             complete: false,
             tokens: 0,
             shards: Vec::new(),
+            part: None,
         }
+    }
+
+    /// Shards of the whole capture.
+    pub fn n_shards(&self) -> usize {
+        self.n_rows.div_ceil(self.rows_per_shard.max(1))
+    }
+
+    /// The shards this directory holds when complete: all, or its part's.
+    pub fn shard_range(&self) -> std::ops::Range<usize> {
+        match self.part {
+            Some(p) => p.first_shard..p.end_shard,
+            None => 0..self.n_shards(),
+        }
+    }
+
+    /// The rows this directory holds when complete.
+    pub fn row_range(&self) -> std::ops::Range<usize> {
+        let r = self.shard_range();
+        (r.start * self.rows_per_shard).min(self.n_rows)..(r.end * self.rows_per_shard).min(self.n_rows)
     }
 
     /// The spec this cache was created with.
@@ -212,7 +259,7 @@ impl Manifest {
     }
 
     /// Rows in shard `index` (the last shard holds the remainder).
-    pub(crate) fn rows_in_shard(&self, index: usize) -> usize {
+    pub fn rows_in_shard(&self, index: usize) -> usize {
         let first = index * self.rows_per_shard;
         self.rows_per_shard.min(self.n_rows.saturating_sub(first))
     }
@@ -242,7 +289,20 @@ impl Manifest {
         expect("bytes_per_token", self.bytes_per_token.to_string(), self.spec().bytes_per_token().to_string())?;
         expect("header_bytes", self.header_bytes.to_string(), HEADER_BYTES.to_string())?;
         expect("temperature_stored", self.temperature_stored.to_string(), "1".to_owned())?;
-        for (i, s) in self.shards.iter().enumerate() {
+        if let Some(p) = self.part {
+            if p.count == 0 || p.index >= p.count || p != Part::new(p.index, p.count, self.n_shards()) {
+                return Err(format!(
+                    "part {:?} is not part {} of {} of a capture of {} shards",
+                    p,
+                    p.index,
+                    p.count,
+                    self.n_shards()
+                ));
+            }
+        }
+        let first = self.shard_range().start;
+        for (j, s) in self.shards.iter().enumerate() {
+            let i = first + j;
             let rows = self.rows_in_shard(i);
             if s.file != shard_file_name(i)
                 || s.first_row != i * self.rows_per_shard
@@ -271,8 +331,8 @@ impl Manifest {
             return Err("its shard row counts overflow".into());
         };
         expect("tokens", self.tokens.to_string(), tokens.to_string())?;
-        if self.complete && stored != self.n_rows {
-            return Err(format!("marked complete but its shards hold {stored} of {} rows", self.n_rows));
+        if self.complete && stored != self.row_range().len() {
+            return Err(format!("marked complete but its shards hold {stored} of {} rows", self.row_range().len()));
         }
         Ok(())
     }

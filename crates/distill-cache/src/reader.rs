@@ -45,6 +45,9 @@ impl CacheReader {
     pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref().to_path_buf();
         let manifest = Manifest::load(&dir)?;
+        if let Some(p) = manifest.part {
+            return Err(CacheError::Partial { dir, index: p.index + 1, count: p.count });
+        }
         if !manifest.complete {
             return Err(CacheError::Incomplete { dir, rows: manifest.rows_stored(), n_rows: manifest.n_rows });
         }

@@ -16,7 +16,8 @@ use sha2::{Digest, Sha256};
 use crate::error::{io, CacheError, Result};
 use crate::format::{Layout, ShardHeader};
 use crate::manifest::{
-    hex, is_shard_file_name, is_temp_file_name, shard_file_name, sync_dir, temp_path, CacheSpec, Manifest, ShardEntry,
+    hex, is_shard_file_name, is_temp_file_name, shard_file_name, sync_dir, temp_path, CacheSpec, Manifest, Part,
+    ShardEntry,
 };
 use crate::shard;
 
@@ -86,20 +87,57 @@ impl CacheWriter {
     ///   [`finish`](Self::finish) returns its manifest).
     /// - A different spec: [`CacheError::SpecMismatch`] naming the first differing field.
     pub fn create_or_resume(dir: impl AsRef<Path>, spec: CacheSpec) -> Result<Self> {
+        Self::create_or_resume_part(dir, spec, None)
+    }
+
+    /// As [`create_or_resume`](Self::create_or_resume), for part `index` of `count` of a capture
+    /// split over machines (`Some((index, count))`): the writer takes rows
+    /// [`Part::new`]`(index, count, shards).first_shard × rows_per_shard` onwards, up to its last
+    /// shard's end. Resuming requires the same part.
+    pub fn create_or_resume_part(dir: impl AsRef<Path>, spec: CacheSpec, part: Option<(usize, usize)>) -> Result<Self> {
         spec.validate()?;
+        let part = match part {
+            None => None,
+            Some((index, count)) => {
+                let n_shards = spec.n_rows.div_ceil(spec.rows_per_shard);
+                if count == 0 || index >= count || count > n_shards {
+                    return Err(CacheError::InvalidSpec {
+                        field: "part",
+                        message: format!(
+                            "part {} of {count}: needs 1 <= part <= count <= the {n_shards} shards of the capture",
+                            index + 1
+                        ),
+                    });
+                }
+                Some(Part::new(index, count, n_shards))
+            }
+        };
         let dir = dir.as_ref().to_path_buf();
         fs::create_dir_all(&dir).map_err(io(&dir, "create cache directory"))?;
         let manifest = match Manifest::load(&dir) {
             Ok(manifest) => {
                 compare_spec(&dir, &manifest, &spec)?;
-                for (index, entry) in manifest.shards.iter().enumerate() {
-                    shard::verify_file(&dir.join(&entry.file), &manifest, index, entry)?;
+                if manifest.part != part {
+                    let name = |p: Option<Part>| {
+                        p.map_or("the whole capture".to_owned(), |p| format!("part {} of {}", p.index + 1, p.count))
+                    };
+                    return Err(CacheError::SpecMismatch {
+                        dir: dir.clone(),
+                        field: "part",
+                        cache: name(manifest.part),
+                        requested: name(part),
+                    });
+                }
+                let first = manifest.shard_range().start;
+                for (j, entry) in manifest.shards.iter().enumerate() {
+                    shard::verify_file(&dir.join(&entry.file), &manifest, first + j, entry)?;
                 }
                 remove_strays(&dir, &manifest)?;
                 manifest
             }
             Err(CacheError::MissingManifest { .. }) => {
-                let manifest = Manifest::new(&spec);
+                let mut manifest = Manifest::new(&spec);
+                manifest.part = part;
                 remove_strays(&dir, &manifest)?;
                 manifest.store(&dir)?;
                 manifest
@@ -107,7 +145,7 @@ impl CacheWriter {
             Err(e) => return Err(e),
         };
         let layout = Layout::new(manifest.top_k, manifest.tail_samples, manifest.vocab_size, manifest.logprob_encoding);
-        let next_row = manifest.rows_stored();
+        let next_row = manifest.row_range().start + manifest.rows_stored();
         Ok(CacheWriter { dir, manifest, layout, next_row, current: None, scratch: Vec::new(), poisoned: false })
     }
 
@@ -119,6 +157,11 @@ impl CacheWriter {
     /// The manifest as last written (lists complete shards only).
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
+    }
+
+    /// One past the last row this writer takes (`n_rows`, or its part's end).
+    pub fn end_row(&self) -> usize {
+        self.manifest.row_range().end
     }
 
     /// The next row [`push_rows`](Self::push_rows) expects (rows before it are stored or
@@ -178,7 +221,7 @@ impl CacheWriter {
             return Err(CacheError::Poisoned { dir: self.dir.clone() });
         }
         if !self.manifest.complete {
-            if self.next_row < self.manifest.n_rows || self.current.is_some() {
+            if self.next_row < self.manifest.row_range().end || self.current.is_some() {
                 return Err(CacheError::NotFinished {
                     dir: self.dir.clone(),
                     rows: self.next_row,
@@ -215,7 +258,7 @@ impl CacheWriter {
                 )));
             }
         }
-        if self.next_row + rows > self.manifest.n_rows {
+        if self.next_row + rows > self.manifest.row_range().end {
             return Err(CacheError::TooManyRows {
                 dir: self.dir.clone(),
                 next_row: self.next_row,
@@ -309,7 +352,7 @@ impl CacheWriter {
     }
 
     fn open_shard(&mut self) -> Result<()> {
-        let index = self.manifest.shards.len();
+        let index = self.manifest.shard_range().start + self.manifest.shards.len();
         let first_row = index * self.manifest.rows_per_shard;
         debug_assert_eq!(first_row, self.next_row);
         let rows = self.manifest.rows_in_shard(index);
@@ -394,7 +437,7 @@ impl fmt::Debug for CacheWriter {
 }
 
 /// The first field in which the cache's spec differs from the requested one (`teacher` aside).
-fn compare_spec(dir: &Path, manifest: &Manifest, spec: &CacheSpec) -> Result<()> {
+pub(crate) fn compare_spec(dir: &Path, manifest: &Manifest, spec: &CacheSpec) -> Result<()> {
     let cache = manifest.spec();
     let step = |s: &CacheSpec| s.logprob_encoding.step().map_or_else(|| "none".to_owned(), |v| v.to_string());
     let fields: [(&'static str, String, String); 11] = [

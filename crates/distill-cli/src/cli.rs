@@ -20,6 +20,17 @@ fn parse_gguf_type(s: &str) -> Result<GgufType, String> {
     GgufType::parse(s).ok_or_else(|| format!("--gguf-type `{s}`: expected f32, f16, q8_0 or q4_0"))
 }
 
+/// `i/N` with 1 ≤ i ≤ N → (i − 1, N).
+fn parse_shard(s: &str) -> Result<(usize, usize), String> {
+    let bad = || format!("--shard `{s}`: expected i/N with 1 <= i <= N (part i of N, counted from 1)");
+    let (i, n) = s.split_once('/').ok_or_else(bad)?;
+    let (i, n): (usize, usize) = (i.trim().parse().map_err(|_| bad())?, n.trim().parse().map_err(|_| bad())?);
+    if i == 0 || i > n {
+        return Err(bad());
+    }
+    Ok((i - 1, n))
+}
+
 fn parse_encoding(s: &str) -> Result<Encoding, String> {
     match s {
         "u8" => Ok(Encoding::U8),
@@ -281,8 +292,12 @@ pub enum Cmd {
         threads: Option<usize>,
     },
     /// Run a teacher once over packed text and store its top-k next-token log-probabilities
-    /// (an offline teacher for `teacher.cache` in a recipe).
+    /// (an offline teacher for `teacher.cache` in a recipe). Split over machines with
+    /// `--shard i/N` on each, then `distill cache merge`.
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Cache {
+        #[command(subcommand)]
+        action: Option<CacheAction>,
         /// Teacher: GGUF file or HF directory (or take it from --recipe).
         #[arg(long)]
         teacher: Option<PathBuf>,
@@ -319,9 +334,13 @@ pub enum Cmd {
         batch: usize,
         #[arg(long)]
         threads: Option<usize>,
+        /// Capture only part i of N (1-based) of the rows, as one of N machines: a partial cache
+        /// for `distill cache merge`. Parts are whole shards, so the merge equals one capture.
+        #[arg(long, value_name = "i/N", value_parser = parse_shard)]
+        shard: Option<(usize, usize)>,
         /// Output directory (an interrupted capture there is resumed).
-        #[arg(long)]
-        out: PathBuf,
+        #[arg(long, required = true)]
+        out: Option<PathBuf>,
     },
     /// Describe a teacher cache: size, bytes/token, fingerprints, completeness.
     Inspect {
@@ -344,5 +363,20 @@ pub enum Cmd {
         /// List the known assets.
         #[arg(long)]
         list: bool,
+    },
+}
+
+/// `distill cache merge`.
+#[derive(Subcommand)]
+pub enum CacheAction {
+    /// Join the parts of a capture split with `--shard i/N` (all N, any order) into the cache
+    /// one machine would have written, byte for byte; checks that they belong together.
+    Merge {
+        /// The part directories.
+        #[arg(required = true)]
+        parts: Vec<PathBuf>,
+        /// The merged cache directory.
+        #[arg(long)]
+        out: PathBuf,
     },
 }

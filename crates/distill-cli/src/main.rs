@@ -167,7 +167,23 @@ fn fetch_missing(r: &Recipe) -> Result<()> {
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Bench { what } => bench_cmd::run(what),
+        Cmd::Cache { action: Some(cli::CacheAction::Merge { parts, out }), .. } => {
+            let parts: Vec<&Path> = parts.iter().map(PathBuf::as_path).collect();
+            let m = distill_cache::merge(&parts, &out)?;
+            println!(
+                "{}: {} tokens, {} bytes/token, {:.1} MB in {} shards, from {} parts",
+                out.display(),
+                m.tokens,
+                m.bytes_per_token,
+                m.total_bytes() as f64 / 1e6,
+                m.shards.len(),
+                parts.len()
+            );
+            Ok(())
+        }
         Cmd::Cache {
+            action: None,
+            shard,
             teacher,
             data,
             recipe,
@@ -217,7 +233,9 @@ fn run(cli: Cli) -> Result<()> {
                 batch_rows: batch,
                 encoding,
                 progress: true,
+                part: shard,
             };
+            let out = out.context("--out is required")?;
             let t0 = std::time::Instant::now();
             let m = distill::cache::capture_text(&t, &data_cfg, &opts, &out)?;
             println!(

@@ -5,7 +5,8 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 mod common;
 
@@ -174,4 +175,121 @@ every_steps = 10
     )
     .unwrap();
     one_vs_two(&d, &r, &["teacher-s0", "scratch-s0", "kd-s0-T4"]);
+}
+
+/// A free TCP port on 127.0.0.1 for the rendezvous.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// One rank started as torchrun starts it: its place in the environment.
+fn rank(tmp: &Path, r: usize, port: u16, args: &[&str]) -> std::process::Child {
+    std::fs::create_dir_all(tmp).unwrap();
+    Command::new(BIN)
+        .args(args)
+        .env("TMPDIR", tmp)
+        .env("RANK", r.to_string())
+        .env("LOCAL_RANK", r.to_string())
+        .env("WORLD_SIZE", "2")
+        .env("MASTER_ADDR", "127.0.0.1")
+        .env("MASTER_PORT", port.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn a_lost_rank_is_one_error_line_and_resume_finishes() {
+    let d = common::tmpdir("dist", "kill");
+    let t = common::lm_teacher(&d);
+    let text = d.join("corpus.txt");
+    common::lm_corpus(&text, 60);
+    let r = lm_recipe(&d, &t, &text, 400);
+    let (rs, out) = (r.to_str().unwrap(), d.join("run"));
+    let args = ["run", rs, "--out", out.to_str().unwrap()];
+    let port = free_port();
+    let mut r0 = rank(&d.join("tmp0"), 0, port, &args);
+    let r1 = rank(&d.join("tmp1"), 1, port, &args);
+    // Rank 0, the writer, is killed once it has written a checkpoint.
+    let ckpt = out.join("phases/kd/ckpt.safetensors");
+    let t0 = Instant::now();
+    while !ckpt.exists() {
+        assert!(t0.elapsed() < Duration::from_secs(120), "no checkpoint after 120 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    r0.kill().unwrap();
+    r0.wait().unwrap();
+    let t1 = Instant::now();
+    let o = r1.wait_with_output().unwrap();
+    assert!(t1.elapsed() < Duration::from_secs(60), "rank 1 took {:?} to notice", t1.elapsed());
+    common::assert_error(&o, &["rank 1 of 2", "lost rank 0"]);
+    // Whatever rank 0 left is complete: every checkpoint reads back.
+    assert!(!params(&ckpt).is_empty());
+    let tmp: Vec<String> = files(&out).into_iter().filter(|f| f.contains(".tmp")).collect();
+    let step = |p: &Path| {
+        let m = std::fs::read_to_string(p.with_file_name("metrics.jsonl")).unwrap_or_default();
+        m.lines().count()
+    };
+    assert!(step(&ckpt) < 40, "the run finished before the kill");
+    // Resumed on two ranks, it finishes, and ends where an uninterrupted one-process run ends.
+    ok(&distill_in(&d.join("tmp2"), &["run", rs, "--out", out.to_str().unwrap(), "--resume", "--nproc", "2"]));
+    let train: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("phases/kd/train.json")).unwrap()).unwrap();
+    assert!(train["resumed_from"].as_u64().unwrap() > 0, "{train}");
+    let one = d.join("one");
+    ok(&distill_in(&d.join("tmp3"), &["run", rs, "--out", one.to_str().unwrap()]));
+    let diff = max_abs_diff(&ckpt, &one.join("phases/kd/ckpt.safetensors"));
+    assert!(diff <= 1e-5, "resumed weights differ by {diff}");
+    let _ = tmp;
+}
+
+#[test]
+fn sharded_capture_merges_into_the_single_capture_byte_for_byte() {
+    let d = common::tmpdir("dist", "shard");
+    let t = common::lm_teacher(&d);
+    let text = d.join("corpus.txt");
+    common::lm_corpus(&text, 60);
+    let r = lm_recipe(&d, &t, &text, 20);
+    let capture = |out: &Path, extra: &[&str]| {
+        let mut args = vec!["cache", "--recipe", r.to_str().unwrap(), "--top-k", "8", "--tail-samples", "4"];
+        args.extend(["--rows-per-shard", "16", "--batch", "4", "--out", out.to_str().unwrap()]);
+        args.extend(extra);
+        distill_in(&d.join("tmp"), &args)
+    };
+    let whole = d.join("whole");
+    ok(&capture(&whole, &[]));
+    // Three machines' parts (uneven: 8 shards over 3), merged in any order.
+    let parts: Vec<PathBuf> = (1..=3).map(|i| d.join(format!("part{i}"))).collect();
+    for (i, p) in parts.iter().enumerate() {
+        ok(&capture(p, &["--shard", &format!("{}/3", i + 1)]));
+    }
+    let (p1, p2, p3) = (parts[0].to_str().unwrap(), parts[1].to_str().unwrap(), parts[2].to_str().unwrap());
+    let merged = d.join("merged");
+    ok(&distill_in(&d.join("tmp"), &["cache", "merge", p3, p1, p2, "--out", merged.to_str().unwrap()]));
+    let names = files(&whole);
+    assert!(names.len() >= 9, "{names:?}");
+    assert_eq!(names, files(&merged));
+    for f in &names {
+        assert!(std::fs::read(whole.join(f)).unwrap() == std::fs::read(merged.join(f)).unwrap(), "{f} differs");
+    }
+    // Each part holds only its shards; together, every shard once.
+    let counts: Vec<usize> = parts.iter().map(|p| files(p).len() - 1).collect();
+    assert_eq!(counts.iter().sum::<usize>(), names.len() - 1);
+    assert!(counts.iter().all(|&c| c >= 2), "{counts:?}");
+
+    // Parts that do not make one capture: one error line each.
+    let err = |args: &[&str], want: &[&str]| common::assert_error(&distill_in(&d.join("tmp"), args), want);
+    let out = d.join("bad");
+    let o = out.to_str().unwrap();
+    err(&["cache", "merge", p1, p3, "--out", o], &["part 2 of 3 is missing"]);
+    err(&["cache", "merge", p1, p1, p2, p3, "--out", o], &["part 1 is given twice"]);
+    let other = d.join("other");
+    let mut args = vec!["cache", "--recipe", r.to_str().unwrap(), "--top-k", "6", "--tail-samples", "4"];
+    args.extend(["--rows-per-shard", "16", "--batch", "4", "--shard", "2/3", "--out", other.to_str().unwrap()]);
+    ok(&distill_in(&d.join("tmp"), &args));
+    err(&["cache", "merge", p1, other.to_str().unwrap(), p3, "--out", o], &["top_k"]);
+    // A part is not a cache to train from.
+    err(&["inspect", p1, "--verify"], &["part 1 of 3", "distill cache merge"]);
+    err(&["cache", "--recipe", r.to_str().unwrap(), "--shard", "0/3", "--out", o], &["--shard `0/3`"]);
 }

@@ -47,6 +47,9 @@ pub struct CaptureOptions {
     pub batch_rows: usize,
     pub encoding: LogprobEncoding,
     pub progress: bool,
+    /// Capture only part `index` of `count` (0-based) of the rows: whole shards, for
+    /// [`distill_cache::merge`].
+    pub part: Option<(usize, usize)>,
 }
 
 impl Default for CaptureOptions {
@@ -58,6 +61,7 @@ impl Default for CaptureOptions {
             batch_rows: 8,
             encoding: LogprobEncoding::default(),
             progress: false,
+            part: None,
         }
     }
 }
@@ -190,8 +194,8 @@ pub fn capture(teacher: &LoadedLm, blocks: &TokenBlocks, dir: &Path, opts: &Capt
         data_fingerprint: blocks.fingerprint(),
         teacher: teacher.source.display().to_string(),
     };
-    let mut w = CacheWriter::create_or_resume(dir, spec)?;
-    let start = w.next_row();
+    let mut w = CacheWriter::create_or_resume_part(dir, spec, opts.part)?;
+    let (start, end) = (w.next_row(), w.end_row());
     let bar = if opts.progress { ProgressBar::new(n_rows as u64) } else { ProgressBar::hidden() };
     bar.set_style(
         ProgressStyle::with_template("{prefix:>10} [{bar:28}] {pos}/{len} rows ETA {eta}")
@@ -201,8 +205,8 @@ pub fn capture(teacher: &LoadedLm, blocks: &TokenBlocks, dir: &Path, opts: &Capt
     bar.set_prefix("cache");
     bar.set_position(start as u64);
     let (mut ids, mut lps, mut tails) = (Vec::<i64>::new(), Vec::<f32>::new(), Vec::<f32>::new());
-    for first in (start..n_rows).step_by(batch) {
-        let rows: Vec<usize> = (first..(first + batch).min(n_rows)).collect();
+    for first in (start..end).step_by(batch) {
+        let rows: Vec<usize> = (first..(first + batch).min(end)).collect();
         let [i, v, t] = teacher_top_k(teacher, blocks, &rows, opts.top_k, opts.tail_samples)?;
         ids.resize(i.numel(), 0);
         lps.resize(v.numel(), 0.0);

@@ -344,7 +344,7 @@ pub fn train_step(
         let mut stats = vec![w, loss * w];
         stats.extend(out.parts.iter().map(|(_, t)| t.double_value(&[]) * w));
         let stats = Tensor::from_slice(&stats);
-        g.all_reduce_sum(&[&stats], "the loss")?;
+        g.all_reduce_sum(&[&stats], "the loss all-reduce")?;
         let total_w = stats.double_value(&[0]);
         share = w / total_w;
         loss = stats.double_value(&[1]) / total_w;
