@@ -131,9 +131,17 @@ def step_bench(a):
             p.requires_grad_(False)
     student = random_model(spec["student"], 0)
     student.train()
+    # Under torchrun: DistributedDataParallel over gloo, each rank its slice of the batch.
+    ranks, rank = 1, 0
+    if "WORLD_SIZE" in os.environ:
+        import torch.distributed as dist
+        dist.init_process_group("gloo")
+        ranks, rank = dist.get_world_size(), dist.get_rank()
+        student = torch.nn.parallel.DistributedDataParallel(student)
     temp, alpha = spec["temperature"], spec["alpha"]
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, V, (B, T), generator=g)
+    ids = ids[rank * B // ranks:(rank + 1) * B // ranks]
     y = ids[:, 1:].reshape(-1)
     decay = [p for p in student.parameters() if p.dim() >= 2]
     no_decay = [p for p in student.parameters() if p.dim() < 2]
@@ -143,7 +151,7 @@ def step_bench(a):
         t0 = time.perf_counter()
         s = student(ids).logits[:, :-1].reshape(-1, V)
         if reader is not None:
-            c_ids, c_logp, c_tail = reader.read_rows(range(B))  # [B, T, K], [B, T, K], [B, T]
+            c_ids, c_logp, c_tail = reader.read_rows(range(rank * B // ranks, (rank + 1) * B // ranks))  # [B, T, K] …
             K = c_ids.shape[-1]
             c = (torch.from_numpy(c_ids[:, :-1]).reshape(-1, K), torch.from_numpy(c_logp[:, :-1]).reshape(-1, K),
                  torch.from_numpy(c_tail[:, :-1]).reshape(-1))
@@ -167,8 +175,11 @@ def step_bench(a):
             times.append(dt)
             losses.append(lv)
     med = statistics.median(times)
+    if ranks > 1 and rank != 0:
+        sys.exit(0)
     return {
         "name": a.config,
+        "ranks": ranks,
         "result": {
             "threads": torch.get_num_threads(), "batch": B, "seq": T, "ms_per_step": med, "ms_steps": times,
             "tokens_per_s": B * T / (med / 1e3), "peak_rss_mib": peak_rss_mib(),

@@ -160,6 +160,12 @@ pub fn run(what: BenchCmd) -> Result<()> {
     match what {
         BenchCmd::Step { config, spec, cache, warmup, steps, threads, json } => {
             set_threads(threads);
+            // Under torchrun (or with its environment), one rank of a data-parallel step: each
+            // rank its slice of the batch, gradients all-reduced (gloo); rank 0 reports.
+            let main = match distill::dist::WorldEnv::from_env()? {
+                Some(w) => distill::dist::init(&w, Device::Cpu)?.rank == 0,
+                None => true,
+            };
             let s = bench::load_spec(&spec, &config)?;
             let uses_cache = bench_loss::spec_uses_cache(&spec, &config)?;
             let student_cfg = bench::config_from_json(&s.student, "student")?;
@@ -192,11 +198,13 @@ pub fn run(what: BenchCmd) -> Result<()> {
                 let (vs, student) = bench::random_model(&student_cfg, 0)?;
                 bench::bench_step(&vs, &student, Teacher::Lm(&teacher), &s, warmup, steps)?
             };
-            if json {
-                println!("{}", serde_json::json!({"name": config, "result": r}));
+            let ranks = distill::dist::group().map_or(1, |g| g.size);
+            if !main {
+            } else if json {
+                println!("{}", serde_json::json!({"name": config, "ranks": ranks, "result": r}));
             } else {
                 println!(
-                    "{config}: {:.1} ms/step, {:.0} tok/s, peak RSS {:.0} MiB ({} threads; loss {:.3} -> {:.3})",
+                    "{config} ({ranks} rank(s)): {:.1} ms/step, {:.0} tok/s, peak RSS {:.0} MiB ({} threads; loss {:.3} -> {:.3})",
                     r.ms_per_step, r.tokens_per_s, r.peak_rss_mib, r.threads, r.loss_first, r.loss_last
                 );
             }

@@ -54,7 +54,8 @@ pub fn join(
         if g.rank == 0 {
             bail!("{verdict}");
         }
-        bail!("rank 0 refused the run: {verdict}");
+        // Rank 0 prints the one error line.
+        std::process::exit(1);
     }
     let archive = if g.rank == 0 && resume && out.is_dir() { pack(out)? } else { Vec::new() };
     let archive = g.broadcast_bytes(&archive, "sending the run directory to every rank")?;

@@ -226,7 +226,6 @@ fn a_lost_rank_is_one_error_line_and_resume_finishes() {
     common::assert_error(&o, &["rank 1 of 2", "lost rank 0"]);
     // Whatever rank 0 left is complete: every checkpoint reads back.
     assert!(!params(&ckpt).is_empty());
-    let tmp: Vec<String> = files(&out).into_iter().filter(|f| f.contains(".tmp")).collect();
     let step = |p: &Path| {
         let m = std::fs::read_to_string(p.with_file_name("metrics.jsonl")).unwrap_or_default();
         m.lines().count()
@@ -241,7 +240,9 @@ fn a_lost_rank_is_one_error_line_and_resume_finishes() {
     ok(&distill_in(&d.join("tmp3"), &["run", rs, "--out", one.to_str().unwrap()]));
     let diff = max_abs_diff(&ckpt, &one.join("phases/kd/ckpt.safetensors"));
     assert!(diff <= 1e-5, "resumed weights differ by {diff}");
-    let _ = tmp;
+    // Rank 0's refusal of --out is the job's one error line.
+    let o = distill_in(&d.join("tmp4"), &["run", rs, "--out", out.to_str().unwrap(), "--nproc", "2"]);
+    common::assert_error(&o, &["already exists"]);
 }
 
 #[test]
