@@ -40,5 +40,9 @@ for who in ["distill", "torch"]:
     a, b = tok[f"{who}-1x2"], tok[f"{who}-2x1"]
     print(f"{who:<12} {a:>14.0f} tok/s {b:>14.0f} tok/s {b / a:>10.2f}")
 print(f"distill / torch: 1x2 {tok['distill-1x2'] / tok['torch-1x2']:.2f}, 2x1 {tok['distill-2x1'] / tok['torch-2x1']:.2f}")
+d = r["distill-2x1"]
+p = d["student_params"]
+print(f"distill 2x1: {d['ms_per_step']:.0f} ms/step, of which {d['comm_ms_per_step']:.0f} ms in collectives "
+      f"(gradients: {p} params x 4 bytes = {p * 4 / 1e6:.1f} MB all-reduced per step); 1x2: {r['distill-1x2']['ms_per_step']:.0f} ms/step")
 print(json.dumps({"tokens_per_s": tok}))
 PY

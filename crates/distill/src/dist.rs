@@ -12,8 +12,10 @@
 //! machine, a rank whose process is gone.
 
 use std::ffi::{c_char, c_void, CStr, CString};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
+use std::time::Instant;
 
 use tch::{Device, Kind, Tensor};
 use torch_sys::C_tensor;
@@ -120,6 +122,8 @@ pub struct ProcessGroup {
     pub backend: &'static str,
     /// Every rank's `host pid`, exchanged at the start: tells which rank is gone.
     peers: Vec<(String, u32)>,
+    /// Nanoseconds spent in collectives so far (waiting for peers included).
+    comm_ns: AtomicU64,
 }
 
 // SAFETY: c10d's store and backends are thread-safe; the handle is only freed on drop.
@@ -214,6 +218,7 @@ pub fn init(env: &WorldEnv, device: Device) -> Result<&'static ProcessGroup> {
         local_rank: env.local_rank,
         backend: if cuda { "nccl" } else { "gloo" },
         peers: Vec::new(),
+        comm_ns: AtomicU64::new(0),
     };
     g.peers = g.exchange_peers()?;
     Ok(GROUP.get_or_init(|| g))
@@ -284,11 +289,24 @@ impl ProcessGroup {
         }
     }
 
+    /// Seconds spent in collectives since the group started (waiting for slower peers
+    /// included): what data parallelism costs beyond the work itself.
+    pub fn comm_seconds(&self) -> f64 {
+        self.comm_ns.load(Ordering::Relaxed) as f64 * 1e-9
+    }
+
+    fn timed(&self, f: impl FnOnce() -> *mut c_char) -> *mut c_char {
+        let t0 = Instant::now();
+        let msg = f();
+        self.comm_ns.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        msg
+    }
+
     /// Sums each tensor over the ranks, in place.
     pub fn all_reduce_sum(&self, ts: &[&Tensor], what: &str) -> Result<()> {
         let ptrs: Vec<*mut C_tensor> = ts.iter().map(|t| t.as_ptr() as *mut C_tensor).collect();
         // SAFETY: the tensors outlive the call; the shim reduces them in place.
-        let msg = unsafe { distill_c10d_allreduce_sum(self.raw, ptrs.as_ptr(), ptrs.len()) };
+        let msg = self.timed(|| unsafe { distill_c10d_allreduce_sum(self.raw, ptrs.as_ptr(), ptrs.len()) });
         self.check(msg, what)
     }
 
@@ -296,14 +314,14 @@ impl ProcessGroup {
     pub fn broadcast(&self, ts: &[&Tensor], root: usize, what: &str) -> Result<()> {
         let ptrs: Vec<*mut C_tensor> = ts.iter().map(|t| t.as_ptr() as *mut C_tensor).collect();
         // SAFETY: as in all_reduce_sum.
-        let msg = unsafe { distill_c10d_broadcast(self.raw, ptrs.as_ptr(), ptrs.len(), root as i32) };
+        let msg = self.timed(|| unsafe { distill_c10d_broadcast(self.raw, ptrs.as_ptr(), ptrs.len(), root as i32) });
         self.check(msg, what)
     }
 
     /// Waits until every rank reaches it.
     pub fn barrier(&self, what: &str) -> Result<()> {
         // SAFETY: the handle is valid for the group's life.
-        let msg = unsafe { distill_c10d_barrier(self.raw) };
+        let msg = self.timed(|| unsafe { distill_c10d_barrier(self.raw) });
         self.check(msg, what)
     }
 
@@ -371,6 +389,15 @@ impl ProcessGroup {
 
 fn nbytes(t: &Tensor) -> usize {
     t.numel() * t.kind().elt_size_in_bytes()
+}
+
+/// Rank 0's `value` on every rank (the value itself without a group): for decisions that must
+/// agree across ranks but rest on something measured, like a timing.
+pub fn rank0_value(value: f64, what: &str) -> Result<f64> {
+    let Some(g) = group() else { return Ok(value) };
+    let t = Tensor::from_slice(&[value]);
+    g.broadcast(&[&t], 0, what)?;
+    Ok(t.double_value(&[0]))
 }
 
 /// Rank `rank`'s slice of a global batch of `n` examples split over `size` ranks: contiguous,

@@ -301,7 +301,8 @@ pub fn resolve_teacher_kind(dtype: TeacherDtype, cfg: &LlamaConfig, device: Devi
         TeacherDtype::Bf16 => (Kind::BFloat16, "bf16 (teacher.dtype)".into()),
         TeacherDtype::Auto if device.is_cuda() => (Kind::BFloat16, "bf16 (auto: CUDA)".into()),
         TeacherDtype::Auto => {
-            let s = bf16_matmul_speedup(cfg, device)?;
+            // A timing: in a data-parallel job rank 0's decides for every rank.
+            let s = crate::dist::rank0_value(bf16_matmul_speedup(cfg, device)?, "choosing the teacher's precision")?;
             let kind = if s >= 1.25 { Kind::BFloat16 } else { Kind::Float };
             let name = if kind == Kind::Float { "f32" } else { "bf16" };
             (kind, format!("{name} (auto: a bf16 matmul of the teacher's MLP shape ran {s:.2}x the f32 speed here)"))

@@ -271,6 +271,7 @@ pub fn fit(vs: &nn::VarStore, task: &mut dyn TrainTask, opts: &TrainOptions) -> 
     bar.set_position(start);
 
     let t0 = Instant::now();
+    let comm0 = pg.map_or(0.0, |g| g.comm_seconds());
     let mut order: Option<(u64, Vec<usize>)> = None;
     let mut last_loss = f64::NAN;
     for step in start..total {
@@ -300,6 +301,12 @@ pub fn fit(vs: &nn::VarStore, task: &mut dyn TrainTask, opts: &TrainOptions) -> 
             });
             for (k, v) in &out.parts {
                 line[*k] = serde_json::json!(v.double_value(&[]));
+            }
+            if let Some(g) = pg {
+                // Time in collectives per step so far (waiting for slower ranks included).
+                let ms = (g.comm_seconds() - comm0) * 1e3 / (done - start) as f64;
+                line["ranks"] = serde_json::json!(g.size);
+                line["comm_ms_per_step"] = serde_json::json!(ms);
             }
             writeln!(metrics, "{line}").map_err(|e| Error::io(&metrics_path, e))?;
             bar.set_message(format!("loss {loss:.4} | {sps:.0} samples/s"));

@@ -88,6 +88,12 @@ pub struct StepBenchResult {
     /// Loss of the first and last timed step (the batch is fixed, so it should fall).
     pub loss_first: f64,
     pub loss_last: f64,
+    /// In a data-parallel step (under torchrun): the ranks, and the median milliseconds per step
+    /// spent in collectives (the loss and gradient all-reduce, waiting for peers included).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ranks: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comm_ms_per_step: Option<f64>,
 }
 
 /// Peak resident set size of this process in MiB (`VmHWM` of `/proc/self/status`; 0 elsewhere).
@@ -151,15 +157,21 @@ pub fn bench_step(
     let mut rng = SplitMix64::new(0);
     let mut ms = Vec::new();
     let mut losses = Vec::new();
+    let mut comm = Vec::new();
+    let pg = crate::dist::group();
     for i in 0..warmup + steps {
         let t0 = Instant::now();
+        let c0 = pg.map_or(0.0, |g| g.comm_seconds());
         let (_, loss, _) = train_step(&mut task, &mut opt, &batch, &mut rng, cfg.clip_grad_norm, spec.lr)?;
         let dt = t0.elapsed().as_secs_f64() * 1e3;
         if i >= warmup {
             ms.push(dt);
             losses.push(loss);
+            comm.push(pg.map_or(0.0, |g| g.comm_seconds()) - c0);
         }
     }
+    comm.sort_by(f64::total_cmp);
+    let comm_ms = comm.get(comm.len() / 2).map(|s| s * 1e3);
     let mut sorted = ms.clone();
     sorted.sort_by(f64::total_cmp);
     let median = sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN);
@@ -175,6 +187,8 @@ pub fn bench_step(
         teacher_params,
         loss_first: losses.first().copied().unwrap_or(f64::NAN),
         loss_last: losses.last().copied().unwrap_or(f64::NAN),
+        ranks: pg.map(|g| g.size),
+        comm_ms_per_step: pg.and(comm_ms),
     })
 }
 
