@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 fn main() {
     println!("cargo:rerun-if-changed=csrc/mkl_packed.cpp");
     println!("cargo:rerun-if-changed=csrc/c10d.cpp");
+    println!("cargo:rerun-if-changed=csrc/message.hpp");
     for v in ["LIBTORCH_CXX11_ABI", "GLOO_INCLUDE_DIR", "NCCL_INCLUDE_DIR", "CUDA_HOME"] {
         println!("cargo:rerun-if-env-changed={v}");
     }

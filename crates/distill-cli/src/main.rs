@@ -64,8 +64,9 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
-    if let Cmd::Run { nproc: Some(n), .. } = &cli.cmd {
-        return match dist_cmd::launch(*n as usize) {
+    if let Cmd::Run { nproc: Some(n), recipe, set, .. } = &cli.cmd {
+        // A bad recipe is one error line here, not one per rank.
+        return match load_recipe(recipe, set).and_then(|_| dist_cmd::launch(*n as usize)) {
             Ok(code) => code,
             Err(e) => {
                 eprintln!("error: {}", one_line(&e));
@@ -122,6 +123,18 @@ fn set_threads(threads: Option<usize>) {
     tch::set_num_threads(n as i32);
 }
 
+/// `DIR: N tokens, B bytes/token, X MB in S shards`.
+fn describe_cache(dir: &Path, m: &distill_cache::Manifest) -> String {
+    format!(
+        "{}: {} tokens, {} bytes/token, {:.1} MB in {} shards",
+        dir.display(),
+        m.tokens,
+        m.bytes_per_token,
+        m.total_bytes() as f64 / 1e6,
+        m.shards.len()
+    )
+}
+
 /// `--out` may be new or empty; with `--resume` it must hold this very recipe (with the same
 /// overrides).
 fn check_run_dir(out: &Path, resume: bool, text: &str) -> Result<()> {
@@ -170,15 +183,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Cache { action: Some(cli::CacheAction::Merge { parts, out }), .. } => {
             let parts: Vec<&Path> = parts.iter().map(PathBuf::as_path).collect();
             let m = distill_cache::merge(&parts, &out)?;
-            println!(
-                "{}: {} tokens, {} bytes/token, {:.1} MB in {} shards, from {} parts",
-                out.display(),
-                m.tokens,
-                m.bytes_per_token,
-                m.total_bytes() as f64 / 1e6,
-                m.shards.len(),
-                parts.len()
-            );
+            println!("{}, from {} parts", describe_cache(&out, &m), parts.len());
             Ok(())
         }
         Cmd::Cache {
@@ -238,15 +243,7 @@ fn run(cli: Cli) -> Result<()> {
             let out = out.context("--out is required")?;
             let t0 = std::time::Instant::now();
             let m = distill::cache::capture_text(&t, &data_cfg, &opts, &out)?;
-            println!(
-                "{}: {} tokens, {} bytes/token, {:.1} MB in {} shards ({:.0} s)",
-                out.display(),
-                m.tokens,
-                m.bytes_per_token,
-                m.total_bytes() as f64 / 1e6,
-                m.shards.len(),
-                t0.elapsed().as_secs_f64()
-            );
+            println!("{} ({:.0} s)", describe_cache(&out, &m), t0.elapsed().as_secs_f64());
             Ok(())
         }
         Cmd::GenerateData {

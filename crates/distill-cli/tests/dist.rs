@@ -255,6 +255,9 @@ fn a_lost_rank_is_one_error_line_and_resume_finishes() {
     // Rank 0's refusal of --out is the job's one error line.
     let o = distill_in(&d.join("tmp4"), &["run", rs, "--out", out.to_str().unwrap(), "--nproc", "2"]);
     common::assert_error(&o, &["already exists"]);
+    let missing = d.join("missing.toml");
+    let o = distill_in(&d.join("tmp4"), &["run", missing.to_str().unwrap(), "--out", "x", "--nproc", "2"]);
+    common::assert_error(&o, &["missing.toml"]);
 }
 
 #[test]

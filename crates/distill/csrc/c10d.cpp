@@ -19,6 +19,8 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
 
+#include "message.hpp"
+
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -27,12 +29,6 @@
 #include <vector>
 
 namespace {
-char *message(const char *what) {
-  size_t n = std::strlen(what);
-  char *p = static_cast<char *>(std::malloc(n + 1));
-  if (p != nullptr) std::memcpy(p, what, n + 1);
-  return p;
-}
 
 struct Group {
   c10::intrusive_ptr<c10d::Store> store;
@@ -115,7 +111,7 @@ char *distill_c10d_new(const char *host, int port, int rank, int world, int64_t 
     *out = g;
     return nullptr;
   } catch (const std::exception &e) {
-    return message(e.what());
+    return distill::message(e.what());
   }
 }
 
@@ -134,7 +130,7 @@ char *distill_c10d_allreduce_sum(void *gp, at::Tensor *const *ts, size_t n) {
     }
     return nullptr;
   } catch (const std::exception &e) {
-    return message(e.what());
+    return distill::message(e.what());
   }
 }
 
@@ -152,7 +148,7 @@ char *distill_c10d_broadcast(void *gp, at::Tensor *const *ts, size_t n, int root
     }
     return nullptr;
   } catch (const std::exception &e) {
-    return message(e.what());
+    return distill::message(e.what());
   }
 }
 
@@ -164,7 +160,7 @@ char *distill_c10d_barrier(void *gp) {
     g->backend->barrier(o)->wait(g->timeout);
     return nullptr;
   } catch (const std::exception &e) {
-    return message(e.what());
+    return distill::message(e.what());
   }
 }
 
@@ -175,7 +171,7 @@ char *distill_c10d_store_set(void *gp, const char *key, const uint8_t *value, si
     g->store->set(std::string(key), std::vector<uint8_t>(value, value + len));
     return nullptr;
   } catch (const std::exception &e) {
-    return message(e.what());
+    return distill::message(e.what());
   }
 }
 
@@ -189,7 +185,7 @@ char *distill_c10d_store_get(void *gp, const char *key, uint8_t **value, size_t 
     if (!v.empty()) std::memcpy(*value, v.data(), v.size());
     return nullptr;
   } catch (const std::exception &e) {
-    return message(e.what());
+    return distill::message(e.what());
   }
 }
 

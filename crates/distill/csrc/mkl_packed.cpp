@@ -6,20 +6,13 @@
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
+#include "message.hpp"
+
 #include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <optional>
 #include <string>
-
-namespace {
-char *message(const char *what) {
-  size_t n = std::strlen(what);
-  char *p = static_cast<char *>(std::malloc(n + 1));
-  if (p != nullptr) std::memcpy(p, what, n + 1);
-  return p;
-}
-}  // namespace
 
 extern "C" {
 
@@ -32,7 +25,7 @@ char *distill_mkl_pack(const at::Tensor *w, int64_t rows, at::Tensor **out) {
     *out = new at::Tensor(op.call(*w, rows));
     return nullptr;
   } catch (const std::exception &e) {
-    return message(e.what());
+    return distill::message(e.what());
   }
 }
 
@@ -50,7 +43,7 @@ char *distill_mkl_linear(const at::Tensor *x, const at::Tensor *packed, const at
     *out = new at::Tensor(op.call(*x, *packed, *w, b, rows));
     return nullptr;
   } catch (const std::exception &e) {
-    return message(e.what());
+    return distill::message(e.what());
   }
 }
 
