@@ -28,40 +28,62 @@ fn main() {
     // torch ≥ 2.7 wheels and archives are built with the C++11 ABI; torch-sys reads the same
     // variable.
     let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
-    let mut b = cc::Build::new();
-    b.cpp(true)
-        .pic(true)
-        .warnings(false)
-        .include(&include)
-        .include(include.join("torch/csrc/api/include"))
-        .flag("-std=c++17")
-        .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
-        .flag("-DGLOG_USE_GLOG_EXPORT")
-        .file("csrc/mkl_packed.cpp")
-        .file("csrc/c10d.cpp");
+    let base = || {
+        let mut b = cc::Build::new();
+        b.cpp(true)
+            .pic(true)
+            .warnings(false)
+            .include(&include)
+            .include(include.join("torch/csrc/api/include"))
+            .flag("-std=c++17")
+            .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
+            .flag("-DGLOG_USE_GLOG_EXPORT");
+        b
+    };
+    base().file("csrc/mkl_packed.cpp").compile("distill_mkl_packed");
+
+    // The process-group shim with every backend whose headers are here; should one not compile
+    // (headers of another version), without it, saying so.
     let gloo = std::env::var_os("GLOO_INCLUDE_DIR").map(PathBuf::from).unwrap_or_else(|| "/usr/include".into());
     println!("cargo:rerun-if-changed={}", gloo.join("gloo/context.h").display());
-    if gloo.join("gloo/context.h").is_file() {
-        b.include(&gloo).define("DISTILL_GLOO", None);
-        println!("cargo:rustc-cfg=distill_gloo");
-    } else {
+    let gloo = gloo.join("gloo/context.h").is_file().then_some(gloo);
+    if gloo.is_none() {
         println!(
             "cargo:warning=gloo's headers not found (install Debian's libgloo-dev or set GLOO_INCLUDE_DIR): this build cannot train data-parallel on CPU"
         );
     }
+    let mut nccl = None;
     if lib.join("libtorch_cuda.so").is_file() {
         let wheel = |name: &str| lib.join("../../nvidia").join(name).join("include");
-        let nccl = std::env::var_os("NCCL_INCLUDE_DIR").map(PathBuf::from).unwrap_or_else(|| wheel("nccl"));
+        let headers = std::env::var_os("NCCL_INCLUDE_DIR").map(PathBuf::from).unwrap_or_else(|| wheel("nccl"));
         let cuda = std::env::var_os("CUDA_HOME").map(|h| PathBuf::from(h).join("include")).unwrap_or_else(|| {
             ["cu13", "cu12", "cuda_runtime"].map(wheel).into_iter().find(|d| d.is_dir()).unwrap_or_default()
         });
         // The runtime wheels lack parts of the toolkit's headers (`crt/`): then no NCCL path.
-        if nccl.join("nccl.h").is_file() && cuda.join("crt/host_config.h").is_file() {
-            b.include(&nccl).include(&cuda).define("DISTILL_NCCL", None).define("USE_CUDA", None);
-            println!("cargo:rustc-cfg=distill_nccl");
+        if headers.join("nccl.h").is_file() && cuda.join("crt/host_config.h").is_file() {
+            nccl = Some((headers, cuda));
         }
     }
-    println!("cargo:rustc-check-cfg=cfg(distill_gloo)");
-    println!("cargo:rustc-check-cfg=cfg(distill_nccl)");
-    b.compile("distill_csrc");
+    let attempts = [(gloo.clone(), nccl.clone()), (gloo.clone(), None), (None, None)];
+    for (i, (gloo, nccl)) in attempts.iter().enumerate() {
+        if i > 0 && (gloo, nccl) == (&attempts[i - 1].0, &attempts[i - 1].1) {
+            continue;
+        }
+        let mut b = base();
+        b.file("csrc/c10d.cpp");
+        if let Some(g) = gloo {
+            b.include(g).define("DISTILL_GLOO", None);
+        }
+        if let Some((headers, cuda)) = nccl {
+            b.include(headers).include(cuda).define("DISTILL_NCCL", None).define("USE_CUDA", None);
+        }
+        match b.try_compile("distill_c10d") {
+            Ok(()) => return,
+            Err(e) if gloo.is_some() || nccl.is_some() => {
+                let what = if nccl.is_some() { "NCCL" } else { "gloo" };
+                println!("cargo:warning=the c10d shim did not compile with {what} ({e}); building it without");
+            }
+            Err(e) => panic!("csrc/c10d.cpp: {e}"),
+        }
+    }
 }

@@ -255,6 +255,16 @@ fn a_lost_rank_is_one_error_line_and_resume_finishes() {
     // Rank 0's refusal of --out is the job's one error line.
     let o = distill_in(&d.join("tmp4"), &["run", rs, "--out", out.to_str().unwrap(), "--nproc", "2"]);
     common::assert_error(&o, &["already exists"]);
+    // A peer that never comes: one line once DISTILL_DIST_TIMEOUT has passed.
+    let alone = Command::new(BIN)
+        .args(["run", rs, "--out", d.join("alone").to_str().unwrap()])
+        .env("RANK", "1")
+        .env("WORLD_SIZE", "2")
+        .env("MASTER_PORT", free_port().to_string())
+        .env("DISTILL_DIST_TIMEOUT", "2")
+        .output()
+        .unwrap();
+    common::assert_error(&alone, &["rank 1 of 2: could not join the group at 127.0.0.1:", "timed out"]);
     let missing = d.join("missing.toml");
     let o = distill_in(&d.join("tmp4"), &["run", missing.to_str().unwrap(), "--out", "x", "--nproc", "2"]);
     common::assert_error(&o, &["missing.toml"]);

@@ -8,6 +8,7 @@
 // is libtorch's, exported by libtorch_cpu.so. Debian's libgloo-dev provides the headers.
 #include <ATen/ATen.h>
 #include <torch/csrc/distributed/c10d/Backend.hpp>
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
 #ifdef DISTILL_GLOO
@@ -62,19 +63,21 @@ int distill_c10d_backends() {
   return b;
 }
 
-// Rendezvous at host:port (rank 0 serves the store) and start the backend: NCCL when `cuda`,
-// else gloo with `threads` threads. *out receives the group.
-char *distill_c10d_new(const char *host, int port, int rank, int world, int64_t timeout_ms, int threads,
-                       int cuda, void **out) {
+// Rendezvous at host:port (rank 0 serves the store when `serve`; under torchrun its agent does)
+// under the key prefix `prefix`, and start the backend: NCCL when `cuda`, else gloo with `threads`
+// threads. *out receives the group.
+char *distill_c10d_new(const char *host, int port, int rank, int world, int serve, const char *prefix,
+                       int64_t timeout_ms, int threads, int cuda, void **out) {
   try {
     auto timeout = std::chrono::milliseconds(timeout_ms);
     c10d::TCPStoreOptions so;
     so.port = static_cast<std::uint16_t>(port);
-    so.isServer = rank == 0;
+    so.isServer = serve != 0;
     so.numWorkers = static_cast<std::size_t>(world);
     so.waitWorkers = true;
     so.timeout = timeout;
-    auto store = c10::make_intrusive<c10d::TCPStore>(std::string(host), so);
+    c10::intrusive_ptr<c10d::Store> store = c10::make_intrusive<c10d::PrefixStore>(
+        std::string(prefix), c10::make_intrusive<c10d::TCPStore>(std::string(host), so));
     auto *g = new Group{store, {}, timeout};
     try {
       if (cuda != 0) {

@@ -29,6 +29,8 @@ extern "C" {
         port: i32,
         rank: i32,
         world: i32,
+        serve: i32,
+        prefix: *const c_char,
         timeout_ms: i64,
         threads: i32,
         cuda: i32,
@@ -191,6 +193,12 @@ pub fn init(env: &WorldEnv, device: Device) -> Result<&'static ProcessGroup> {
     let host = CString::new(env.master_addr.clone()).map_err(|_| Error::Dist("MASTER_ADDR holds a NUL byte".into()))?;
     let mut raw = std::ptr::null_mut();
     let ms = timeout()?.as_millis().min(i64::MAX as u128) as i64;
+    // Under torchrun its agent serves the store on MASTER_PORT, and a restarted job must not see
+    // the keys of the attempt before (torch's own rule).
+    let agent = std::env::var("TORCHELASTIC_USE_AGENT_STORE").is_ok_and(|v| v.eq_ignore_ascii_case("true"));
+    let restart = std::env::var("TORCHELASTIC_RESTART_COUNT").unwrap_or_else(|_| "0".into());
+    let prefix = CString::new(format!("distill/{restart}"))
+        .map_err(|_| Error::Dist("TORCHELASTIC_RESTART_COUNT holds a NUL byte".into()))?;
     let threads = tch::get_num_threads().max(1);
     // SAFETY: valid C string and out-pointer; the shim returns a message or sets `raw`.
     let msg = unsafe {
@@ -199,6 +207,8 @@ pub fn init(env: &WorldEnv, device: Device) -> Result<&'static ProcessGroup> {
             i32::from(env.master_port),
             env.rank as i32,
             env.size as i32,
+            i32::from(env.rank == 0 && !agent),
+            prefix.as_ptr(),
             ms,
             threads,
             i32::from(cuda),
@@ -227,10 +237,10 @@ pub fn init(env: &WorldEnv, device: Device) -> Result<&'static ProcessGroup> {
 impl ProcessGroup {
     fn exchange_peers(&self) -> Result<Vec<(String, u32)>> {
         let me = format!("{} {}", hostname(), std::process::id());
-        self.store_set(&format!("distill/peer/{}", self.rank), me.as_bytes())?;
+        self.store_set(&format!("peer/{}", self.rank), me.as_bytes())?;
         (0..self.size)
             .map(|r| {
-                let v = self.store_get(&format!("distill/peer/{r}"))?;
+                let v = self.store_get(&format!("peer/{r}"))?;
                 let v = String::from_utf8_lossy(&v).into_owned();
                 let (host, pid) = v.rsplit_once(' ').unwrap_or((&v, "0"));
                 Ok((host.to_string(), pid.parse().unwrap_or(0)))
