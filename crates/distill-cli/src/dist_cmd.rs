@@ -6,12 +6,43 @@
 //! through the process group, so every rank skips the same finished phases and reloads the same
 //! weights, on one machine or many, with or without a shared filesystem.
 
+use std::io::Write;
+use std::os::fd::FromRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use distill::dist::{self, WorldEnv};
+
+/// Where error lines go: stderr, or a copy of it kept when [`quiet_stderr`] silenced it.
+static ERR_FD: AtomicI32 = AtomicI32::new(2);
+
+/// Silences this process's stderr (progress, warnings, libtorch's logs: rank 0 prints them once
+/// for the job), keeping a copy of it for [`error_line`].
+fn quiet_stderr() {
+    // SAFETY: plain fd calls; on any failure stderr stays as it is.
+    unsafe {
+        let saved = libc::dup(2);
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_WRONLY);
+        if saved >= 0 && null >= 0 && libc::dup2(null, 2) >= 0 {
+            ERR_FD.store(saved, Ordering::Relaxed);
+        }
+        if null >= 0 {
+            libc::close(null);
+        }
+    }
+}
+
+/// Writes one `error: …` line where the user sees it (also on a silenced rank).
+pub fn error_line(line: &str) {
+    let fd = ERR_FD.load(Ordering::Relaxed);
+    // SAFETY: `fd` is stderr or its duplicate, open for the life of the process; ManuallyDrop
+    // keeps it open.
+    let mut f = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fd) });
+    let _ = writeln!(f, "{line}");
+}
 
 /// Where this rank runs.
 pub struct RunPlace {
@@ -47,6 +78,9 @@ pub fn join(
     check: impl FnOnce() -> Result<()>,
 ) -> Result<RunPlace> {
     let g = dist::init(world, device)?;
+    if g.rank != 0 {
+        quiet_stderr();
+    }
     // Rank 0's verdict on --out reaches every rank, so all of them stop on a bad one.
     let verdict = if g.rank == 0 { check().err().map(|e| format!("{e:#}")).unwrap_or_default() } else { String::new() };
     let verdict = String::from_utf8_lossy(&g.broadcast_bytes(verdict.as_bytes(), "the start of the run")?).into_owned();

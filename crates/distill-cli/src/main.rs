@@ -53,7 +53,7 @@ fn one_line_panics() {
         }
         let msg = distill_base::guard::panic_message(info.payload()).replace('\n', " ");
         let at = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
-        eprintln!("error: internal error (a bug in distill; please report it): {msg}{at}");
+        dist_cmd::error_line(&format!("error: internal error (a bug in distill; please report it): {msg}{at}"));
     }));
 }
 
@@ -69,7 +69,7 @@ fn main() -> ExitCode {
         return match load_recipe(recipe, set).and_then(|_| dist_cmd::launch(*n as usize)) {
             Ok(code) => code,
             Err(e) => {
-                eprintln!("error: {}", one_line(&e));
+                dist_cmd::error_line(&format!("error: {}", one_line(&e)));
                 ExitCode::FAILURE
             }
         };
@@ -77,7 +77,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", one_line(&e));
+            dist_cmd::error_line(&format!("error: {}", one_line(&e)));
             ExitCode::FAILURE
         }
     }

@@ -83,6 +83,14 @@ fn one_vs_two(d: &Path, recipe: &Path, phases: &[&str], extra: &[&str]) {
         let diff = max_abs_diff(&a.join("ckpt.safetensors"), &b.join("ckpt.safetensors"));
         eprintln!("{ph}: 1 process vs 2 ranks, max |Δw| = {diff:e}");
         assert!(diff <= 1e-5, "{ph}: weights differ by {diff}");
+        // An LM phase's train.json records the ranks (absent for one process).
+        let ranks = |p: &Path| -> Option<u64> {
+            let text = std::fs::read_to_string(p.join("train.json")).ok()?;
+            serde_json::from_str::<serde_json::Value>(&text).unwrap()["ranks"].as_u64()
+        };
+        if a.join("train.json").exists() {
+            assert_eq!((ranks(&a), ranks(&b)), (None, Some(2)));
+        }
         let (la, lb) = (losses(&a.join("metrics.jsonl")), losses(&b.join("metrics.jsonl")));
         assert_eq!(la.len(), lb.len());
         assert!(la.len() >= 2);

@@ -199,6 +199,9 @@ pub struct TrainReport {
     pub final_loss: f64,
     pub seconds: f64,
     pub resumed_from: Option<u64>,
+    /// Data-parallel ranks it trained on (absent: one process).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ranks: Option<usize>,
 }
 
 const CKPT: &str = "ckpt.safetensors";
@@ -318,7 +321,8 @@ pub fn fit(vs: &nn::VarStore, task: &mut dyn TrainTask, opts: &TrainOptions) -> 
     }
     bar.finish_and_clear();
     save_checkpoint(&ckpt, &params, &opt, total, &opts.phase)?;
-    Ok(TrainReport { steps: total, final_loss: last_loss, seconds: t0.elapsed().as_secs_f64(), resumed_from })
+    let ranks = pg.map(|g| g.size);
+    Ok(TrainReport { steps: total, final_loss: last_loss, seconds: t0.elapsed().as_secs_f64(), resumed_from, ranks })
 }
 
 /// One optimizer step on `batch`: loss, backward, global-norm clipping, update with `lr`.

@@ -281,7 +281,7 @@ fn student_phase(inp: &PhaseInputs<'_>, ph: &Phase, earlier: &[(&str, &nn::VarSt
         fit(&vs, &mut task, &topts)?
     } else {
         std::fs::create_dir_all(&phase_dir).map_err(|e| Error::io(&phase_dir, e))?;
-        TrainReport { steps: 0, final_loss: 0.0, seconds: 0.0, resumed_from: None }
+        TrainReport { steps: 0, final_loss: 0.0, seconds: 0.0, resumed_from: None, ranks: None }
     };
     if let Some(ty) = quant {
         // From here on the model is what the GGUF file holds (QAD trained the full-precision
