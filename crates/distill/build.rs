@@ -59,8 +59,13 @@ fn main() {
         let cuda = std::env::var_os("CUDA_HOME").map(|h| PathBuf::from(h).join("include")).unwrap_or_else(|| {
             ["cu13", "cu12", "cuda_runtime"].map(wheel).into_iter().find(|d| d.is_dir()).unwrap_or_default()
         });
-        // The runtime wheels lack parts of the toolkit's headers (`crt/`): then no NCCL path.
-        if headers.join("nccl.h").is_file() && cuda.join("crt/host_config.h").is_file() {
+        // The runtime wheels lack parts of the toolkit's headers (`crt/`, `nv/`; setup installs
+        // them from the nvidia-cuda-crt and -cccl wheels): without them, no NCCL path.
+        println!("cargo:rerun-if-changed={}", cuda.join("crt/host_config.h").display());
+        if headers.join("nccl.h").is_file()
+            && cuda.join("crt/host_config.h").is_file()
+            && cuda.join("nv/target").is_file()
+        {
             nccl = Some((headers, cuda));
         }
     }

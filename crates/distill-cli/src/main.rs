@@ -66,7 +66,16 @@ fn main() -> ExitCode {
     };
     if let Cmd::Run { nproc: Some(n), recipe, set, .. } = &cli.cmd {
         // A bad recipe is one error line here, not one per rank.
-        return match load_recipe(recipe, set).and_then(|_| dist_cmd::launch(*n as usize)) {
+        let checked = load_recipe(recipe, set).and_then(|r| {
+            let gpus = tch::Cuda::device_count() as usize;
+            match &r {
+                Recipe::Lm(lr) if lr.device != "cpu" && gpus < *n as usize => {
+                    bail!("--nproc {n} with device `{}`: one GPU per rank, but libtorch sees {gpus}", lr.device)
+                }
+                _ => Ok(()),
+            }
+        });
+        return match checked.and_then(|_| dist_cmd::launch(*n as usize)) {
             Ok(code) => code,
             Err(e) => {
                 dist_cmd::error_line(&format!("error: {}", one_line(&e)));
@@ -478,7 +487,18 @@ fn run(cli: Cli) -> Result<()> {
             let place = match &world {
                 Some(w) => {
                     let device = match &r {
-                        Recipe::Lm(lr) if lr.device != "cpu" => Device::Cuda(w.local_rank),
+                        Recipe::Lm(lr) if lr.device != "cpu" => {
+                            let gpus = tch::Cuda::device_count() as usize;
+                            if w.local_rank >= gpus {
+                                bail!(
+                                    "rank {} (LOCAL_RANK {}): device `{}` needs one GPU per local rank, but libtorch sees {gpus}",
+                                    w.rank,
+                                    w.local_rank,
+                                    lr.device
+                                );
+                            }
+                            Device::Cuda(w.local_rank)
+                        }
                         _ => Device::Cpu,
                     };
                     dist_cmd::join(w, device, &out, resume, check)?

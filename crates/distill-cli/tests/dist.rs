@@ -273,6 +273,11 @@ fn a_lost_rank_is_one_error_line_and_resume_finishes() {
         .output()
         .unwrap();
     common::assert_error(&alone, &["rank 1 of 2: could not join the group at 127.0.0.1:", "timed out"]);
+    // CUDA ranks need a GPU each (this machine has none): refused before any rank starts.
+    if tch::Cuda::device_count() == 0 {
+        let o = distill_in(&d.join("tmp4"), &["run", rs, "--out", "x", "--nproc", "2", "--set", "device=cuda"]);
+        common::assert_error(&o, &["--nproc 2 with device `cuda`: one GPU per rank, but libtorch sees 0"]);
+    }
     let missing = d.join("missing.toml");
     let o = distill_in(&d.join("tmp4"), &["run", missing.to_str().unwrap(), "--out", "x", "--nproc", "2"]);
     common::assert_error(&o, &["missing.toml"]);
