@@ -221,16 +221,6 @@ pub fn fit(vs: &nn::VarStore, task: &mut dyn TrainTask, opts: &TrainOptions) -> 
     let bs = cfg.batch_size.min(n);
     let per_epoch = n.div_ceil(bs) as u64;
     let pg = crate::dist::group();
-    if let Some(g) = pg {
-        // Every rank needs at least one example of every batch (the last one of an epoch too).
-        let smallest = if n % bs == 0 { bs } else { n % bs };
-        if smallest < g.size {
-            return Err(Error::Invalid(format!(
-                "{}: a batch of {smallest} examples cannot be split over {} ranks; raise batch_size or use fewer processes",
-                opts.phase, g.size
-            )));
-        }
-    }
     let total = cfg.total_steps(n);
     let mut params: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
     params.sort_by(|a, b| a.0.cmp(&b.0));
@@ -346,7 +336,14 @@ pub fn train_step(
         Some(g) => &batch[crate::dist::slice(batch.len(), g.rank, g.size)],
         None => batch,
     };
+    // A batch smaller than the world (an epoch's last): a rank without examples runs the first
+    // one with weight 0, so it takes part in every collective and adds nothing.
+    let idle = local.is_empty();
+    let local = if idle { &batch[..1] } else { local };
     let mut out = task.loss(local, rng)?;
+    if idle {
+        out.weight = 0.0;
+    }
     let mut loss = out.total.double_value(&[]);
     // The step's loss over the whole batch: each rank's mean weighted by what it averages over.
     let mut share = 1.0;
