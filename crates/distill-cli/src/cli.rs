@@ -20,15 +20,27 @@ fn parse_gguf_type(s: &str) -> Result<GgufType, String> {
     GgufType::parse(s).ok_or_else(|| format!("--gguf-type `{s}`: expected f32, f16, q8_0 or q4_0"))
 }
 
-/// `i/N` with 1 ≤ i ≤ N → (i − 1, N).
-fn parse_shard(s: &str) -> Result<(usize, usize), String> {
-    let bad = || format!("--shard `{s}`: expected i/N with 1 <= i <= N (part i of N, counted from 1)");
+/// Which part of a capture `distill cache` takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shard {
+    /// Part `.0` (0-based) of `.1`.
+    Part(usize, usize),
+    /// This rank's part under torchrun (RANK of WORLD_SIZE).
+    Auto,
+}
+
+/// `i/N` with 1 ≤ i ≤ N → part i − 1 of N; `auto` → the rank's.
+fn parse_shard(s: &str) -> Result<Shard, String> {
+    if s == "auto" {
+        return Ok(Shard::Auto);
+    }
+    let bad = || format!("--shard `{s}`: expected i/N with 1 <= i <= N (part i of N, counted from 1), or auto");
     let (i, n) = s.split_once('/').ok_or_else(bad)?;
     let (i, n): (usize, usize) = (i.trim().parse().map_err(|_| bad())?, n.trim().parse().map_err(|_| bad())?);
     if i == 0 || i > n {
         return Err(bad());
     }
-    Ok((i - 1, n))
+    Ok(Shard::Part(i - 1, n))
 }
 
 fn parse_encoding(s: &str) -> Result<Encoding, String> {
@@ -336,8 +348,9 @@ pub enum Cmd {
         threads: Option<usize>,
         /// Capture only part i of N (1-based) of the rows, as one of N machines: a partial cache
         /// for `distill cache merge`. Parts are whole shards, so the merge equals one capture.
-        #[arg(long, value_name = "i/N", value_parser = parse_shard)]
-        shard: Option<(usize, usize)>,
+        /// `auto` under torchrun: part RANK+1 of WORLD_SIZE, into OUT/part-I-of-N.
+        #[arg(long, value_name = "i/N|auto", value_parser = parse_shard)]
+        shard: Option<Shard>,
         /// Output directory (an interrupted capture there is resumed).
         #[arg(long, required = true)]
         out: Option<PathBuf>,

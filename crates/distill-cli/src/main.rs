@@ -240,16 +240,27 @@ fn run(cli: Cli) -> Result<()> {
             };
             set_threads(threads);
             let t = lm::load_lm(&resolve(&teacher_path)?, Device::Cpu)?;
-            let opts = distill::cache::CaptureOptions {
+            let mut opts = distill::cache::CaptureOptions {
                 top_k,
                 tail_samples,
                 rows_per_shard,
                 batch_rows: batch,
                 encoding,
                 progress: true,
-                part: shard,
+                part: None,
             };
-            let out = out.context("--out is required")?;
+            let mut out = out.context("--out is required")?;
+            opts.part = match shard {
+                None => None,
+                Some(cli::Shard::Part(i, n)) => Some((i, n)),
+                Some(cli::Shard::Auto) => {
+                    let Some(w) = distill::dist::WorldEnv::from_env()? else {
+                        bail!("--shard auto takes the part from torchrun's RANK and WORLD_SIZE, which are not set");
+                    };
+                    out = out.join(format!("part-{}-of-{}", w.rank + 1, w.size));
+                    Some((w.rank, w.size))
+                }
+            };
             let t0 = std::time::Instant::now();
             let m = distill::cache::capture_text(&t, &data_cfg, &opts, &out)?;
             println!("{} ({:.0} s)", describe_cache(&out, &m), t0.elapsed().as_secs_f64());

@@ -314,6 +314,21 @@ fn sharded_capture_merges_into_the_single_capture_byte_for_byte() {
     for f in &names {
         assert!(std::fs::read(whole.join(f)).unwrap() == std::fs::read(merged.join(f)).unwrap(), "{f} differs");
     }
+    // Under torchrun, `--shard auto`: part RANK+1 of WORLD_SIZE into OUT/part-I-of-N.
+    let auto = d.join("auto");
+    for rank in 0..3 {
+        let mut args = vec!["cache", "--recipe", r.to_str().unwrap(), "--top-k", "8", "--tail-samples", "4"];
+        args.extend(["--rows-per-shard", "16", "--batch", "4", "--shard", "auto", "--out", auto.to_str().unwrap()]);
+        let o = Command::new(BIN).args(&args).env("RANK", rank.to_string()).env("WORLD_SIZE", "3").output().unwrap();
+        ok(&o);
+    }
+    let auto_parts: Vec<String> = (1..=3).map(|i| auto.join(format!("part-{i}-of-3")).display().to_string()).collect();
+    let mut args = vec!["cache", "merge"];
+    args.extend(auto_parts.iter().map(String::as_str));
+    let merged_auto = d.join("merged-auto");
+    args.extend(["--out", merged_auto.to_str().unwrap()]);
+    ok(&distill_in(&d.join("tmp"), &args));
+    assert!(names.iter().all(|f| std::fs::read(whole.join(f)).unwrap() == std::fs::read(merged_auto.join(f)).unwrap()));
     // Each part holds only its shards; together, every shard once.
     let counts: Vec<usize> = parts.iter().map(|p| files(p).len() - 1).collect();
     assert_eq!(counts.iter().sum::<usize>(), names.len() - 1);
@@ -333,6 +348,7 @@ fn sharded_capture_merges_into_the_single_capture_byte_for_byte() {
     // A part is not a cache to train from.
     err(&["inspect", p1, "--verify"], &["part 1 of 3", "distill cache merge"]);
     err(&["cache", "--recipe", r.to_str().unwrap(), "--shard", "0/3", "--out", o], &["--shard `0/3`"]);
+    err(&["cache", "--recipe", r.to_str().unwrap(), "--shard", "auto", "--out", o], &["--shard auto", "RANK"]);
     err(&["run", r.to_str().unwrap(), "--out", o, "--set", &format!("teacher.cache={p1}")], &["part 1 of 3"]);
 
     // The merged cache as the teacher: two ranks train what one process trains.
