@@ -238,7 +238,7 @@ fn run(cli: Cli) -> Result<()> {
                 Encoding::U8 => distill_cache::LogprobEncoding::U8 { step },
                 Encoding::F16 => distill_cache::LogprobEncoding::F16,
             };
-            set_threads(threads);
+            set_threads(threads.or_else(dist_cmd::threads_per_rank)); // under torchrun, a share of the cores
             let t = lm::load_lm(&resolve(&teacher_path)?, Device::Cpu)?;
             let mut opts = distill::cache::CaptureOptions {
                 top_k,
