@@ -96,12 +96,28 @@ pub fn join(
     if g.rank == 0 {
         return Ok(RunPlace { dir: out.to_path_buf(), main: true, _scratch: None });
     }
+    remove_stale_scratch();
     let dir = std::env::temp_dir().join(format!("distill-rank{}-{}", g.rank, std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).with_context(|| format!("rank {}: creating {}", g.rank, dir.display()))?;
     let scratch = Scratch(dir.clone());
     unpack(&archive, &dir)?;
     Ok(RunPlace { dir, main: false, _scratch: Some(scratch) })
+}
+
+/// Removes scratch directories of ranks that were killed (`distill-rank<r>-<pid>` whose process
+/// is gone).
+fn remove_stale_scratch() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let pid = name.strip_prefix("distill-rank").and_then(|r| r.split_once('-')).map(|(_, pid)| pid.to_string());
+        if let Some(pid) = pid.and_then(|p| p.parse::<u32>().ok()) {
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
 }
 
 /// The place of a run without a job.
@@ -194,7 +210,17 @@ pub fn launch(n: usize) -> Result<ExitCode> {
     };
     let mut children: Vec<(usize, Child)> = Vec::new();
     for rank in 0..n {
-        let child = Command::new(&exe)
+        let mut cmd = Command::new(&exe);
+        // A rank dies with the launcher (kill -9 included), as under torchrun.
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = cmd
             .args(&args)
             .env("RANK", rank.to_string())
             .env("LOCAL_RANK", rank.to_string())

@@ -354,3 +354,34 @@ fn sharded_capture_merges_into_the_single_capture_byte_for_byte() {
     // The merged cache as the teacher: two ranks train what one process trains.
     one_vs_two(&d, &r, &["kd"], &["--set", &format!("teacher.cache={}", merged.display())]);
 }
+
+/// A 2-rank run SIGKILLed anywhere (the launcher, its ranks with it) resumes, each time, to the
+/// bytes of an uninterrupted 2-rank run.
+#[test]
+fn kill_9_soak_data_parallel_run() {
+    let d = common::tmpdir("dist", "soak");
+    let t = common::lm_teacher(&d);
+    let text = d.join("corpus.txt");
+    common::lm_corpus(&text, 60);
+    let r = lm_recipe(&d, &t, &text, 60);
+    let args = |out: &Path, resume: bool| {
+        let mut a: Vec<String> =
+            ["run", r.to_str().unwrap(), "--out", out.to_str().unwrap(), "--nproc", "2"].map(String::from).to_vec();
+        if resume {
+            a.push("--resume".into());
+        }
+        a
+    };
+    let reference = d.join("reference");
+    let span = common::run_ok(BIN, &args(&reference, false));
+    // SIGKILL the launcher at random points (its ranks die with it), resume each time.
+    let out = d.join("killed");
+    let killed = common::kill_chain(BIN, &args(&out, false), &args(&out, true), &out, span, common::soak_kills(), 19);
+    assert!(killed >= 1, "no run was killed");
+    let (a, b) = (common::models(&reference), common::models(&out));
+    assert_eq!(a.len(), b.len());
+    for ((pa, ba), (pb, bb)) in a.iter().zip(&b) {
+        assert_eq!(pa, pb);
+        assert!(ba == bb, "{} differs after {killed} kills", pa.display());
+    }
+}
