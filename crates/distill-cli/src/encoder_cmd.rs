@@ -63,9 +63,7 @@ pub fn embed(model: &Path, data: &Path, out: &Path, batch: usize, field: &str) -
 pub fn eval(model: &Path, data: &Path, teacher: Option<&Path>, batch: usize, json: bool) -> Result<()> {
     let m = load_embedder(model)?;
     let docs = distill_text::read_labelled(data)?;
-    let mut classes: Vec<String> = docs.iter().map(|d| d.label.clone()).collect();
-    classes.sort();
-    classes.dedup();
+    let classes = distill_text::classes(&docs);
     if classes.len() < 2 {
         bail!("--data: {} needs labelled documents of at least two classes", data.display());
     }

@@ -38,6 +38,14 @@ impl LabelledDoc {
     }
 }
 
+/// The distinct labels of `docs`, sorted: a document's class is its label's index here.
+pub fn classes(docs: &[LabelledDoc]) -> Vec<String> {
+    let mut classes: Vec<String> = docs.iter().map(|d| d.label.clone()).collect();
+    classes.sort();
+    classes.dedup();
+    classes
+}
+
 /// The class of a SpamAssassin group: `spam` for spam groups, `ham` for ham groups, else the
 /// group with a trailing `-N` removed.
 pub fn group_label(group: &str) -> String {

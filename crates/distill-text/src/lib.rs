@@ -33,7 +33,7 @@ pub use blocks::{fingerprint, Batch, TokenBlocks};
 pub use clean::{clean_documents, clean_text, CleanStats};
 pub use config::{CleanConfig, DocBoundary, PackConfig, PackMode, SplitConfig, TextDataConfig, TextFormat, TextSource};
 pub use error::{Result, TextError};
-pub use labelled::{read_labelled, LabelledDoc};
+pub use labelled::{classes, read_labelled, LabelledDoc};
 pub use pack::{pack, tokenize_documents, PackStats, SpecialTokens};
 pub use pipeline::{build_dataset, prepare_text, tokenize_and_pack, DatasetStats, PreparedText, TextDataset};
 pub use rng::SplitMix64;

@@ -17,7 +17,7 @@ use tch::{Device, Tensor};
 
 use crate::checkpoint::{load_tensors, save_tensors, write_atomic, write_json};
 use crate::data::rng::SplitMix64;
-use crate::embed_eval::{mean_cos, probe, throughput, topk_overlap, ProbeScore};
+use crate::embed_eval::{mean_cos, probe, throughput, topk_overlap};
 use crate::encoder::{Embedder, Encoder};
 use crate::methods::{BuildContext, Term};
 use crate::recipe::EncoderRecipe;
@@ -89,9 +89,7 @@ struct Labelled {
 fn labelled(r: &EncoderRecipe) -> Result<Labelled> {
     let path = crate::fetch::resolve(&r.data.labelled)?;
     let docs = distill_text::read_labelled(&path)?;
-    let mut classes: Vec<String> = docs.iter().map(|d| d.label.clone()).collect();
-    classes.sort();
-    classes.dedup();
+    let classes = distill_text::classes(&docs);
     if classes.len() < 2 {
         return Err(Error::Invalid(format!("data.labelled: {} has fewer than two classes", path.display())));
     }
@@ -185,12 +183,7 @@ struct EvalSet<'a> {
 
 /// Scores `model` (the run warned about truncation once, at the start); `test`: its held-out
 /// embeddings when already computed (the teacher's).
-fn evaluate(
-    model: &dyn Embedder,
-    set: &EvalSet<'_>,
-    size_bytes: i64,
-    test: Option<Tensor>,
-) -> Result<(EncoderRow, ProbeScore)> {
+fn evaluate(model: &dyn Embedder, set: &EvalSet<'_>, size_bytes: i64, test: Option<Tensor>) -> Result<EncoderRow> {
     let train = model.embed(&set.l.probe_texts, set.batch)?;
     let test = match test {
         Some(t) => t,
@@ -218,7 +211,7 @@ fn evaluate(
         train_seconds: None,
         export: None,
     };
-    Ok((row, p))
+    Ok(row)
 }
 
 fn build_terms(r: &EncoderRecipe, s: &Encoder, t: &Encoder) -> Result<Vec<Box<dyn Term>>> {
@@ -290,10 +283,11 @@ pub fn run(r: &EncoderRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) 
     };
 
     let threads = tch::get_num_threads().max(1) as usize;
-    let truncated = teacher.tokenize(&l.test_texts)?.1 + teacher.tokenize(&l.probe_texts)?.1;
+    let (test_ids, test_cut) = teacher.tokenize(&l.test_texts)?;
+    let truncated = test_cut + teacher.tokenize(&l.probe_texts)?.1;
     crate::encoder::warn_truncated(truncated, l.test_texts.len() + l.probe_texts.len(), teacher.max_len);
     teacher.warned.set(true);
-    let teacher_test = tch::no_grad(|| teacher.embed(&l.test_texts, r.eval.batch))?;
+    let teacher_test = teacher.embed_ids(&test_ids, r.eval.batch);
     let mut speed_texts: Vec<String> = l.test_texts.iter().take(r.eval.speed_texts).cloned().collect();
     while speed_texts.len() < r.eval.speed_texts.min(32) {
         speed_texts.extend(l.test_texts.iter().cloned());
@@ -338,12 +332,12 @@ pub fn run(r: &EncoderRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) 
         let (mut row, train) = match id {
             "teacher" => {
                 let test = set.teacher_test.shallow_clone();
-                (evaluate(&teacher, &set, teacher.size_bytes(), Some(test))?.0, None)
+                (evaluate(&teacher, &set, teacher.size_bytes(), Some(test))?, None)
             }
             "init" => {
                 let s = layer_subset(&teacher, &layers)?;
                 s.warned.set(true);
-                (evaluate(&s, &set, s.size_bytes(), None)?.0, None)
+                (evaluate(&s, &set, s.size_bytes(), None)?, None)
             }
             "kd" | "narrow" => {
                 let mut s = match (id, &r.student.narrow) {
@@ -384,14 +378,14 @@ pub fn run(r: &EncoderRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) 
                 let reloaded = Encoder::load(&export, Device::Cpu)?;
                 s = reloaded;
                 s.warned.set(true);
-                (evaluate(&s, &set, s.size_bytes(), None)?.0, Some(rep))
+                (evaluate(&s, &set, s.size_bytes(), None)?, Some(rep))
             }
             _ => {
                 let cfg = r.student.static_.clone().unwrap_or_default();
                 let st = static_student(&teacher, &cfg)?;
                 st.save(&export, &r.teacher.path)?;
                 let bytes = st.embeddings.numel() as i64 * 4;
-                (evaluate(&st, &set, bytes, None)?.0, None)
+                (evaluate(&st, &set, bytes, None)?, None)
             }
         };
         row.id = id.to_string();
