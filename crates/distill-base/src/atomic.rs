@@ -39,6 +39,12 @@ pub fn temp_path(path: &Path) -> PathBuf {
     dir.join(format!(".{name}.tmp-{}-{nanos}", std::process::id()))
 }
 
+/// Whether a directory entry's `name` is the temporary file of an atomic write (an interrupted
+/// one, when found lying around): `.NAME.tmp…`.
+pub fn is_temp_name(name: &str) -> bool {
+    name.starts_with('.') && name.contains(".tmp")
+}
+
 /// Fsyncs a directory so that a rename inside it is durable (best effort).
 pub fn sync_dir(dir: &Path) {
     let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };

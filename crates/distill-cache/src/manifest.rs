@@ -259,7 +259,7 @@ impl Manifest {
     }
 
     /// Rows in shard `index` (the last shard holds the remainder).
-    pub fn rows_in_shard(&self, index: usize) -> usize {
+    pub(crate) fn rows_in_shard(&self, index: usize) -> usize {
         let first = index * self.rows_per_shard;
         self.rows_per_shard.min(self.n_rows.saturating_sub(first))
     }

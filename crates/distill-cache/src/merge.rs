@@ -1,15 +1,12 @@
 //! Joining the parts of a capture split over machines (`distill cache --shard i/N` on each)
 //! into the cache one machine would have written, byte for byte.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{BufWriter, Read, Write};
+use std::fs::{self, OpenOptions};
+use std::io::BufWriter;
 use std::path::Path;
 
-use sha2::{Digest, Sha256};
-
 use crate::error::{io, CacheError, Result};
-use crate::format::HEADER_BYTES;
-use crate::manifest::{hex, sync_dir, temp_path, Manifest, MANIFEST_FILE};
+use crate::manifest::{sync_dir, temp_path, Manifest, MANIFEST_FILE};
 use crate::shard;
 use crate::writer::compare_spec;
 
@@ -97,38 +94,12 @@ pub fn merge(parts: &[&Path], out: &Path) -> Result<Manifest> {
 /// Copies one shard, checking its size and header first and its sha256 on the way; the copy is
 /// fsynced and renamed into place.
 fn copy_shard(src: &Path, dst: &Path, m: &Manifest, index: usize, entry: &crate::ShardEntry) -> Result<()> {
-    let mut file = File::open(src).map_err(io(src, "open shard"))?;
-    let len = file.metadata().map_err(io(src, "stat shard"))?.len();
-    let mut head = [0u8; HEADER_BYTES];
-    if len == entry.bytes {
-        file.read_exact(&mut head).map_err(io(src, "read shard"))?;
-    }
-    shard::check_size_and_header(src, len, &head, m, index, entry)?;
     let tmp = temp_path(dst);
     let result = (|| {
         let out =
             OpenOptions::new().write(true).create(true).truncate(true).open(&tmp).map_err(io(&tmp, "create shard"))?;
         let mut w = BufWriter::with_capacity(1 << 20, out);
-        let mut hasher = Sha256::new();
-        hasher.update(head);
-        w.write_all(&head).map_err(io(&tmp, "write shard"))?;
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = file.read(&mut buf).map_err(io(src, "read shard"))?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            w.write_all(&buf[..n]).map_err(io(&tmp, "write shard"))?;
-        }
-        let actual = hex(&hasher.finalize());
-        if actual != entry.sha256 {
-            return Err(CacheError::ChecksumMismatch {
-                path: src.to_path_buf(),
-                expected: entry.sha256.clone(),
-                actual,
-            });
-        }
+        shard::verify_into(src, m, index, entry, &mut w, &tmp)?;
         let out = w.into_inner().map_err(|e| io(&tmp, "flush shard")(e.into_error()))?;
         out.sync_all().map_err(io(&tmp, "fsync shard"))?;
         fs::rename(&tmp, dst).map_err(io(dst, "rename shard"))?;

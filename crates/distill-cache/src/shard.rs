@@ -1,7 +1,7 @@
 //! Checks shared by the writer (resume) and the reader: size, header and checksum of a shard.
 
 use std::fs::File;
-use std::io::{Read, Seek};
+use std::io::{Read, Seek, Write};
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
@@ -39,6 +39,19 @@ pub(crate) fn check_size_and_header(
 
 /// Checks a shard file's size, header and sha256 against its manifest entry, streaming it.
 pub(crate) fn verify_file(path: &Path, manifest: &Manifest, index: usize, entry: &ShardEntry) -> Result<()> {
+    verify_into(path, manifest, index, entry, &mut std::io::sink(), path)
+}
+
+/// [`verify_file`], writing the file's bytes to `out` on the way (errors writing it name
+/// `out_path`); the checksum is known only once all of it went through.
+pub(crate) fn verify_into(
+    path: &Path,
+    manifest: &Manifest,
+    index: usize,
+    entry: &ShardEntry,
+    out: &mut impl Write,
+    out_path: &Path,
+) -> Result<()> {
     let mut file = File::open(path).map_err(io(path, "open shard"))?;
     let len = file.metadata().map_err(io(path, "stat shard"))?.len();
     let mut head = [0u8; HEADER_BYTES];
@@ -48,7 +61,18 @@ pub(crate) fn verify_file(path: &Path, manifest: &Manifest, index: usize, entry:
     }
     check_size_and_header(path, len, &head, manifest, index, entry)?;
     let mut hasher = Sha256::new();
-    std::io::copy(&mut file, &mut hasher).map_err(io(path, "read shard"))?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = match file.read(&mut buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            r => r.map_err(io(path, "read shard"))?,
+        };
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        out.write_all(&buf[..n]).map_err(io(out_path, "write shard"))?;
+    }
     let actual = hex(&hasher.finalize());
     if actual == entry.sha256 {
         Ok(())

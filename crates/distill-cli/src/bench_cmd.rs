@@ -198,11 +198,10 @@ pub fn run(what: BenchCmd) -> Result<()> {
                 let (vs, student) = bench::random_model(&student_cfg, 0)?;
                 bench::bench_step(&vs, &student, Teacher::Lm(&teacher), &s, warmup, steps)?
             };
-            let ranks = distill::dist::group().map_or(1, |g| g.size);
-            if !main {
-            } else if json {
-                println!("{}", serde_json::json!({"name": config, "ranks": ranks, "result": r}));
-            } else {
+            let ranks = r.ranks.unwrap_or(1);
+            if main && json {
+                println!("{}", serde_json::json!({"name": config, "result": r}));
+            } else if main {
                 println!(
                     "{config} ({ranks} rank(s)): {:.1} ms/step, {:.0} tok/s, peak RSS {:.0} MiB ({} threads; loss {:.3} -> {:.3})",
                     r.ms_per_step, r.tokens_per_s, r.peak_rss_mib, r.threads, r.loss_first, r.loss_last

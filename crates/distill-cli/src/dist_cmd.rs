@@ -136,8 +136,7 @@ fn pack(dir: &Path) -> Result<Vec<u8>> {
         entries.sort_by_key(|e| e.file_name());
         for e in entries {
             let path = e.path();
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') && name.contains(".tmp") {
+            if distill_base::atomic::is_temp_name(&e.file_name().to_string_lossy()) {
                 continue;
             }
             if path.is_dir() {

@@ -68,9 +68,9 @@ fn main() -> ExitCode {
         // A bad recipe is one error line here, not one per rank.
         let checked = load_recipe(recipe, set).and_then(|r| {
             let gpus = tch::Cuda::device_count() as usize;
-            match &r {
-                Recipe::Lm(lr) if lr.device != "cpu" && gpus < *n as usize => {
-                    bail!("--nproc {n} with device `{}`: one GPU per rank, but libtorch sees {gpus}", lr.device)
+            match r.cuda_device() {
+                Some(d) if gpus < *n as usize => {
+                    bail!("--nproc {n} with device `{d}`: one GPU per rank, but libtorch sees {gpus}")
                 }
                 _ => Ok(()),
             }
@@ -152,10 +152,7 @@ fn check_run_dir(out: &Path, resume: bool, text: &str) -> Result<()> {
     let saved = out.join("recipe.toml");
     let nothing_done = !saved.exists()
         && std::fs::read_dir(out).map_or(true, |d| {
-            d.flatten().all(|e| {
-                let name = e.file_name().to_string_lossy().into_owned();
-                name.starts_with('.') && name.contains(".tmp")
-            })
+            d.flatten().all(|e| distill_base::atomic::is_temp_name(&e.file_name().to_string_lossy()))
         });
     if resume && !nothing_done {
         let before = std::fs::read_to_string(&saved)
@@ -485,32 +482,26 @@ fn run(cli: Cli) -> Result<()> {
             let r = load_recipe(&recipe, &set)?;
             let text = r.to_toml()?;
             let world = distill::dist::WorldEnv::from_env()?;
-            let threads = match &r {
-                Recipe::Image(ir) => ir.threads,
-                Recipe::Encoder(er) => er.threads,
-                Recipe::Lm(lr) => lr.threads,
-            };
-            set_threads(threads.or_else(|| world.as_ref().and_then(|_| dist_cmd::threads_per_rank())));
+            set_threads(r.threads().or_else(|| world.as_ref().and_then(|_| dist_cmd::threads_per_rank())));
             let check = || -> Result<()> {
                 check_run_dir(&out, resume, &text)?;
                 fetch_missing(&r)
             };
             let place = match &world {
                 Some(w) => {
-                    let device = match &r {
-                        Recipe::Lm(lr) if lr.device != "cpu" => {
+                    let device = match r.cuda_device() {
+                        Some(d) => {
                             let gpus = tch::Cuda::device_count() as usize;
                             if w.local_rank >= gpus {
                                 bail!(
-                                    "rank {} (LOCAL_RANK {}): device `{}` needs one GPU per local rank, but libtorch sees {gpus}",
+                                    "rank {} (LOCAL_RANK {}): device `{d}` needs one GPU per local rank, but libtorch sees {gpus}",
                                     w.rank,
-                                    w.local_rank,
-                                    lr.device
+                                    w.local_rank
                                 );
                             }
                             Device::Cuda(w.local_rank)
                         }
-                        _ => Device::Cpu,
+                        None => Device::Cpu,
                     };
                     dist_cmd::join(w, device, &out, resume, check)?
                 }
@@ -520,46 +511,33 @@ fn run(cli: Cli) -> Result<()> {
                 }
             };
             let (dir, main) = (place.dir.as_path(), place.main);
-            match r {
+            // The summary as JSON, the table, and the exported students to name.
+            let (summary, table, students) = match r {
                 Recipe::Image(ir) => {
                     let opts = distill::experiments::image::RunOptions { progress: main, verbose: main };
                     let s = distill::experiments::image::run(&ir, &text, dir, &opts)?;
-                    if !main {
-                    } else if json {
-                        println!("{}", serde_json::to_string_pretty(&s)?);
-                    } else {
-                        print!("{}", distill::experiments::image::table(&s));
-                        println!("summary: {}", out.join("summary.json").display());
-                    }
+                    (serde_json::to_string_pretty(&s)?, distill::experiments::image::table(&s), vec![])
                 }
                 Recipe::Encoder(er) => {
                     let opts = distill::experiments::encoder::RunOptions { progress: main, verbose: main };
                     let s = distill::experiments::encoder::run(&er, &text, dir, &opts)?;
-                    if !main {
-                    } else if json {
-                        println!("{}", serde_json::to_string_pretty(&s)?);
-                    } else {
-                        print!("{}", distill::experiments::encoder::table(&s));
-                        println!("summary: {}", out.join("summary.json").display());
-                        println!("student: {} (sentence-transformers directory)", out.join("student").display());
-                    }
+                    let students = vec![("student", "sentence-transformers directory")];
+                    (serde_json::to_string_pretty(&s)?, distill::experiments::encoder::table(&s), students)
                 }
                 Recipe::Lm(lr) => {
                     let opts = distill::experiments::lm::RunOptions { progress: main, verbose: main };
                     let s = distill::experiments::lm::run(&lr, &text, dir, &opts)?;
-                    if !main {
-                    } else if json {
-                        println!("{}", serde_json::to_string_pretty(&s)?);
-                    } else {
-                        print!("{}", distill::experiments::lm::report(&s));
-                        println!("summary: {}", out.join("summary.json").display());
-                        for (path, what) in [("student", "Hugging Face directory"), ("student.gguf", "GGUF, llama.cpp")]
-                        {
-                            if out.join(path).exists() {
-                                println!("student: {} ({what})", out.join(path).display());
-                            }
-                        }
-                    }
+                    let students = vec![("student", "Hugging Face directory"), ("student.gguf", "GGUF, llama.cpp")];
+                    (serde_json::to_string_pretty(&s)?, distill::experiments::lm::report(&s), students)
+                }
+            };
+            if main && json {
+                println!("{summary}");
+            } else if main {
+                print!("{table}");
+                println!("summary: {}", out.join("summary.json").display());
+                for (path, what) in students.into_iter().filter(|(p, _)| out.join(p).exists()) {
+                    println!("student: {} ({what})", out.join(path).display());
                 }
             }
             Ok(())
@@ -582,12 +560,11 @@ fn run(cli: Cli) -> Result<()> {
             set_threads(None);
             encoder_cmd::embed(&resolve(&model)?, &resolve(&data)?, &out, batch, &field)
         }
-        Cmd::Eval { model, data, teacher, seq_len, max_rows, min_chars, json }
+        Cmd::Eval { model, data, teacher, json, .. }
             if encoder_cmd::is_encoder_dir(
                 &fetch::resolve(&model.to_string_lossy()).unwrap_or_else(|_| model.clone()),
             ) =>
         {
-            let _ = (seq_len, max_rows, min_chars);
             let [d] = data.as_slice() else { bail!("--data: give one labelled file or directory for an encoder") };
             set_threads(None);
             let t = teacher.as_deref().map(resolve).transpose()?;

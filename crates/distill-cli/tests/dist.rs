@@ -13,7 +13,7 @@ mod common;
 const BIN: &str = env!("CARGO_BIN_EXE_distill");
 
 /// Runs `distill` with its temporary directory (rank 1's scratch) under `tmp`.
-fn distill_in(tmp: &Path, args: &[&str]) -> Output {
+fn distill_in<S: AsRef<std::ffi::OsStr>>(tmp: &Path, args: &[S]) -> Output {
     std::fs::create_dir_all(tmp).unwrap();
     Command::new(BIN).args(args).env("TMPDIR", tmp).output().unwrap()
 }
@@ -73,11 +73,9 @@ fn one_vs_two(d: &Path, recipe: &Path, phases: &[&str], extra: &[&str]) {
         a.extend(more);
         a.into_iter().map(String::from).collect::<Vec<_>>()
     };
-    let args = run(&one, &[]);
-    ok(&distill_in(&d.join("tmp1"), &args.iter().map(String::as_str).collect::<Vec<_>>()));
+    ok(&distill_in(&d.join("tmp1"), &run(&one, &[])));
     let tmp = d.join("tmp2");
-    let args = run(&two, &["--nproc", "2"]);
-    ok(&distill_in(&tmp, &args.iter().map(String::as_str).collect::<Vec<_>>()));
+    ok(&distill_in(&tmp, &run(&two, &["--nproc", "2"])));
     for ph in phases {
         let (a, b) = (one.join("phases").join(ph), two.join("phases").join(ph));
         let diff = max_abs_diff(&a.join("ckpt.safetensors"), &b.join("ckpt.safetensors"));
@@ -204,11 +202,11 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// One rank started as torchrun starts it: its place in the environment.
-fn rank(tmp: &Path, r: usize, port: u16, args: &[&str]) -> std::process::Child {
+/// Rank `r` of 2 as torchrun starts it: its place in the environment; stdout discarded.
+fn rank(tmp: &Path, r: usize, port: u16, args: &[&str]) -> Command {
     std::fs::create_dir_all(tmp).unwrap();
-    Command::new(BIN)
-        .args(args)
+    let mut c = Command::new(BIN);
+    c.args(args)
         .env("TMPDIR", tmp)
         .env("RANK", r.to_string())
         .env("LOCAL_RANK", r.to_string())
@@ -216,9 +214,8 @@ fn rank(tmp: &Path, r: usize, port: u16, args: &[&str]) -> std::process::Child {
         .env("MASTER_ADDR", "127.0.0.1")
         .env("MASTER_PORT", port.to_string())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+        .stderr(Stdio::piped());
+    c
 }
 
 #[test]
@@ -231,8 +228,8 @@ fn a_lost_rank_is_one_error_line_and_resume_finishes() {
     let (rs, out) = (r.to_str().unwrap(), d.join("run"));
     let args = ["run", rs, "--out", out.to_str().unwrap()];
     let port = free_port();
-    let mut r0 = rank(&d.join("tmp0"), 0, port, &args);
-    let r1 = rank(&d.join("tmp1"), 1, port, &args);
+    let mut r0 = rank(&d.join("tmp0"), 0, port, &args).spawn().unwrap();
+    let r1 = rank(&d.join("tmp1"), 1, port, &args).spawn().unwrap();
     // Rank 0, the writer, is killed once it has written a checkpoint.
     let ckpt = out.join("phases/kd/ckpt.safetensors");
     let t0 = Instant::now();
@@ -266,14 +263,9 @@ fn a_lost_rank_is_one_error_line_and_resume_finishes() {
     let o = distill_in(&d.join("tmp4"), &["run", rs, "--out", out.to_str().unwrap(), "--nproc", "2"]);
     common::assert_error(&o, &["already exists"]);
     // A peer that never comes: one line once DISTILL_DIST_TIMEOUT has passed.
-    let alone = Command::new(BIN)
-        .args(["run", rs, "--out", d.join("alone").to_str().unwrap()])
-        .env("RANK", "1")
-        .env("WORLD_SIZE", "2")
-        .env("MASTER_PORT", free_port().to_string())
-        .env("DISTILL_DIST_TIMEOUT", "2")
-        .output()
-        .unwrap();
+    let alone_out = d.join("alone");
+    let alone_args = ["run", rs, "--out", alone_out.to_str().unwrap()];
+    let alone = rank(&d.join("tmp5"), 1, free_port(), &alone_args).env("DISTILL_DIST_TIMEOUT", "2").output().unwrap();
     common::assert_error(&alone, &["rank 1 of 2: could not join the group at 127.0.0.1:", "timed out"]);
     // CUDA ranks need a GPU each (this machine has none): refused before any rank starts.
     if tch::Cuda::device_count() == 0 {
@@ -292,12 +284,14 @@ fn sharded_capture_merges_into_the_single_capture_byte_for_byte() {
     let text = d.join("corpus.txt");
     common::lm_corpus(&text, 60);
     let r = lm_recipe(&d, &t, &text, 20);
-    let capture = |out: &Path, extra: &[&str]| {
-        let mut args = vec!["cache", "--recipe", r.to_str().unwrap(), "--top-k", "8", "--tail-samples", "4"];
+    // `distill cache` over the recipe's rows: top-k `k` + 4 tail samples, shards of 16 rows.
+    let cache_args = |k: &str, out: &Path, extra: &[&str]| {
+        let mut args = vec!["cache", "--recipe", r.to_str().unwrap(), "--top-k", k, "--tail-samples", "4"];
         args.extend(["--rows-per-shard", "16", "--batch", "4", "--out", out.to_str().unwrap()]);
         args.extend(extra);
-        distill_in(&d.join("tmp"), &args)
+        args.into_iter().map(String::from).collect::<Vec<_>>()
     };
+    let capture = |out: &Path, extra: &[&str]| distill_in(&d.join("tmp"), &cache_args("8", out, extra));
     let whole = d.join("whole");
     ok(&capture(&whole, &[]));
     // Three machines' parts (uneven: 8 shards over 3), merged in any order.
@@ -317,8 +311,7 @@ fn sharded_capture_merges_into_the_single_capture_byte_for_byte() {
     // Under torchrun, `--shard auto`: part RANK+1 of WORLD_SIZE into OUT/part-I-of-N.
     let auto = d.join("auto");
     for rank in 0..3 {
-        let mut args = vec!["cache", "--recipe", r.to_str().unwrap(), "--top-k", "8", "--tail-samples", "4"];
-        args.extend(["--rows-per-shard", "16", "--batch", "4", "--shard", "auto", "--out", auto.to_str().unwrap()]);
+        let args = cache_args("8", &auto, &["--shard", "auto"]);
         let o = Command::new(BIN).args(&args).env("RANK", rank.to_string()).env("WORLD_SIZE", "3").output().unwrap();
         ok(&o);
     }
@@ -341,9 +334,7 @@ fn sharded_capture_merges_into_the_single_capture_byte_for_byte() {
     err(&["cache", "merge", p1, p3, "--out", o], &["part 2 of 3 is missing"]);
     err(&["cache", "merge", p1, p1, p2, p3, "--out", o], &["part 1 is given twice"]);
     let other = d.join("other");
-    let mut args = vec!["cache", "--recipe", r.to_str().unwrap(), "--top-k", "6", "--tail-samples", "4"];
-    args.extend(["--rows-per-shard", "16", "--batch", "4", "--shard", "2/3", "--out", other.to_str().unwrap()]);
-    ok(&distill_in(&d.join("tmp"), &args));
+    ok(&distill_in(&d.join("tmp"), &cache_args("6", &other, &["--shard", "2/3"])));
     err(&["cache", "merge", p1, other.to_str().unwrap(), p3, "--out", o], &["top_k"]);
     // A part is not a cache to train from.
     err(&["inspect", p1, "--verify"], &["part 1 of 3", "distill cache merge"]);

@@ -41,12 +41,6 @@ bool is_loopback(const std::string &host) {
   return host == "localhost" || host.rfind("127.", 0) == 0 || host == "::1";
 }
 
-std::vector<at::Tensor> gather(at::Tensor *const *ts, size_t n) {
-  std::vector<at::Tensor> v;
-  v.reserve(n);
-  for (size_t i = 0; i < n; ++i) v.push_back(*ts[i]);
-  return v;
-}
 }  // namespace
 
 extern "C" {
@@ -141,9 +135,8 @@ char *distill_c10d_allreduce_sum(void *gp, at::Tensor *const *ts, size_t n) {
 char *distill_c10d_broadcast(void *gp, at::Tensor *const *ts, size_t n, int root) {
   try {
     auto *g = static_cast<Group *>(gp);
-    auto all = gather(ts, n);
-    for (auto &t : all) {
-      std::vector<at::Tensor> one{t};
+    for (size_t i = 0; i < n; ++i) {
+      std::vector<at::Tensor> one{*ts[i]};
       c10d::BroadcastOptions o;
       o.rootRank = root;
       o.timeout = g->timeout;

@@ -146,16 +146,6 @@ pub fn group() -> Option<&'static ProcessGroup> {
     GROUP.get()
 }
 
-/// This process's rank (0 without a group).
-pub fn rank() -> usize {
-    group().map_or(0, |g| g.rank)
-}
-
-/// Whether this process writes the run's files (rank 0, or no group).
-pub fn is_main() -> bool {
-    rank() == 0
-}
-
 /// How long a collective may wait for its peers: `DISTILL_DIST_TIMEOUT` seconds (default 600).
 fn timeout() -> Result<Duration> {
     match std::env::var("DISTILL_DIST_TIMEOUT") {

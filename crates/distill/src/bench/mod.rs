@@ -170,11 +170,7 @@ pub fn bench_step(
             comm.push(pg.map_or(0.0, |g| g.comm_seconds()) - c0);
         }
     }
-    comm.sort_by(f64::total_cmp);
-    let comm_ms = comm.get(comm.len() / 2).map(|s| s * 1e3);
-    let mut sorted = ms.clone();
-    sorted.sort_by(f64::total_cmp);
-    let median = sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN);
+    let median = upper_median(&ms);
     Ok(StepBenchResult {
         threads: tch::get_num_threads(),
         batch: spec.batch,
@@ -188,8 +184,15 @@ pub fn bench_step(
         loss_first: losses.first().copied().unwrap_or(f64::NAN),
         loss_last: losses.last().copied().unwrap_or(f64::NAN),
         ranks: pg.map(|g| g.size),
-        comm_ms_per_step: pg.and(comm_ms),
+        comm_ms_per_step: pg.map(|_| upper_median(&comm) * 1e3),
     })
+}
+
+/// The upper median of `v` (NaN when empty).
+fn upper_median(v: &[f64]) -> f64 {
+    let mut sorted = v.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// Median wall time in ms of `reps` runs of `run` after one warm-up run.

@@ -101,6 +101,23 @@ impl Recipe {
         }
     }
 
+    /// The recipe's `threads` (None: the default).
+    pub fn threads(&self) -> Option<usize> {
+        match self {
+            Recipe::Image(r) => r.threads,
+            Recipe::Lm(r) => r.threads,
+            Recipe::Encoder(r) => r.threads,
+        }
+    }
+
+    /// The CUDA device an LM recipe names (`cuda`, `cuda:N`); None where it runs on the CPU.
+    pub fn cuda_device(&self) -> Option<&str> {
+        match self {
+            Recipe::Lm(r) if r.device != "cpu" => Some(&r.device),
+            _ => None,
+        }
+    }
+
     /// Every path in the recipe, as written (possibly `asset:` paths).
     pub fn paths(&self) -> Vec<&str> {
         match self {
