@@ -8,4 +8,4 @@ scripts/setup.sh
 ./target/release/distill fetch fashion-mnist smollm2 brown minilm spam-assassin > /dev/null
 cargo fmt --all --check
 cargo clippy --release --workspace --all-targets --quiet -- -D warnings
-cargo test --release --workspace
+cargo test --release --workspace --no-fail-fast

@@ -148,7 +148,8 @@ batch = 8
     let ids: Vec<&str> = rows.iter().map(|r| r["id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["teacher", "init", "kd", "narrow", "static"]);
     let t = &rows[0];
-    assert_eq!(t["cos_to_teacher"].as_f64().unwrap(), 1.0);
+    // The teacher against itself: 1 up to rounding (MKL's last bits differ between CPUs).
+    assert!((t["cos_to_teacher"].as_f64().unwrap() - 1.0).abs() < 1e-6, "{t}");
     assert_eq!(t["topk_overlap"].as_f64().unwrap(), 1.0);
     assert_eq!(t["params"].as_i64().unwrap(), 22_565_376);
     assert_eq!(rows[1]["params"].as_i64().unwrap(), 22_565_376 - 3 * 1_774_464);
