@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 use clap::Subcommand;
-use distill::lm;
-use distill::models::llama::Llama;
+use distill::io::lm;
+use distill::models::lm::CausalLm;
 use distill_text::TextSource;
 use tch::{nn, Device, Kind};
 
@@ -149,21 +149,21 @@ pub enum BenchCmd {
 
 /// The model as benchmarked: itself, or (`bf16`) only its bf16 copy — the f32 original is
 /// dropped, as PyTorch's `model.to(torch.bfloat16)` keeps one copy.
-fn bf16_if(vs: nn::VarStore, model: Llama, bf16: bool) -> Result<(nn::VarStore, Llama)> {
+fn bf16_if(vs: nn::VarStore, model: CausalLm, bf16: bool) -> Result<(nn::VarStore, CausalLm)> {
     Ok(if bf16 { distill::teacher::teacher_in_kind(&vs, &model, Kind::BFloat16)? } else { (vs, model) })
 }
 
 pub fn run(what: BenchCmd) -> Result<()> {
     use distill::bench::{self, loss as bench_loss};
-    use distill::cache::CachedTeacher;
+    use distill::teacher::cache::CachedTeacher;
     use distill::teacher::{Teacher, TeacherDtype};
     match what {
         BenchCmd::Step { config, spec, cache, warmup, steps, threads, json } => {
             set_threads(threads);
             // Under torchrun (or with its environment), one rank of a data-parallel step: each
             // rank its slice of the batch, gradients all-reduced (gloo); rank 0 reports.
-            let main = match distill::dist::WorldEnv::from_env()? {
-                Some(w) => distill::dist::init(&w, Device::Cpu)?.rank == 0,
+            let main = match distill::train::dist::WorldEnv::from_env()? {
+                Some(w) => distill::train::dist::init(&w, Device::Cpu)?.rank == 0,
                 None => true,
             };
             let s = bench::load_spec(&spec, &config)?;
@@ -224,7 +224,7 @@ pub fn run(what: BenchCmd) -> Result<()> {
         }
         BenchCmd::Embed { model, texts, batch, threads, json } => {
             set_threads(threads);
-            let m = distill::encoder::load_embedder(&resolve(&model)?)?;
+            let m = distill::models::sentence::load_embedder(&resolve(&model)?)?;
             let r = bench::bench_embed(m.as_ref(), texts, batch)?;
             if json {
                 println!("{}", serde_json::json!({"model": model, "result": r}));

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use distill::export::GgufType;
+use distill::io::export::GgufType;
 
 use crate::bench_cmd;
 

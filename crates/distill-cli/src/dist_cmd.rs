@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use distill::dist::{self, WorldEnv};
+use distill::train::dist::{self, WorldEnv};
 
 /// Where error lines go: stderr, or a copy of it kept when [`quiet_stderr`] silenced it.
 static ERR_FD: AtomicI32 = AtomicI32::new(2);

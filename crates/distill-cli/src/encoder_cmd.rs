@@ -3,12 +3,12 @@
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use distill::embed_eval::{mean_cos, probe, throughput, topk_overlap};
-use distill::encoder::{load_embedder, write_npy};
+use distill::eval::embed::{mean_cos, probe, throughput, topk_overlap};
+use distill::models::sentence::{load_embedder, write_npy};
 
 /// Whether `dir` holds a sentence encoder (BERT or Model2Vec) rather than a causal LM.
 pub fn is_encoder_dir(dir: &Path) -> bool {
-    matches!(distill::encoder::model_type(dir).as_deref(), Some("bert" | "model2vec"))
+    matches!(distill::models::sentence::model_type(dir).as_deref(), Some("bert" | "model2vec"))
 }
 
 /// Texts of `data`: a `.jsonl` file (the `field` of each line), a labelled directory (JSON
@@ -50,7 +50,7 @@ pub fn embed(model: &Path, data: &Path, out: &Path, batch: usize, field: &str) -
             s += &serde_json::to_string(&serde_json::json!({"text": t, "embedding": r}))?;
             s.push('\n');
         }
-        distill::checkpoint::write_atomic(out, s.as_bytes())?;
+        distill::train::checkpoint::write_atomic(out, s.as_bytes())?;
     } else {
         bail!("--out: {} must end in .npy or .jsonl", out.display());
     }

@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use cli::{Cli, Cmd, Encoding};
+use distill::io::{fetch, lm};
 use distill::recipe::Recipe;
-use distill::{fetch, lm};
 use distill_text::TextSource;
 use tch::Device;
 
@@ -237,7 +237,7 @@ fn run(cli: Cli) -> Result<()> {
             };
             set_threads(threads.or_else(dist_cmd::threads_per_rank)); // under torchrun, a share of the cores
             let t = lm::load_lm(&resolve(&teacher_path)?, Device::Cpu)?;
-            let mut opts = distill::cache::CaptureOptions {
+            let mut opts = distill::teacher::cache::CaptureOptions {
                 top_k,
                 tail_samples,
                 rows_per_shard,
@@ -251,7 +251,7 @@ fn run(cli: Cli) -> Result<()> {
                 None => None,
                 Some(cli::Shard::Part(i, n)) => Some((i, n)),
                 Some(cli::Shard::Auto) => {
-                    let Some(w) = distill::dist::WorldEnv::from_env()? else {
+                    let Some(w) = distill::train::dist::WorldEnv::from_env()? else {
                         bail!("--shard auto takes the part from torchrun's RANK and WORLD_SIZE, which are not set");
                     };
                     out = out.join(format!("part-{}-of-{}", w.rank + 1, w.size));
@@ -259,7 +259,7 @@ fn run(cli: Cli) -> Result<()> {
                 }
             };
             let t0 = std::time::Instant::now();
-            let m = distill::cache::capture_text(&t, &data_cfg, &opts, &out)?;
+            let m = distill::teacher::cache::capture_text(&t, &data_cfg, &opts, &out)?;
             println!("{} ({:.0} s)", describe_cache(&out, &m), t0.elapsed().as_secs_f64());
             Ok(())
         }
@@ -287,7 +287,7 @@ fn run(cli: Cli) -> Result<()> {
                 (Some(p), None) => {
                     let Some(m) = &model else { bail!("--model: give the model that writes (or use --recipe)") };
                     // Read and check the prompts before the model loads.
-                    (m.clone(), Err(distill::gendata::read_prompts(p, &field)?))
+                    (m.clone(), Err(distill::experiments::gendata::read_prompts(p, &field)?))
                 }
                 (None, Some(rp)) => {
                     let Recipe::Lm(r) = load_recipe(rp, &set)? else {
@@ -306,7 +306,7 @@ fn run(cli: Cli) -> Result<()> {
                 Err(list) => (list, max_tokens.unwrap_or(256)),
                 Ok(data) => {
                     let rows = distill_text::build_dataset(&data, &m.tokenizer)?.train;
-                    let p = distill::gendata::prompts_from_rows(
+                    let p = distill::experiments::gendata::prompts_from_rows(
                         &rows,
                         &m.tokenizer,
                         prompt_tokens,
@@ -315,8 +315,8 @@ fn run(cli: Cli) -> Result<()> {
                     (p, max_tokens.unwrap_or(rows.seq_len - prompt_tokens))
                 }
             };
-            let opts = distill::gendata::GenDataOptions {
-                generate: distill::generate::GenerateOptions {
+            let opts = distill::experiments::gendata::GenDataOptions {
+                generate: distill::eval::generate::GenerateOptions {
                     max_new_tokens: max_new,
                     temperature,
                     top_k,
@@ -330,7 +330,7 @@ fn run(cli: Cli) -> Result<()> {
                 batch,
                 progress: true,
             };
-            let s = distill::gendata::generate_data(&m, &prompts, &opts, &out)?;
+            let s = distill::experiments::gendata::generate_data(&m, &prompts, &opts, &out)?;
             println!(
                 "{}: {} records ({} written now, {} tokens, {:.0} s; ends: {} EOS, {} stop string, {} length)",
                 out.display(),
@@ -365,10 +365,10 @@ fn run(cli: Cli) -> Result<()> {
             out,
             threads,
         } => {
-            use distill::selfdistill::{run, trainable, SelfDistillOptions};
+            use distill::experiments::selfdistill::{run, trainable, SelfDistillOptions};
             let families = families
                 .split(',')
-                .map(|f| distill::verify::Family::parse(f.trim()))
+                .map(|f| distill::eval::verify::Family::parse(f.trim()))
                 .collect::<distill::Result<Vec<_>>>()?;
             let o = SelfDistillOptions {
                 families,
@@ -481,7 +481,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Run { recipe, out, set, resume, json, nproc: _ } => {
             let r = load_recipe(&recipe, &set)?;
             let text = r.to_toml()?;
-            let world = distill::dist::WorldEnv::from_env()?;
+            let world = distill::train::dist::WorldEnv::from_env()?;
             set_threads(r.threads().or_else(|| world.as_ref().and_then(|_| dist_cmd::threads_per_rank())));
             let check = || -> Result<()> {
                 check_run_dir(&out, resume, &text)?;
@@ -548,10 +548,10 @@ fn run(cli: Cli) -> Result<()> {
             let m = lm::load_lm(&resolve(&model)?, Device::Cpu)?;
             if to_gguf {
                 let name = model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-                distill::export::export_gguf(&m.model, &m.tokenizer, m.chat_template.as_deref(), &name, &out, ty)?;
+                distill::io::export::export_gguf(&m.model, &m.tokenizer, m.chat_template.as_deref(), &name, &out, ty)?;
             } else {
                 let template = m.chat_template.as_deref();
-                distill::export::export_hf_with_chat_template(&m.model, Some(&m.tokenizer_json), template, &out)?;
+                distill::io::export::export_hf_with_chat_template(&m.model, Some(&m.tokenizer_json), template, &out)?;
             }
             println!("{}", out.display());
             Ok(())
@@ -619,7 +619,7 @@ fn run(cli: Cli) -> Result<()> {
             set_threads(None);
             let m = lm::load_lm(&resolve(&model)?, Device::Cpu)?;
             let sampling = temperature.is_some() || top_k.is_some() || top_p.is_some();
-            let opts = distill::generate::GenerateOptions {
+            let opts = distill::eval::generate::GenerateOptions {
                 max_new_tokens: max_tokens,
                 temperature: if sampling { temperature.unwrap_or(1.0) } else { 0.0 },
                 top_k: top_k.unwrap_or(0),

@@ -9,7 +9,7 @@ use std::process::Command;
 use common::{assert_error, distill, stderr, tmpdir};
 
 fn minilm() -> String {
-    let p = distill::fetch::asset("minilm").unwrap().root_path();
+    let p = distill::io::fetch::asset("minilm").unwrap().root_path();
     assert!(p.join("model.safetensors").is_file(), "run `distill fetch minilm`");
     p.display().to_string()
 }
@@ -17,7 +17,7 @@ fn minilm() -> String {
 fn python() -> std::path::PathBuf {
     std::env::var_os("DISTILL_PYTHON")
         .map(Into::into)
-        .unwrap_or_else(|| distill::fetch::distill_home().join("venv/bin/python"))
+        .unwrap_or_else(|| distill::io::fetch::distill_home().join("venv/bin/python"))
 }
 
 const CHECK_NPY: &str = r#"

@@ -68,7 +68,7 @@ fn gguf(b: &[u8]) {
     }
     let _ = f.tensor_f32("token_embd.weight");
     if let Ok(p) = distill_gguf::LlamaGgufParams::from_gguf(&f) {
-        let _ = distill::lm::config_from_gguf(&f, &p).map(|c| c.param_count());
+        let _ = distill::io::lm::config_from_gguf(&f, &p).map(|c| c.param_count());
         for t in distill_gguf::hf_tensors(&f, &p).take(4) {
             let _ = t;
         }
@@ -93,7 +93,7 @@ fn dequant(b: &[u8]) {
 }
 
 fn tokenizer_json(b: &[u8]) {
-    let Ok(tok) = distill::lm::tokenizer_from_json(b, Path::new("fuzz/tokenizer.json")) else { return };
+    let Ok(tok) = distill::io::lm::tokenizer_from_json(b, Path::new("fuzz/tokenizer.json")) else { return };
     if let Ok(ids) = distill::eval::encode(&tok, "Hello, world! w1 w2 12") {
         let _ = distill::eval::decode(&tok, &ids);
     }
@@ -101,11 +101,11 @@ fn tokenizer_json(b: &[u8]) {
 }
 
 fn safetensors(b: &[u8]) {
-    let _ = distill::checkpoint::tensors_from_bytes(Path::new("fuzz.safetensors"), b);
+    let _ = distill::train::checkpoint::tensors_from_bytes(Path::new("fuzz.safetensors"), b);
 }
 
 fn hf_config(b: &[u8]) {
-    if let Ok(c) = distill::io::hf::HfLlamaConfig::from_slice(b) {
+    if let Ok(c) = distill::models::lm::HfLmConfig::from_slice(b) {
         if let Ok(cfg) = c.into_config("fuzz/config.json") {
             let _ = cfg.param_count();
             let _ = cfg.check_fits(1 << 20);

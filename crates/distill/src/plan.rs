@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::methods::multi_teacher::Weighting;
 use crate::methods::{ImageDistill, LmDistill};
 use crate::student::quant::{QuantCfg, QuantFormat};
 use crate::student::{LmStudent, StudentInit};
@@ -92,29 +93,6 @@ pub enum TeacherFrom {
     Weighted(Vec<String>, Weighting),
 }
 
-/// How a multi-teacher phase weighs its teachers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Weighting {
-    /// The weights `distill.multi_teacher.weights` (equal when absent).
-    Fixed,
-    /// Per example, proportional to the inverse entropy of each teacher's distribution (at T = 1).
-    Entropy,
-    /// Per example, proportional to each teacher's probability of the true label (fixed
-    /// weights for an example without a label).
-    TrueLabel,
-}
-
-impl Weighting {
-    pub fn name(self) -> &'static str {
-        match self {
-            Weighting::Fixed => "fixed",
-            Weighting::Entropy => "entropy",
-            Weighting::TrueLabel => "true-label",
-        }
-    }
-}
-
 /// Which of the recipe's architectures a phase trains.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Arch {
@@ -125,29 +103,6 @@ pub enum Arch {
     Assistant,
     /// `[[teachers]]` entry `i` (multi-teacher).
     ExtraTeacher(usize),
-}
-
-/// `[distill.born_again]`: born-again networks (Furlanello et al. 2018). Generation 1 is the KD
-/// student; generation `k + 1`, of the same architecture and from a fresh initialization, is
-/// taught by generation `k` alone (no hard labels beyond the recipe's α); the generations'
-/// average is evaluated as one more model.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BornAgainCfg {
-    /// The number of generations including the KD student (≥ 2).
-    pub generations: usize,
-}
-
-impl BornAgainCfg {
-    pub fn validate(&self) -> crate::Result<()> {
-        if !(2..=10).contains(&self.generations) {
-            return Err(crate::Error::Recipe(format!(
-                "distill.born_again.generations must be in 2..=10 (generation 1 is the KD student), got {}",
-                self.generations
-            )));
-        }
-        Ok(())
-    }
 }
 
 /// Where a phase's starting weights come from.

@@ -4,12 +4,12 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use distill::encoder::{Embedder, Encoder};
+use distill::models::sentence::{Embedder, Encoder};
 use distill::student::encoder::{every_other, layer_subset, projected, static_student, NarrowShape, StaticCfg};
 use tch::{Device, Tensor};
 
 fn minilm() -> PathBuf {
-    let p = distill::fetch::asset("minilm").unwrap().root_path();
+    let p = distill::io::fetch::asset("minilm").unwrap().root_path();
     assert!(p.join("model.safetensors").is_file(), "{} is missing: run `distill fetch minilm`", p.display());
     p
 }
@@ -17,7 +17,7 @@ fn minilm() -> PathBuf {
 fn python() -> PathBuf {
     std::env::var_os("DISTILL_PYTHON")
         .map(PathBuf::from)
-        .unwrap_or_else(|| distill::fetch::distill_home().join("venv/bin/python"))
+        .unwrap_or_else(|| distill::io::fetch::distill_home().join("venv/bin/python"))
 }
 
 fn texts() -> Vec<String> {

@@ -11,14 +11,14 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use distill::export::GgufType;
-use distill::generate::{
+use distill::eval::generate::{
     generate, generate_after_prefix, generate_batch, generate_batch_seeded, generate_batch_until, top_k_next,
     GenerateOptions,
 };
-use distill::io::hf::LlamaConfig;
+use distill::io::export::GgufType;
 use distill::io::safetensors::{load_named_f32, load_safetensors, save_safetensors, LoadOptions};
-use distill::models::llama::{ForwardOptions, KvCache, Llama};
+use distill::models::lm::LmConfig;
+use distill::models::lm::{CausalLm, ForwardOptions, KvCache};
 use tch::{nn, Device, Kind, Tensor};
 
 /// Named tensors as saved to a safetensors file.
@@ -31,8 +31,8 @@ fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/llama")
 }
 
-fn load(name: &str) -> (nn::VarStore, Llama) {
-    Llama::from_pretrained(fixtures().join(name), Device::Cpu, Kind::Float).unwrap()
+fn load(name: &str) -> (nn::VarStore, CausalLm) {
+    CausalLm::from_pretrained(fixtures().join(name), Device::Cpu, Kind::Float).unwrap()
 }
 
 fn expected(name: &str) -> HashMap<String, Tensor> {
@@ -204,7 +204,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 res = {}
 # transformers 5 forces Qwen2Tokenizer (byte-level BPE rebuilt from the vocab) for model_type
 # qwen2 whatever tokenizer_config.json says, so the word-level fixture tokenizer is applied
-# through the first (Llama) export and its ids are fed to every model.
+# through the first (CausalLm) export and its ids are fed to every model.
 ids = AutoTokenizer.from_pretrained(sys.argv[1])("<s> w1 w2 w3 w10 w20 w30 w90", return_tensors="pt").input_ids
 for d in sys.argv[1:]:
     tok = AutoTokenizer.from_pretrained(d)
@@ -223,14 +223,14 @@ fn export_round_trips_through_transformers() {
     let tmp = tempfile::tempdir().unwrap();
     let tokenizer = std::fs::read(fixtures().join("tokenizer.json")).unwrap();
 
-    let cfg = LlamaConfig::from_file(fixtures().join("llama_tied")).unwrap();
+    let cfg = LmConfig::from_file(fixtures().join("llama_tied")).unwrap();
     let vs = nn::VarStore::new(Device::Cpu);
-    let fresh = Llama::new(vs.root(), &LlamaConfig { initializer_range: 0.3, ..cfg }).unwrap();
+    let fresh = CausalLm::new(vs.root(), &LmConfig { initializer_range: 0.3, ..cfg }).unwrap();
     let (_qvs, qwen) = load("qwen2");
     let (d1, d2) = (tmp.path().join("tied"), tmp.path().join("qwen"));
-    distill::export::export_hf(&fresh, Some(&tokenizer), &d1).unwrap();
-    distill::export::export_hf(&fresh, Some(&tokenizer), &d1).unwrap(); // replacing an export is fine
-    distill::export::export_hf(&qwen, Some(&tokenizer), &d2).unwrap();
+    distill::io::export::export_hf(&fresh, Some(&tokenizer), &d1).unwrap();
+    distill::io::export::export_hf(&fresh, Some(&tokenizer), &d1).unwrap(); // replacing an export is fine
+    distill::io::export::export_hf(&qwen, Some(&tokenizer), &d2).unwrap();
 
     let keys: Vec<String> =
         Tensor::read_safetensors(d1.join("model.safetensors")).unwrap().into_iter().map(|(n, _)| n).collect();
@@ -239,7 +239,7 @@ fn export_round_trips_through_transformers() {
     let other = tmp.path().join("other");
     std::fs::create_dir(&other).unwrap();
     std::fs::write(other.join("notes.txt"), "keep").unwrap();
-    assert!(distill::export::export_hf(&fresh, None, &other).is_err());
+    assert!(distill::io::export::export_hf(&fresh, None, &other).is_err());
     assert!(other.join("notes.txt").is_file());
 
     let out = Command::new(python()).arg("-c").arg(ROUNDTRIP_PY).arg(&d1).arg(&d2).output().unwrap_or_else(|e| {
@@ -276,22 +276,22 @@ fn bad_inputs_give_clear_errors() {
     cfg.as_object_mut().unwrap().remove("hidden_size");
     let cfg_path = tmp.path().join("config.json");
     std::fs::write(&cfg_path, cfg.to_string()).unwrap();
-    let msg = LlamaConfig::from_file(&cfg_path).unwrap_err().to_string();
+    let msg = LmConfig::from_file(&cfg_path).unwrap_err().to_string();
     assert!(msg.contains("hidden_size") && msg.contains("config.json"), "{msg}");
     // An unsupported RoPE type is refused by name.
     cfg["hidden_size"] = 32.into();
     cfg["rope_parameters"] = serde_json::json!({"rope_type": "yarn", "rope_theta": 10000.0, "factor": 2.0});
     std::fs::write(&cfg_path, cfg.to_string()).unwrap();
-    let msg = LlamaConfig::from_file(&cfg_path).unwrap_err().to_string();
+    let msg = LmConfig::from_file(&cfg_path).unwrap_err().to_string();
     assert!(msg.contains("yarn"), "{msg}");
 
-    let good = LlamaConfig::from_file(&dir).unwrap();
+    let good = LmConfig::from_file(&dir).unwrap();
     let fresh_store = || {
         let vs = nn::VarStore::new(Device::Cpu);
-        Llama::new(vs.root(), &good).unwrap();
+        CausalLm::new(vs.root(), &good).unwrap();
         vs
     };
-    let opts = Llama::load_options(&good);
+    let opts = CausalLm::load_options(&good);
     let try_load = |path: &Path| load_safetensors(&mut fresh_store(), path, &opts).unwrap_err().to_string();
 
     // Truncated data.
@@ -376,7 +376,7 @@ fn sharded_bf16_and_named_f32_loading() {
     let index = serde_json::json!({"metadata": {}, "weight_map": map});
     std::fs::write(tmp.path().join("model.safetensors.index.json"), index.to_string()).unwrap();
     let mut vs = nn::VarStore::new(Device::Cpu);
-    let sharded = Llama::new(vs.root(), &cfg).unwrap();
+    let sharded = CausalLm::new(vs.root(), &cfg).unwrap();
     load_safetensors(&mut vs, tmp.path(), &LoadOptions::default()).unwrap();
     let logits = tch::no_grad(|| sharded.forward(&ids, None, Default::default())).unwrap().logits;
     assert_eq!(max_diff(&logits, &reference), 0.0);
@@ -394,7 +394,7 @@ fn sharded_bf16_and_named_f32_loading() {
     let p = tmp.path().join("bf16.safetensors");
     save_safetensors(&bf16, &p).unwrap();
     let mut vs = nn::VarStore::new(Device::Cpu);
-    Llama::new(vs.root(), &cfg).unwrap();
+    CausalLm::new(vs.root(), &cfg).unwrap();
     load_safetensors(&mut vs, &p, &LoadOptions::default()).unwrap();
     let vars = vs.variables();
     for (n, t) in &bf16 {
@@ -404,7 +404,7 @@ fn sharded_bf16_and_named_f32_loading() {
     // (name, shape, Vec<f32>) triples, as a GGUF dequantizer would produce.
     let triples = named.iter().map(|(n, t)| (n.clone(), t.size(), Vec::<f32>::try_from(&t.flatten(0, -1)).unwrap()));
     let mut vs = nn::VarStore::new(Device::Cpu);
-    let from_f32 = Llama::new(vs.root(), &cfg).unwrap();
+    let from_f32 = CausalLm::new(vs.root(), &cfg).unwrap();
     load_named_f32(&mut vs, Path::new("test.gguf"), triples, &LoadOptions::default()).unwrap();
     let logits = tch::no_grad(|| from_f32.forward(&ids, None, Default::default())).unwrap().logits;
     assert_eq!(max_diff(&logits, &reference), 0.0);
@@ -581,7 +581,7 @@ fn bf16_training_teacher_matches_f32() {
     let (s_vs, student) = load("llama_untied");
     let blocks = distill::bench::random_blocks(4, 16, 96, 3);
     let loss = ChunkedKd { divergence: Divergence::ForwardKl, temperature: 2.0, alpha: 0.7, chunk_rows: 16 };
-    let run_with = |t: &Llama, memo: Option<&TeacherMemo>| {
+    let run_with = |t: &CausalLm, memo: Option<&TeacherMemo>| {
         let mut task = LmKdTask {
             student: &student,
             teacher: Some(Teacher::Lm(t)),
@@ -603,7 +603,7 @@ fn bf16_training_teacher_matches_f32() {
         let grads: Vec<Tensor> = s_vs.trainable_variables().iter().map(|v| v.grad().copy()).collect();
         (l.total.double_value(&[]), Tensor::cat(&grads.iter().map(|g| g.view([-1])).collect::<Vec<_>>(), 0))
     };
-    let run = |t: &Llama| run_with(t, None);
+    let run = |t: &CausalLm| run_with(t, None);
     let (l32, g32) = run(&teacher);
     let (l16, g16) = run(&bf);
     assert!((l16 - l32).abs() < 2e-3 * l32, "KD loss {l16} (bf16 teacher) vs {l32} (f32)");
@@ -661,20 +661,15 @@ fn sentencepiece_student_exports_to_gguf() {
             (c["name"].as_str().unwrap().to_owned(), c["text"].as_str().unwrap().to_owned(), ids)
         })
         .collect();
-    let cfg = LlamaConfig::from_file(fixtures().join("llama_tied")).unwrap();
+    let cfg = LmConfig::from_file(fixtures().join("llama_tied")).unwrap();
     let vs = nn::VarStore::new(Device::Cpu);
     // eps exact in f32 (GGUF stores it so); the initializer range is not stored.
     let eps = 2f64.powi(-20);
-    let cfg = LlamaConfig {
-        vocab_size: 1000,
-        max_position_embeddings: 512,
-        initializer_range: 0.3,
-        rms_norm_eps: eps,
-        ..cfg
-    };
-    let model = Llama::new(vs.root(), &cfg).unwrap();
+    let cfg =
+        LmConfig { vocab_size: 1000, max_position_embeddings: 512, initializer_range: 0.3, rms_norm_eps: eps, ..cfg };
+    let model = CausalLm::new(vs.root(), &cfg).unwrap();
     let path = tmp.path().join("spm.gguf");
-    distill::export::export_gguf(&model, &tok, None, "spm", &path, GgufType::F32).unwrap();
+    distill::io::export::export_gguf(&model, &tok, None, "spm", &path, GgufType::F32).unwrap();
 
     let texts: Vec<&str> = cases.iter().map(|(_, t, _)| t.as_str()).collect();
     let out = Command::new(python())
@@ -704,8 +699,8 @@ fn sentencepiece_student_exports_to_gguf() {
     eprintln!("SentencePiece student GGUF vs transformers: max|Δ| {d:.2e}");
     assert!(d <= 1e-4, "{d}");
 
-    let back = distill::lm::load_lm(&path, Device::Cpu).unwrap();
-    assert_eq!(&LlamaConfig { initializer_range: 0.3, ..back.model.config().clone() }, model.config());
+    let back = distill::io::lm::load_lm(&path, Device::Cpu).unwrap();
+    assert_eq!(&LmConfig { initializer_range: 0.3, ..back.model.config().clone() }, model.config());
     assert_eq!(distill_gguf::tokenizer_fingerprint(&back.tokenizer), distill_gguf::tokenizer_fingerprint(&tok));
     for (name, text, want) in &cases {
         let got: Vec<i64> =
@@ -727,10 +722,10 @@ fn gguf_export_refuses_what_llama_cpp_would_compute_differently() {
     let tok = tokenizers::Tokenizer::from_file(fixtures().join("tokenizer.json")).unwrap();
     let (_vs, mistral) = load("mistral_window");
     let out = tmp.path().join("m.gguf");
-    let e = distill::export::export_gguf(&mistral, &tok, None, "m", &out, GgufType::F32).unwrap_err().to_string();
+    let e = distill::io::export::export_gguf(&mistral, &tok, None, "m", &out, GgufType::F32).unwrap_err().to_string();
     assert!(e.contains("m.gguf: GGUF export does not support a sliding attention window"), "{e}");
     let (_vs, llama) = load("llama_tied");
-    let e = distill::export::export_gguf(&llama, &tok, None, "m", &out, GgufType::F16).unwrap_err().to_string();
+    let e = distill::io::export::export_gguf(&llama, &tok, None, "m", &out, GgufType::F16).unwrap_err().to_string();
     assert!(e.contains("tokenizer") && e.contains("is not BPE"), "{e}");
     assert!(!out.exists());
     assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0, "no temporary file left behind");
@@ -752,11 +747,11 @@ fn hidden_state_kd_adds_its_term_and_trains_the_projection() {
     use distill::train::TrainTask;
 
     let (_t_vs, teacher) = load("llama_tied"); // 2 layers, hidden 32
-    let cfg = LlamaConfig::from_file(fixtures().join("llama_tied")).unwrap();
-    let s_cfg = LlamaConfig { hidden_size: 16, num_heads: 2, num_kv_heads: 1, intermediate_size: 32, ..cfg };
+    let cfg = LmConfig::from_file(fixtures().join("llama_tied")).unwrap();
+    let s_cfg = LmConfig { hidden_size: 16, num_heads: 2, num_kv_heads: 1, intermediate_size: 32, ..cfg };
     let vs = nn::VarStore::new(Device::Cpu);
     tch::manual_seed(3);
-    let student = Llama::new(vs.root() / "student", &s_cfg).unwrap();
+    let student = CausalLm::new(vs.root() / "student", &s_cfg).unwrap();
     let no_bias = nn::LinearConfig { bias: false, ..Default::default() };
     let proj = nn::linear(vs.root() / "proj", 16, 32, no_bias).ws;
     let blocks = distill::bench::random_blocks(4, 16, 96, 3);
@@ -804,7 +799,7 @@ fn hidden_state_kd_adds_its_term_and_trains_the_projection() {
         // The hidden term from scratch: HF-convention hidden states, real next-token positions.
         let b = distill::data::text::lm_batch(&blocks, &batch, Device::Cpu);
         let idx = b.targets.ge(0).view([-1]).nonzero().squeeze_dim(1);
-        let states = |m: &Llama| {
+        let states = |m: &CausalLm| {
             let o = ForwardOptions { hidden_states: true, ..Default::default() };
             tch::no_grad(|| m.forward(&b.ids, b.mask.as_ref(), o)).unwrap().hidden_states.unwrap()
         };

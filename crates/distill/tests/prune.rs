@@ -4,14 +4,14 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use distill::io::hf::LlamaConfig;
-use distill::models::llama::{ForwardOptions, Llama};
+use distill::models::lm::LmConfig;
+use distill::models::lm::{CausalLm, ForwardOptions};
 use distill::student::prune::{importance, select, slice_into, top_k_sorted, Importance};
 use tch::{nn, Device, Kind, Tensor};
 
 /// A random teacher: vocab 96, hidden 64, 3 layers, 4 heads in 2 kv groups (head size 16),
 /// MLP 128, weights normal(0, 0.2) so that the layers matter.
-fn teacher() -> (nn::VarStore, Llama) {
+fn teacher() -> (nn::VarStore, CausalLm) {
     let hf = serde_json::json!({"architectures": ["LlamaForCausalLM"], "vocab_size": 96, "hidden_size": 64,
         "intermediate_size": 128, "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2,
         "initializer_range": 0.2, "rms_norm_eps": 1e-5});
@@ -26,12 +26,12 @@ fn ids(rows: i64, seq: i64, seed: i64) -> Tensor {
     Tensor::randint(96, [rows, seq], (Kind::Int64, Device::Cpu))
 }
 
-fn logits(m: &Llama, ids: &Tensor) -> Tensor {
+fn logits(m: &CausalLm, ids: &Tensor) -> Tensor {
     tch::no_grad(|| m.forward(ids, None, ForwardOptions::default()).unwrap().logits)
 }
 
-fn shape(t: &LlamaConfig, layers: i64, hidden: i64, heads: i64, kv: i64, inter: i64) -> LlamaConfig {
-    LlamaConfig {
+fn shape(t: &LmConfig, layers: i64, hidden: i64, heads: i64, kv: i64, inter: i64) -> LmConfig {
+    LmConfig {
         num_layers: layers,
         hidden_size: hidden,
         num_heads: heads,
@@ -42,11 +42,11 @@ fn shape(t: &LlamaConfig, layers: i64, hidden: i64, heads: i64, kv: i64, inter: 
 }
 
 /// The student of shape `s` pruned from `t` by importance on `calib`.
-fn pruned(t: &(nn::VarStore, Llama), s: &LlamaConfig, calib: &Tensor) -> (nn::VarStore, Llama, Importance) {
+fn pruned(t: &(nn::VarStore, CausalLm), s: &LmConfig, calib: &Tensor) -> (nn::VarStore, CausalLm, Importance) {
     let imp = importance(&t.1, calib, None, 3).unwrap();
     let sel = select(&imp, t.1.config(), s).unwrap();
     let vs = nn::VarStore::new(Device::Cpu);
-    let m = Llama::new(vs.root(), s).unwrap();
+    let m = CausalLm::new(vs.root(), s).unwrap();
     slice_into(&vs, &t.0.variables(), t.1.config(), &sel).unwrap();
     (vs, m, imp)
 }
@@ -85,7 +85,7 @@ fn pruning_heads_and_neurons_equals_zeroing_them() {
     }
     // The teacher with the removed heads and neurons zeroed.
     let zvs = nn::VarStore::new(Device::Cpu);
-    let z = Llama::new(zvs.root(), &cfg).unwrap();
+    let z = CausalLm::new(zvs.root(), &cfg).unwrap();
     let mut zvs = zvs;
     zvs.copy(&t.0).unwrap();
     let vars = zvs.variables();
@@ -137,7 +137,7 @@ fn shapes_that_are_not_a_slice_are_named() {
             "student.heads: 3 heads in 1 kv groups is 3 per group, more than the teacher's 2",
         ),
         (shape(&cfg, 3, 64, 4, 2, 200), "student.intermediate: 200 is more than the teacher's 128"),
-        (LlamaConfig { head_dim: 8, ..shape(&cfg, 3, 32, 4, 2, 128) }, "student.heads: head size 8 differs"),
+        (LmConfig { head_dim: 8, ..shape(&cfg, 3, 32, 4, 2, 128) }, "student.heads: head size 8 differs"),
     ] {
         let e = select(&imp, &cfg, &s).unwrap_err().to_string();
         assert!(e.contains(needle), "{e}");
@@ -172,7 +172,7 @@ fn transformers_loads_a_pruned_export_with_the_same_logits() {
     let (_vs, s, _) = pruned(&t, &s_cfg, &ids(8, 12, 1));
     let dir = std::env::temp_dir().join(format!("distill-prune-hf-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    distill::export::export_hf(&s, None, &dir).unwrap();
+    distill::io::export::export_hf(&s, None, &dir).unwrap();
     let x = ids(2, 9, 5);
     let want = logits(&s, &x);
     let rows: Vec<Vec<i64>> = (0..2).map(|r| Vec::<i64>::try_from(x.get(r)).unwrap()).collect();
@@ -224,7 +224,7 @@ fn a_parameter_target_picks_the_shape() {
     let small = student_config(t.1.config(), &two).unwrap();
     assert_eq!((small.hidden_size, small.num_kv_heads, small.intermediate_size), (64, 2, 64));
     let vs = nn::VarStore::new(Device::Cpu);
-    assert_eq!(Llama::new(vs.root(), &small).unwrap().param_count(), config_params(&small));
+    assert_eq!(CausalLm::new(vs.root(), &small).unwrap().param_count(), config_params(&small));
     for (extra, needle) in [
         ("params = 2e8", "student.params (200000000) must be below the 134515008 parameters"),
         ("params = 2e6", "student.params (2000000) is too few for 30 layers"),

@@ -5,9 +5,9 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use distill::export::GgufType;
-use distill::io::hf::LlamaConfig;
-use distill::models::llama::Llama;
+use distill::io::export::GgufType;
+use distill::models::lm::CausalLm;
+use distill::models::lm::LmConfig;
 use distill::student::quant::{fake_quant, fake_quant_ste, quantize_weights, quantized_view, QuantGrid};
 use tch::{nn, Device, Kind, Tensor};
 
@@ -109,7 +109,7 @@ fn fixtures() -> PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
 }
 
-fn grads(model: &Llama) -> Vec<Tensor> {
+fn grads(model: &CausalLm) -> Vec<Tensor> {
     model.named_parameters().iter().map(|(_, w)| w.grad().copy()).collect()
 }
 
@@ -119,13 +119,13 @@ fn grads(model: &Llama) -> Vec<Tensor> {
 /// trained against. The view's gradient reaches the full-precision weights unchanged.
 #[test]
 fn quantized_view_equals_quantized_weights_equals_the_q4_0_gguf() {
-    let cfg = LlamaConfig::from_file(fixtures().join("llama/llama_tied")).unwrap();
-    let cfg = LlamaConfig { vocab_size: 1000, max_position_embeddings: 512, initializer_range: 0.3, ..cfg };
+    let cfg = LmConfig::from_file(fixtures().join("llama/llama_tied")).unwrap();
+    let cfg = LmConfig { vocab_size: 1000, max_position_embeddings: 512, initializer_range: 0.3, ..cfg };
     tch::manual_seed(5);
     let vs = nn::VarStore::new(Device::Cpu);
-    let model = Llama::new(vs.root(), &cfg).unwrap();
+    let model = CausalLm::new(vs.root(), &cfg).unwrap();
     let ids = Tensor::randint(1000, [2, 24], (Kind::Int64, Device::Cpu));
-    let logits = |m: &Llama| m.forward(&ids, None, Default::default()).unwrap().logits;
+    let logits = |m: &CausalLm| m.forward(&ids, None, Default::default()).unwrap().logits;
     let before = tch::no_grad(|| logits(&model));
 
     let view = quantized_view(&model, GgufType::Q4_0).unwrap();
@@ -154,7 +154,7 @@ fn quantized_view_equals_quantized_weights_equals_the_q4_0_gguf() {
     let tok = tokenizers::Tokenizer::from_file(fixtures().join("gguf/spm_tokenizer.hf.json")).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("q4.gguf");
-    distill::export::export_gguf(&model, &tok, None, "q4", &path, GgufType::Q4_0).unwrap();
+    distill::io::export::export_gguf(&model, &tok, None, "q4", &path, GgufType::Q4_0).unwrap();
     let f = distill_gguf::GgufFile::open(&path).unwrap();
     let ty = |n: &str| f.tensor_info(n).unwrap().ty;
     use distill_gguf::GgmlType as G;
@@ -162,7 +162,7 @@ fn quantized_view_equals_quantized_weights_equals_the_q4_0_gguf() {
         (ty("blk.0.attn_q.weight"), ty("blk.1.ffn_down.weight"), ty("token_embd.weight"), ty("blk.0.attn_norm.weight")),
         (G::Q4_0, G::Q4_0, G::Q8_0, G::F32)
     );
-    let back = distill::lm::load_lm(&path, Device::Cpu).unwrap();
+    let back = distill::io::lm::load_lm(&path, Device::Cpu).unwrap();
     let (a, b) = (back.model.named_parameters(), model.named_parameters());
     assert_eq!(a.len(), b.len());
     for ((name, x), (_, y)) in a.iter().zip(&b) {

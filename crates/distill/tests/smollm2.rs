@@ -4,15 +4,15 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use distill::export::GgufType;
-use distill::lm::load_lm;
-use distill::models::llama::{ForwardOptions, Llama};
+use distill::io::export::GgufType;
+use distill::io::lm::load_lm;
+use distill::models::lm::{CausalLm, ForwardOptions};
 use distill::student::student_config;
 use distill::student::{LmStudent, StudentInit};
 use tch::{nn, Device, Tensor};
 
 fn smollm2() -> PathBuf {
-    let p = distill::fetch::asset("smollm2").unwrap().root_path().join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    let p = distill::io::fetch::asset("smollm2").unwrap().root_path().join("SmolLM2-135M-Instruct.Q4_1.gguf");
     assert!(p.is_file(), "{} is missing: run `./target/release/distill fetch smollm2`", p.display());
     p
 }
@@ -20,10 +20,10 @@ fn smollm2() -> PathBuf {
 fn python() -> PathBuf {
     std::env::var_os("DISTILL_PYTHON")
         .map(PathBuf::from)
-        .unwrap_or_else(|| distill::fetch::distill_home().join("venv/bin/python"))
+        .unwrap_or_else(|| distill::io::fetch::distill_home().join("venv/bin/python"))
 }
 
-fn logits(model: &Llama, ids: &[i64]) -> Tensor {
+fn logits(model: &CausalLm, ids: &[i64]) -> Tensor {
     let t = Tensor::from_slice(ids).view([1, -1]);
     tch::no_grad(|| model.forward(&t, None, ForwardOptions::default()).unwrap().logits.squeeze_dim(0))
 }
@@ -53,7 +53,7 @@ fn teacher_conversion_and_student_export_match_transformers() {
     let conv = tmp.join("teacher-hf");
     let template = teacher.chat_template.as_deref();
     assert!(template.is_some_and(|t| t.starts_with("{% for message in messages %}")), "{template:?}");
-    distill::export::export_hf_with_chat_template(&teacher.model, Some(&teacher.tokenizer_json), template, &conv)
+    distill::io::export::export_hf_with_chat_template(&teacher.model, Some(&teacher.tokenizer_json), template, &conv)
         .unwrap();
     assert_eq!(load_lm(&conv, Device::Cpu).unwrap().chat_template.as_deref(), template);
     let spec = LmStudent {
@@ -71,7 +71,7 @@ fn teacher_conversion_and_student_export_match_transformers() {
     let s_cfg = student_config(cfg, &spec).unwrap();
     tch::manual_seed(0);
     let vs = nn::VarStore::new(Device::Cpu);
-    let student = Llama::new(vs.root(), &s_cfg).unwrap();
+    let student = CausalLm::new(vs.root(), &s_cfg).unwrap();
     let calib = Tensor::from_slice(&ids).view([1, -1]);
     distill::student::init_student(&vs, &s_cfg, &teacher, StudentInit::LayerSubset, &calib).unwrap();
     assert_eq!(student.param_count(), 17_304_832);
@@ -85,7 +85,7 @@ fn teacher_conversion_and_student_export_match_transformers() {
     // embedding-pca: the teacher's embedding times its top-256 residual directions; layers random.
     tch::manual_seed(0);
     let vs_pca = nn::VarStore::new(Device::Cpu);
-    let _pca_student = Llama::new(vs_pca.root(), &s_cfg).unwrap();
+    let _pca_student = CausalLm::new(vs_pca.root(), &s_cfg).unwrap();
     let kept =
         distill::student::init_student(&vs_pca, &s_cfg, &teacher, StudentInit::EmbeddingPca, &calib).unwrap().kept;
     let (q, kept_q) = distill::student::residual_pca(&teacher.model, &calib, 256).unwrap();
@@ -101,10 +101,10 @@ fn teacher_conversion_and_student_export_match_transformers() {
     let slice_err = err(&Tensor::cat(&[e.narrow(1, 0, 256), e.narrow(1, 256, 320).zeros_like()], 1));
     assert!(pca_err < 0.8 * slice_err, "pca {pca_err} vs slice {slice_err}");
     let sdir = tmp.join("student-hf");
-    distill::export::export_hf(&student, Some(&teacher.tokenizer_json), &sdir).unwrap();
+    distill::io::export::export_hf(&student, Some(&teacher.tokenizer_json), &sdir).unwrap();
     // The student as GGUF (llama.cpp's layout: Q/K rows permuted, tokenizer in metadata).
     let sgguf = tmp.join("student.gguf");
-    distill::export::export_gguf(&student, &teacher.tokenizer, template, "student", &sgguf, GgufType::F32).unwrap();
+    distill::io::export::export_gguf(&student, &teacher.tokenizer, template, "student", &sgguf, GgufType::F32).unwrap();
 
     let ids_path = tmp.join("ids.json");
     std::fs::write(&ids_path, serde_json::to_string(&ids).unwrap()).unwrap();
@@ -122,7 +122,7 @@ fn teacher_conversion_and_student_export_match_transformers() {
         .output()
         .unwrap();
     assert!(o.status.success(), "python failed: {}", String::from_utf8_lossy(&o.stderr));
-    let r = distill::checkpoint::load_tensors(&out).unwrap().tensors;
+    let r = distill::train::checkpoint::load_tensors(&out).unwrap().tensors;
 
     let ours = logits(&teacher.model, &ids);
     assert_eq!(ours.size(), vec![ids.len() as i64, 49152]);
@@ -152,7 +152,7 @@ fn teacher_conversion_and_student_export_match_transformers() {
     // quantization step (block max |w| / 127, bounded here by the tensor's max).
     for (ty, name) in [(GgufType::F16, "f16"), (GgufType::Q8_0, "q8_0")] {
         let path = tmp.join(format!("student-{name}.gguf"));
-        distill::export::export_gguf(&student, &teacher.tokenizer, None, "student", &path, ty).unwrap();
+        distill::io::export::export_gguf(&student, &teacher.tokenizer, None, "student", &path, ty).unwrap();
         let q = load_lm(&path, Device::Cpu).unwrap();
         let qv = q.vs.variables();
         for (n, w) in sv.iter() {
@@ -191,7 +191,7 @@ print(json.dumps([tok.apply_chat_template(c, tokenize=False, add_generation_prom
 /// system / user / assistant conversation (no generation prompt).
 #[test]
 fn chat_template_matches_transformers() {
-    use distill::chat::{apply_chat_template, Message};
+    use distill::io::chat::{apply_chat_template, Message};
     let gguf = smollm2();
     let teacher = load_lm(&gguf, Device::Cpu).unwrap();
     let template = teacher.chat_template.as_deref().expect("SmolLM2's GGUF has a chat template");

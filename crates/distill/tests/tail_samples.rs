@@ -3,9 +3,9 @@
 //! its loss and gradients must equal the dense forward KL at every temperature; and the sampler
 //! draws from the tail distribution.
 
-use distill::cache::sample_tail;
 use distill::losses::response::cross_entropy;
 use distill::losses::{ChunkTeacher, ChunkedKd, Divergence, SparseTeacher, TailSamples};
+use distill::teacher::cache::sample_tail;
 use tch::{Kind, Tensor};
 
 const V: i64 = 10;

@@ -27,7 +27,7 @@ use crate::data::text::lm_batch;
 use crate::losses::divergence::coarsen;
 use crate::losses::response::KdLoss;
 use crate::losses::{ChunkTeacher, ChunkedKd, Divergence, SparseTeacher};
-use crate::models::llama::{ForwardOptions, Llama};
+use crate::models::lm::{CausalLm, ForwardOptions};
 use crate::{Error, Result};
 
 // ---------------------------------------------------------------------------------------------
@@ -338,7 +338,7 @@ pub struct FrontierResult {
 
 /// Runs `teacher` over the first `o.rows` rows of `blocks` and measures, for each k, what a
 /// top-k cache of its distributions loses (see [`FrontierRow`]). Padded positions are skipped.
-pub fn cache_frontier(teacher: &Llama, blocks: &TokenBlocks, o: &FrontierOpts) -> Result<FrontierResult> {
+pub fn cache_frontier(teacher: &CausalLm, blocks: &TokenBlocks, o: &FrontierOpts) -> Result<FrontierResult> {
     let v = teacher.config().vocab_size;
     if o.ks.is_empty() {
         return Err(Error::Invalid("--k: give at least one k".into()));

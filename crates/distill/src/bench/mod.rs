@@ -21,13 +21,13 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
 
 use crate::data::rng::SplitMix64;
-use crate::io::hf::{HfLlamaConfig, LlamaConfig};
 use crate::losses::chunked::ChunkedKd;
 use crate::losses::divergence::Divergence;
-use crate::models::llama::{ForwardOptions, Llama};
-use crate::optim::Optimizer;
+use crate::models::lm::{CausalLm, ForwardOptions};
+use crate::models::lm::{HfLmConfig, LmConfig};
 use crate::tasks::LmKdTask;
 use crate::teacher::{Teacher, TeacherDtype};
+use crate::train::optim::Optimizer;
 use crate::train::{train_step, TrainCfg};
 use crate::{Error, Result};
 
@@ -64,9 +64,9 @@ pub fn load_spec(path: &Path, name: &str) -> Result<StepBenchSpec> {
 }
 
 /// An HF config dict as a runtime config.
-pub fn config_from_json(v: &serde_json::Value, what: &str) -> Result<LlamaConfig> {
+pub fn config_from_json(v: &serde_json::Value, what: &str) -> Result<LmConfig> {
     let bytes = serde_json::to_vec(v).map_err(|e| Error::Invalid(e.to_string()))?;
-    HfLlamaConfig::from_slice(&bytes).map_err(|m| Error::Invalid(format!("{what}: {m}")))?.into_config(what)
+    HfLmConfig::from_slice(&bytes).map_err(|m| Error::Invalid(format!("{what}: {m}")))?.into_config(what)
 }
 
 /// What [`bench_step`] measured.
@@ -119,7 +119,7 @@ pub fn random_blocks(rows: usize, seq: usize, vocab: i64, seed: u64) -> TokenBlo
 /// run online, or a cache read at rows `0..batch` — on one fixed random batch.
 pub fn bench_step(
     vs: &nn::VarStore,
-    student: &Llama,
+    student: &CausalLm,
     teacher: Teacher<'_>,
     spec: &StepBenchSpec,
     warmup: usize,
@@ -158,7 +158,7 @@ pub fn bench_step(
     let mut ms = Vec::new();
     let mut losses = Vec::new();
     let mut comm = Vec::new();
-    let pg = crate::dist::group();
+    let pg = crate::train::dist::group();
     for i in 0..warmup + steps {
         let t0 = Instant::now();
         let c0 = pg.map_or(0.0, |g| g.comm_seconds());
@@ -222,7 +222,7 @@ pub struct ForwardBenchResult {
 
 /// Full-sequence forward of `model` on `rows` × `seq` random ids under no-grad: median of
 /// `reps` after one warm-up.
-pub fn bench_forward(model: &Llama, rows: i64, seq: i64, reps: usize) -> Result<ForwardBenchResult> {
+pub fn bench_forward(model: &CausalLm, rows: i64, seq: i64, reps: usize) -> Result<ForwardBenchResult> {
     let v = model.config().vocab_size;
     let ids = Tensor::randint(v, [rows, seq], (Kind::Int64, model.device()));
     let median = median_ms(reps, || {
@@ -254,10 +254,10 @@ pub struct GenerateBenchResult {
 }
 
 /// Greedy generation of `new_tokens` after `batch` random prompts of `prompt_tokens` tokens,
-/// all rows in one batch with the KV cache ([`crate::generate::generate_batch`]; batch 1 is
+/// all rows in one batch with the KV cache ([`crate::eval::generate::generate_batch`]; batch 1 is
 /// `distill generate`): median of `reps` after one warm-up.
 pub fn bench_generate(
-    model: &Llama,
+    model: &CausalLm,
     batch: usize,
     prompt_tokens: usize,
     new_tokens: usize,
@@ -270,13 +270,13 @@ pub fn bench_generate(
     let mut rng = SplitMix64::new(batch as u64);
     let prompts: Vec<Vec<i64>> =
         (0..batch).map(|_| (0..prompt_tokens).map(|_| (rng.next_u64() % v) as i64).collect()).collect();
-    let opts = crate::generate::GenerateOptions { max_new_tokens: new_tokens, ..Default::default() };
+    let opts = crate::eval::generate::GenerateOptions { max_new_tokens: new_tokens, ..Default::default() };
     // As `generate-data` and `self-distill` decode: several rows on weights packed once for
     // that row count.
-    let packed = crate::generate::decoding_weights(model, batch)?;
+    let packed = crate::eval::generate::decoding_weights(model, batch)?;
     let model = packed.as_ref().unwrap_or(model);
     let median = median_ms(reps.max(1), || {
-        let out = crate::generate::generate_batch(model, &prompts, &opts)?;
+        let out = crate::eval::generate::generate_batch(model, &prompts, &opts)?;
         debug_assert!(out.iter().all(|r| r.len() == new_tokens));
         Ok(())
     })?;
@@ -291,10 +291,10 @@ pub fn bench_generate(
 }
 
 /// A randomly initialised model of `cfg` on the CPU.
-pub fn random_model(cfg: &LlamaConfig, seed: i64) -> Result<(nn::VarStore, Llama)> {
+pub fn random_model(cfg: &LmConfig, seed: i64) -> Result<(nn::VarStore, CausalLm)> {
     tch::manual_seed(seed);
     let vs = nn::VarStore::new(Device::Cpu);
-    let m = Llama::new(vs.root(), cfg)?;
+    let m = CausalLm::new(vs.root(), cfg)?;
     Ok((vs, m))
 }
 
@@ -327,9 +327,13 @@ pub struct EmbedBenchResult {
 }
 
 /// Embeddings/s of a sentence encoder over [`bench_texts`] at `batch`.
-pub fn bench_embed(model: &dyn crate::encoder::Embedder, texts: usize, batch: usize) -> Result<EmbedBenchResult> {
+pub fn bench_embed(
+    model: &dyn crate::models::sentence::Embedder,
+    texts: usize,
+    batch: usize,
+) -> Result<EmbedBenchResult> {
     let t = bench_texts(texts);
-    let eps = crate::embed_eval::throughput(model, &t, batch)?;
+    let eps = crate::eval::embed::throughput(model, &t, batch)?;
     Ok(EmbedBenchResult {
         texts,
         batch,

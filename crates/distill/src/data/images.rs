@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 use crate::data::rng::SplitMix64;
-use crate::{fetch, Error, Result};
+use crate::io::fetch;
+use crate::{Error, Result};
 
 /// File format of an image set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

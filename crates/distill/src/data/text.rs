@@ -4,7 +4,8 @@
 use distill_text::{TextDataConfig, TextSource, TokenBlocks};
 use tch::{Device, Tensor};
 
-use crate::{fetch, Result};
+use crate::io::fetch;
+use crate::Result;
 
 /// A batch of rows as tensors: ids `[B, T]` i64, targets `[B, T]` i64 (−100 where position t
 /// has no real next token), and the attention mask `[B, T]` when any row has padding.

@@ -15,23 +15,18 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 
-use crate::checkpoint::{load_tensors, save_tensors, write_atomic, write_json};
 use crate::data::rng::SplitMix64;
-use crate::embed_eval::{mean_cos, probe, throughput, topk_overlap};
-use crate::encoder::{Embedder, Encoder};
+use crate::eval::embed::{mean_cos, probe, throughput, topk_overlap};
 use crate::methods::{BuildContext, Term};
+use crate::models::sentence::{Embedder, Encoder};
 use crate::recipe::EncoderRecipe;
 use crate::student::encoder::{every_other, layer_subset, projected, static_student};
 use crate::tasks::encoder::EncoderKdTask;
+use crate::train::checkpoint::{load_tensors, save_tensors, write_atomic, write_json};
 use crate::train::{fit, TrainOptions};
 use crate::{Error, Result};
 
-/// How the runner reports progress.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct RunOptions {
-    pub progress: bool,
-    pub verbose: bool,
-}
+pub use super::RunOptions;
 
 /// One model's row of the comparison.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -87,7 +82,7 @@ struct Labelled {
 }
 
 fn labelled(r: &EncoderRecipe) -> Result<Labelled> {
-    let path = crate::fetch::resolve(&r.data.labelled)?;
+    let path = crate::io::fetch::resolve(&r.data.labelled)?;
     let docs = distill_text::read_labelled(&path)?;
     let classes = distill_text::classes(&docs);
     if classes.len() < 2 {
@@ -138,7 +133,7 @@ fn training_texts(r: &EncoderRecipe, l: &Labelled) -> Result<Vec<String>> {
     if !r.data.train_sources.is_empty() {
         let mut sources = r.data.train_sources.clone();
         for s in &mut sources {
-            s.path = crate::fetch::resolve(&s.path)?.to_string_lossy().into_owned();
+            s.path = crate::io::fetch::resolve(&s.path)?.to_string_lossy().into_owned();
         }
         for d in distill_text::read_sources(&sources)? {
             let words: Vec<&str> = d.text.split_whitespace().collect();
@@ -246,7 +241,7 @@ pub fn run(r: &EncoderRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) 
             eprintln!("{m}");
         }
     };
-    let teacher_dir = crate::fetch::resolve(&r.teacher.path)?;
+    let teacher_dir = crate::io::fetch::resolve(&r.teacher.path)?;
     let teacher = Encoder::load(&teacher_dir, Device::Cpu)?;
     let tl = teacher.bert.config.num_hidden_layers;
     let layers = r.student.layer_ids.clone().unwrap_or_else(|| every_other(tl, r.student.layers));
@@ -285,7 +280,7 @@ pub fn run(r: &EncoderRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) 
     let threads = tch::get_num_threads().max(1) as usize;
     let (test_ids, test_cut) = teacher.tokenize(&l.test_texts)?;
     let truncated = test_cut + teacher.tokenize(&l.probe_texts)?.1;
-    crate::encoder::warn_truncated(truncated, l.test_texts.len() + l.probe_texts.len(), teacher.max_len);
+    crate::models::sentence::warn_truncated(truncated, l.test_texts.len() + l.probe_texts.len(), teacher.max_len);
     teacher.warned.set(true);
     let teacher_test = teacher.embed_ids(&test_ids, r.eval.batch);
     let mut speed_texts: Vec<String> = l.test_texts.iter().take(r.eval.speed_texts).cloned().collect();

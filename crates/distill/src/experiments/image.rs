@@ -18,16 +18,17 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
 
-use crate::checkpoint::{load_tensors, save_tensors, write_atomic, write_json};
 use crate::data::images::{load_recipe_data, ImageSet};
 use crate::data::rng::SplitMix64;
+use crate::methods::multi_teacher::Weighting;
 use crate::methods::response::image_term;
 use crate::methods::{BuildContext, TermConfig};
 use crate::models::{image_classifier, param_count, Classifier};
-use crate::plan::{display_name, image_plan, Arch, ImageModels, InitFrom, Phase, Role, TeacherFrom, Weighting};
+use crate::plan::{display_name, image_plan, Arch, ImageModels, InitFrom, Phase, Role, TeacherFrom};
 use crate::recipe::{ImageRecipe, Stage};
 use crate::tasks::ClassifierTask;
 use crate::teacher::{combine_weighted, example_weights, Ensemble, Teacher};
+use crate::train::checkpoint::{load_tensors, save_tensors, write_atomic, write_json};
 use crate::train::{fit, TrainOptions, TrainTask};
 use crate::{Error, Result};
 
@@ -94,13 +95,7 @@ pub struct MethodRow {
     pub params: usize,
 }
 
-/// Options of a run that are not part of the recipe.
-#[derive(Debug, Clone, Default)]
-pub struct RunOptions {
-    pub progress: bool,
-    /// Print a line per finished phase to stderr.
-    pub verbose: bool,
-}
+pub use super::RunOptions;
 
 /// Logits (eval mode) for every image. `[N, C]`.
 fn predict(logits: &dyn Fn(&Tensor) -> Tensor, x: &Tensor) -> Tensor {

@@ -14,101 +14,31 @@
 use std::path::{Path, PathBuf};
 
 use distill_text::TokenBlocks;
-use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind};
 
-use crate::cache::CachedTeacher;
-use crate::checkpoint::{write_atomic, write_json};
 use crate::data::text::{lm_batch, text_blocks};
-use crate::eval::{generate_texts, score_many, tokens_per_second, top_k_table, Generation, LmScores, TopToken};
-use crate::export::export_hf;
-use crate::generate::GenerateOptions;
-use crate::io::hf::LlamaConfig;
-use crate::lm::{load_lm, LoadedLm};
+use crate::eval::generate::GenerateOptions;
+use crate::eval::{generate_texts, score_many, tokens_per_second, top_k_table, Generation, LmScores};
+use crate::io::export::export_hf;
+use crate::io::lm::{load_lm, LoadedLm};
 use crate::losses::divergence::Divergence;
 use crate::methods::{response, BuildContext};
-use crate::models::llama::Llama;
+use crate::models::lm::CausalLm;
+use crate::models::lm::LmConfig;
 use crate::plan::{lm_plan, Arch, InitFrom, Phase, Role, TeacherFrom};
 use crate::recipe::{LmRecipe, ResolvedLm};
 use crate::student::prune::{self, Importance, Selection};
 use crate::student::quant::{quantize_weights, QuantFormat};
 use crate::student::{init_student, student_config, StudentInit};
 use crate::tasks::{LmKdTask, TeacherMemo};
+use crate::teacher::cache::CachedTeacher;
 use crate::teacher::{resolve_teacher_kind, teacher_in_kind, LmMixture, Teacher};
+use crate::train::checkpoint::{write_atomic, write_json};
 use crate::train::{fit, TrainOptions, TrainReport};
 use crate::{Error, Result};
 
-pub use super::lm_report::{report, COLLAPSE_DISTINCT_2};
-
-/// Options of a run that are not part of the recipe.
-#[derive(Debug, Clone, Default)]
-pub struct RunOptions {
-    pub progress: bool,
-    pub verbose: bool,
-}
-
-/// One model's line in the summary.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ModelReport {
-    pub role: String,
-    pub params: i64,
-    pub size_bytes: u64,
-    pub compression_ratio: f64,
-    pub tokens_per_s: f64,
-    pub validation: LmScores,
-    /// Perplexity on each `eval.extra` source, in order.
-    pub extra: Vec<LmScores>,
-    pub train: Option<TrainReport>,
-    pub path: Option<PathBuf>,
-    /// The phase (its directory under `phases/`) and the phases it learned from (`teacher` for
-    /// the recipe's teacher).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub phase: Option<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub taught_by: Vec<String>,
-}
-
-/// Per prompt: next-token tables and generations, per model.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PromptReport {
-    pub prompt: String,
-    pub top_k: Vec<(String, Vec<TopToken>)>,
-    pub greedy: Vec<(String, Generation)>,
-    /// Greedy with `eval.repetition_penalty` (empty when it is 1).
-    #[serde(default)]
-    pub penalized: Vec<(String, Generation)>,
-    pub sampled: Vec<(String, Generation)>,
-}
-
-/// One prompt's generations of every model under one decoding.
-type Generations = [(String, Generation)];
-
-impl PromptReport {
-    /// The generations by decoding, as the report names them.
-    pub fn by_decoding(&self) -> [(&'static str, &Generations); 3] {
-        [("greedy", &self.greedy), ("greedy+rp", &self.penalized), ("sampled", &self.sampled)]
-    }
-}
-
-/// `summary.json` of an LM run.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct LmSummary {
-    pub recipe: String,
-    pub teacher: ModelReport,
-    pub students: Vec<ModelReport>,
-    pub prompts: Vec<PromptReport>,
-    pub extra_sources: Vec<String>,
-    pub train_tokens: usize,
-    pub validation_tokens: usize,
-    /// KD student perplexity / scratch twin perplexity on validation (when both ran).
-    pub ppl_ratio_kd_over_scratch: Option<f64>,
-    /// The penalty of the `greedy+rp` generations (1 = none were made).
-    #[serde(default = "one")]
-    pub repetition_penalty: f64,
-    /// The online teacher's precision during training and why (`None`: no online teacher).
-    #[serde(default)]
-    pub teacher_train_dtype: Option<String>,
-}
+pub use super::lm_report::{report, LmSummary, ModelReport, PromptReport};
+pub use super::RunOptions;
 
 fn dir_bytes(dir: &Path) -> u64 {
     std::fs::read_dir(dir)
@@ -134,13 +64,13 @@ struct PhaseInputs<'a> {
     /// With `student.init = "prune"`: the teacher's importance scores and what the student keeps.
     pruning: Option<(Importance, Selection)>,
     /// The teacher assistant's config and, with `assistant.init = "prune"`, what it keeps.
-    assistant: Option<(LlamaConfig, Option<Selection>)>,
+    assistant: Option<(LmConfig, Option<Selection>)>,
     /// `[[teachers]]`, loaded (multi-teacher KD).
     extra_teachers: &'a [LoadedLm],
     r: &'a LmRecipe,
     teacher: &'a LoadedLm,
     /// The student's config, derived once from the teacher's.
-    s_cfg: &'a LlamaConfig,
+    s_cfg: &'a LmConfig,
     /// The teacher the students train against: the online model (f32 or its bf16 copy) or the
     /// cache.
     training_teacher: Teacher<'a>,
@@ -153,12 +83,16 @@ struct PhaseInputs<'a> {
 }
 
 /// A student phase's var store, model, training report and export directory.
-type PhaseResult = (nn::VarStore, Llama, TrainReport, PathBuf);
+type PhaseResult = (nn::VarStore, CausalLm, TrainReport, PathBuf);
 
 /// Trains (or reloads, when already done) one student phase; `earlier` holds the var stores and
 /// models of the phases before it, by id. Returns its var store, model, training report and
 /// export directory (the phase's own `export`, or `phases/<id>/model`).
-fn student_phase(inp: &PhaseInputs<'_>, ph: &Phase, earlier: &[(&str, &nn::VarStore, &Llama)]) -> Result<PhaseResult> {
+fn student_phase(
+    inp: &PhaseInputs<'_>,
+    ph: &Phase,
+    earlier: &[(&str, &nn::VarStore, &CausalLm)],
+) -> Result<PhaseResult> {
     let PhaseInputs { r, teacher, train, out, opts, .. } = *inp;
     let name = ph.id.as_str();
     let export_dir = match ph.export {
@@ -175,7 +109,7 @@ fn student_phase(inp: &PhaseInputs<'_>, ph: &Phase, earlier: &[(&str, &nn::VarSt
     let done = phase_dir.join("train.json");
     if let Ok(text) = std::fs::read_to_string(&done) {
         let report: TrainReport = serde_json::from_str(&text).map_err(|e| Error::format(&done, e.to_string()))?;
-        let (vs, model) = Llama::from_pretrained(&export_dir, teacher.model.device(), Kind::Float)?;
+        let (vs, model) = CausalLm::from_pretrained(&export_dir, teacher.model.device(), Kind::Float)?;
         if opts.verbose {
             eprintln!("{name:>8}: trained earlier, reloaded from {}", export_dir.display());
         }
@@ -186,7 +120,7 @@ fn student_phase(inp: &PhaseInputs<'_>, ph: &Phase, earlier: &[(&str, &nn::VarSt
         _ => tch::manual_seed(r.seed as i64),
     }
     let mut vs = nn::VarStore::new(teacher.model.device());
-    let model = Llama::new(vs.root(), s_cfg)?;
+    let model = CausalLm::new(vs.root(), s_cfg)?;
     match (&ph.init, pruning) {
         (InitFrom::Phase(from), _) => {
             let src = earlier.iter().find(|(id, ..)| id == from).ok_or_else(|| {
@@ -233,7 +167,7 @@ fn student_phase(inp: &PhaseInputs<'_>, ph: &Phase, earlier: &[(&str, &nn::VarSt
                 Teacher::Lm(m) => *m,
                 _ => &teacher.model,
             };
-            let members: Vec<&Llama> =
+            let members: Vec<&CausalLm> =
                 std::iter::once(first).chain(inp.extra_teachers.iter().map(|t| &t.model)).collect();
             let fixed = mt.fixed_weights(members.len());
             (Teacher::Mixture(LmMixture { members, fixed, weighting: *weighting, combine: mt.combine }), None)
@@ -294,12 +228,12 @@ fn student_phase(inp: &PhaseInputs<'_>, ph: &Phase, earlier: &[(&str, &nn::VarSt
     // window); otherwise say why.
     let gguf_ty = match (quant, ph.role) {
         (Some(ty), _) => Some(ty),
-        (None, Role::StudentKd) => Some(crate::export::GgufType::F16),
+        (None, Role::StudentKd) => Some(crate::io::export::GgufType::F16),
         _ => None,
     };
     if let Some(ty) = gguf_ty {
         let gguf = export_dir.with_extension("gguf");
-        if let Err(e) = crate::export::export_gguf(&model, &teacher.tokenizer, None, &r.name, &gguf, ty) {
+        if let Err(e) = crate::io::export::export_gguf(&model, &teacher.tokenizer, None, &r.name, &gguf, ty) {
             eprintln!("{name:>8}: no GGUF export ({e}); the HF directory {} is complete", export_dir.display());
         }
     }
@@ -313,8 +247,8 @@ fn student_phase(inp: &PhaseInputs<'_>, ph: &Phase, earlier: &[(&str, &nn::VarSt
 }
 
 /// What an LM term is built against: both models' depth, width, heads and q/k/v widths.
-fn lm_build_context<'a>(vs: nn::Path<'a>, s: &LlamaConfig, t: &LlamaConfig) -> BuildContext<'a> {
-    let qkv = |c: &LlamaConfig| [c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim, c.num_kv_heads * c.head_dim];
+fn lm_build_context<'a>(vs: nn::Path<'a>, s: &LmConfig, t: &LmConfig) -> BuildContext<'a> {
+    let qkv = |c: &LmConfig| [c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim, c.num_kv_heads * c.head_dim];
     BuildContext {
         vs,
         student_layers: s.num_layers as usize,
@@ -333,7 +267,7 @@ fn lm_build_context<'a>(vs: nn::Path<'a>, s: &LlamaConfig, t: &LlamaConfig) -> B
 /// Builds every configured term (the KD student's and each variant's) against the student's and
 /// the teacher's configs in throwaway variables: a layer past a model or relation heads that
 /// do not divide the widths are errors before anything trains.
-fn check_terms(r: &LmRecipe, s: &LlamaConfig, t: &LlamaConfig) -> Result<()> {
+fn check_terms(r: &LmRecipe, s: &LmConfig, t: &LmConfig) -> Result<()> {
     let vs = nn::VarStore::new(Device::Cpu);
     let variants = r.distill.variants.values().flat_map(|v| v.terms.configured());
     for cfg in r.distill.terms.configured().into_iter().chain(variants) {
@@ -356,7 +290,7 @@ pub fn run(r: &LmRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) -> Re
         let keys: Vec<(String, &Path)> = std::iter::once(("teacher.path".to_string(), teacher_path.as_path()))
             .chain(rr.extra_teachers.iter().enumerate().map(|(i, p)| (format!("teachers[{i}].path"), p.as_path())))
             .collect();
-        crate::lm::check_same_tokenizer(&keys)?;
+        crate::io::lm::check_same_tokenizer(&keys)?;
     }
     say(format!("loading teacher {}", teacher_path.display()));
     let device = rr.device;
@@ -368,7 +302,7 @@ pub fn run(r: &LmRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) -> Re
         .map(|p| {
             say(format!("loading teacher {}", p.display()));
             let t = load_lm(p, device)?;
-            crate::lm::check_compatible(&t, t_cfg.vocab_size, Some(&teacher.tokenizer))?;
+            crate::io::lm::check_compatible(&t, t_cfg.vocab_size, Some(&teacher.tokenizer))?;
             Ok(t)
         })
         .collect::<Result<_>>()?;
@@ -391,7 +325,7 @@ pub fn run(r: &LmRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) -> Re
     let t_params = teacher.model.param_count();
     let s_params = {
         let vs = nn::VarStore::new(Device::Cpu);
-        Llama::new(vs.root(), &s_cfg)?.param_count()
+        CausalLm::new(vs.root(), &s_cfg)?.param_count()
     };
     if (s_params as f64) < 0.01 * t_params as f64 {
         eprintln!(
@@ -435,7 +369,7 @@ pub fn run(r: &LmRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) -> Re
     );
     // The online teacher the students train against: a bf16 copy where that is faster.
     let mut teacher_train_dtype = None;
-    let mut online: Option<(nn::VarStore, Llama)> = None;
+    let mut online: Option<(nn::VarStore, CausalLm)> = None;
     if cached.is_none() && plan.iter().any(|p| p.teacher == TeacherFrom::Recipe) {
         let (kind, why) = resolve_teacher_kind(r.teacher.dtype, &t_cfg, device)?;
         say(format!("teacher during training: {why}"));
@@ -480,7 +414,7 @@ pub fn run(r: &LmRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) -> Re
                 }
                 _ => None,
             };
-            let a_params = Llama::new(nn::VarStore::new(Device::Cpu).root(), &a_cfg)?.param_count();
+            let a_params = CausalLm::new(nn::VarStore::new(Device::Cpu).root(), &a_cfg)?.param_count();
             say(format!(
                 "teacher assistant: {} layers × {} channels, {a_params} parameters",
                 a_cfg.num_layers, a_cfg.hidden_size
@@ -507,7 +441,7 @@ pub fn run(r: &LmRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) -> Re
     };
     let mut students: Vec<(&Phase, PhaseResult)> = Vec::new();
     for ph in &plan {
-        let earlier: Vec<(&str, &nn::VarStore, &Llama)> =
+        let earlier: Vec<(&str, &nn::VarStore, &CausalLm)> =
             students.iter().map(|(p, s)| (p.id.as_str(), &s.0, &s.1)).collect();
         let got = student_phase(&inputs, ph, &earlier)?;
         students.push((ph, got));
@@ -526,7 +460,7 @@ pub fn run(r: &LmRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) -> Re
     let eval_batch = r.train.batch_size.clamp(1, 8);
     // Every student on the same rows, the teacher run once per batch for all of them (and
     // scored from that same forward).
-    let models: Vec<&Llama> = students.iter().map(|(_, s)| &s.1).collect();
+    let models: Vec<&CausalLm> = students.iter().map(|(_, s)| &s.1).collect();
     let score_all = |b: &TokenBlocks| -> Result<(LmScores, Vec<LmScores>)> {
         let (t, s) = score_many(&models, Some(&teacher.model), b, max_rows, eval_batch)?;
         Ok((t.expect("a teacher was given"), s))
@@ -579,7 +513,7 @@ pub fn run(r: &LmRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) -> Re
         .iter()
         .map(|p| PromptReport { prompt: p.clone(), top_k: vec![], greedy: vec![], penalized: vec![], sampled: vec![] })
         .collect();
-    let models: Vec<(String, &Llama)> = std::iter::once((Role::Teacher.name().to_string(), &teacher.model))
+    let models: Vec<(String, &CausalLm)> = std::iter::once((Role::Teacher.name().to_string(), &teacher.model))
         .chain(students.iter().map(|(ph, s)| (ph.display_name(), &s.1)))
         .collect();
     let greedy = GenerateOptions {
@@ -641,8 +575,4 @@ pub fn run(r: &LmRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) -> Re
     write_atomic(&out.join("report.txt"), report(&summary).as_bytes())?;
     crate::report::write_report_or_warn(out);
     Ok(summary)
-}
-
-fn one() -> f64 {
-    1.0
 }

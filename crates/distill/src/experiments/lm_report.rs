@@ -1,9 +1,80 @@
-//! The plain-text report of an LM run (`report.txt`, printed at the end of `distill run`): the
-//! comparison table, next-token tables, generations and the collapse table.
+//! The summary of an LM run (`summary.json`) and its plain-text report (`report.txt`, printed
+//! at the end of `distill run`): the comparison table, next-token tables, generations and the
+//! collapse table.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use super::lm::LmSummary;
+use serde::{Deserialize, Serialize};
+
+use crate::eval::{Generation, LmScores, TopToken};
+use crate::train::TrainReport;
+
+/// One model's line in the summary.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelReport {
+    pub role: String,
+    pub params: i64,
+    pub size_bytes: u64,
+    pub compression_ratio: f64,
+    pub tokens_per_s: f64,
+    pub validation: LmScores,
+    /// Perplexity on each `eval.extra` source, in order.
+    pub extra: Vec<LmScores>,
+    pub train: Option<TrainReport>,
+    pub path: Option<PathBuf>,
+    /// The phase (its directory under `phases/`) and the phases it learned from (`teacher` for
+    /// the recipe's teacher).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub taught_by: Vec<String>,
+}
+
+/// Per prompt: next-token tables and generations, per model.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PromptReport {
+    pub prompt: String,
+    pub top_k: Vec<(String, Vec<TopToken>)>,
+    pub greedy: Vec<(String, Generation)>,
+    /// Greedy with `eval.repetition_penalty` (empty when it is 1).
+    #[serde(default)]
+    pub penalized: Vec<(String, Generation)>,
+    pub sampled: Vec<(String, Generation)>,
+}
+
+/// One prompt's generations of every model under one decoding.
+type Generations = [(String, Generation)];
+
+impl PromptReport {
+    /// The generations by decoding, as the report names them.
+    pub fn by_decoding(&self) -> [(&'static str, &Generations); 3] {
+        [("greedy", &self.greedy), ("greedy+rp", &self.penalized), ("sampled", &self.sampled)]
+    }
+}
+
+/// `summary.json` of an LM run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LmSummary {
+    pub recipe: String,
+    pub teacher: ModelReport,
+    pub students: Vec<ModelReport>,
+    pub prompts: Vec<PromptReport>,
+    pub extra_sources: Vec<String>,
+    pub train_tokens: usize,
+    pub validation_tokens: usize,
+    /// KD student perplexity / scratch twin perplexity on validation (when both ran).
+    pub ppl_ratio_kd_over_scratch: Option<f64>,
+    /// The penalty of the `greedy+rp` generations (1 = none were made).
+    #[serde(default = "one")]
+    pub repetition_penalty: f64,
+    /// The online teacher's precision during training and why (`None`: no online teacher).
+    #[serde(default)]
+    pub teacher_train_dtype: Option<String>,
+}
+
+fn one() -> f64 {
+    1.0
+}
 
 /// The human-readable comparison printed at the end of a run.
 pub fn report(s: &LmSummary) -> String {
@@ -73,16 +144,14 @@ pub fn report(s: &LmSummary) -> String {
     o
 }
 
-/// Distinct-2 below which a generation counts as collapsed (looping) in the report.
-pub const COLLAPSE_DISTINCT_2: f64 = 0.5;
-
 /// Per model and decoding, how many prompts' generations are not collapsed (distinct-2 ≥ 0.5).
 fn collapse_table(s: &LmSummary) -> String {
     if s.prompts.is_empty() {
         return String::new();
     }
     let mut o = format!(
-        "\nnot collapsed (distinct-2 >= {COLLAPSE_DISTINCT_2} over the generated tokens), prompts:\n{:<22}",
+        "\nnot collapsed (distinct-2 >= {} over the generated tokens), prompts:\n{:<22}",
+        Generation::COLLAPSE_DISTINCT_2,
         ""
     );
     for (kind, _) in s.prompts[0].by_decoding() {
@@ -100,7 +169,7 @@ fn collapse_table(s: &LmSummary) -> String {
             let cell = if found.is_empty() {
                 "-".to_owned()
             } else {
-                format!("{}/{}", found.iter().filter(|&&d| d >= COLLAPSE_DISTINCT_2).count(), found.len())
+                format!("{}/{}", found.iter().filter(|&&d| !Generation::collapses(d)).count(), found.len())
             };
             o += &format!(" {cell:>10}");
         }

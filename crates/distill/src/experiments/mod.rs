@@ -2,6 +2,17 @@
 //! trains every phase with the one Trainer and writes the run directory and its report.
 
 pub mod encoder;
+pub mod gendata;
 pub mod image;
 pub mod lm;
 pub mod lm_report;
+pub mod selfdistill;
+
+/// Options of a run that are not part of the recipe.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// Progress bars on stderr.
+    pub progress: bool,
+    /// A line per finished phase on stderr.
+    pub verbose: bool,
+}

@@ -1,3 +1,7 @@
-//! Reading and writing model files: HF `config.json` and safetensors weights.
-pub mod hf;
+//! Outside files in and out: safetensors weights, loading a language model
+//! (HF directory or GGUF), HF/GGUF export, assets from package registries, chat templates.
+pub mod chat;
+pub mod export;
+pub mod fetch;
+pub mod lm;
 pub mod safetensors;

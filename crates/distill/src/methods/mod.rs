@@ -14,8 +14,10 @@
 
 pub mod attention;
 pub mod attention_transfer;
+pub mod born_again;
 pub mod fitnets;
 pub mod hidden;
+pub mod multi_teacher;
 pub mod on_policy;
 pub mod relation;
 pub mod response;
@@ -118,7 +120,7 @@ pub struct StepStates<'a> {
     /// Empty unless a term asked for them ([`Needs::attentions`]).
     pub attentions: &'a [Tensor],
     /// An LM's per-layer queries, keys and values; empty unless asked ([`Needs::qkv`]).
-    pub qkv: &'a [crate::models::llama::Qkv],
+    pub qkv: &'a [crate::models::lm::Qkv],
     /// Flat indices into `B·T` (LM); `None` keeps every example.
     pub rows: Option<&'a Tensor>,
     /// The attention mask `[B, T]` (1 = real) when the batch has padding.
@@ -216,10 +218,10 @@ pub struct LmDistill {
     pub variants: BTreeMap<String, Variant>,
     /// `[distill.born_again]`: born-again generations after the KD student.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub born_again: Option<crate::plan::BornAgainCfg>,
+    pub born_again: Option<born_again::BornAgainCfg>,
     /// `[distill.multi_teacher]`: students distilled from `[teacher]` and `[[teachers]]` mixed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub multi_teacher: Option<crate::teacher::MultiTeacherCfg>,
+    pub multi_teacher: Option<multi_teacher::MultiTeacherCfg>,
     /// The extra per-step terms (KD student only; the scratch twin never gets them).
     #[serde(flatten)]
     pub terms: Terms,
@@ -314,10 +316,10 @@ pub struct ImageDistill {
     pub variants: BTreeMap<String, Variant>,
     /// `[distill.born_again]`: born-again generations after the KD student.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub born_again: Option<crate::plan::BornAgainCfg>,
+    pub born_again: Option<born_again::BornAgainCfg>,
     /// `[distill.multi_teacher]`: students distilled from `[teacher]` and `[[teachers]]` together.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub multi_teacher: Option<crate::teacher::MultiTeacherCfg>,
+    pub multi_teacher: Option<multi_teacher::MultiTeacherCfg>,
     /// Extra terms of the main KD student (`[distill.fitnets]`, …).
     #[serde(flatten)]
     pub terms: Terms,

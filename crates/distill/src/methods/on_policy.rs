@@ -14,8 +14,8 @@ use tch::Tensor;
 
 use crate::data::rng::SplitMix64;
 use crate::data::text::LmBatch;
-use crate::generate::{generate_batch_seeded, GenerateOptions};
-use crate::models::llama::Llama;
+use crate::eval::generate::{generate_batch_seeded, GenerateOptions};
+use crate::models::lm::CausalLm;
 use crate::{Error, Result};
 
 /// `[distill.on_policy]`.
@@ -78,7 +78,7 @@ impl OnPolicyCfg {
     /// With probability λ (drawn from the step's `rng`), the batch with every row's tokens after
     /// the prompt replaced by the student's sample and the targets restricted to those tokens;
     /// `None` for a supervised step, or when a row has padding inside its prompt.
-    pub fn rewrite(&self, student: &Llama, b: &LmBatch, rng: &mut SplitMix64) -> Result<Option<LmBatch>> {
+    pub fn rewrite(&self, student: &CausalLm, b: &LmBatch, rng: &mut SplitMix64) -> Result<Option<LmBatch>> {
         if rng.next_f64() >= self.lambda {
             return Ok(None);
         }

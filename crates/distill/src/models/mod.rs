@@ -4,9 +4,9 @@
 
 pub mod bert;
 pub mod cnn;
-pub mod llama;
+pub mod lm;
 pub mod mlp;
-pub mod packed;
+pub mod sentence;
 
 use serde::{Deserialize, Serialize};
 use tch::{nn, Tensor};

@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::Task;
-use crate::embed_eval::EncoderEvalCfg;
+use crate::eval::embed::EncoderEvalCfg;
 use crate::methods::{
     attention::AttentionKdCfg, attention::Relation, hidden::HiddenKdCfg, Domain, TermConfig, TermContext,
 };
@@ -231,8 +231,8 @@ impl EncoderRecipe {
         if self.checkpoint.every_steps == 0 {
             return bad("checkpoint.every_steps must be ≥ 1".into());
         }
-        crate::fetch::check_path(&self.teacher.path, "teacher.path")?;
-        crate::fetch::check_path(&self.data.labelled, "data.labelled")?;
+        crate::io::fetch::check_path(&self.teacher.path, "teacher.path")?;
+        crate::io::fetch::check_path(&self.data.labelled, "data.labelled")?;
         Ok(())
     }
 

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::Task;
 use crate::data::text::resolve_sources;
 use crate::eval::LmEval;
+use crate::io::fetch;
 use crate::losses::divergence::Divergence;
 use crate::methods::{LmDistill, TermContext};
 use crate::student::quant::QuantCfg;
@@ -16,7 +17,7 @@ use crate::student::LmStudent;
 use crate::teacher::ExtraLmTeacher;
 use crate::teacher::LmTeacher;
 use crate::train::{CheckpointCfg, TrainCfg};
-use crate::{fetch, Error, Result};
+use crate::{Error, Result};
 
 /// LLM distillation: a frozen teacher's next-token distributions train a smaller decoder that
 /// shares its tokenizer.
@@ -66,7 +67,7 @@ fn default_device() -> String {
 pub fn parse_device(s: &str) -> Result<tch::Device> {
     let dev = match s {
         "cpu" => return Ok(tch::Device::Cpu),
-        "cuda" => crate::dist::group().map_or(0, |g| g.local_rank),
+        "cuda" => crate::train::dist::group().map_or(0, |g| g.local_rank),
         _ => s
             .strip_prefix("cuda:")
             .and_then(|n| n.parse::<usize>().ok())

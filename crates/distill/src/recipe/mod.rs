@@ -174,8 +174,8 @@ mod tests {
     use crate::losses::divergence::Divergence;
     use crate::losses::hidden::HiddenLoss;
     use crate::models::ModelSpec;
-    use crate::optim::OptimizerKind;
     use crate::teacher::TeacherDtype;
+    use crate::train::config::OptimizerKind;
 
     const MIN: &str = r#"
 task = "image-classification"

@@ -37,7 +37,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::checkpoint::write_atomic;
+use crate::train::checkpoint::write_atomic;
 use crate::{Error, Result};
 
 pub use table::{format_value, Format};

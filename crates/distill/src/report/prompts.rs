@@ -8,7 +8,9 @@ use std::fmt::Write as _;
 use serde_json::Value;
 
 use super::escape;
-use crate::experiments::lm::COLLAPSE_DISTINCT_2;
+use crate::eval::Generation;
+
+const COLLAPSE_DISTINCT_2: f64 = Generation::COLLAPSE_DISTINCT_2;
 
 /// `[[name, x], …]` as `(name, x)` pairs, when every entry has that shape.
 fn pairs(v: &Value) -> Option<Vec<(&str, &Value)>> {
@@ -112,7 +114,7 @@ fn generations(name: &str, prompt: &str, v: &Value) -> String {
         let num = |k: &str, d: usize| {
             g.get(k).and_then(Value::as_f64).map(|x| format!("{x:.d$}")).unwrap_or_else(|| "–".into())
         };
-        let collapsed = g.get("distinct_2").and_then(Value::as_f64).is_some_and(|d| d < COLLAPSE_DISTINCT_2);
+        let collapsed = g.get("distinct_2").and_then(Value::as_f64).is_some_and(Generation::collapses);
         let _ = writeln!(
             o,
             "<tr{}><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"gen\"><span class=\"note\">{}</span>{}</td></tr>",
@@ -156,7 +158,7 @@ fn collapse_table(cells: &[(String, String, Vec<f64>)], summary: &Value) -> Stri
         for d in &decodings {
             let cell = match cells.iter().find(|c| c.0 == *d && c.1 == m) {
                 Some((_, _, ds)) => {
-                    format!("{}/{}", ds.iter().filter(|&&x| x >= COLLAPSE_DISTINCT_2).count(), ds.len())
+                    format!("{}/{}", ds.iter().filter(|&&x| !Generation::collapses(x)).count(), ds.len())
                 }
                 None => "–".into(),
             };

@@ -6,8 +6,8 @@
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-use crate::encoder::{Encoder, StaticEncoder};
 use crate::models::bert::{mean_pool, BertConfig};
+use crate::models::sentence::{Encoder, StaticEncoder};
 use crate::student::{add_unit_outer, top_eigenvectors};
 use crate::{Error, Result};
 

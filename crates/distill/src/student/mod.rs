@@ -10,9 +10,9 @@ pub mod quant;
 use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
 
-use crate::io::hf::{Arch, LlamaConfig};
-use crate::lm::LoadedLm;
-use crate::models::llama::Llama;
+use crate::io::lm::LoadedLm;
+use crate::models::lm::CausalLm;
+use crate::models::lm::{Family, LmConfig};
 use crate::{Error, Result};
 
 /// How the student is initialized.
@@ -161,7 +161,7 @@ impl LmStudent {
 /// Derives the student's config from the teacher's: vocabulary, RoPE, norms and special ids
 /// are shared; widths left out of the recipe keep the teacher's ratios. The student is always a
 /// plain `LlamaForCausalLM` (no biases, no sliding window).
-pub fn student_config(t: &LlamaConfig, s: &LmStudent) -> Result<LlamaConfig> {
+pub fn student_config(t: &LmConfig, s: &LmStudent) -> Result<LmConfig> {
     if let Some(p) = s.params {
         return student_config(t, &shape_for_params(t, s, p)?);
     }
@@ -186,8 +186,8 @@ pub fn student_config(t: &LlamaConfig, s: &LmStudent) -> Result<LlamaConfig> {
         let r = t.intermediate_size as f64 / t.hidden_size as f64;
         ((hidden as f64 * r / 64.0).round() as i64 * 64).max(64)
     });
-    let cfg = LlamaConfig {
-        arch: Arch::Llama,
+    let cfg = LmConfig {
+        family: Family::Llama,
         hidden_size: hidden,
         intermediate_size: inter,
         num_layers: s.layers as i64,
@@ -207,8 +207,8 @@ pub fn student_config(t: &LlamaConfig, s: &LmStudent) -> Result<LlamaConfig> {
 }
 
 /// Parameters of a plain Llama of config `c` (no biases; a tied head counted once), what
-/// [`Llama::param_count`] counts on the built model.
-pub fn config_params(c: &LlamaConfig) -> i64 {
+/// [`CausalLm::param_count`] counts on the built model.
+pub fn config_params(c: &LmConfig) -> i64 {
     let (h, hd, i) = (c.hidden_size, c.head_dim, c.intermediate_size);
     let layer = 2 * h + 2 * h * c.num_heads * hd + 2 * h * c.num_kv_heads * hd + 3 * h * i;
     let heads = if c.tie_word_embeddings { 1 } else { 2 };
@@ -220,7 +220,7 @@ pub fn config_params(c: &LlamaConfig) -> i64 {
 /// then the most kv groups (whole groups, the teacher's query/kv ratio kept), whose largest MLP
 /// (a multiple of 32, at most the teacher's) still fits and is at least as wide as the residual
 /// stream. Returns `s` with `hidden`, `heads`, `kv_heads` and `intermediate` set.
-pub fn shape_for_params(t: &LlamaConfig, s: &LmStudent, params: f64) -> Result<LmStudent> {
+pub fn shape_for_params(t: &LmConfig, s: &LmStudent, params: f64) -> Result<LmStudent> {
     let target = params as i64;
     let teacher_shape = LmStudent { params: None, ..s.clone() };
     let full = config_params(&student_config(
@@ -286,13 +286,13 @@ pub fn subset_layers(teacher_layers: i64, student_layers: i64) -> Vec<i64> {
 /// each layer's output), each normalised `ĥ = h/‖h‖` so that no layer's scale dominates;
 /// uncentered, as SliceGPT's rotation (Ashkboos et al. 2024). Returns `Q` `[H, k]` (orthonormal
 /// columns, largest eigenvalue first) and the share of `tr C` that the `k` directions keep.
-pub fn residual_pca(teacher: &Llama, ids: &Tensor, k: i64) -> Result<(Tensor, f64)> {
+pub fn residual_pca(teacher: &CausalLm, ids: &Tensor, k: i64) -> Result<(Tensor, f64)> {
     let h = teacher.config().hidden_size;
     if !(1..=h).contains(&k) {
         return Err(Error::Invalid(format!("residual PCA: {k} directions of a {h}-wide residual stream")));
     }
     tch::no_grad(|| {
-        let opts = crate::models::llama::ForwardOptions { hidden_states: true, ..Default::default() };
+        let opts = crate::models::lm::ForwardOptions { hidden_states: true, ..Default::default() };
         let out = teacher.forward(ids, None, opts)?;
         let mut c = Tensor::zeros([h, h], (Kind::Double, teacher.device()));
         for x in out.hidden_states.unwrap_or_default() {
@@ -323,7 +323,7 @@ pub(crate) fn top_eigenvectors(c: &Tensor, k: i64) -> Result<(Tensor, f64)> {
     Ok((q, kept))
 }
 
-/// Initializes a student built by [`Llama::new`] (already random, normal(0, 0.02)).
+/// Initializes a student built by [`CausalLm::new`] (already random, normal(0, 0.02)).
 /// `layer-subset` copies the embedding, final norm and the [`subset_layers`] of the teacher,
 /// slicing every tensor to the student's shape (leading rows/columns) when widths shrink.
 /// `embedding-pca` copies only the teacher's token embedding (and output projection when the
@@ -332,7 +332,7 @@ pub(crate) fn top_eigenvectors(c: &Tensor, k: i64) -> Result<(Tensor, f64)> {
 /// Returns the share of the residual stream's second moment the projection keeps (1 when none).
 pub fn init_student(
     student: &nn::VarStore,
-    s_cfg: &LlamaConfig,
+    s_cfg: &LmConfig,
     teacher: &LoadedLm,
     init: StudentInit,
     calib: &Tensor,
@@ -360,7 +360,7 @@ pub struct InitReport {
     pub pruned: Option<(prune::Importance, prune::Selection)>,
 }
 
-fn init_embedding_pca(student: &nn::VarStore, s_cfg: &LlamaConfig, teacher: &LoadedLm, calib: &Tensor) -> Result<f64> {
+fn init_embedding_pca(student: &nn::VarStore, s_cfg: &LmConfig, teacher: &LoadedLm, calib: &Tensor) -> Result<f64> {
     let t_cfg = teacher.model.config();
     let (h_t, h_s) = (t_cfg.hidden_size, s_cfg.hidden_size);
     if h_s > h_t {
@@ -388,7 +388,7 @@ fn init_embedding_pca(student: &nn::VarStore, s_cfg: &LlamaConfig, teacher: &Loa
     Ok(kept)
 }
 
-fn init_layer_subset(student: &nn::VarStore, s_cfg: &LlamaConfig, teacher: &LoadedLm) -> Result<()> {
+fn init_layer_subset(student: &nn::VarStore, s_cfg: &LmConfig, teacher: &LoadedLm) -> Result<()> {
     let t_vars = teacher.vs.variables();
     let layers = subset_layers(teacher.model.config().num_layers, s_cfg.num_layers);
     tch::no_grad(|| {

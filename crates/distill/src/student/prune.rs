@@ -24,8 +24,8 @@
 use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
 
-use crate::io::hf::LlamaConfig;
-use crate::models::llama::{ForwardOptions, Llama};
+use crate::models::lm::LmConfig;
+use crate::models::lm::{CausalLm, ForwardOptions};
 use crate::{Error, Result};
 
 /// Importance scores of a teacher over calibration rows (stored in the run directory).
@@ -52,7 +52,7 @@ fn to_vec(t: &Tensor) -> Vec<f64> {
 
 /// Scores `model` on calibration rows `ids` `[N, T]` (`mask` `[N, T]`, 1 = real, when padded),
 /// `batch` rows per forward, under no-grad.
-pub fn importance(model: &Llama, ids: &Tensor, mask: Option<&Tensor>, batch: i64) -> Result<Importance> {
+pub fn importance(model: &CausalLm, ids: &Tensor, mask: Option<&Tensor>, batch: i64) -> Result<Importance> {
     let cfg = model.config();
     let (l, h) = (cfg.num_layers as usize, cfg.hidden_size);
     let dev = model.device();
@@ -131,7 +131,7 @@ pub fn top_k_sorted(scores: &[f64], k: usize) -> Vec<i64> {
 
 /// Checks that the student's shape `s` is a slice of the teacher's `t`; each error names the
 /// recipe key.
-pub fn check_slice(t: &LlamaConfig, s: &LlamaConfig) -> Result<()> {
+pub fn check_slice(t: &LmConfig, s: &LmConfig) -> Result<()> {
     let bad = |key: &str, msg: String| Err(Error::Recipe(format!("student.{key}: {msg}")));
     for (key, sv, tv) in [
         ("layers", s.num_layers, t.num_layers),
@@ -169,7 +169,7 @@ pub fn check_slice(t: &LlamaConfig, s: &LlamaConfig) -> Result<()> {
 }
 
 /// What a student of shape `s` keeps of the teacher `t` by `imp`.
-pub fn select(imp: &Importance, t: &LlamaConfig, s: &LlamaConfig) -> Result<Selection> {
+pub fn select(imp: &Importance, t: &LmConfig, s: &LmConfig) -> Result<Selection> {
     check_slice(t, s)?;
     let layers = top_k_sorted(&imp.blocks, s.num_layers as usize);
     let channels = top_k_sorted(&imp.channels, s.hidden_size as usize);
@@ -198,7 +198,7 @@ const CALIB_BATCH: i64 = 8;
 
 /// Importance of `teacher` on calibration rows `calib` `[N, T]` and what a student of shape `s`
 /// keeps by it: the whole decision, shared by `student.init = "prune"` and the LM runner.
-pub fn plan(teacher: &Llama, calib: &Tensor, s: &LlamaConfig) -> Result<(Importance, Selection)> {
+pub fn plan(teacher: &CausalLm, calib: &Tensor, s: &LmConfig) -> Result<(Importance, Selection)> {
     let imp = importance(teacher, calib, None, CALIB_BATCH)?;
     let sel = select(&imp, teacher.config(), s)?;
     Ok((imp, sel))
@@ -215,7 +215,7 @@ fn head_rows(heads: &[i64], hd: i64) -> Vec<i64> {
 pub fn slice_into(
     student: &nn::VarStore,
     t_vars: &std::collections::HashMap<String, Tensor>,
-    t: &LlamaConfig,
+    t: &LmConfig,
     sel: &Selection,
 ) -> Result<()> {
     let dev = student.device();

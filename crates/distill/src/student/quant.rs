@@ -24,8 +24,8 @@
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
-use crate::export::GgufType;
-use crate::models::llama::Llama;
+use crate::io::export::GgufType;
+use crate::models::lm::CausalLm;
 use crate::train::TrainCfg;
 use crate::{Error, Result};
 
@@ -121,7 +121,7 @@ fn straight_through(w: &Tensor, q: &Tensor) -> Tensor {
 
 /// `model` with every weight as a GGUF export of type `ty` stores it, through the
 /// straight-through estimator: the forward pass of quantization-aware training.
-pub fn quantized_view(model: &Llama, ty: GgufType) -> Result<Llama> {
+pub fn quantized_view(model: &CausalLm, ty: GgufType) -> Result<CausalLm> {
     model.map_weights(&|name, w| {
         Ok(match as_stored(ty, name, w)? {
             Some(q) => straight_through(w, &q),
@@ -132,7 +132,7 @@ pub fn quantized_view(model: &Llama, ty: GgufType) -> Result<Llama> {
 
 /// Rounds `model`'s weights in place to what a GGUF export of type `ty` stores (post-training
 /// quantization): evaluating the model afterwards evaluates the file.
-pub fn quantize_weights(model: &Llama, ty: GgufType) -> Result<()> {
+pub fn quantize_weights(model: &CausalLm, ty: GgufType) -> Result<()> {
     for (name, w) in model.named_parameters() {
         if let Some(q) = as_stored(ty, &name, &w)? {
             tch::no_grad(|| w.shallow_clone().copy_(&q.to_kind(w.kind())));

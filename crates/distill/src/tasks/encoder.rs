@@ -5,9 +5,9 @@
 use tch::{Kind, Tensor};
 
 use crate::data::rng::SplitMix64;
-use crate::encoder::Encoder;
 use crate::losses::embedding::embedding_loss;
 use crate::methods::{Needs, StepStates, Term};
+use crate::models::sentence::Encoder;
 use crate::train::{StepLoss, TrainTask};
 use crate::Result;
 

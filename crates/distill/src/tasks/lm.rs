@@ -11,11 +11,11 @@ use tch::Tensor;
 
 use crate::data::rng::SplitMix64;
 use crate::data::text::lm_batch;
-use crate::export::GgufType;
+use crate::io::export::GgufType;
 use crate::losses::chunked::{ChunkTeacher, ChunkedKd};
 use crate::methods::on_policy::OnPolicyCfg;
 use crate::methods::{Needs, StepStates, Term};
-use crate::models::llama::{ForwardOptions, Llama};
+use crate::models::lm::{CausalLm, ForwardOptions};
 use crate::student::quant::quantized_view;
 use crate::teacher::Teacher;
 use crate::train::{StepLoss, TrainTask};
@@ -26,7 +26,7 @@ use crate::{Error, Result};
 /// (never the whole batch's `[tokens, vocab]` logits at once), plus each extra term. `α = 0`
 /// without terms never touches the teacher (the scratch twin).
 pub struct LmKdTask<'a> {
-    pub student: &'a Llama,
+    pub student: &'a CausalLm,
     /// An LM ([`Teacher::Lm`]) or its cache ([`Teacher::Cache`]); `None` only when
     /// `loss.alpha == 0` and there are no terms.
     pub teacher: Option<Teacher<'a>>,

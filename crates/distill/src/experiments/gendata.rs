@@ -19,9 +19,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::data::rng::SplitMix64;
+use crate::eval::generate::{decoding_weights, generate_batch_seeded, GenerateOptions};
 use crate::eval::{decode, encode, first_stop, reaches_stop};
-use crate::generate::{decoding_weights, generate_batch_seeded, GenerateOptions};
-use crate::lm::{tokenizer_fingerprint, LoadedLm};
+use crate::io::lm::{tokenizer_fingerprint, LoadedLm};
 use crate::{Error, Result};
 
 /// Version of the record and manifest layout.
@@ -242,7 +242,7 @@ pub fn generate_data(lm: &LoadedLm, prompts: &[String], opts: &GenDataOptions, o
         return Err(Error::Invalid("generate-data: the batch size must be ≥ 1".into()));
     }
     let t0 = Instant::now();
-    let teacher = crate::cache::model_fingerprint(&lm.source)?;
+    let teacher = crate::teacher::cache::model_fingerprint(&lm.source)?;
     let sampling = Sampling::of(opts);
     let manifest = Manifest {
         version: FORMAT_VERSION,

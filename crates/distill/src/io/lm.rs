@@ -8,15 +8,15 @@ use distill_base::guard;
 use tch::{nn, Device, Kind};
 use tokenizers::Tokenizer;
 
-use crate::io::hf::{Arch, LlamaConfig, RopeScaling};
 use crate::io::safetensors::load_named_f32;
-use crate::models::llama::Llama;
+use crate::models::lm::CausalLm;
+use crate::models::lm::{Family, LmConfig, RopeScaling};
 use crate::{Error, Result};
 
 /// A loaded causal LM with its tokenizer.
 pub struct LoadedLm {
     pub vs: nn::VarStore,
-    pub model: Llama,
+    pub model: CausalLm,
     pub tokenizer: Tokenizer,
     /// `tokenizer.json` bytes, for export.
     pub tokenizer_json: Vec<u8>,
@@ -53,7 +53,7 @@ impl LoadedLm {
         let name = |id: Option<i64>| id.and_then(|i| self.tokenizer.id_to_token(i as u32)).unwrap_or_default();
         let cfg = self.model.config();
         let (bos, eos) = (name(cfg.bos_token_id), name(cfg.eos_token_ids.first().copied()));
-        crate::chat::apply_chat_template(template, &[crate::chat::Message::user(user)], true, &bos, &eos)
+        crate::io::chat::apply_chat_template(template, &[crate::io::chat::Message::user(user)], true, &bos, &eos)
     }
 }
 
@@ -71,15 +71,18 @@ pub fn is_gguf(path: &Path) -> bool {
 }
 
 /// The runtime config of a Llama-family GGUF, from its parsed hyper-parameters `p`.
-pub fn config_from_gguf(file: &distill_gguf::GgufFile, p: &distill_gguf::LlamaGgufParams) -> Result<LlamaConfig> {
-    let arch = match p.architecture.as_str() {
-        "qwen2" => Arch::Qwen2,
-        "mistral" => Arch::Mistral,
-        _ => Arch::Llama,
-    };
+pub fn config_from_gguf(file: &distill_gguf::GgufFile, p: &distill_gguf::LlamaGgufParams) -> Result<LmConfig> {
+    let family = Family::from_gguf_arch(&p.architecture).ok_or_else(|| {
+        let known: Vec<&str> = Family::ALL.iter().filter_map(|f| f.gguf_arch()).collect();
+        Error::format(
+            file.path(),
+            format!("unsupported architecture `{}` (supported: {})", p.architecture, known.join(", ")),
+        )
+    })?;
+    let quirks = family.gguf_quirks();
     let id = |k: &str| file.get_u32(k).ok().map(|v| v as i64);
-    let cfg = LlamaConfig {
-        arch,
+    let cfg = LmConfig {
+        family,
         vocab_size: p.vocab_size as i64,
         hidden_size: p.embedding_length as i64,
         intermediate_size: p.feed_forward_length as i64,
@@ -92,10 +95,10 @@ pub fn config_from_gguf(file: &distill_gguf::GgufFile, p: &distill_gguf::LlamaGg
         rope_scaling: RopeScaling::Default,
         max_position_embeddings: p.context_length as i64,
         tie_word_embeddings: p.tied_embeddings,
-        qkv_bias: arch == Arch::Qwen2,
-        o_bias: false,
+        qkv_bias: quirks.qkv_bias,
+        o_bias: quirks.o_bias,
         mlp_bias: false,
-        sliding_window: None,
+        sliding_window: quirks.sliding_window,
         attention_dropout: 0.0,
         initializer_range: 0.02,
         bos_token_id: id("tokenizer.ggml.bos_token_id"),
@@ -130,7 +133,7 @@ pub fn tokenizer_from_json(bytes: &[u8], path: &Path) -> Result<Tokenizer> {
 /// Loads a causal LM from a GGUF file or an HF directory, frozen (no gradients), in f32.
 pub fn load_lm(path: &Path, device: Device) -> Result<LoadedLm> {
     if path.is_dir() {
-        let (mut vs, model) = Llama::from_pretrained(path, device, Kind::Float)?;
+        let (mut vs, model) = CausalLm::from_pretrained(path, device, Kind::Float)?;
         vs.freeze();
         let tj = path.join("tokenizer.json");
         let tokenizer_json = std::fs::read(&tj).map_err(|e| Error::io(&tj, e))?;
@@ -164,11 +167,11 @@ pub fn load_lm(path: &Path, device: Device) -> Result<LoadedLm> {
     let held = file.tensors().iter().try_fold(0u64, |acc, t| acc.checked_add(t.n_elements())).unwrap_or(u64::MAX);
     cfg.check_fits(held).map_err(|m| Error::format(path, format!("its metadata {m}")))?;
     let mut vs = nn::VarStore::new(device);
-    let model = Llama::new(vs.root(), &cfg)?;
+    let model = CausalLm::new(vs.root(), &cfg)?;
     let tensors: Vec<(String, Vec<i64>, Vec<f32>)> = distill_gguf::hf_tensors(&file, &params)
         .map(|t| t.map(|t| (t.name, t.shape.iter().map(|&d| d as i64).collect(), t.data)))
         .collect::<std::result::Result<_, _>>()?;
-    load_named_f32(&mut vs, path, tensors, &Llama::load_options(&cfg))?;
+    load_named_f32(&mut vs, path, tensors, &CausalLm::load_options(&cfg))?;
     vs.freeze();
     let tokenizer = distill_gguf::tokenizer_from_gguf(&file)?;
     let tokenizer_json = tokenizer

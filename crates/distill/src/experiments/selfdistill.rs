@@ -1,6 +1,6 @@
 //! Verified self-distillation (STaR, Zelikman et al. 2022; rejection-sampling fine-tuning; the
 //! notes' "self-distillation from proof"): a model samples N solutions to each training problem
-//! of [`crate::verify`]'s families, the checker keeps the correct ones, and the learner — the model
+//! of [`crate::eval::verify`]'s families, the checker keeps the correct ones, and the learner — the model
 //! itself, or a student learning from the teacher's verified solutions — is fine-tuned on them
 //! (cross-entropy on the solution tokens only); repeat for R rounds. Before the first round and
 //! after each one the learner is evaluated on held-out problems: pass@1 with greedy decoding
@@ -22,15 +22,15 @@ use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
 use crate::data::rng::SplitMix64;
+use crate::eval::generate::{decoding_weights, generate_after_prefix, GenerateOptions};
+use crate::eval::verify::{check, problems, Family, Problem, Split, Verdict};
 use crate::eval::{decode, encode, first_stop, reaches_stop};
-use crate::generate::{decoding_weights, generate_after_prefix, GenerateOptions};
-use crate::lm::LoadedLm;
+use crate::io::lm::LoadedLm;
 use crate::losses::chunked::ChunkedKd;
 use crate::losses::divergence::Divergence;
-use crate::models::llama::{ForwardOptions, Llama};
-use crate::optim::{OptimizerKind, Schedule};
+use crate::models::lm::{CausalLm, ForwardOptions};
+use crate::train::config::{OptimizerKind, Schedule};
 use crate::train::{fit, StepLoss, TrainCfg, TrainOptions, TrainTask};
-use crate::verify::{check, problems, Family, Problem, Split, Verdict};
 use crate::{Error, Result};
 
 /// The loop's settings.
@@ -127,7 +127,7 @@ struct Example {
 
 /// Cross-entropy on the completion tokens of [`Example`]s (right-padded batches).
 struct SftTask<'a> {
-    model: &'a Llama,
+    model: &'a CausalLm,
     examples: &'a [Example],
 }
 
@@ -380,7 +380,7 @@ pub fn run(
                     let rep = fit(&learner.vs, &mut task, &topts)?;
                     (rep.steps, rep.final_loss)
                 };
-                crate::export::export_hf_with_chat_template(
+                crate::io::export::export_hf_with_chat_template(
                     &learner.model,
                     Some(&learner.tokenizer_json),
                     learner.chat_template.as_deref(),
@@ -481,7 +481,7 @@ fn sample_and_verify(
 /// The learner loaded for training: `path` or, when None, `initial`, with its weights
 /// trainable.
 pub fn trainable(initial: &Path, path: Option<&Path>) -> Result<LoadedLm> {
-    let mut lm = crate::lm::load_lm(path.unwrap_or(initial), tch::Device::Cpu)?;
+    let mut lm = crate::io::lm::load_lm(path.unwrap_or(initial), tch::Device::Cpu)?;
     lm.vs.unfreeze();
     Ok(lm)
 }

@@ -28,10 +28,10 @@ use tch::{Device, Kind, Tensor};
 
 use crate::data::rng::SplitMix64;
 use crate::data::text::lm_batch;
-use crate::lm::{tokenizer_fingerprint, LoadedLm};
+use crate::io::lm::{tokenizer_fingerprint, LoadedLm};
 use crate::losses::divergence::SparseTeacher;
 use crate::losses::sampled::TailSamples;
-use crate::models::llama::ForwardOptions;
+use crate::models::lm::ForwardOptions;
 use crate::{Error, Result};
 
 /// How [`capture`] runs.

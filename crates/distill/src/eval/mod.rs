@@ -1,6 +1,10 @@
 //! Honest evaluation of causal LMs: perplexity, agreement with a teacher, top-k next-token
 //! tables, generations with collapse detectors, and throughput.
 
+pub mod embed;
+pub mod generate;
+pub mod verify;
+
 use std::time::Instant;
 
 use distill_text::TokenBlocks;
@@ -9,8 +13,8 @@ use tch::{Kind, Tensor};
 use tokenizers::Tokenizer;
 
 use crate::data::text::lm_batch;
-use crate::generate::{generate_batch_until, top_k_next, GenerateOptions};
-use crate::models::llama::{ForwardOptions, Llama};
+use crate::eval::generate::{generate_batch_until, top_k_next, GenerateOptions};
+use crate::models::lm::{CausalLm, ForwardOptions};
 use crate::{Error, Result};
 
 /// What the run reports after training.
@@ -120,8 +124,8 @@ pub struct LmScores {
 /// Scores `model` on `blocks` (at most `max_rows` rows), optionally against `teacher`, with
 /// batches of `batch` rows under no-grad.
 pub fn score(
-    model: &Llama,
-    teacher: Option<&Llama>,
+    model: &CausalLm,
+    teacher: Option<&CausalLm>,
     blocks: &TokenBlocks,
     max_rows: Option<usize>,
     batch: usize,
@@ -133,8 +137,8 @@ pub fn score(
 /// them. Returns the teacher's own scores (NLL and perplexity; no KL or agreement) and each
 /// model's.
 pub fn score_many(
-    models: &[&Llama],
-    teacher: Option<&Llama>,
+    models: &[&CausalLm],
+    teacher: Option<&CausalLm>,
     blocks: &TokenBlocks,
     max_rows: Option<usize>,
     batch: usize,
@@ -215,7 +219,7 @@ pub struct TopToken {
 }
 
 /// The `k` most likely next tokens after `prompt`.
-pub fn top_k_table(model: &Llama, tok: &Tokenizer, prompt: &str, k: usize) -> Result<Vec<TopToken>> {
+pub fn top_k_table(model: &CausalLm, tok: &Tokenizer, prompt: &str, k: usize) -> Result<Vec<TopToken>> {
     let ids = encode(tok, prompt)?;
     let top = top_k_next(model, &ids, k)?;
     Ok(top.into_iter().map(|(id, prob)| TopToken { token: decode_raw(tok, &[id as u32]), id, prob }).collect())
@@ -245,6 +249,21 @@ pub struct Generation {
     pub repetition_rate: f64,
 }
 
+impl Generation {
+    /// Distinct-2 below which a generation counts as collapsed (looping).
+    pub const COLLAPSE_DISTINCT_2: f64 = 0.5;
+
+    /// Whether a generation of this distinct-2 is collapsed (a loop such as ",,,,,,").
+    pub fn collapses(distinct_2: f64) -> bool {
+        distinct_2 < Self::COLLAPSE_DISTINCT_2
+    }
+
+    /// Whether this generation is collapsed.
+    pub fn collapsed(&self) -> bool {
+        Self::collapses(self.distinct_2)
+    }
+}
+
 /// `distinct-2` and repetition rate of a token sequence.
 pub fn diversity(ids: &[i64]) -> (f64, f64) {
     use std::collections::HashSet;
@@ -262,7 +281,7 @@ pub fn diversity(ids: &[i64]) -> (f64, f64) {
 
 /// Generates a continuation of `prompt` and measures its diversity. Stops at `eos` unless
 /// `ignore_eos`, so collapse detectors see full-length output.
-pub fn generate_text(model: &Llama, tok: &Tokenizer, prompt: &str, opts: &GenerateOptions) -> Result<Generation> {
+pub fn generate_text(model: &CausalLm, tok: &Tokenizer, prompt: &str, opts: &GenerateOptions) -> Result<Generation> {
     Ok(generate_texts(model, tok, &[prompt.to_string()], opts, &[])?.remove(0))
 }
 
@@ -295,7 +314,7 @@ pub fn first_stop(text: &str, stops: &[String]) -> Option<usize> {
 /// (as llama.cpp's server and OpenAI's API return it); `tokens` and the diversity measures count
 /// every generated token.
 pub fn generate_texts(
-    model: &Llama,
+    model: &CausalLm,
     tok: &Tokenizer,
     prompts: &[String],
     opts: &GenerateOptions,
@@ -318,7 +337,7 @@ pub fn generate_texts(
 
 /// Forward throughput in tokens/s (full-sequence logits, no-grad) on `rows` × `seq` random ids;
 /// median of 3 after one warm-up.
-pub fn tokens_per_second(model: &Llama, rows: i64, seq: i64) -> Result<f64> {
+pub fn tokens_per_second(model: &CausalLm, rows: i64, seq: i64) -> Result<f64> {
     let v = model.config().vocab_size;
     let ids = Tensor::randint(v, [rows, seq], (Kind::Int64, model.device()));
     let mut times = Vec::new();

@@ -5,14 +5,16 @@
 //! every forward runs under `tch::no_grad`. Also here: the `[teacher]` section of an LM recipe
 //! and the choice of the online teacher's precision.
 
+pub mod cache;
+
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
 
-use crate::cache::CachedTeacher;
-use crate::io::hf::LlamaConfig;
-use crate::models::llama::Llama;
+use crate::methods::multi_teacher::{Combine, Weighting};
+use crate::models::lm::CausalLm;
+use crate::models::lm::LmConfig;
 use crate::models::Classifier;
-use crate::plan::Weighting;
+use crate::teacher::cache::CachedTeacher;
 use crate::{Error, Result};
 
 /// Where the teacher comes from.
@@ -51,7 +53,7 @@ pub enum TeacherDtype {
 pub enum Teacher<'a> {
     /// A causal LM run under no-grad on every batch: the f32 original or its bf16 copy
     /// ([`teacher_in_kind`]).
-    Lm(&'a Llama),
+    Lm(&'a CausalLm),
     /// An LM's top-k (+ tail samples) over the training rows, read from an offline cache.
     Cache(&'a CachedTeacher),
     /// A classifier run under no-grad on every batch, in eval mode.
@@ -79,7 +81,7 @@ pub struct ExtraLmTeacher {
 /// batch for any member.
 #[derive(Clone)]
 pub struct LmMixture<'a> {
-    pub members: Vec<&'a Llama>,
+    pub members: Vec<&'a CausalLm>,
     /// The fixed weights, normalised.
     pub fixed: Vec<f64>,
     pub weighting: Weighting,
@@ -163,80 +165,6 @@ pub fn combine_logits(z: &[Tensor], weights: &[f64], t: f64) -> Tensor {
     Tensor::stack(&weighted, 0).logsumexp(0, false) * t
 }
 
-/// `[distill.multi_teacher]`: students distilled from several teachers at once — `[teacher]`
-/// and the `[[teachers]]` of other architectures or sizes — one student per weighting.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MultiTeacherCfg {
-    /// Fixed weights, one per teacher (`[teacher]` first, then `[[teachers]]` in order), each
-    /// ≥ 0, normalised to sum 1; default: equal.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub weights: Option<Vec<f64>>,
-    /// One student per weighting: `fixed` (the weights), `entropy` (per example ∝ 1/H(p_k)),
-    /// `true-label` (per example ∝ p_k(y)). Default `["fixed"]`.
-    #[serde(default = "default_weightings")]
-    pub weightings: Vec<Weighting>,
-    /// `probabilities` (default): the soft targets are `Σ_k w_k softmax(z_k/T)`; `logits`: they
-    /// are `softmax(Σ_k w_k z_k / T)`.
-    #[serde(default)]
-    pub combine: Combine,
-}
-
-fn default_weightings() -> Vec<Weighting> {
-    vec![Weighting::Fixed]
-}
-
-/// How a multi-teacher phase combines its teachers' outputs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Combine {
-    #[default]
-    Probabilities,
-    Logits,
-}
-
-impl MultiTeacherCfg {
-    /// Checks the weights against the number of teachers (`[teacher]` + `[[teachers]]`).
-    pub fn validate(&self, teachers: usize) -> Result<()> {
-        let bad = |m: String| Err(Error::Recipe(m));
-        if teachers < 2 {
-            return bad(
-                "distill.multi_teacher needs at least one more teacher: add a [[teachers]] entry (model, train) besides [teacher]"
-                    .into(),
-            );
-        }
-        if self.weightings.is_empty() {
-            return bad("distill.multi_teacher.weightings is empty (fixed, entropy, true-label)".into());
-        }
-        if let Some(w) = &self.weights {
-            if w.len() != teachers {
-                return bad(format!(
-                    "distill.multi_teacher.weights has {} entries for {teachers} teachers ([teacher] first, then [[teachers]])",
-                    w.len()
-                ));
-            }
-            if let Some(x) = w.iter().find(|x| !(**x >= 0.0 && x.is_finite())) {
-                return bad(format!("distill.multi_teacher.weights: each weight must be ≥ 0, got {x}"));
-            }
-            if w.iter().sum::<f64>() <= 0.0 {
-                return bad("distill.multi_teacher.weights are all 0".into());
-            }
-        }
-        Ok(())
-    }
-
-    /// The fixed weights, normalised to sum 1.
-    pub fn fixed_weights(&self, teachers: usize) -> Vec<f64> {
-        match &self.weights {
-            Some(w) => {
-                let s: f64 = w.iter().sum();
-                w.iter().map(|x| x / s).collect()
-            }
-            None => vec![1.0 / teachers.max(1) as f64; teachers],
-        }
-    }
-}
-
 /// Per-example teacher weights `[k, N]` (columns sum to 1) for teachers' logits `k × [N, C]`:
 /// `fixed` repeats `fixed`; `entropy` ∝ `1/H(softmax(z_k))`; `true-label` ∝ `softmax(z_k)[y]`
 /// (`fixed` where `labels < 0`, an example the student may not see the label of).
@@ -295,14 +223,15 @@ pub fn combine_weighted(z: &[Tensor], w: &Tensor, t: f64, combine: Combine) -> T
 
 /// The kind the online teacher trains in, with the reason (for the log and the summary).
 /// `auto` picks bf16 on CUDA, and on a CPU when [`bf16_matmul_speedup`] is at least 1.25.
-pub fn resolve_teacher_kind(dtype: TeacherDtype, cfg: &LlamaConfig, device: Device) -> Result<(Kind, String)> {
+pub fn resolve_teacher_kind(dtype: TeacherDtype, cfg: &LmConfig, device: Device) -> Result<(Kind, String)> {
     Ok(match dtype {
         TeacherDtype::F32 => (Kind::Float, "f32 (teacher.dtype)".into()),
         TeacherDtype::Bf16 => (Kind::BFloat16, "bf16 (teacher.dtype)".into()),
         TeacherDtype::Auto if device.is_cuda() => (Kind::BFloat16, "bf16 (auto: CUDA)".into()),
         TeacherDtype::Auto => {
             // A timing: in a data-parallel job rank 0's decides for every rank.
-            let s = crate::dist::rank0_value(bf16_matmul_speedup(cfg, device)?, "choosing the teacher's precision")?;
+            let s =
+                crate::train::dist::rank0_value(bf16_matmul_speedup(cfg, device)?, "choosing the teacher's precision")?;
             let kind = if s >= 1.25 { Kind::BFloat16 } else { Kind::Float };
             let name = if kind == Kind::Float { "f32" } else { "bf16" };
             (kind, format!("{name} (auto: a bf16 matmul of the teacher's MLP shape ran {s:.2}x the f32 speed here)"))
@@ -313,7 +242,7 @@ pub fn resolve_teacher_kind(dtype: TeacherDtype, cfg: &LlamaConfig, device: Devi
 /// f32 time over bf16 time of a `[1024, hidden] × [hidden, intermediate]` matmul on `device`
 /// (best of 5 after a warm-up each; ~0.2 s on 2 CPU cores for SmolLM2's shape). Uses no random
 /// numbers, so it does not move the seeded RNG.
-pub fn bf16_matmul_speedup(cfg: &LlamaConfig, device: Device) -> Result<f64> {
+pub fn bf16_matmul_speedup(cfg: &LmConfig, device: Device) -> Result<f64> {
     let x = Tensor::f_full([1024, cfg.hidden_size], 0.01, (Kind::Float, device))?;
     let w = Tensor::f_full([cfg.hidden_size, cfg.intermediate_size], 0.02, (Kind::Float, device))?;
     let time = |kind: Kind| -> Result<f64> {
@@ -332,9 +261,9 @@ pub fn bf16_matmul_speedup(cfg: &LlamaConfig, device: Device) -> Result<f64> {
 
 /// A frozen copy of a teacher (`model` with variables `vs`) in `kind`: the online teacher during
 /// training; the f32 original stays for evaluation.
-pub fn teacher_in_kind(vs_src: &nn::VarStore, model: &Llama, kind: Kind) -> Result<(nn::VarStore, Llama)> {
+pub fn teacher_in_kind(vs_src: &nn::VarStore, model: &CausalLm, kind: Kind) -> Result<(nn::VarStore, CausalLm)> {
     let mut vs = nn::VarStore::new(model.device());
-    let model = Llama::new(vs.root(), model.config())?;
+    let model = CausalLm::new(vs.root(), model.config())?;
     vs.set_kind(kind);
     vs.copy(vs_src)?;
     vs.freeze();

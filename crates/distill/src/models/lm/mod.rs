@@ -17,16 +17,25 @@
 //! `B` batch, `T` new tokens, `S` keys (cached + new), `H` hidden, `nh`/`nkv` query/key-value
 //! heads, `hd` head dim, `I` MLP width, `V` vocabulary, `L` layers.
 
+pub mod config;
+pub mod families;
+pub mod family;
+pub mod hf;
+pub mod packed;
+
+pub use config::{LmConfig, RopeScaling};
+pub use family::Family;
+pub use hf::HfLmConfig;
+use packed::Packed;
+
 use std::path::Path;
 
 use tch::{nn, Device, Kind, Tensor};
 
-use super::packed::Packed;
-use crate::io::hf::{LlamaConfig, RopeScaling};
 use crate::io::safetensors::{load_safetensors, LoadOptions};
 use crate::{Error, Result};
 
-/// What [`Llama::forward`] computes besides logits.
+/// What [`CausalLm::forward`] computes besides logits.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ForwardOptions {
     /// Return the L+1 hidden states (embeddings first, final normed state last).
@@ -83,7 +92,7 @@ pub struct LayerInternals {
     pub output: Tensor,
 }
 
-/// [`Llama::forward_states`]: every position, lists empty unless [`ForwardOptions`] asked.
+/// [`CausalLm::forward_states`]: every position, lists empty unless [`ForwardOptions`] asked.
 #[derive(Debug)]
 pub struct States {
     /// The final normed hidden state `[B, T, H]` (what `lm_head` reads).
@@ -170,24 +179,31 @@ impl KvCache {
 struct RmsNorm {
     weight: Tensor, // [H]
     eps: f64,
+    /// Added to the gain in the forward pass (the family's `norm_offset`).
+    offset: f64,
 }
 
 impl RmsNorm {
-    fn new(p: nn::Path, dim: i64, eps: f64) -> Self {
-        Self { weight: p.var("weight", &[dim], nn::Init::Const(1.0)), eps }
+    fn new(p: nn::Path, dim: i64, cfg: &LmConfig) -> Self {
+        let offset = cfg.family.traits().norm_offset;
+        Self { weight: p.var("weight", &[dim], nn::Init::Const(1.0 - offset)), eps: cfg.rms_norm_eps, offset }
     }
 
-    /// `w · x / sqrt(mean(x²) + eps)`, the statistics in float32.
+    /// `(w + offset) · x / sqrt(mean(x²) + eps)`, the statistics in float32.
     fn forward(&self, x: &Tensor) -> Tensor {
         let kind = x.kind();
         let xf = x.to_kind(Kind::Float); // [B, T, H]
         let var = xf.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float); // [B, T, 1]
         let normed = (xf * (var + self.eps).rsqrt()).to_kind(kind); // [B, T, H]
-        &self.weight * normed // [B, T, H]
+        if self.offset == 0.0 {
+            &self.weight * normed // [B, T, H]
+        } else {
+            (&self.weight + self.offset) * normed
+        }
     }
 }
 
-/// A projection: weight `[out, in]`, optional bias, and — in a [`Llama::packed_for_rows`]
+/// A projection: weight `[out, in]`, optional bias, and — in a [`CausalLm::packed_for_rows`]
 /// copy — the weight packed for decoding.
 #[derive(Debug)]
 struct Proj {
@@ -235,7 +251,7 @@ struct Attention {
 }
 
 impl Attention {
-    fn new(p: nn::Path, cfg: &LlamaConfig) -> Self {
+    fn new(p: nn::Path, cfg: &LmConfig) -> Self {
         let (h, nh, nkv, hd, s) =
             (cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.initializer_range);
         Self {
@@ -331,7 +347,7 @@ struct Mlp {
 }
 
 impl Mlp {
-    fn new(p: nn::Path, cfg: &LlamaConfig) -> Self {
+    fn new(p: nn::Path, cfg: &LmConfig) -> Self {
         let (h, i, b, s) = (cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias, cfg.initializer_range);
         Self {
             gate_proj: linear(&p, "gate_proj", h, i, b, s),
@@ -359,19 +375,19 @@ struct DecoderLayer {
 
 /// A Llama-family causal language model.
 #[derive(Debug)]
-pub struct Llama {
-    cfg: LlamaConfig,
+pub struct CausalLm {
+    cfg: LmConfig,
     embed_tokens: Tensor, // [V, H]
     layers: Vec<DecoderLayer>,
     norm: RmsNorm,
     lm_head: Option<Tensor>, // [V, H], None when tied
     inv_freq: Tensor,        // [hd/2] f32
-    /// The output projection packed for decoding ([`Llama::packed_for_rows`]).
+    /// The output projection packed for decoding ([`CausalLm::packed_for_rows`]).
     head_packed: Option<Packed>,
 }
 
 /// Rotary inverse frequencies `[hd/2]` (f32, as transformers computes them).
-fn rope_inv_freq(cfg: &LlamaConfig, device: Device) -> Tensor {
+fn rope_inv_freq(cfg: &LmConfig, device: Device) -> Tensor {
     let hd = cfg.head_dim;
     let exponent = Tensor::arange_start_step(0, hd, 2, (Kind::Int64, device)).to_kind(Kind::Float) / hd as f64; // [hd/2]
     let inv_freq = Tensor::pow_scalar(cfg.rope_theta, &exponent).reciprocal(); // [hd/2]
@@ -393,10 +409,10 @@ fn rope_inv_freq(cfg: &LlamaConfig, device: Device) -> Tensor {
     }
 }
 
-impl Llama {
+impl CausalLm {
     /// Creates the variables under `path` (normal(0, initializer_range) for matrices, ones for
     /// norms, zeros for biases). Pass `vs.root()` for HF names.
-    pub fn new(path: nn::Path, cfg: &LlamaConfig) -> Result<Llama> {
+    pub fn new(path: nn::Path, cfg: &LmConfig) -> Result<CausalLm> {
         cfg.validate().map_err(Error::Invalid)?;
         let std = cfg.initializer_range;
         let model = &path / "model";
@@ -409,18 +425,14 @@ impl Llama {
             .map(|i| {
                 let p = &model / "layers" / i;
                 DecoderLayer {
-                    input_layernorm: RmsNorm::new(&p / "input_layernorm", cfg.hidden_size, cfg.rms_norm_eps),
+                    input_layernorm: RmsNorm::new(&p / "input_layernorm", cfg.hidden_size, cfg),
                     self_attn: Attention::new(&p / "self_attn", cfg),
-                    post_attention_layernorm: RmsNorm::new(
-                        &p / "post_attention_layernorm",
-                        cfg.hidden_size,
-                        cfg.rms_norm_eps,
-                    ),
+                    post_attention_layernorm: RmsNorm::new(&p / "post_attention_layernorm", cfg.hidden_size, cfg),
                     mlp: Mlp::new(&p / "mlp", cfg),
                 }
             })
             .collect();
-        let norm = RmsNorm::new(&model / "norm", cfg.hidden_size, cfg.rms_norm_eps);
+        let norm = RmsNorm::new(&model / "norm", cfg.hidden_size, cfg);
         let lm_head = (!cfg.tie_word_embeddings).then(|| {
             (&path / "lm_head").var(
                 "weight",
@@ -429,15 +441,15 @@ impl Llama {
             )
         });
         let inv_freq = rope_inv_freq(cfg, path.device());
-        Ok(Llama { cfg: cfg.clone(), embed_tokens, layers, norm, lm_head, inv_freq, head_packed: None })
+        Ok(CausalLm { cfg: cfg.clone(), embed_tokens, layers, norm, lm_head, inv_freq, head_packed: None })
     }
 
     /// Loads `dir/config.json` and `dir/model.safetensors` (or a sharded index) onto `device`,
     /// converting the weights to `kind`.
-    pub fn from_pretrained(dir: impl AsRef<Path>, device: Device, kind: Kind) -> Result<(nn::VarStore, Llama)> {
+    pub fn from_pretrained(dir: impl AsRef<Path>, device: Device, kind: Kind) -> Result<(nn::VarStore, CausalLm)> {
         let dir = dir.as_ref();
         let cfg_path = dir.join("config.json");
-        let cfg = LlamaConfig::from_file(&cfg_path)?;
+        let cfg = LmConfig::from_file(&cfg_path)?;
         // At least 2 bytes per value (f16/bf16) in the checkpoint files.
         let bytes: u64 = crate::io::safetensors::checkpoint_files(dir)?
             .iter()
@@ -445,7 +457,7 @@ impl Llama {
             .sum();
         cfg.check_fits(bytes / 2).map_err(|m| Error::format(&cfg_path, m))?;
         let mut vs = nn::VarStore::new(device);
-        let model = Llama::new(vs.root(), &cfg)?;
+        let model = CausalLm::new(vs.root(), &cfg)?;
         if kind != Kind::Float {
             vs.set_kind(kind);
         }
@@ -455,7 +467,7 @@ impl Llama {
 
     /// What a Llama checkpoint may hold beyond the model's variables: `lm_head.weight` in a tied
     /// model (accepted only if equal to the embedding) and non-persistent RoPE buffers.
-    pub fn load_options(cfg: &LlamaConfig) -> LoadOptions {
+    pub fn load_options(cfg: &LmConfig) -> LoadOptions {
         let mut o = LoadOptions::default();
         o.ignore_suffixes.push(".rotary_emb.inv_freq".into());
         if cfg.tie_word_embeddings {
@@ -465,7 +477,7 @@ impl Llama {
     }
 
     /// The runtime config.
-    pub fn config(&self) -> &LlamaConfig {
+    pub fn config(&self) -> &LmConfig {
         &self.cfg
     }
 
@@ -479,7 +491,7 @@ impl Llama {
         self.lm_head.as_ref().unwrap_or(&self.embed_tokens).shallow_clone()
     }
 
-    /// Every parameter with its HF name, in [`Llama::map_weights`]' order.
+    /// Every parameter with its HF name, in [`CausalLm::map_weights`]' order.
     pub fn named_parameters(&self) -> Vec<(String, Tensor)> {
         let out = std::cell::RefCell::new(Vec::new());
         let _ = self.map_weights(&|name, w| {
@@ -494,7 +506,7 @@ impl Llama {
     /// nothing with `self` but what `f` returns, and gradients flow back through `f`. `f` sees
     /// the embedding, then each layer's parameters, the final norm and an untied head, in that
     /// order; the one place that names the parameters.
-    pub fn map_weights(&self, f: &dyn Fn(&str, &Tensor) -> Result<Tensor>) -> Result<Llama> {
+    pub fn map_weights(&self, f: &dyn Fn(&str, &Tensor) -> Result<Tensor>) -> Result<CausalLm> {
         let embed_tokens = f("model.embed_tokens.weight", &self.embed_tokens)?;
         let lin = |name: String, l: &Proj| -> Result<Proj> {
             let bs = match &l.bs {
@@ -504,7 +516,7 @@ impl Llama {
             Ok(Proj { ws: f(&format!("{name}.weight"), &l.ws)?, bs, packed: None })
         };
         let norm = |name: String, n: &RmsNorm| -> Result<RmsNorm> {
-            Ok(RmsNorm { weight: f(&format!("{name}.weight"), &n.weight)?, eps: n.eps })
+            Ok(RmsNorm { weight: f(&format!("{name}.weight"), &n.weight)?, eps: n.eps, offset: n.offset })
         };
         let mut layers = Vec::with_capacity(self.layers.len());
         for (i, l) in self.layers.iter().enumerate() {
@@ -535,7 +547,7 @@ impl Llama {
             Some(w) => Some(f("lm_head.weight", w)?),
             None => None,
         };
-        Ok(Llama {
+        Ok(CausalLm {
             cfg: self.cfg.clone(),
             embed_tokens,
             layers,
@@ -547,11 +559,11 @@ impl Llama {
     }
 
     /// The same weights with every matrix also packed for products of exactly `rows` rows
-    /// ([`crate::models::packed`]): what decoding a batch of `rows` sequences multiplies by.
+    /// ([`crate::models::lm::packed`]): what decoding a batch of `rows` sequences multiplies by.
     /// Costs one more copy of the matrices while it lives; other row counts (a prompt) use the
     /// plain weights. Where packing does not apply (not float32 on the CPU, no MKL) this is
-    /// [`Llama::column_major`].
-    pub fn packed_for_rows(&self, rows: i64) -> Result<Llama> {
+    /// [`CausalLm::column_major`].
+    pub fn packed_for_rows(&self, rows: i64) -> Result<CausalLm> {
         tch::no_grad(|| {
             let mut m = self.map_weights(&|_, w| Ok(w.shallow_clone()))?;
             let Some(head) = Packed::new(&m.lm_head_weight(), rows)? else {
@@ -573,7 +585,7 @@ impl Llama {
         })
     }
 
-    /// The row count of a [`Llama::packed_for_rows`] copy.
+    /// The row count of a [`CausalLm::packed_for_rows`] copy.
     pub fn packed_rows(&self) -> Option<i64> {
         self.head_packed.as_ref().map(Packed::rows)
     }
@@ -583,7 +595,7 @@ impl Llama {
     /// matrix. For decoding several rows at once this is about 1.2× faster on CPU (the BLAS
     /// kernels for a few rows against a transposed operand are the slow ones); the values are the
     /// same, the copy costs one model's memory while it lives.
-    pub fn column_major(&self) -> Result<Llama> {
+    pub fn column_major(&self) -> Result<CausalLm> {
         tch::no_grad(|| {
             self.map_weights(&|_, w| {
                 Ok(if w.dim() == 2 { w.f_tr()?.f_contiguous()?.f_tr()? } else { w.shallow_clone() })
@@ -785,7 +797,7 @@ impl Llama {
     }
 }
 
-/// What [`Llama::trunk`] computes: the normed state `[B, T, H]` and what `opts` asked for.
+/// What [`CausalLm::trunk`] computes: the normed state `[B, T, H]` and what `opts` asked for.
 struct Trunk {
     x: Tensor,
     hidden: Option<Vec<Tensor>>,

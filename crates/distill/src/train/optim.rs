@@ -8,30 +8,9 @@
 //! * SGD with momentum, PyTorch convention: `b ← μb + (g + λθ)`, `θ ← θ − lr·b`
 //!   (Nesterov: `θ ← θ − lr·(g + λθ + μb)`).
 
-use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
-use crate::train::TrainCfg;
-
-/// Optimizer family.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum OptimizerKind {
-    /// AdamW (Loshchilov & Hutter 2019), decoupled weight decay on matrices only.
-    Adamw,
-    /// SGD with (optionally Nesterov) momentum, PyTorch convention.
-    Sgd,
-}
-
-/// Learning-rate schedule after warmup.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Schedule {
-    Constant,
-    /// Cosine decay from `lr` to `lr·min_lr_ratio` at the last step.
-    Cosine,
-    Linear,
-}
+use crate::train::config::{OptimizerKind, Schedule, TrainCfg};
 
 /// A parameter with its name and optimizer slots.
 #[derive(Debug)]

@@ -1,7 +1,7 @@
 //! Export a Llama-family model as a Hugging Face directory that
 //! `AutoModelForCausalLM.from_pretrained` and `AutoTokenizer.from_pretrained` load as is.
 //!
-//! The directory holds `config.json` (float32, see [`LlamaConfig::to_hf_json`]),
+//! The directory holds `config.json` (float32, see [`LmConfig::to_hf_json`]),
 //! `model.safetensors` (F32, no `lm_head.weight` when the head is tied),
 //! `generation_config.json`, and, when a tokenizer is given, `tokenizer.json` with a minimal
 //! `tokenizer_config.json` (`PreTrainedTokenizerFast`, bos/eos strings looked up in the tokenizer).
@@ -17,10 +17,10 @@ use tch::{Kind, Tensor};
 
 pub use distill_gguf::ExportType as GgufType;
 
-use crate::checkpoint::{write_atomic, write_json};
-use crate::io::hf::LlamaConfig;
 use crate::io::safetensors::save_safetensors;
-use crate::models::llama::Llama;
+use crate::models::lm::CausalLm;
+use crate::models::lm::LmConfig;
+use crate::train::checkpoint::{write_atomic, write_json};
 use crate::{Error, Result};
 
 /// The token string of `id` in a `tokenizer.json` (added tokens first, then the model vocab).
@@ -36,7 +36,7 @@ fn token_string(tok: &Value, id: i64) -> Option<String> {
 }
 
 /// `tokenizer_config.json` for a fast tokenizer.
-fn tokenizer_config(cfg: &LlamaConfig, tokenizer_json: &[u8]) -> Result<Value> {
+fn tokenizer_config(cfg: &LmConfig, tokenizer_json: &[u8]) -> Result<Value> {
     let tok: Value = serde_json::from_slice(tokenizer_json)
         .map_err(|e| Error::Invalid(format!("tokenizer.json is not valid JSON: {e}")))?;
     let mut out = json!({
@@ -57,7 +57,7 @@ fn tokenizer_config(cfg: &LlamaConfig, tokenizer_json: &[u8]) -> Result<Value> {
     Ok(out)
 }
 
-fn generation_config(cfg: &LlamaConfig) -> Value {
+fn generation_config(cfg: &LmConfig) -> Value {
     let eos = match cfg.eos_token_ids.as_slice() {
         [] => Value::Null,
         [one] => json!(one),
@@ -73,7 +73,7 @@ fn sibling(dir: &Path, tag: &str) -> PathBuf {
 }
 
 /// Writes `model` (weights as F32) and its config, plus the tokenizer when given, to `out_dir`.
-pub fn export_hf(model: &Llama, tokenizer_json: Option<&[u8]>, out_dir: impl AsRef<Path>) -> Result<()> {
+pub fn export_hf(model: &CausalLm, tokenizer_json: Option<&[u8]>, out_dir: impl AsRef<Path>) -> Result<()> {
     export_hf_with_chat_template(model, tokenizer_json, None, out_dir)
 }
 
@@ -81,7 +81,7 @@ pub fn export_hf(model: &Llama, tokenizer_json: Option<&[u8]>, out_dir: impl AsR
 /// `tokenizer_config.json` (needs the tokenizer), so that `apply_chat_template` works on the
 /// export as on the original.
 pub fn export_hf_with_chat_template(
-    model: &Llama,
+    model: &CausalLm,
     tokenizer_json: Option<&[u8]>,
     chat_template: Option<&str>,
     out_dir: impl AsRef<Path>,
@@ -182,7 +182,7 @@ pub fn write_dir(out_dir: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Res
 /// `llama` graph would compute something else), or a tokenizer that is neither byte-level BPE
 /// with a pre-tokenizer GGUF names nor SentencePiece-style BPE with byte fallback.
 pub fn export_gguf(
-    model: &Llama,
+    model: &CausalLm,
     tokenizer: &tokenizers::Tokenizer,
     chat_template: Option<&str>,
     name: &str,
@@ -195,13 +195,11 @@ pub fn export_gguf(
     if cfg.sliding_window.is_some() {
         return Err(refuse("a sliding attention window"));
     }
-    if !matches!(cfg.rope_scaling, crate::io::hf::RopeScaling::Default) {
+    if !matches!(cfg.rope_scaling, crate::models::lm::RopeScaling::Default) {
         return Err(refuse("rope scaling"));
     }
-    let architecture = match cfg.export_arch() {
-        crate::io::hf::Arch::Qwen2 => "qwen2",
-        _ => "llama",
-    };
+    let family = cfg.export_family();
+    let architecture = family.gguf_arch().ok_or_else(|| refuse(&format!("the {} family", family.hf_class())))?;
     let id = |v: Option<i64>| v.and_then(|v| u32::try_from(v).ok());
     let params = distill_gguf::LlamaExportParams {
         model: distill_gguf::LlamaGgufParams {

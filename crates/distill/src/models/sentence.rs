@@ -14,10 +14,10 @@ use serde_json::{json, Value};
 use tch::{nn, nn::Module, Device, Kind, Tensor};
 use tokenizers::{Tokenizer, TruncationParams};
 
-use crate::checkpoint::write_json;
+use crate::io::lm::tokenizer_from_json;
 use crate::io::safetensors::save_safetensors;
-use crate::lm::tokenizer_from_json;
 use crate::models::bert::{load_weights, mean_pool, Bert, BertConfig, BertOutputs};
+use crate::train::checkpoint::write_json;
 use crate::{Error, Result};
 
 /// How token states become one vector (`1_Pooling/config.json`).
@@ -298,7 +298,7 @@ impl Encoder {
     /// Writes the encoder as a sentence-transformers directory (BertModel weights and config,
     /// tokenizer, `modules.json`, pooling, dense and normalize modules), atomically.
     pub fn save(&self, out: &Path) -> Result<()> {
-        crate::export::write_dir(out, |tmp| {
+        crate::io::export::write_dir(out, |tmp| {
             let tensors: Vec<(String, Tensor)> = tch::no_grad(|| {
                 let mut v: Vec<(String, Tensor)> = self
                     .vs
@@ -312,9 +312,9 @@ impl Encoder {
             });
             save_safetensors(&tensors, tmp.join("model.safetensors"))?;
             write_json(&tmp.join("config.json"), &self.bert.config.to_hf_json())?;
-            crate::checkpoint::write_atomic(&tmp.join("tokenizer.json"), &self.tokenizer_json)?;
+            crate::train::checkpoint::write_atomic(&tmp.join("tokenizer.json"), &self.tokenizer_json)?;
             for (name, bytes) in &self.tokenizer_files {
-                crate::checkpoint::write_atomic(&tmp.join(name), bytes)?;
+                crate::train::checkpoint::write_atomic(&tmp.join(name), bytes)?;
             }
             write_json(
                 &tmp.join("sentence_bert_config.json"),
@@ -531,10 +531,10 @@ impl StaticEncoder {
     /// Writes the Model2Vec layout: `model.safetensors` (`embeddings` `[V, D]`), `tokenizer.json`
     /// and `config.json`, atomically.
     pub fn save(&self, out: &Path, base_model: &str) -> Result<()> {
-        crate::export::write_dir(out, |tmp| {
+        crate::io::export::write_dir(out, |tmp| {
             let e = self.embeddings.to_kind(Kind::Float).to(Device::Cpu);
             save_safetensors(&[("embeddings".to_string(), e)], tmp.join("model.safetensors"))?;
-            crate::checkpoint::write_atomic(&tmp.join("tokenizer.json"), &self.tokenizer_json)?;
+            crate::train::checkpoint::write_atomic(&tmp.join("tokenizer.json"), &self.tokenizer_json)?;
             write_json(
                 &tmp.join("config.json"),
                 &json!({
@@ -624,5 +624,5 @@ pub fn write_npy(path: &Path, e: &Tensor) -> Result<()> {
     for x in v {
         bytes.extend_from_slice(&x.to_le_bytes());
     }
-    crate::checkpoint::write_atomic(path, &bytes)
+    crate::train::checkpoint::write_atomic(path, &bytes)
 }

@@ -1,4 +1,4 @@
-//! Autoregressive generation and next-token tables for a [`Llama`].
+//! Autoregressive generation and next-token tables for a [`CausalLm`].
 //!
 //! Decoding uses the model's KV cache: the prompt is run once, then one token per step.
 //! Sampling follows transformers' order (temperature → top-k → top-p → softmax → draw) and uses
@@ -8,7 +8,7 @@
 use tch::{Device, Kind, Tensor};
 
 use crate::data::rng::SplitMix64;
-use crate::models::llama::{KvCache, Llama};
+use crate::models::lm::{CausalLm, KvCache};
 use crate::{Error, Result};
 
 /// Decoding settings.
@@ -119,7 +119,7 @@ fn pick(logits: &[f32], opts: &GenerateOptions, rng: &mut SplitMix64) -> usize {
     last_nonzero
 }
 
-fn validate(model: &Llama, prompt_ids: &[i64], opts: &GenerateOptions) -> Result<()> {
+fn validate(model: &CausalLm, prompt_ids: &[i64], opts: &GenerateOptions) -> Result<()> {
     if prompt_ids.is_empty() {
         return Err(Error::Invalid("generate: the prompt is empty".into()));
     }
@@ -153,7 +153,7 @@ fn last_rows(logits: &Tensor) -> Result<Vec<Vec<f32>>> {
 
 /// Generates up to `max_new_tokens` after `prompt_ids`; returns only the new tokens (ending with
 /// `eos_id` when it was produced).
-pub fn generate(model: &Llama, prompt_ids: &[i64], opts: &GenerateOptions) -> Result<Vec<i64>> {
+pub fn generate(model: &CausalLm, prompt_ids: &[i64], opts: &GenerateOptions) -> Result<Vec<i64>> {
     Ok(generate_batch(model, &[prompt_ids.to_vec()], opts)?.remove(0))
 }
 
@@ -161,14 +161,14 @@ pub fn generate(model: &Llama, prompt_ids: &[i64], opts: &GenerateOptions) -> Re
 /// decoding step reads the weights once for all rows. Row i is what `generate(model,
 /// &prompts[i], opts)` returns (the same per-row sampler, seeded with `opts.seed`), up to the
 /// float rounding of the masked attention; a row stops at its own `eos_id`.
-pub fn generate_batch(model: &Llama, prompts: &[Vec<i64>], opts: &GenerateOptions) -> Result<Vec<Vec<i64>>> {
+pub fn generate_batch(model: &CausalLm, prompts: &[Vec<i64>], opts: &GenerateOptions) -> Result<Vec<Vec<i64>>> {
     generate_batch_until(model, prompts, opts, |_, _| false)
 }
 
 /// [`generate_batch`] where row i also stops as soon as `stop(i, tokens)` holds for its tokens so
 /// far (the last one included): stop strings, with the caller decoding.
 pub fn generate_batch_until(
-    model: &Llama,
+    model: &CausalLm,
     prompts: &[Vec<i64>],
     opts: &GenerateOptions,
     stop: impl Fn(usize, &[i64]) -> bool,
@@ -180,7 +180,7 @@ pub fn generate_batch_until(
 /// a data set's prompt i gets the same text whichever batch it lands in (up to the rounding of
 /// the padded batch), and equal prompts get independent samples.
 pub fn generate_batch_seeded(
-    model: &Llama,
+    model: &CausalLm,
     prompts: &[Vec<i64>],
     seeds: &[u64],
     opts: &GenerateOptions,
@@ -194,7 +194,7 @@ pub fn generate_batch_seeded(
 /// the rows' own parts are left-padded after it. Row i is what the whole prompt gives, up to the
 /// float rounding of the padded batch.
 pub fn generate_after_prefix(
-    model: &Llama,
+    model: &CausalLm,
     prefix: &[i64],
     prompts: &[Vec<i64>],
     seeds: &[u64],
@@ -272,9 +272,9 @@ pub fn generate_after_prefix(
 
 /// The weights to decode a batch of `rows` sequences with: None where `model` serves as it is
 /// (one row is bound by reading the weights, where packing would not pay; or `model` is already
-/// packed for `rows`), else a copy packed for that row count ([`Llama::packed_for_rows`]). A
+/// packed for `rows`), else a copy packed for that row count ([`CausalLm::packed_for_rows`]). A
 /// caller that decodes many batches with the same weights makes it once and passes it on.
-pub fn decoding_weights(model: &Llama, rows: usize) -> Result<Option<Llama>> {
+pub fn decoding_weights(model: &CausalLm, rows: usize) -> Result<Option<CausalLm>> {
     Ok(if rows > 1 && model.packed_rows() != Some(rows as i64) {
         Some(model.packed_for_rows(rows as i64)?)
     } else {
@@ -283,7 +283,7 @@ pub fn decoding_weights(model: &Llama, rows: usize) -> Result<Option<Llama>> {
 }
 
 /// The `k` most likely next tokens after `ids`, with their probabilities, most likely first.
-pub fn top_k_next(model: &Llama, ids: &[i64], k: usize) -> Result<Vec<(i64, f32)>> {
+pub fn top_k_next(model: &CausalLm, ids: &[i64], k: usize) -> Result<Vec<(i64, f32)>> {
     validate(model, ids, &GenerateOptions::default())?;
     let k = k.min(model.config().vocab_size as usize) as i64;
     tch::no_grad(|| {

@@ -7,7 +7,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-use crate::encoder::{normalize, Embedder};
+use crate::models::sentence::{normalize, Embedder};
 use crate::Result;
 
 /// `[eval]` of a sentence-embedding recipe.

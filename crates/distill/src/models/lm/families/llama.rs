@@ -1,0 +1,23 @@
+//! `LlamaForCausalLM`: `attention_bias` applies to q, k, v and o; no window.
+
+use serde_json::{json, Map, Value};
+
+use super::{Names, Quirks};
+use crate::models::lm::family::Traits;
+use crate::models::lm::hf::HfLmConfig;
+use crate::models::lm::LmConfig;
+
+pub const NAMES: Names = Names { hf_class: "LlamaForCausalLM", model_type: "llama", gguf_arch: Some("llama") };
+pub const TRAITS: Traits = Traits::LLAMA;
+/// What a GGUF of this family holds (its header does not say).
+pub const GGUF: Quirks = Quirks { qkv_bias: false, o_bias: false, sliding_window: None };
+
+pub fn quirks(hf: &HfLmConfig) -> Quirks {
+    let bias = hf.attention_bias.unwrap_or(false);
+    Quirks { qkv_bias: bias, o_bias: bias, sliding_window: None }
+}
+
+pub fn hf_keys(cfg: &LmConfig, m: &mut Map<String, Value>) {
+    m.insert("attention_bias".into(), json!(cfg.o_bias));
+    m.insert("mlp_bias".into(), json!(cfg.mlp_bias));
+}
