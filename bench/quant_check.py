@@ -2,7 +2,7 @@
 
   ./bench/quant.sh RUN [--rows 16] [--seq 128] [--tokens 50] [--threads 2]
 
-For RUN/student-qad.gguf and RUN/student-ptq.gguf (whichever exist): llama.cpp
+For RUN/student-kd-qad.gguf and RUN/student-kd-ptq.gguf (whichever exist): llama.cpp
 (llama-cpp-python, F32 KV cache) evaluates `rows` windows of `seq` tokens of held-out text (the
 run's first `eval.extra` source, text no phase trained on) and so does the HF export of the same
 quantized weights (transformers, f32 — distill's forward equals transformers' on the same weights
@@ -154,12 +154,12 @@ def check(gguf, hf_dir):
 
 
 results = {}
-for name in ("student-qad", "student-ptq"):
+for name in ("student-kd-qad", "student-kd-ptq"):
     gguf = run / f"{name}.gguf"
     if gguf.is_file():
         results[name] = check(gguf, run / name)
 if not results:
-    raise SystemExit(f"error: {run} has no student-qad.gguf or student-ptq.gguf (the recipe needs [quantize])")
+    raise SystemExit(f"error: {run} has no student-kd-qad.gguf or student-kd-ptq.gguf (the recipe needs [quantize])")
 with tempfile.TemporaryDirectory() as tmp:
     distill = pathlib.Path(__file__).resolve().parent.parent / "target" / "release" / "distill"
     subprocess.run([str(distill), "convert", str(teacher_gguf), "--out", f"{tmp}/teacher"], check=True,

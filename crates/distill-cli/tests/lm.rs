@@ -117,7 +117,7 @@ fn pruned_student_is_evaluated_then_healed_by_kd_and_by_ce() {
     // Rows of 24 values are no Q4_0 blocks: the quantized students' matrices are stored (and
     // evaluated) as F16, the norms F32. PTQ is the KD student rounded, so it barely moves.
     let (vs, ptq) =
-        distill::models::lm::CausalLm::from_pretrained(out.join("student-ptq"), tch::Device::Cpu, tch::Kind::Float)
+        distill::models::lm::CausalLm::from_pretrained(out.join("student-kd-ptq"), tch::Device::Cpu, tch::Kind::Float)
             .unwrap();
     for (name, w) in ptq.named_parameters() {
         let f16 = w.to_kind(tch::Kind::Half).to_kind(tch::Kind::Float);

@@ -1,19 +1,20 @@
-//! Phase plans: the typed list of phases a run goes through, replacing phase names compared as
-//! strings. A phase has a directory (`DIR/phases/<id>`), a role in the report, and says where its
+//! Phase plans: the typed list of phases a run goes through. A phase has a directory (`DIR/phases/<id>`), a role in the report, and says where its
 //! teacher and its starting weights come from — the recipe's teacher, another phase's model or an
 //! ensemble of phases — which is what multi-stage methods (born-again generations,
 //! teacher-assistant chains, prune → heal → quantize) are made of. Runners walk the plan in
 //! order; a phase whose result file exists is done and is skipped on `--resume`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::methods::multi_teacher::Weighting;
-use crate::methods::{ImageDistill, LmDistill};
+use crate::methods::{ImageDistill, LmDistill, TermConfig, Terms, Variant};
 use crate::student::quant::{QuantCfg, QuantFormat};
 use crate::student::{LmStudent, StudentInit};
 use crate::train::TrainCfg;
+use crate::{Error, Result};
 
 /// What a phase produces, as the report names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,14 +27,15 @@ pub enum Role {
     TeacherEnsemble,
     /// A student distilled from the teacher ensemble.
     StudentKdEnsemble,
-    /// The student as its init made it (pruned from the teacher), evaluated before training.
+    /// The student as its init made it (pruned from the teacher: Minitron for an LM, a layer
+    /// subset for an encoder), evaluated before training.
     StudentPruned,
     /// A KD student of the same shape from another init (`student.twin_init`).
     StudentKdTwinInit,
     /// The KD student quantized after training (post-training quantization).
-    StudentPtq,
+    StudentKdPtq,
     /// The KD student trained on with fake-quantized weights (quantization-aware distillation).
-    StudentQad,
+    StudentKdQad,
     /// A KD student with extra per-step terms (`[distill.variants.<name>]`).
     StudentKdMethod,
     /// A teacher assistant: a model of intermediate size distilled from the teacher.
@@ -50,6 +52,10 @@ pub enum Role {
     StudentHint,
     /// A student distilled from the weighted teachers (multi-teacher KD).
     StudentKdMulti,
+    /// An encoder student narrower than the teacher, projected onto its principal directions.
+    StudentNarrow,
+    /// The static (Model2Vec) encoder student: per-token teacher embeddings, not trained.
+    StudentStatic,
 }
 
 impl Role {
@@ -63,8 +69,8 @@ impl Role {
             Role::StudentKdEnsemble => "student-kd-ensemble",
             Role::StudentPruned => "student-pruned",
             Role::StudentKdTwinInit => "student-kd-twin-init",
-            Role::StudentPtq => "student-kd-ptq",
-            Role::StudentQad => "student-kd-qad",
+            Role::StudentKdPtq => "student-kd-ptq",
+            Role::StudentKdQad => "student-kd-qad",
             Role::StudentKdMethod => "student-kd+",
             Role::Assistant => "assistant",
             Role::StudentTa => "student-ta",
@@ -73,6 +79,8 @@ impl Role {
             Role::TeacherExtra => "teacher-extra",
             Role::StudentHint => "student-hint",
             Role::StudentKdMulti => "student-kd-multi",
+            Role::StudentNarrow => "student-narrow",
+            Role::StudentStatic => "student-static",
         }
     }
 }
@@ -174,6 +182,63 @@ impl Phase {
     pub fn display_name(&self) -> String {
         display_name(self.role, self.label.as_deref())
     }
+
+    /// The extra per-step terms the phase trains with — the KD student's `[distill.<term>]`, a
+    /// variant's own (FitNets: the hint alone in its first stage, the rest in the KD stage that
+    /// starts from it) — decided here for every runner. `main`/`variants`: the recipe's
+    /// `[distill]` terms and `[distill.variants]`.
+    pub fn terms<'a>(
+        &self,
+        main: &'a Terms,
+        variants: &'a BTreeMap<String, Variant>,
+    ) -> Result<Vec<&'a dyn TermConfig>> {
+        let variant = || match &self.label {
+            Some(name) => variants
+                .get(name)
+                .ok_or_else(|| Error::Invalid(format!("phase {}: no variant {name} in the recipe", self.id))),
+            None => Err(Error::Invalid(format!("phase {}: a variant phase without a variant name", self.id))),
+        };
+        Ok(match self.role {
+            Role::StudentKd | Role::StudentKdTwinInit | Role::StudentKdQad => main.configured(),
+            Role::StudentHint => variant()?.terms.hint_stage(),
+            Role::StudentKdMethod if matches!(self.init, InitFrom::Phase(_)) => variant()?.terms.after_hint_stage(),
+            Role::StudentKdMethod => variant()?.terms.configured(),
+            _ => vec![],
+        })
+    }
+}
+
+/// The phases of a sentence-embedding run: the teacher, the shallow student as its layer subset
+/// makes it (`init`) and distilled (`kd`), then the narrow and the static student where the
+/// recipe has them.
+pub fn encoder_plan(seed: u64, narrow: bool, static_: bool) -> Vec<Phase> {
+    let phase = |id: &str, role, teacher, trains| Phase {
+        id: id.into(),
+        role,
+        seed,
+        temperature: None,
+        alpha: None,
+        teacher,
+        init: InitFrom::Seed,
+        trains,
+        export: None,
+        quant: None,
+        train: None,
+        arch: Arch::Student,
+        label: None,
+    };
+    let mut out = vec![
+        Phase { arch: Arch::Teacher, ..phase("teacher", Role::Teacher, TeacherFrom::None, false) },
+        phase("init", Role::StudentPruned, TeacherFrom::None, false),
+        phase("kd", Role::StudentKd, TeacherFrom::Recipe, true),
+    ];
+    if narrow {
+        out.push(phase("narrow", Role::StudentNarrow, TeacherFrom::Recipe, true));
+    }
+    if static_ {
+        out.push(phase("static", Role::StudentStatic, TeacherFrom::Recipe, false));
+    }
+    out
 }
 
 /// A role and a phase label as tables print them.
@@ -436,20 +501,20 @@ pub fn lm_plan(
         let from = InitFrom::Phase("kd".into());
         out.push(Phase {
             id: format!("ptq-{}", q.format.name()),
-            role: Role::StudentPtq,
+            role: Role::StudentKdPtq,
             teacher: TeacherFrom::None,
             init: from.clone(),
             trains: false,
-            export: Some("student-ptq"),
+            export: Some("student-kd-ptq"),
             quant: Some(q.format),
             ..base.clone()
         });
         if q.steps > 0 {
             out.push(Phase {
                 id: format!("qad-{}", q.format.name()),
-                role: Role::StudentQad,
+                role: Role::StudentKdQad,
                 init: from,
-                export: Some("student-qad"),
+                export: Some("student-kd-qad"),
                 quant: Some(q.format),
                 train: Some(q.train_cfg(train)),
                 ..base

@@ -19,11 +19,12 @@ use crate::data::rng::SplitMix64;
 use crate::eval::embed::{mean_cos, probe, throughput, topk_overlap};
 use crate::methods::{BuildContext, Term};
 use crate::models::sentence::{Embedder, Encoder};
+use crate::plan::{encoder_plan, Phase, Role};
 use crate::recipe::EncoderRecipe;
 use crate::student::encoder::{every_other, layer_subset, projected, static_student};
 use crate::tasks::encoder::EncoderKdTask;
 use crate::train::checkpoint::{load_tensors, save_tensors, write_atomic, write_json};
-use crate::train::{fit, TrainOptions};
+use crate::train::{fit, TrainOptions, TrainReport};
 use crate::{Error, Result};
 
 pub use super::RunOptions;
@@ -232,15 +233,30 @@ fn build_terms(r: &EncoderRecipe, s: &Encoder, t: &Encoder) -> Result<Vec<Box<dy
         .collect()
 }
 
-/// Runs the recipe into `out` (resuming what is there).
-pub fn run(r: &EncoderRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) -> Result<EncoderSummary> {
-    std::fs::create_dir_all(out.join("phases")).map_err(|e| Error::io(out, e))?;
-    write_atomic(&out.join("recipe.toml"), recipe_toml.as_bytes())?;
-    let say = |m: String| {
-        if opts.verbose {
+/// What every phase of an encoder run reads: the teacher, the training rows and their teacher
+/// embeddings, the held-out set.
+struct EncoderRun<'a> {
+    r: &'a EncoderRecipe,
+    teacher: Encoder,
+    /// The teacher layers the shallow student keeps.
+    layers: Vec<i64>,
+    rows: Vec<Vec<i64>>,
+    teacher_train: Tensor,
+    set: EvalSet<'a>,
+    opts: &'a RunOptions,
+}
+
+impl EncoderRun<'_> {
+    fn say(&self, m: String) {
+        if self.opts.verbose {
             eprintln!("{m}");
         }
-    };
+    }
+}
+
+/// The teacher and the shallow student's layers, checked against each other, every term built
+/// against both encoders before anything trains.
+fn teacher_and_layers(r: &EncoderRecipe) -> Result<(Encoder, Vec<i64>)> {
     let teacher_dir = crate::io::fetch::resolve(&r.teacher.path)?;
     let teacher = Encoder::load(&teacher_dir, Device::Cpu)?;
     let tl = teacher.bert.config.num_hidden_layers;
@@ -248,36 +264,30 @@ pub fn run(r: &EncoderRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) 
     if let Some(bad) = layers.iter().find(|&&l| l >= tl) {
         return Err(Error::Recipe(format!("student.layer_ids: layer {bad} does not exist (the teacher has {tl})")));
     }
-    // Every term is built against both encoders before anything trains.
     build_terms(r, &layer_subset(&teacher, &layers)?, &teacher)?;
+    Ok((teacher, layers))
+}
 
-    let l = labelled(r)?;
-    let texts = training_texts(r, &l)?;
-    let (ids, _) = teacher.tokenize(&texts)?;
-    let rows = cut(ids, r.data.train_max_tokens.min(teacher.max_len));
-    say(format!(
-        "data: {} labelled documents ({} train / {} test, classes {:?}); {} training texts",
-        l.train_texts.len() + l.test_texts.len(),
-        l.train_texts.len(),
-        l.test_texts.len(),
-        l.classes,
-        rows.len()
-    ));
-
+/// The teacher's embedding of every training row, computed once into `out`.
+fn teacher_embeddings(teacher: &Encoder, rows: &[Vec<i64>], out: &Path, verbose: bool) -> Result<Tensor> {
     let cache = out.join("teacher_train.safetensors");
-    let teacher_train = match load_tensors(&cache) {
+    match load_tensors(&cache) {
         Ok(t) if t.tensors.get("embeddings").map(|e| e.size()[0]) == Some(rows.len() as i64) => {
-            t.tensors["embeddings"].shallow_clone()
+            Ok(t.tensors["embeddings"].shallow_clone())
         }
         _ => {
-            say(format!("teacher: embedding {} training texts", rows.len()));
-            let e = teacher.embed_ids(&rows, 64);
+            if verbose {
+                eprintln!("teacher: embedding {} training texts", rows.len());
+            }
+            let e = teacher.embed_ids(rows, 64);
             save_tensors(&cache, &[("embeddings".into(), e.shallow_clone())], BTreeMap::new())?;
-            e
+            Ok(e)
         }
-    };
+    }
+}
 
-    let threads = tch::get_num_threads().max(1) as usize;
+/// The held-out set every model is judged on, with the teacher's embeddings of it.
+fn eval_set<'a>(r: &EncoderRecipe, teacher: &Encoder, l: &'a Labelled) -> Result<EvalSet<'a>> {
     let (test_ids, test_cut) = teacher.tokenize(&l.test_texts)?;
     let truncated = test_cut + teacher.tokenize(&l.probe_texts)?.1;
     crate::models::sentence::warn_truncated(truncated, l.test_texts.len() + l.probe_texts.len(), teacher.max_len);
@@ -287,8 +297,8 @@ pub fn run(r: &EncoderRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) 
     while speed_texts.len() < r.eval.speed_texts.min(32) {
         speed_texts.extend(l.test_texts.iter().cloned());
     }
-    let set = EvalSet {
-        l: &l,
+    Ok(EvalSet {
+        l,
         teacher_test,
         retrieval: r.eval.retrieval_texts,
         top_k: r.eval.top_k,
@@ -296,114 +306,157 @@ pub fn run(r: &EncoderRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) 
         speed_texts,
         probe_steps: r.eval.probe_steps,
         probe_l2: r.eval.probe_l2,
+    })
+}
+
+/// How the table labels a phase.
+fn label(ph: &Phase, run: &EncoderRun<'_>) -> String {
+    let r = run.r;
+    let ks = run.layers.len();
+    let layer_list = run.layers.iter().map(|l| l.to_string()).collect::<Vec<_>>().join(",");
+    let narrow = r.student.narrow.map_or((0, 0), |n| (n.layers, n.hidden));
+    let static_dim = r.student.static_.as_ref().map(|s| s.dim).unwrap_or_default();
+    match ph.role {
+        Role::Teacher => format!("teacher ({} layers)", run.teacher.bert.config.num_hidden_layers),
+        Role::StudentPruned => format!("{ks}-layer, teacher layers {layer_list}, no distillation"),
+        Role::StudentNarrow => format!("{}-layer × {} wide, projected, distilled", narrow.0, narrow.1),
+        Role::StudentStatic => format!("static (Model2Vec), {static_dim} dims"),
+        _ => format!("{ks}-layer, distilled"),
+    }
+}
+
+/// Trains a transformer student (the shallow one, or the narrow one) on the teacher's
+/// embeddings, exports it to `export` and returns what was exported, reloaded.
+fn distill_student(run: &EncoderRun<'_>, ph: &Phase, dir: &Path, export: &Path) -> Result<(Encoder, TrainReport)> {
+    let r = run.r;
+    let teacher = &run.teacher;
+    let mut s = match (ph.role, &r.student.narrow) {
+        (Role::StudentNarrow, Some(n)) => {
+            let calib: Vec<Vec<i64>> = run.rows.iter().take(64).cloned().collect();
+            projected(teacher, *n, &every_other(teacher.bert.config.num_hidden_layers, n.layers), &calib)?
+        }
+        _ => layer_subset(teacher, &run.layers)?,
     };
+    s.bert.dropout = r.student.dropout;
+    tch::manual_seed(r.seed as i64);
+    let terms = build_terms(r, &s, teacher)?;
+    let mut task = EncoderKdTask {
+        student: &s,
+        teacher,
+        rows: &run.rows,
+        teacher_embeddings: &run.teacher_train,
+        cosine: r.distill.cosine,
+        mse: r.distill.mse,
+        terms,
+    };
+    let topts = TrainOptions {
+        phase: ph.id.clone(),
+        seed: r.seed,
+        cfg: r.train.clone(),
+        dir: dir.to_path_buf(),
+        checkpoint_every: r.checkpoint.every_steps,
+        log_every: 10,
+        progress: run.opts.progress,
+    };
+    let rep = fit(&s.vs, &mut task, &topts)?;
+    drop(task);
+    s.vs.freeze();
+    run.say(format!("{:>8}: {} steps in {:.0}s, final loss {:.5}", ph.id, rep.steps, rep.seconds, rep.final_loss));
+    s.save(export)?;
+    // Evaluate what was exported: reload it.
+    s = Encoder::load(export, Device::Cpu)?;
+    s.warned.set(true);
+    Ok((s, rep))
+}
+
+/// Builds (and trains, where the phase trains) the phase's model and evaluates it.
+fn run_phase(run: &EncoderRun<'_>, ph: &Phase, dir: &Path, export: &Path) -> Result<(EncoderRow, Option<TrainReport>)> {
+    let (teacher, set) = (&run.teacher, &run.set);
+    match ph.role {
+        Role::Teacher => {
+            Ok((evaluate(teacher, set, teacher.size_bytes(), Some(set.teacher_test.shallow_clone()))?, None))
+        }
+        Role::StudentPruned => {
+            let s = layer_subset(teacher, &run.layers)?;
+            s.warned.set(true);
+            Ok((evaluate(&s, set, s.size_bytes(), None)?, None))
+        }
+        Role::StudentStatic => {
+            let cfg = run.r.student.static_.clone().unwrap_or_default();
+            let st = static_student(teacher, &cfg)?;
+            st.save(export, &run.r.teacher.path)?;
+            let bytes = st.embeddings.numel() as i64 * 4;
+            Ok((evaluate(&st, set, bytes, None)?, None))
+        }
+        _ => {
+            let (s, rep) = distill_student(run, ph, dir, export)?;
+            Ok((evaluate(&s, set, s.size_bytes(), None)?, Some(rep)))
+        }
+    }
+}
+
+/// The phase's row: its result file when the phase is done, else run and written.
+fn phase_row(run: &EncoderRun<'_>, ph: &Phase, out: &Path, first: Option<&EncoderRow>) -> Result<EncoderRow> {
+    let dir = ph.dir(out);
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let done = dir.join("result.json");
+    if let Ok(text) = std::fs::read_to_string(&done) {
+        if let Ok(row) = serde_json::from_str::<EncoderRow>(&text) {
+            run.say(format!("{:>8}: done (result.json)", ph.id));
+            return Ok(row);
+        }
+    }
+    let export = dir.join("model");
+    let (mut row, train) = run_phase(run, ph, &dir, &export)?;
+    row.id = ph.id.clone();
+    row.label = label(ph, run);
+    row.taught_by = ph.taught_by().into_iter().next();
+    if let Some(rep) = train {
+        row.train_steps = Some(rep.steps);
+        row.train_seconds = Some(rep.seconds);
+    }
+    if export.exists() {
+        row.export = Some(export.display().to_string());
+    }
+    if let Some(t) = first {
+        row.speedup = row.embeddings_per_s / t.embeddings_per_s;
+        row.accuracy_vs_teacher = row.probe_accuracy / t.probe_accuracy;
+    }
+    run.say(format!(
+        "{:>8}: probe acc {:.4} F1 {:.4} | top-{} overlap {:.3} | {:.1} emb/s",
+        ph.id, row.probe_accuracy, row.probe_f1, run.r.eval.top_k, row.topk_overlap, row.embeddings_per_s
+    ));
+    write_json(&done, &row)?;
+    Ok(row)
+}
+
+/// Runs the recipe into `out` (resuming what is there).
+pub fn run(r: &EncoderRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) -> Result<EncoderSummary> {
+    std::fs::create_dir_all(out.join("phases")).map_err(|e| Error::io(out, e))?;
+    write_atomic(&out.join("recipe.toml"), recipe_toml.as_bytes())?;
+    let (teacher, layers) = teacher_and_layers(r)?;
+    let l = labelled(r)?;
+    let texts = training_texts(r, &l)?;
+    let (ids, _) = teacher.tokenize(&texts)?;
+    let rows = cut(ids, r.data.train_max_tokens.min(teacher.max_len));
+    if opts.verbose {
+        eprintln!(
+            "data: {} labelled documents ({} train / {} test, classes {:?}); {} training texts",
+            l.train_texts.len() + l.test_texts.len(),
+            l.train_texts.len(),
+            l.test_texts.len(),
+            l.classes,
+            rows.len()
+        );
+    }
+    let teacher_train = teacher_embeddings(&teacher, &rows, out, opts.verbose)?;
+    let threads = tch::get_num_threads().max(1) as usize;
+    let set = eval_set(r, &teacher, &l)?;
+    let run = EncoderRun { r, teacher, layers, rows, teacher_train, set, opts };
 
     let mut rows_out: Vec<EncoderRow> = Vec::new();
-    let layer_list = layers.iter().map(|l| l.to_string()).collect::<Vec<_>>().join(",");
-    let ks = layers.len();
-    let mut phases: Vec<(&str, String)> = vec![
-        ("teacher", format!("teacher ({tl} layers)")),
-        ("init", format!("{ks}-layer, teacher layers {layer_list}, no distillation")),
-        ("kd", format!("{ks}-layer, distilled")),
-    ];
-    if let Some(n) = &r.student.narrow {
-        phases.push(("narrow", format!("{}-layer × {} wide, projected, distilled", n.layers, n.hidden)));
-    }
-    if let Some(s) = &r.student.static_ {
-        phases.push(("static", format!("static (Model2Vec), {} dims", s.dim)));
-    }
-    for (id, label) in phases {
-        let dir = out.join("phases").join(id);
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-        let done = dir.join("result.json");
-        if let Ok(text) = std::fs::read_to_string(&done) {
-            if let Ok(row) = serde_json::from_str::<EncoderRow>(&text) {
-                say(format!("{id:>8}: done (result.json)"));
-                rows_out.push(row);
-                continue;
-            }
-        }
-        let export = dir.join("model");
-        let (mut row, train) = match id {
-            "teacher" => {
-                let test = set.teacher_test.shallow_clone();
-                (evaluate(&teacher, &set, teacher.size_bytes(), Some(test))?, None)
-            }
-            "init" => {
-                let s = layer_subset(&teacher, &layers)?;
-                s.warned.set(true);
-                (evaluate(&s, &set, s.size_bytes(), None)?, None)
-            }
-            "kd" | "narrow" => {
-                let mut s = match (id, &r.student.narrow) {
-                    ("narrow", Some(n)) => {
-                        let calib: Vec<Vec<i64>> = rows.iter().take(64).cloned().collect();
-                        let nl = every_other(tl, n.layers);
-                        projected(&teacher, *n, &nl, &calib)?
-                    }
-                    _ => layer_subset(&teacher, &layers)?,
-                };
-                s.bert.dropout = r.student.dropout;
-                tch::manual_seed(r.seed as i64);
-                let terms = build_terms(r, &s, &teacher)?;
-                let mut task = EncoderKdTask {
-                    student: &s,
-                    teacher: &teacher,
-                    rows: &rows,
-                    teacher_embeddings: &teacher_train,
-                    cosine: r.distill.cosine,
-                    mse: r.distill.mse,
-                    terms,
-                };
-                let topts = TrainOptions {
-                    phase: id.to_string(),
-                    seed: r.seed,
-                    cfg: r.train.clone(),
-                    dir: dir.clone(),
-                    checkpoint_every: r.checkpoint.every_steps,
-                    log_every: 10,
-                    progress: opts.progress,
-                };
-                let rep = fit(&s.vs, &mut task, &topts)?;
-                drop(task);
-                s.vs.freeze();
-                say(format!("{id:>8}: {} steps in {:.0}s, final loss {:.5}", rep.steps, rep.seconds, rep.final_loss));
-                s.save(&export)?;
-                // Evaluate what was exported: reload it.
-                let reloaded = Encoder::load(&export, Device::Cpu)?;
-                s = reloaded;
-                s.warned.set(true);
-                (evaluate(&s, &set, s.size_bytes(), None)?, Some(rep))
-            }
-            _ => {
-                let cfg = r.student.static_.clone().unwrap_or_default();
-                let st = static_student(&teacher, &cfg)?;
-                st.save(&export, &r.teacher.path)?;
-                let bytes = st.embeddings.numel() as i64 * 4;
-                (evaluate(&st, &set, bytes, None)?, None)
-            }
-        };
-        row.id = id.to_string();
-        row.label = label;
-        if id != "teacher" {
-            row.taught_by = (id != "init").then(|| "teacher".to_string());
-        }
-        if let Some(rep) = train {
-            row.train_steps = Some(rep.steps);
-            row.train_seconds = Some(rep.seconds);
-        }
-        if export.exists() {
-            row.export = Some(export.display().to_string());
-        }
-        if let Some(t) = rows_out.first() {
-            row.speedup = row.embeddings_per_s / t.embeddings_per_s;
-            row.accuracy_vs_teacher = row.probe_accuracy / t.probe_accuracy;
-        }
-        say(format!(
-            "{id:>8}: probe acc {:.4} F1 {:.4} | top-{} overlap {:.3} | {:.1} emb/s",
-            row.probe_accuracy, row.probe_f1, r.eval.top_k, row.topk_overlap, row.embeddings_per_s
-        ));
-        write_json(&done, &row)?;
+    for ph in encoder_plan(r.seed, r.student.narrow.is_some(), r.student.static_.is_some()) {
+        let row = phase_row(&run, &ph, out, rows_out.first())?;
         rows_out.push(row);
     }
     // The distilled student at the top of the run directory.
@@ -418,7 +471,7 @@ pub fn run(r: &EncoderRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) 
         classes: l.classes.clone(),
         probe_train_docs: l.probe_texts.len(),
         test_docs: l.test_texts.len(),
-        train_texts: rows.len(),
+        train_texts: run.rows.len(),
         top_k: r.eval.top_k,
         batch: r.eval.batch,
         threads,

@@ -12,7 +12,7 @@
 //! skips complete phases and continues the interrupted one from its checkpoint.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -22,14 +22,14 @@ use crate::data::images::{load_recipe_data, ImageSet};
 use crate::data::rng::SplitMix64;
 use crate::methods::multi_teacher::Weighting;
 use crate::methods::response::image_term;
-use crate::methods::{BuildContext, TermConfig};
+use crate::methods::{BuildContext, Term};
 use crate::models::{image_classifier, param_count, Classifier};
 use crate::plan::{display_name, image_plan, Arch, ImageModels, InitFrom, Phase, Role, TeacherFrom};
 use crate::recipe::{ImageRecipe, Stage};
 use crate::tasks::ClassifierTask;
 use crate::teacher::{combine_weighted, example_weights, Ensemble, Teacher};
 use crate::train::checkpoint::{load_tensors, save_tensors, write_atomic, write_json};
-use crate::train::{fit, TrainOptions, TrainTask};
+use crate::train::{fit, TrainOptions, TrainReport, TrainTask};
 use crate::{Error, Result};
 
 /// One trained model's evaluation.
@@ -157,55 +157,284 @@ fn save_weights(vs: &nn::VarStore, path: &Path) -> Result<()> {
     save_tensors(path, &v, BTreeMap::from([("format".into(), "distill-weights-v1".into())]))
 }
 
+/// The images whose label a student may see (`data.labeled_subset`; the same for every seed: a
+/// fixed shuffle of the training set) and the student labels: -100 for the others.
+struct Labels {
+    /// The labeled rows, sorted; `None`: every row.
+    labeled: Option<Vec<i64>>,
+    student: Tensor,
+    n_labeled: usize,
+}
+
+impl Labels {
+    fn new(subset: Option<usize>, train: &ImageSet) -> Labels {
+        let n = train.len();
+        let labeled: Option<Vec<i64>> = subset.map(|k| {
+            let mut p: Vec<i64> =
+                SplitMix64::new(0x1abe1).permutation(n).into_iter().take(k.min(n)).map(|i| i as i64).collect();
+            p.sort_unstable();
+            p
+        });
+        let student = match &labeled {
+            None => train.labels.shallow_clone(),
+            Some(rows) => {
+                let y = Tensor::full([n as i64], -100, (Kind::Int64, Device::Cpu));
+                let r = Tensor::from_slice(rows);
+                y.index_copy(0, &r, &train.labels.index_select(0, &r))
+            }
+        };
+        let n_labeled = labeled.as_ref().map(|l| l.len()).unwrap_or(n);
+        Labels { labeled, student, n_labeled }
+    }
+}
+
+/// What every phase of an image run reads.
+struct ImageRun<'a> {
+    recipe: &'a ImageRecipe,
+    train: ImageSet,
+    test: ImageSet,
+    hw: [usize; 2],
+    classes: usize,
+    labels: Labels,
+    plan: Vec<Phase>,
+    out: &'a Path,
+    opts: &'a RunOptions,
+}
+
+/// A phase's model loaded once, with its logits on the training images. `[N, C]`
+type Loaded = (nn::VarStore, Box<dyn Classifier>, Tensor);
+
+impl ImageRun<'_> {
+    /// The stage (model and training) of each architecture; checked by validation.
+    fn stage(&self, arch: Arch) -> &Stage {
+        let r = self.recipe;
+        match arch {
+            Arch::Teacher => &r.teacher,
+            Arch::Student => &r.student,
+            Arch::Assistant => r.assistant.as_ref().unwrap_or(&r.student),
+            Arch::ExtraTeacher(i) => r.teachers.get(i).unwrap_or(&r.teacher),
+        }
+    }
+
+    /// An earlier phase's model (by id), with its training-set logits.
+    fn load(&self, id: &str) -> Result<Loaded> {
+        let ph = self.plan.iter().find(|p| p.id == id);
+        let (seed, arch) = ph.map(|p| (p.seed, p.arch)).unwrap_or_default();
+        let (vs, m) = build(self.stage(arch), seed, self.hw, self.classes);
+        load_weights(&vs, &self.out.join("phases").join(id).join("model.safetensors"))?;
+        let logits = predict(&|x| m.logits(x, false), &self.train.images);
+        Ok((vs, m, logits))
+    }
+}
+
+/// The models a phase learns from (or averages) and how a weighted phase weighs them.
+fn sources(ph: &Phase) -> (Vec<String>, Option<Weighting>) {
+    match &ph.teacher {
+        TeacherFrom::Phase(id) => (vec![id.clone()], None),
+        TeacherFrom::Ensemble(ids) => (ids.clone(), None),
+        TeacherFrom::Weighted(ids, w) => (ids.clone(), Some(*w)),
+        TeacherFrom::None | TeacherFrom::Recipe => (vec![], None),
+    }
+}
+
+/// The soft targets on the whole training set, computed once from the sources' training-set
+/// logits: per-example weighted teachers, the uniform ensemble, or the one teacher. `[N, C]`
+fn train_logits(
+    run: &ImageRun<'_>,
+    ph: &Phase,
+    loaded: &[&Loaded],
+    weighting: Option<Weighting>,
+    ensemble: Option<&Ensemble<'_>>,
+    labels: &Tensor,
+) -> Result<Option<Tensor>> {
+    let t = ph.temperature.unwrap_or(1.0);
+    let z = || loaded.iter().map(|l| l.2.shallow_clone()).collect::<Vec<Tensor>>();
+    Ok(match (ensemble, weighting, loaded.first()) {
+        (_, Some(w), _) => {
+            let mt = run.recipe.distill.multi_teacher.as_ref().ok_or_else(|| {
+                Error::Invalid(format!("phase {}: weighted teachers without distill.multi_teacher", ph.id))
+            })?;
+            let z = z();
+            let ew = example_weights(&z, labels, w, &mt.fixed_weights(z.len())); // [k, N]
+            if run.opts.verbose {
+                let mean: Vec<String> = Vec::<f64>::try_from(ew.mean_dim(1, false, Kind::Double))
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|x| format!("{x:.3}"))
+                    .collect();
+                eprintln!("{:>18}: {} weights, mean per teacher [{}]", ph.id, w.name(), mean.join(", "));
+            }
+            Some(tch::no_grad(|| combine_weighted(&z, &ew, t, mt.combine))) // [N, C]
+        }
+        (Some(e), None, _) => Some(tch::no_grad(|| e.combine(&z()))), // [N, C]
+        (None, None, Some(l)) => Some(l.2.shallow_clone()),
+        (None, None, None) => None,
+    })
+}
+
+/// The extra terms of a phase, built against the student's and its one teacher's features.
+fn build_phase_terms(
+    run: &ImageRun<'_>,
+    ph: &Phase,
+    vs: &nn::VarStore,
+    model: &dyn Classifier,
+    members: &[&dyn Classifier],
+) -> Result<Vec<Box<dyn Term>>> {
+    let term_cfgs = ph.terms(&run.recipe.distill.terms, &run.recipe.distill.variants)?;
+    if !term_cfgs.is_empty() && members.len() != 1 {
+        return Err(Error::Invalid(format!("phase {}: the extra terms need a single teacher model", ph.id)));
+    }
+    let mut terms = Vec::new();
+    if !term_cfgs.is_empty() {
+        let probe = run.train.images.narrow(0, 0, 2.min(run.train.len() as i64));
+        let (ss, ts) = (feature_shapes(model, &probe), feature_shapes(members[0], &probe));
+        for cfg in term_cfgs {
+            let term = cfg.build(image_build_context(vs.root(), &ss, &ts))?;
+            if run.opts.verbose {
+                eprintln!("{:>18}: {}", ph.id, term.describe());
+            }
+            terms.push(term);
+        }
+    }
+    Ok(terms)
+}
+
+/// Trains one phase's model (from its sources, loaded) and returns it with its training report
+/// and the number of examples it trained on.
+fn train_phase(
+    run: &ImageRun<'_>,
+    ph: &Phase,
+    loaded: &[&Loaded],
+    weighting: Option<Weighting>,
+) -> Result<(nn::VarStore, Box<dyn Classifier>, TrainReport, usize)> {
+    let (train, stage) = (&run.train, run.stage(ph.arch));
+    let members: Vec<&dyn Classifier> = loaded.iter().map(|l| l.1.as_ref()).collect();
+    // Same initialization for the scratch and KD students of a seed.
+    let (vs, model) = match &ph.init {
+        InitFrom::Salted(salt) => build(stage, ph.seed ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15), run.hw, run.classes),
+        _ => build(stage, ph.seed, run.hw, run.classes),
+    };
+    if let InitFrom::Phase(from) = &ph.init {
+        load_weights(&vs, &run.out.join("phases").join(from).join("model.safetensors"))?;
+    }
+    let kd = ph.temperature.map(|t| image_term(&run.recipe.distill, t));
+    let t = ph.temperature.unwrap_or(1.0);
+    let terms = build_phase_terms(run, ph, &vs, model.as_ref(), &members)?;
+    let (labels, rows) = match ph.role {
+        Role::Teacher | Role::TeacherEnsemble | Role::TeacherExtra => (&train.labels, None),
+        Role::StudentScratch | Role::StudentPruned => (&train.labels, run.labels.labeled.as_deref()),
+        _ => (&run.labels.student, None),
+    };
+    // The soft targets: computed once from the training-set logits, or, when the student's
+    // images are jittered or a term reads the teacher's features, the teacher (or ensemble)
+    // run on the same batch. Weighted teachers always come from the training-set logits.
+    let ensemble = (members.len() > 1 && weighting.is_none()).then(|| Ensemble::uniform(members.clone(), t));
+    let train_logits = train_logits(run, ph, loaded, weighting, ensemble.as_ref(), labels)?;
+    // The terms read the teacher's features: computed once for the training set when the
+    // student sees the images unaugmented (eval mode, so the same as at every step).
+    let teacher_features = (!terms.is_empty() && stage.jitter == 0 && members.len() == 1)
+        .then(|| predict_features(members[0], &train.images));
+    let teacher = match (&train_logits, ensemble) {
+        (None, _) => None,
+        (Some(l), _)
+            if weighting.is_some() || (stage.jitter == 0 && (terms.is_empty() || teacher_features.is_some())) =>
+        {
+            Some(Teacher::Logits(l))
+        }
+        (Some(_), Some(e)) => Some(Teacher::Ensemble(e)),
+        (Some(_), None) => Some(Teacher::Classifier(members[0])),
+    };
+    let mut task = ClassifierTask {
+        model: model.as_ref(),
+        x: &train.images,
+        labels,
+        teacher,
+        kd,
+        jitter: stage.jitter,
+        rows,
+        terms,
+        terms_only: ph.role == Role::StudentHint,
+        teacher_features: teacher_features.as_deref(),
+    };
+    let examples = task.num_examples();
+    let topts = TrainOptions {
+        phase: ph.id.clone(),
+        seed: ph.seed,
+        cfg: stage.train.clone(),
+        dir: ph.dir(run.out),
+        checkpoint_every: run.recipe.checkpoint.every_steps,
+        log_every: 20,
+        progress: run.opts.progress,
+    };
+    let report = fit(&vs, &mut task, &topts)?;
+    drop(task);
+    Ok((vs, model, report, examples))
+}
+
+/// The evaluation of a trained phase's model, saved beside its result.
+fn trained_result(
+    run: &ImageRun<'_>,
+    ph: &Phase,
+    (vs, model, report, examples): (nn::VarStore, Box<dyn Classifier>, TrainReport, usize),
+    teacher_params: &mut HashMap<u64, usize>,
+) -> Result<PhaseResult> {
+    let (test, n) = (&run.test, run.train.len());
+    let model_path = ph.dir(run.out).join("model.safetensors");
+    save_weights(&vs, &model_path)?;
+    let errs = errors(&|x| model.logits(x, false), test);
+    let params: usize = model_variables(&vs).iter().map(|(_, t)| t.numel()).sum();
+    if ph.role == Role::Teacher {
+        teacher_params.insert(ph.seed, params);
+    }
+    let tp = teacher_params.get(&ph.seed).copied().unwrap_or(params);
+    Ok(PhaseResult {
+        id: ph.id.clone(),
+        role: ph.role,
+        label: ph.label.clone(),
+        taught_by: ph.taught_by(),
+        init_from: match &ph.init {
+            InitFrom::Phase(id) => Some(id.clone()),
+            _ => None,
+        },
+        seed: ph.seed,
+        temperature: ph.temperature,
+        alpha: ph.temperature.map(|t| image_term(&run.recipe.distill, t).alpha),
+        test_errors: errs,
+        test_total: test.len() as i64,
+        test_accuracy: 1.0 - errs as f64 / test.len() as f64,
+        params,
+        size_bytes: std::fs::metadata(&model_path).map(|m| m.len()).unwrap_or(0),
+        latency_ms_per_1k: latency_ms_per_1k(&|x| model.logits(x, false), test),
+        compression_ratio: tp as f64 / params as f64,
+        train_examples: if matches!(ph.role, Role::Teacher | Role::TeacherExtra) { n } else { examples },
+        labeled_examples: match ph.role {
+            Role::Teacher | Role::TeacherEnsemble | Role::TeacherExtra => n,
+            _ => run.labels.n_labeled,
+        },
+        steps: report.steps,
+        train_seconds: report.seconds,
+    })
+}
+
 /// Runs (or resumes) the whole experiment in `out`, returning the summary it also writes.
 pub fn run(recipe: &ImageRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) -> Result<Summary> {
     let (train, test) = load_recipe_data(&recipe.data)?;
-    let classes = train.num_classes();
-    let hw = [train.height, train.width];
-    let n = train.len();
-    // The labeled subset is the same for every seed: a fixed shuffle of the training set.
-    let labeled: Option<Vec<i64>> = recipe.data.labeled_subset.map(|k| {
-        let mut p: Vec<i64> =
-            SplitMix64::new(0x1abe1).permutation(n).into_iter().take(k.min(n)).map(|i| i as i64).collect();
-        p.sort_unstable();
-        p
-    });
-    // Student labels: -100 for the images whose label the student may not see.
-    let student_labels = match &labeled {
-        None => train.labels.shallow_clone(),
-        Some(rows) => {
-            let y = Tensor::full([n as i64], -100, (Kind::Int64, Device::Cpu));
-            let r = Tensor::from_slice(rows);
-            y.index_copy(0, &r, &train.labels.index_select(0, &r))
-        }
-    };
-    let n_labeled = labeled.as_ref().map(|l| l.len()).unwrap_or(n);
-
+    let labels = Labels::new(recipe.data.labeled_subset, &train);
     // The recipe first: a directory without it holds nothing a resume would need.
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     write_atomic(&out.join("recipe.toml"), recipe_toml.as_bytes())?;
     std::fs::create_dir_all(out.join("phases")).map_err(|e| Error::io(out, e))?;
 
+    let (n, classes, hw) = (train.len(), train.num_classes(), [train.height, train.width]);
     check_terms(recipe, &train.images.narrow(0, 0, 2.min(n as i64)), hw, classes)?;
     let plan = image_plan(&recipe.seeds, &recipe.distill, image_models(recipe));
-    let seed_of = |id: &str| plan.iter().find(|p| p.id == id).map(|p| p.seed).unwrap_or(0);
-    let arch_of = |id: &str| plan.iter().find(|p| p.id == id).map(|p| p.arch).unwrap_or_default();
-    // The stage (model and training) of each architecture; checked by validation.
-    let stage_of = |arch: Arch| -> &Stage {
-        match arch {
-            Arch::Teacher => &recipe.teacher,
-            Arch::Student => &recipe.student,
-            Arch::Assistant => recipe.assistant.as_ref().unwrap_or(&recipe.student),
-            Arch::ExtraTeacher(i) => recipe.teachers.get(i).unwrap_or(&recipe.teacher),
-        }
-    };
-    // Teacher phases loaded so far (by phase id), with their logits on the training images.
-    let mut teachers: HashMap<String, (nn::VarStore, Box<dyn Classifier>, Tensor)> = HashMap::new();
+    let run = ImageRun { recipe, train, test, hw, classes, labels, plan, out, opts };
+    // Phases loaded as teachers so far (by phase id), with their logits on the training images.
+    let mut teachers: HashMap<String, Loaded> = HashMap::new();
     let mut teacher_params = HashMap::new();
     let mut results = Vec::new();
-    for ph in &plan {
-        let dir = ph.dir(out);
-        let result_path = dir.join("result.json");
+    for ph in &run.plan {
+        let result_path = ph.dir(out).join("result.json");
         if let Ok(text) = std::fs::read_to_string(&result_path) {
             let r: PhaseResult = serde_json::from_str(&text).map_err(|e| Error::format(&result_path, e.to_string()))?;
             if r.role == Role::Teacher {
@@ -218,180 +447,26 @@ pub fn run(recipe: &ImageRecipe, recipe_toml: &str, out: &Path, opts: &RunOption
             results.push(r);
             continue;
         }
-        // The models this phase learns from (or averages), loaded once with their training-set
-        // logits.
-        let (sources, weighting): (Vec<String>, Option<Weighting>) = match &ph.teacher {
-            TeacherFrom::Phase(id) => (vec![id.clone()], None),
-            TeacherFrom::Ensemble(ids) => (ids.clone(), None),
-            TeacherFrom::Weighted(ids, w) => (ids.clone(), Some(*w)),
-            TeacherFrom::None | TeacherFrom::Recipe => (vec![], None),
-        };
+        let (sources, weighting) = sources(ph);
         for id in &sources {
             if !teachers.contains_key(id) {
-                let (tvs, tm) = build(stage_of(arch_of(id)), seed_of(id), hw, classes);
-                load_weights(&tvs, &out.join("phases").join(id).join("model.safetensors"))?;
-                let logits = predict(&|x| tm.logits(x, false), &train.images);
-                teachers.insert(id.clone(), (tvs, tm, logits));
+                teachers.insert(id.clone(), run.load(id)?);
             }
         }
-        let members: Vec<&dyn Classifier> = sources.iter().map(|id| teachers[id].1.as_ref()).collect();
+        let loaded: Vec<&Loaded> = sources.iter().map(|id| &teachers[id]).collect();
         if !ph.trains {
-            let params: usize = sources.iter().map(|id| param_count(&teachers[id].0)).sum();
-            results.push(evaluate_ensemble(ph, &members, &sources, params, &test, &teacher_params, out, n, opts)?);
+            let members: Vec<&dyn Classifier> = loaded.iter().map(|l| l.1.as_ref()).collect();
+            let params: usize = loaded.iter().map(|l| param_count(&l.0)).sum();
+            let test = &run.test;
+            results.push(evaluate_ensemble(ph, &members, &sources, params, test, &teacher_params, out, n, opts)?);
             continue;
         }
-        let stage = stage_of(ph.arch);
-        // Same initialization for the scratch and KD students of a seed.
-        let (vs, model) = match &ph.init {
-            InitFrom::Salted(salt) => build(stage, ph.seed ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15), hw, classes),
-            _ => build(stage, ph.seed, hw, classes),
-        };
-        if let InitFrom::Phase(from) = &ph.init {
-            load_weights(&vs, &out.join("phases").join(from).join("model.safetensors"))?;
-        }
-        let kd = ph.temperature.map(|t| image_term(&recipe.distill, t));
-        let t = ph.temperature.unwrap_or(1.0);
-        // The extra terms: the main KD student's `[distill.<term>]`, a variant's own.
-        let variant = match (ph.role, &ph.label) {
-            (Role::StudentKdMethod | Role::StudentHint, Some(name)) => match recipe.distill.variants.get(name) {
-                Some(v) => Some(v),
-                None => return Err(Error::Invalid(format!("phase {}: no variant {name} in the recipe", ph.id))),
-            },
-            _ => None,
-        };
-        let term_cfgs = match (ph.role, variant) {
-            (Role::StudentKd, _) => recipe.distill.terms.configured(),
-            // FitNets' stage 1 trains on the hint alone; the KD stage after it, without it.
-            (Role::StudentHint, Some(v)) => v.terms.fitnets.iter().map(|f| f as &dyn TermConfig).collect(),
-            (Role::StudentKdMethod, Some(v)) if matches!(ph.init, InitFrom::Phase(_)) => {
-                v.terms.configured().into_iter().filter(|c| c.key() != "fitnets").collect()
-            }
-            (Role::StudentKdMethod, Some(v)) => v.terms.configured(),
-            _ => vec![],
-        };
-        if !term_cfgs.is_empty() && members.len() != 1 {
-            return Err(Error::Invalid(format!("phase {}: the extra terms need a single teacher model", ph.id)));
-        }
-        let mut terms = Vec::new();
-        if !term_cfgs.is_empty() {
-            let probe = train.images.narrow(0, 0, 2.min(n as i64));
-            let (ss, ts) = (feature_shapes(model.as_ref(), &probe), feature_shapes(members[0], &probe));
-            for cfg in term_cfgs {
-                let term = cfg.build(image_build_context(vs.root(), &ss, &ts))?;
-                if opts.verbose {
-                    eprintln!("{:>18}: {}", ph.id, term.describe());
-                }
-                terms.push(term);
-            }
-        }
-        let (labels, rows) = match ph.role {
-            Role::Teacher | Role::TeacherEnsemble | Role::TeacherExtra => (&train.labels, None),
-            Role::StudentScratch | Role::StudentPruned => (&train.labels, labeled.as_deref()),
-            _ => (&student_labels, None),
-        };
-        // The soft targets: computed once from the training-set logits, or, when the student's
-        // images are jittered or a term reads the teacher's features, the teacher (or ensemble)
-        // run on the same batch. Weighted teachers always come from the training-set logits.
-        let ensemble = (members.len() > 1 && weighting.is_none()).then(|| Ensemble::uniform(members.clone(), t));
-        let train_logits = match (&ensemble, weighting, sources.first()) {
-            (_, Some(w), _) => {
-                let mt = recipe.distill.multi_teacher.as_ref().ok_or_else(|| {
-                    Error::Invalid(format!("phase {}: weighted teachers without distill.multi_teacher", ph.id))
-                })?;
-                let z: Vec<Tensor> = sources.iter().map(|id| teachers[id].2.shallow_clone()).collect();
-                let ew = example_weights(&z, labels, w, &mt.fixed_weights(z.len())); // [k, N]
-                if opts.verbose {
-                    let mean: Vec<String> = Vec::<f64>::try_from(ew.mean_dim(1, false, Kind::Double))
-                        .unwrap_or_default()
-                        .iter()
-                        .map(|x| format!("{x:.3}"))
-                        .collect();
-                    eprintln!("{:>18}: {} weights, mean per teacher [{}]", ph.id, w.name(), mean.join(", "));
-                }
-                Some(tch::no_grad(|| combine_weighted(&z, &ew, t, mt.combine))) // [N, C]
-            }
-            (Some(e), None, _) => {
-                let z: Vec<Tensor> = sources.iter().map(|id| teachers[id].2.shallow_clone()).collect();
-                Some(tch::no_grad(|| e.combine(&z))) // [N, C]
-            }
-            (None, None, Some(id)) => Some(teachers[id].2.shallow_clone()),
-            (None, None, None) => None,
-        };
-        // The terms read the teacher's features: computed once for the training set when the
-        // student sees the images unaugmented (eval mode, so the same as at every step).
-        let teacher_features = (!terms.is_empty() && stage.jitter == 0 && members.len() == 1)
-            .then(|| predict_features(members[0], &train.images));
-        let teacher = match (&train_logits, ensemble) {
-            (None, _) => None,
-            (Some(l), _)
-                if weighting.is_some() || (stage.jitter == 0 && (terms.is_empty() || teacher_features.is_some())) =>
-            {
-                Some(Teacher::Logits(l))
-            }
-            (Some(_), Some(e)) => Some(Teacher::Ensemble(e)),
-            (Some(_), None) => Some(Teacher::Classifier(members[0])),
-        };
-        let mut task = ClassifierTask {
-            model: model.as_ref(),
-            x: &train.images,
-            labels,
-            teacher,
-            kd,
-            jitter: stage.jitter,
-            rows,
-            terms,
-            terms_only: ph.role == Role::StudentHint,
-            teacher_features: teacher_features.as_deref(),
-        };
-        let examples = task.num_examples();
-        let topts = TrainOptions {
-            phase: ph.id.clone(),
-            seed: ph.seed,
-            cfg: stage.train.clone(),
-            dir: dir.clone(),
-            checkpoint_every: recipe.checkpoint.every_steps,
-            log_every: 20,
-            progress: opts.progress,
-        };
-        let report = fit(&vs, &mut task, &topts)?;
-        let model_path = dir.join("model.safetensors");
-        save_weights(&vs, &model_path)?;
-        let errs = errors(&|x| model.logits(x, false), &test);
-        let params: usize = model_variables(&vs).iter().map(|(_, t)| t.numel()).sum();
-        if ph.role == Role::Teacher {
-            teacher_params.insert(ph.seed, params);
-        }
-        let tp = teacher_params.get(&ph.seed).copied().unwrap_or(params);
-        let res = PhaseResult {
-            id: ph.id.clone(),
-            role: ph.role,
-            label: ph.label.clone(),
-            taught_by: ph.taught_by(),
-            init_from: match &ph.init {
-                InitFrom::Phase(id) => Some(id.clone()),
-                _ => None,
-            },
-            seed: ph.seed,
-            temperature: ph.temperature,
-            alpha: kd.map(|k| k.alpha),
-            test_errors: errs,
-            test_total: test.len() as i64,
-            test_accuracy: 1.0 - errs as f64 / test.len() as f64,
-            params,
-            size_bytes: std::fs::metadata(&model_path).map(|m| m.len()).unwrap_or(0),
-            latency_ms_per_1k: latency_ms_per_1k(&|x| model.logits(x, false), &test),
-            compression_ratio: tp as f64 / params as f64,
-            train_examples: if matches!(ph.role, Role::Teacher | Role::TeacherExtra) { n } else { examples },
-            labeled_examples: match ph.role {
-                Role::Teacher | Role::TeacherEnsemble | Role::TeacherExtra => n,
-                _ => n_labeled,
-            },
-            steps: report.steps,
-            train_seconds: report.seconds,
-        };
+        let trained = train_phase(&run, ph, &loaded, weighting)?;
+        let seconds = trained.2.seconds;
+        let res = trained_result(&run, ph, trained, &mut teacher_params)?;
         write_json(&result_path, &res)?;
         if opts.verbose {
-            eprintln!("{:>18}: {} test errors ({:.1}s)", ph.id, errs, report.seconds);
+            eprintln!("{:>18}: {} test errors ({:.1}s)", ph.id, res.test_errors, seconds);
         }
         results.push(res);
     }
@@ -600,11 +675,6 @@ pub fn table(s: &Summary) -> String {
         o += &methods_table(s);
     }
     o
-}
-
-/// The phase directories a run uses, for tools and tests.
-pub fn phase_dirs(recipe: &ImageRecipe, out: &Path) -> Vec<PathBuf> {
-    image_plan(&recipe.seeds, &recipe.distill, image_models(recipe)).iter().map(|p| p.dir(out)).collect()
 }
 
 /// A model's features for every image (eval mode, batches of 1,000): `[N, …]` per state.

@@ -19,7 +19,7 @@ use tch::{nn, Device, Kind};
 use crate::data::text::{lm_batch, text_blocks};
 use crate::eval::generate::GenerateOptions;
 use crate::eval::{generate_texts, score_many, tokens_per_second, top_k_table, Generation, LmScores};
-use crate::io::export::export_hf;
+use crate::io::export::{export_hf, GgufType};
 use crate::io::lm::{load_lm, LoadedLm};
 use crate::losses::divergence::Divergence;
 use crate::methods::{response, BuildContext};
@@ -29,7 +29,7 @@ use crate::plan::{lm_plan, Arch, InitFrom, Phase, Role, TeacherFrom};
 use crate::recipe::{LmRecipe, ResolvedLm};
 use crate::student::prune::{self, Importance, Selection};
 use crate::student::quant::{quantize_weights, QuantFormat};
-use crate::student::{init_student, student_config, StudentInit};
+use crate::student::{init_student, student_config, LmStudent, StudentInit};
 use crate::tasks::{LmKdTask, TeacherMemo};
 use crate::teacher::cache::CachedTeacher;
 use crate::teacher::{resolve_teacher_kind, teacher_in_kind, LmMixture, Teacher};
@@ -85,36 +85,30 @@ struct PhaseInputs<'a> {
 /// A student phase's var store, model, training report and export directory.
 type PhaseResult = (nn::VarStore, CausalLm, TrainReport, PathBuf);
 
-/// Trains (or reloads, when already done) one student phase; `earlier` holds the var stores and
-/// models of the phases before it, by id. Returns its var store, model, training report and
-/// export directory (the phase's own `export`, or `phases/<id>/model`).
-fn student_phase(
+/// The architecture a phase trains: the student's, or the teacher assistant's — its config,
+/// its `[student]`-like spec and what pruning keeps of the teacher for it.
+fn phase_arch<'a>(
+    inp: &'a PhaseInputs<'_>,
+    ph: &Phase,
+) -> Result<(&'a LmConfig, &'a LmStudent, Option<&'a Selection>)> {
+    let r = inp.r;
+    match (ph.arch, &inp.assistant, r.assistant.as_ref()) {
+        (Arch::Assistant, Some((cfg, sel)), Some(spec)) => Ok((cfg, spec, sel.as_ref())),
+        (Arch::Assistant, ..) => Err(Error::Invalid(format!("phase {}: the recipe has no [assistant]", ph.id))),
+        _ => Ok((inp.s_cfg, &r.student, inp.pruning.as_ref().map(|(_, s)| s))),
+    }
+}
+
+/// Seeds and fills a fresh student's weights as the phase's init says: an earlier phase's
+/// weights, the run's pruned slice of the teacher, or `student.init` (or the phase's own).
+fn init_weights(
     inp: &PhaseInputs<'_>,
     ph: &Phase,
     earlier: &[(&str, &nn::VarStore, &CausalLm)],
-) -> Result<PhaseResult> {
-    let PhaseInputs { r, teacher, train, out, opts, .. } = *inp;
+) -> Result<(nn::VarStore, CausalLm)> {
+    let PhaseInputs { r, teacher, train, opts, .. } = *inp;
+    let (s_cfg, spec, pruning) = phase_arch(inp, ph)?;
     let name = ph.id.as_str();
-    let export_dir = match ph.export {
-        Some(e) => out.join(e),
-        None => ph.dir(out).join("model"),
-    };
-    // The architecture it trains: the student's, or the teacher assistant's.
-    let (s_cfg, spec, pruning) = match (ph.arch, &inp.assistant, r.assistant.as_ref()) {
-        (Arch::Assistant, Some((cfg, sel)), Some(spec)) => (cfg, spec, sel.as_ref()),
-        (Arch::Assistant, ..) => return Err(Error::Invalid(format!("phase {name}: the recipe has no [assistant]"))),
-        _ => (inp.s_cfg, &r.student, inp.pruning.as_ref().map(|(_, s)| s)),
-    };
-    let phase_dir = ph.dir(out);
-    let done = phase_dir.join("train.json");
-    if let Ok(text) = std::fs::read_to_string(&done) {
-        let report: TrainReport = serde_json::from_str(&text).map_err(|e| Error::format(&done, e.to_string()))?;
-        let (vs, model) = CausalLm::from_pretrained(&export_dir, teacher.model.device(), Kind::Float)?;
-        if opts.verbose {
-            eprintln!("{name:>8}: trained earlier, reloaded from {}", export_dir.display());
-        }
-        return Ok((vs, model, report, export_dir));
-    }
     match &ph.init {
         InitFrom::Salted(salt) => tch::manual_seed((r.seed ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15)) as i64),
         _ => tch::manual_seed(r.seed as i64),
@@ -148,11 +142,19 @@ fn student_phase(
             }
         }
     }
-    let quant = ph.quant.map(QuantFormat::export_type);
-    let loss = response::lm_term(&r.distill, inp.divergence, ph.alpha.unwrap_or(0.0));
-    // The teacher it learns from: the recipe's (online or cached), or an earlier phase's model
-    // (a born-again generation, the teacher assistant).
-    let (phase_teacher, memo) = match &ph.teacher {
+    Ok((vs, model))
+}
+
+/// The teacher a phase learns from — the recipe's (online or cached, with the run's memo), an
+/// earlier phase's model (a born-again generation, the teacher assistant), or the weighted
+/// teachers of multi-teacher KD.
+fn phase_teacher<'a>(
+    inp: &'a PhaseInputs<'a>,
+    ph: &Phase,
+    earlier: &[(&str, &nn::VarStore, &'a CausalLm)],
+) -> Result<(Teacher<'a>, Option<&'a TeacherMemo>)> {
+    let (r, name) = (inp.r, ph.id.as_str());
+    Ok(match &ph.teacher {
         TeacherFrom::Phase(from) => {
             let src = earlier.iter().find(|(id, ..)| id == from).ok_or_else(|| {
                 Error::Invalid(format!("phase {name} learns from phase {from}, but {from} has not run"))
@@ -165,7 +167,7 @@ fn student_phase(
             })?;
             let first = match &inp.training_teacher {
                 Teacher::Lm(m) => *m,
-                _ => &teacher.model,
+                _ => &inp.teacher.model,
             };
             let members: Vec<&CausalLm> =
                 std::iter::once(first).chain(inp.extra_teachers.iter().map(|t| &t.model)).collect();
@@ -173,24 +175,73 @@ fn student_phase(
             (Teacher::Mixture(LmMixture { members, fixed, weighting: *weighting, combine: mt.combine }), None)
         }
         _ => (inp.training_teacher.clone(), Some(inp.memo)),
+    })
+}
+
+/// Exports a finished phase's model: the HF directory, and — for the KD student and quantized
+/// phases — a GGUF file for llama.cpp (matrices F16, or the phase's quantized format) when GGUF
+/// can express it (byte-level BPE tokenizer, no sliding window); otherwise it says why.
+fn export_phase(
+    inp: &PhaseInputs<'_>,
+    ph: &Phase,
+    model: &CausalLm,
+    quant: Option<GgufType>,
+    dir: &Path,
+) -> Result<()> {
+    let teacher = inp.teacher;
+    export_hf(model, Some(&teacher.tokenizer_json), dir)?;
+    let gguf_ty = match (quant, ph.role) {
+        (Some(ty), _) => Some(ty),
+        (None, Role::StudentKd) => Some(GgufType::F16),
+        _ => None,
     };
+    if let Some(ty) = gguf_ty {
+        let gguf = dir.with_extension("gguf");
+        if let Err(e) = crate::io::export::export_gguf(model, &teacher.tokenizer, None, &inp.r.name, &gguf, ty) {
+            eprintln!("{:>8}: no GGUF export ({e}); the HF directory {} is complete", ph.id, dir.display());
+        }
+    }
+    Ok(())
+}
+
+/// Trains (or reloads, when already done) one student phase; `earlier` holds the var stores and
+/// models of the phases before it, by id. Returns its var store, model, training report and
+/// export directory (the phase's own `export`, or `phases/<id>/model`).
+fn student_phase(
+    inp: &PhaseInputs<'_>,
+    ph: &Phase,
+    earlier: &[(&str, &nn::VarStore, &CausalLm)],
+) -> Result<PhaseResult> {
+    let PhaseInputs { r, teacher, train, out, opts, .. } = *inp;
+    let name = ph.id.as_str();
+    let export_dir = match ph.export {
+        Some(e) => out.join(e),
+        None => ph.dir(out).join("model"),
+    };
+    let (s_cfg, ..) = phase_arch(inp, ph)?;
+    let phase_dir = ph.dir(out);
+    let done = phase_dir.join("train.json");
+    if let Ok(text) = std::fs::read_to_string(&done) {
+        let report: TrainReport = serde_json::from_str(&text).map_err(|e| Error::format(&done, e.to_string()))?;
+        let (vs, model) = CausalLm::from_pretrained(&export_dir, teacher.model.device(), Kind::Float)?;
+        if opts.verbose {
+            eprintln!("{name:>8}: trained earlier, reloaded from {}", export_dir.display());
+        }
+        return Ok((vs, model, report, export_dir));
+    }
+    let (vs, model) = init_weights(inp, ph, earlier)?;
+    let quant = ph.quant.map(QuantFormat::export_type);
+    let loss = response::lm_term(&r.distill, inp.divergence, ph.alpha.unwrap_or(0.0));
+    let (phase_teacher, memo) = phase_teacher(inp, ph, earlier)?;
     let t_cfg = match &phase_teacher {
         Teacher::Lm(m) => m.config(),
         _ => teacher.model.config(),
     };
     // The extra terms (the KD student's `[distill.<term>]`, a variant's own), their parameters
     // trained and checkpointed with the student, never exported.
-    let term_cfgs = match (ph.role, &ph.label) {
-        (Role::StudentKd | Role::StudentKdTwinInit | Role::StudentQad, _) => r.distill.terms.configured(),
-        (Role::StudentKdMethod, Some(v)) => match r.distill.variants.get(v) {
-            Some(v) => v.terms.configured(),
-            None => return Err(Error::Invalid(format!("phase {name}: no variant {v} in the recipe"))),
-        },
-        _ => vec![],
-    };
     let mut terms = Vec::new();
     if ph.distills() && ph.trains {
-        for cfg in term_cfgs {
+        for cfg in ph.terms(&r.distill.terms, &r.distill.variants)? {
             let term = cfg.build(lm_build_context(vs.root(), s_cfg, t_cfg))?;
             if opts.verbose {
                 eprintln!("{name:>8}: {}", term.describe());
@@ -199,10 +250,17 @@ fn student_phase(
         }
     }
     let report = if ph.trains {
-        let teacher_now = Some(phase_teacher);
         let on_policy = r.distill.on_policy.clone().filter(|_| ph.distills());
-        let mut task =
-            LmKdTask { student: &model, teacher: teacher_now, blocks: train, loss, terms, quant, memo, on_policy };
+        let mut task = LmKdTask {
+            student: &model,
+            teacher: Some(phase_teacher),
+            blocks: train,
+            loss,
+            terms,
+            quant,
+            memo,
+            on_policy,
+        };
         let topts = TrainOptions {
             phase: name.to_string(),
             seed: r.seed,
@@ -222,21 +280,7 @@ fn student_phase(
         // weights behind the rounding; PTQ rounds the KD student's).
         quantize_weights(&model, ty)?;
     }
-    export_hf(&model, Some(&teacher.tokenizer_json), &export_dir)?;
-    // The distilled student also leaves as a GGUF file for llama.cpp (matrices F16, or the
-    // phase's quantized format), when GGUF can express it (byte-level BPE tokenizer, no sliding
-    // window); otherwise say why.
-    let gguf_ty = match (quant, ph.role) {
-        (Some(ty), _) => Some(ty),
-        (None, Role::StudentKd) => Some(crate::io::export::GgufType::F16),
-        _ => None,
-    };
-    if let Some(ty) = gguf_ty {
-        let gguf = export_dir.with_extension("gguf");
-        if let Err(e) = crate::io::export::export_gguf(&model, &teacher.tokenizer, None, &r.name, &gguf, ty) {
-            eprintln!("{name:>8}: no GGUF export ({e}); the HF directory {} is complete", export_dir.display());
-        }
-    }
+    export_phase(inp, ph, &model, quant, &export_dir)?;
     write_json(&done, &report)?;
     if opts.verbose && ph.trains {
         eprintln!("{name:>8}: {} steps in {:.0}s, final loss {:.4}", report.steps, report.seconds, report.final_loss);
@@ -276,190 +320,159 @@ fn check_terms(r: &LmRecipe, s: &LmConfig, t: &LmConfig) -> Result<()> {
     Ok(())
 }
 
-/// Runs (or resumes) an LM distillation recipe into `out`.
-pub fn run(r: &LmRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) -> Result<LmSummary> {
-    let say = |m: String| {
-        if opts.verbose {
-            eprintln!("{m}");
-        }
-    };
-    let rr: ResolvedLm = r.resolve()?;
-    let teacher_path = rr.teacher_path.clone();
-    if r.distill.multi_teacher.is_some() {
-        // Every teacher's tokenizer, before any weights load.
-        let keys: Vec<(String, &Path)> = std::iter::once(("teacher.path".to_string(), teacher_path.as_path()))
+/// The recipe's teacher and its `[[teachers]]`, every tokenizer checked before any weights load.
+fn load_teachers(rr: &ResolvedLm, multi_teacher: bool, say: &dyn Fn(String)) -> Result<(LoadedLm, Vec<LoadedLm>)> {
+    let teacher_path = rr.teacher_path.as_path();
+    if multi_teacher {
+        let keys: Vec<(String, &Path)> = std::iter::once(("teacher.path".to_string(), teacher_path))
             .chain(rr.extra_teachers.iter().enumerate().map(|(i, p)| (format!("teachers[{i}].path"), p.as_path())))
             .collect();
         crate::io::lm::check_same_tokenizer(&keys)?;
     }
     say(format!("loading teacher {}", teacher_path.display()));
-    let device = rr.device;
-    let teacher = load_lm(&teacher_path, device)?;
-    let t_cfg = teacher.model.config().clone();
+    let teacher = load_lm(teacher_path, rr.device)?;
+    let vocab = teacher.model.config().vocab_size;
     let extra_teachers: Vec<LoadedLm> = rr
         .extra_teachers
         .iter()
         .map(|p| {
             say(format!("loading teacher {}", p.display()));
-            let t = load_lm(p, device)?;
-            crate::io::lm::check_compatible(&t, t_cfg.vocab_size, Some(&teacher.tokenizer))?;
+            let t = load_lm(p, rr.device)?;
+            crate::io::lm::check_compatible(&t, vocab, Some(&teacher.tokenizer))?;
             Ok(t)
         })
         .collect::<Result<_>>()?;
-    let s_cfg = student_config(&t_cfg, &r.student)?;
-    check_terms(r, &s_cfg, &t_cfg)?;
+    Ok((teacher, extra_teachers))
+}
 
-    let data_cfg = &rr.data;
-    let data = distill_text::build_dataset(data_cfg, &teacher.tokenizer)?;
-    if data.validation.is_empty() {
-        return Err(Error::Invalid("the validation split has no full row; raise data.split.val_fraction".into()));
-    }
-    say(format!(
-        "data: {} train rows, {} validation rows of {} tokens",
-        data.train.n_blocks(),
-        data.validation.n_blocks(),
-        data.train.seq_len
-    ));
-
-    // Parameter counts before anything trains: warn on a huge capacity gap.
-    let t_params = teacher.model.param_count();
-    let s_params = {
-        let vs = nn::VarStore::new(Device::Cpu);
-        CausalLm::new(vs.root(), &s_cfg)?.param_count()
-    };
+/// The student's parameter count, with a warning on a huge capacity gap to the teacher's.
+fn student_params(s_cfg: &LmConfig, t_params: i64) -> Result<i64> {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let s_params = CausalLm::new(vs.root(), s_cfg)?.param_count();
     if (s_params as f64) < 0.01 * t_params as f64 {
         eprintln!(
             "warning: the student has {s_params} parameters, {:.2}% of the teacher's {t_params}: a capacity gap this large often makes KD fail (Mirzadeh et al. 2020); consider a teacher assistant",
             100.0 * s_params as f64 / t_params as f64
         );
     }
+    Ok(s_params)
+}
 
-    // An offline teacher: checked against this teacher and these rows before anything trains.
-    let cached = match &rr.cache {
-        Some(dir) => {
-            let c = CachedTeacher::open(dir, &teacher, &data.train)?;
-            say(format!(
-                "teacher cache {}: top-{}{}, {} bytes/token",
-                dir.display(),
-                c.reader().top_k(),
-                match c.reader().tail_samples() {
-                    0 => String::new(),
-                    s => format!(" + {s} tail samples"),
-                },
-                c.reader().bytes_per_token()
-            ));
-            Some(c)
-        }
-        None => None,
-    };
+/// An offline teacher, checked against this teacher and these rows before anything trains.
+fn open_cache(
+    rr: &ResolvedLm,
+    teacher: &LoadedLm,
+    train: &TokenBlocks,
+    say: &dyn Fn(String),
+) -> Result<Option<CachedTeacher>> {
+    let Some(dir) = &rr.cache else { return Ok(None) };
+    let c = CachedTeacher::open(dir, teacher, train)?;
+    say(format!(
+        "teacher cache {}: top-{}{}, {} bytes/token",
+        dir.display(),
+        c.reader().top_k(),
+        match c.reader().tail_samples() {
+            0 => String::new(),
+            s => format!(" + {s} tail samples"),
+        },
+        c.reader().bytes_per_token()
+    ));
+    Ok(Some(c))
+}
 
-    // The recipe first: a directory without it holds nothing a resume would need.
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    write_atomic(&out.join("recipe.toml"), recipe_toml.as_bytes())?;
-    std::fs::create_dir_all(out.join("phases")).map_err(|e| Error::io(out, e))?;
-
-    let plan = lm_plan(
-        &r.distill,
-        &r.student,
-        r.quantize.as_ref(),
-        &r.train,
-        r.seed,
-        r.assistant.is_some(),
-        extra_teachers.len(),
-    );
-    // The online teacher the students train against: a bf16 copy where that is faster.
-    let mut teacher_train_dtype = None;
-    let mut online: Option<(nn::VarStore, CausalLm)> = None;
-    if cached.is_none() && plan.iter().any(|p| p.teacher == TeacherFrom::Recipe) {
-        let (kind, why) = resolve_teacher_kind(r.teacher.dtype, &t_cfg, device)?;
-        say(format!("teacher during training: {why}"));
-        if kind != Kind::Float {
-            online = Some(teacher_in_kind(&teacher.vs, &teacher.model, kind)?);
-        }
-        teacher_train_dtype = Some(why);
+/// With `student.init = "prune"`: the teacher's importance on the calibration rows and what the
+/// student keeps, written to `pruning.json`.
+fn plan_pruning(
+    r: &LmRecipe,
+    teacher: &LoadedLm,
+    s_cfg: &LmConfig,
+    train: &TokenBlocks,
+    (s_params, t_params): (i64, i64),
+    out: &Path,
+    say: &dyn Fn(String),
+) -> Result<Option<(Importance, Selection)>> {
+    if r.student.init != StudentInit::Prune {
+        return Ok(None);
     }
-    let online_model = online.as_ref().map(|(_, m)| m).unwrap_or(&teacher.model);
-    let training_teacher = match &cached {
-        Some(c) => Teacher::Cache(c),
-        None => Teacher::Lm(online_model),
-    };
-    let pruning = match r.student.init {
+    let calib = calibration(train, r.student.calib_rows(), teacher.model.device());
+    let (imp, sel) = prune::plan(&teacher.model, &calib, s_cfg)?;
+    let v = serde_json::json!({ "importance": imp, "selection": sel });
+    write_json(&out.join("pruning.json"), &v)?;
+    say(format!(
+        "pruned the teacher to {} layers × {} channels, {} heads ({} kv), {} MLP neurons: {s_params} parameters, {:.1}% of its {t_params}; importance on {} tokens in pruning.json",
+        s_cfg.num_layers,
+        s_cfg.hidden_size,
+        s_cfg.num_heads,
+        s_cfg.num_kv_heads,
+        s_cfg.intermediate_size,
+        100.0 * s_params as f64 / t_params as f64,
+        imp.tokens
+    ));
+    Ok(Some((imp, sel)))
+}
+
+/// The teacher assistant's shape (and pruning), derived from the teacher like the student's.
+fn plan_assistant(
+    r: &LmRecipe,
+    teacher: &LoadedLm,
+    train: &TokenBlocks,
+    say: &dyn Fn(String),
+) -> Result<Option<(LmConfig, Option<Selection>)>> {
+    let Some(spec) = &r.assistant else { return Ok(None) };
+    let a_cfg = student_config(teacher.model.config(), spec)?;
+    let sel = match spec.init {
         StudentInit::Prune => {
-            let calib = calibration(&data.train, r.student.calib_rows(), device);
-            let (imp, sel) = prune::plan(&teacher.model, &calib, &s_cfg)?;
-            let v = serde_json::json!({ "importance": imp, "selection": sel });
-            write_json(&out.join("pruning.json"), &v)?;
-            say(format!(
-                "pruned the teacher to {} layers × {} channels, {} heads ({} kv), {} MLP neurons: {s_params} parameters, {:.1}% of its {t_params}; importance on {} tokens in pruning.json",
-                s_cfg.num_layers,
-                s_cfg.hidden_size,
-                s_cfg.num_heads,
-                s_cfg.num_kv_heads,
-                s_cfg.intermediate_size,
-                100.0 * s_params as f64 / t_params as f64,
-                imp.tokens
-            ));
-            Some((imp, sel))
+            let calib = calibration(train, spec.calib_rows(), teacher.model.device());
+            Some(prune::plan(&teacher.model, &calib, &a_cfg)?.1)
         }
         _ => None,
     };
-    // The teacher assistant's shape (and pruning), derived from the teacher like the student's.
-    let assistant = match &r.assistant {
-        Some(spec) => {
-            let a_cfg = student_config(&t_cfg, spec)?;
-            let sel = match spec.init {
-                StudentInit::Prune => {
-                    let calib = calibration(&data.train, spec.calib_rows(), device);
-                    Some(prune::plan(&teacher.model, &calib, &a_cfg)?.1)
-                }
-                _ => None,
-            };
-            let a_params = CausalLm::new(nn::VarStore::new(Device::Cpu).root(), &a_cfg)?.param_count();
-            say(format!(
-                "teacher assistant: {} layers × {} channels, {a_params} parameters",
-                a_cfg.num_layers, a_cfg.hidden_size
-            ));
-            Some((a_cfg, sel))
-        }
-        None => None,
-    };
-    // 1 GiB of teacher states: 120 batches of 8 × 128 tokens of a 576-wide teacher are 0.28 GiB.
-    let memo = TeacherMemo::new(1 << 30);
-    let inputs = PhaseInputs {
-        divergence: rr.divergence,
-        pruning,
-        assistant,
-        extra_teachers: &extra_teachers,
-        r,
-        teacher: &teacher,
-        s_cfg: &s_cfg,
-        training_teacher,
-        train: &data.train,
-        memo: &memo,
-        out,
-        opts,
-    };
-    let mut students: Vec<(&Phase, PhaseResult)> = Vec::new();
-    for ph in &plan {
-        let earlier: Vec<(&str, &nn::VarStore, &CausalLm)> =
-            students.iter().map(|(p, s)| (p.id.as_str(), &s.0, &s.1)).collect();
-        let got = student_phase(&inputs, ph, &earlier)?;
-        students.push((ph, got));
-    }
-    drop(inputs);
-    drop(online);
+    let a_params = CausalLm::new(nn::VarStore::new(Device::Cpu).root(), &a_cfg)?.param_count();
+    say(format!(
+        "teacher assistant: {} layers × {} channels, {a_params} parameters",
+        a_cfg.num_layers, a_cfg.hidden_size
+    ));
+    Ok(Some((a_cfg, sel)))
+}
 
-    // Evaluation.
-    say("evaluating".into());
+/// The online teacher the students train against: a bf16 copy where that is faster (`None`:
+/// the f32 model itself), and the precision as the summary records it.
+fn online_teacher(
+    r: &LmRecipe,
+    teacher: &LoadedLm,
+    device: Device,
+    needed: bool,
+    say: &dyn Fn(String),
+) -> Result<(Option<(nn::VarStore, CausalLm)>, Option<String>)> {
+    if !needed {
+        return Ok((None, None));
+    }
+    let (kind, why) = resolve_teacher_kind(r.teacher.dtype, teacher.model.config(), device)?;
+    say(format!("teacher during training: {why}"));
+    let online = if kind != Kind::Float { Some(teacher_in_kind(&teacher.vs, &teacher.model, kind)?) } else { None };
+    Ok((online, Some(why)))
+}
+
+/// Every trained phase's result, in plan order.
+type Students<'p> = Vec<(&'p Phase, PhaseResult)>;
+
+/// Perplexity (and agreement with the teacher) of the teacher and every student on validation
+/// and each `eval.extra` source: every student on the same rows, the teacher run once per batch
+/// for all of them (and scored from that same forward).
+fn score_models(
+    r: &LmRecipe,
+    rr: &ResolvedLm,
+    teacher: &LoadedLm,
+    students: &Students<'_>,
+    data: &distill_text::TextDataset,
+) -> Result<(ModelReport, Vec<ModelReport>)> {
     let extra_blocks: Vec<TokenBlocks> = rr
         .extra
         .iter()
-        .map(|s| text_blocks(std::slice::from_ref(s), &teacher.tokenizer, data.train.seq_len, data_cfg.clean.min_chars))
+        .map(|s| text_blocks(std::slice::from_ref(s), &teacher.tokenizer, data.train.seq_len, rr.data.clean.min_chars))
         .collect::<Result<_>>()?;
     let max_rows = r.eval.max_val_blocks;
     let eval_batch = r.train.batch_size.clamp(1, 8);
-    // Every student on the same rows, the teacher run once per batch for all of them (and
-    // scored from that same forward).
     let models: Vec<&CausalLm> = students.iter().map(|(_, s)| &s.1).collect();
     let score_all = |b: &TokenBlocks| -> Result<(LmScores, Vec<LmScores>)> {
         let (t, s) = score_many(&models, Some(&teacher.model), b, max_rows, eval_batch)?;
@@ -468,16 +481,18 @@ pub fn run(r: &LmRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) -> Re
     let (t_val, val_scores) = score_all(&data.validation)?;
     let (t_extra, extra_scores): (Vec<LmScores>, Vec<Vec<LmScores>>) =
         extra_blocks.iter().map(score_all).collect::<Result<Vec<_>>>()?.into_iter().unzip();
+    let t_params = teacher.model.param_count();
+    let seq = data.train.seq_len as i64;
     let teacher_report = ModelReport {
         role: Role::Teacher.name().into(),
         params: t_params,
         size_bytes: teacher.file_bytes,
         compression_ratio: 1.0,
-        tokens_per_s: tokens_per_second(&teacher.model, 1, data.train.seq_len as i64)?,
+        tokens_per_s: tokens_per_second(&teacher.model, 1, seq)?,
         validation: t_val,
         extra: t_extra,
         train: None,
-        path: Some(teacher_path.clone()),
+        path: Some(rr.teacher_path.clone()),
         phase: None,
         taught_by: vec![],
     };
@@ -489,24 +504,27 @@ pub fn run(r: &LmRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) -> Re
             (Some(_), Ok(m)) => m.len(),
             _ => dir_bytes(dir),
         };
-        let val = val_scores[i].clone();
-        let extra: Vec<LmScores> = extra_scores.iter().map(|e| e[i].clone()).collect();
         reports.push(ModelReport {
             role: ph.display_name(),
             params: model.param_count(),
             size_bytes,
             compression_ratio: t_params as f64 / model.param_count() as f64,
-            tokens_per_s: tokens_per_second(model, 1, data.train.seq_len as i64)?,
-            validation: val,
-            extra,
+            tokens_per_s: tokens_per_second(model, 1, seq)?,
+            validation: val_scores[i].clone(),
+            extra: extra_scores.iter().map(|e| e[i].clone()).collect(),
             train: (report.steps > 0).then(|| report.clone()),
             path: Some(dir.clone()),
             phase: Some(ph.id.clone()),
             taught_by: ph.taught_by(),
         });
     }
+    Ok((teacher_report, reports))
+}
 
-    let eos = t_cfg.eos_token_ids.first().copied();
+/// Next-token tables and greedy, penalized and sampled generations of every model for every
+/// `eval.prompts` entry. Each model decodes all prompts as one batch per decoding (the weights
+/// are read once per step for every prompt); row i is what decoding prompt i alone gives.
+fn prompt_reports(r: &LmRecipe, teacher: &LoadedLm, students: &Students<'_>) -> Result<Vec<PromptReport>> {
     let mut prompts: Vec<PromptReport> = r
         .eval
         .prompts
@@ -530,11 +548,9 @@ pub fn run(r: &LmRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) -> Re
         temperature: r.eval.sample_temperature,
         top_k: r.eval.sample_top_k,
         top_p: r.eval.sample_top_p,
-        eos_id: eos,
+        eos_id: teacher.model.config().eos_token_ids.first().copied(),
         ..greedy.clone()
     };
-    // Each model decodes all prompts as one batch per decoding (the weights are read once per
-    // step for every prompt); row i is what decoding prompt i alone gives.
     for (role, m) in models {
         let role = role.as_str();
         for pr in prompts.iter_mut() {
@@ -554,6 +570,89 @@ pub fn run(r: &LmRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) -> Re
         }
         decode(&sampled, |pr| &mut pr.sampled)?;
     }
+    Ok(prompts)
+}
+
+/// Runs (or resumes) an LM distillation recipe into `out`.
+pub fn run(r: &LmRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) -> Result<LmSummary> {
+    let say = |m: String| {
+        if opts.verbose {
+            eprintln!("{m}");
+        }
+    };
+    let rr: ResolvedLm = r.resolve()?;
+    let (teacher, extra_teachers) = load_teachers(&rr, r.distill.multi_teacher.is_some(), &say)?;
+    let t_cfg = teacher.model.config().clone();
+    let s_cfg = student_config(&t_cfg, &r.student)?;
+    check_terms(r, &s_cfg, &t_cfg)?;
+
+    let data = distill_text::build_dataset(&rr.data, &teacher.tokenizer)?;
+    if data.validation.is_empty() {
+        return Err(Error::Invalid("the validation split has no full row; raise data.split.val_fraction".into()));
+    }
+    say(format!(
+        "data: {} train rows, {} validation rows of {} tokens",
+        data.train.n_blocks(),
+        data.validation.n_blocks(),
+        data.train.seq_len
+    ));
+    // Parameter counts before anything trains.
+    let t_params = teacher.model.param_count();
+    let s_params = student_params(&s_cfg, t_params)?;
+    let cached = open_cache(&rr, &teacher, &data.train, &say)?;
+
+    // The recipe first: a directory without it holds nothing a resume would need.
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    write_atomic(&out.join("recipe.toml"), recipe_toml.as_bytes())?;
+    std::fs::create_dir_all(out.join("phases")).map_err(|e| Error::io(out, e))?;
+
+    let plan = lm_plan(
+        &r.distill,
+        &r.student,
+        r.quantize.as_ref(),
+        &r.train,
+        r.seed,
+        r.assistant.is_some(),
+        extra_teachers.len(),
+    );
+    let needs_online = cached.is_none() && plan.iter().any(|p| p.teacher == TeacherFrom::Recipe);
+    let (online, teacher_train_dtype) = online_teacher(r, &teacher, rr.device, needs_online, &say)?;
+    let online_model = online.as_ref().map(|(_, m)| m).unwrap_or(&teacher.model);
+    let training_teacher = match &cached {
+        Some(c) => Teacher::Cache(c),
+        None => Teacher::Lm(online_model),
+    };
+    let pruning = plan_pruning(r, &teacher, &s_cfg, &data.train, (s_params, t_params), out, &say)?;
+    let assistant = plan_assistant(r, &teacher, &data.train, &say)?;
+    // 1 GiB of teacher states: 120 batches of 8 × 128 tokens of a 576-wide teacher are 0.28 GiB.
+    let memo = TeacherMemo::new(1 << 30);
+    let inputs = PhaseInputs {
+        divergence: rr.divergence,
+        pruning,
+        assistant,
+        extra_teachers: &extra_teachers,
+        r,
+        teacher: &teacher,
+        s_cfg: &s_cfg,
+        training_teacher,
+        train: &data.train,
+        memo: &memo,
+        out,
+        opts,
+    };
+    let mut students: Students<'_> = Vec::new();
+    for ph in &plan {
+        let earlier: Vec<(&str, &nn::VarStore, &CausalLm)> =
+            students.iter().map(|(p, s)| (p.id.as_str(), &s.0, &s.1)).collect();
+        let got = student_phase(&inputs, ph, &earlier)?;
+        students.push((ph, got));
+    }
+    drop(inputs);
+    drop(online);
+
+    say("evaluating".into());
+    let (teacher_report, reports) = score_models(r, &rr, &teacher, &students, &data)?;
+    let prompts = prompt_reports(r, &teacher, &students)?;
     let ppl = |role: Role| reports.iter().find(|m| m.role == role.name()).map(|m| m.validation.perplexity);
     let ratio = match (ppl(Role::StudentKd), ppl(Role::StudentScratch)) {
         (Some(k), Some(s)) => Some(k / s),

@@ -171,6 +171,19 @@ macro_rules! terms {
     };
 }
 
+impl Terms {
+    /// FitNets' first stage: the hint alone.
+    pub fn hint_stage(&self) -> Vec<&dyn TermConfig> {
+        self.fitnets.iter().map(|f| f as &dyn TermConfig).collect()
+    }
+
+    /// The KD stage after a FitNets hint stage: every configured term but the hint.
+    pub fn after_hint_stage(&self) -> Vec<&dyn TermConfig> {
+        let hint = self.fitnets.as_ref().map(|f| f as *const _ as *const ());
+        self.configured().into_iter().filter(|c| Some(*c as *const dyn TermConfig as *const ()) != hint).collect()
+    }
+}
+
 // The registered per-step terms: one line each.
 terms! {
     /// `[distill.hidden]`: feature KD on intermediate states through a learned projection.
