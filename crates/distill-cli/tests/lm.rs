@@ -2,6 +2,8 @@
 //! tests/fixtures/llama, word-level tokenizer) and a generated corpus; then eval, generate and
 //! convert on the result, and the LM errors users hit.
 
+#![allow(clippy::too_many_lines)] // tests read as scripts; the 120-line limit is for library and binary code
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

@@ -439,87 +439,103 @@ pub fn lm_plan(
         });
     }
     if kd {
-        for name in d.variants.keys() {
+        out.extend(method_phases(d, &base, assistant, extra_teachers));
+        if let Some(q) = quant {
+            out.extend(quant_phases(q, train, base));
+        }
+    }
+    out
+}
+
+/// The KD student's method phases: its variants, born-again generations, multi-teacher students
+/// and the teacher-assistant chain.
+fn method_phases(d: &LmDistill, base: &Phase, assistant: bool, extra_teachers: usize) -> Vec<Phase> {
+    let mut out = Vec::new();
+    for name in d.variants.keys() {
+        out.push(Phase {
+            id: format!("kd-{name}"),
+            role: Role::StudentKdMethod,
+            export: None,
+            label: Some(name.clone()),
+            ..base.clone()
+        });
+    }
+    if let Some(ba) = &d.born_again {
+        let mut prev = "kd".to_string();
+        for g in 2..=ba.generations {
+            let id = format!("born-again-g{g}");
             out.push(Phase {
-                id: format!("kd-{name}"),
-                role: Role::StudentKdMethod,
+                id: id.clone(),
+                role: Role::StudentBornAgain,
+                teacher: TeacherFrom::Phase(prev),
+                init: InitFrom::Salted(g as u64),
                 export: None,
-                label: Some(name.clone()),
+                label: Some(format!("g{g}")),
                 ..base.clone()
             });
+            prev = id;
         }
-        if let Some(ba) = &d.born_again {
-            let mut prev = "kd".to_string();
-            for g in 2..=ba.generations {
-                let id = format!("born-again-g{g}");
-                out.push(Phase {
-                    id: id.clone(),
-                    role: Role::StudentBornAgain,
-                    teacher: TeacherFrom::Phase(prev),
-                    init: InitFrom::Salted(g as u64),
-                    export: None,
-                    label: Some(format!("g{g}")),
-                    ..base.clone()
-                });
-                prev = id;
-            }
-        }
-        if let Some(mt) = &d.multi_teacher {
-            // The recipe's teachers: `teacher`, then `teacher2`, … for `[[teachers]]`.
-            let ids: Vec<String> = std::iter::once("teacher".to_string())
-                .chain((0..extra_teachers).map(|i| format!("teacher{}", i + 2)))
-                .collect();
-            for &w in &mt.weightings {
-                out.push(Phase {
-                    id: format!("kd-multi-{}", w.name()),
-                    role: Role::StudentKdMulti,
-                    teacher: TeacherFrom::Weighted(ids.clone(), w),
-                    export: None,
-                    label: Some(w.name().into()),
-                    ..base.clone()
-                });
-            }
-        }
-        if assistant {
+    }
+    if let Some(mt) = &d.multi_teacher {
+        // The recipe's teachers: `teacher`, then `teacher2`, … for `[[teachers]]`.
+        let ids: Vec<String> = std::iter::once("teacher".to_string())
+            .chain((0..extra_teachers).map(|i| format!("teacher{}", i + 2)))
+            .collect();
+        for &w in &mt.weightings {
             out.push(Phase {
-                id: "assistant".into(),
-                role: Role::Assistant,
-                arch: Arch::Assistant,
+                id: format!("kd-multi-{}", w.name()),
+                role: Role::StudentKdMulti,
+                teacher: TeacherFrom::Weighted(ids.clone(), w),
                 export: None,
-                ..base.clone()
-            });
-            out.push(Phase {
-                id: "kd-ta".into(),
-                role: Role::StudentTa,
-                teacher: TeacherFrom::Phase("assistant".into()),
-                export: None,
+                label: Some(w.name().into()),
                 ..base.clone()
             });
         }
     }
-    if let (Some(q), true) = (quant, kd) {
-        let from = InitFrom::Phase("kd".into());
+    if assistant {
         out.push(Phase {
-            id: format!("ptq-{}", q.format.name()),
-            role: Role::StudentKdPtq,
-            teacher: TeacherFrom::None,
-            init: from.clone(),
-            trains: false,
-            export: Some("student-kd-ptq"),
-            quant: Some(q.format),
+            id: "assistant".into(),
+            role: Role::Assistant,
+            arch: Arch::Assistant,
+            export: None,
             ..base.clone()
         });
-        if q.steps > 0 {
-            out.push(Phase {
-                id: format!("qad-{}", q.format.name()),
-                role: Role::StudentKdQad,
-                init: from,
-                export: Some("student-kd-qad"),
-                quant: Some(q.format),
-                train: Some(q.train_cfg(train)),
-                ..base
-            });
-        }
+        out.push(Phase {
+            id: "kd-ta".into(),
+            role: Role::StudentTa,
+            teacher: TeacherFrom::Phase("assistant".into()),
+            export: None,
+            ..base.clone()
+        });
+    }
+    out
+}
+
+/// The KD student quantized after training (PTQ) and, with `quantize.steps > 0`, trained on
+/// through its quantized weights (QAD).
+fn quant_phases(q: &QuantCfg, train: &TrainCfg, base: Phase) -> Vec<Phase> {
+    let mut out = Vec::new();
+    let from = InitFrom::Phase("kd".into());
+    out.push(Phase {
+        id: format!("ptq-{}", q.format.name()),
+        role: Role::StudentKdPtq,
+        teacher: TeacherFrom::None,
+        init: from.clone(),
+        trains: false,
+        export: Some("student-kd-ptq"),
+        quant: Some(q.format),
+        ..base.clone()
+    });
+    if q.steps > 0 {
+        out.push(Phase {
+            id: format!("qad-{}", q.format.name()),
+            role: Role::StudentKdQad,
+            init: from,
+            export: Some("student-kd-qad"),
+            quant: Some(q.format),
+            train: Some(q.train_cfg(train)),
+            ..base
+        });
     }
     out
 }

@@ -22,6 +22,7 @@ use crate::data::rng::SplitMix64;
 use crate::eval::generate::{decoding_weights, generate_batch_seeded, GenerateOptions};
 use crate::eval::{decode, encode, first_stop, reaches_stop};
 use crate::io::lm::{tokenizer_fingerprint, LoadedLm};
+use crate::models::lm::CausalLm;
 use crate::{Error, Result};
 
 /// Version of the record and manifest layout.
@@ -230,6 +231,77 @@ fn row_seed(seed: u64, id: usize) -> u64 {
     SplitMix64::derive(seed, 0x5e9_da7a, id as u64).next_u64()
 }
 
+/// The parts directory of an unfinished data set: created with its manifest, or checked to
+/// hold parts of this same data set (prompts, model and settings).
+fn open_parts(dir: &Path, manifest: &Manifest) -> Result<()> {
+    let manifest_path = dir.join("manifest.json");
+    if manifest_path.exists() {
+        let text = std::fs::read_to_string(&manifest_path).map_err(|e| Error::io(&manifest_path, e))?;
+        let old: Manifest = serde_json::from_str(&text).map_err(|e| Error::format(&manifest_path, e.to_string()))?;
+        if &old != manifest {
+            return Err(Error::Invalid(format!(
+                "{} holds an unfinished data set from other prompts, model or settings; rerun with those, or remove the directory",
+                dir.display()
+            )));
+        }
+    } else {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        distill_base::write_json(&manifest_path, manifest)?;
+    }
+    Ok(())
+}
+
+/// What every part of a data set is generated with.
+struct PartContext<'a> {
+    lm: &'a LoadedLm,
+    /// The model that decodes (`lm`'s, packed for the batch where that applies).
+    model: &'a CausalLm,
+    prompts: &'a [String],
+    /// The prompts as the model reads them (chat-templated with `--chat`).
+    inputs: &'a [String],
+    opts: &'a GenDataOptions,
+    teacher: &'a str,
+    sampling: &'a Sampling,
+}
+
+/// Completes prompts `ids` as one batch: their sealed records and the JSONL lines of the part.
+fn generate_part(ctx: &PartContext<'_>, ids: &[usize]) -> Result<(Vec<Record>, String)> {
+    let PartContext { lm, model, prompts, inputs, opts, teacher, sampling } = *ctx;
+    let encoded = ids.iter().map(|&i| encode(&lm.tokenizer, &inputs[i])).collect::<Result<Vec<_>>>()?;
+    let seeds: Vec<u64> = ids.iter().map(|&i| row_seed(opts.generate.seed, i)).collect();
+    let stop = |_: usize, out: &[i64]| reaches_stop(&lm.tokenizer, out, &opts.stops);
+    let outs = generate_batch_seeded(model, &encoded, &seeds, &opts.generate, stop)?;
+    let mut recs = Vec::with_capacity(ids.len());
+    let mut lines = String::new();
+    for (&i, out_ids) in ids.iter().zip(&outs) {
+        let mut completion = decode(&lm.tokenizer, out_ids)?;
+        let finish = if let Some(at) = first_stop(&completion, &opts.stops) {
+            completion.truncate(at);
+            Finish::Stop
+        } else if out_ids.last().is_some_and(|&t| Some(t) == opts.generate.eos_id) {
+            Finish::Eos
+        } else {
+            Finish::Length
+        };
+        let r = Record {
+            id: i,
+            prompt: prompts[i].clone(),
+            text: format!("{}{completion}", inputs[i]),
+            completion,
+            finish,
+            new_tokens: out_ids.len(),
+            teacher: teacher.to_string(),
+            sampling: sampling.clone(),
+            sha256: String::new(),
+        }
+        .sealed();
+        lines.push_str(&serde_json::to_string(&r).expect("a record serializes"));
+        lines.push('\n');
+        recs.push(r);
+    }
+    Ok((recs, lines))
+}
+
 /// Has `lm` complete every prompt and writes the records to `out` (JSONL), resuming from
 /// `<out>.parts/` when an earlier call was interrupted. When `out` already holds this very data
 /// set (same prompts, model and settings) nothing is generated; when it holds another, or the
@@ -273,20 +345,7 @@ pub fn generate_data(lm: &LoadedLm, prompts: &[String], opts: &GenDataOptions, o
     }
 
     let dir = parts_dir(out);
-    let manifest_path = dir.join("manifest.json");
-    if manifest_path.exists() {
-        let text = std::fs::read_to_string(&manifest_path).map_err(|e| Error::io(&manifest_path, e))?;
-        let old: Manifest = serde_json::from_str(&text).map_err(|e| Error::format(&manifest_path, e.to_string()))?;
-        if old != manifest {
-            return Err(Error::Invalid(format!(
-                "{} holds an unfinished data set from other prompts, model or settings; rerun with those, or remove the directory",
-                dir.display()
-            )));
-        }
-    } else {
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-        distill_base::write_json(&manifest_path, &manifest)?;
-    }
+    open_parts(&dir, &manifest)?;
 
     let inputs: Vec<String> =
         if opts.chat { prompts.iter().map(|p| lm.chat_prompt(p)).collect::<Result<_>>()? } else { prompts.to_vec() };
@@ -296,6 +355,7 @@ pub fn generate_data(lm: &LoadedLm, prompts: &[String], opts: &GenDataOptions, o
     // Every part decodes with the same weights: packed once for all of them.
     let packed = decoding_weights(&lm.model, opts.batch)?;
     let model = packed.as_ref().unwrap_or(&lm.model);
+    let ctx = PartContext { lm, model, prompts, inputs: &inputs, opts, teacher: &teacher, sampling: &sampling };
     for part in 0..n_parts {
         let ids: Vec<usize> = (part * opts.batch..((part + 1) * opts.batch).min(prompts.len())).collect();
         let path = dir.join(format!("part-{part:06}.jsonl"));
@@ -310,39 +370,8 @@ pub fn generate_data(lm: &LoadedLm, prompts: &[String], opts: &GenDataOptions, o
             }
         }
         let tp = Instant::now();
-        let encoded = ids.iter().map(|&i| encode(&lm.tokenizer, &inputs[i])).collect::<Result<Vec<_>>>()?;
-        let seeds: Vec<u64> = ids.iter().map(|&i| row_seed(opts.generate.seed, i)).collect();
-        let stop = |_: usize, out: &[i64]| reaches_stop(&lm.tokenizer, out, &opts.stops);
-        let outs = generate_batch_seeded(model, &encoded, &seeds, &opts.generate, stop)?;
-        let mut recs = Vec::with_capacity(ids.len());
-        let mut lines = String::new();
-        for (&i, out_ids) in ids.iter().zip(&outs) {
-            let mut completion = decode(&lm.tokenizer, out_ids)?;
-            let finish = if let Some(at) = first_stop(&completion, &opts.stops) {
-                completion.truncate(at);
-                Finish::Stop
-            } else if out_ids.last().is_some_and(|&t| Some(t) == opts.generate.eos_id) {
-                Finish::Eos
-            } else {
-                Finish::Length
-            };
-            let r = Record {
-                id: i,
-                prompt: prompts[i].clone(),
-                text: format!("{}{completion}", inputs[i]),
-                completion,
-                finish,
-                new_tokens: out_ids.len(),
-                teacher: teacher.clone(),
-                sampling: sampling.clone(),
-                sha256: String::new(),
-            }
-            .sealed();
-            lines.push_str(&serde_json::to_string(&r).expect("a record serializes"));
-            lines.push('\n');
-            new_tokens += out_ids.len();
-            recs.push(r);
-        }
+        let (recs, lines) = generate_part(&ctx, &ids)?;
+        new_tokens += recs.iter().map(|r| r.new_tokens).sum::<usize>();
         distill_base::write_atomic(&path, lines.as_bytes())?;
         generated += recs.len();
         if opts.progress {

@@ -435,6 +435,9 @@ fn plan_assistant(
     Ok(Some((a_cfg, sel)))
 }
 
+/// A copy of the teacher in another precision, with its variables.
+type Online = (nn::VarStore, CausalLm);
+
 /// The online teacher the students train against: a bf16 copy where that is faster (`None`:
 /// the f32 model itself), and the precision as the summary records it.
 fn online_teacher(
@@ -443,7 +446,7 @@ fn online_teacher(
     device: Device,
     needed: bool,
     say: &dyn Fn(String),
-) -> Result<(Option<(nn::VarStore, CausalLm)>, Option<String>)> {
+) -> Result<(Option<Online>, Option<String>)> {
     if !needed {
         return Ok((None, None));
     }

@@ -273,6 +273,88 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>> {
     }
 }
 
+/// Round `r` of self-distillation: the writer (or the learner) samples solutions of the training
+/// problems, the checker keeps the verified ones, the learner is fine-tuned on them and exported
+/// to `dir/model`; `dir/round.json` is written last.
+fn train_round(
+    learner: &LoadedLm,
+    writer: Option<&LoadedLm>,
+    train: &[Problem],
+    o: &SelfDistillOptions,
+    r: usize,
+    dir: &Path,
+    log: &dyn Fn(&str),
+) -> Result<RoundReport> {
+    let sampled_path = dir.join("sampled.json");
+    let Sampled { sampled, examples, seconds: sampling_s } = match read_json::<Sampled>(&sampled_path)? {
+        Some(s) => {
+            log(&format!("round {r}: sampling already done ({} verified solutions)", s.examples.len()));
+            s
+        }
+        None => {
+            let s = sample_and_verify(writer.unwrap_or(learner), train, o, r, dir, log)?;
+            distill_base::write_json(&sampled_path, &s)?;
+            s
+        }
+    };
+    let tr = Instant::now();
+    let (steps, loss) = if examples.is_empty() {
+        log(&format!("round {r}: no verified solution; the learner is unchanged"));
+        (0, f64::NAN)
+    } else {
+        let cfg = TrainCfg {
+            epochs: Some(o.epochs),
+            steps: None,
+            batch_size: o.train_batch,
+            optimizer: OptimizerKind::Adamw,
+            lr: o.lr,
+            weight_decay: 0.0,
+            momentum: 0.9,
+            nesterov: false,
+            betas: [0.9, 0.999],
+            eps: 1e-8,
+            schedule: Schedule::Constant,
+            warmup_steps: 0,
+            min_lr_ratio: 1.0,
+            clip_grad_norm: Some(1.0),
+        };
+        let topts = TrainOptions {
+            phase: format!("round-{r}"),
+            seed: o.seed.wrapping_add(r as u64),
+            cfg,
+            dir: dir.join("train"),
+            checkpoint_every: 10,
+            log_every: 5,
+            progress: false,
+        };
+        let mut task = SftTask { model: &learner.model, examples: &examples };
+        let rep = fit(&learner.vs, &mut task, &topts)?;
+        (rep.steps, rep.final_loss)
+    };
+    crate::io::export::export_hf_with_chat_template(
+        &learner.model,
+        Some(&learner.tokenizer_json),
+        learner.chat_template.as_deref(),
+        dir.join("model"),
+    )?;
+    let rep = RoundReport {
+        round: r,
+        sampled,
+        train_steps: steps,
+        final_loss: loss,
+        seconds: sampling_s + tr.elapsed().as_secs_f64(),
+    };
+    distill_base::write_json(&dir.join("round.json"), &rep)?;
+    // The round is final: its training checkpoint (weights and optimizer state,
+    // 3× the model) is no longer needed to resume.
+    let ckpt = dir.join("train").join("ckpt.safetensors");
+    if ckpt.exists() {
+        std::fs::remove_file(&ckpt).map_err(|e| Error::io(&ckpt, e))?;
+    }
+    log(&format!("round {r}: {steps} fine-tuning steps, final loss {loss:.4} ({:.0} s)", rep.seconds));
+    Ok(rep)
+}
+
 /// Runs the loop into `out`. `writer` samples the training solutions (None: the learner itself,
 /// i.e. self-distillation); `load_learner(path)` loads the learner (its initial weights, or a
 /// finished round's HF directory) with trainable weights.
@@ -334,73 +416,7 @@ pub fn run(
             } else {
                 learner_at(r - 1, &mut held)?;
                 let learner = &held.as_ref().expect("loaded").1;
-                let sampled_path = dir.join("sampled.json");
-                let Sampled { sampled, examples, seconds: sampling_s } = match read_json::<Sampled>(&sampled_path)? {
-                    Some(s) => {
-                        log(&format!("round {r}: sampling already done ({} verified solutions)", s.examples.len()));
-                        s
-                    }
-                    None => {
-                        let s = sample_and_verify(writer.unwrap_or(learner), &train, o, r, &dir, log)?;
-                        distill_base::write_json(&sampled_path, &s)?;
-                        s
-                    }
-                };
-                let tr = Instant::now();
-                let (steps, loss) = if examples.is_empty() {
-                    log(&format!("round {r}: no verified solution; the learner is unchanged"));
-                    (0, f64::NAN)
-                } else {
-                    let cfg = TrainCfg {
-                        epochs: Some(o.epochs),
-                        steps: None,
-                        batch_size: o.train_batch,
-                        optimizer: OptimizerKind::Adamw,
-                        lr: o.lr,
-                        weight_decay: 0.0,
-                        momentum: 0.9,
-                        nesterov: false,
-                        betas: [0.9, 0.999],
-                        eps: 1e-8,
-                        schedule: Schedule::Constant,
-                        warmup_steps: 0,
-                        min_lr_ratio: 1.0,
-                        clip_grad_norm: Some(1.0),
-                    };
-                    let topts = TrainOptions {
-                        phase: format!("round-{r}"),
-                        seed: o.seed.wrapping_add(r as u64),
-                        cfg,
-                        dir: dir.join("train"),
-                        checkpoint_every: 10,
-                        log_every: 5,
-                        progress: false,
-                    };
-                    let mut task = SftTask { model: &learner.model, examples: &examples };
-                    let rep = fit(&learner.vs, &mut task, &topts)?;
-                    (rep.steps, rep.final_loss)
-                };
-                crate::io::export::export_hf_with_chat_template(
-                    &learner.model,
-                    Some(&learner.tokenizer_json),
-                    learner.chat_template.as_deref(),
-                    dir.join("model"),
-                )?;
-                let rep = RoundReport {
-                    round: r,
-                    sampled,
-                    train_steps: steps,
-                    final_loss: loss,
-                    seconds: sampling_s + tr.elapsed().as_secs_f64(),
-                };
-                distill_base::write_json(&done(r), &rep)?;
-                // The round is final: its training checkpoint (weights and optimizer state,
-                // 3× the model) is no longer needed to resume.
-                let ckpt = dir.join("train").join("ckpt.safetensors");
-                if ckpt.exists() {
-                    std::fs::remove_file(&ckpt).map_err(|e| Error::io(&ckpt, e))?;
-                }
-                log(&format!("round {r}: {steps} fine-tuning steps, final loss {loss:.4} ({:.0} s)", rep.seconds));
+                let rep = train_round(learner, writer, &train, o, r, &dir, log)?;
                 rounds.push(rep);
                 if let Some(h) = held.as_mut() {
                     h.0 = r;

@@ -239,78 +239,17 @@ impl ChunkedKd {
                 let z = h.mm(&w.tr()); // [C, V]
                 let log_ps =
                     if t == 1.0 { z.log_softmax(-1, Kind::Float) } else { (&z / t).log_softmax(-1, Kind::Float) }; // [C, V]
-                                                                                                                   // Gradient coefficients: per row, g = a·p_s + (stuff); built up in place.
+                                                                                                                   // Gradient coefficients with respect to the logits: the soft term's, plus the
+                                                                                                                   // hard term's.
                 let mut g: Option<Tensor> = None; // [C, V]
-                if let Some(ChunkTeacher::Sampled { top, samples }) = teacher {
-                    // The sparse estimate q̂ over K + S entries: ∂KL/∂z = (p_s − Σ_e q̂_e·δ_{id_e})/T.
-                    let (ids, log_q, log_m) = samples.narrow(start, len).log_probs(&top.narrow(start, len), t);
-                    let (ids, log_q, log_m) = (ids.to_device(dev), log_q.to_device(dev), log_m.to_device(dev));
-                    soft_sum += sampled_forward_kl(&ids, &log_q, &log_m, &log_ps) * soft_scale;
-                    let c = alpha * soft_scale / t; // α·T/N
-                    let mut gs = log_ps.exp(); // p_s, [C, V]
-                    let _ = gs.g_mul_scalar_(c);
-                    let _ = gs.scatter_add_(1, &ids, &(log_q.exp() * (-c)));
-                    g = Some(gs);
-                } else if let Some(ChunkTeacher::Sparse(st)) = teacher {
-                    // Both distributions on the K + 1 bins (top-k ids, then the tail):
-                    // ∂KL/∂z_j = (p_s[j]/T)·(1 − p_t[b(j)]/q_s[b(j)]); for a top-k id that is
-                    // (q_s[i] − p_t[i])/T, for a tail token p_s[j]·(1 − p_t,tail/q_s,tail)/T.
-                    let st = st.narrow(start, len);
-                    let ids = st.ids.to_device(dev); // [C, K]
-                    let k = ids.size()[1];
-                    let v = log_ps.size()[1];
-                    let log_pt = st.log_probs(t, v).to_device(dev); // [C, K+1]
-                    let log_qs_top = log_ps.gather(1, &ids, false); // [C, K]
-                    let log_qs_tail =
-                        log_ps.scatter_value(1, &ids, f64::NEG_INFINITY).logsumexp([-1i64].as_slice(), true); // [C, 1]
-                    let log_qs = Tensor::cat(&[&log_qs_top, &log_qs_tail], 1); // [C, K+1]
-                    let p_t = log_pt.exp(); // [C, K+1]
-                    let diff = (&log_pt - &log_qs).nan_to_num(0.0, f64::INFINITY, 0.0); // [C, K+1]
-                    soft_sum += p_t.flatten(0, -1).dot(&diff.flatten(0, -1)) * soft_scale;
-                    let c = alpha * soft_scale / t; // α·T/N
-                    let ratio_tail = (log_pt.narrow(1, k, 1) - &log_qs_tail).exp(); // [C, 1]
-                    let mut gs = log_ps.exp(); // p_s, [C, V]
-                    let _ = gs.g_mul_(&(ratio_tail.g_mul_scalar(-1.0).g_add_scalar(1.0) * c));
-                    let top = (log_qs_top.exp() - p_t.narrow(1, 0, k)) * c; // [C, K]
-                    let _ = gs.scatter_(1, &ids, &top);
-                    g = Some(gs);
-                } else if let Some(teacher) = teacher {
-                    let dense = |zt: Tensor| {
-                        if t == 1.0 {
-                            zt.log_softmax(-1, Kind::Float)
-                        } else {
-                            (zt / t).log_softmax(-1, Kind::Float)
-                        }
-                    };
-                    let mut log_pt = match teacher {
-                        ChunkTeacher::Dense(zt) => dense(zt.narrow(0, start, len).to_device(dev)),
-                        ChunkTeacher::DenseHidden { hidden: th, weight: tw } => {
-                            dense(th.narrow(0, start, len).mm(&tw.tr()))
-                        }
-                        ChunkTeacher::LogProbs(f) => f(start, len, t).to_device(dev),
-                        ChunkTeacher::Sparse(_) | ChunkTeacher::Sampled { .. } => unreachable!("handled above"),
-                    }; // [C, V]
-                    let p_t = log_pt.exp(); // [C, V]
-                    let _ = log_pt.g_sub_(&log_ps); // log p_t − log p_s
-                                                    // Σ p_t (log p_t − log p_s), with 0·log 0 = 0 (p_t = 0 where log p_t = −inf).
-                    let kl = p_t.flatten(0, -1).dot(&log_pt.nan_to_num(0.0, f64::INFINITY, 0.0).flatten(0, -1)); // scalar
+                if let Some(teacher) = teacher {
+                    let (kl, gs) = soft_chunk(teacher, start, len, t, alpha * soft_scale / t, &log_ps);
                     soft_sum += kl * soft_scale;
-                    let c = alpha * soft_scale / t; // α·T/N
-                    let mut gs = log_ps.exp(); // p_s, [C, V]
-                    let _ = gs.g_sub_(&p_t).g_mul_scalar_(c);
                     g = Some(gs);
                 }
                 if let (Some(y), Some(cnt)) = (labels, &count) {
-                    let y = y.narrow(0, start, len); // [C]
-                    let valid = y.ge(0).to_kind(Kind::Float).unsqueeze(1); // [C, 1]
-                    let safe = y.clamp_min(0).unsqueeze(1); // [C, 1]
-                    let log_q = if t == 1.0 { log_ps.shallow_clone() } else { z.log_softmax(-1, Kind::Float) }; // [C, V]
-                    let nll = -log_q.gather(1, &safe, false); // [C, 1]
-                    hard_sum += (&nll * &valid).sum(Kind::Float) / cnt;
-                    let coef = &valid * ((1.0 - alpha) / cnt); // [C, 1]
-                    let mut gh = log_q.exp(); // q_s, [C, V]
-                    let _ = gh.g_mul_(&coef);
-                    let _ = gh.scatter_add_(1, &safe, &(-&coef));
+                    let (nll, gh) = hard_chunk(&y.narrow(0, start, len), &z, &log_ps, t, alpha, cnt);
+                    hard_sum += nll;
                     g = Some(match g {
                         Some(mut gs) => {
                             let _ = gs.g_add_(&gh);
@@ -350,6 +289,91 @@ impl ChunkedKd {
         };
         KdParts { total, soft: soft_sum, hard: hard_sum }
     }
+}
+
+/// The forward KL(p_t‖p_s) summed over a chunk's rows (before the T²/N scale) and its gradient
+/// with respect to the student's logits, `c`·∂KL/∂z with `c` = α·T/N: `(p_s − p_t)·c` for dense
+/// teachers, on the K + 1 bins for a sparse top-k, on the K + S entries of a sampled estimate.
+///
+/// # Shapes
+/// `log_ps`: `[C, V]` (the chunk's student log-probabilities at T); returns a scalar and `[C, V]`.
+fn soft_chunk(teacher: ChunkTeacher<'_>, start: i64, len: i64, t: f64, c: f64, log_ps: &Tensor) -> (Tensor, Tensor) {
+    let dev = log_ps.device();
+    match teacher {
+        ChunkTeacher::Sampled { top, samples } => {
+            // The sparse estimate q̂ over K + S entries: ∂KL/∂z = (p_s − Σ_e q̂_e·δ_{id_e})/T.
+            let (ids, log_q, log_m) = samples.narrow(start, len).log_probs(&top.narrow(start, len), t);
+            let (ids, log_q, log_m) = (ids.to_device(dev), log_q.to_device(dev), log_m.to_device(dev));
+            let kl = sampled_forward_kl(&ids, &log_q, &log_m, log_ps);
+            let mut gs = log_ps.exp(); // p_s, [C, V]
+            let _ = gs.g_mul_scalar_(c);
+            let _ = gs.scatter_add_(1, &ids, &(log_q.exp() * (-c)));
+            (kl, gs)
+        }
+        ChunkTeacher::Sparse(st) => {
+            // Both distributions on the K + 1 bins (top-k ids, then the tail):
+            // ∂KL/∂z_j = (p_s[j]/T)·(1 − p_t[b(j)]/q_s[b(j)]); for a top-k id that is
+            // (q_s[i] − p_t[i])/T, for a tail token p_s[j]·(1 − p_t,tail/q_s,tail)/T.
+            let st = st.narrow(start, len);
+            let ids = st.ids.to_device(dev); // [C, K]
+            let k = ids.size()[1];
+            let v = log_ps.size()[1];
+            let log_pt = st.log_probs(t, v).to_device(dev); // [C, K+1]
+            let log_qs_top = log_ps.gather(1, &ids, false); // [C, K]
+            let log_qs_tail = log_ps.scatter_value(1, &ids, f64::NEG_INFINITY).logsumexp([-1i64].as_slice(), true); // [C, 1]
+            let log_qs = Tensor::cat(&[&log_qs_top, &log_qs_tail], 1); // [C, K+1]
+            let p_t = log_pt.exp(); // [C, K+1]
+            let diff = (&log_pt - &log_qs).nan_to_num(0.0, f64::INFINITY, 0.0); // [C, K+1]
+            let kl = p_t.flatten(0, -1).dot(&diff.flatten(0, -1));
+            let ratio_tail = (log_pt.narrow(1, k, 1) - &log_qs_tail).exp(); // [C, 1]
+            let mut gs = log_ps.exp(); // p_s, [C, V]
+            let _ = gs.g_mul_(&(ratio_tail.g_mul_scalar(-1.0).g_add_scalar(1.0) * c));
+            let top = (log_qs_top.exp() - p_t.narrow(1, 0, k)) * c; // [C, K]
+            let _ = gs.scatter_(1, &ids, &top);
+            (kl, gs)
+        }
+        ChunkTeacher::Dense(_) | ChunkTeacher::DenseHidden { .. } | ChunkTeacher::LogProbs(_) => {
+            let dense = |zt: Tensor| {
+                if t == 1.0 {
+                    zt.log_softmax(-1, Kind::Float)
+                } else {
+                    (zt / t).log_softmax(-1, Kind::Float)
+                }
+            };
+            let mut log_pt = match teacher {
+                ChunkTeacher::Dense(zt) => dense(zt.narrow(0, start, len).to_device(dev)),
+                ChunkTeacher::DenseHidden { hidden: th, weight: tw } => dense(th.narrow(0, start, len).mm(&tw.tr())),
+                ChunkTeacher::LogProbs(f) => f(start, len, t).to_device(dev),
+                ChunkTeacher::Sparse(_) | ChunkTeacher::Sampled { .. } => unreachable!("matched above"),
+            }; // [C, V]
+            let p_t = log_pt.exp(); // [C, V]
+            let _ = log_pt.g_sub_(log_ps); // log p_t − log p_s
+                                           // Σ p_t (log p_t − log p_s), with 0·log 0 = 0 (p_t = 0 where log p_t = −inf).
+            let kl = p_t.flatten(0, -1).dot(&log_pt.nan_to_num(0.0, f64::INFINITY, 0.0).flatten(0, -1)); // scalar
+            let mut gs = log_ps.exp(); // p_s, [C, V]
+            let _ = gs.g_sub_(&p_t).g_mul_scalar_(c);
+            (kl, gs)
+        }
+    }
+}
+
+/// The hard term over a chunk: the NLL of its labelled rows divided by `cnt` (all labelled rows
+/// of the batch), and its gradient with respect to the logits, `(1 − α)·(q_s − onehot(y))/cnt`.
+/// Rows with a negative label are ignored.
+///
+/// # Shapes
+/// `y`: `[C]`; `z`, `log_ps`: `[C, V]`; returns a scalar and `[C, V]`.
+fn hard_chunk(y: &Tensor, z: &Tensor, log_ps: &Tensor, t: f64, alpha: f64, cnt: &Tensor) -> (Tensor, Tensor) {
+    let valid = y.ge(0).to_kind(Kind::Float).unsqueeze(1); // [C, 1]
+    let safe = y.clamp_min(0).unsqueeze(1); // [C, 1]
+    let log_q = if t == 1.0 { log_ps.shallow_clone() } else { z.log_softmax(-1, Kind::Float) }; // [C, V]
+    let nll = -log_q.gather(1, &safe, false); // [C, 1]
+    let mean = (&nll * &valid).sum(Kind::Float) / cnt;
+    let coef = &valid * ((1.0 - alpha) / cnt); // [C, 1]
+    let mut gh = log_q.exp(); // q_s, [C, V]
+    let _ = gh.g_mul_(&coef);
+    let _ = gh.scatter_add_(1, &safe, &(-&coef));
+    (mean, gh)
 }
 
 /// Teacher and student log-probabilities of one chunk over the teacher's bins (V for a dense
