@@ -4,17 +4,11 @@ mod common;
 
 use std::fs;
 
-use common::{small_rows, small_spec, write_small, K, N, S};
+use common::{flip, small_rows, small_spec, write_small, K, N, S};
 use distill_cache::{inspect, CacheError, CacheReader, CacheWriter, LogprobEncoding};
 
 /// A change to a spec, for the table-driven tests.
 type SpecEdit = fn(&mut distill_cache::CacheSpec);
-
-fn flip(path: &std::path::Path, offset: usize) {
-    let mut bytes = fs::read(path).unwrap();
-    bytes[offset] ^= 0x40;
-    fs::write(path, bytes).unwrap();
-}
 
 fn read(r: &CacheReader, rows: &[usize]) -> Result<(), CacheError> {
     r.read_rows(rows, &mut Vec::new(), &mut Vec::new(), &mut Vec::new())
@@ -24,7 +18,7 @@ fn read(r: &CacheReader, rows: &[usize]) -> Result<(), CacheError> {
 fn flipped_byte_is_caught_lazily_and_names_the_shard() {
     let tmp = tempfile::tempdir().unwrap();
     write_small(tmp.path());
-    flip(&tmp.path().join("shard-00001.bin"), 200);
+    flip(&tmp.path().join("shard-00001.bin"), 200, 0x40);
     let r = CacheReader::open(tmp.path()).expect("opening does not hash the shards");
     read(&r, &[0, 2, 6, 9]).unwrap();
     let err = read(&r, &[4]).unwrap_err();
@@ -44,15 +38,15 @@ fn damaged_header_truncated_or_missing_shard_fails_at_open() {
     write_small(tmp.path());
     let dir = tmp.path();
 
-    flip(&dir.join("shard-00001.bin"), 8); // the shard index field
+    flip(&dir.join("shard-00001.bin"), 8, 0x40); // the shard index field
     let msg = CacheReader::open(dir).unwrap_err().to_string();
     assert!(msg.contains("shard-00001.bin: corrupt teacher cache shard: header says shard index"), "{msg}");
-    flip(&dir.join("shard-00001.bin"), 8);
+    flip(&dir.join("shard-00001.bin"), 8, 0x40);
 
-    flip(&dir.join("shard-00001.bin"), 0); // the magic
+    flip(&dir.join("shard-00001.bin"), 0, 0x40); // the magic
     let msg = CacheReader::open(dir).unwrap_err().to_string();
     assert!(msg.contains("shard-00001.bin") && msg.contains("not a teacher cache shard"), "{msg}");
-    flip(&dir.join("shard-00001.bin"), 0);
+    flip(&dir.join("shard-00001.bin"), 0, 0x40);
 
     let path = dir.join("shard-00002.bin");
     let bytes = fs::read(&path).unwrap();

@@ -100,10 +100,7 @@ fn resume_refuses_a_corrupt_listed_shard() {
         let (ids, logp, tail) = data.rows(0, 6, S, K);
         w.push_rows(ids, logp, tail).unwrap();
     }
-    let path = tmp.path().join("shard-00001.bin");
-    let mut bytes = fs::read(&path).unwrap();
-    bytes[100] ^= 0x01;
-    fs::write(&path, bytes).unwrap();
+    common::flip(&tmp.path().join("shard-00001.bin"), 100, 0x01);
     let err = CacheWriter::create_or_resume(tmp.path(), small_spec()).unwrap_err();
     assert!(matches!(err, CacheError::ChecksumMismatch { .. }), "{err}");
     assert!(err.to_string().contains("shard-00001.bin: sha256 mismatch"), "{err}");

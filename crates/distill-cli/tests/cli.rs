@@ -2,23 +2,11 @@
 //! resume after `kill -9`, and one clear error line for each kind of bad input.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod common;
-
-const BIN: &str = env!("CARGO_BIN_EXE_distill");
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("distill-cli-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+use common::{assert_error, distill, stderr, summary, tmpdir, BIN};
 
 fn tiny_recipe(dir: &Path) -> PathBuf {
     common::write_csv(&dir.join("train.csv"), 600, 1);
@@ -56,30 +44,6 @@ every_steps = 10
     )
     .unwrap();
     r
-}
-
-fn distill(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).current_dir(root()).output().unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// The last stderr line must be the one error line, and the exit code non-zero.
-fn assert_error(o: &Output, want: &[&str]) {
-    assert!(!o.status.success(), "expected failure, got success; stderr: {}", stderr(o));
-    let err = stderr(o);
-    let last = err.lines().last().unwrap_or("");
-    assert!(last.starts_with("error: "), "{err}");
-    assert_eq!(err.lines().filter(|l| l.starts_with("error")).count(), 1, "{err}");
-    for w in want {
-        assert!(last.contains(w), "`{w}` not in `{last}`");
-    }
-}
-
-fn summary(out: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap()
 }
 
 /// `distill.ensemble`: after the seeds, the average of their teachers is evaluated (not trained)
@@ -159,9 +123,7 @@ fn csv_run_reports_numbers_in_summary() {
         assert!(r["latency_ms_per_1k"].as_f64().unwrap() > 0.0);
     }
     // Every phase logged its loss, and it went down.
-    let m = std::fs::read_to_string(out.join("phases/teacher-s0/metrics.jsonl")).unwrap();
-    let losses: Vec<f64> =
-        m.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64().unwrap()).collect();
+    let losses = common::losses(&out, "teacher-s0");
     assert_eq!(losses.len(), 6); // 120 steps, a line every 20
     assert!(losses[5] < losses[0], "{losses:?}");
     assert!(out.join("recipe.toml").is_file());
@@ -292,9 +254,7 @@ fn kill_9_then_resume_gives_the_same_model_bit_for_bit() {
     assert_eq!(errs(&sa), errs(&sb));
     assert_eq!(weights(&a), weights(&b), "final weights differ after resume");
     // The resumed metrics log has each step once.
-    let m = std::fs::read_to_string(kd.join("metrics.jsonl")).unwrap();
-    let steps: Vec<u64> =
-        m.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap()).collect();
+    let steps: Vec<u64> = common::metrics(&b, "kd-s0-T4").iter().map(|m| m["step"].as_u64().unwrap()).collect();
     assert_eq!(steps, [20, 40, 60, 80, 100, 120]);
 }
 
@@ -329,12 +289,7 @@ fn kill_9_soak_image_run() {
 
 /// Bytes of every file under `dir`.
 fn du(dir: &Path) -> u64 {
-    let mut total = 0;
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        total += if p.is_dir() { du(&p) } else { std::fs::metadata(&p).unwrap().len() };
-    }
-    total
+    common::files(dir).iter().map(|f| std::fs::metadata(dir.join(f)).unwrap().len()).sum()
 }
 
 /// A full disk: the run's output lives on a tmpfs with room for half of what the run writes.
@@ -446,7 +401,7 @@ fn bad_inputs_fail_with_one_clear_line_and_leave_nothing() {
             a.push("--set".into());
             a.push(s);
         }
-        Command::new(BIN).args(&a).current_dir(root()).output().unwrap()
+        distill(&a)
     };
     let o = run_with(idx_sets(&img));
     assert_error(&o, &["img.idx", "truncated IDX data: dims [10, 8, 8] need 640 bytes, file has 635"]);

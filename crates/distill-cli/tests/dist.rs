@@ -9,35 +9,12 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-
-const BIN: &str = env!("CARGO_BIN_EXE_distill");
+use common::{assert_error, files, ok, tmpdir, BIN};
 
 /// Runs `distill` with its temporary directory (rank 1's scratch) under `tmp`.
 fn distill_in<S: AsRef<std::ffi::OsStr>>(tmp: &Path, args: &[S]) -> Output {
     std::fs::create_dir_all(tmp).unwrap();
     Command::new(BIN).args(args).env("TMPDIR", tmp).output().unwrap()
-}
-
-fn ok(o: &Output) {
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-}
-
-/// Every file under `dir`, relative, sorted.
-fn files(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p.strip_prefix(dir).unwrap().to_string_lossy().into_owned());
-            }
-        }
-    }
-    out.sort();
-    out
 }
 
 /// The `param.*` tensors of a phase's checkpoint.
@@ -50,15 +27,6 @@ fn max_abs_diff(a: &Path, b: &Path) -> f64 {
     assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
     assert!(!a.is_empty());
     a.iter().map(|(k, t)| (t - &b[k]).abs().max().double_value(&[])).fold(0.0, f64::max)
-}
-
-/// The `loss` column of a phase's metrics.jsonl.
-fn losses(metrics: &Path) -> Vec<f64> {
-    std::fs::read_to_string(metrics)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64().unwrap())
-        .collect()
 }
 
 /// Trains `recipe` (with `extra` arguments) in one process and in two ranks (`--nproc 2`); the
@@ -89,7 +57,7 @@ fn one_vs_two(d: &Path, recipe: &Path, phases: &[&str], extra: &[&str]) {
         if a.join("train.json").exists() {
             assert_eq!((ranks(&a), ranks(&b)), (None, Some(2)));
         }
-        let (la, lb) = (losses(&a.join("metrics.jsonl")), losses(&b.join("metrics.jsonl")));
+        let (la, lb) = (common::losses(&one, ph), common::losses(&two, ph));
         assert_eq!(la.len(), lb.len());
         assert!(la.len() >= 2);
         for (x, y) in la.iter().zip(&lb) {
@@ -103,7 +71,7 @@ fn one_vs_two(d: &Path, recipe: &Path, phases: &[&str], extra: &[&str]) {
 
 #[test]
 fn lm_kd_on_two_ranks_equals_one_process() {
-    let d = common::tmpdir("dist", "lm");
+    let d = tmpdir("lm");
     let t = common::lm_teacher(&d);
     let text = d.join("corpus.txt");
     common::lm_corpus(&text, 60);
@@ -159,7 +127,7 @@ every_steps = 10
 
 #[test]
 fn image_kd_on_two_ranks_equals_one_process() {
-    let d = common::tmpdir("dist", "image");
+    let d = tmpdir("image");
     // 201 examples in batches of 50: every epoch ends with a batch of one, which one rank trains
     // on while the other takes part with weight 0.
     common::write_csv(&d.join("train.csv"), 201, 1);
@@ -220,7 +188,7 @@ fn rank(tmp: &Path, r: usize, port: u16, args: &[&str]) -> Command {
 
 #[test]
 fn a_lost_rank_is_one_error_line_and_resume_finishes() {
-    let d = common::tmpdir("dist", "kill");
+    let d = tmpdir("kill");
     let t = common::lm_teacher(&d);
     let text = d.join("corpus.txt");
     common::lm_corpus(&text, 60);
@@ -242,7 +210,7 @@ fn a_lost_rank_is_one_error_line_and_resume_finishes() {
     let t1 = Instant::now();
     let o = r1.wait_with_output().unwrap();
     assert!(t1.elapsed() < Duration::from_secs(60), "rank 1 took {:?} to notice", t1.elapsed());
-    common::assert_error(&o, &["rank 1 of 2", "lost rank 0"]);
+    assert_error(&o, &["rank 1 of 2", "lost rank 0"]);
     // Whatever rank 0 left is complete: every checkpoint reads back.
     assert!(!params(&ckpt).is_empty());
     let step = |p: &Path| {
@@ -252,8 +220,7 @@ fn a_lost_rank_is_one_error_line_and_resume_finishes() {
     assert!(step(&ckpt) < 40, "the run finished before the kill");
     // Resumed on two ranks, it finishes, and ends where an uninterrupted one-process run ends.
     ok(&distill_in(&d.join("tmp2"), &["run", rs, "--out", out.to_str().unwrap(), "--resume", "--nproc", "2"]));
-    let train: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("phases/kd/train.json")).unwrap()).unwrap();
+    let train = common::json(&out.join("phases/kd/train.json"));
     assert!(train["resumed_from"].as_u64().unwrap() > 0, "{train}");
     let one = d.join("one");
     ok(&distill_in(&d.join("tmp3"), &["run", rs, "--out", one.to_str().unwrap()]));
@@ -261,25 +228,25 @@ fn a_lost_rank_is_one_error_line_and_resume_finishes() {
     assert!(diff <= 1e-5, "resumed weights differ by {diff}");
     // Rank 0's refusal of --out is the job's one error line.
     let o = distill_in(&d.join("tmp4"), &["run", rs, "--out", out.to_str().unwrap(), "--nproc", "2"]);
-    common::assert_error(&o, &["already exists"]);
+    assert_error(&o, &["already exists"]);
     // A peer that never comes: one line once DISTILL_DIST_TIMEOUT has passed.
     let alone_out = d.join("alone");
     let alone_args = ["run", rs, "--out", alone_out.to_str().unwrap()];
     let alone = rank(&d.join("tmp5"), 1, free_port(), &alone_args).env("DISTILL_DIST_TIMEOUT", "2").output().unwrap();
-    common::assert_error(&alone, &["rank 1 of 2: could not join the group at 127.0.0.1:", "timed out"]);
+    assert_error(&alone, &["rank 1 of 2: could not join the group at 127.0.0.1:", "timed out"]);
     // CUDA ranks need a GPU each (this machine has none): refused before any rank starts.
     if tch::Cuda::device_count() == 0 {
         let o = distill_in(&d.join("tmp4"), &["run", rs, "--out", "x", "--nproc", "2", "--set", "device=cuda"]);
-        common::assert_error(&o, &["--nproc 2 with device `cuda`: one GPU per rank, but libtorch sees 0"]);
+        assert_error(&o, &["--nproc 2 with device `cuda`: one GPU per rank, but libtorch sees 0"]);
     }
     let missing = d.join("missing.toml");
     let o = distill_in(&d.join("tmp4"), &["run", missing.to_str().unwrap(), "--out", "x", "--nproc", "2"]);
-    common::assert_error(&o, &["missing.toml"]);
+    assert_error(&o, &["missing.toml"]);
 }
 
 #[test]
 fn sharded_capture_merges_into_the_single_capture_byte_for_byte() {
-    let d = common::tmpdir("dist", "shard");
+    let d = tmpdir("shard");
     let t = common::lm_teacher(&d);
     let text = d.join("corpus.txt");
     common::lm_corpus(&text, 60);
@@ -328,7 +295,7 @@ fn sharded_capture_merges_into_the_single_capture_byte_for_byte() {
     assert!(counts.iter().all(|&c| c >= 2), "{counts:?}");
 
     // Parts that do not make one capture: one error line each.
-    let err = |args: &[&str], want: &[&str]| common::assert_error(&distill_in(&d.join("tmp"), args), want);
+    let err = |args: &[&str], want: &[&str]| assert_error(&distill_in(&d.join("tmp"), args), want);
     let out = d.join("bad");
     let o = out.to_str().unwrap();
     err(&["cache", "merge", p1, p3, "--out", o], &["part 2 of 3 is missing"]);
@@ -350,7 +317,7 @@ fn sharded_capture_merges_into_the_single_capture_byte_for_byte() {
 /// bytes of an uninterrupted 2-rank run.
 #[test]
 fn kill_9_soak_data_parallel_run() {
-    let d = common::tmpdir("dist", "soak");
+    let d = tmpdir("soak");
     let t = common::lm_teacher(&d);
     let text = d.join("corpus.txt");
     common::lm_corpus(&text, 60);

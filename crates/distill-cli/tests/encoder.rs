@@ -6,18 +6,12 @@ mod common;
 
 use std::process::Command;
 
-use common::{assert_error, distill, stderr, tmpdir};
+use common::{assert_error, distill, python, stderr, tmpdir};
 
 fn minilm() -> String {
     let p = distill::io::fetch::asset("minilm").unwrap().root_path();
     assert!(p.join("model.safetensors").is_file(), "run `distill fetch minilm`");
     p.display().to_string()
-}
-
-fn python() -> std::path::PathBuf {
-    std::env::var_os("DISTILL_PYTHON")
-        .map(Into::into)
-        .unwrap_or_else(|| distill::io::fetch::distill_home().join("venv/bin/python"))
 }
 
 const CHECK_NPY: &str = r#"
@@ -31,7 +25,7 @@ print(json.dumps({"shape": list(e.shape), "dtype": str(e.dtype), "max_diff": flo
 
 #[test]
 fn embed_writes_npy_equal_to_sentence_transformers_and_warns_on_truncation() {
-    let d = tmpdir("encoder", "embed");
+    let d = tmpdir("embed");
     let texts = d.join("texts.txt");
     let long = "word ".repeat(400);
     std::fs::write(&texts, format!("A short sentence.\n\nAnother one, about spam.\n{long}\n")).unwrap();
@@ -101,7 +95,7 @@ fn labelled(path: &std::path::Path) {
 
 #[test]
 fn a_small_encoder_recipe_runs_resumes_and_agrees_with_eval() {
-    let d = tmpdir("encoder", "recipe");
+    let d = tmpdir("recipe");
     let data = d.join("labelled.jsonl");
     labelled(&data);
     let recipe = d.join("r.toml");

@@ -5,18 +5,10 @@
 #![allow(clippy::too_many_lines)] // tests read as scripts; the 120-line limit is for library and binary code
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 mod common;
-
-const BIN: &str = env!("CARGO_BIN_EXE_distill");
-
-fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("distill-lm-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+use common::{assert_error, distill, stderr, summary, tmpdir, BIN};
 
 fn recipe(d: &Path, teacher: &Path, text: &Path) -> PathBuf {
     let r = d.join("lm.toml");
@@ -62,20 +54,6 @@ every_steps = 20
     r
 }
 
-fn distill(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).output().unwrap()
-}
-
-fn assert_error(o: &Output, want: &[&str]) {
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success(), "expected failure; stderr: {err}");
-    let last = err.lines().last().unwrap_or("");
-    assert!(last.starts_with("error: "), "{err}");
-    for w in want {
-        assert!(last.contains(w), "`{w}` not in `{last}`");
-    }
-}
-
 /// `student.init = "prune"`: the teacher (2 layers, 32 wide, 4 heads in 2 kv groups, MLP 64)
 /// pruned by importance to 1 layer, 24 channels, one kv group of 2 heads and 40 neurons;
 /// evaluated before healing, healed by KD and by CE from the same pruned weights.
@@ -105,9 +83,8 @@ fn pruned_student_is_evaluated_then_healed_by_kd_and_by_ce() {
         "--set",
         "quantize.steps=5",
     ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let s: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let s = summary(&out);
     let students = s["students"].as_array().unwrap();
     let roles: Vec<&str> = students.iter().map(|m| m["role"].as_str().unwrap()).collect();
     assert_eq!(
@@ -133,8 +110,7 @@ fn pruned_student_is_evaluated_then_healed_by_kd_and_by_ce() {
     // Tied 96 × 24 embedding; q 24→2·8, k and v 24→8, o 16→24; MLP 3 · 24 · 40; three norms.
     let params = 96 * 24 + (24 * 16 + 2 * 24 * 8 + 16 * 24) + 3 * 24 * 40 + 3 * 24;
     assert!(students.iter().all(|m| m["params"] == params), "{students:?}");
-    let p: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("pruning.json")).unwrap()).unwrap();
+    let p = common::json(&out.join("pruning.json"));
     assert_eq!(p["importance"]["tokens"], 4 * 16);
     let len = |v: &serde_json::Value| v.as_array().unwrap().len();
     let sel = &p["selection"];
@@ -143,8 +119,7 @@ fn pruned_student_is_evaluated_then_healed_by_kd_and_by_ce() {
         (1, 24, 2, 40)
     );
     // The pruned student keeps the teacher's head size (8): its export says so.
-    let cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("pruned/config.json")).unwrap()).unwrap();
+    let cfg = common::json(&out.join("pruned/config.json"));
     assert_eq!((cfg["head_dim"].as_i64(), cfg["hidden_size"].as_i64()), (Some(8), Some(24)));
     // Healing by KD (alpha = 1) brings the pruned student closer to the teacher.
     assert!(kl(&students[1]) < kl(&students[0]), "{} vs {}", kl(&students[1]), kl(&students[0]));
@@ -159,15 +134,14 @@ fn tiny_lm_distills_evaluates_and_exports() {
     let r = recipe(&d, &t, &text);
     let out = d.join("run");
     let o = distill(&["run", r.to_str().unwrap(), "--out", out.to_str().unwrap()]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "{}", stderr(&o));
     let report = String::from_utf8_lossy(&o.stdout);
     assert!(report.contains("KD student / scratch twin validation perplexity"), "{report}");
     // A word-level tokenizer has no GGUF form: the run says so and keeps the HF export.
-    let err = String::from_utf8_lossy(&o.stderr);
+    let err = stderr(&o);
     assert!(err.contains("kd: no GGUF export (") && err.contains("is not BPE"), "{err}");
     assert!(!out.join("student.gguf").exists());
-    let s: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let s = summary(&out);
     let students = s["students"].as_array().unwrap();
     assert_eq!(students.len(), 2);
     let (kd, scratch) = (&students[0], &students[1]);
@@ -232,7 +206,7 @@ fn tiny_lm_distills_evaluates_and_exports() {
         "16",
         "--json",
     ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "{}", stderr(&o));
     let e: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let (p, n) = (e["perplexity"].as_f64().unwrap(), e["tokens"].as_u64().unwrap());
     // The teacher is random, so a student that imitates it (alpha = 1) is no better than chance
@@ -253,7 +227,7 @@ fn tiny_lm_distills_evaluates_and_exports() {
         "--max-tokens",
         "5",
     ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "{}", stderr(&o));
     let line = String::from_utf8_lossy(&o.stdout);
     assert!(line.starts_with("w1 w10"), "{line}");
     let student = out.join("student");
@@ -266,9 +240,8 @@ fn tiny_lm_distills_evaluates_and_exports() {
     // Resuming a finished run reloads both students instead of training again.
     let o = distill(&["run", r.to_str().unwrap(), "--out", out.to_str().unwrap(), "--resume"]);
     assert!(o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("trained earlier"));
-    let s2: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert!(stderr(&o).contains("trained earlier"));
+    let s2 = summary(&out);
     assert_eq!(s2["students"][0]["validation"]["perplexity"], kd["validation"]["perplexity"]);
 }
 
@@ -371,7 +344,7 @@ fn lm_bad_inputs_fail_with_one_clear_line() {
         std::fs::write(m.join("tokenizer.json"), tok.replace(field, value).replace("\"w0\":", "\"ww\":")).unwrap();
         let o = distill(&["generate", "--model", m.to_str().unwrap(), "--prompt", "w1 w2"]);
         assert_error(&o, &[&format!("{name}/tokenizer.json: not a usable tokenizer.json"), "panicked"]);
-        let err = String::from_utf8_lossy(&o.stderr);
+        let err = stderr(&o);
         assert_eq!(err.lines().count(), 1, "{err}");
         assert_eq!(o.status.code(), Some(1));
     }
@@ -488,7 +461,7 @@ fn kill_9_soak_lm_run_and_cache_capture() {
     assert!(shards(&ca).len() >= 3);
     assert_eq!(shards(&ca), shards(&cb), "cache: shards differ after {killed} kills");
     let o = distill(&["inspect", cb.to_str().unwrap(), "--verify"]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "{}", stderr(&o));
 }
 
 fn sha256_hex(p: &Path) -> String {
@@ -525,9 +498,9 @@ fn offline_cache_captures_resumes_and_trains_like_the_online_teacher() {
         ])
     };
     let o = capture(&cache);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "{}", stderr(&o));
     let o = distill(&["inspect", cache.to_str().unwrap(), "--verify", "--json"]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "{}", stderr(&o));
     let info: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(info["top_k"], 96);
     assert_eq!(info["bytes_per_token"], 8 + 96 * (2 + 2));
@@ -539,8 +512,7 @@ fn offline_cache_captures_resumes_and_trains_like_the_online_teacher() {
     // temp file lies around). Running the capture again completes it with identical shards.
     let part = d.join("partial");
     std::fs::create_dir_all(&part).unwrap();
-    let mut m: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(cache.join("manifest.json")).unwrap()).unwrap();
+    let mut m = common::json(&cache.join("manifest.json"));
     let first = m["shards"][0].clone();
     m["shards"] = serde_json::json!([first]);
     m["complete"] = serde_json::json!(false);
@@ -551,7 +523,7 @@ fn offline_cache_captures_resumes_and_trains_like_the_online_teacher() {
     let o = distill(&["inspect", part.to_str().unwrap()]);
     assert!(o.status.success());
     let o = capture(&part);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "{}", stderr(&o));
     let n_shards = info["shards"].as_u64().unwrap() as usize;
     for i in 0..n_shards {
         let f = format!("shard-{i:05}.bin");
@@ -562,7 +534,7 @@ fn offline_cache_captures_resumes_and_trains_like_the_online_teacher() {
     // Online vs cached teacher, KD only, same steps: the same student up to f16 rounding.
     let online = d.join("online");
     let o = distill(&["run", rs, "--out", online.to_str().unwrap(), "--set", "distill.scratch_twin=false"]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "{}", stderr(&o));
     let cached = d.join("cached");
     let set_cache = format!("teacher.cache={}", cache.display());
     let o = distill(&[
@@ -575,10 +547,9 @@ fn offline_cache_captures_resumes_and_trains_like_the_online_teacher() {
         "--set",
         &set_cache,
     ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "{}", stderr(&o));
     let ppl = |dir: &Path| {
-        let s: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+        let s = summary(dir);
         s["students"][0]["validation"]["perplexity"].as_f64().unwrap()
     };
     let (p_on, p_cache) = (ppl(&online), ppl(&cached));
@@ -589,7 +560,7 @@ fn offline_cache_captures_resumes_and_trains_like_the_online_teacher() {
     let sampled = d.join("sampled");
     let o =
         distill(&["cache", "--recipe", rs, "--top-k", "8", "--tail-samples", "16", "--out", sampled.to_str().unwrap()]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "{}", stderr(&o));
     let o = distill(&["inspect", sampled.to_str().unwrap(), "--json"]);
     let info: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!((info["top_k"].as_u64(), info["tail_samples"].as_u64()), (Some(8), Some(16)));
@@ -606,7 +577,7 @@ fn offline_cache_captures_resumes_and_trains_like_the_online_teacher() {
         "--set",
         &set_sampled,
     ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "{}", stderr(&o));
     let p_sampled = ppl(&from_sampled);
     assert!((p_sampled / p_on - 1.0).abs() < 0.05, "online {p_on} vs top-8 + 16 samples {p_sampled}");
 
@@ -644,12 +615,11 @@ fn hidden_state_kd_runs_and_is_not_exported() {
         "--set",
         "distill.hidden={weight=1, loss=\"mse\"}",
     ]);
-    let err = String::from_utf8_lossy(&o.stderr);
+    let err = stderr(&o);
     assert!(o.status.success(), "{err}");
     // 1 student layer, 2 teacher layers: 1→2 (uniform, the last layers pair up).
     assert!(err.contains("kd: hidden-state KD (mse, weight 1), student→teacher layers 1→2"), "{err}");
-    let metrics = |phase: &str| std::fs::read_to_string(out.join("phases").join(phase).join("metrics.jsonl")).unwrap();
-    let kd: Vec<serde_json::Value> = metrics("kd").lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let kd = common::metrics(&out, "kd");
     assert!(!kd.is_empty());
     for m in &kd {
         let (loss, soft, hard, hidden) =
@@ -659,7 +629,8 @@ fn hidden_state_kd_runs_and_is_not_exported() {
         // alpha = 1: loss = soft + hidden.
         assert!((loss - soft - hidden).abs() < 1e-4 * loss, "{m}");
     }
-    assert!(!metrics("scratch").contains("hidden"));
+    let log = std::fs::read_to_string(out.join("phases/scratch/metrics.jsonl")).unwrap();
+    assert!(!log.contains("hidden"));
     let names: Vec<String> = distill_names(&out.join("student").join("model.safetensors"));
     assert!(!names.is_empty() && names.iter().all(|n| n.starts_with("model.") || n == "lm_head.weight"), "{names:?}");
 }
@@ -693,8 +664,8 @@ fn generate_data_resumes_after_kill_9_and_trains_through_train_sources() {
         a
     };
     let a = d.join("a.jsonl");
-    let o = Command::new(BIN).args(args(&a)).output().unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = distill(&args(&a));
+    assert!(o.status.success(), "{}", stderr(&o));
     let records: Vec<serde_json::Value> =
         std::fs::read_to_string(&a).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(records.len(), 300);
@@ -740,24 +711,24 @@ fn generate_data_resumes_after_kill_9_and_trains_through_train_sources() {
         })
         .count();
     assert!(written < 150, "{written} of 150 parts were written before the kill");
-    let o = Command::new(BIN).args(args(&b)).output().unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = distill(&args(&b));
+    assert!(o.status.success(), "{}", stderr(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains(&format!("({} written now", 300 - 2 * written)));
     assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
     assert!(!parts.exists());
     // Run again: nothing to do. With other settings: refused, the file kept.
-    let o = Command::new(BIN).args(args(&b)).output().unwrap();
+    let o = distill(&args(&b));
     assert!(String::from_utf8_lossy(&o.stdout).contains("(0 written now"));
     let mut other = args(&b);
     let n = other.len();
     other[n - 3] = "6".into(); // --seed
-    let o = Command::new(BIN).args(&other).output().unwrap();
+    let o = distill(&other);
     assert_error(&o, &["b.jsonl already exists and holds another data set"]);
     assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
     // A damaged record is named by its line.
     let damaged = std::fs::read_to_string(&a).unwrap().replacen("\"w", "\"x", 1);
     std::fs::write(&b, damaged).unwrap();
-    assert_error(&Command::new(BIN).args(args(&b)).output().unwrap(), &["b.jsonl: line 1: record 0 fails its sha256"]);
+    assert_error(&distill(&args(&b)), &["b.jsonl: line 1: record 0 fails its sha256"]);
 
     // Prompts from a recipe's training rows: the first 6 tokens of the first 5 rows; the
     // completions fill each row (16 tokens) unless EOS comes first.
@@ -776,7 +747,7 @@ fn generate_data_resumes_after_kill_9_and_trains_through_train_sources() {
         "--out",
         rows.to_str().unwrap(),
     ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "{}", stderr(&o));
     let recs: Vec<serde_json::Value> =
         std::fs::read_to_string(&rows).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(recs.len(), 5);
@@ -804,8 +775,8 @@ fn generate_data_resumes_after_kill_9_and_trains_through_train_sources() {
             a.extend(["--set", s]);
         }
         let o = distill(&a);
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap()
+        assert!(o.status.success(), "{}", stderr(&o));
+        summary(&out)
     };
     let plain = run("on-corpus", &[]);
     let src = format!("data.train_sources=[{{ path = \"{}\", format = \"jsonl\" }}]", a.display());
@@ -847,12 +818,11 @@ calib_rows = 4
     std::fs::write(&r, toml).unwrap();
     let out = d.join("run");
     let o = distill(&["run", r.to_str().unwrap(), "--out", out.to_str().unwrap(), "--set", "train.steps=12"]);
-    let err = String::from_utf8_lossy(&o.stderr);
+    let err = stderr(&o);
     assert!(o.status.success(), "{err}");
     // Student q 16 / k, v 8 wide, teacher q 32 / k, v 16: 2 relation heads (the student's) divide all.
     assert!(err.contains("kd-attention: self-attention relation KD (MiniLM; qq+kk+vv over 2 relation heads, weight 1), student→teacher layers 1→2"), "{err}");
-    let s: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let s = summary(&out);
     let students = s["students"].as_array().unwrap();
     let rows: Vec<(&str, &str, Vec<&str>)> = students
         .iter()
@@ -875,21 +845,19 @@ calib_rows = 4
         ]
     );
     // Ran in that order.
-    let done: Vec<_> = rows
-        .iter()
-        .map(|(id, ..)| std::fs::metadata(out.join("phases").join(id).join("train.json")).unwrap().modified().unwrap())
-        .collect();
+    let done: Vec<_> =
+        rows.iter().map(|(id, ..)| common::modified(&out.join("phases").join(id).join("train.json"))).collect();
     assert!(done.windows(2).all(|w| w[0] <= w[1]), "{done:?}");
     // The assistant is the pruned shape (24 wide), the chain's student the student's (16 wide).
     let params = |i: usize| students[i]["params"].as_i64().unwrap();
     assert_eq!(params(5), 96 * 24 + (24 * 16 + 2 * 24 * 8 + 16 * 24) + 3 * 24 * 40 + 3 * 24);
     assert!([2, 3, 4, 6].iter().all(|&i| params(i) == params(0)));
-    let metrics = |phase: &str| std::fs::read_to_string(out.join("phases").join(phase).join("metrics.jsonl")).unwrap();
+    let log = |phase: &str| std::fs::read_to_string(out.join("phases").join(phase).join("metrics.jsonl")).unwrap();
     for (phase, term) in [("kd-attention", "attention"), ("kd-rkd", "rkd")] {
-        let m: Vec<serde_json::Value> = metrics(phase).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let m = common::metrics(&out, phase);
         assert!(!m.is_empty() && m.iter().all(|m| m[term].as_f64().unwrap() > 0.0), "{phase}");
         for other in ["kd", "born-again-g2", "kd-ta"] {
-            assert!(!metrics(other).contains(&format!("\"{term}\"")), "{other} logged {term}");
+            assert!(!log(other).contains(&format!("\"{term}\"")), "{other} logged {term}");
         }
     }
     // Method students export under their phase directory; the KD student keeps DIR/student.
@@ -951,20 +919,13 @@ fn lm_multi_teacher_mixes_teachers_and_checks_tokenizers_first() {
         "teacher.dtype=\"f32\"",
     ];
     let o = distill(&args);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let s: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let s = summary(&out);
     let students = s["students"].as_array().unwrap();
     let phases: Vec<&str> = students.iter().map(|m| m["phase"].as_str().unwrap()).collect();
     assert_eq!(phases, ["kd", "scratch", "kd-multi-fixed", "kd-multi-entropy"]);
     assert_eq!(students[3]["taught_by"], serde_json::json!(["teacher", "teacher2"]));
-    let losses = |phase: &str| -> Vec<f64> {
-        std::fs::read_to_string(out.join("phases").join(phase).join("metrics.jsonl"))
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64().unwrap())
-            .collect()
-    };
+    let losses = |phase: &str| common::losses(&out, phase);
     let kd = losses("kd");
     for phase in ["kd-multi-fixed", "kd-multi-entropy"] {
         let m = losses(phase);

@@ -5,14 +5,10 @@
 
 #![allow(clippy::too_many_lines)] // tests read as scripts; the 120-line limit is for library and binary code
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
-const BIN: &str = env!("CARGO_BIN_EXE_distill");
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
+mod common;
+use common::{distill, hf_teacher};
 
 /// A GGUF v3 file with one F32 tensor `t` of `dims`, GGML type `ty`, data offset `offset`,
 /// and `data` after the aligned header.
@@ -42,21 +38,9 @@ fn gguf(dims: &[u64], ty: u32, offset: u64, data: &[u8]) -> Vec<u8> {
     b
 }
 
-/// A copy of the tiny HF teacher (fixtures/llama/llama_tied + tokenizer) in `dir`.
-fn hf_teacher(dir: &Path) -> PathBuf {
-    std::fs::create_dir_all(dir).unwrap();
-    for f in ["config.json", "model.safetensors"] {
-        std::fs::copy(fixtures().join("llama/llama_tied").join(f), dir.join(f)).unwrap();
-    }
-    std::fs::copy(fixtures().join("llama/tokenizer.json"), dir.join("tokenizer.json")).unwrap();
-    dir.to_path_buf()
-}
-
 #[test]
 fn every_bad_input_is_one_exact_line_exit_1_and_no_output() {
-    let d = std::env::temp_dir().join(format!("distill-matrix-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
+    let d = common::tmpdir("bad-inputs");
     let ds = d.to_str().unwrap().to_string();
     let write = |name: &str, bytes: &[u8]| {
         let p = d.join(name);
@@ -120,10 +104,7 @@ fn every_bad_input_is_one_exact_line_exit_1_and_no_output() {
     let corpus_path = write("corpus.txt", corpus.as_bytes());
     let cache_recipe = text_run(&corpus_path);
     let cache = d.join("cache");
-    let o = Command::new(BIN)
-        .args(["cache", "--recipe", &cache_recipe[1], "--top-k", "8", "--out", cache.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let o = distill(&["cache", "--recipe", &cache_recipe[1], "--top-k", "8", "--out", cache.to_str().unwrap()]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let mut other_seq = cache_recipe.clone();
     for set in [format!("teacher.cache={}", cache.display()), "data.pack.seq_len=8".to_string()] {
@@ -188,11 +169,7 @@ fn every_bad_input_is_one_exact_line_exit_1_and_no_output() {
     ];
     let mut failures = Vec::new();
     for (name, args, want) in rows {
-        let o = Command::new(BIN)
-            .args(&args)
-            .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."))
-            .output()
-            .unwrap();
+        let o = distill(&args);
         let err = String::from_utf8_lossy(&o.stderr).replace(&ds, "$D");
         let last = err.lines().last().unwrap_or("").to_string();
         // Progress lines ("loading teacher …") may come first; the error is the last line.

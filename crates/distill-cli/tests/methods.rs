@@ -6,42 +6,11 @@
 use std::path::{Path, PathBuf};
 
 mod common;
-use common::{assert_error, distill, stderr};
-
-fn tmpdir(name: &str) -> PathBuf {
-    common::tmpdir("methods", name)
-}
-
-/// 8×8 images of 4 classes, each a plane wave of its own orientation, plus noise (CSV, label
-/// first, pixels 0–16).
-fn write_csv(path: &Path, n: usize, seed: u64) {
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    let mut next = move || {
-        s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        ((s >> 33) as f64) / (1u64 << 31) as f64
-    };
-    let mut out = String::from("label");
-    for i in 0..64 {
-        out += &format!(",p{i}");
-    }
-    out.push('\n');
-    for i in 0..n {
-        let c = i % 4;
-        let angle = c as f64 * std::f64::consts::PI / 4.0;
-        out += &c.to_string();
-        for k in 0..64 {
-            let (y, x) = ((k / 8) as f64, (k % 8) as f64);
-            let v = 8.0 + 7.0 * (angle.cos() * x + angle.sin() * y).sin() + (next() - 0.5) * 10.0;
-            out += &format!(",{}", v.clamp(0.0, 16.0).round());
-        }
-        out.push('\n');
-    }
-    std::fs::write(path, out).unwrap();
-}
+use common::{assert_error, distill, metrics, modified, stderr, summary, tmpdir};
 
 fn image_recipe(d: &Path) -> PathBuf {
-    write_csv(&d.join("train.csv"), 400, 1);
-    write_csv(&d.join("test.csv"), 120, 2);
+    common::write_wave_csv(&d.join("train.csv"), 400, 1);
+    common::write_wave_csv(&d.join("test.csv"), 120, 2);
     let r = d.join("methods.toml");
     let train = "{ epochs = 10, batch_size = 40, lr = 1e-2 }";
     std::fs::write(
@@ -95,15 +64,6 @@ every_steps = 20
     r
 }
 
-fn metrics(out: &Path, phase: &str) -> Vec<serde_json::Value> {
-    let text = std::fs::read_to_string(out.join("phases").join(phase).join("metrics.jsonl")).unwrap();
-    text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
-}
-
-fn modified(p: &Path) -> std::time::SystemTime {
-    std::fs::metadata(p).unwrap().modified().unwrap()
-}
-
 /// Every image method in one run: the phases in plan order, each taught by the right phase,
 /// each variant's term in its metrics (and only there), the born-again ensemble averaging the
 /// generations, and the methods table over them.
@@ -114,8 +74,7 @@ fn image_methods_run_in_order_and_learn_from_the_right_phase() {
     let out = d.join("run");
     let o = distill(&["run", r.to_str().unwrap(), "--out", out.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let s: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let s = summary(&out);
     let res = s["results"].as_array().unwrap();
     let ids: Vec<&str> = res.iter().map(|r| r["id"].as_str().unwrap()).collect();
     let want = [

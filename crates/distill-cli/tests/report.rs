@@ -13,47 +13,17 @@ use std::process::{Command, Output};
 use serde_json::{json, Value};
 
 mod common;
-use common::{distill, stderr};
+use common::{distill, stderr, summary, tmpdir};
 
 /// The report's first chart colour (Tableau 10 blue), also the bars' colour.
 const BLUE: [u8; 3] = [0x4e, 0x79, 0xa7];
 /// Its second chart colour (Tableau 10 orange): only a chart with two or more lines has it.
 const ORANGE: [u8; 3] = [0xf2, 0x8e, 0x2b];
 
-fn tmpdir(name: &str) -> PathBuf {
-    common::tmpdir("report", name)
-}
-
-/// An 8×8, 4-class image set as CSV (`label,p0..p63`, pixels 0–16): class c brightens quadrant
-/// c by 3 over noise of 0–14, so that the models make some errors and differ.
-fn write_csv(path: &Path, n: usize, seed: u64) {
-    let mut s = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    let mut noise = move || {
-        s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (s >> 61) as f64 * 2.0 // 0, 2, …, 14
-    };
-    let mut out = String::from("label");
-    for i in 0..64 {
-        out += &format!(",p{i}");
-    }
-    out.push('\n');
-    for i in 0..n {
-        let c = i % 4;
-        out += &c.to_string();
-        for k in 0..64 {
-            let (y, x) = (k / 8, k % 8);
-            let lit = (y / 4) * 2 + x / 4 == c;
-            out += &format!(",{}", (noise() + if lit { 3.0 } else { 0.0 }).min(16.0));
-        }
-        out.push('\n');
-    }
-    std::fs::write(path, out).unwrap();
-}
-
 /// A teacher, a scratch student and KD students at T = 4 and T = 2 (a two-point sweep).
 fn tiny_image_run(dir: &Path) -> PathBuf {
-    write_csv(&dir.join("train.csv"), 400, 1);
-    write_csv(&dir.join("test.csv"), 100, 2);
+    common::write_quadrant_csv(&dir.join("train.csv"), 400, 1);
+    common::write_quadrant_csv(&dir.join("test.csv"), 100, 2);
     let r = dir.join("tiny.toml");
     std::fs::write(
         &r,
@@ -203,7 +173,7 @@ fn image_run_report_renders_with_the_runs_numbers() {
     std::fs::remove_file(&html_path).unwrap();
     let html = report(&out);
 
-    let s: Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let s = summary(&out);
     let res = s["results"].as_array().unwrap();
     let roles: Vec<String> = res.iter().map(|r| r["role"].as_str().unwrap().to_string()).collect();
     assert_eq!(roles, ["teacher", "student-scratch", "student-kd", "student-kd"]);

@@ -2,20 +2,17 @@
 //! solutions whose answer line is exactly right are trained on, the learner's files resume, and
 //! a finished round is not trained again.
 
-use std::path::Path;
 use std::process::Command;
 
-const BIN: &str = env!("CARGO_BIN_EXE_distill");
-const MODEL: &str = "asset:smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
+mod common;
+use common::{json, BIN};
 
-fn json(p: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).unwrap()
-}
+const MODEL: &str = "asset:smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
 
 #[test]
 fn self_distill_trains_on_verified_solutions_only_and_resumes() {
-    let out = std::env::temp_dir().join(format!("distill-selfdistill-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&out);
+    let d = common::tmpdir("run");
+    let out = d.join("out");
     let args = [
         "self-distill",
         "--model",
@@ -114,5 +111,5 @@ fn self_distill_trains_on_verified_solutions_only_and_resumes() {
     let o = Command::new(BIN).args(args).arg(&out).args(["--seed", "1"]).output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.lines().last().unwrap().contains("was started with other settings"), "{err}");
-    let _ = std::fs::remove_dir_all(&out);
+    let _ = std::fs::remove_dir_all(&d);
 }

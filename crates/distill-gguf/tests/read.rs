@@ -154,7 +154,7 @@ fn large_tensor_parallel_path_matches_serial_blocks() {
 
 #[test]
 fn unsupported_type_is_a_clear_error() {
-    let dir = common::scratch("unsupported");
+    let dir = common::tmpdir("unsupported");
     let path = dir.join("q5_0.gguf");
     let mut w = GgufWriter::new(&path);
     w.add_tensor_raw("t", &[2, 32], GgmlType::Q5_0, vec![0u8; 44]).unwrap();
@@ -191,7 +191,7 @@ fn truncation_at_every_offset_is_an_error() {
 
 #[test]
 fn truncated_file_on_disk_is_an_error() {
-    let dir = common::scratch("trunc");
+    let dir = common::tmpdir("trunc");
     let bytes = fixture_bytes();
     for cut in [0, 3, 4, 23, 100, 1000, 7387] {
         let p = dir.join(format!("cut{cut}.gguf"));

@@ -123,7 +123,8 @@ fn add_bos_token_inserts_bos() {
 }
 
 /// A BOS spelled like a template placeholder (`$B`, the second sequence) or with a `:` (a type
-/// id) is still just BOS: it was inserted as a sequence (every encode panicked) or refused.
+/// id) is just BOS: inserted as a token, not read as template syntax (which would insert a
+/// sequence, making every encode panic, or refuse the template).
 #[test]
 fn bos_spelled_like_template_syntax_is_still_bos() {
     for bos in [262, 263] {

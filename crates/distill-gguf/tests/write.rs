@@ -51,7 +51,7 @@ fn all_metadata() -> Vec<(&'static str, MetadataValue)> {
 
 #[test]
 fn round_trip_metadata_and_tensors() {
-    let dir = common::scratch("roundtrip");
+    let dir = common::tmpdir("roundtrip");
     for alignment in [32u64, 64] {
         let path = dir.join(format!("rt{alignment}.gguf"));
         let mut w = GgufWriter::new(&path);
@@ -150,7 +150,7 @@ fn q4_0_quantization_matches_gguf_py_bitwise() {
 
 #[test]
 fn write_replaces_atomically_and_leaves_no_temp_file() {
-    let dir = common::scratch("atomic");
+    let dir = common::tmpdir("atomic");
     let path = dir.join("model.gguf");
     std::fs::write(&path, b"old contents").unwrap();
     let mut w = GgufWriter::new(&path);
@@ -198,7 +198,7 @@ fn python_gguf_reader_reads_our_file() {
         "{} not found: run scripts/setup.sh (or set DISTILL_PYTHON to a python with `gguf`)",
         python.display()
     );
-    let dir = common::scratch("pyread");
+    let dir = common::tmpdir("pyread");
     let path = dir.join("ours.gguf");
     let a = sample(2 * 8, 7);
     let b = sample(3 * 32, 8);

@@ -1,9 +1,6 @@
-//! Packed token rows, deterministic batch order, and the data fingerprint.
+//! Packed token rows, gathered into batches by row index, and the data fingerprint.
 
 use sha2::{Digest, Sha256};
-
-use crate::error::{Result, TextError};
-use crate::rng;
 
 /// Token rows of a fixed length, row-major.
 ///
@@ -29,7 +26,7 @@ pub struct TokenBlocks {
 /// - `input_ids`, `attention_mask`, `loss_mask`: `[indices.len(), seq_len]` row-major.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Batch {
-    /// Which rows of the [`TokenBlocks`] these are, in batch order.
+    /// Which rows of the [`TokenBlocks`] these are, in the order gathered.
     pub indices: Vec<usize>,
     /// Tokens per row.
     pub seq_len: usize,
@@ -37,8 +34,9 @@ pub struct Batch {
     pub input_ids: Vec<u32>,
     /// 1 = real token, 0 = padding (all ones when the blocks have no padding).
     pub attention_mask: Vec<u8>,
-    /// 1 where the logits at that position have a real next-token target (see
-    /// [`TokenBlocks::loss_mask`]).
+    /// 1 where the logits at that position have a real next-token target: positions `t` and
+    /// `t + 1` of the row are both real, so the last column is always 0 and padding is never
+    /// counted.
     pub loss_mask: Vec<u8>,
 }
 
@@ -71,24 +69,6 @@ impl TokenBlocks {
         }
     }
 
-    /// The causal-LM loss mask, `[n_blocks, seq_len]`: `loss_mask[b, t] = 1` iff positions `t`
-    /// and `t + 1` of row `b` are both real, i.e. the logits at `t` have a real target
-    /// `input_ids[b, t + 1]`. The last column is always 0 and padding is never counted, so
-    /// `sum(loss_mask)` is the number of predicted tokens.
-    pub fn loss_mask(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.input_ids.len());
-        for b in 0..self.n_blocks() {
-            out.extend(row_loss_mask(self, b));
-        }
-        out
-    }
-
-    /// The row order of `epoch`: a permutation of `0..n_blocks` from a SplitMix64 shuffle seeded
-    /// by (`seed`, `epoch`); identical on every platform and for every thread count.
-    pub fn batch_order(&self, epoch: u64, seed: u64) -> Vec<usize> {
-        rng::permutation(self.n_blocks(), epoch, seed)
-    }
-
     /// Gathers the given rows into a [`Batch`]; indices past the end are skipped.
     pub fn gather(&self, indices: &[usize]) -> Batch {
         let mut batch = Batch {
@@ -110,23 +90,13 @@ impl TokenBlocks {
         batch
     }
 
-    /// The batches of `epoch`: rows in [`TokenBlocks::batch_order`] cut into batches of
-    /// `batch_size` (the last one may be smaller).
-    pub fn batches(&self, batch_size: usize, epoch: u64, seed: u64) -> Result<impl Iterator<Item = Batch> + '_> {
-        if batch_size == 0 {
-            return Err(TextError::ZeroBatchSize);
-        }
-        let order = self.batch_order(epoch, seed);
-        let chunks: Vec<Vec<usize>> = order.chunks(batch_size).map(<[usize]>::to_vec).collect();
-        Ok(chunks.into_iter().map(move |c| self.gather(&c)))
-    }
-
     /// The fingerprint of this data; see [`fingerprint`].
     pub fn fingerprint(&self) -> String {
         fingerprint(self)
     }
 }
 
+/// Row `b`'s loss mask (`[seq_len]`; see [`Batch::loss_mask`]).
 fn row_loss_mask(blocks: &TokenBlocks, b: usize) -> Vec<u8> {
     let seq_len = blocks.seq_len;
     let mut out = vec![0u8; seq_len];

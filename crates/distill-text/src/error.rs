@@ -161,10 +161,6 @@ pub enum TextError {
         /// The configured `pack.seq_len`.
         seq_len: usize,
     },
-
-    /// A `batch_size` of 0 was asked for.
-    #[error("batch_size must be at least 1, got 0")]
-    ZeroBatchSize,
 }
 
 fn describe_candidates(candidates: &[String]) -> String {

@@ -25,7 +25,6 @@ pub mod error;
 pub mod labelled;
 pub mod pack;
 pub mod pipeline;
-pub mod rng;
 pub mod source;
 pub mod split;
 
@@ -36,6 +35,5 @@ pub use error::{Result, TextError};
 pub use labelled::{classes, read_labelled, LabelledDoc};
 pub use pack::{pack, tokenize_documents, PackStats, SpecialTokens};
 pub use pipeline::{build_dataset, prepare_text, tokenize_and_pack, DatasetStats, PreparedText, TextDataset};
-pub use rng::SplitMix64;
 pub use source::{read_sources, Document};
 pub use split::{split_documents, Split};

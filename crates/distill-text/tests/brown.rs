@@ -11,8 +11,8 @@ use std::collections::BTreeSet;
 
 use distill_text::brown::{brown_paragraphs, detokenize_paragraph};
 use distill_text::{
-    build_dataset, prepare_text, read_sources, tokenize_documents, DocBoundary, PackConfig, SpecialTokens,
-    TextDataConfig, TextFormat, TextSource,
+    prepare_text, read_sources, tokenize_documents, DocBoundary, PackConfig, SpecialTokens, TextDataConfig, TextFormat,
+    TextSource,
 };
 
 fn brown_source() -> TextSource {
@@ -171,15 +171,8 @@ fn full_pipeline_is_identical_with_1_and_2_threads() {
     config.pack.seq_len = 256;
     let docs = prepare_text(&config).unwrap().split.train;
     let tokenizer = brown_word_tokenizer(&docs);
-    let run = |threads: usize| {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap()
-            .install(|| build_dataset(&config, &tokenizer).unwrap())
-    };
-    let one = run(1);
-    let two = run(2);
+    let one = common::build_with_threads(1, &config, &tokenizer);
+    let two = common::build_with_threads(2, &config, &tokenizer);
     assert_eq!(one, two);
     let s = one.stats;
     assert_eq!((s.train_docs, s.val_docs), (481, 19));

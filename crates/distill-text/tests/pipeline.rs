@@ -28,6 +28,11 @@ fn pack_config(seq_len: usize, mode: PackMode, keep_partial: bool) -> PackConfig
     PackConfig { seq_len, mode, keep_partial, ..PackConfig::default() }
 }
 
+/// The loss mask of every row, `[n_blocks, seq_len]`.
+fn loss_mask(blocks: &TokenBlocks) -> Vec<u8> {
+    blocks.gather(&(0..blocks.n_blocks()).collect::<Vec<_>>()).loss_mask
+}
+
 fn docs3() -> Vec<Vec<u32>> {
     vec![vec![10, 11, 12], vec![13, 14], vec![15, 16, 17, 18]]
 }
@@ -46,7 +51,7 @@ fn concat_drops_the_partial_block() {
     assert_eq!(eos_positions, vec![3, 6]);
     assert_eq!((stats.n_docs, stats.n_doc_tokens, stats.n_stream_tokens), (3, 9, 12));
     assert_eq!((stats.n_tokens_real, stats.n_tokens_dropped, stats.n_pad), (10, 2, 0));
-    assert_eq!(blocks.loss_mask(), vec![1, 1, 1, 1, 0, 1, 1, 1, 1, 0]);
+    assert_eq!(loss_mask(&blocks), vec![1, 1, 1, 1, 0, 1, 1, 1, 1, 0]);
 }
 
 #[test]
@@ -60,7 +65,7 @@ fn concat_keeps_the_partial_block_padded_and_masked() {
     assert_eq!((stats.n_tokens_real, stats.n_pad, stats.n_tokens_dropped), (12, 3, 0));
     assert_eq!(blocks.n_tokens_real, 12);
     // Position 10 (token 18) predicts EOS: counted. Nothing predicts or is predicted by padding.
-    let loss = blocks.loss_mask();
+    let loss = loss_mask(&blocks);
     assert_eq!(&loss[10..], &[1, 0, 0, 0, 0]);
     assert_eq!(loss.iter().map(|&v| usize::from(v)).sum::<usize>(), 4 + 4 + 1);
 }
@@ -82,34 +87,11 @@ fn pad_mode_one_document_per_row() {
     // The third document (4 tokens + EOS) loses its EOS to truncation.
     assert_eq!((stats.n_truncated_docs, stats.n_tokens_dropped), (1, 1));
     assert_eq!((stats.n_tokens_real, stats.n_pad), (11, 1));
-    assert_eq!(blocks.loss_mask(), vec![1, 1, 1, 0, 1, 1, 0, 0, 1, 1, 1, 0]);
+    assert_eq!(loss_mask(&blocks), vec![1, 1, 1, 0, 1, 1, 0, 0, 1, 1, 1, 0]);
     let batch = blocks.gather(&[1]);
     assert_eq!(batch.input_ids, vec![13, 14, 3, 1]);
     assert_eq!(batch.attention_mask, vec![1, 1, 1, 0]);
     assert_eq!(batch.loss_mask, vec![1, 1, 0, 0]);
-}
-
-#[test]
-fn batch_order_is_a_pinned_seeded_permutation() {
-    let blocks = TokenBlocks { seq_len: 2, input_ids: (0..20).collect(), attention_mask: None, n_tokens_real: 20 };
-    let order = blocks.batch_order(0, 7);
-    assert_eq!(
-        order,
-        vec![2, 1, 5, 0, 8, 7, 3, 4, 6, 9],
-        "pinned: SplitMix64, seed 7, epoch 0 (tests/fixtures/text/shuffle_split_reference.py)"
-    );
-    assert_ne!(blocks.batch_order(1, 7), order);
-    assert_eq!(blocks.batch_order(0, 7), order);
-    let batches: Vec<_> = blocks.batches(4, 0, 7).unwrap().collect();
-    assert_eq!(batches.len(), 3);
-    assert_eq!(batches[2].indices.len(), 2);
-    let mut seen: Vec<usize> = batches.iter().flat_map(|b| b.indices.clone()).collect();
-    assert_eq!(seen, order);
-    seen.sort_unstable();
-    assert_eq!(seen, (0..10).collect::<Vec<_>>());
-    assert_eq!(batches[0].input_ids.len(), 4 * 2);
-    assert_eq!(batches[0].attention_mask, vec![1; 8]);
-    assert!(matches!(blocks.batches(0, 0, 7), Err(TextError::ZeroBatchSize)));
 }
 
 #[test]
@@ -133,7 +115,7 @@ fn fingerprint_matches_python_reference() {
 
 #[test]
 fn wikitext_like_paragraphs_are_cleaned_and_counted() {
-    let dir = common::scratch_dir("wiki");
+    let dir = common::tmpdir("wiki");
     let path = write(&dir, "wiki.txt", WIKI);
     let config = {
         let mut c = TextDataConfig::new(vec![TextSource::new(&path)]);
@@ -160,7 +142,7 @@ fn wikitext_like_paragraphs_are_cleaned_and_counted() {
 
 #[test]
 fn file_boundary_keeps_paragraphs_as_blocks() {
-    let dir = common::scratch_dir("file-boundary");
+    let dir = common::tmpdir("file-boundary");
     let path = write(&dir, "wiki.txt", WIKI);
     let docs = read_sources(&[TextSource::new(&path).with_documents(DocBoundary::File)]).unwrap();
     assert_eq!(docs.len(), 1);
@@ -176,7 +158,7 @@ fn file_boundary_keeps_paragraphs_as_blocks() {
 
 #[test]
 fn jsonl_with_default_and_custom_field() {
-    let dir = common::scratch_dir("jsonl");
+    let dir = common::tmpdir("jsonl");
     let a = write(&dir, "a.jsonl", "{\"text\": \"first record\", \"id\": 1}\n\n{\"text\": \"second\\nrecord\"}\n");
     let b = write(&dir, "b.json-lines", "{\"content\": \"custom field\"}\n");
     let docs = read_sources(&[
@@ -193,7 +175,7 @@ fn jsonl_with_default_and_custom_field() {
 
 #[test]
 fn directories_are_recursive_sorted_and_keyed_relative() {
-    let dir = common::scratch_dir("tree");
+    let dir = common::tmpdir("tree");
     write(&dir, "b.txt", "b one\n\nb two");
     write(&dir, "a/z.txt", "z");
     write(&dir, "a/y.txt", "y");
@@ -213,7 +195,7 @@ fn directories_are_recursive_sorted_and_keyed_relative() {
 
 #[test]
 fn brown_format_is_sniffed_in_a_small_file() {
-    let dir = common::scratch_dir("brown-mini");
+    let dir = common::tmpdir("brown-mini");
     let path = write(
         &dir,
         "cx01",
@@ -269,7 +251,7 @@ fn split_depends_only_on_key_index_and_seed() {
 
 #[test]
 fn split_is_identical_with_1_and_4_threads() {
-    let dir = common::scratch_dir("threads");
+    let dir = common::tmpdir("threads");
     let mut words = Vec::new();
     for f in 0..6 {
         let mut text = String::new();
@@ -290,15 +272,8 @@ fn split_is_identical_with_1_and_4_threads() {
     let mut config = TextDataConfig::new(vec![TextSource::new(dir.to_string_lossy())]);
     config.pack.seq_len = 16;
     config.split.val_fraction = 0.25;
-    let run = |threads: usize| {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap()
-            .install(|| build_dataset(&config, &tokenizer).unwrap())
-    };
-    let one = run(1);
-    let four = run(4);
+    let one = common::build_with_threads(1, &config, &tokenizer);
+    let four = common::build_with_threads(4, &config, &tokenizer);
     assert_eq!(one, four);
     assert_eq!(one.stats.clean.kept, 240);
     assert_eq!(one.stats.train_docs + one.stats.val_docs, 240);
@@ -310,7 +285,7 @@ fn split_is_identical_with_1_and_4_threads() {
 
 #[test]
 fn explicit_validation_sources() {
-    let dir = common::scratch_dir("val-sources");
+    let dir = common::tmpdir("val-sources");
     let train = write(&dir, "train.txt", "a b c d e f g h\n\ni j k l m n o p");
     let val = write(&dir, "val.txt", "a b c d");
     let tokenizer =
@@ -331,7 +306,7 @@ fn explicit_validation_sources() {
 
 #[test]
 fn training_sources_replace_the_training_part_and_keep_the_validation_split() {
-    let dir = common::scratch_dir("train-sources");
+    let dir = common::tmpdir("train-sources");
     let docs: Vec<String> = (0..40).map(|i| ["a b c d", "e f g h", "i j k l", "m n o p"][i % 4].to_string()).collect();
     let corpus = write(&dir, "corpus.txt", docs.join("\n\n"));
     let written = write(&dir, "written.jsonl", "{\"text\": \"p o n m\"}\n{\"text\": \"l k j\"}\n");
@@ -377,7 +352,7 @@ fn error_missing_path() {
 
 #[test]
 fn error_glob_matching_nothing() {
-    let dir = common::scratch_dir("glob-empty");
+    let dir = common::tmpdir("glob-empty");
     let pattern = format!("{}/*.txt", dir.display());
     let err = read_sources(&[TextSource::new(&pattern)]).unwrap_err();
     assert_eq!(err.to_string(), format!("glob pattern `{pattern}` matched no files"));
@@ -385,7 +360,7 @@ fn error_glob_matching_nothing() {
 
 #[test]
 fn error_invalid_utf8_names_file_and_offset() {
-    let dir = common::scratch_dir("utf8");
+    let dir = common::tmpdir("utf8");
     let path = write(&dir, "bad.txt", b"caf\xc3\xa9 ok\n\xff\xfe rest");
     let err = read_sources(&[TextSource::new(&path)]).unwrap_err();
     assert_eq!(err.to_string(), format!("{path}: invalid UTF-8 at byte offset 9"));
@@ -393,7 +368,7 @@ fn error_invalid_utf8_names_file_and_offset() {
 
 #[test]
 fn error_jsonl_not_json_names_file_and_line() {
-    let dir = common::scratch_dir("jsonl-bad");
+    let dir = common::tmpdir("jsonl-bad");
     let path = write(&dir, "d.jsonl", "{\"text\": \"ok\"}\n{\"text\": oops}\n");
     let err = read_sources(&[TextSource::new(&path)]).unwrap_err();
     let msg = err.to_string();
@@ -403,7 +378,7 @@ fn error_jsonl_not_json_names_file_and_line() {
 
 #[test]
 fn error_jsonl_missing_field_names_file_line_and_field() {
-    let dir = common::scratch_dir("jsonl-field");
+    let dir = common::tmpdir("jsonl-field");
     let path = write(&dir, "d.jsonl", "{\"text\": \"ok\"}\n\n{\"body\": \"x\"}\n");
     let err = read_sources(&[TextSource::new(&path)]).unwrap_err();
     assert_eq!(err.to_string(), format!("{path}:3: missing string field `text`"));
@@ -414,7 +389,7 @@ fn error_jsonl_missing_field_names_file_line_and_field() {
 
 #[test]
 fn error_empty_corpus_after_cleaning() {
-    let dir = common::scratch_dir("empty-corpus");
+    let dir = common::tmpdir("empty-corpus");
     let path = write(&dir, "w.txt", " = Title = \n\n = = Sub = = \n\nshort one\n\ntiny");
     let config = TextDataConfig::new(vec![TextSource::new(&path)]);
     let err = prepare_text(&config).unwrap_err();
@@ -444,7 +419,7 @@ fn error_validation_split_leaving_train_empty() {
 
 #[test]
 fn error_training_data_shorter_than_one_row() {
-    let dir = common::scratch_dir("too-short");
+    let dir = common::tmpdir("too-short");
     let path = write(&dir, "t.txt", "a b c");
     let mut config = TextDataConfig::new(vec![TextSource::new(&path)]);
     config.clean.min_chars = 0;

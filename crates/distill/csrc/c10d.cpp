@@ -1,8 +1,9 @@
 // A process group over libtorch's own distributed runtime (c10d), which tch does not bind: a
 // TCPStore rendezvous (rank 0 serves it), then the gloo backend for CPU tensors or, in a build
-// against CUDA with NCCL's headers, the NCCL backend for CUDA tensors. All-reduce (sum), broadcast
-// and barrier, in place, each waited for. Every C++ exception becomes a message (malloc'd, freed
-// with distill_free_message) instead of crossing into Rust.
+// against CUDA with NCCL's headers, the NCCL backend for CUDA tensors. All-reduce (sum) and
+// broadcast, in place, each waited for, and the rendezvous store's keys for small messages. Every
+// C++ exception becomes a message (malloc'd, freed with distill_free_message) instead of crossing
+// into Rust.
 //
 // The gloo backend is compiled in when gloo's headers were found (DISTILL_GLOO); the code itself
 // is libtorch's, exported by libtorch_cpu.so. Debian's libgloo-dev provides the headers.
@@ -142,18 +143,6 @@ char *distill_c10d_broadcast(void *gp, at::Tensor *const *ts, size_t n, int root
       o.timeout = g->timeout;
       g->backend->broadcast(one, o)->wait(g->timeout);
     }
-    return nullptr;
-  } catch (const std::exception &e) {
-    return distill::message(e.what());
-  }
-}
-
-char *distill_c10d_barrier(void *gp) {
-  try {
-    auto *g = static_cast<Group *>(gp);
-    c10d::BarrierOptions o;
-    o.timeout = g->timeout;
-    g->backend->barrier(o)->wait(g->timeout);
     return nullptr;
   } catch (const std::exception &e) {
     return distill::message(e.what());

@@ -2,29 +2,15 @@
 //! numbers (`tests/fixtures/losses/make_divergence_fixtures.py` produced `divergences.json`), plus
 //! chunked-vs-naive equivalence and edge cases.
 
+mod common;
+
+use common::{ints, loss_fixture, tensor};
 use distill::losses::response::cross_entropy;
 use distill::losses::{ChunkTeacher, ChunkedKd, Divergence, DivergenceCfg, DivergenceKind, SparseTeacher};
 use tch::{Kind, Tensor};
 
 /// Absolute tolerance, relative above magnitude 1.
 const TOL: f64 = 1e-5;
-
-fn fixture() -> serde_json::Value {
-    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/losses/divergences.json");
-    serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap()
-}
-
-fn floats(v: &serde_json::Value) -> Vec<f32> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
-}
-
-fn ints(v: &serde_json::Value) -> Vec<i64> {
-    v.as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect()
-}
-
-fn tensor(v: &serde_json::Value, shape: &[i64]) -> Tensor {
-    Tensor::from_slice(&floats(v)).view(shape)
-}
 
 fn vec_of(t: &Tensor) -> Vec<f64> {
     Vec::try_from(t.flatten(0, -1).to_kind(Kind::Double)).unwrap()
@@ -77,7 +63,7 @@ fn value_and_grad(s: &Tensor, f: impl Fn(&Tensor) -> Tensor) -> (f64, Vec<f64>) 
 
 #[test]
 fn dense_divergences_match_pytorch() {
-    let f = fixture();
+    let f = loss_fixture("divergences.json");
     let d = &f["dense"];
     let (n, v) = (d["n"].as_i64().unwrap(), d["v"].as_i64().unwrap());
     let (s, t) = (tensor(&d["student"], &[n, v]), tensor(&d["teacher"], &[n, v]));
@@ -105,7 +91,7 @@ fn fixture_sparse(d: &serde_json::Value) -> SparseTeacher {
 
 #[test]
 fn sparse_divergences_match_pytorch() {
-    let f = fixture();
+    let f = loss_fixture("divergences.json");
     let d = &f["sparse"];
     let (n, v) = (d["n"].as_i64().unwrap(), d["v"].as_i64().unwrap());
     let s = tensor(&d["student"], &[n, v]);
@@ -125,7 +111,7 @@ fn sparse_divergences_match_pytorch() {
 
 #[test]
 fn sparse_teacher_from_logits_matches_the_pytorch_cache() {
-    let f = fixture();
+    let f = loss_fixture("divergences.json");
     let d = &f["sparse"];
     let (n, v, k) = (d["n"].as_i64().unwrap(), d["v"].as_i64().unwrap(), d["k"].as_i64().unwrap());
     let got = SparseTeacher::from_logits(&tensor(&d["teacher"], &[n, v]), k);
@@ -169,7 +155,7 @@ fn reconstruct_is_exact_at_t1_and_normalised() {
 
 #[test]
 fn sparse_with_all_ids_equals_dense() {
-    let f = fixture();
+    let f = loss_fixture("divergences.json");
     let d = &f["dense"];
     let (n, v) = (d["n"].as_i64().unwrap(), d["v"].as_i64().unwrap());
     let (s, t) = (tensor(&d["student"], &[n, v]), tensor(&d["teacher"], &[n, v]));
@@ -366,7 +352,7 @@ fn chunked_equals_naive_for_every_teacher_and_alpha() {
 
 #[test]
 fn chunked_matches_pytorch() {
-    let f = fixture();
+    let f = loss_fixture("divergences.json");
     let mut worst = 0f64;
     for c in f["chunked"].as_array().unwrap() {
         let dim = |k: &str| c[k].as_i64().unwrap();

@@ -1,8 +1,11 @@
 //! The BERT encoder against sentence-transformers on all-MiniLM-L6-v2's weights, and the
 //! students' exports read back by sentence-transformers and model2vec.
 
+mod common;
+
 use std::path::PathBuf;
-use std::process::Command;
+
+use common::run_python;
 
 use distill::models::sentence::{Embedder, Encoder};
 use distill::student::encoder::{every_other, layer_subset, projected, static_student, NarrowShape, StaticCfg};
@@ -12,12 +15,6 @@ fn minilm() -> PathBuf {
     let p = distill::io::fetch::asset("minilm").unwrap().root_path();
     assert!(p.join("model.safetensors").is_file(), "{} is missing: run `distill fetch minilm`", p.display());
     p
-}
-
-fn python() -> PathBuf {
-    std::env::var_os("DISTILL_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| distill::io::fetch::distill_home().join("venv/bin/python"))
 }
 
 fn texts() -> Vec<String> {
@@ -34,9 +31,7 @@ fn texts() -> Vec<String> {
 
 /// Runs `code` with the argument list; returns stdout parsed as a JSON list of vectors.
 fn py_embed(code: &str, args: &[&str]) -> Tensor {
-    let o = Command::new(python()).env("HF_HUB_OFFLINE", "1").arg("-c").arg(code).args(args).output().unwrap();
-    assert!(o.status.success(), "python failed: {}", String::from_utf8_lossy(&o.stderr));
-    let v: Vec<Vec<f32>> = serde_json::from_slice(&o.stdout).unwrap();
+    let v: Vec<Vec<f32>> = serde_json::from_slice(&run_python(|c| c.arg("-c").arg(code).args(args))).unwrap();
     let rows: Vec<Tensor> = v.iter().map(|r| Tensor::from_slice(r)).collect();
     Tensor::stack(&rows, 0)
 }
@@ -93,8 +88,7 @@ fn students_export_to_layouts_their_libraries_load() {
     let dir = minilm();
     let teacher = Encoder::load(&dir, Device::Cpu).unwrap();
     let t = texts();
-    let tmp = std::env::temp_dir().join(format!("distill-encoder-export-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
+    let tmp = common::tmpdir("export");
 
     // DistilBERT-style: layers 1, 3, 5; the weights are the teacher's.
     let layers = every_other(6, 3);
@@ -138,9 +132,7 @@ fn students_export_to_layouts_their_libraries_load() {
 
 #[test]
 fn a_directory_that_is_not_bert_is_one_error_naming_what_is_missing() {
-    let tmp = std::env::temp_dir().join(format!("distill-not-bert-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).unwrap();
+    let tmp = common::tmpdir("not-bert");
     let err = |p: &std::path::Path| Encoder::load(p, Device::Cpu).err().expect("an error").to_string();
     let e = err(&tmp);
     assert!(e.contains("no config.json") && !e.contains('\n'), "{e}");
@@ -176,9 +168,7 @@ fn embedding_loss_matches_pytorch() {
     let sv: Vec<Vec<f32>> = Vec::<Vec<f32>>::try_from(&s).unwrap();
     let tv: Vec<Vec<f32>> = Vec::<Vec<f32>>::try_from(&t).unwrap();
     let arg = serde_json::json!({"s": sv, "t": tv, "wc": wc, "wm": wm}).to_string();
-    let o = Command::new(python()).arg("-c").arg(LOSS_PY).arg(&arg).output().unwrap();
-    assert!(o.status.success(), "python failed: {}", String::from_utf8_lossy(&o.stderr));
-    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let r: serde_json::Value = serde_json::from_slice(&run_python(|c| c.arg("-c").arg(LOSS_PY).arg(&arg))).unwrap();
     let s = s.set_requires_grad(true);
     let (total, _, _) = embedding_loss(&s, &t, wc, wm);
     total.backward();

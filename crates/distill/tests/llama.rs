@@ -7,9 +7,12 @@
 //! biases), `qwen2` (q/k/v biases, theta 1e6) and `mistral_window` (sliding window 3, tied), run
 //! on a right-padded batch of lengths 7, 5, 3.
 
+mod common;
+
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
+
+use common::{llama_fixtures, max_diff, run_python};
 
 use distill::eval::generate::{
     generate, generate_after_prefix, generate_batch, generate_batch_seeded, generate_batch_until, top_k_next,
@@ -27,21 +30,12 @@ type Named = Vec<(String, Tensor)>;
 const MODELS: [&str; 4] = ["llama_tied", "llama_untied", "qwen2", "mistral_window"];
 const LENGTHS: [i64; 3] = [7, 5, 3];
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/llama")
-}
-
 fn load(name: &str) -> (nn::VarStore, CausalLm) {
-    CausalLm::from_pretrained(fixtures().join(name), Device::Cpu, Kind::Float).unwrap()
+    CausalLm::from_pretrained(llama_fixtures().join(name), Device::Cpu, Kind::Float).unwrap()
 }
 
 fn expected(name: &str) -> HashMap<String, Tensor> {
-    Tensor::read_safetensors(fixtures().join(name).join("expected.safetensors")).unwrap().into_iter().collect()
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.size(), b.size());
-    (a - b).abs().max().double_value(&[])
+    Tensor::read_safetensors(llama_fixtures().join(name).join("expected.safetensors")).unwrap().into_iter().collect()
 }
 
 fn all_outputs() -> ForwardOptions {
@@ -191,13 +185,6 @@ fn gradients_reach_every_parameter() {
     }
 }
 
-fn python() -> PathBuf {
-    std::env::var_os("DISTILL_PYTHON").map(PathBuf::from).unwrap_or_else(|| {
-        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
-        home.join(".cache/distill/venv/bin/python")
-    })
-}
-
 const ROUNDTRIP_PY: &str = r#"
 import json, sys, torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -221,9 +208,9 @@ print(json.dumps(res))
 #[test]
 fn export_round_trips_through_transformers() {
     let tmp = tempfile::tempdir().unwrap();
-    let tokenizer = std::fs::read(fixtures().join("tokenizer.json")).unwrap();
+    let tokenizer = std::fs::read(llama_fixtures().join("tokenizer.json")).unwrap();
 
-    let cfg = LmConfig::from_file(fixtures().join("llama_tied")).unwrap();
+    let cfg = LmConfig::from_file(llama_fixtures().join("llama_tied")).unwrap();
     let vs = nn::VarStore::new(Device::Cpu);
     let fresh = CausalLm::new(vs.root(), &LmConfig { initializer_range: 0.3, ..cfg }).unwrap();
     let (_qvs, qwen) = load("qwen2");
@@ -242,11 +229,8 @@ fn export_round_trips_through_transformers() {
     assert!(distill::io::export::export_hf(&fresh, None, &other).is_err());
     assert!(other.join("notes.txt").is_file());
 
-    let out = Command::new(python()).arg("-c").arg(ROUNDTRIP_PY).arg(&d1).arg(&d2).output().unwrap_or_else(|e| {
-        panic!("cannot run {} (set DISTILL_PYTHON or run scripts/setup.sh): {e}", python().display())
-    });
-    assert!(out.status.success(), "python failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    let res: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let out = run_python(|c| c.arg("-c").arg(ROUNDTRIP_PY).arg(&d1).arg(&d2));
+    let res: serde_json::Value = serde_json::from_slice(&out).unwrap();
     for (dir, model, class) in [(&d1, &fresh, "LlamaForCausalLM"), (&d2, &qwen, "Qwen2ForCausalLM")] {
         let r = &res[dir.to_str().unwrap()];
         assert_eq!(r["class"], class);
@@ -269,7 +253,7 @@ fn export_round_trips_through_transformers() {
 #[test]
 fn bad_inputs_give_clear_errors() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = fixtures().join("llama_tied");
+    let dir = llama_fixtures().join("llama_tied");
 
     // config.json without hidden_size.
     let mut cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
@@ -648,7 +632,7 @@ print(json.dumps({"ids": ids, "logits": logits.flatten().tolist()}))
 #[test]
 fn sentencepiece_student_exports_to_gguf() {
     let tmp = tempfile::tempdir().unwrap();
-    let gguf_fixtures = fixtures().join("../gguf");
+    let gguf_fixtures = common::fixtures().join("gguf");
     let tok = tokenizers::Tokenizer::from_file(gguf_fixtures.join("spm_tokenizer.hf.json")).unwrap();
     let reference: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(gguf_fixtures.join("spm_tokenizer.json")).unwrap()).unwrap();
@@ -661,7 +645,7 @@ fn sentencepiece_student_exports_to_gguf() {
             (c["name"].as_str().unwrap().to_owned(), c["text"].as_str().unwrap().to_owned(), ids)
         })
         .collect();
-    let cfg = LmConfig::from_file(fixtures().join("llama_tied")).unwrap();
+    let cfg = LmConfig::from_file(llama_fixtures().join("llama_tied")).unwrap();
     let vs = nn::VarStore::new(Device::Cpu);
     // eps exact in f32 (GGUF stores it so); the initializer range is not stored.
     let eps = 2f64.powi(-20);
@@ -672,16 +656,8 @@ fn sentencepiece_student_exports_to_gguf() {
     distill::io::export::export_gguf(&model, &tok, None, "spm", &path, GgufType::F32).unwrap();
 
     let texts: Vec<&str> = cases.iter().map(|(_, t, _)| t.as_str()).collect();
-    let out = Command::new(python())
-        .arg("-c")
-        .arg(SPM_GGUF_PY)
-        .arg(&path)
-        .arg(serde_json::to_string(&texts).unwrap())
-        .env("HF_HUB_OFFLINE", "1")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "python failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    let res: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let out = run_python(|c| c.arg("-c").arg(SPM_GGUF_PY).arg(&path).arg(serde_json::to_string(&texts).unwrap()));
+    let res: serde_json::Value = serde_json::from_slice(&out).unwrap();
     let hf_ids: Vec<Vec<i64>> = serde_json::from_value(res["ids"].clone()).unwrap();
     for ((name, _, want), got) in cases.iter().zip(&hf_ids) {
         if name != "leading_space" {
@@ -719,7 +695,7 @@ fn sentencepiece_student_exports_to_gguf() {
 #[test]
 fn gguf_export_refuses_what_llama_cpp_would_compute_differently() {
     let tmp = tempfile::tempdir().unwrap();
-    let tok = tokenizers::Tokenizer::from_file(fixtures().join("tokenizer.json")).unwrap();
+    let tok = tokenizers::Tokenizer::from_file(llama_fixtures().join("tokenizer.json")).unwrap();
     let (_vs, mistral) = load("mistral_window");
     let out = tmp.path().join("m.gguf");
     let e = distill::io::export::export_gguf(&mistral, &tok, None, "m", &out, GgufType::F32).unwrap_err().to_string();
@@ -747,7 +723,7 @@ fn hidden_state_kd_adds_its_term_and_trains_the_projection() {
     use distill::train::TrainTask;
 
     let (_t_vs, teacher) = load("llama_tied"); // 2 layers, hidden 32
-    let cfg = LmConfig::from_file(fixtures().join("llama_tied")).unwrap();
+    let cfg = LmConfig::from_file(llama_fixtures().join("llama_tied")).unwrap();
     let s_cfg = LmConfig { hidden_size: 16, num_heads: 2, num_kv_heads: 1, intermediate_size: 32, ..cfg };
     let vs = nn::VarStore::new(Device::Cpu);
     tch::manual_seed(3);

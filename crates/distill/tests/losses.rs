@@ -1,17 +1,11 @@
 //! Loss values and gradients against PyTorch 2.11 reference numbers
 //! (`tests/fixtures/losses/make_fixtures.py` produced `kd.json`).
 
+mod common;
+
+use common::{floats, ints, loss_fixture, tensor};
 use distill::losses::KdLoss;
 use tch::{Kind, Tensor};
-
-fn fixture(name: &str) -> serde_json::Value {
-    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/losses").join(name);
-    serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap()
-}
-
-fn floats(v: &serde_json::Value) -> Vec<f32> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
-}
 
 fn close(what: &str, got: &[f32], want: &[f32], tol: f32) {
     assert_eq!(got.len(), want.len(), "{what}");
@@ -22,15 +16,14 @@ fn close(what: &str, got: &[f32], want: &[f32], tol: f32) {
 
 #[test]
 fn kd_loss_and_gradient_match_pytorch() {
-    let f = fixture("kd.json");
+    let f = loss_fixture("kd.json");
     let cases = f["cases"].as_array().unwrap();
     assert_eq!(cases.len(), 6);
     for (i, c) in cases.iter().enumerate() {
         let (n, k) = (c["n"].as_i64().unwrap(), c["c"].as_i64().unwrap());
-        let s = Tensor::from_slice(&floats(&c["student"])).view([n, k]).set_requires_grad(true);
-        let t = Tensor::from_slice(&floats(&c["teacher"])).view([n, k]);
-        let y: Vec<i64> = c["labels"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
-        let y = Tensor::from_slice(&y);
+        let s = tensor(&c["student"], &[n, k]).set_requires_grad(true);
+        let t = tensor(&c["teacher"], &[n, k]);
+        let y = Tensor::from_slice(&ints(&c["labels"]));
         let loss = KdLoss { temperature: c["temperature"].as_f64().unwrap(), alpha: c["alpha"].as_f64().unwrap() };
         let p = loss.forward(&s, &t, Some(&y));
         let case = format!("case {i} (T={}, alpha={})", loss.temperature, loss.alpha);
@@ -58,15 +51,15 @@ fn kd_soft_term_is_zero_when_student_equals_teacher() {
 #[test]
 fn hidden_state_losses_match_pytorch() {
     use distill::losses::HiddenLoss;
-    let f = fixture("hidden.json");
+    let f = loss_fixture("hidden.json");
     let cases = f["cases"].as_array().unwrap();
     assert_eq!(cases.len(), 5);
     for (i, c) in cases.iter().enumerate() {
         let dim = |k: &str| c[k].as_i64().unwrap();
         let (n, hs, ht) = (dim("n"), dim("hs"), dim("ht"));
-        let h = Tensor::from_slice(&floats(&c["student"])).view([n, hs]).set_requires_grad(true);
-        let w = Tensor::from_slice(&floats(&c["proj"])).view([ht, hs]).set_requires_grad(true);
-        let t = Tensor::from_slice(&floats(&c["teacher"])).view([n, ht]);
+        let h = tensor(&c["student"], &[n, hs]).set_requires_grad(true);
+        let w = tensor(&c["proj"], &[ht, hs]).set_requires_grad(true);
+        let t = tensor(&c["teacher"], &[n, ht]);
         let kind = match c["loss_kind"].as_str().unwrap() {
             "mse" => HiddenLoss::Mse,
             _ => HiddenLoss::Cosine,
@@ -81,12 +74,9 @@ fn hidden_state_losses_match_pytorch() {
     }
 }
 
-fn ints(c: &serde_json::Value, k: &str) -> i64 {
+/// The integer `c[k]`.
+fn int(c: &serde_json::Value, k: &str) -> i64 {
     c[k].as_i64().unwrap()
-}
-
-fn tensor(c: &serde_json::Value, k: &str, shape: &[i64]) -> Tensor {
-    Tensor::from_slice(&floats(&c[k])).view(shape)
 }
 
 fn flat(g: Tensor) -> Vec<f32> {
@@ -103,21 +93,21 @@ fn scalar(t: &Tensor) -> [f32; 1] {
 #[test]
 fn fitnets_hint_matches_pytorch() {
     use distill::losses::feature_map::{hint_loss, match_spatial};
-    let f = fixture("methods.json");
+    let f = loss_fixture("methods.json");
     let cases = f["hint"].as_array().unwrap();
     assert_eq!(cases.len(), 5);
     for (i, c) in cases.iter().enumerate() {
-        let (b, cs, ct, hs, ht) = (ints(c, "b"), ints(c, "cs"), ints(c, "ct"), ints(c, "hs"), ints(c, "ht"));
+        let (b, cs, ct, hs, ht) = (int(c, "b"), int(c, "cs"), int(c, "ct"), int(c, "hs"), int(c, "ht"));
         let conv = c["kind"] == "conv";
         let (s_shape, t_shape, w_shape) = if conv {
             (vec![b, cs, hs, hs], vec![b, ct, ht, ht], vec![ct, cs, 1, 1])
         } else {
             (vec![b, cs], vec![b, ct], vec![ct, cs])
         };
-        let s = tensor(c, "student", &s_shape).set_requires_grad(true);
-        let t = tensor(c, "teacher", &t_shape);
-        let w = tensor(c, "weight", &w_shape).set_requires_grad(true);
-        let bias = tensor(c, "bias", &[ct]).set_requires_grad(true);
+        let s = tensor(&c["student"], &s_shape).set_requires_grad(true);
+        let t = tensor(&c["teacher"], &t_shape);
+        let w = tensor(&c["weight"], &w_shape).set_requires_grad(true);
+        let bias = tensor(&c["bias"], &[ct]).set_requires_grad(true);
         let r = if conv { s.conv2d(&w, Some(&bias), [1], [0], [1], 1) } else { s.linear(&w, Some(&bias)) };
         let (r, t) = match_spatial(&r, &t);
         let loss = hint_loss(&r, &t);
@@ -134,13 +124,13 @@ fn fitnets_hint_matches_pytorch() {
 #[test]
 fn attention_transfer_matches_pytorch() {
     use distill::losses::feature_map::attention_transfer;
-    let f = fixture("methods.json");
+    let f = loss_fixture("methods.json");
     let cases = f["attention_transfer"].as_array().unwrap();
     assert_eq!(cases.len(), 3);
     for (i, c) in cases.iter().enumerate() {
-        let (b, cs, ct, hs, ht) = (ints(c, "b"), ints(c, "cs"), ints(c, "ct"), ints(c, "hs"), ints(c, "ht"));
-        let s = tensor(c, "student", &[b, cs, hs, hs]).set_requires_grad(true);
-        let t = tensor(c, "teacher", &[b, ct, ht, ht]);
+        let (b, cs, ct, hs, ht) = (int(c, "b"), int(c, "cs"), int(c, "ct"), int(c, "hs"), int(c, "ht"));
+        let s = tensor(&c["student"], &[b, cs, hs, hs]).set_requires_grad(true);
+        let t = tensor(&c["teacher"], &[b, ct, ht, ht]);
         let loss = attention_transfer(&s, &t, c["p"].as_f64().unwrap());
         close(&format!("AT case {i} loss"), &scalar(&loss), &[c["loss"].as_f64().unwrap() as f32], 1e-6);
         loss.backward();
@@ -153,14 +143,14 @@ fn attention_transfer_matches_pytorch() {
 #[test]
 fn rkd_distance_and_angle_match_pytorch() {
     use distill::losses::relation::{rkd_angle, rkd_distance};
-    let f = fixture("methods.json");
+    let f = loss_fixture("methods.json");
     let cases = f["rkd"].as_array().unwrap();
     assert_eq!(cases.len(), 3);
     for (i, c) in cases.iter().enumerate() {
-        let (n, ds, dt) = (ints(c, "n"), ints(c, "ds"), ints(c, "dt"));
-        let t = tensor(c, "teacher", &[n, dt]);
+        let (n, ds, dt) = (int(c, "n"), int(c, "ds"), int(c, "dt"));
+        let t = tensor(&c["teacher"], &[n, dt]);
         for (name, f) in [("distance", rkd_distance as fn(&Tensor, &Tensor) -> Tensor), ("angle", rkd_angle)] {
-            let s = tensor(c, "student", &[n, ds]).set_requires_grad(true);
+            let s = tensor(&c["student"], &[n, ds]).set_requires_grad(true);
             let loss = f(&s, &t);
             close(&format!("RKD {name} case {i}"), &scalar(&loss), &[c[name].as_f64().unwrap() as f32], 1e-5);
             loss.backward();
@@ -174,26 +164,26 @@ fn rkd_distance_and_angle_match_pytorch() {
 #[test]
 fn minilm_relation_and_attention_kl_match_pytorch() {
     use distill::losses::relation::{attention_kl, relation_kl};
-    let f = fixture("methods.json");
+    let f = loss_fixture("methods.json");
     let cases = f["relation"].as_array().unwrap();
     assert_eq!(cases.len(), 3);
     for (i, c) in cases.iter().enumerate() {
-        let (b, t, ds, dt) = (ints(c, "b"), ints(c, "t"), ints(c, "ds"), ints(c, "dt"));
-        let s = tensor(c, "student", &[b, t, ds]).set_requires_grad(true);
-        let x = tensor(c, "teacher", &[b, t, dt]);
+        let (b, t, ds, dt) = (int(c, "b"), int(c, "t"), int(c, "ds"), int(c, "dt"));
+        let s = tensor(&c["student"], &[b, t, ds]).set_requires_grad(true);
+        let x = tensor(&c["teacher"], &[b, t, dt]);
         let mask = c["mask"].as_array().map(|m| {
             let v: Vec<i64> = m.iter().map(|x| x.as_i64().unwrap()).collect();
             Tensor::from_slice(&v).view([b, t])
         });
-        let loss = relation_kl(&s, &x, ints(c, "heads"), mask.as_ref());
+        let loss = relation_kl(&s, &x, int(c, "heads"), mask.as_ref());
         close(&format!("relation case {i}"), &scalar(&loss), &[c["loss"].as_f64().unwrap() as f32], 1e-5);
         loss.backward();
         close(&format!("relation case {i} d/ds"), &flat(s.grad()), &floats(&c["grad_student"]), 1e-5);
     }
     for (i, c) in f["attention_map"].as_array().unwrap().iter().enumerate() {
-        let (b, h, t) = (ints(c, "b"), ints(c, "h"), ints(c, "t"));
-        let ps = tensor(c, "student", &[b, h, t, t]).set_requires_grad(true);
-        let pt = tensor(c, "teacher", &[b, h, t, t]);
+        let (b, h, t) = (int(c, "b"), int(c, "h"), int(c, "t"));
+        let ps = tensor(&c["student"], &[b, h, t, t]).set_requires_grad(true);
+        let pt = tensor(&c["teacher"], &[b, h, t, t]);
         let loss = attention_kl(&ps, &pt, None);
         close(&format!("attention KL case {i}"), &scalar(&loss), &[c["loss"].as_f64().unwrap() as f32], 1e-5);
         loss.backward();

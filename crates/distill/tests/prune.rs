@@ -1,11 +1,12 @@
 //! Structured pruning (`student.init = "prune"`): importance scores, the slice, and the pruned
 //! model against the teacher with the pruned parts zeroed and against transformers.
 
-use std::path::PathBuf;
-use std::process::Command;
+mod common;
 
+use common::{logits, run_python};
+
+use distill::models::lm::CausalLm;
 use distill::models::lm::LmConfig;
-use distill::models::lm::{CausalLm, ForwardOptions};
 use distill::student::prune::{importance, select, slice_into, top_k_sorted, Importance};
 use tch::{nn, Device, Kind, Tensor};
 
@@ -24,10 +25,6 @@ fn teacher() -> (nn::VarStore, CausalLm) {
 fn ids(rows: i64, seq: i64, seed: i64) -> Tensor {
     tch::manual_seed(seed);
     Tensor::randint(96, [rows, seq], (Kind::Int64, Device::Cpu))
-}
-
-fn logits(m: &CausalLm, ids: &Tensor) -> Tensor {
-    tch::no_grad(|| m.forward(ids, None, ForwardOptions::default()).unwrap().logits)
 }
 
 fn shape(t: &LmConfig, layers: i64, hidden: i64, heads: i64, kv: i64, inter: i64) -> LmConfig {
@@ -145,13 +142,6 @@ fn shapes_that_are_not_a_slice_are_named() {
     }
 }
 
-fn python() -> PathBuf {
-    std::env::var_os("DISTILL_PYTHON").map(PathBuf::from).unwrap_or_else(|| {
-        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
-        home.join(".cache/distill/venv/bin/python")
-    })
-}
-
 const LOGITS_PY: &str = r#"
 import json, sys, torch
 from transformers import AutoModelForCausalLM
@@ -170,23 +160,13 @@ fn transformers_loads_a_pruned_export_with_the_same_logits() {
     let t = teacher();
     let s_cfg = shape(t.1.config(), 2, 48, 2, 1, 96);
     let (_vs, s, _) = pruned(&t, &s_cfg, &ids(8, 12, 1));
-    let dir = std::env::temp_dir().join(format!("distill-prune-hf-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = common::tmpdir("hf");
     distill::io::export::export_hf(&s, None, &dir).unwrap();
     let x = ids(2, 9, 5);
     let want = logits(&s, &x);
     let rows: Vec<Vec<i64>> = (0..2).map(|r| Vec::<i64>::try_from(x.get(r)).unwrap()).collect();
-    let out = Command::new(python())
-        .arg("-c")
-        .arg(LOGITS_PY)
-        .arg(&dir)
-        .arg(serde_json::to_string(&rows).unwrap())
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("cannot run {} (set DISTILL_PYTHON or run scripts/setup.sh): {e}", python().display())
-        });
-    assert!(out.status.success(), "python failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    let res: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let out = run_python(|c| c.arg("-c").arg(LOGITS_PY).arg(&dir).arg(serde_json::to_string(&rows).unwrap()));
+    let res: serde_json::Value = serde_json::from_slice(&out).unwrap();
     assert_eq!((res["head_dim"].as_i64(), res["layers"].as_i64()), (Some(16), Some(2)));
     let hf: Vec<f32> = serde_json::from_value(res["logits"].clone()).unwrap();
     let hf = Tensor::from_slice(&hf).view([2, 9, 96]);

@@ -2,21 +2,15 @@
 //! (the reference llama.cpp's files are written with), bit for bit, and its straight-through
 //! gradient.
 
-use std::path::PathBuf;
-use std::process::Command;
+mod common;
+
+use common::run_python;
 
 use distill::io::export::GgufType;
 use distill::models::lm::CausalLm;
 use distill::models::lm::LmConfig;
 use distill::student::quant::{fake_quant, fake_quant_ste, quantize_weights, quantized_view, QuantGrid};
 use tch::{nn, Device, Kind, Tensor};
-
-fn python() -> PathBuf {
-    std::env::var_os("DISTILL_PYTHON").map(PathBuf::from).unwrap_or_else(|| {
-        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
-        home.join(".cache/distill/venv/bin/python")
-    })
-}
 
 const ROUNDTRIP_PY: &str = r#"
 import sys, numpy as np
@@ -64,19 +58,13 @@ fn bits(t: &Tensor) -> Vec<u32> {
 #[test]
 fn grids_equal_gguf_py_bit_for_bit() {
     let w = weights();
-    let dir = std::env::temp_dir().join(format!("distill-quant-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::tmpdir("grids");
     let (src, q8, q4) = (dir.join("w.f32"), dir.join("q8.f32"), dir.join("q4.f32"));
     let raw: Vec<u8> = bits(&w).into_iter().flat_map(u32::to_le_bytes).collect();
     std::fs::write(&src, raw).unwrap();
-    let out = Command::new(python())
-        .args(["-c", ROUNDTRIP_PY])
-        .args([src.to_str().unwrap(), "96", q8.to_str().unwrap(), q4.to_str().unwrap()])
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("cannot run {} (set DISTILL_PYTHON or run scripts/setup.sh): {e}", python().display())
-        });
-    assert!(out.status.success(), "python failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    run_python(|c| {
+        c.args(["-c", ROUNDTRIP_PY]).args([src.to_str().unwrap(), "96", q8.to_str().unwrap(), q4.to_str().unwrap()])
+    });
     for (grid, path) in [(QuantGrid::Q8_0, &q8), (QuantGrid::Q4_0, &q4)] {
         let want: Vec<u32> =
             std::fs::read(path).unwrap().chunks(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
@@ -105,10 +93,6 @@ fn straight_through_gradient_is_the_identity() {
     assert!(e.to_string().contains("a row of 40 values does not divide"), "{e}");
 }
 
-fn fixtures() -> PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
-
 fn grads(model: &CausalLm) -> Vec<Tensor> {
     model.named_parameters().iter().map(|(_, w)| w.grad().copy()).collect()
 }
@@ -119,7 +103,7 @@ fn grads(model: &CausalLm) -> Vec<Tensor> {
 /// trained against. The view's gradient reaches the full-precision weights unchanged.
 #[test]
 fn quantized_view_equals_quantized_weights_equals_the_q4_0_gguf() {
-    let cfg = LmConfig::from_file(fixtures().join("llama/llama_tied")).unwrap();
+    let cfg = LmConfig::from_file(common::llama_fixtures().join("llama_tied")).unwrap();
     let cfg = LmConfig { vocab_size: 1000, max_position_embeddings: 512, initializer_range: 0.3, ..cfg };
     tch::manual_seed(5);
     let vs = nn::VarStore::new(Device::Cpu);
@@ -151,7 +135,7 @@ fn quantized_view_equals_quantized_weights_equals_the_q4_0_gguf() {
     quantize_weights(&model, GgufType::Q4_0).unwrap();
     assert!(model.named_parameters()[1].1.equal(&w));
 
-    let tok = tokenizers::Tokenizer::from_file(fixtures().join("gguf/spm_tokenizer.hf.json")).unwrap();
+    let tok = tokenizers::Tokenizer::from_file(common::fixtures().join("gguf/spm_tokenizer.hf.json")).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("q4.gguf");
     distill::io::export::export_gguf(&model, &tok, None, "q4", &path, GgufType::Q4_0).unwrap();

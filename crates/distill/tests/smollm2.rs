@@ -3,12 +3,15 @@
 
 #![allow(clippy::too_many_lines)] // tests read as scripts; the 120-line limit is for library and binary code
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
+
+use std::path::PathBuf;
+
+use common::{max_diff, run_python};
 
 use distill::io::export::GgufType;
 use distill::io::lm::load_lm;
-use distill::models::lm::{CausalLm, ForwardOptions};
+use distill::models::lm::CausalLm;
 use distill::student::student_config;
 use distill::student::{LmStudent, StudentInit};
 use tch::{nn, Device, Tensor};
@@ -19,28 +22,15 @@ fn smollm2() -> PathBuf {
     p
 }
 
-fn python() -> PathBuf {
-    std::env::var_os("DISTILL_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| distill::io::fetch::distill_home().join("venv/bin/python"))
-}
-
-fn logits(model: &CausalLm, ids: &[i64]) -> Tensor {
-    let t = Tensor::from_slice(ids).view([1, -1]);
-    tch::no_grad(|| model.forward(&t, None, ForwardOptions::default()).unwrap().logits.squeeze_dim(0))
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.size(), b.size());
-    (a - b).abs().max().double_value(&[])
+/// The logits `[ids.len(), vocab]` of `model` on the one sequence `ids`.
+fn row_logits(model: &CausalLm, ids: &[i64]) -> Tensor {
+    common::logits(model, &Tensor::from_slice(ids).view([1, -1])).squeeze_dim(0)
 }
 
 #[test]
 fn teacher_conversion_and_student_export_match_transformers() {
     let gguf = smollm2();
-    let tmp = std::env::temp_dir().join(format!("distill-smollm2-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).unwrap();
+    let tmp = common::tmpdir("teacher");
 
     let teacher = load_lm(&gguf, Device::Cpu).unwrap();
     let cfg = teacher.model.config();
@@ -111,26 +101,23 @@ fn teacher_conversion_and_student_export_match_transformers() {
     let ids_path = tmp.join("ids.json");
     std::fs::write(&ids_path, serde_json::to_string(&ids).unwrap()).unwrap();
     let out = tmp.join("ref.safetensors");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/smollm2/hf_logits.py");
-    let o = Command::new(python())
-        .arg(&script)
-        .arg(&ids_path)
-        .arg(&out)
-        .arg(format!("gguf=gguf:{}", gguf.display()))
-        .arg(format!("conv={}", conv.display()))
-        .arg(format!("student={}", sdir.display()))
-        .arg(format!("student_gguf=gguf:{}", sgguf.display()))
-        .env("HF_HUB_OFFLINE", "1")
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "python failed: {}", String::from_utf8_lossy(&o.stderr));
+    let script = common::fixtures().join("smollm2/hf_logits.py");
+    run_python(|c| {
+        c.arg(&script)
+            .arg(&ids_path)
+            .arg(&out)
+            .arg(format!("gguf=gguf:{}", gguf.display()))
+            .arg(format!("conv={}", conv.display()))
+            .arg(format!("student={}", sdir.display()))
+            .arg(format!("student_gguf=gguf:{}", sgguf.display()))
+    });
     let r = distill::train::checkpoint::load_tensors(&out).unwrap().tensors;
 
-    let ours = logits(&teacher.model, &ids);
+    let ours = row_logits(&teacher.model, &ids);
     assert_eq!(ours.size(), vec![ids.len() as i64, 49152]);
     let d_gguf = max_diff(&ours, &r["gguf"]);
     let d_conv = max_diff(&ours, &r["conv"]);
-    let student_logits = logits(&student, &ids);
+    let student_logits = row_logits(&student, &ids);
     let d_student = max_diff(&student_logits, &r["student"]);
     let d_student_gguf = max_diff(&student_logits, &r["student_gguf"]);
     eprintln!(
@@ -145,7 +132,7 @@ fn teacher_conversion_and_student_export_match_transformers() {
     let back = load_lm(&sgguf, Device::Cpu).unwrap();
     assert_eq!(back.model.config(), student.config());
     assert_eq!(back.chat_template.as_deref(), template);
-    assert_eq!(max_diff(&logits(&back.model, &ids), &student_logits), 0.0);
+    assert_eq!(max_diff(&row_logits(&back.model, &ids), &student_logits), 0.0);
     assert_eq!(
         distill_gguf::tokenizer_fingerprint(&back.tokenizer),
         distill_gguf::tokenizer_fingerprint(&teacher.tokenizer)
@@ -170,7 +157,7 @@ fn teacher_conversion_and_student_export_match_transformers() {
                 assert!(max_diff(got, w) <= bound, "{name}: {n}: {} > {bound}", max_diff(got, w));
             }
         }
-        let d = max_diff(&logits(&q.model, &ids), &student_logits);
+        let d = max_diff(&row_logits(&q.model, &ids), &student_logits);
         eprintln!("student GGUF {name}: max |Δlogit| vs f32 {d:.2e}");
     }
     // And the teacher is a real model: "Paris" is its top next token after "…France is".
@@ -205,9 +192,7 @@ fn chat_template_matches_transformers() {
     let ours: Vec<String> =
         convs.iter().map(|(c, g)| apply_chat_template(template, c, *g, "", "<|im_end|>").unwrap()).collect();
     let arg = serde_json::to_string(&convs.iter().map(|(c, g)| (c, g)).collect::<Vec<_>>()).unwrap();
-    let o = Command::new(python()).args(["-c", CHAT_PY, gguf.to_str().unwrap(), &arg]).output().unwrap();
-    assert!(o.status.success(), "python failed: {}", String::from_utf8_lossy(&o.stderr));
-    let stdout = String::from_utf8(o.stdout).unwrap();
+    let stdout = String::from_utf8(run_python(|c| c.args(["-c", CHAT_PY, gguf.to_str().unwrap(), &arg]))).unwrap();
     let theirs: Vec<String> = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     assert_eq!(ours, theirs);
     assert!(ours[0].ends_with("<|im_start|>assistant\n") && ours[0].contains("What is 2+2?"), "{}", ours[0]);

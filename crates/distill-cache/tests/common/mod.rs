@@ -1,4 +1,5 @@
-//! Helpers shared by the integration tests: a seeded generator of realistic teacher top-k data.
+//! Helpers shared by the integration tests: a seeded generator of realistic teacher top-k data,
+//! the small cache most tests use, and damaging a file.
 #![allow(dead_code)]
 
 use distill_cache::{CacheSpec, LogprobEncoding};
@@ -112,6 +113,13 @@ pub fn small_spec() -> CacheSpec {
 
 pub fn small_rows() -> TeacherRows {
     TeacherRows::generate(N, S, K, V, 7)
+}
+
+/// XORs the byte at `offset` of the file at `path` with `mask`.
+pub fn flip(path: &std::path::Path, offset: usize, mask: u8) {
+    let mut bytes = std::fs::read(path).unwrap();
+    bytes[offset] ^= mask;
+    std::fs::write(path, bytes).unwrap();
 }
 
 /// Writes the complete small cache into `dir`.

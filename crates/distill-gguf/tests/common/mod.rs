@@ -8,7 +8,8 @@ pub fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/gguf")
 }
 
-/// `$DISTILL_HOME`, defaulting like scripts/env.sh to `${XDG_CACHE_HOME:-~/.cache}/distill`.
+/// Where distill keeps its venv and assets, resolved as scripts/env.sh does: `$DISTILL_HOME` when
+/// set and not empty, else `${XDG_CACHE_HOME:-$HOME/.cache}/distill`.
 pub fn distill_home() -> PathBuf {
     if let Some(h) = std::env::var_os("DISTILL_HOME").filter(|h| !h.is_empty()) {
         return PathBuf::from(h);
@@ -32,7 +33,8 @@ pub fn smollm2_gguf() -> PathBuf {
     p
 }
 
-/// The Python with gguf-py: `$DISTILL_PYTHON`, else `$DISTILL_HOME/venv/bin/python`.
+/// The Python with gguf-py, resolved as scripts/env.sh does: `$DISTILL_PYTHON`, else
+/// `<DISTILL_HOME>/venv/bin/python`.
 pub fn python() -> PathBuf {
     std::env::var_os("DISTILL_PYTHON")
         .filter(|p| !p.is_empty())
@@ -60,8 +62,8 @@ pub fn assert_bitwise(what: &str, got: &[f32], want: &[f32]) {
     }
 }
 
-/// A unique scratch directory under the target dir's tmp.
-pub fn scratch(name: &str) -> PathBuf {
+/// A fresh, empty `distill-gguf-<name>-<pid>` under the temporary directory.
+pub fn tmpdir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("distill-gguf-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();

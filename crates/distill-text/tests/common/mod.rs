@@ -3,14 +3,17 @@
 
 use std::path::PathBuf;
 
+use distill_text::{build_dataset, TextDataConfig, TextDataset};
 use tokenizers::Tokenizer;
 
-/// `$DISTILL_HOME`, or `~/.cache/distill`.
+/// Where distill keeps its assets, resolved as scripts/env.sh does: `$DISTILL_HOME` when set and
+/// not empty, else `${XDG_CACHE_HOME:-$HOME/.cache}/distill`.
 pub fn distill_home() -> PathBuf {
-    if let Some(home) = std::env::var_os("DISTILL_HOME") {
-        return PathBuf::from(home);
+    if let Some(h) = std::env::var_os("DISTILL_HOME").filter(|h| !h.is_empty()) {
+        return PathBuf::from(h);
     }
     let cache = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|h| !h.is_empty())
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache"));
     cache.join("distill")
@@ -63,8 +66,17 @@ pub fn word_tokenizer(words: &[&str]) -> Tokenizer {
     Tokenizer::from_bytes(serde_json::to_vec(&json).unwrap()).unwrap()
 }
 
+/// The whole pipeline on a rayon pool of `threads` threads.
+pub fn build_with_threads(threads: usize, config: &TextDataConfig, tokenizer: &Tokenizer) -> TextDataset {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap()
+        .install(|| build_dataset(config, tokenizer).unwrap())
+}
+
 /// A fresh empty directory under the target dir for one test.
-pub fn scratch_dir(name: &str) -> PathBuf {
+pub fn tmpdir(name: &str) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();

@@ -367,9 +367,3 @@ pub fn save_safetensors(tensors: &[(String, Tensor)], path: impl AsRef<Path>) ->
         Ok(())
     })
 }
-
-/// Saves every variable of `vs` under its name (see [`save_safetensors`]).
-pub fn save_varstore(vs: &VarStore, path: impl AsRef<Path>) -> Result<()> {
-    let named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
-    save_safetensors(&named, path)
-}

@@ -39,7 +39,6 @@ extern "C" {
     fn distill_c10d_free(g: *mut c_void);
     fn distill_c10d_allreduce_sum(g: *mut c_void, ts: *const *mut C_tensor, n: usize) -> *mut c_char;
     fn distill_c10d_broadcast(g: *mut c_void, ts: *const *mut C_tensor, n: usize, root: i32) -> *mut c_char;
-    fn distill_c10d_barrier(g: *mut c_void) -> *mut c_char;
     fn distill_c10d_store_set(g: *mut c_void, key: *const c_char, value: *const u8, len: usize) -> *mut c_char;
     fn distill_c10d_store_get(g: *mut c_void, key: *const c_char, value: *mut *mut u8, len: *mut usize) -> *mut c_char;
     fn distill_c10d_free_bytes(p: *mut u8);
@@ -315,13 +314,6 @@ impl ProcessGroup {
         let ptrs: Vec<*mut C_tensor> = ts.iter().map(|t| t.as_ptr() as *mut C_tensor).collect();
         // SAFETY: as in all_reduce_sum.
         let msg = self.timed(|| unsafe { distill_c10d_broadcast(self.raw, ptrs.as_ptr(), ptrs.len(), root as i32) });
-        self.check(msg, what)
-    }
-
-    /// Waits until every rank reaches it.
-    pub fn barrier(&self, what: &str) -> Result<()> {
-        // SAFETY: the handle is valid for the group's life.
-        let msg = self.timed(|| unsafe { distill_c10d_barrier(self.raw) });
         self.check(msg, what)
     }
 
