@@ -65,8 +65,7 @@ impl Drop for Scratch {
 /// (`LOCAL_WORLD_SIZE`, set by torchrun and `--nproc`).
 pub fn threads_per_rank() -> Option<usize> {
     let local: usize = std::env::var("LOCAL_WORLD_SIZE").ok()?.parse().ok().filter(|n| *n > 0)?;
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    Some((cores / local).max(1))
+    Some((crate::common::cores() / local).max(1))
 }
 
 /// Joins the job, has rank 0 check `--out` (`check`), and gives every rank its directory.
@@ -181,15 +180,9 @@ fn unpack(mut bytes: &[u8], dir: &Path) -> Result<()> {
     }
 }
 
-/// Starts `n` ranks of this very command (without `--nproc`) on 127.0.0.1 and waits for them.
-/// When one fails, the others get a grace period to notice (their collectives fail), then are
-/// stopped; the exit status is the first failure's.
-pub fn launch(n: usize) -> Result<ExitCode> {
-    if n == 0 {
-        bail!("--nproc must be at least 1");
-    }
-    let exe = std::env::current_exe().context("finding the distill binary")?;
-    let mut args: Vec<std::ffi::OsString> = Vec::new();
+/// This process's arguments less `--nproc N` (or `--nproc=N`): the command each rank runs.
+fn args_without_nproc() -> Vec<std::ffi::OsString> {
+    let mut args = Vec::new();
     let mut it = std::env::args_os().skip(1);
     while let Some(a) = it.next() {
         let s = a.to_string_lossy();
@@ -199,6 +192,18 @@ pub fn launch(n: usize) -> Result<ExitCode> {
             args.push(a);
         }
     }
+    args
+}
+
+/// Starts `n` ranks of this very command (without `--nproc`) on 127.0.0.1 and waits for them.
+/// When one fails, the others get a grace period to notice (their collectives fail), then are
+/// stopped; the exit status is the first failure's.
+pub fn launch(n: usize) -> Result<ExitCode> {
+    if n == 0 {
+        bail!("--nproc must be at least 1");
+    }
+    let exe = std::env::current_exe().context("finding the distill binary")?;
+    let args = args_without_nproc();
     let port = match std::env::var("MASTER_PORT") {
         Ok(p) => p,
         Err(_) => std::net::TcpListener::bind("127.0.0.1:0")
@@ -231,6 +236,12 @@ pub fn launch(n: usize) -> Result<ExitCode> {
             .with_context(|| format!("starting rank {rank}"))?;
         children.push((rank, child));
     }
+    Ok(wait_for(children))
+}
+
+/// Waits for every rank; the exit status is the first failure's. After it the others get a grace
+/// period to notice, then are stopped.
+fn wait_for(mut children: Vec<(usize, Child)>) -> ExitCode {
     let mut failed: Option<(usize, i32, Instant)> = None;
     let mut running = children.len();
     while running > 0 {
@@ -258,8 +269,8 @@ pub fn launch(n: usize) -> Result<ExitCode> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    Ok(match failed {
+    match failed {
         None => ExitCode::SUCCESS,
         Some((_, code, _)) => ExitCode::from(code.clamp(1, 255) as u8),
-    })
+    }
 }

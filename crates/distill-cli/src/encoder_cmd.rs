@@ -4,11 +4,17 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use distill::eval::embed::{mean_cos, probe, throughput, topk_overlap};
+use distill::io::fetch;
 use distill::models::sentence::{load_embedder, write_npy};
 
-/// Whether `dir` holds a sentence encoder (BERT or Model2Vec) rather than a causal LM.
-pub fn is_encoder_dir(dir: &Path) -> bool {
-    matches!(distill::models::sentence::model_type(dir).as_deref(), Some("bert" | "model2vec"))
+use crate::cli::{EmbedArgs, EvalArgs};
+use crate::common::{resolve, set_threads};
+
+/// Whether `model` (a path or an asset, fetched or not) is a sentence encoder (BERT or
+/// Model2Vec) rather than a causal LM.
+pub fn is_encoder(model: &Path) -> bool {
+    let dir = fetch::resolve(&model.to_string_lossy()).unwrap_or_else(|_| model.to_path_buf());
+    matches!(distill::models::sentence::model_type(&dir).as_deref(), Some("bert" | "model2vec"))
 }
 
 /// Texts of `data`: a `.jsonl` file (the `field` of each line), a labelled directory (JSON
@@ -33,8 +39,14 @@ fn read_texts(data: &Path, field: &str) -> Result<Vec<String>> {
     Ok(text.lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect())
 }
 
-/// `distill embed`: writes the embeddings of every text as `.npy` or JSONL.
-pub fn embed(model: &Path, data: &Path, out: &Path, batch: usize, field: &str) -> Result<()> {
+/// `distill embed`: the embeddings of the texts in `--data`, into `--out`.
+pub fn embed(a: EmbedArgs) -> Result<()> {
+    set_threads(None);
+    write_embeddings(&resolve(&a.model)?, &resolve(&a.data)?, &a.out, a.batch, &a.field)
+}
+
+/// Writes the embeddings of every text as `.npy` or JSONL.
+fn write_embeddings(model: &Path, data: &Path, out: &Path, batch: usize, field: &str) -> Result<()> {
     let m = load_embedder(model)?;
     let texts = read_texts(data, field)?;
     if texts.is_empty() {
@@ -58,9 +70,17 @@ pub fn embed(model: &Path, data: &Path, out: &Path, batch: usize, field: &str) -
     Ok(())
 }
 
-/// `distill eval` on an encoder: probe on a labelled set (80/20 split by document), and with a
-/// teacher, cosine and top-10 retrieval agreement on the held-out texts; embeddings/s.
-pub fn eval(model: &Path, data: &Path, teacher: Option<&Path>, batch: usize, json: bool) -> Result<()> {
+/// `distill eval` on an encoder (one labelled `--data`), 32 texts per forward.
+pub fn eval(a: EvalArgs) -> Result<()> {
+    let [d] = a.data.as_slice() else { bail!("--data: give one labelled file or directory for an encoder") };
+    set_threads(None);
+    let t = a.teacher.as_deref().map(resolve).transpose()?;
+    evaluate(&resolve(&a.model)?, &resolve(Path::new(d))?, t.as_deref(), 32, a.json)
+}
+
+/// Probe on a labelled set (80/20 split by document), and with a teacher, cosine and top-10
+/// retrieval agreement on the held-out texts; embeddings/s.
+fn evaluate(model: &Path, data: &Path, teacher: Option<&Path>, batch: usize, json: bool) -> Result<()> {
     let m = load_embedder(model)?;
     let docs = distill_text::read_labelled(data)?;
     let classes = distill_text::classes(&docs);

@@ -1,0 +1,145 @@
+//! `distill run`, `distill check` and `distill report`: a recipe end to end, checked, reported.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use distill::io::fetch;
+use distill::recipe::Recipe;
+use distill::train::dist::WorldEnv;
+use tch::Device;
+
+use crate::cli::RunArgs;
+use crate::common::{fetch_missing, load_recipe, set_threads};
+use crate::dist_cmd;
+
+/// `distill run`: this process runs the recipe (alone, or as one rank of torchrun's job), or with
+/// `--nproc` starts the ranks that do.
+pub fn run(a: RunArgs) -> Result<ExitCode> {
+    if let Some(n) = a.nproc {
+        return launch(&a, n as usize);
+    }
+    let r = load_recipe(&a.recipe, &a.set)?;
+    let text = r.to_toml()?;
+    let world = WorldEnv::from_env()?;
+    set_threads(r.threads().or_else(|| world.as_ref().and_then(|_| dist_cmd::threads_per_rank())));
+    let check = || -> Result<()> {
+        check_run_dir(&a.out, a.resume, &text)?;
+        fetch_missing(r.paths())
+    };
+    let place = match &world {
+        Some(w) => dist_cmd::join(w, rank_device(&r, w)?, &a.out, a.resume, check)?,
+        None => {
+            check()?;
+            dist_cmd::single(&a.out)
+        }
+    };
+    let (summary, table, students) = run_recipe(r, &text, &place.dir, place.main)?;
+    if place.main && a.json {
+        println!("{summary}");
+    } else if place.main {
+        print!("{table}");
+        println!("summary: {}", a.out.join("summary.json").display());
+        for (path, what) in students.into_iter().filter(|(p, _)| a.out.join(p).exists()) {
+            println!("student: {} ({what})", a.out.join(path).display());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--nproc N`: the recipe is checked once here (a bad one is one error line, not one per rank),
+/// then N ranks of this command run it.
+fn launch(a: &RunArgs, n: usize) -> Result<ExitCode> {
+    let r = load_recipe(&a.recipe, &a.set)?;
+    let gpus = tch::Cuda::device_count() as usize;
+    if let Some(d) = r.cuda_device() {
+        if gpus < n {
+            bail!("--nproc {n} with device `{d}`: one GPU per rank, but libtorch sees {gpus}");
+        }
+    }
+    dist_cmd::launch(n)
+}
+
+/// The device of this rank: its local GPU for a CUDA recipe, else the CPU.
+fn rank_device(r: &Recipe, w: &WorldEnv) -> Result<Device> {
+    let Some(d) = r.cuda_device() else { return Ok(Device::Cpu) };
+    let gpus = tch::Cuda::device_count() as usize;
+    if w.local_rank >= gpus {
+        bail!(
+            "rank {} (LOCAL_RANK {}): device `{d}` needs one GPU per local rank, but libtorch sees {gpus}",
+            w.rank,
+            w.local_rank
+        );
+    }
+    Ok(Device::Cuda(w.local_rank))
+}
+
+/// What a run prints: its summary as JSON, its table, and the exported students to name (file
+/// in the run directory, format).
+type RunOutput = (String, String, Vec<(&'static str, &'static str)>);
+
+/// Runs the recipe into `dir`; `main` (rank 0, or no job) shows progress.
+fn run_recipe(r: Recipe, text: &str, dir: &Path, main: bool) -> Result<RunOutput> {
+    use distill::experiments::{encoder, image, lm};
+    Ok(match r {
+        Recipe::Image(ir) => {
+            let opts = image::RunOptions { progress: main, verbose: main };
+            let s = image::run(&ir, text, dir, &opts)?;
+            (serde_json::to_string_pretty(&s)?, image::table(&s), vec![])
+        }
+        Recipe::Encoder(er) => {
+            let opts = encoder::RunOptions { progress: main, verbose: main };
+            let s = encoder::run(&er, text, dir, &opts)?;
+            let students = vec![("student", "sentence-transformers directory")];
+            (serde_json::to_string_pretty(&s)?, encoder::table(&s), students)
+        }
+        Recipe::Lm(lr) => {
+            let opts = lm::RunOptions { progress: main, verbose: main };
+            let s = lm::run(&lr, text, dir, &opts)?;
+            let students = vec![("student", "Hugging Face directory"), ("student.gguf", "GGUF, llama.cpp")];
+            (serde_json::to_string_pretty(&s)?, lm::report(&s), students)
+        }
+    })
+}
+
+/// `--out` may be new or empty; with `--resume` it must hold this very recipe (with the same
+/// overrides).
+fn check_run_dir(out: &Path, resume: bool, text: &str) -> Result<()> {
+    // A run killed before it wrote its recipe leaves a directory with nothing in it but, at most,
+    // a temporary file of an atomic write: resuming it is starting it.
+    let saved = out.join("recipe.toml");
+    let nothing_done = !saved.exists()
+        && std::fs::read_dir(out).map_or(true, |d| {
+            d.flatten().all(|e| distill_base::atomic::is_temp_name(&e.file_name().to_string_lossy()))
+        });
+    if resume && !nothing_done {
+        let before = std::fs::read_to_string(&saved)
+            .with_context(|| format!("--resume: {} is not a run directory (no recipe.toml)", out.display()))?;
+        if before != text {
+            bail!(
+                "--resume: the recipe (with --set overrides) differs from the one {} was started with; use the same recipe and overrides",
+                out.display()
+            );
+        }
+    } else if !resume && out.exists() && std::fs::read_dir(out).map(|mut d| d.next().is_some()).unwrap_or(true) {
+        bail!("{} already exists; pass --resume to continue it or choose another --out", out.display());
+    }
+    Ok(())
+}
+
+/// `distill check`: the recipe parses and validates; which assets a run would fetch.
+pub fn check(recipe: &Path, set: &[String]) -> Result<()> {
+    let r = load_recipe(recipe, set)?;
+    let missing = fetch::missing_assets(r.paths())?;
+    println!("{}: ok", recipe.display());
+    for a in missing {
+        println!("asset `{}` will be fetched on first run", a.name);
+    }
+    Ok(())
+}
+
+/// `distill report`: writes RUN_DIR/report.html and prints its path.
+pub fn report(run_dir: &Path) -> Result<()> {
+    println!("{}", distill::report::write_report(run_dir)?.display());
+    Ok(())
+}
