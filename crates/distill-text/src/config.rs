@@ -96,10 +96,15 @@ impl<'de> Visitor<'de> for TextFormatVisitor {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<TextFormat, A::Error> {
         #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
+        #[serde(deny_unknown_fields, default)]
         struct JsonlOptions {
-            #[serde(default = "default_jsonl_field")]
+            /// Default: [`DEFAULT_JSONL_FIELD`].
             field: String,
+        }
+        impl Default for JsonlOptions {
+            fn default() -> Self {
+                JsonlOptions { field: DEFAULT_JSONL_FIELD.to_string() }
+            }
         }
         let Some(key) = map.next_key::<String>()? else {
             return Err(de::Error::invalid_length(0, &self));
@@ -122,10 +127,6 @@ impl<'de> Visitor<'de> for TextFormatVisitor {
         }
         Ok(format)
     }
-}
-
-fn default_jsonl_field() -> String {
-    DEFAULT_JSONL_FIELD.to_string()
 }
 
 /// What one document is, for plain text and Brown files.

@@ -12,58 +12,35 @@ use crate::Result;
 
 /// `[eval]` of a sentence-embedding recipe.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct EncoderEvalCfg {
-    /// Neighbours compared for retrieval agreement.
-    #[serde(default = "default_k")]
+    /// Neighbours compared for retrieval agreement (default 10).
     pub top_k: usize,
-    /// Held-out texts in the retrieval and cosine comparison (at most).
-    #[serde(default = "default_retrieval")]
+    /// Held-out texts in the retrieval and cosine comparison (at most; default 1000).
     pub retrieval_texts: usize,
-    /// Held-out texts timed for embeddings/s, at `batch` per call (best of three passes).
-    #[serde(default = "default_speed")]
+    /// Held-out texts timed for embeddings/s, at `batch` per call (best of three passes;
+    /// default 256).
     pub speed_texts: usize,
-    #[serde(default = "default_batch")]
+    /// Texts per embedding call (default 32).
     pub batch: usize,
-    /// Labelled training documents the probe is fitted on, at most (0 = all).
-    #[serde(default)]
+    /// Labelled training documents the probe is fitted on, at most (0 = all, the default).
     pub probe_train_texts: usize,
-    /// Probe: full-batch Adam steps and L2 penalty on the standardised features.
-    #[serde(default = "default_probe_steps")]
+    /// Probe: full-batch Adam steps (default 300) and L2 penalty on the standardised features
+    /// (default 1e-3).
     pub probe_steps: usize,
-    #[serde(default = "default_l2")]
     pub probe_l2: f64,
-}
-
-fn default_k() -> usize {
-    10
-}
-fn default_retrieval() -> usize {
-    1000
-}
-fn default_speed() -> usize {
-    256
-}
-fn default_batch() -> usize {
-    32
-}
-fn default_probe_steps() -> usize {
-    300
-}
-fn default_l2() -> f64 {
-    1e-3
 }
 
 impl Default for EncoderEvalCfg {
     fn default() -> Self {
         EncoderEvalCfg {
-            top_k: default_k(),
-            retrieval_texts: default_retrieval(),
-            speed_texts: default_speed(),
-            batch: default_batch(),
+            top_k: 10,
+            retrieval_texts: 1000,
+            speed_texts: 256,
+            batch: 32,
             probe_train_texts: 0,
-            probe_steps: default_probe_steps(),
-            probe_l2: default_l2(),
+            probe_steps: 300,
+            probe_l2: 1e-3,
         }
     }
 }

@@ -19,70 +19,47 @@ use crate::{Error, Result};
 
 /// What the run reports after training.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct LmEval {
-    /// Prompts for the top-k next-token tables and generations.
-    #[serde(default = "default_prompts")]
+    /// Prompts for the top-k next-token tables and generations (default: four short English
+    /// openings).
     pub prompts: Vec<String>,
-    /// Tokens generated per prompt.
-    #[serde(default = "default_max_new")]
+    /// Tokens generated per prompt (default 50).
     pub max_new_tokens: usize,
-    /// Rows of the next-token table.
-    #[serde(default = "default_top")]
+    /// Rows of the next-token table (default 5).
     pub top_k_table: usize,
-    /// Sampling for the sampled generations.
-    #[serde(default = "default_sample_t")]
+    /// Sampling for the sampled generations: temperature (default 0.8), top-k (default 50) and
+    /// top-p (default 0.95).
     pub sample_temperature: f64,
-    #[serde(default = "default_sample_k")]
     pub sample_top_k: usize,
-    #[serde(default = "default_sample_p")]
     pub sample_top_p: f64,
     /// CTRL repetition penalty for a third, penalized greedy generation next to plain greedy
-    /// and sampled (1.0 = leave it out).
-    #[serde(default = "default_rep_penalty")]
+    /// and sampled (1.0 = leave it out; default 1.2).
     pub repetition_penalty: f64,
     /// Evaluate on at most this many validation rows (default: all).
-    #[serde(default)]
     pub max_val_blocks: Option<usize>,
-    /// Extra held-out text sources evaluated for perplexity (e.g. text never seen in training).
-    #[serde(default)]
+    /// Extra held-out text sources evaluated for perplexity (e.g. text never seen in training;
+    /// default none).
     pub extra: Vec<distill_text::TextSource>,
-}
-
-fn default_prompts() -> Vec<String> {
-    ["The capital of France is", "Once upon a time", "The history of the United States", "In the morning, the"]
-        .map(String::from)
-        .to_vec()
-}
-fn default_max_new() -> usize {
-    50
-}
-fn default_top() -> usize {
-    5
-}
-fn default_sample_t() -> f64 {
-    0.8
-}
-fn default_sample_k() -> usize {
-    50
-}
-fn default_sample_p() -> f64 {
-    0.95
-}
-fn default_rep_penalty() -> f64 {
-    1.2
 }
 
 impl Default for LmEval {
     fn default() -> Self {
         LmEval {
-            prompts: default_prompts(),
-            max_new_tokens: default_max_new(),
-            top_k_table: default_top(),
-            sample_temperature: default_sample_t(),
-            sample_top_k: default_sample_k(),
-            sample_top_p: default_sample_p(),
-            repetition_penalty: default_rep_penalty(),
+            prompts: [
+                "The capital of France is",
+                "Once upon a time",
+                "The history of the United States",
+                "In the morning, the",
+            ]
+            .map(String::from)
+            .to_vec(),
+            max_new_tokens: 50,
+            top_k_table: 5,
+            sample_temperature: 0.8,
+            sample_top_k: 50,
+            sample_top_p: 0.95,
+            repetition_penalty: 1.2,
             max_val_blocks: None,
             extra: Vec::new(),
         }

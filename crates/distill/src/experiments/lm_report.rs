@@ -65,14 +65,15 @@ pub struct LmSummary {
     /// KD student perplexity / scratch twin perplexity on validation (when both ran).
     pub ppl_ratio_kd_over_scratch: Option<f64>,
     /// The penalty of the `greedy+rp` generations (1 = none were made).
-    #[serde(default = "one")]
+    #[serde(default = "no_penalty")]
     pub repetition_penalty: f64,
     /// The online teacher's precision during training and why (`None`: no online teacher).
     #[serde(default)]
     pub teacher_train_dtype: Option<String>,
 }
 
-fn one() -> f64 {
+/// A summary without `repetition_penalty` made no penalized generations.
+fn no_penalty() -> f64 {
     1.0
 }
 

@@ -29,7 +29,7 @@ use crate::io::lm::LoadedLm;
 use crate::losses::chunked::ChunkedKd;
 use crate::losses::divergence::Divergence;
 use crate::models::lm::{CausalLm, ForwardOptions};
-use crate::train::config::{OptimizerKind, Schedule};
+use crate::train::config::Schedule;
 use crate::train::{fit, StepLoss, TrainCfg, TrainOptions, TrainTask};
 use crate::{Error, Result};
 
@@ -304,19 +304,12 @@ fn train_round(
     } else {
         let cfg = TrainCfg {
             epochs: Some(o.epochs),
-            steps: None,
             batch_size: o.train_batch,
-            optimizer: OptimizerKind::Adamw,
             lr: o.lr,
-            weight_decay: 0.0,
-            momentum: 0.9,
-            nesterov: false,
-            betas: [0.9, 0.999],
-            eps: 1e-8,
             schedule: Schedule::Constant,
-            warmup_steps: 0,
             min_lr_ratio: 1.0,
             clip_grad_norm: Some(1.0),
+            ..TrainCfg::default()
         };
         let topts = TrainOptions {
             phase: format!("round-{r}"),

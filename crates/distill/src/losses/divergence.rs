@@ -102,21 +102,16 @@ pub enum DivergenceKind {
 /// `divergence = "skew-kl"` with `skew = 0.1`. Flat, so its three fields can sit in any
 /// `deny_unknown_fields` section; [`DivergenceCfg::validate`] turns it into a [`Divergence`].
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct DivergenceCfg {
     /// Which divergence (default `forward-kl`).
-    #[serde(default = "default_kind")]
     pub divergence: DivergenceKind,
     /// JSD's teacher weight β in the mixture, in [0, 1] (`jsd` only, required there).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub beta: Option<f64>,
     /// The skew α of `skew-kl` / `skew-reverse-kl`, in [0, 1) (required there; DistiLLM uses 0.1).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub skew: Option<f64>,
-}
-
-fn default_kind() -> DivergenceKind {
-    DivergenceKind::ForwardKl
 }
 
 impl Default for DivergenceCfg {

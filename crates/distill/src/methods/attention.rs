@@ -42,28 +42,30 @@ pub enum Relation {
 
 /// `[distill.attention]`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct AttentionKdCfg {
-    /// β, the weight of the term (≥ 0).
-    #[serde(default = "one")]
+    /// β, the weight of the term (≥ 0; default 1).
     pub weight: f64,
     /// The relations compared (default `["qq", "kk", "vv"]`, MiniLMv2).
-    #[serde(default = "default_relations")]
     pub relations: Vec<Relation>,
     /// Relation heads for `qq`/`kk`/`vv`: must divide the query, key and value widths of both
     /// models; default: the student's attention heads when that divides them all.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub relation_heads: Option<i64>,
     /// `[[student_layer, teacher_layer], …]`, 1-based; default: the last layer of each.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub layers: Option<Vec<[usize; 2]>>,
 }
 
-fn one() -> f64 {
-    1.0
-}
-fn default_relations() -> Vec<Relation> {
-    vec![Relation::Qq, Relation::Kk, Relation::Vv]
+impl Default for AttentionKdCfg {
+    fn default() -> Self {
+        AttentionKdCfg {
+            weight: 1.0,
+            relations: vec![Relation::Qq, Relation::Kk, Relation::Vv],
+            relation_heads: None,
+            layers: None,
+        }
+    }
 }
 
 impl TermConfig for AttentionKdCfg {

@@ -21,26 +21,23 @@ use crate::{Error, Result};
 
 /// `[distill.attention_transfer]`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct AttentionTransferCfg {
     /// β (the term is `β/2 · Σ` over pairs); the paper's 1000 by default.
-    #[serde(default = "default_beta")]
     pub weight: f64,
-    /// The exponent p of `|F|^p` (the paper: 2).
-    #[serde(default = "default_p")]
+    /// The exponent p of `|F|^p` (default 2, the paper's).
     pub p: f64,
     /// `[[student_block, teacher_block], …]`, 0-based indices into the models' features, each a
     /// conv block's map; default: every conv block of the shallower model with the teacher's
     /// (student's) block at the same relative depth.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub layers: Option<Vec<[usize; 2]>>,
 }
 
-fn default_beta() -> f64 {
-    1000.0
-}
-fn default_p() -> f64 {
-    2.0
+impl Default for AttentionTransferCfg {
+    fn default() -> Self {
+        AttentionTransferCfg { weight: 1000.0, p: 2.0, layers: None }
+    }
 }
 
 impl TermConfig for AttentionTransferCfg {

@@ -25,23 +25,24 @@ use crate::{Error, Result};
 
 /// `[distill.fitnets]`: `+ weight · mean over pairs of mse(r(F_s), F_t)`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct FitNetsCfg {
-    /// β, the weight of the hint term (≥ 0).
-    #[serde(default = "one")]
+    /// β, the weight of the hint term (≥ 0; default 1).
     pub weight: f64,
     /// `[[student_feature, teacher_feature], …]`, 0-based indices into the models' features (a
     /// CNN's conv blocks, then its hidden layer; an MLP's hidden layers); default: the middle
     /// feature of each (FitNets' guided and hint layers).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub layers: Option<Vec<[usize; 2]>>,
-    /// FitNets' two stages (in a `[distill.variants.<name>]`): hint-only pre-training, then KD.
-    #[serde(default)]
+    /// FitNets' two stages (in a `[distill.variants.<name>]`): hint-only pre-training, then KD
+    /// (default false).
     pub stage1: bool,
 }
 
-fn one() -> f64 {
-    1.0
+impl Default for FitNetsCfg {
+    fn default() -> Self {
+        FitNetsCfg { weight: 1.0, layers: None, stage1: false }
+    }
 }
 
 impl TermConfig for FitNetsCfg {

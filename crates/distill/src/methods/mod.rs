@@ -241,7 +241,7 @@ pub struct LmDistill {
 }
 
 fn default_divergence() -> DivergenceKind {
-    DivergenceKind::ForwardKl
+    DivergenceCfg::default().divergence
 }
 fn default_chunk_tokens() -> usize {
     256

@@ -31,24 +31,24 @@ impl Weighting {
 /// `[distill.multi_teacher]`: students distilled from several teachers at once — `[teacher]`
 /// and the `[[teachers]]` of other architectures or sizes — one student per weighting.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct MultiTeacherCfg {
     /// Fixed weights, one per teacher (`[teacher]` first, then `[[teachers]]` in order), each
     /// ≥ 0, normalised to sum 1; default: equal.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub weights: Option<Vec<f64>>,
     /// One student per weighting: `fixed` (the weights), `entropy` (per example ∝ 1/H(p_k)),
     /// `true-label` (per example ∝ p_k(y)). Default `["fixed"]`.
-    #[serde(default = "default_weightings")]
     pub weightings: Vec<Weighting>,
     /// `probabilities` (default): the soft targets are `Σ_k w_k softmax(z_k/T)`; `logits`: they
     /// are `softmax(Σ_k w_k z_k / T)`.
-    #[serde(default)]
     pub combine: Combine,
 }
 
-fn default_weightings() -> Vec<Weighting> {
-    vec![Weighting::Fixed]
+impl Default for MultiTeacherCfg {
+    fn default() -> Self {
+        MultiTeacherCfg { weights: None, weightings: vec![Weighting::Fixed], combine: Combine::default() }
+    }
 }
 
 /// How a multi-teacher phase combines its teachers' outputs.

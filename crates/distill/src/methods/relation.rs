@@ -22,25 +22,22 @@ use crate::{Error, Result};
 
 /// `[distill.rkd]`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct RkdCfg {
-    /// Weight of RKD-distance (≥ 0; the paper's 25).
-    #[serde(default = "default_distance")]
+    /// Weight of RKD-distance (≥ 0; default 25, the paper's).
     pub distance: f64,
-    /// Weight of RKD-angle (≥ 0; the paper's 50).
-    #[serde(default = "default_angle")]
+    /// Weight of RKD-angle (≥ 0; default 50, the paper's).
     pub angle: f64,
     /// `[student, teacher]` state whose embeddings are compared; default: images the last
     /// feature of each (penultimate layer), LMs the final hidden state of each.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub layer: Option<[usize; 2]>,
 }
 
-fn default_distance() -> f64 {
-    25.0
-}
-fn default_angle() -> f64 {
-    50.0
+impl Default for RkdCfg {
+    fn default() -> Self {
+        RkdCfg { distance: 25.0, angle: 50.0, layer: None }
+    }
 }
 
 impl TermConfig for RkdCfg {

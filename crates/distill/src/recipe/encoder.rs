@@ -47,42 +47,28 @@ pub struct EncoderTeacher {
 
 /// `[student]`: the DistilBERT-style student, and the optional narrow and static ones.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct EncoderStudents {
-    /// Depth of the main student: every other teacher layer, ending at the last.
-    #[serde(default = "default_layers")]
+    /// Depth of the main student: every other teacher layer, ending at the last (default 3).
     pub layers: i64,
     /// Explicit teacher layers to copy instead (0-based).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub layer_ids: Option<Vec<i64>>,
-    /// Dropout while the students train (hidden states and attention probabilities; BERT: 0.1).
-    #[serde(default = "default_dropout")]
+    /// Dropout while the students train (hidden states and attention probabilities; default
+    /// 0.1, BERT's).
     pub dropout: f64,
     /// A narrower student initialised by projection (`hidden`, `heads`, `intermediate`,
     /// `layers`), with a Dense head back to the teacher's width.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub narrow: Option<NarrowShape>,
     /// A static (Model2Vec) student.
-    #[serde(default, rename = "static", skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "static", skip_serializing_if = "Option::is_none")]
     pub static_: Option<StaticCfg>,
-}
-
-fn default_layers() -> i64 {
-    3
-}
-fn default_dropout() -> f64 {
-    0.1
 }
 
 impl Default for EncoderStudents {
     fn default() -> Self {
-        EncoderStudents {
-            layers: default_layers(),
-            layer_ids: None,
-            dropout: default_dropout(),
-            narrow: None,
-            static_: None,
-        }
+        EncoderStudents { layers: 3, layer_ids: None, dropout: 0.1, narrow: None, static_: None }
     }
 }
 
@@ -129,24 +115,18 @@ fn default_train_tokens() -> usize {
 
 /// `[distill]`: the embedding loss weights and optional per-token terms.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct EncoderDistill {
-    /// Weight of `mean(1 − cos(s, t))` on sentence embeddings.
-    #[serde(default = "one")]
+    /// Weight of `mean(1 − cos(s, t))` on sentence embeddings (default 1).
     pub cosine: f64,
-    /// Weight of `mean((s − t)²)` on sentence embeddings.
-    #[serde(default = "one")]
+    /// Weight of `mean((s − t)²)` on sentence embeddings (default 1).
     pub mse: f64,
     /// Hidden-state KD between mapped layers at the real tokens.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub hidden: Option<HiddenKdCfg>,
     /// MiniLM attention-map KD (`relations = ["attention"]`; equal head counts).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub attention: Option<AttentionKdCfg>,
-}
-
-fn one() -> f64 {
-    1.0
 }
 
 impl Default for EncoderDistill {

@@ -218,33 +218,20 @@ fn project(
 
 /// How the static student is built (Model2Vec's distillation).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct StaticCfg {
-    /// Output width after PCA.
-    #[serde(default = "default_dim")]
+    /// Output width after PCA (default 256).
     pub dim: i64,
     /// SIF coefficient `a` of the frequency weight `a / (a + p(token))`, with `p` Zipf's law over
-    /// the vocabulary's order (Model2Vec's default 1e-4); 0 turns the weighting off.
-    #[serde(default = "default_sif")]
+    /// the vocabulary's order (default 1e-4, Model2Vec's); 0 turns the weighting off.
     pub sif: f64,
-    /// Vocabulary tokens per teacher forward.
-    #[serde(default = "default_batch")]
+    /// Vocabulary tokens per teacher forward (default 1024).
     pub batch: usize,
-}
-
-fn default_dim() -> i64 {
-    256
-}
-fn default_sif() -> f64 {
-    1e-4
-}
-fn default_batch() -> usize {
-    1024
 }
 
 impl Default for StaticCfg {
     fn default() -> Self {
-        StaticCfg { dim: default_dim(), sif: default_sif(), batch: default_batch() }
+        StaticCfg { dim: 256, sif: 1e-4, batch: 1024 }
     }
 }
 

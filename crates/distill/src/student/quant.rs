@@ -61,20 +61,20 @@ impl QuantFormat {
 /// `steps > 0`, the same student trained on with fake-quantized weights against the
 /// full-precision teacher (QAD); both leave as GGUF files of that format.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct QuantCfg {
-    #[serde(default = "default_format")]
+    /// `q4_0` (default) or `q8_0`.
     pub format: QuantFormat,
-    /// QAD optimizer steps (0: post-training quantization only).
-    #[serde(default)]
+    /// QAD optimizer steps (0, the default: post-training quantization only).
     pub steps: u64,
     /// QAD learning rate (default: a tenth of `train.lr`; it starts from a trained student).
-    #[serde(default)]
     pub lr: Option<f64>,
 }
 
-fn default_format() -> QuantFormat {
-    QuantFormat::Q4_0
+impl Default for QuantCfg {
+    fn default() -> Self {
+        QuantCfg { format: QuantFormat::Q4_0, steps: 0, lr: None }
+    }
 }
 
 impl QuantCfg {

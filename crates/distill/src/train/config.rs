@@ -4,7 +4,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
 
-/// How one model is trained.
+/// How one model is trained. `lr` is required in a recipe; a key left out takes its value from
+/// [`TrainCfg::default`], except `epochs` and `steps`, of which a recipe sets one.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainCfg {
@@ -14,52 +15,92 @@ pub struct TrainCfg {
     /// Optimizer steps (exclusive with `epochs`).
     #[serde(default)]
     pub steps: Option<u64>,
-    #[serde(default = "default_batch")]
+    /// Examples per optimizer step (default 128).
+    #[serde(default = "field_default::batch_size")]
     pub batch_size: usize,
-    #[serde(default = "default_optimizer")]
+    /// `adamw` (default) or `sgd`.
+    #[serde(default = "field_default::optimizer")]
     pub optimizer: OptimizerKind,
+    /// The learning rate after warmup, before the schedule's decay (required in a recipe).
     pub lr: f64,
-    #[serde(default)]
+    /// Weight decay (default 0).
+    #[serde(default = "field_default::weight_decay")]
     pub weight_decay: f64,
-    /// SGD momentum.
-    #[serde(default = "default_momentum")]
+    /// SGD momentum (default 0.9).
+    #[serde(default = "field_default::momentum")]
     pub momentum: f64,
-    #[serde(default)]
+    /// SGD Nesterov momentum (default false).
+    #[serde(default = "field_default::nesterov")]
     pub nesterov: bool,
-    /// AdamW betas.
-    #[serde(default = "default_betas")]
+    /// AdamW betas (default `[0.9, 0.999]`).
+    #[serde(default = "field_default::betas")]
     pub betas: [f64; 2],
-    #[serde(default = "default_eps")]
+    /// AdamW epsilon (default 1e-8).
+    #[serde(default = "field_default::eps")]
     pub eps: f64,
-    #[serde(default = "default_schedule")]
+    /// Learning-rate schedule after warmup (default `cosine`).
+    #[serde(default = "field_default::schedule")]
     pub schedule: Schedule,
-    /// Linear warmup steps from 0 to `lr`.
-    #[serde(default)]
+    /// Linear warmup steps from 0 to `lr` (default 0).
+    #[serde(default = "field_default::warmup_steps")]
     pub warmup_steps: u64,
-    #[serde(default)]
+    /// Where `cosine` and `linear` end, as a fraction of `lr` (default 0).
+    #[serde(default = "field_default::min_lr_ratio")]
     pub min_lr_ratio: f64,
-    /// Clip the global gradient L2 norm to this value.
-    #[serde(default)]
+    /// Clip the global gradient L2 norm to this value (default: no clipping).
+    #[serde(default = "field_default::clip_grad_norm")]
     pub clip_grad_norm: Option<f64>,
 }
 
-fn default_batch() -> usize {
-    128
+/// The defaults of a recipe's `[train]` keys. `lr` 1e-3 and `epochs = 1` are for programmatic
+/// use only (`TrainCfg { lr, ..TrainCfg::default() }`): a recipe must set `lr`, and `epochs` or
+/// `steps`.
+impl Default for TrainCfg {
+    fn default() -> Self {
+        TrainCfg {
+            epochs: Some(1.0),
+            steps: None,
+            batch_size: 128,
+            optimizer: OptimizerKind::Adamw,
+            lr: 1e-3,
+            weight_decay: 0.0,
+            momentum: 0.9,
+            nesterov: false,
+            betas: [0.9, 0.999],
+            eps: 1e-8,
+            schedule: Schedule::Cosine,
+            warmup_steps: 0,
+            min_lr_ratio: 0.0,
+            clip_grad_norm: None,
+        }
+    }
 }
-fn default_optimizer() -> OptimizerKind {
-    OptimizerKind::Adamw
-}
-fn default_momentum() -> f64 {
-    0.9
-}
-fn default_betas() -> [f64; 2] {
-    [0.9, 0.999]
-}
-fn default_eps() -> f64 {
-    1e-8
-}
-fn default_schedule() -> Schedule {
-    Schedule::Cosine
+
+/// Serde's value for each `[train]` key a recipe leaves out: [`TrainCfg::default`]'s.
+mod field_default {
+    use super::{OptimizerKind, Schedule, TrainCfg};
+
+    macro_rules! from_default {
+        ($($field:ident: $ty:ty),* $(,)?) => {
+            $(pub(super) fn $field() -> $ty {
+                TrainCfg::default().$field
+            })*
+        };
+    }
+
+    from_default! {
+        batch_size: usize,
+        optimizer: OptimizerKind,
+        weight_decay: f64,
+        momentum: f64,
+        nesterov: bool,
+        betas: [f64; 2],
+        eps: f64,
+        schedule: Schedule,
+        warmup_steps: u64,
+        min_lr_ratio: f64,
+        clip_grad_norm: Option<f64>,
+    }
 }
 
 impl TrainCfg {
@@ -112,20 +153,15 @@ impl TrainCfg {
 
 /// Checkpointing.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct CheckpointCfg {
-    /// Save a checkpoint every N optimizer steps (and at the end).
-    #[serde(default = "default_every")]
+    /// Save a checkpoint every N optimizer steps (and at the end); default 200.
     pub every_steps: u64,
-}
-
-fn default_every() -> u64 {
-    200
 }
 
 impl Default for CheckpointCfg {
     fn default() -> Self {
-        CheckpointCfg { every_steps: default_every() }
+        CheckpointCfg { every_steps: 200 }
     }
 }
 
