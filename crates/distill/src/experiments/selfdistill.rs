@@ -103,8 +103,15 @@ pub struct RoundReport {
     /// Per family: samples drawn, correct ones, distinct correct ones kept for training.
     pub sampled: Vec<(String, usize, usize, usize)>,
     pub train_steps: u64,
+    /// NaN when the round kept no solution (nothing trained); `null` in the file.
+    #[serde(deserialize_with = "nan_if_null")]
     pub final_loss: f64,
     pub seconds: f64,
+}
+
+/// A float that JSON wrote as `null` (NaN has no JSON spelling) read back as NaN.
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 /// A round's sampling, kept so that a resumed round does not sample again
@@ -493,4 +500,20 @@ pub fn trainable(initial: &Path, path: Option<&Path>) -> Result<LoadedLm> {
     let mut lm = crate::io::lm::load_lm(path.unwrap_or(initial), tch::Device::Cpu)?;
     lm.vs.unfreeze();
     Ok(lm)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RoundReport;
+
+    #[test]
+    fn a_round_that_trained_nothing_reads_back() {
+        let rep = RoundReport { round: 1, sampled: vec![], train_steps: 0, final_loss: f64::NAN, seconds: 2.0 };
+        let text = serde_json::to_string(&rep).unwrap();
+        assert!(text.contains("\"final_loss\":null"), "{text}");
+        let back: RoundReport = serde_json::from_str(&text).unwrap();
+        assert!(back.final_loss.is_nan() && back.seconds == 2.0);
+        let back: RoundReport = serde_json::from_str(&text.replace("null", "0.25")).unwrap();
+        assert_eq!(back.final_loss, 0.25);
+    }
 }
