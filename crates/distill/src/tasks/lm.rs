@@ -49,7 +49,7 @@ pub struct LmKdTask<'a> {
 /// kept per batch (keyed by its row indices) so that the phases of one run that train on the
 /// same rows — the KD student, a twin from another init, QAD from the KD student — run the
 /// teacher once per batch instead of once per phase. Exact: a later phase reads the very values
-/// the teacher computed (its logits are `hidden · Wᵀ`, computed chunk by chunk as before); only
+/// the teacher computed (its logits are `hidden · Wᵀ`, computed chunk by chunk as from a fresh forward); only
 /// the logit term uses it (terms that read intermediate states run the teacher). Stops storing
 /// at `limit_bytes`.
 pub struct TeacherMemo {
