@@ -85,12 +85,12 @@ struct PhaseInputs<'a> {
 /// A student phase's var store, model, training report and export directory.
 type PhaseResult = (nn::VarStore, CausalLm, TrainReport, PathBuf);
 
+/// A phase's config, its `[student]`-like spec and what pruning keeps of the teacher for it.
+type PhaseArch<'a> = (&'a LmConfig, &'a LmStudent, Option<&'a Selection>);
+
 /// The architecture a phase trains: the student's, or the teacher assistant's — its config,
 /// its `[student]`-like spec and what pruning keeps of the teacher for it.
-fn phase_arch<'a>(
-    inp: &'a PhaseInputs<'_>,
-    ph: &Phase,
-) -> Result<(&'a LmConfig, &'a LmStudent, Option<&'a Selection>)> {
+fn phase_arch<'a>(inp: &'a PhaseInputs<'_>, ph: &Phase) -> Result<PhaseArch<'a>> {
     let r = inp.r;
     match (ph.arch, &inp.assistant, r.assistant.as_ref()) {
         (Arch::Assistant, Some((cfg, sel)), Some(spec)) => Ok((cfg, spec, sel.as_ref())),
@@ -104,10 +104,10 @@ fn phase_arch<'a>(
 fn init_weights(
     inp: &PhaseInputs<'_>,
     ph: &Phase,
+    (s_cfg, spec, pruning): PhaseArch<'_>,
     earlier: &[(&str, &nn::VarStore, &CausalLm)],
 ) -> Result<(nn::VarStore, CausalLm)> {
     let PhaseInputs { r, teacher, train, opts, .. } = *inp;
-    let (s_cfg, spec, pruning) = phase_arch(inp, ph)?;
     let name = ph.id.as_str();
     match &ph.init {
         InitFrom::Salted(salt) => tch::manual_seed((r.seed ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15)) as i64),
@@ -218,7 +218,8 @@ fn student_phase(
         Some(e) => out.join(e),
         None => ph.dir(out).join("model"),
     };
-    let (s_cfg, ..) = phase_arch(inp, ph)?;
+    let arch = phase_arch(inp, ph)?;
+    let s_cfg = arch.0;
     let phase_dir = ph.dir(out);
     let done = phase_dir.join("train.json");
     if let Ok(text) = std::fs::read_to_string(&done) {
@@ -229,7 +230,7 @@ fn student_phase(
         }
         return Ok((vs, model, report, export_dir));
     }
-    let (vs, model) = init_weights(inp, ph, earlier)?;
+    let (vs, model) = init_weights(inp, ph, arch, earlier)?;
     let quant = ph.quant.map(QuantFormat::export_type);
     let loss = response::lm_term(&r.distill, inp.divergence, ph.alpha.unwrap_or(0.0));
     let (phase_teacher, memo) = phase_teacher(inp, ph, earlier)?;
