@@ -342,7 +342,7 @@ fn cache_kl(a: CacheKlArgs) -> Result<()> {
     }
     set_threads(threads);
     let t = load_lm(&teacher)?;
-    let blocks = distill::data::text::text_blocks(&text_sources(&data), &t.tokenizer, seq, 50)?;
+    let blocks = distill::data::text::text_blocks(&text_sources(&data), &t.tokenizer, seq, 50, None)?;
     let o = bench_loss::FrontierOpts { rows, ks: k, step, batch_rows: 4 };
     let r = bench_loss::cache_frontier(&t.model, &blocks, &o)?;
     if json {

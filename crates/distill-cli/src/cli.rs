@@ -168,11 +168,17 @@ pub struct EvalArgs {
     /// Model: HF directory (e.g. RUN/student), GGUF file, or sentence-encoder directory.
     #[arg(long)]
     pub model: PathBuf,
-    /// Text: file, directory or glob (plain text, JSONL with a `text` field, Brown); for an
-    /// encoder, one labelled file or directory.
+    /// Text: file, directory or glob (plain text, Brown, JSONL or Parquet records: a `text`
+    /// field, or conversations — `messages`, or `prompt` + `completion` — scored on their
+    /// assistant tokens); for an encoder, one labelled file or directory.
     #[arg(long)]
     pub data: Vec<String>,
-    /// Teacher to compare against (HF directory or GGUF file).
+    /// How to read --data: auto (by extension and content), plain, brown, jsonl, parquet, or
+    /// chat (JSONL conversation records).
+    #[arg(long, default_value = "auto")]
+    pub format: String,
+    /// Teacher to compare against (HF directory or GGUF file); its chat template renders
+    /// conversations (else the model's).
     #[arg(long)]
     pub teacher: Option<PathBuf>,
     /// Tokens per evaluated row.

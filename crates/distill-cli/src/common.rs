@@ -7,7 +7,7 @@ use anyhow::{bail, Result};
 use distill::io::fetch;
 use distill::io::lm::{self, LoadedLm};
 use distill::recipe::{LmRecipe, Recipe};
-use distill_text::TextSource;
+use distill_text::{TextFormat, TextSource};
 use tch::Device;
 
 /// Fetches the assets named among `paths` (`asset:…`) that are not fetched yet.
@@ -59,4 +59,17 @@ pub fn load_lm_recipe(path: &Path, set: &[String]) -> Result<LmRecipe> {
 /// `--data` arguments: text files, directories or globs.
 pub fn text_sources(data: &[String]) -> Vec<TextSource> {
     data.iter().map(TextSource::new).collect()
+}
+
+/// `--format` of a text input as a [`TextFormat`]: `chat` is JSONL whose records are
+/// conversations.
+pub fn text_format(name: &str) -> Result<TextFormat> {
+    Ok(match name {
+        "auto" => TextFormat::Auto,
+        "plain" => TextFormat::Plain,
+        "brown" => TextFormat::Brown,
+        "jsonl" | "chat" => TextFormat::jsonl(),
+        "parquet" => TextFormat::Parquet(Default::default()),
+        other => bail!("--format: unknown format `{other}` (auto, plain, brown, jsonl, parquet, chat)"),
+    })
 }

@@ -11,7 +11,7 @@ use distill::io::lm::{self, LoadedLm};
 use distill_text::TextDataConfig;
 
 use crate::cli::{EvalArgs, GenerateArgs, GenerateDataArgs};
-use crate::common::{fetch_missing, load_lm, load_lm_recipe, set_threads, text_sources};
+use crate::common::{fetch_missing, load_lm, load_lm_recipe, set_threads, text_format, text_sources};
 
 /// `distill convert`: a Hugging Face directory, or a GGUF file when `out` ends in `.gguf`.
 pub fn convert(model: &Path, out: &Path, ty: GgufType) -> Result<()> {
@@ -47,7 +47,12 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         }
         None => None,
     };
-    let blocks = distill::data::text::text_blocks(&text_sources(&a.data), &m.tokenizer, a.seq_len, a.min_chars)?;
+    let format = text_format(&a.format)?;
+    let sources: Vec<_> = text_sources(&a.data).into_iter().map(|s| s.with_format(format.clone())).collect();
+    // Conversations are rendered by the teacher's chat template, else the model's.
+    let chat = t.as_ref().and_then(LoadedLm::chat).or_else(|| m.chat());
+    let chat = chat.as_ref().map(|c| c as _);
+    let blocks = distill::data::text::text_blocks(&sources, &m.tokenizer, a.seq_len, a.min_chars, chat)?;
     let s = distill::eval::score(&m.model, t.as_ref().map(|t| &t.model), &blocks, a.max_rows, 4)?;
     if a.json {
         println!("{}", serde_json::to_string(&s)?);

@@ -191,7 +191,7 @@ fn csv_seeds() -> Vec<Vec<u8>> {
 fn text(b: &[u8]) {
     use distill_text::{DocBoundary, TextFormat};
     let t = String::from_utf8_lossy(b);
-    let formats = [TextFormat::Auto, TextFormat::Plain, TextFormat::Jsonl { field: "text".into() }, TextFormat::Brown];
+    let formats = [TextFormat::Auto, TextFormat::Plain, TextFormat::jsonl(), TextFormat::Brown];
     for f in &formats {
         for d in [None, Some(DocBoundary::File), Some(DocBoundary::Paragraph)] {
             let _ = distill_text::source::parse_text(Path::new("fuzz.jsonl"), "k", &t, f, d);

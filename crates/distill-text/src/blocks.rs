@@ -18,6 +18,10 @@ pub struct TokenBlocks {
     pub attention_mask: Option<Vec<u8>>,
     /// Number of real (non-padding) positions over all rows.
     pub n_tokens_real: usize,
+    /// Which tokens are learned, `[n_blocks, seq_len]` row-major: 1 where the token at that
+    /// position is a target (an assistant token of a conversation, every token of a text), 0
+    /// where it is only context. `None`: every real token is a target.
+    pub target_mask: Option<Vec<u8>>,
 }
 
 /// One batch of rows gathered from [`TokenBlocks`].
@@ -34,8 +38,9 @@ pub struct Batch {
     pub input_ids: Vec<u32>,
     /// 1 = real token, 0 = padding (all ones when the blocks have no padding).
     pub attention_mask: Vec<u8>,
-    /// 1 where the logits at that position have a real next-token target: positions `t` and
-    /// `t + 1` of the row are both real, so the last column is always 0 and padding is never
+    /// 1 where the logits at that position have a next-token target: positions `t` and
+    /// `t + 1` of the row are both real and the token at `t + 1` is a target (see
+    /// [`TokenBlocks::target_mask`]), so the last column is always 0 and padding is never
     /// counted.
     pub loss_mask: Vec<u8>,
 }
@@ -100,6 +105,23 @@ impl TokenBlocks {
 fn row_loss_mask(blocks: &TokenBlocks, b: usize) -> Vec<u8> {
     let seq_len = blocks.seq_len;
     let mut out = vec![0u8; seq_len];
+    fill_real_pairs(blocks, b, &mut out);
+    if let Some(target) = &blocks.target_mask {
+        match target.get(b * seq_len..(b + 1) * seq_len) {
+            Some(row) => {
+                for (v, &next) in out.iter_mut().zip(&row[1..]) {
+                    *v &= next;
+                }
+            }
+            None => out.fill(0),
+        }
+    }
+    out
+}
+
+/// 1 at `t` where positions `t` and `t + 1` of row `b` are both real.
+fn fill_real_pairs(blocks: &TokenBlocks, b: usize, out: &mut [u8]) {
+    let seq_len = blocks.seq_len;
     match &blocks.attention_mask {
         None => {
             for v in out.iter_mut().take(seq_len.saturating_sub(1)) {
@@ -115,7 +137,6 @@ fn row_loss_mask(blocks: &TokenBlocks, b: usize) -> Vec<u8> {
             }
         }
     }
-    out
 }
 
 /// SHA-256 (lowercase hex) of the packed data, so an offline teacher cache can check it was
@@ -123,7 +144,7 @@ fn row_loss_mask(blocks: &TokenBlocks, b: usize) -> Vec<u8> {
 ///
 /// Hashed, in order: the tag `distill-text/token-blocks/v1`, `seq_len` and `n_blocks` as u64
 /// little-endian, every id as u32 little-endian, then `0x00` if there is no attention mask or
-/// `0x01` followed by the mask bytes.
+/// `0x01` followed by the mask bytes; then, when there is a target mask, `targets` and its bytes.
 pub fn fingerprint(blocks: &TokenBlocks) -> String {
     let mut hasher = Sha256::new();
     hasher.update(b"distill-text/token-blocks/v1");
@@ -143,6 +164,11 @@ pub fn fingerprint(blocks: &TokenBlocks) -> String {
             hasher.update([1u8]);
             hasher.update(mask);
         }
+    }
+    // Appended only when present, so that text without conversations keeps its fingerprint.
+    if let Some(target) = &blocks.target_mask {
+        hasher.update(b"targets");
+        hasher.update(target);
     }
     hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -78,6 +78,12 @@ pub fn clean_documents(docs: Vec<Document>, config: &CleanConfig) -> Result<(Vec
     let mut stats = CleanStats { docs_read: docs.len(), ..CleanStats::default() };
     let mut kept = Vec::with_capacity(docs.len());
     for mut doc in docs {
+        // A conversation is taken as written: its turns are rendered by the chat template.
+        if let Some(turns) = &doc.conversation {
+            stats.chars += turns.iter().map(|m| m.content.chars().count()).sum::<usize>();
+            kept.push(doc);
+            continue;
+        }
         let (text, headers) = clean_text(&doc.text, config);
         stats.header_lines_dropped += headers;
         if text.trim().is_empty() {

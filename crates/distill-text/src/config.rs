@@ -11,6 +11,10 @@
 //! path = "corpus/*.jsonl"
 //! format = { jsonl = { field = "content" } }
 //!
+//! [[data.sources]]
+//! path = "chats/*.parquet"          # conversations: `messages`, or `prompt` + `completion`
+//! format = { parquet = { messages_field = "conversation" } }
+//!
 //! [data.clean]
 //! min_chars = 50
 //!
@@ -33,37 +37,90 @@ use crate::error::{Result, TextError};
 
 /// How the files of a [`TextSource`] are parsed.
 ///
-/// Serialized as a kebab-case string (`"auto"`, `"plain"`, `"brown"`, `"jsonl"`), or, to name the
-/// JSONL text field, as a table `{ jsonl = { field = "content" } }`. The string `"jsonl"` means
-/// field `text`.
+/// Serialized as a kebab-case string (`"auto"`, `"plain"`, `"brown"`, `"jsonl"`, `"parquet"`), or,
+/// to name the record fields, as a table `{ jsonl = { field = "content" } }` (the same keys for
+/// `parquet`; see [`RecordFields`]). The strings `"jsonl"` and `"parquet"` mean the default
+/// fields.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum TextFormat {
-    /// Decide per file: `.jsonl` → JSONL (field `text`); text whose first tokens are nearly all
-    /// `word/tag` → Brown; anything else → plain.
+    /// Decide per file: `.jsonl` → JSONL, `.parquet` → Parquet (default fields); text whose
+    /// first tokens are nearly all `word/tag` → Brown; anything else → plain.
     #[default]
     Auto,
     /// UTF-8 text; documents are blank-line-separated blocks or whole files
     /// (see [`DocBoundary`]).
     Plain,
-    /// One JSON object per line; the document is the string under `field`.
-    Jsonl {
-        /// Name of the string field that holds the text.
-        field: String,
-    },
+    /// One JSON object per line; each is a document: a text or a conversation
+    /// (see [`RecordFields`]).
+    Jsonl(RecordFields),
+    /// A Parquet file (what dataset hubs store); each row is a record as in JSONL.
+    Parquet(RecordFields),
     /// Brown corpus form C: `word/tag` tokens, one sentence per line, paragraphs separated by
     /// blank lines. Tags are stripped and the text detokenized
     /// (see [`crate::brown::detokenize_paragraph`]).
     Brown,
 }
 
+/// Where a JSONL or Parquet record keeps its document. A record is a **conversation** when it
+/// has `messages_field` (a list of `{role, content}` turns) or both `prompt_field` and
+/// `completion_field` (each a string — a user turn and an assistant turn — or a list of turns);
+/// otherwise it is a **text**, the string under `field`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecordFields {
+    /// The text field. Default: `text`.
+    pub field: String,
+    /// The conversation field. Default: `messages`.
+    pub messages_field: String,
+    /// The prompt field of prompt/completion records. Default: `prompt`.
+    pub prompt_field: String,
+    /// The completion field of prompt/completion records. Default: `completion`.
+    pub completion_field: String,
+}
+
+impl Default for RecordFields {
+    fn default() -> Self {
+        RecordFields {
+            field: DEFAULT_JSONL_FIELD.to_string(),
+            messages_field: "messages".to_string(),
+            prompt_field: "prompt".to_string(),
+            completion_field: "completion".to_string(),
+        }
+    }
+}
+
+impl RecordFields {
+    /// The default fields with the text under `field`.
+    pub fn text(field: impl Into<String>) -> Self {
+        RecordFields { field: field.into(), ..RecordFields::default() }
+    }
+
+    fn names(&self) -> [(&'static str, &str); 4] {
+        [
+            ("field", self.field.as_str()),
+            ("messages_field", self.messages_field.as_str()),
+            ("prompt_field", self.prompt_field.as_str()),
+            ("completion_field", self.completion_field.as_str()),
+        ]
+    }
+}
+
 /// Default JSONL text field: `text`.
 pub const DEFAULT_JSONL_FIELD: &str = "text";
 
 impl TextFormat {
-    /// JSONL with the default field `text`.
+    /// JSONL with the default fields.
     pub fn jsonl() -> Self {
-        TextFormat::Jsonl { field: DEFAULT_JSONL_FIELD.to_string() }
+        TextFormat::Jsonl(RecordFields::default())
+    }
+
+    /// The record fields of a JSONL or Parquet format.
+    pub fn fields(&self) -> Option<&RecordFields> {
+        match self {
+            TextFormat::Jsonl(f) | TextFormat::Parquet(f) => Some(f),
+            _ => None,
+        }
     }
 }
 
@@ -75,13 +132,13 @@ impl<'de> Deserialize<'de> for TextFormat {
 
 struct TextFormatVisitor;
 
-const FORMAT_NAMES: &[&str] = &["auto", "plain", "jsonl", "brown"];
+const FORMAT_NAMES: &[&str] = &["auto", "plain", "jsonl", "parquet", "brown"];
 
 impl<'de> Visitor<'de> for TextFormatVisitor {
     type Value = TextFormat;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str(r#"one of "auto", "plain", "jsonl", "brown", or { jsonl = { field = "..." } }"#)
+        f.write_str(r#"one of "auto", "plain", "jsonl", "parquet", "brown", or { jsonl = { field = "..." } }"#)
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<TextFormat, E> {
@@ -89,31 +146,19 @@ impl<'de> Visitor<'de> for TextFormatVisitor {
             "auto" => Ok(TextFormat::Auto),
             "plain" => Ok(TextFormat::Plain),
             "jsonl" => Ok(TextFormat::jsonl()),
+            "parquet" => Ok(TextFormat::Parquet(RecordFields::default())),
             "brown" => Ok(TextFormat::Brown),
             other => Err(E::unknown_variant(other, FORMAT_NAMES)),
         }
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<TextFormat, A::Error> {
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields, default)]
-        struct JsonlOptions {
-            /// Default: [`DEFAULT_JSONL_FIELD`].
-            field: String,
-        }
-        impl Default for JsonlOptions {
-            fn default() -> Self {
-                JsonlOptions { field: DEFAULT_JSONL_FIELD.to_string() }
-            }
-        }
         let Some(key) = map.next_key::<String>()? else {
             return Err(de::Error::invalid_length(0, &self));
         };
         let format = match key.as_str() {
-            "jsonl" => {
-                let options: JsonlOptions = map.next_value()?;
-                TextFormat::Jsonl { field: options.field }
-            }
+            "jsonl" => TextFormat::Jsonl(map.next_value()?),
+            "parquet" => TextFormat::Parquet(map.next_value()?),
             "auto" | "plain" | "brown" => {
                 // Accept `{ brown = {} }`-style tables for symmetry with serialization of unit
                 // variants in some formats.
@@ -296,6 +341,15 @@ pub struct TextDataConfig {
     /// Packing rules.
     #[serde(default)]
     pub pack: PackConfig,
+    /// Conversations train (and are scored) on their assistant turns only: the loss masks the
+    /// system, user and tool turns and the template's markup before each assistant turn.
+    /// `false` trains on every token of the rendered conversation. Default: `true`.
+    #[serde(default = "yes")]
+    pub assistant_only: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl TextDataConfig {
@@ -308,6 +362,7 @@ impl TextDataConfig {
             clean: CleanConfig::default(),
             split: SplitConfig::default(),
             pack: PackConfig::default(),
+            assistant_only: true,
         }
     }
 
@@ -337,17 +392,19 @@ impl TextSource {
         if self.path.trim().is_empty() {
             return Err(TextError::InvalidConfig { field: format!("{at}.path"), message: "path is empty".to_string() });
         }
-        if let TextFormat::Jsonl { field } = &self.format {
-            if field.is_empty() {
-                return Err(TextError::InvalidConfig {
-                    field: format!("{at}.format.jsonl.field"),
-                    message: "field name is empty".to_string(),
-                });
+        if let Some(fields) = self.format.fields() {
+            for (key, name) in fields.names() {
+                if name.is_empty() {
+                    return Err(TextError::InvalidConfig {
+                        field: format!("{at}.format.{key}"),
+                        message: "field name is empty".to_string(),
+                    });
+                }
             }
             if self.documents.is_some() {
                 return Err(TextError::InvalidConfig {
                     field: format!("{at}.documents"),
-                    message: "not allowed with format jsonl (every record is a document)".to_string(),
+                    message: "not allowed with JSONL or Parquet (every record is a document)".to_string(),
                 });
             }
         }

@@ -81,6 +81,37 @@ pub enum TextError {
         field: String,
     },
 
+    /// A JSONL or Parquet record is neither a text nor a well-formed conversation.
+    #[error("{}: {unit} {n}: {message}", path.display())]
+    BadRecord {
+        /// The file.
+        path: PathBuf,
+        /// `line` (JSONL, 1-based) or `row` (Parquet, 0-based).
+        unit: &'static str,
+        /// Its number.
+        n: usize,
+        /// What is wrong, naming the field.
+        message: String,
+    },
+
+    /// Conversation records, but no chat template to render them with.
+    #[error("{}: conversation records need a chat template, and the model has none", path.display())]
+    NoChatTemplate {
+        /// The first file with a conversation.
+        path: PathBuf,
+    },
+
+    /// The chat template failed on a conversation.
+    #[error("{}: record {index}: {message}", path.display())]
+    ChatRender {
+        /// The file.
+        path: PathBuf,
+        /// The record's position in its file.
+        index: usize,
+        /// The template's error.
+        message: String,
+    },
+
     /// Cleaning removed every document.
     #[error("no documents left after cleaning: {read} read, {empty} empty, {short} shorter than {min_chars} chars")]
     EmptyCorpus {

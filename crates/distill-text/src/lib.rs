@@ -19,6 +19,7 @@
 
 pub mod blocks;
 pub mod brown;
+pub mod chat;
 pub mod clean;
 pub mod config;
 pub mod error;
@@ -29,11 +30,17 @@ pub mod source;
 pub mod split;
 
 pub use blocks::{fingerprint, Batch, TokenBlocks};
+pub use chat::{ChatTemplate, Message, Record};
 pub use clean::{clean_documents, clean_text, CleanStats};
-pub use config::{CleanConfig, DocBoundary, PackConfig, PackMode, SplitConfig, TextDataConfig, TextFormat, TextSource};
+pub use config::{
+    CleanConfig, DocBoundary, PackConfig, PackMode, RecordFields, SplitConfig, TextDataConfig, TextFormat, TextSource,
+};
 pub use error::{Result, TextError};
 pub use labelled::{classes, read_labelled, LabelledDoc};
-pub use pack::{pack, tokenize_documents, PackStats, SpecialTokens};
-pub use pipeline::{build_dataset, prepare_text, tokenize_and_pack, DatasetStats, PreparedText, TextDataset};
+pub use pack::{pack, pack_conversations, tokenize_conversations, tokenize_documents, PackStats, SpecialTokens};
+pub use pipeline::{
+    build_dataset, build_dataset_chat, pack_documents, prepare_text, tokenize_and_pack, DatasetStats, PreparedText,
+    TextDataset,
+};
 pub use source::{read_sources, Document};
 pub use split::{split_documents, Split};

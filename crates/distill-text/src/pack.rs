@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
 use crate::blocks::TokenBlocks;
+use crate::chat::ChatTemplate;
 use crate::config::{PackConfig, PackMode};
 use crate::error::{Result, TextError};
 use crate::source::Document;
@@ -112,6 +113,9 @@ pub struct PackStats {
     pub n_truncated_docs: usize,
     /// Rows produced.
     pub n_blocks: usize,
+    /// Target (assistant) tokens lost with the tails of conversations longer than a row.
+    #[serde(default)]
+    pub n_targets_dropped: usize,
 }
 
 /// Packs tokenized documents into rows.
@@ -159,12 +163,19 @@ pub fn pack(docs: &[Vec<u32>], config: &PackConfig, specials: &SpecialTokens) ->
                     n_tokens_real: stats.n_tokens_real,
                     input_ids: stream,
                     attention_mask: Some(mask),
+                    target_mask: None,
                 }
             } else {
                 stream.truncate(n_full * seq_len);
                 stats.n_tokens_real = stream.len();
                 stats.n_tokens_dropped = rem;
-                TokenBlocks { seq_len, n_tokens_real: stats.n_tokens_real, input_ids: stream, attention_mask: None }
+                TokenBlocks {
+                    seq_len,
+                    n_tokens_real: stats.n_tokens_real,
+                    input_ids: stream,
+                    attention_mask: None,
+                    target_mask: None,
+                }
             }
         }
         PackMode::Pad => {
@@ -187,9 +198,121 @@ pub fn pack(docs: &[Vec<u32>], config: &PackConfig, specials: &SpecialTokens) ->
                 mask.extend(std::iter::repeat_n(1u8, row.len()));
                 mask.extend(std::iter::repeat_n(0u8, n_pad));
             }
-            TokenBlocks { seq_len, n_tokens_real: stats.n_tokens_real, input_ids: ids, attention_mask: Some(mask) }
+            TokenBlocks {
+                seq_len,
+                n_tokens_real: stats.n_tokens_real,
+                input_ids: ids,
+                attention_mask: Some(mask),
+                target_mask: None,
+            }
         }
     };
     stats.n_blocks = blocks.n_blocks();
     Ok((blocks, stats))
+}
+
+/// Tokenizes conversations: each rendered by `template` into its ids and, per token, 1 where it
+/// is learned — an assistant token (see [`crate::chat::render`]), or every token when not
+/// `assistant_only`. In parallel, order kept; no special tokens besides the template's.
+pub fn tokenize_conversations(
+    docs: &[&Document],
+    tokenizer: &Tokenizer,
+    template: &dyn ChatTemplate,
+    assistant_only: bool,
+) -> Result<Vec<(Vec<u32>, Vec<u8>)>> {
+    let mut tokenizer = tokenizer.clone();
+    tokenizer
+        .with_truncation(None)
+        .map_err(|e| TextError::InvalidConfig { field: "tokenizer.truncation".to_string(), message: e.to_string() })?;
+    tokenizer.with_padding(None);
+    docs.par_iter()
+        .map(|doc| {
+            let turns = doc.conversation.as_deref().unwrap_or_default();
+            let bad = |message: String| TextError::ChatRender { path: doc.path.clone(), index: doc.index, message };
+            let (text, spans) = if assistant_only {
+                crate::chat::render(template, turns).map_err(bad)?
+            } else {
+                let text = template.render(turns, false).map_err(bad)?;
+                let all = 0..text.len();
+                (text, vec![all])
+            };
+            let err = |message: String| TextError::Tokenize { key: doc.key.clone(), index: doc.index, message };
+            let enc = distill_base::guard::catch(|| tokenizer.encode(text.as_str(), false))
+                .map_err(|p| err(format!("the tokenizer failed: {p}")))?
+                .map_err(|e| err(e.to_string()))?;
+            Ok((enc.get_ids().to_vec(), crate::chat::span_mask(enc.get_offsets(), &spans)))
+        })
+        .collect()
+}
+
+/// One conversation per row: `ids[..seq_len]` right-padded with `pad`, with an attention mask
+/// and the target mask — no conversation attends to another. A conversation longer than a row
+/// loses its tail; [`PackStats::n_truncated_docs`] and [`PackStats::n_targets_dropped`] count
+/// what was cut.
+pub fn pack_conversations(convs: &[(Vec<u32>, Vec<u8>)], seq_len: usize, pad: u32) -> Result<(TokenBlocks, PackStats)> {
+    if seq_len == 0 {
+        return Err(TextError::ZeroSeqLen);
+    }
+    let n_doc_tokens: usize = convs.iter().map(|c| c.0.len()).sum();
+    let mut stats =
+        PackStats { n_docs: convs.len(), n_doc_tokens, n_stream_tokens: n_doc_tokens, ..PackStats::default() };
+    let mut ids = Vec::with_capacity(convs.len() * seq_len);
+    let mut mask = Vec::with_capacity(convs.len() * seq_len);
+    let mut target = Vec::with_capacity(convs.len() * seq_len);
+    for (row, learn) in convs {
+        let n = row.len().min(seq_len);
+        if row.len() > seq_len {
+            stats.n_truncated_docs += 1;
+            stats.n_tokens_dropped += row.len() - seq_len;
+            stats.n_targets_dropped += learn[seq_len..].iter().map(|&x| x as usize).sum::<usize>();
+        }
+        let n_pad = seq_len - n;
+        stats.n_tokens_real += n;
+        stats.n_pad += n_pad;
+        ids.extend_from_slice(&row[..n]);
+        ids.extend(std::iter::repeat_n(pad, n_pad));
+        mask.extend(std::iter::repeat_n(1u8, n));
+        mask.extend(std::iter::repeat_n(0u8, n_pad));
+        target.extend_from_slice(&learn[..n]);
+        target.extend(std::iter::repeat_n(0u8, n_pad));
+    }
+    let blocks = TokenBlocks {
+        seq_len,
+        n_tokens_real: stats.n_tokens_real,
+        input_ids: ids,
+        attention_mask: Some(mask),
+        target_mask: Some(target),
+    };
+    stats.n_blocks = blocks.n_blocks();
+    Ok((blocks, stats))
+}
+
+/// `a`'s rows, then `b`'s (same `seq_len`); masks are materialized where only one side has them.
+pub fn concat_blocks(a: TokenBlocks, b: TokenBlocks) -> TokenBlocks {
+    if b.is_empty() {
+        return a;
+    }
+    if a.is_empty() {
+        return b;
+    }
+    let ones = |x: &TokenBlocks| vec![1u8; x.input_ids.len()];
+    let merge = |x: Option<Vec<u8>>, y: Option<Vec<u8>>, a: &TokenBlocks, b: &TokenBlocks| match (x, y) {
+        (None, None) => None,
+        (x, y) => {
+            let mut m = x.unwrap_or_else(|| ones(a));
+            m.extend(y.unwrap_or_else(|| ones(b)));
+            Some(m)
+        }
+    };
+    let attention_mask = merge(a.attention_mask.clone(), b.attention_mask.clone(), &a, &b);
+    let target_mask = merge(a.target_mask.clone(), b.target_mask.clone(), &a, &b);
+    let mut input_ids = a.input_ids;
+    input_ids.extend(b.input_ids);
+    TokenBlocks {
+        seq_len: a.seq_len,
+        input_ids,
+        attention_mask,
+        n_tokens_real: a.n_tokens_real + b.n_tokens_real,
+        target_mask,
+    }
 }

@@ -4,10 +4,11 @@ use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
 use crate::blocks::TokenBlocks;
+use crate::chat::ChatTemplate;
 use crate::clean::{clean_documents, CleanStats};
 use crate::config::TextDataConfig;
 use crate::error::{Result, TextError};
-use crate::pack::{pack, tokenize_documents, PackStats, SpecialTokens};
+use crate::pack::{concat_blocks, pack, pack_conversations, tokenize_conversations, tokenize_documents, PackStats, SpecialTokens};
 use crate::source::{read_sources, Document};
 use crate::split::{split_documents, Split};
 
@@ -90,17 +91,60 @@ pub fn tokenize_and_pack(
     pack(&tokens, config, specials)
 }
 
-/// Runs the whole pipeline. The config and the special tokens are checked before any file is
-/// read; fails when the training set packs into no row.
+/// Tokenizes and packs a set of documents that may hold conversations: texts as `pack` says,
+/// then one conversation per row (rendered by `chat`, learned where [`TextDataConfig::assistant_only`]
+/// says). Fails on a conversation without a template.
+pub fn pack_documents(
+    docs: &[Document],
+    tokenizer: &Tokenizer,
+    config: &TextDataConfig,
+    specials: &SpecialTokens,
+    chat: Option<&dyn ChatTemplate>,
+) -> Result<(TokenBlocks, PackStats)> {
+    let (convs, texts): (Vec<&Document>, Vec<&Document>) = docs.iter().partition(|d| d.conversation.is_some());
+    if convs.is_empty() {
+        return tokenize_and_pack(docs, tokenizer, &config.pack, specials);
+    }
+    let texts: Vec<Document> = texts.into_iter().cloned().collect();
+    let (text_blocks, text_stats) = tokenize_and_pack(&texts, tokenizer, &config.pack, specials)?;
+    let template = chat.ok_or_else(|| TextError::NoChatTemplate { path: convs[0].path.clone() })?;
+    let tokens = tokenize_conversations(&convs, tokenizer, template, config.assistant_only)?;
+    let (conv_blocks, conv_stats) = pack_conversations(&tokens, config.pack.seq_len, specials.pad)?;
+    let blocks = concat_blocks(text_blocks, conv_blocks);
+    let stats = PackStats {
+        n_docs: text_stats.n_docs + conv_stats.n_docs,
+        n_doc_tokens: text_stats.n_doc_tokens + conv_stats.n_doc_tokens,
+        n_stream_tokens: text_stats.n_stream_tokens + conv_stats.n_stream_tokens,
+        n_tokens_real: blocks.n_tokens_real,
+        n_tokens_dropped: text_stats.n_tokens_dropped + conv_stats.n_tokens_dropped,
+        n_pad: text_stats.n_pad + conv_stats.n_pad,
+        n_truncated_docs: text_stats.n_truncated_docs + conv_stats.n_truncated_docs,
+        n_blocks: blocks.n_blocks(),
+        n_targets_dropped: conv_stats.n_targets_dropped,
+    };
+    Ok((blocks, stats))
+}
+
+/// Runs the whole pipeline on texts (conversation records fail: see [`build_dataset_chat`]).
 pub fn build_dataset(config: &TextDataConfig, tokenizer: &Tokenizer) -> Result<TextDataset> {
+    build_dataset_chat(config, tokenizer, None)
+}
+
+/// Runs the whole pipeline, conversations rendered by `chat`. The config and the special
+/// tokens are checked before any file is read; fails when the training set packs into no row.
+pub fn build_dataset_chat(
+    config: &TextDataConfig,
+    tokenizer: &Tokenizer,
+    chat: Option<&dyn ChatTemplate>,
+) -> Result<TextDataset> {
     config.validate()?;
     let specials = SpecialTokens::resolve(tokenizer, &config.pack)?;
     let prepared = prepare_text(config)?;
-    let (train, train_pack) = tokenize_and_pack(&prepared.split.train, tokenizer, &config.pack, &specials)?;
+    let (train, train_pack) = pack_documents(&prepared.split.train, tokenizer, config, &specials, chat)?;
     if train.is_empty() {
         return Err(TextError::NoTrainingRows { n_tokens: train_pack.n_stream_tokens, seq_len: config.pack.seq_len });
     }
-    let (validation, val_pack) = tokenize_and_pack(&prepared.split.validation, tokenizer, &config.pack, &specials)?;
+    let (validation, val_pack) = pack_documents(&prepared.split.validation, tokenizer, config, &specials, chat)?;
     Ok(TextDataset {
         train,
         validation,

@@ -8,7 +8,8 @@ use std::path::{Component, Path, PathBuf};
 use rayon::prelude::*;
 
 use crate::brown;
-use crate::config::{DocBoundary, TextFormat, TextSource};
+use crate::chat::{record_from_object, Message, Record};
+use crate::config::{DocBoundary, RecordFields, TextFormat, TextSource};
 use crate::error::{Result, TextError};
 
 /// One document: a unit that is cleaned, split and packed as a whole.
@@ -24,8 +25,11 @@ pub struct Document {
     /// paragraph documents, the 0-based line number for JSONL records. Counted before cleaning,
     /// so changing the cleaning rules does not renumber documents.
     pub index: usize,
-    /// The text.
+    /// The text (empty for a conversation).
     pub text: String,
+    /// The turns, when the record is a conversation (rendered by the chat template when
+    /// tokenized).
+    pub conversation: Option<Vec<Message>>,
 }
 
 /// Expands a leading `~/` to `$HOME`.
@@ -162,9 +166,11 @@ pub fn read_utf8(path: &Path) -> Result<String> {
 pub fn detect_format(path: &Path, text: &str, format: &TextFormat) -> TextFormat {
     match format {
         TextFormat::Auto => {
-            let is_jsonl = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("jsonl"));
-            if is_jsonl {
+            let ext = |x: &str| path.extension().is_some_and(|e| e.eq_ignore_ascii_case(x));
+            if ext("jsonl") {
                 TextFormat::jsonl()
+            } else if ext("parquet") {
+                TextFormat::Parquet(RecordFields::default())
             } else if brown::looks_like_brown(text) {
                 TextFormat::Brown
             } else {
@@ -204,7 +210,13 @@ pub fn parse_text(
     format: &TextFormat,
     documents: Option<DocBoundary>,
 ) -> Result<Vec<Document>> {
-    let doc = |index: usize, text: String| Document { path: path.to_path_buf(), key: key.to_string(), index, text };
+    let doc = |index: usize, text: String| Document {
+        path: path.to_path_buf(),
+        key: key.to_string(),
+        index,
+        text,
+        conversation: None,
+    };
     let format = detect_format(path, text, format);
     let docs = match format {
         TextFormat::Auto | TextFormat::Plain => match documents.unwrap_or(DocBoundary::Paragraph) {
@@ -217,7 +229,7 @@ pub fn parse_text(
                 brown::brown_paragraphs(text).into_iter().enumerate().map(|(i, p)| doc(i, p)).collect()
             }
         },
-        TextFormat::Jsonl { field } => {
+        TextFormat::Jsonl(fields) => {
             let mut docs = Vec::new();
             for (i, line) in text.lines().enumerate() {
                 if line.trim().is_empty() {
@@ -235,15 +247,51 @@ pub fn parse_text(
                         message: "the line is JSON but not an object".to_string(),
                     });
                 };
-                let Some(serde_json::Value::String(text)) = object.get(&field) else {
-                    return Err(TextError::JsonlMissingField { path: path.to_path_buf(), line: i + 1, field });
-                };
-                docs.push(doc(i, text.clone()));
+                docs.push(record_doc(path, key, i, &object, &fields, "line", i + 1)?);
             }
             docs
         }
+        TextFormat::Parquet(_) => {
+            return Err(TextError::InvalidConfig {
+                field: path.display().to_string(),
+                message: "a Parquet file is binary: read it with read_parquet_documents".to_string(),
+            })
+        }
     };
     Ok(docs)
+}
+
+/// The document of one record (a JSONL line, a Parquet row): its text or its turns; an error
+/// names the file, the line or row (`unit` `n`) and the field.
+fn record_doc(
+    path: &Path,
+    key: &str,
+    index: usize,
+    object: &serde_json::Map<String, serde_json::Value>,
+    fields: &RecordFields,
+    unit: &'static str,
+    n: usize,
+) -> Result<Document> {
+    let record = record_from_object(object, fields).map_err(|message| TextError::BadRecord {
+        path: path.to_path_buf(),
+        unit,
+        n,
+        message,
+    })?;
+    let (text, conversation) = match record {
+        Record::Text(t) => (t, None),
+        Record::Conversation(turns) => (String::new(), Some(turns)),
+    };
+    Ok(Document { path: path.to_path_buf(), key: key.to_string(), index, text, conversation })
+}
+
+/// The documents of a Parquet file: every row a record (see [`RecordFields`]).
+pub fn read_parquet_documents(path: &Path, key: &str, fields: &RecordFields) -> Result<Vec<Document>> {
+    let rows: Vec<serde_json::Map<String, serde_json::Value>> = {
+        let _ = fields;
+        return Err(TextError::InvalidConfig { field: path.display().to_string(), message: "parquet: TODO".into() });
+    };
+    rows.iter().enumerate().map(|(i, row)| record_doc(path, key, i, row, fields, "row", i)).collect()
 }
 
 /// Reads every source into documents, in source order and sorted file order; files are read and
@@ -259,6 +307,9 @@ pub fn read_sources(sources: &[TextSource]) -> Result<Vec<Document>> {
     let parsed: Vec<Result<Vec<Document>>> = jobs
         .par_iter()
         .map(|(path, key, source)| {
+            if let TextFormat::Parquet(fields) = detect_format(path, "", &source.format) {
+                return read_parquet_documents(path, key, &fields);
+            }
             let text = read_utf8(path)?;
             parse_text(path, key, &text, &source.format, source.documents)
         })

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use distill_text::{
     build_dataset, pack, prepare_text, read_sources, split_documents, CleanConfig, DocBoundary, Document, PackConfig,
-    PackMode, SpecialTokens, SplitConfig, TextDataConfig, TextError, TextFormat, TextSource, TokenBlocks,
+    PackMode, RecordFields, SpecialTokens, SplitConfig, TextDataConfig, TextError, TextFormat, TextSource, TokenBlocks,
 };
 
 const WIKI: &str = " \n = Valkyria Chronicles III = \n \n Senjo no Valkyria 3 : Unrecorded Chronicles is a tactical role @-@ playing video game . \n \n = = Gameplay = = \n \n As with previous games in the series , the player controls a squad of soldiers in battle . \n Short line . \n \n Too short . \n";
@@ -98,7 +98,7 @@ fn pad_mode_one_document_per_row() {
 fn fingerprint_matches_python_reference() {
     // Values from tests/fixtures/text/fingerprint_reference.py.
     let ids = vec![5, 6, 7, 3, 8, 9, 3, 10];
-    let four = TokenBlocks { seq_len: 4, input_ids: ids.clone(), attention_mask: None, n_tokens_real: 8 };
+    let four = TokenBlocks { seq_len: 4, input_ids: ids.clone(), attention_mask: None, n_tokens_real: 8, target_mask: None };
     assert_eq!(four.fingerprint(), "70afda40c6d5407d1c4388fb0f071ff8eae63230f346d2ad20cc099b6a424417");
     let two = TokenBlocks { seq_len: 2, ..four.clone() };
     assert_eq!(distill_text::fingerprint(&two), "008b12cb0ac179940d95160e2229751361dd210a71a5fad7683c5cb4f5ce892c");
@@ -107,6 +107,7 @@ fn fingerprint_matches_python_reference() {
         input_ids: vec![5, 6, 7, 3, 8, 9, 1, 1],
         attention_mask: Some(vec![1, 1, 1, 1, 1, 1, 0, 0]),
         n_tokens_real: 6,
+        target_mask: None,
     };
     assert_eq!(masked.fingerprint(), "27ed44e3be7bf8a6953b0572012e4a5efa8e5d63a8170475988415f4985960a5");
 }
@@ -163,7 +164,7 @@ fn jsonl_with_default_and_custom_field() {
     let b = write(&dir, "b.json-lines", "{\"content\": \"custom field\"}\n");
     let docs = read_sources(&[
         TextSource::new(&a),
-        TextSource::new(&b).with_format(TextFormat::Jsonl { field: "content".to_string() }),
+        TextSource::new(&b).with_format(TextFormat::Jsonl(RecordFields::text("content"))),
     ])
     .unwrap();
     let got: Vec<(&str, usize, &str)> = docs.iter().map(|d| (d.key.as_str(), d.index, d.text.as_str())).collect();
@@ -218,6 +219,7 @@ fn fake_docs(n: usize) -> Vec<Document> {
             key: format!("f{}.txt", i % 7),
             index: i / 7,
             text: format!("document {i}"),
+            conversation: None,
         })
         .collect()
 }
@@ -464,7 +466,7 @@ fn recipe_toml_formats_and_defaults() {
     let config: TextDataConfig = toml::from_str(recipe).unwrap();
     config.validate().unwrap();
     assert_eq!(config.sources[0].format, TextFormat::Brown);
-    assert_eq!(config.sources[1].format, TextFormat::Jsonl { field: "content".into() });
+    assert_eq!(config.sources[1].format, TextFormat::Jsonl(RecordFields::text("content")));
     assert_eq!(config.sources[2].format, TextFormat::jsonl());
     assert_eq!(config.sources[3].format, TextFormat::Auto);
     assert_eq!(config.sources[3].documents, Some(DocBoundary::File));

@@ -56,6 +56,8 @@ pub enum Role {
     StudentNarrow,
     /// The static (Model2Vec) encoder student: per-token teacher embeddings, not trained.
     StudentStatic,
+    /// An existing model as the student (`student.from`), evaluated as loaded, before training.
+    StudentUntouched,
 }
 
 impl Role {
@@ -68,6 +70,7 @@ impl Role {
             Role::TeacherEnsemble => "teacher-ensemble",
             Role::StudentKdEnsemble => "student-kd-ensemble",
             Role::StudentPruned => "student-pruned",
+            Role::StudentUntouched => "student-untouched",
             Role::StudentKdTwinInit => "student-kd-twin-init",
             Role::StudentKdPtq => "student-kd-ptq",
             Role::StudentKdQad => "student-kd-qad",
@@ -403,7 +406,18 @@ pub fn lm_plan(
         arch: Arch::Student,
         label: None,
     };
-    if student.init == StudentInit::Prune {
+    if student.from.is_some() {
+        out.push(Phase {
+            id: "untouched".into(),
+            role: Role::StudentUntouched,
+            temperature: None,
+            alpha: None,
+            teacher: TeacherFrom::None,
+            trains: false,
+            export: None,
+            ..base.clone()
+        });
+    } else if student.init() == StudentInit::Prune {
         out.push(Phase {
             id: "pruned".into(),
             role: Role::StudentPruned,

@@ -49,16 +49,12 @@ fn teacher_conversion_and_student_export_match_transformers() {
         .unwrap();
     assert_eq!(load_lm(&conv, Device::Cpu).unwrap().chat_template.as_deref(), template);
     let spec = LmStudent {
-        init: StudentInit::LayerSubset,
-        layers: 6,
+        init: Some(StudentInit::LayerSubset),
         hidden: Some(256),
         heads: Some(4),
         kv_heads: Some(2),
         intermediate: Some(768),
-        tie_embeddings: true,
-        calib_rows: None,
-        params: None,
-        twin_init: None,
+        ..LmStudent::with_layers(6)
     };
     let s_cfg = student_config(cfg, &spec).unwrap();
     tch::manual_seed(0);

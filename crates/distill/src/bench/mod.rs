@@ -112,7 +112,7 @@ pub fn peak_rss_mib() -> f64 {
 pub fn random_blocks(rows: usize, seq: usize, vocab: i64, seed: u64) -> TokenBlocks {
     let mut rng = SplitMix64::new(seed);
     let input_ids = (0..rows * seq).map(|_| (rng.next_u64() % vocab as u64) as u32).collect();
-    TokenBlocks { seq_len: seq, input_ids, attention_mask: None, n_tokens_real: rows * seq }
+    TokenBlocks { seq_len: seq, input_ids, attention_mask: None, n_tokens_real: rows * seq, target_mask: None }
 }
 
 /// Times `warmup + steps` KD steps of `student` (variables in `vs`) against `teacher` — a model

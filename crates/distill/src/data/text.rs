@@ -1,7 +1,7 @@
 //! Packed text as training and evaluation batches: rows of token ids with their next-token
 //! targets, and the text sources of a recipe resolved and packed.
 
-use distill_text::{TextDataConfig, TextSource, TokenBlocks};
+use distill_text::{ChatTemplate, TextDataConfig, TextSource, TokenBlocks};
 use tch::{Device, Tensor};
 
 use crate::io::fetch;
@@ -53,17 +53,19 @@ pub fn resolve_sources(sources: &[TextSource]) -> Result<Vec<TextSource>> {
         .collect()
 }
 
-/// All of `sources` packed into `seq_len` rows (no split, last partial row kept and masked).
+/// All of `sources` packed into `seq_len` rows (no split, last partial row kept and masked);
+/// conversation records one per row, rendered by `chat`, only their assistant tokens scored.
 pub fn text_blocks(
     sources: &[TextSource],
     tok: &tokenizers::Tokenizer,
     seq_len: usize,
     min_chars: usize,
+    chat: Option<&dyn ChatTemplate>,
 ) -> Result<TokenBlocks> {
     let mut cfg = TextDataConfig::new(resolve_sources(sources)?);
     cfg.split.val_fraction = 0.0;
     cfg.clean.min_chars = min_chars;
     cfg.pack.seq_len = seq_len;
     cfg.pack.keep_partial = true;
-    Ok(distill_text::build_dataset(&cfg, tok)?.train)
+    Ok(distill_text::build_dataset_chat(&cfg, tok, chat)?.train)
 }

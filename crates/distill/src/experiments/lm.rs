@@ -19,7 +19,7 @@ use tch::{nn, Device, Kind};
 use crate::data::text::{lm_batch, text_blocks};
 use crate::eval::generate::GenerateOptions;
 use crate::eval::{generate_texts, score_many, tokens_per_second, top_k_table, Generation, LmScores};
-use crate::io::export::{export_hf, GgufType};
+use crate::io::export::{export_hf_with_chat_template, GgufType};
 use crate::io::lm::{load_lm, LoadedLm};
 use crate::losses::divergence::Divergence;
 use crate::methods::{response, BuildContext};
@@ -67,6 +67,8 @@ struct PhaseInputs<'a> {
     assistant: Option<(LmConfig, Option<Selection>)>,
     /// `[[teachers]]`, loaded (multi-teacher KD).
     extra_teachers: &'a [LoadedLm],
+    /// `student.from`, loaded: the existing model every student phase starts from.
+    student_from: Option<&'a LoadedLm>,
     r: &'a LmRecipe,
     teacher: &'a LoadedLm,
     /// The student's config, derived once from the teacher's.
@@ -122,6 +124,13 @@ fn init_weights(
             })?;
             vs.copy(src.1)?;
         }
+        // An existing student: every phase of its architecture starts from its weights.
+        (InitFrom::Seed | InitFrom::Salted(_), _) if spec.from.is_some() => {
+            let loaded = inp.student_from.ok_or_else(|| {
+                Error::Invalid(format!("phase {name}: student.from is set but the student was not loaded"))
+            })?;
+            vs.copy(&loaded.vs)?;
+        }
         // The same pruned weights for every phase, importance estimated once per run.
         (InitFrom::Seed | InitFrom::Salted(_), Some(sel)) => {
             prune::slice_into(&vs, &teacher.vs.variables(), teacher.model.config(), sel)?
@@ -129,7 +138,7 @@ fn init_weights(
         (how, _) => {
             let how = match how {
                 InitFrom::With(init) => *init,
-                _ => spec.init,
+                _ => spec.init(),
             };
             let calib = calibration(train, spec.calib_rows(), teacher.model.device());
             let init = init_student(&vs, s_cfg, teacher, how, &calib)?;
@@ -189,7 +198,10 @@ fn export_phase(
     dir: &Path,
 ) -> Result<()> {
     let teacher = inp.teacher;
-    export_hf(model, Some(&teacher.tokenizer_json), dir)?;
+    // The teacher's chat template goes with every student: they share its tokenizer, and a
+    // student distilled on conversations is used through it.
+    let template = teacher.chat_template.as_deref();
+    export_hf_with_chat_template(model, Some(&teacher.tokenizer_json), template, dir)?;
     let gguf_ty = match (quant, ph.role) {
         (Some(ty), _) => Some(ty),
         (None, Role::StudentKd) => Some(GgufType::F16),
@@ -197,7 +209,7 @@ fn export_phase(
     };
     if let Some(ty) = gguf_ty {
         let gguf = dir.with_extension("gguf");
-        if let Err(e) = crate::io::export::export_gguf(model, &teacher.tokenizer, None, &inp.r.name, &gguf, ty) {
+        if let Err(e) = crate::io::export::export_gguf(model, &teacher.tokenizer, template, &inp.r.name, &gguf, ty) {
             eprintln!("{:>8}: no GGUF export ({e}); the HF directory {} is complete", ph.id, dir.display());
         }
     }
@@ -346,6 +358,38 @@ fn load_teachers(rr: &ResolvedLm, multi_teacher: bool, say: &dyn Fn(String)) -> 
     Ok((teacher, extra_teachers))
 }
 
+/// `student.from`: an existing model as the student — its tokenizer checked against the
+/// teacher's before any weights load, then loaded (f32) and its shape said.
+fn load_student(rr: &ResolvedLm, teacher: &LoadedLm, say: &dyn Fn(String)) -> Result<Option<LoadedLm>> {
+    let Some(path) = &rr.student_from else { return Ok(None) };
+    let tok = crate::io::lm::load_tokenizer(path)?;
+    let (want, got) = (crate::io::lm::tokenizer_fingerprint(&teacher.tokenizer), crate::io::lm::tokenizer_fingerprint(&tok));
+    if want != got {
+        return Err(Error::Invalid(format!(
+            "student.from ({}) has a different tokenizer than the teacher ({}): {} vs {} tokens, fingerprint {got:.12} vs {want:.12}; distillation compares the two models' next-token distributions token by token, so the student needs the teacher's vocabulary and special tokens",
+            path.display(),
+            rr.teacher_path.display(),
+            tok.get_vocab_size(true),
+            teacher.tokenizer.get_vocab_size(true)
+        )));
+    }
+    say(format!("loading student {}", path.display()));
+    let s = load_lm(path, rr.device)?;
+    crate::io::lm::check_compatible(teacher, s.model.config().vocab_size, Some(&s.tokenizer))?;
+    let c = s.model.config();
+    say(format!(
+        "student {}: {} layers × {} channels, {} heads ({} kv), MLP {}, {} parameters",
+        c.family.model_type(),
+        c.num_layers,
+        c.hidden_size,
+        c.num_heads,
+        c.num_kv_heads,
+        c.intermediate_size,
+        s.model.param_count()
+    ));
+    Ok(Some(s))
+}
+
 /// The student's parameter count, with a warning on a huge capacity gap to the teacher's.
 fn student_params(s_cfg: &LmConfig, t_params: i64) -> Result<i64> {
     let vs = nn::VarStore::new(Device::Cpu);
@@ -392,7 +436,7 @@ fn plan_pruning(
     out: &Path,
     say: &dyn Fn(String),
 ) -> Result<Option<(Importance, Selection)>> {
-    if r.student.init != StudentInit::Prune {
+    if r.student.init() != StudentInit::Prune || r.student.from.is_some() {
         return Ok(None);
     }
     let calib = calibration(train, r.student.calib_rows(), teacher.model.device());
@@ -421,7 +465,7 @@ fn plan_assistant(
 ) -> Result<Option<(LmConfig, Option<Selection>)>> {
     let Some(spec) = &r.assistant else { return Ok(None) };
     let a_cfg = student_config(teacher.model.config(), spec)?;
-    let sel = match spec.init {
+    let sel = match spec.init() {
         StudentInit::Prune => {
             let calib = calibration(train, spec.calib_rows(), teacher.model.device());
             Some(prune::plan(&teacher.model, &calib, &a_cfg)?.1)
@@ -473,7 +517,11 @@ fn score_models(
     let extra_blocks: Vec<TokenBlocks> = rr
         .extra
         .iter()
-        .map(|s| text_blocks(std::slice::from_ref(s), &teacher.tokenizer, data.train.seq_len, rr.data.clean.min_chars))
+        .map(|s| {
+            let chat = teacher.chat();
+            let chat = chat.as_ref().map(|c| c as _);
+            text_blocks(std::slice::from_ref(s), &teacher.tokenizer, data.train.seq_len, rr.data.clean.min_chars, chat)
+        })
         .collect::<Result<_>>()?;
     let max_rows = r.eval.max_val_blocks;
     let eval_batch = r.train.batch_size.clamp(1, 8);
@@ -587,10 +635,25 @@ pub fn run(r: &LmRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) -> Re
     let rr: ResolvedLm = r.resolve()?;
     let (teacher, extra_teachers) = load_teachers(&rr, r.distill.multi_teacher.is_some(), &say)?;
     let t_cfg = teacher.model.config().clone();
-    let s_cfg = student_config(&t_cfg, &r.student)?;
+    let student_from = load_student(&rr, &teacher, &say)?;
+    let s_cfg = match &student_from {
+        Some(s) => s.model.config().clone(),
+        None => student_config(&t_cfg, &r.student)?,
+    };
     check_terms(r, &s_cfg, &t_cfg)?;
 
-    let data = distill_text::build_dataset(&rr.data, &teacher.tokenizer)?;
+    // Conversation records are rendered by the teacher's chat template (the student shares its
+    // tokenizer), their assistant tokens learned.
+    let chat = teacher.chat();
+    let data = distill_text::build_dataset_chat(&rr.data, &teacher.tokenizer, chat.as_ref().map(|c| c as _))?;
+    let cut = data.stats.train_pack.n_targets_dropped + data.stats.val_pack.n_targets_dropped;
+    if cut > 0 {
+        eprintln!(
+            "warning: {} conversations are longer than data.pack.seq_len = {}: {cut} assistant tokens past the row are not learned; raise seq_len",
+            data.stats.train_pack.n_truncated_docs + data.stats.val_pack.n_truncated_docs,
+            rr.data.pack.seq_len
+        );
+    }
     if data.validation.is_empty() {
         return Err(Error::Invalid("the validation split has no full row; raise data.split.val_fraction".into()));
     }
@@ -635,6 +698,7 @@ pub fn run(r: &LmRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) -> Re
         pruning,
         assistant,
         extra_teachers: &extra_teachers,
+        student_from: student_from.as_ref(),
         r,
         teacher: &teacher,
         s_cfg: &s_cfg,

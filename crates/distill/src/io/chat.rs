@@ -6,20 +6,24 @@
 //! template engine's error.
 
 use minijinja::{context, Environment, ErrorKind};
-use serde::Serialize;
 
 use crate::{Error, Result};
 
-/// One turn of a conversation.
-#[derive(Debug, Clone, Serialize)]
-pub struct Message {
-    pub role: String,
-    pub content: String,
+pub use distill_text::Message;
+
+/// A model's chat template with its BOS and EOS token strings: what renders the conversation
+/// records of a data set (`distill_text::ChatTemplate`).
+#[derive(Debug, Clone)]
+pub struct ModelChat {
+    pub template: String,
+    pub bos: String,
+    pub eos: String,
 }
 
-impl Message {
-    pub fn user(content: &str) -> Self {
-        Self { role: "user".into(), content: content.into() }
+impl distill_text::ChatTemplate for ModelChat {
+    fn render(&self, messages: &[Message], add_generation_prompt: bool) -> std::result::Result<String, String> {
+        apply_chat_template(&self.template, messages, add_generation_prompt, &self.bos, &self.eos)
+            .map_err(|e| e.to_string())
     }
 }
 

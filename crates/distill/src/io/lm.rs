@@ -44,16 +44,24 @@ impl LoadedLm {
     /// `user` as one user turn in the model's chat template, ending where the assistant's answer
     /// starts; an error when the model has none.
     pub fn chat_prompt(&self, user: &str) -> Result<String> {
-        let Some(template) = self.chat_template.as_deref() else {
+        let Some(chat) = self.chat() else {
             return Err(Error::Invalid(format!(
                 "{} has no chat template (tokenizer.chat_template / chat_template.jinja); drop --chat",
                 self.source.display()
             )));
         };
+        let user = [crate::io::chat::Message::user(user)];
+        crate::io::chat::apply_chat_template(&chat.template, &user, true, &chat.bos, &chat.eos)
+    }
+
+    /// The model's chat template with its BOS/EOS strings, when it has one: what renders
+    /// conversation records.
+    pub fn chat(&self) -> Option<crate::io::chat::ModelChat> {
+        let template = self.chat_template.clone()?;
         let name = |id: Option<i64>| id.and_then(|i| self.tokenizer.id_to_token(i as u32)).unwrap_or_default();
         let cfg = self.model.config();
         let (bos, eos) = (name(cfg.bos_token_id), name(cfg.eos_token_ids.first().copied()));
-        crate::io::chat::apply_chat_template(template, &[crate::io::chat::Message::user(user)], true, &bos, &eos)
+        Some(crate::io::chat::ModelChat { template, bos, eos })
     }
 }
 

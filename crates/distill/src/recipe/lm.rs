@@ -98,12 +98,15 @@ pub struct ResolvedLm {
     pub divergence: Divergence,
     /// `[[teachers]]` paths (`asset:` resolved).
     pub extra_teachers: Vec<PathBuf>,
+    /// `student.from` (`asset:` resolved): an existing model as the student.
+    pub student_from: Option<PathBuf>,
 }
 
 impl LmRecipe {
     /// Every path the recipe names, as written.
     pub fn paths(&self) -> Vec<&str> {
         let mut v = vec![self.teacher.path.as_str()];
+        v.extend(self.student.from.as_deref());
         v.extend(self.teachers.iter().map(|t| t.path.as_str()));
         v.extend(
             self.data
@@ -144,7 +147,18 @@ impl LmRecipe {
             }
         }
         self.student.validate()?;
+        if let Some(from) = &self.student.from {
+            fetch::check_path(from, "student.from")?;
+            if self.quantize.is_some() && self.distill.alpha == 0.0 {
+                return Err(Error::Recipe("quantize needs the KD student (distill.alpha > 0)".into()));
+            }
+        }
         if let Some(a) = &self.assistant {
+            if a.from.is_some() {
+                return Err(Error::Recipe(
+                    "assistant.from: the teacher assistant is built from the teacher; give its shape".into(),
+                ));
+            }
             a.validate().map_err(|e| match e {
                 Error::Recipe(m) => Error::Recipe(m.replace("student.", "assistant.")),
                 e => e,
@@ -184,7 +198,9 @@ impl LmRecipe {
         self.train.validate("train")?;
         let ctx = TermContext {
             domain: crate::methods::Domain::Lm,
-            student_layers: self.student.layers,
+            // An existing student's depth is known once it loads (the terms are built against it
+            // then, before anything trains).
+            student_layers: if self.student.from.is_some() { usize::MAX } else { self.student.layers },
             online_teacher: self.teacher.cache.is_none(),
         };
         self.distill.validate(&ctx)?;
@@ -222,6 +238,7 @@ impl LmRecipe {
             extra: resolve_sources(&self.eval.extra)?,
             divergence: self.distill.divergence()?,
             extra_teachers: self.teachers.iter().map(|t| fetch::resolve(&t.path)).collect::<Result<_>>()?,
+            student_from: self.student.from.as_deref().map(fetch::resolve).transpose()?,
         })
     }
 }

@@ -39,9 +39,16 @@ pub enum StudentInit {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LmStudent {
-    #[serde(default = "default_init")]
-    pub init: StudentInit,
-    /// Decoder layers.
+    /// An existing model as the student, taken as is (an HF directory or a GGUF file, `asset:`
+    /// paths too): its own architecture and weights, the teacher's tokenizer (checked before any
+    /// weights load). Excludes `init`, `twin_init` and the shape keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// How a student built from the teacher starts (default `random`); see [`StudentInit`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<StudentInit>,
+    /// Decoder layers (required unless `from`).
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub layers: usize,
     /// Hidden size (default: the teacher's).
     #[serde(default)]
@@ -76,8 +83,34 @@ pub struct LmStudent {
 impl LmStudent {
     /// The calibration rows the init reads.
     pub fn calib_rows(&self) -> usize {
-        self.calib_rows.unwrap_or(if self.init == StudentInit::Prune { 128 } else { 16 })
+        self.calib_rows.unwrap_or(if self.init() == StudentInit::Prune { 128 } else { 16 })
     }
+
+    /// How the student starts when built from the teacher: `init`, default `random`.
+    pub fn init(&self) -> StudentInit {
+        self.init.unwrap_or(StudentInit::Random)
+    }
+
+    /// A student of `layers` layers built from the teacher (every other key at its default).
+    pub fn with_layers(layers: usize) -> Self {
+        LmStudent {
+            from: None,
+            init: None,
+            layers,
+            hidden: None,
+            heads: None,
+            kv_heads: None,
+            intermediate: None,
+            params: None,
+            tie_embeddings: true,
+            calib_rows: None,
+            twin_init: None,
+        }
+    }
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl StudentInit {
@@ -92,9 +125,6 @@ impl StudentInit {
     }
 }
 
-fn default_init() -> StudentInit {
-    StudentInit::Random
-}
 fn default_true() -> bool {
     true
 }
@@ -103,8 +133,31 @@ impl LmStudent {
     /// Checks the shape the recipe gives (the rest is derived from the teacher).
     pub fn validate(&self) -> Result<()> {
         let st = self;
+        if st.from.is_some() {
+            let given: Vec<&str> = [
+                ("init", st.init.is_some()),
+                ("layers", st.layers > 0),
+                ("hidden", st.hidden.is_some()),
+                ("heads", st.heads.is_some()),
+                ("kv_heads", st.kv_heads.is_some()),
+                ("intermediate", st.intermediate.is_some()),
+                ("params", st.params.is_some()),
+                ("twin_init", st.twin_init.is_some()),
+            ]
+            .into_iter()
+            .filter_map(|(k, on)| on.then_some(k))
+            .collect();
+            if let Some(k) = given.first() {
+                return Err(Error::Recipe(format!(
+                    "student.from takes an existing model as it is; remove student.{k} (init and the shape keys are for a student built from the teacher)"
+                )));
+            }
+            return Ok(());
+        }
         if st.layers == 0 {
-            return Err(Error::Recipe("student.layers must be > 0".into()));
+            return Err(Error::Recipe(
+                "student.layers must be > 0 (or student.from = an existing model's path)".into(),
+            ));
         }
         for (k, v) in
             [("hidden", st.hidden), ("heads", st.heads), ("kv_heads", st.kv_heads), ("intermediate", st.intermediate)]
@@ -121,7 +174,7 @@ impl LmStudent {
             }
         }
         if let Some(t) = st.twin_init {
-            if t == st.init || t == StudentInit::Prune {
+            if t == st.init() || t == StudentInit::Prune {
                 return Err(Error::Recipe(format!(
                     "student.twin_init must differ from student.init and cannot be `prune`, got `{}`",
                     t.name()
@@ -149,7 +202,7 @@ impl LmStudent {
             return Err(Error::Recipe("student.calib_rows must be > 0".into()));
         }
         // A pruned student keeps the teacher's head size, whatever its width.
-        if let (Some(hid), Some(h), false) = (st.hidden, st.heads, st.init == StudentInit::Prune) {
+        if let (Some(hid), Some(h), false) = (st.hidden, st.heads, st.init() == StudentInit::Prune) {
             if hid % h != 0 {
                 return Err(Error::Recipe(format!("student.hidden ({hid}) must be a multiple of student.heads ({h})")));
             }
@@ -171,7 +224,7 @@ pub fn student_config(t: &LmConfig, s: &LmStudent) -> Result<LmConfig> {
         None if hidden == t.hidden_size => t.num_heads,
         None => (hidden / t.head_dim).max(1),
     };
-    let prune = s.init == StudentInit::Prune;
+    let prune = s.init() == StudentInit::Prune;
     if hidden % heads != 0 && !prune {
         return Err(Error::Recipe(format!("student hidden {hidden} is not a multiple of its {heads} heads")));
     }

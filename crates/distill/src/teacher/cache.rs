@@ -232,7 +232,8 @@ pub fn capture_text(
     out: &Path,
 ) -> Result<Manifest> {
     data.validate().map_err(|e| Error::Invalid(format!("data: {e}")))?;
-    let ds = distill_text::build_dataset(data, &teacher.tokenizer)?;
+    let chat = teacher.chat();
+    let ds = distill_text::build_dataset_chat(data, &teacher.tokenizer, chat.as_ref().map(|c| c as _))?;
     let vocab = teacher.model.config().vocab_size as usize;
     let mut opts = opts.clone();
     if opts.top_k >= vocab {
