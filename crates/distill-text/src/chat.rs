@@ -2,8 +2,9 @@
 //! template, with a mask of the tokens the student learns (the assistant's).
 //!
 //! A record (a JSONL line, a Parquet row) is a conversation when it has `messages` — a list of
-//! `{"role": …, "content": …}` turns — or `prompt` + `completion` (each a string, taken as a user
-//! turn and an assistant turn, or a list of turns); field names per [`RecordFields`]. Roles are
+//! `{"role": …, "content": …}` turns — or, lacking a `text` string, `prompt` + `completion` (each
+//! a string, taken as a user turn and an assistant turn, or a list of turns); field names per
+//! [`RecordFields`]. Roles are
 //! `system`, `user`, `assistant` and `tool`; a conversation has at least one assistant turn.
 //!
 //! **The assistant mask** is found by rendering prefixes, as one checks it with transformers'
@@ -70,6 +71,11 @@ pub fn record_from_object(object: &Map<String, Value>, fields: &RecordFields) ->
     if let Some(v) = object.get(&fields.messages_field) {
         let turns = turns(v, &fields.messages_field)?;
         return conversation(turns, &fields.messages_field);
+    }
+    // A text field wins over prompt/completion: `distill generate-data` records without `--chat`
+    // carry all three, and train on `text`.
+    if let Some(Value::String(text)) = object.get(&fields.field) {
+        return Ok(Record::Text(text.clone()));
     }
     if let (Some(p), Some(c)) = (object.get(&fields.prompt_field), object.get(&fields.completion_field)) {
         let mut all = match p {
@@ -201,8 +207,11 @@ mod tests {
             record_from_object(&msgs, &f).unwrap(),
             Record::Conversation(vec![Message::user("Hi"), Message::assistant("Hello")])
         );
-        let pc = obj(json!({"prompt": "Hi", "completion": "Hello", "text": "ignored"}));
+        let pc = obj(json!({"prompt": "Hi", "completion": "Hello"}));
         assert_eq!(record_from_object(&pc, &f).unwrap(), record_from_object(&msgs, &f).unwrap());
+        // `messages` first, then `text`, then prompt/completion.
+        let all = obj(json!({"prompt": "Hi", "completion": "Hello", "text": "Hi Hello"}));
+        assert_eq!(record_from_object(&all, &f).unwrap(), Record::Text("Hi Hello".into()));
         assert_eq!(record_from_object(&obj(json!({"text": "a b"})), &f).unwrap(), Record::Text("a b".into()));
         let custom = RecordFields { messages_field: "conv".into(), ..RecordFields::default() };
         let c = obj(json!({"conv": [{"role": "assistant", "content": "x"}]}));

@@ -62,10 +62,10 @@ pub enum TextFormat {
     Brown,
 }
 
-/// Where a JSONL or Parquet record keeps its document. A record is a **conversation** when it
-/// has `messages_field` (a list of `{role, content}` turns) or both `prompt_field` and
-/// `completion_field` (each a string — a user turn and an assistant turn — or a list of turns);
-/// otherwise it is a **text**, the string under `field`.
+/// Where a JSONL or Parquet record keeps its document, looked for in this order: a
+/// **conversation** under `messages_field` (a list of `{role, content}` turns); a **text**, the
+/// string under `field`; a **conversation** of `prompt_field` and `completion_field` (each a
+/// string — a user turn and an assistant turn — or a list of turns).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RecordFields {

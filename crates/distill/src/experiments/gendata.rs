@@ -22,6 +22,7 @@ use crate::data::rng::SplitMix64;
 use crate::eval::generate::{decoding_weights, generate_batch_seeded, GenerateOptions};
 use crate::eval::{decode, encode, first_stop, reaches_stop};
 use crate::io::lm::{tokenizer_fingerprint, LoadedLm};
+use crate::io::chat::Message;
 use crate::models::lm::CausalLm;
 use crate::{Error, Result};
 
@@ -99,6 +100,11 @@ pub struct Record {
     /// What a student trains on: the model's input (the prompt, or the prompt in the chat
     /// template) followed by the completion.
     pub text: String,
+    /// With `--chat`: the conversation — the prompt as a user turn, the completion as the
+    /// assistant's — which a data source reads instead of `text` (the student learns the
+    /// assistant turn only, through the chat template).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub messages: Option<Vec<Message>>,
     pub finish: Finish,
     /// Tokens generated (the stop string's and the EOS token included).
     pub new_tokens: usize,
@@ -287,6 +293,7 @@ fn generate_part(ctx: &PartContext<'_>, ids: &[usize]) -> Result<(Vec<Record>, S
             id: i,
             prompt: prompts[i].clone(),
             text: format!("{}{completion}", inputs[i]),
+            messages: opts.chat.then(|| vec![Message::user(&prompts[i]), Message::assistant(&completion)]),
             completion,
             finish,
             new_tokens: out_ids.len(),
@@ -454,6 +461,7 @@ mod tests {
             prompt: "The cat".into(),
             completion: " sat.".into(),
             text: "The cat sat.".into(),
+            messages: None,
             finish: Finish::Eos,
             new_tokens: 3,
             teacher: "ab".into(),
