@@ -10,6 +10,12 @@
 //! `model.layers.{i}.self_attn.q_proj.weight`, …, `model.norm.weight`, `lm_head.weight` only when
 //! untied), so a `VarStore` loads and saves HF safetensors without a name map.
 //!
+//! LoRA adapters ([`lora`]) sit beside the projections they adapt
+//! (`model.layers.{i}.self_attn.q_proj.lora_A`/`lora_B`) and are added to their output in every
+//! forward, the KV-cache step included. [`CausalLm::map_weights`] — and so export, parameter
+//! lists, fake-quantized views, [`CausalLm::packed_for_rows`] and [`CausalLm::column_major`]
+//! copies — sees the merged weight `W + s·B·A`; [`CausalLm::merged`] is that plain model.
+//!
 //! Position ids are derived from the attention mask (`cumsum(mask) - 1`), so a left- or
 //! right-padded row gives the same outputs at its real positions as the sequence alone.
 //!
@@ -21,11 +27,14 @@ pub mod config;
 pub mod families;
 pub mod family;
 pub mod hf;
+pub mod lora;
 pub mod packed;
 
 pub use config::{LmConfig, RopeScaling};
 pub use family::Family;
 pub use hf::HfLmConfig;
+use lora::Adapter;
+pub use lora::LoraCfg;
 use packed::Packed;
 
 use std::path::Path;
@@ -203,13 +212,15 @@ impl RmsNorm {
     }
 }
 
-/// A projection: weight `[out, in]`, optional bias, and — in a [`CausalLm::packed_for_rows`]
-/// copy — the weight packed for decoding.
+/// A projection: weight `[out, in]`, optional bias, optional LoRA adapter ([`lora`]), and — in
+/// a [`CausalLm::packed_for_rows`] copy, which is merged and so has no adapter — the weight
+/// packed for decoding.
 #[derive(Debug)]
 struct Proj {
     ws: Tensor,
     bs: Option<Tensor>,
     packed: Option<Packed>,
+    lora: Option<Adapter>,
 }
 
 fn linear(p: &nn::Path, name: &str, inp: i64, out: i64, bias: bool, std: f64) -> Proj {
@@ -219,14 +230,20 @@ fn linear(p: &nn::Path, name: &str, inp: i64, out: i64, bias: bool, std: f64) ->
         bias,
     };
     let l = nn::linear(p / name, inp, out, cfg);
-    Proj { ws: l.ws, bs: l.bs, packed: None }
+    Proj { ws: l.ws, bs: l.bs, packed: None, lora: None }
 }
 
-fn apply_linear(l: &Proj, x: &Tensor) -> Tensor {
-    match &l.packed {
+/// `x·Wᵀ + b`, plus the adapter's `s · dropout(x)·Aᵀ·Bᵀ` where there is one (dropout only when
+/// `train`).
+fn apply_linear(l: &Proj, x: &Tensor, train: bool) -> Tensor {
+    let y = match &l.packed {
         // The shim reports its errors instead of throwing; the plain product is the fallback.
         Some(p) => p.linear(x, &l.ws, l.bs.as_ref()).unwrap_or_else(|_| x.linear(&l.ws, l.bs.as_ref())),
         None => x.linear(&l.ws, l.bs.as_ref()),
+    }; // [..., out]
+    match &l.lora {
+        Some(a) => y + a.forward(x, train),
+        None => y,
     }
 }
 
@@ -292,9 +309,9 @@ impl Attention {
     ) -> (Tensor, Option<Tensor>, Tensor, Option<Qkv>) {
         let (b, t) = (x.size()[0], x.size()[1]);
         let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        let q = apply_linear(&self.q_proj, x).view([b, t, nh, hd]).transpose(1, 2); // [B, nh, T, hd]
-        let k = apply_linear(&self.k_proj, x).view([b, t, nkv, hd]).transpose(1, 2); // [B, nkv, T, hd]
-        let v = apply_linear(&self.v_proj, x).view([b, t, nkv, hd]).transpose(1, 2); // [B, nkv, T, hd]
+        let q = apply_linear(&self.q_proj, x, train).view([b, t, nh, hd]).transpose(1, 2); // [B, nh, T, hd]
+        let k = apply_linear(&self.k_proj, x, train).view([b, t, nkv, hd]).transpose(1, 2); // [B, nkv, T, hd]
+        let v = apply_linear(&self.v_proj, x, train).view([b, t, nkv, hd]).transpose(1, 2); // [B, nkv, T, hd]
         let q = &q * cos + rotate_half(&q) * sin; // [B, nh, T, hd]
         let k = &k * cos + rotate_half(&k) * sin; // [B, nkv, T, hd]
         let qkv = want_qkv.then(|| {
@@ -335,7 +352,7 @@ impl Attention {
             (out, None)
         };
         let out = out.transpose(1, 2).contiguous().reshape([b, t, nh * hd]); // [B, T, nh·hd]
-        (apply_linear(&self.o_proj, &out), probs, out, qkv) // [B, T, H], probs, [B, T, nh·hd], qkv
+        (apply_linear(&self.o_proj, &out, train), probs, out, qkv) // [B, T, H], probs, [B, T, nh·hd], qkv
     }
 }
 
@@ -357,11 +374,11 @@ impl Mlp {
     }
 
     /// `down(silu(gate(x)) ⊙ up(x))`, and the product fed to `down` `[B, T, I]`.
-    fn forward(&self, x: &Tensor) -> (Tensor, Tensor) {
-        let g = apply_linear(&self.gate_proj, x).silu(); // [B, T, I]
-        let u = apply_linear(&self.up_proj, x); // [B, T, I]
+    fn forward(&self, x: &Tensor, train: bool) -> (Tensor, Tensor) {
+        let g = apply_linear(&self.gate_proj, x, train).silu(); // [B, T, I]
+        let u = apply_linear(&self.up_proj, x, train); // [B, T, I]
         let act = g * u; // [B, T, I]
-        (apply_linear(&self.down_proj, &act), act) // [B, T, H]
+        (apply_linear(&self.down_proj, &act, train), act) // [B, T, H]
     }
 }
 
@@ -444,6 +461,141 @@ impl CausalLm {
         Ok(CausalLm { cfg: cfg.clone(), embed_tokens, layers, norm, lm_head, inv_freq, head_packed: None })
     }
 
+    /// [`CausalLm::new`], then — with `lora` — its adapters ([`CausalLm::add_lora`]). The base
+    /// variables are created first and drawn as `new` draws them, so a seed gives the same base
+    /// weights with or without adapters.
+    pub fn new_with_lora(path: nn::Path, cfg: &LmConfig, lora: Option<&LoraCfg>) -> Result<CausalLm> {
+        if let Some(l) = lora {
+            l.validate().map_err(|m| Error::Invalid(format!("lora: {m}")))?;
+        }
+        let mut model = Self::new(path.clone(), cfg)?;
+        if let Some(l) = lora {
+            model.add_lora(&path, l)?;
+        }
+        Ok(model)
+    }
+
+    /// Adds a LoRA adapter ([`lora`]) to every projection `lora` targets: the variables
+    /// `<module>.lora_A` `[r, in]` (PEFT's init, U(−1/√in, 1/√in)) and `<module>.lora_B` `[out, r]`
+    /// (zeros) under `root`, the path the model was built under (`vs.root()` for
+    /// `model.layers.0.self_attn.q_proj.lora_A`), in the var store's kind. A fresh adapter
+    /// changes no output. Works on a loaded model: load the checkpoint, then add adapters.
+    pub fn add_lora(&mut self, root: &nn::Path, lora: &LoraCfg) -> Result<()> {
+        lora.validate().map_err(|m| Error::Invalid(format!("lora: {m}")))?;
+        if self.has_lora() {
+            return Err(Error::Invalid("lora: the model has adapters already".into()));
+        }
+        let embed = (root / "model" / "embed_tokens").get("weight");
+        if embed.is_none_or(|e| e.data_ptr() != self.embed_tokens.data_ptr()) {
+            let name: Vec<&str> = root.components().chain(["model", "embed_tokens", "weight"]).collect();
+            return Err(Error::Invalid(format!(
+                "lora: `{}` is not this model's embedding: pass the path the model was built under",
+                name.join(".")
+            )));
+        }
+        let modules = lora.modules();
+        let mut slots = Vec::new();
+        for (i, l) in self.layers.iter_mut().enumerate() {
+            let (a, m) = (&mut l.self_attn, &mut l.mlp);
+            let projs = [
+                ("self_attn", "q_proj", &mut a.q_proj),
+                ("self_attn", "k_proj", &mut a.k_proj),
+                ("self_attn", "v_proj", &mut a.v_proj),
+                ("self_attn", "o_proj", &mut a.o_proj),
+                ("mlp", "gate_proj", &mut m.gate_proj),
+                ("mlp", "up_proj", &mut m.up_proj),
+                ("mlp", "down_proj", &mut m.down_proj),
+            ];
+            for (group, name, proj) in projs.into_iter().filter(|(_, n, _)| modules.contains(n)) {
+                let p = root / "model" / "layers" / i / group / name;
+                if let Some(taken) = ["lora_A", "lora_B"].into_iter().find(|v| p.get(v).is_some()) {
+                    return Err(Error::Invalid(format!(
+                        "lora: the variable `model.layers.{i}.{group}.{name}.{taken}` exists already"
+                    )));
+                }
+                slots.push((p, proj));
+            }
+        }
+        for (p, proj) in slots {
+            let (out, inp) = (proj.ws.size()[0], proj.ws.size()[1]);
+            proj.lora = Some(Adapter::new(&p, inp, out, lora)?);
+        }
+        Ok(())
+    }
+
+    /// True when some projection carries a LoRA adapter.
+    pub fn has_lora(&self) -> bool {
+        self.projections().iter().any(|(_, p)| p.lora.is_some())
+    }
+
+    /// Every adapter variable with its name (`model.layers.{i}.self_attn.q_proj.lora_A`, then
+    /// `….lora_B`), layer by layer in [`lora::MODULES`]' order; empty without adapters.
+    pub fn named_lora_parameters(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::new();
+        for (name, p) in self.projections() {
+            if let Some(a) = &p.lora {
+                out.push((format!("{name}.lora_A"), a.a.shallow_clone()));
+                out.push((format!("{name}.lora_B"), a.b.shallow_clone()));
+            }
+        }
+        out
+    }
+
+    /// Number of adapter parameters, `r·(in + out)` per adapted projection: what a frozen base
+    /// ([`CausalLm::freeze_base`]) leaves to train.
+    pub fn lora_param_count(&self) -> i64 {
+        self.named_lora_parameters().iter().map(|(_, t)| t.numel() as i64).sum()
+    }
+
+    /// Stops gradients to every base parameter of the model (embedding, norms, projection
+    /// weights and biases, head): `requires_grad = false`, so that the Trainer, which trains and
+    /// checkpoints the variables that require grad, trains only the adapters. Variables of the
+    /// var store that are not the model's (a method's regressor) are left as they are. An error
+    /// on a view whose weights are computed ([`CausalLm::map_weights`]).
+    pub fn freeze_base(&self) -> Result<()> {
+        let mut base = vec![&self.embed_tokens, &self.norm.weight];
+        base.extend(self.lm_head.iter());
+        for l in &self.layers {
+            base.extend([&l.input_layernorm.weight, &l.post_attention_layernorm.weight]);
+        }
+        for (_, p) in self.projections() {
+            base.push(&p.ws);
+            base.extend(p.bs.iter());
+        }
+        for t in base {
+            let _ = t.f_set_requires_grad(false)?;
+        }
+        Ok(())
+    }
+
+    /// The plain model (no adapters) computing what this one computes in evaluation: `W + s·B·A`
+    /// for each adapted projection (computed without a graph), every other parameter shared.
+    /// What export, decoding copies and PTQ take. Without adapters, a model sharing everything.
+    pub fn merged(&self) -> Result<CausalLm> {
+        tch::no_grad(|| self.map_weights(&|_, w| Ok(w.shallow_clone())))
+    }
+
+    /// Every projection with its module name (`model.layers.{i}.self_attn.q_proj`, …,
+    /// `model.layers.{i}.mlp.down_proj`), layer by layer in [`lora::MODULES`]' order.
+    fn projections(&self) -> Vec<(String, &Proj)> {
+        let mut out = Vec::with_capacity(self.layers.len() * lora::MODULES.len());
+        for (i, l) in self.layers.iter().enumerate() {
+            let (a, m) = (&l.self_attn, &l.mlp);
+            for (name, p) in [
+                ("self_attn.q_proj", &a.q_proj),
+                ("self_attn.k_proj", &a.k_proj),
+                ("self_attn.v_proj", &a.v_proj),
+                ("self_attn.o_proj", &a.o_proj),
+                ("mlp.gate_proj", &m.gate_proj),
+                ("mlp.up_proj", &m.up_proj),
+                ("mlp.down_proj", &m.down_proj),
+            ] {
+                out.push((format!("model.layers.{i}.{name}"), p));
+            }
+        }
+        out
+    }
+
     /// Loads `dir/config.json` and `dir/model.safetensors` (or a sharded index) onto `device`,
     /// converting the weights to `kind`.
     pub fn from_pretrained(dir: impl AsRef<Path>, device: Device, kind: Kind) -> Result<(nn::VarStore, CausalLm)> {
@@ -491,7 +643,9 @@ impl CausalLm {
         self.lm_head.as_ref().unwrap_or(&self.embed_tokens).shallow_clone()
     }
 
-    /// Every parameter with its HF name, in [`CausalLm::map_weights`]' order.
+    /// Every parameter with its HF name, in [`CausalLm::map_weights`]' order. For a model with
+    /// adapters an adapted projection's weight is the merged one, a new tensor: what export writes;
+    /// an in-place edit of it changes nothing (edit [`CausalLm::merged`]'s instead).
     pub fn named_parameters(&self) -> Vec<(String, Tensor)> {
         let out = std::cell::RefCell::new(Vec::new());
         let _ = self.map_weights(&|name, w| {
@@ -506,6 +660,11 @@ impl CausalLm {
     /// nothing with `self` but what `f` returns, and gradients flow back through `f`. `f` sees
     /// the embedding, then each layer's parameters, the final norm and an untied head, in that
     /// order; the one place that names the parameters.
+    ///
+    /// With LoRA adapters `f` sees each adapted projection's merged weight `W + s·B·A` (computed
+    /// in the graph, so gradients reach `A`, `B` and, unless frozen, `W`) and the result has no
+    /// adapters: a fake-quantized view quantizes what the model computes, decoding copies are
+    /// merged, and adapter dropout does not apply to the view.
     pub fn map_weights(&self, f: &dyn Fn(&str, &Tensor) -> Result<Tensor>) -> Result<CausalLm> {
         let embed_tokens = f("model.embed_tokens.weight", &self.embed_tokens)?;
         let lin = |name: String, l: &Proj| -> Result<Proj> {
@@ -513,7 +672,11 @@ impl CausalLm {
                 Some(b) => Some(f(&format!("{name}.bias"), b)?),
                 None => None,
             };
-            Ok(Proj { ws: f(&format!("{name}.weight"), &l.ws)?, bs, packed: None })
+            let ws = match &l.lora {
+                Some(a) => f(&format!("{name}.weight"), &(&l.ws + a.delta()))?,
+                None => f(&format!("{name}.weight"), &l.ws)?,
+            };
+            Ok(Proj { ws, bs, packed: None, lora: None })
         };
         let norm = |name: String, n: &RmsNorm| -> Result<RmsNorm> {
             Ok(RmsNorm { weight: f(&format!("{name}.weight"), &n.weight)?, eps: n.eps, offset: n.offset })
@@ -562,7 +725,7 @@ impl CausalLm {
     /// ([`crate::models::lm::packed`]): what decoding a batch of `rows` sequences multiplies by.
     /// Costs one more copy of the matrices while it lives; other row counts (a prompt) use the
     /// plain weights. Where packing does not apply (not float32 on the CPU, no MKL) this is
-    /// [`CausalLm::column_major`].
+    /// [`CausalLm::column_major`]. A model with adapters gives a merged copy (no adapters).
     pub fn packed_for_rows(&self, rows: i64) -> Result<CausalLm> {
         tch::no_grad(|| {
             let mut m = self.map_weights(&|_, w| Ok(w.shallow_clone()))?;
@@ -594,7 +757,8 @@ impl CausalLm {
     /// shape, transposed strides), so that `x.linear(w)` multiplies by a contiguous `[in, out]`
     /// matrix. For decoding several rows at once this is about 1.2× faster on CPU (the BLAS
     /// kernels for a few rows against a transposed operand are the slow ones); the values are the
-    /// same, the copy costs one model's memory while it lives.
+    /// same, the copy costs one model's memory while it lives. A model with adapters gives a
+    /// merged copy.
     pub fn column_major(&self) -> Result<CausalLm> {
         tch::no_grad(|| {
             self.map_weights(&|_, w| {
@@ -603,7 +767,8 @@ impl CausalLm {
         })
     }
 
-    /// Number of parameters (a tied head counted once).
+    /// Number of parameters (a tied head counted once; adapters not counted:
+    /// [`CausalLm::lora_param_count`]).
     pub fn param_count(&self) -> i64 {
         self.named_parameters().iter().map(|(_, t)| t.numel() as i64).sum()
     }
@@ -764,7 +929,7 @@ impl CausalLm {
             }
             x = &x + a; // [B, T, H] (not `+=`: that is in place and would alias hidden_states[i])
             let h2 = layer.post_attention_layernorm.forward(&x); // [B, T, H]
-            let (m, act) = layer.mlp.forward(&h2); // [B, T, H], [B, T, I]
+            let (m, act) = layer.mlp.forward(&h2, opts.train); // [B, T, H], [B, T, I]
             x = &x + m; // [B, T, H]
             if let Some(li) = internals.as_mut() {
                 let nh = layer.self_attn.num_heads;
