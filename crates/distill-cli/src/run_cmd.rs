@@ -131,6 +131,9 @@ fn check_run_dir(out: &Path, resume: bool, text: &str) -> Result<()> {
 pub fn check(recipe: &Path, set: &[String]) -> Result<()> {
     let r = load_recipe(recipe, set)?;
     let missing = fetch::missing_assets(r.paths())?;
+    if let (Recipe::Lm(lm), true) = (&r, missing.is_empty()) {
+        distill::experiments::lm::check_models(lm)?;
+    }
     println!("{}: ok", recipe.display());
     for a in missing {
         println!("asset `{}` will be fetched on first run", a.name);

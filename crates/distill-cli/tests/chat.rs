@@ -203,7 +203,11 @@ fn bad_students_and_conversations_are_one_line_errors() {
     tok["model"]["vocab"]["w0"] = serde_json::json!(95);
     tok["model"]["vocab"]["w92"] = serde_json::json!(3);
     std::fs::write(other.join("tokenizer.json"), tok.to_string()).unwrap();
-    let o = run(&[&format!("student.from=\"{}\"", other.display())]);
+    let from_other = format!("student.from=\"{}\"", other.display());
+    let o = run(&[&from_other]);
+    assert_error(&o, &["student.from", "has a different tokenizer than the teacher"]);
+    // `distill check` refuses it too, as `run` would.
+    let o = distill(&["check", r.to_str().unwrap(), "--set", &from_other]);
     assert_error(&o, &["student.from", "has a different tokenizer than the teacher"]);
 
     // Conversations: no assistant turn, an unknown role, a content that is not a string.

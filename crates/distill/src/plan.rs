@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::methods::multi_teacher::Weighting;
 use crate::methods::{ImageDistill, LmDistill, TermConfig, Terms, Variant};
+use crate::models::lm::LoraCfg;
 use crate::student::quant::{QuantCfg, QuantFormat};
 use crate::student::{LmStudent, StudentInit};
 use crate::train::TrainCfg;
@@ -184,6 +185,20 @@ impl Phase {
     /// The role as tables print it, with the label: `student-kd+fitnets`, `student-born-again g2`.
     pub fn display_name(&self) -> String {
         display_name(self.role, self.label.as_deref())
+    }
+
+    /// The LoRA adapters the phase trains instead of every weight: a variant's own `lora`, else
+    /// the student's `[student.lora]`; none for a phase that does not train, a quantized phase
+    /// (it trains the merged weights on the grid) or another architecture.
+    pub fn lora<'a>(&self, student: Option<&'a LoraCfg>, variants: &'a BTreeMap<String, Variant>) -> Option<&'a LoraCfg> {
+        if !self.trains || self.quant.is_some() || self.arch != Arch::Student {
+            return None;
+        }
+        let own = match (self.role, &self.label) {
+            (Role::StudentKdMethod, Some(name)) => variants.get(name).and_then(|v| v.lora.as_ref()),
+            _ => None,
+        };
+        own.or(student)
     }
 
     /// The extra per-step terms the phase trains with — the KD student's `[distill.<term>]`, a
@@ -453,7 +468,7 @@ pub fn lm_plan(
         });
     }
     if kd {
-        out.extend(method_phases(d, &base, assistant, extra_teachers));
+        out.extend(method_phases(d, &base, train, assistant, extra_teachers));
         if let Some(q) = quant {
             out.extend(quant_phases(q, train, base));
         }
@@ -463,14 +478,15 @@ pub fn lm_plan(
 
 /// The KD student's method phases: its variants, born-again generations, multi-teacher students
 /// and the teacher-assistant chain.
-fn method_phases(d: &LmDistill, base: &Phase, assistant: bool, extra_teachers: usize) -> Vec<Phase> {
+fn method_phases(d: &LmDistill, base: &Phase, train: &TrainCfg, assistant: bool, extra_teachers: usize) -> Vec<Phase> {
     let mut out = Vec::new();
-    for name in d.variants.keys() {
+    for (name, v) in &d.variants {
         out.push(Phase {
             id: format!("kd-{name}"),
             role: Role::StudentKdMethod,
             export: None,
             label: Some(name.clone()),
+            train: v.lr.map(|lr| TrainCfg { lr, ..train.clone() }),
             ..base.clone()
         });
     }

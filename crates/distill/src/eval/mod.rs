@@ -3,6 +3,7 @@
 
 pub mod embed;
 pub mod generate;
+pub mod instruct;
 pub mod verify;
 
 use std::time::Instant;
@@ -41,6 +42,12 @@ pub struct LmEval {
     /// Extra held-out text sources evaluated for perplexity (e.g. text never seen in training;
     /// default none).
     pub extra: Vec<distill_text::TextSource>,
+    /// Held-out instructions (JSONL: `prompt`, optional `kind` and `answer`) every model answers
+    /// greedily through the teacher's chat template: exact-answer accuracy where an answer is
+    /// given, responses side by side in the report (default none).
+    pub instructions: Option<String>,
+    /// Tokens per instruction response (default 96).
+    pub instruction_tokens: usize,
 }
 
 impl Default for LmEval {
@@ -62,6 +69,8 @@ impl Default for LmEval {
             repetition_penalty: 1.2,
             max_val_blocks: None,
             extra: Vec::new(),
+            instructions: None,
+            instruction_tokens: 96,
         }
     }
 }

@@ -11,6 +11,7 @@
 //! DIR/summary.json, DIR/report.txt
 //! ```
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use distill_text::TokenBlocks;
@@ -18,6 +19,7 @@ use tch::{nn, Device, Kind};
 
 use crate::data::text::{lm_batch, text_blocks};
 use crate::eval::generate::GenerateOptions;
+use crate::eval::instruct::{self, read_instructions};
 use crate::eval::{generate_texts, score_many, tokens_per_second, top_k_table, Generation, LmScores};
 use crate::io::export::{export_hf_with_chat_template, GgufType};
 use crate::io::lm::{load_lm, LoadedLm};
@@ -116,13 +118,25 @@ fn init_weights(
         _ => tch::manual_seed(r.seed as i64),
     }
     let mut vs = nn::VarStore::new(teacher.model.device());
-    let model = CausalLm::new(vs.root(), s_cfg)?;
+    let mut model = CausalLm::new(vs.root(), s_cfg)?;
     match (&ph.init, pruning) {
         (InitFrom::Phase(from), _) => {
             let src = earlier.iter().find(|(id, ..)| id == from).ok_or_else(|| {
                 Error::Invalid(format!("phase {name} starts from phase {from}'s weights, but {from} has not run"))
             })?;
-            vs.copy(src.1)?;
+            if src.2.has_lora() {
+                // A LoRA phase hands on its merged weights.
+                let vars = vs.variables();
+                tch::no_grad(|| {
+                    for (n, w) in src.2.merged()?.named_parameters() {
+                        let dst = vars.get(&n).ok_or_else(|| Error::Invalid(format!("phase {name}: no variable {n}")))?;
+                        dst.shallow_clone().f_copy_(&w)?;
+                    }
+                    Ok::<_, Error>(())
+                })?;
+            } else {
+                vs.copy(src.1)?;
+            }
         }
         // An existing student: every phase of its architecture starts from its weights.
         (InitFrom::Seed | InitFrom::Salted(_), _) if spec.from.is_some() => {
@@ -149,6 +163,20 @@ fn init_weights(
                     100.0 * init.kept
                 );
             }
+        }
+    }
+    if let Some(lora) = ph.lora(r.student.lora.as_ref(), &r.distill.variants) {
+        // Adapters on the initialized weights, which freeze: only the adapters train.
+        model.add_lora(&vs.root(), lora)?;
+        model.freeze_base()?;
+        if opts.verbose {
+            eprintln!(
+                "{name:>8}: LoRA rank {} on {}: {} trainable parameters of {}",
+                lora.rank,
+                lora.modules().join(", "),
+                model.lora_param_count(),
+                model.param_count()
+            );
         }
     }
     Ok((vs, model))
@@ -286,7 +314,7 @@ fn student_phase(
         fit(&vs, &mut task, &topts)?
     } else {
         std::fs::create_dir_all(&phase_dir).map_err(|e| Error::io(&phase_dir, e))?;
-        TrainReport { steps: 0, final_loss: 0.0, seconds: 0.0, resumed_from: None, ranks: None }
+        TrainReport::untrained()
     };
     if let Some(ty) = quant {
         // From here on the model is what the GGUF file holds (QAD trained the full-precision
@@ -362,17 +390,7 @@ fn load_teachers(rr: &ResolvedLm, multi_teacher: bool, say: &dyn Fn(String)) -> 
 /// teacher's before any weights load, then loaded (f32) and its shape said.
 fn load_student(rr: &ResolvedLm, teacher: &LoadedLm, say: &dyn Fn(String)) -> Result<Option<LoadedLm>> {
     let Some(path) = &rr.student_from else { return Ok(None) };
-    let tok = crate::io::lm::load_tokenizer(path)?;
-    let (want, got) = (crate::io::lm::tokenizer_fingerprint(&teacher.tokenizer), crate::io::lm::tokenizer_fingerprint(&tok));
-    if want != got {
-        return Err(Error::Invalid(format!(
-            "student.from ({}) has a different tokenizer than the teacher ({}): {} vs {} tokens, fingerprint {got:.12} vs {want:.12}; distillation compares the two models' next-token distributions token by token, so the student needs the teacher's vocabulary and special tokens",
-            path.display(),
-            rr.teacher_path.display(),
-            tok.get_vocab_size(true),
-            teacher.tokenizer.get_vocab_size(true)
-        )));
-    }
+    check_student_tokenizer(rr, &teacher.tokenizer)?;
     say(format!("loading student {}", path.display()));
     let s = load_lm(path, rr.device)?;
     crate::io::lm::check_compatible(teacher, s.model.config().vocab_size, Some(&s.tokenizer))?;
@@ -388,6 +406,35 @@ fn load_student(rr: &ResolvedLm, teacher: &LoadedLm, say: &dyn Fn(String)) -> Re
         s.model.param_count()
     ));
     Ok(Some(s))
+}
+
+/// `student.from`'s tokenizer equals the teacher's (read without any weights).
+fn check_student_tokenizer(rr: &ResolvedLm, teacher: &tokenizers::Tokenizer) -> Result<()> {
+    let Some(path) = &rr.student_from else { return Ok(()) };
+    let tok = crate::io::lm::load_tokenizer(path)?;
+    let fp = crate::io::lm::tokenizer_fingerprint;
+    let (want, got) = (fp(teacher), fp(&tok));
+    if want != got {
+        return Err(Error::Invalid(format!(
+            "student.from ({}) has a different tokenizer than the teacher ({}): {} vs {} tokens, fingerprint {got:.12} vs {want:.12}; distillation compares the two models' next-token distributions token by token, so the student needs the teacher's vocabulary and special tokens",
+            path.display(),
+            rr.teacher_path.display(),
+            tok.get_vocab_size(true),
+            teacher.get_vocab_size(true)
+        )));
+    }
+    Ok(())
+}
+
+/// What `distill check` can check of an LM recipe's models without loading weights: the
+/// teacher's and `student.from`'s tokenizers (when their files are here).
+pub fn check_models(r: &LmRecipe) -> Result<()> {
+    let rr = r.resolve()?;
+    if rr.student_from.is_some() && rr.teacher_path.exists() {
+        let teacher = crate::io::lm::load_tokenizer(&rr.teacher_path)?;
+        check_student_tokenizer(&rr, &teacher)?;
+    }
+    Ok(())
 }
 
 /// The student's parameter count, with a warning on a huge capacity gap to the teacher's.
@@ -547,6 +594,7 @@ fn score_models(
         path: Some(rr.teacher_path.clone()),
         phase: None,
         taught_by: vec![],
+        answers: None,
     };
     let mut reports = Vec::new();
     for (i, (ph, (_vs, model, report, dir))) in students.iter().enumerate() {
@@ -568,6 +616,7 @@ fn score_models(
             path: Some(dir.clone()),
             phase: Some(ph.id.clone()),
             taught_by: ph.taught_by(),
+            answers: None,
         });
     }
     Ok((teacher_report, reports))
@@ -623,6 +672,49 @@ fn prompt_reports(r: &LmRecipe, teacher: &LoadedLm, students: &Students<'_>) -> 
         decode(&sampled, |pr| &mut pr.sampled)?;
     }
     Ok(prompts)
+}
+
+/// `eval.instructions`: every model's greedy answers through the teacher's chat template,
+/// graded into its report; the responses side by side per instruction, and per-kind grades.
+type InstructionReports = (Vec<PromptReport>, Vec<(String, BTreeMap<String, (usize, usize)>)>);
+
+fn answer_instructions(
+    r: &LmRecipe,
+    teacher: &LoadedLm,
+    students: &Students<'_>,
+    teacher_report: &mut ModelReport,
+    reports: &mut [ModelReport],
+) -> Result<InstructionReports> {
+    let Some(path) = &r.eval.instructions else { return Ok((vec![], vec![])) };
+    let path = crate::io::fetch::resolve(path)?;
+    let items = read_instructions(&path)?;
+    let chat = teacher.chat().ok_or_else(|| {
+        Error::Invalid(format!("eval.instructions: the teacher {} has no chat template", teacher.source.display()))
+    })?;
+    let mut prompts: Vec<PromptReport> = items
+        .iter()
+        .map(|it| PromptReport {
+            prompt: match &it.answer {
+                Some(a) => format!("[{}] {} (answer: {a})", it.kind, it.prompt),
+                None => format!("[{}] {}", it.kind, it.prompt),
+            },
+            top_k: vec![],
+            greedy: vec![],
+            penalized: vec![],
+            sampled: vec![],
+        })
+        .collect();
+    let mut by_kind = Vec::new();
+    let models = std::iter::once((&teacher.model, teacher_report)).chain(students.iter().map(|s| &s.1 .1).zip(reports));
+    for (model, report) in models {
+        let a = instruct::answer(model, &teacher.tokenizer, &chat, &items, r.eval.instruction_tokens, 16)?;
+        for (p, g) in prompts.iter_mut().zip(a.responses) {
+            p.greedy.push((report.role.clone(), g));
+        }
+        by_kind.push((report.role.clone(), a.by_kind));
+        report.answers = Some(a.scores);
+    }
+    Ok((prompts, by_kind))
 }
 
 /// Runs (or resumes) an LM distillation recipe into `out`.
@@ -719,8 +811,9 @@ pub fn run(r: &LmRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) -> Re
     drop(online);
 
     say("evaluating".into());
-    let (teacher_report, reports) = score_models(r, &rr, &teacher, &students, &data)?;
+    let (mut teacher_report, mut reports) = score_models(r, &rr, &teacher, &students, &data)?;
     let prompts = prompt_reports(r, &teacher, &students)?;
+    let (instructions, answers_by_kind) = answer_instructions(r, &teacher, &students, &mut teacher_report, &mut reports)?;
     let ppl = |role: Role| reports.iter().find(|m| m.role == role.name()).map(|m| m.validation.perplexity);
     let ratio = match (ppl(Role::StudentKd), ppl(Role::StudentScratch)) {
         (Some(k), Some(s)) => Some(k / s),
@@ -737,6 +830,8 @@ pub fn run(r: &LmRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) -> Re
         ppl_ratio_kd_over_scratch: ratio,
         repetition_penalty: r.eval.repetition_penalty,
         teacher_train_dtype,
+        instructions,
+        answers_by_kind,
     };
     write_json(&out.join("summary.json"), &summary)?;
     write_atomic(&out.join("report.txt"), report(&summary).as_bytes())?;

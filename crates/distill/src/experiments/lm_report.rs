@@ -2,10 +2,12 @@
 //! at the end of `distill run`): the comparison table, next-token tables, generations and the
 //! collapse table.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::eval::instruct::AnswerScores;
 use crate::eval::{Generation, LmScores, TopToken};
 use crate::train::TrainReport;
 
@@ -28,6 +30,9 @@ pub struct ModelReport {
     pub phase: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub taught_by: Vec<String>,
+    /// Exact-answer grades on `eval.instructions`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answers: Option<AnswerScores>,
 }
 
 /// Per prompt: next-token tables and generations, per model.
@@ -70,6 +75,12 @@ pub struct LmSummary {
     /// The online teacher's precision during training and why (`None`: no online teacher).
     #[serde(default)]
     pub teacher_train_dtype: Option<String>,
+    /// `eval.instructions`: every model's greedy response per instruction (`greedy` only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub instructions: Vec<PromptReport>,
+    /// `eval.instructions`: per model, per kind, (correct, graded).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub answers_by_kind: Vec<(String, BTreeMap<String, (usize, usize)>)>,
 }
 
 /// A summary without `repetition_penalty` made no penalized generations.
@@ -142,6 +153,38 @@ pub fn report(s: &LmSummary) -> String {
         }
     }
     o += &collapse_table(s);
+    o += &instructions_table(s);
+    o
+}
+
+/// `eval.instructions`: exact-answer accuracy per model and kind, then every response.
+fn instructions_table(s: &LmSummary) -> String {
+    if s.instructions.is_empty() {
+        return String::new();
+    }
+    let kinds: Vec<&String> = s.answers_by_kind.first().map(|(_, k)| k.keys().collect()).unwrap_or_default();
+    let mut o = format!("\nheld-out instructions ({}): exact answers right / graded\n{:<22}", s.instructions.len(), "");
+    for k in &kinds {
+        o += &format!(" {k:>12}");
+    }
+    o += &format!(" {:>12} {:>10}\n", "all", "collapsed");
+    for m in std::iter::once(&s.teacher).chain(&s.students) {
+        let Some(a) = &m.answers else { continue };
+        o += &format!("  {:<20}", m.role);
+        let by_kind = s.answers_by_kind.iter().find(|(r, _)| r == &m.role).map(|(_, k)| k);
+        for k in &kinds {
+            let cell = by_kind.and_then(|b| b.get(*k)).map_or("-".into(), |(c, g)| format!("{c}/{g}"));
+            o += &format!(" {cell:>12}");
+        }
+        let all = format!("{}/{} {:.0}%", a.correct, a.graded, 100.0 * a.accuracy.unwrap_or(0.0));
+        o += &format!(" {all:>12} {:>10}\n", a.collapsed);
+    }
+    for p in &s.instructions {
+        o += &format!("\n-- {} --\n", p.prompt);
+        for (role, g) in &p.greedy {
+            o += &format!("  {role:<20} {:?}\n", g.text);
+        }
+    }
     o
 }
 

@@ -291,10 +291,21 @@ fn validate_variants(variants: &BTreeMap<String, Variant>, ctx: &TermContext) ->
                 "distill.variants.{name:?}: a variant's name becomes a directory: letters, digits, - and _ only"
             )));
         }
-        if v.terms.configured().is_empty() {
+        if v.terms.configured().is_empty() && v.lora.is_none() {
             return Err(Error::Recipe(format!(
-                "distill.variants.{name} names no term (fitnets, attention_transfer, attention, rkd, hidden): it would repeat plain KD"
+                "distill.variants.{name} names no term (fitnets, attention_transfer, attention, rkd, hidden) and no lora: it would repeat plain KD"
             )));
+        }
+        if let Some(l) = &v.lora {
+            if ctx.domain != Domain::Lm {
+                return Err(Error::Recipe(format!("distill.variants.{name}.lora: LoRA adapters are for causal-LM students")));
+            }
+            l.validate().map_err(|m| Error::Recipe(format!("distill.variants.{name}.lora: {m}")))?;
+        }
+        if let Some(lr) = v.lr {
+            if !(lr > 0.0 && lr.is_finite()) {
+                return Err(Error::Recipe(format!("distill.variants.{name}.lr must be > 0, got {lr}")));
+            }
         }
         for t in v.terms.configured() {
             t.validate(ctx).map_err(|e| match e {
@@ -344,6 +355,13 @@ pub struct ImageDistill {
 pub struct Variant {
     #[serde(flatten)]
     pub terms: Terms,
+    /// Train LoRA adapters only (merged into the export) instead of every weight; default: the
+    /// student's `[student.lora]`, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora: Option<crate::models::lm::LoraCfg>,
+    /// The variant's learning rate (default `train.lr`): adapters usually want a larger one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr: Option<f64>,
 }
 
 impl ImageDistill {

@@ -117,6 +117,7 @@ impl LmRecipe {
                 .chain(&self.eval.extra)
                 .map(|s| s.path.as_str()),
         );
+        v.extend(self.eval.instructions.as_deref());
         v
     }
 
@@ -145,6 +146,9 @@ impl LmRecipe {
                     fetch::check_path(&s.path, &format!("{key}[{i}].path"))?;
                 }
             }
+        }
+        if let Some(p) = &self.eval.instructions {
+            fetch::check_path(p, "eval.instructions")?;
         }
         self.student.validate()?;
         if let Some(from) = &self.student.from {

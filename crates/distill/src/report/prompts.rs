@@ -43,12 +43,18 @@ fn decoding_name(key: &str, summary: &Value) -> String {
     }
 }
 
-/// The prompts section, empty when the summary has none.
+/// The prompts section and the held-out instructions' responses, each empty when the summary
+/// has none.
 pub(super) fn section(summary: &Value) -> String {
-    let Some(prompts) = summary.get("prompts").and_then(Value::as_array).filter(|p| !p.is_empty()) else {
+    section_of(summary, "prompts", "Prompts") + &section_of(summary, "instructions", "Held-out instructions")
+}
+
+/// The section of the prompt reports under `key`.
+fn section_of(summary: &Value, key: &str, title: &str) -> String {
+    let Some(prompts) = summary.get(key).and_then(Value::as_array).filter(|p| !p.is_empty()) else {
         return String::new();
     };
-    let mut o = String::from("<h2>Prompts</h2>\n");
+    let mut o = format!("<h2>{title}</h2>\n");
     // (decoding key, model) → distinct-2 of each prompt's generation.
     let mut collapse: Vec<(String, String, Vec<f64>)> = Vec::new();
     for p in prompts {

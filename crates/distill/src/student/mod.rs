@@ -12,7 +12,7 @@ use tch::{nn, Kind, Tensor};
 
 use crate::io::lm::LoadedLm;
 use crate::models::lm::CausalLm;
-use crate::models::lm::{Family, LmConfig};
+use crate::models::lm::{Family, LmConfig, LoraCfg};
 use crate::{Error, Result};
 
 /// How the student is initialized.
@@ -78,6 +78,11 @@ pub struct LmStudent {
     /// the same shape without the teacher's pruned weights.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub twin_init: Option<StudentInit>,
+    /// `[student.lora]`: every trained student phase (KD, its CE twin, variants) trains LoRA
+    /// adapters only — optimizer state and checkpoints hold just them — and exports the merged
+    /// weights (quantized phases train every weight of the merged model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora: Option<LoraCfg>,
 }
 
 impl LmStudent {
@@ -105,6 +110,7 @@ impl LmStudent {
             tie_embeddings: true,
             calib_rows: None,
             twin_init: None,
+            lora: None,
         }
     }
 }
@@ -133,6 +139,9 @@ impl LmStudent {
     /// Checks the shape the recipe gives (the rest is derived from the teacher).
     pub fn validate(&self) -> Result<()> {
         let st = self;
+        if let Some(l) = &st.lora {
+            l.validate().map_err(|m| Error::Recipe(format!("student.lora: {m}")))?;
+        }
         if st.from.is_some() {
             let given: Vec<&str> = [
                 ("init", st.init.is_some()),

@@ -82,6 +82,41 @@ pub struct TrainReport {
     /// Data-parallel ranks it trained on (absent: one process).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ranks: Option<usize>,
+    /// Parameters the optimizer updated (a LoRA student: its adapters only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trainable_params: Option<i64>,
+    /// The process's peak resident memory while this phase trained (MB; Linux, from the
+    /// high-water mark reset at the phase's start; absent elsewhere).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_rss_mb: Option<f64>,
+}
+
+impl TrainReport {
+    /// A phase that did not train.
+    pub fn untrained() -> Self {
+        TrainReport {
+            steps: 0,
+            final_loss: 0.0,
+            seconds: 0.0,
+            resumed_from: None,
+            ranks: None,
+            trainable_params: None,
+            peak_rss_mb: None,
+        }
+    }
+}
+
+/// Resets the process's peak-RSS mark (`/proc/self/clear_refs`, Linux ≥ 4.0); false elsewhere.
+fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+/// The process's peak resident memory in MB since the last reset (`VmHWM`).
+fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
 }
 
 const CKPT: &str = "ckpt.safetensors";
@@ -102,7 +137,9 @@ pub fn fit(vs: &nn::VarStore, task: &mut dyn TrainTask, opts: &TrainOptions) -> 
     let per_epoch = n.div_ceil(bs) as u64;
     let pg = crate::train::dist::group();
     let total = cfg.total_steps(n);
+    let measured_rss = reset_peak_rss();
     let mut params: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+    let trainable_params: i64 = params.iter().map(|(_, t)| t.numel() as i64).sum();
     params.sort_by(|a, b| a.0.cmp(&b.0));
     let mut opt = Optimizer::new(cfg, params.iter().map(|(k, t)| (k.clone(), t.shallow_clone())).collect());
 
@@ -192,7 +229,15 @@ pub fn fit(vs: &nn::VarStore, task: &mut dyn TrainTask, opts: &TrainOptions) -> 
     bar.finish_and_clear();
     save_checkpoint(&ckpt, &params, &opt, total, &opts.phase)?;
     let ranks = pg.map(|g| g.size);
-    Ok(TrainReport { steps: total, final_loss: last_loss, seconds: t0.elapsed().as_secs_f64(), resumed_from, ranks })
+    Ok(TrainReport {
+        steps: total,
+        final_loss: last_loss,
+        seconds: t0.elapsed().as_secs_f64(),
+        resumed_from,
+        ranks,
+        trainable_params: Some(trainable_params),
+        peak_rss_mb: if measured_rss { peak_rss_mb() } else { None },
+    })
 }
 
 /// One optimizer step on `batch`: loss, backward, global-norm clipping, update with `lr`.
