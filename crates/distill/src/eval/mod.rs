@@ -1,6 +1,7 @@
 //! Honest evaluation of causal LMs: perplexity, agreement with a teacher, top-k next-token
 //! tables, generations with collapse detectors, and throughput.
 
+pub mod answers;
 pub mod embed;
 pub mod generate;
 pub mod instruct;
