@@ -6,10 +6,11 @@ cd "$(dirname "$0")/.."
 . scripts/env.sh
 
 # Pinned so that fixtures and reference numbers stay reproducible.
-PY_PACKAGES=(torch==2.11.0 numpy==2.4.6 transformers==5.23.0 tokenizers==0.23.3 safetensors==0.8.0 gguf==0.19.0 accelerate==1.15.0 sentence-transformers==6.2.0 model2vec==0.10.0 nvidia-cuda-crt==13.0.88 nvidia-cuda-cccl==13.0.85)
+PY_PACKAGES=(torch==2.11.0 numpy==2.4.6 transformers==5.23.0 tokenizers==0.23.3 safetensors==0.8.0 gguf==0.19.0 accelerate==1.15.0 sentence-transformers==6.2.0 model2vec==0.10.0 pyarrow==26.0.1 nvidia-cuda-crt==13.0.88 nvidia-cuda-cccl==13.0.85)
+# pyarrow: writes the Parquet fixtures of crates/distill-text/tests/parquet.rs.
 # nvidia-cuda-crt/-cccl: the CUDA headers the runtime wheels lack, so that build.rs compiles the
 # NCCL backend of the data-parallel shim against torch's CUDA 13.0 (headers only, ~20 MB).
-STAMP="$DISTILL_VENV/.distill-setup-v3"
+STAMP="$DISTILL_VENV/.distill-setup-v4"
 
 if [ ! -f "$STAMP" ]; then
   echo "setup: creating $DISTILL_VENV (torch 2.11.0 pulls ~4.5 GB of wheels on first run)" >&2

@@ -162,6 +162,20 @@ pub enum TextError {
         message: String,
     },
 
+    /// A Parquet file cannot be read, lacks a requested column, or holds a value with no JSON
+    /// form.
+    #[error("{}: {message}", crate::parquet::describe_place(path, column.as_deref(), *row))]
+    Parquet {
+        /// The file.
+        path: PathBuf,
+        /// The column (`messages[2].content` inside lists and structs), where one is concerned.
+        column: Option<String>,
+        /// The row, counted from 0 (as `dataset[i]`), where one is concerned.
+        row: Option<usize>,
+        /// What is wrong.
+        message: String,
+    },
+
     /// The tokenizer lacks a special token the packer needs.
     #[error("tokenizer has no {role} token{}", describe_candidates(candidates))]
     MissingSpecialToken {

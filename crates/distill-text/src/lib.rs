@@ -3,7 +3,8 @@
 //! Sources (plain text, JSONL, the tagged Brown corpus) → cleaning (header lines, whitespace,
 //! empty and short documents, every drop counted) → a deterministic train/validation split by
 //! document → parallel tokenizing with a `tokenizers::Tokenizer` → packing into fixed-length
-//! rows (concatenated or padded) → a fingerprint an offline teacher cache can check.
+//! rows (concatenated or padded) → a fingerprint an offline teacher cache can check. Parquet
+//! files (what dataset hubs store) are read as rows of JSON objects by [`read_parquet`].
 //!
 //! ```no_run
 //! use distill_text::{build_dataset, TextDataConfig, TextSource};
@@ -25,6 +26,7 @@ pub mod config;
 pub mod error;
 pub mod labelled;
 pub mod pack;
+pub mod parquet;
 pub mod pipeline;
 pub mod source;
 pub mod split;
@@ -42,5 +44,6 @@ pub use pipeline::{
     build_dataset, build_dataset_chat, pack_documents, prepare_text, tokenize_and_pack, DatasetStats, PreparedText,
     TextDataset,
 };
+pub use parquet::{parse_parquet, read_parquet, JsonRow};
 pub use source::{read_sources, Document};
 pub use split::{split_documents, Split};

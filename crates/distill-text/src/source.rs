@@ -287,10 +287,9 @@ fn record_doc(
 
 /// The documents of a Parquet file: every row a record (see [`RecordFields`]).
 pub fn read_parquet_documents(path: &Path, key: &str, fields: &RecordFields) -> Result<Vec<Document>> {
-    let rows: Vec<serde_json::Map<String, serde_json::Value>> = {
-        let _ = fields;
-        return Err(TextError::InvalidConfig { field: path.display().to_string(), message: "parquet: TODO".into() });
-    };
+    let names = [&fields.messages_field, &fields.field, &fields.prompt_field, &fields.completion_field];
+    let names: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
+    let rows = crate::parquet::read_parquet_any(path, &names)?;
     rows.iter().enumerate().map(|(i, row)| record_doc(path, key, i, row, fields, "row", i)).collect()
 }
 

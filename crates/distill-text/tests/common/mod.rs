@@ -19,6 +19,28 @@ pub fn distill_home() -> PathBuf {
     cache.join("distill")
 }
 
+/// The Python with the reference libraries, resolved as scripts/env.sh does: `$DISTILL_PYTHON`,
+/// else `<DISTILL_HOME>/venv/bin/python`.
+pub fn python() -> PathBuf {
+    std::env::var_os("DISTILL_PYTHON")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| distill_home().join("venv/bin/python"))
+}
+
+/// Runs `python -c script args…`; panics naming the fix when it cannot start and with its
+/// stderr when it fails.
+pub fn run_python(script: &str, args: &[&std::path::Path]) {
+    let out = std::process::Command::new(python()).arg("-c").arg(script).args(args).output().unwrap_or_else(|e| {
+        panic!("cannot run {} (set DISTILL_PYTHON or run scripts/setup.sh): {e}", python().display())
+    });
+    assert!(
+        out.status.success(),
+        "python failed (run scripts/setup.sh for pyarrow):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The Brown corpus directory (`…/assets/brown/package`); panics with the fix when missing.
 pub fn brown_dir() -> PathBuf {
     let dir = distill_home().join("assets/brown/package");
