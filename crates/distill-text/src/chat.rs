@@ -68,16 +68,18 @@ pub trait ChatTemplate: Sync {
 
 /// Reads one record; the error names the field at fault (the caller adds file and line).
 pub fn record_from_object(object: &Map<String, Value>, fields: &RecordFields) -> Result<Record, String> {
-    if let Some(v) = object.get(&fields.messages_field) {
+    // A null is an absent field: a Parquet row holds every column.
+    let get = |k: &str| object.get(k).filter(|v| !v.is_null());
+    if let Some(v) = get(&fields.messages_field) {
         let turns = turns(v, &fields.messages_field)?;
         return conversation(turns, &fields.messages_field);
     }
     // A text field wins over prompt/completion: `distill generate-data` records without `--chat`
     // carry all three, and train on `text`.
-    if let Some(Value::String(text)) = object.get(&fields.field) {
+    if let Some(Value::String(text)) = get(&fields.field) {
         return Ok(Record::Text(text.clone()));
     }
-    if let (Some(p), Some(c)) = (object.get(&fields.prompt_field), object.get(&fields.completion_field)) {
+    if let (Some(p), Some(c)) = (get(&fields.prompt_field), get(&fields.completion_field)) {
         let mut all = match p {
             Value::String(s) => vec![Message::user(s)],
             v => turns(v, &fields.prompt_field)?,
@@ -89,7 +91,7 @@ pub fn record_from_object(object: &Map<String, Value>, fields: &RecordFields) ->
         let at = format!("{}/{}", fields.prompt_field, fields.completion_field);
         return conversation(all, &at);
     }
-    match object.get(&fields.field) {
+    match get(&fields.field) {
         Some(Value::String(text)) => Ok(Record::Text(text.clone())),
         Some(other) => Err(format!("field `{}` is {}, not a string", fields.field, kind(other))),
         None => Err(format!(

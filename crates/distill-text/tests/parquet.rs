@@ -56,10 +56,16 @@ with open(f"{out}/rows.json", "w") as f:
     f.write(json.dumps(table.drop_columns(["extra"]).to_pylist()))
 "#;
 
+/// The pyarrow fixtures, written once per test binary (the tests that read them run in
+/// parallel).
 fn fixtures() -> PathBuf {
-    let dir = common::tmpdir("parquet-pyarrow");
-    common::run_python(WRITE_FIXTURES, &[&dir]);
-    dir
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = common::tmpdir("parquet-pyarrow");
+        common::run_python(WRITE_FIXTURES, &[&dir]);
+        dir
+    })
+    .clone()
 }
 
 fn expected_rows(dir: &Path) -> Vec<JsonRow> {
@@ -310,4 +316,74 @@ fn silence_guarded_panics() {
             }
         }));
     });
+}
+
+/// `rows.jsonl` → `rows.parquet` (snappy) with pyarrow: the same records, every column present
+/// (null where a record lacks it); and `bad.parquet`, whose `messages` column holds strings.
+const SAME_ROWS_PY: &str = r#"
+import json, sys, pyarrow as pa, pyarrow.parquet as pq
+d = sys.argv[1]
+rows = [json.loads(l) for l in open(d + "/rows.jsonl")]
+keys = sorted({k for r in rows for k in r})
+pq.write_table(pa.table({k: [r.get(k) for r in rows] for k in keys}), d + "/rows.parquet", compression="snappy")
+pq.write_table(pa.table({"messages": ["user: hi", "assistant: hello"]}), d + "/bad.parquet")
+"#;
+
+/// A ChatML-like template in words the test tokenizer knows: `role content end`.
+struct Words;
+impl distill_text::ChatTemplate for Words {
+    fn render(&self, messages: &[distill_text::Message], gen: bool) -> Result<String, String> {
+        let mut s: String = messages.iter().map(|m| format!("{} {} end ", m.role, m.content)).collect();
+        if gen {
+            s.push_str("assistant ");
+        }
+        Ok(s)
+    }
+}
+
+/// JSONL and Parquet holding the same records — conversations in both forms and texts — pack
+/// into the same rows, masks and batches.
+#[test]
+fn parquet_and_jsonl_of_the_same_rows_give_the_same_batches() {
+    use distill_text::{build_dataset_chat, TextDataConfig, TextSource};
+    let dir = common::tmpdir("parquet-same");
+    let words = ["system", "user", "assistant", "one", "two", "three", "four", "five", "six", "seven", "end"];
+    let w = |i: usize, n: usize| (0..n).map(|k| words[3 + (i * 3 + k) % 7]).collect::<Vec<_>>().join(" ");
+    let mut lines = String::new();
+    for i in 0..24 {
+        let rec = match i % 3 {
+            0 => json!({"messages": [{"role": "system", "content": w(i, 2)}, {"role": "user", "content": w(i, 3)},
+                                      {"role": "assistant", "content": w(i + 1, 4)}]}),
+            1 => json!({"prompt": w(i, 3), "completion": w(i + 2, 5)}),
+            _ => json!({"text": w(i, 12)}),
+        };
+        lines += &format!("{rec}\n");
+    }
+    std::fs::write(dir.join("rows.jsonl"), lines).unwrap();
+    common::run_python(SAME_ROWS_PY, &[&dir]);
+    let tok = common::word_tokenizer(&words);
+    let build = |file: &str| {
+        let mut cfg = TextDataConfig::new(vec![TextSource::new(dir.join(file).to_str().unwrap())]);
+        cfg.split.val_fraction = 0.0;
+        cfg.clean.min_chars = 0;
+        cfg.pack.seq_len = 24;
+        build_dataset_chat(&cfg, &tok, Some(&Words)).unwrap().train
+    };
+    let (a, b) = (build("rows.jsonl"), build("rows.parquet"));
+    assert_eq!(a, b);
+    assert_eq!(a.gather(&[0, 5, 9, 11]), b.gather(&[0, 5, 9, 11]));
+    // 8 text records packed back to back (12 words + EOS each: 4 rows of 24), then one row per
+    // conversation (16), the assistant tokens learned.
+    assert_eq!(a.n_blocks(), 4 + 16);
+    let t = a.target_mask.as_ref().unwrap();
+    assert!(t[..4 * 24].iter().all(|&x| x == 1), "text rows learn every token");
+    let conv = &t[4 * 24..5 * 24];
+    assert_eq!(conv.iter().filter(|&&x| x == 1).count(), 4 + 1, "4 assistant words and the closing `end`");
+
+    // A column of the wrong type: one line naming the file, the row and the field.
+    let mut cfg = TextDataConfig::new(vec![TextSource::new(dir.join("bad.parquet").to_str().unwrap())]);
+    cfg.split.val_fraction = 0.0;
+    let err = build_dataset_chat(&cfg, &tok, Some(&Words)).unwrap_err().to_string();
+    assert_eq!(err, format!("{}: row 0: field `messages` is a string, not a list of turns", dir.join("bad.parquet").display()));
+    std::fs::remove_dir_all(&dir).unwrap();
 }
