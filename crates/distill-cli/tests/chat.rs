@@ -193,6 +193,7 @@ fn bad_students_and_conversations_are_one_line_errors() {
     };
     assert_error(&run(&["student.layers=2"]), &["student.from takes an existing model as it is; remove student.layers"]);
     assert_error(&run(&["student.init=\"prune\""]), &["remove student.init"]);
+    assert_error(&run(&["student.lora={targets=[\"qkv\"]}"]), &["student.lora", "`qkv` names no projection"]);
 
     // A student whose tokenizer differs: refused before its weights load.
     let other = d.join("other-student");
@@ -230,5 +231,59 @@ fn bad_students_and_conversations_are_one_line_errors() {
     assert_error(&run(&[&set_data]), &["conversation records need a chat template, and the model has none"]);
     std::fs::write(t.join("chat_template.jinja"), "{{ raise_exception('no chats here') }}").unwrap();
     assert_error(&run(&[&set_data]), &[bad.to_str().unwrap(), "no chats here"]);
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+/// `[student.lora]` on an existing student: only the adapters train (the trainer's count is
+/// theirs; the checkpoint holds nothing else), the export is the merged model in the student's
+/// own shape (no adapter left in it) and differs from the untouched one; and a run killed with
+/// SIGKILL, then resumed, ends with the same files bit for bit.
+#[test]
+fn lora_student_trains_adapters_only_and_resumes_after_kill_9() {
+    let d = tmpdir("chat-lora");
+    let t = chat_teacher(&d);
+    let s = existing_student(&d);
+    let data = d.join("chat.jsonl");
+    chat_jsonl(&data, 120);
+    let r = recipe(&d, &t, &s, &data).to_str().unwrap().to_string();
+    let args = |out: &Path, resume: bool| {
+        let mut v: Vec<String> = ["run", &r, "--out", out.to_str().unwrap()].iter().map(|x| x.to_string()).collect();
+        for set in ["student.lora={rank=4, alpha=8, targets=[\"all\"]}", "distill.scratch_twin=false", "train.lr=5e-3"] {
+            v.extend(["--set".to_string(), set.to_string()]);
+        }
+        if resume {
+            v.push("--resume".into());
+        }
+        v
+    };
+    let (a, b) = (d.join("a"), d.join("b"));
+    let span = common::run_ok(common::BIN, &args(&a, false));
+    let train = json(&a.join("phases/kd/train.json"));
+    // rank 4 on q, k, v, o, gate, up, down of both layers: 4 · (in + out) each.
+    assert_eq!(train["trainable_params"].as_i64(), Some(4864), "{train}");
+    assert!(train["peak_rss_mb"].as_f64().unwrap() > 10.0, "{train}");
+    let ckpt = std::fs::read(a.join("phases/kd/ckpt.safetensors")).unwrap();
+    let n = u64::from_le_bytes(ckpt[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&ckpt[8..8 + n]).unwrap();
+    let names: Vec<&String> = header.as_object().unwrap().keys().filter(|k| *k != "__metadata__").collect();
+    assert!(!names.is_empty() && names.iter().all(|k| k.contains("lora_")), "{names:?}");
+    let st = std::fs::read(a.join("student/model.safetensors")).unwrap();
+    let n = u64::from_le_bytes(st[..8].try_into().unwrap()) as usize;
+    let header = String::from_utf8_lossy(&st[8..8 + n]).into_owned();
+    assert!(!header.contains("lora"), "the export holds adapters: {header}");
+    let cfg = json(&a.join("student/config.json"));
+    assert_eq!((cfg["num_hidden_layers"].as_i64(), cfg["tie_word_embeddings"].as_bool()), (Some(2), Some(false)));
+    let rows = summary(&a)["students"].as_array().unwrap().clone();
+    let kl = |i: usize| rows[i]["validation"]["kl_to_teacher"].as_f64().unwrap();
+    assert!(kl(1) < kl(0), "LoRA KD moved the student toward the teacher: {} vs untouched {}", kl(1), kl(0));
+
+    let killed = common::kill_chain(common::BIN, &args(&b, false), &args(&b, true), &b, span, 1, 23);
+    assert_eq!(killed, 1);
+    let (ma, mb) = (common::models(&a), common::models(&b));
+    assert!(!ma.is_empty());
+    for ((p, x), (q, y)) in ma.iter().zip(&mb) {
+        assert_eq!(p, q);
+        assert!(x == y, "{} differs after a kill and a resume", p.display());
+    }
     std::fs::remove_dir_all(&d).unwrap();
 }
