@@ -191,7 +191,10 @@ fn bad_students_and_conversations_are_one_line_errors() {
         assert!(!out.exists(), "{extra:?} wrote the run directory");
         o
     };
-    assert_error(&run(&["student.layers=2"]), &["student.from takes an existing model as it is; remove student.layers"]);
+    assert_error(
+        &run(&["student.layers=2"]),
+        &["student.from takes an existing model as it is; remove student.layers"],
+    );
     assert_error(&run(&["student.init=\"prune\""]), &["remove student.init"]);
     assert_error(&run(&["student.lora={targets=[\"qkv\"]}"]), &["student.lora", "`qkv` names no projection"]);
 
@@ -215,10 +218,19 @@ fn bad_students_and_conversations_are_one_line_errors() {
     let bad = d.join("bad.jsonl");
     let set_data = format!("data.sources=[{{path=\"{}\"}}]", bad.display());
     for (line, want) in [
-        (r#"{"messages": [{"role": "user", "content": "w1 w2"}]}"#, "line 3: the conversation in `messages` has no assistant turn"),
+        (
+            r#"{"messages": [{"role": "user", "content": "w1 w2"}]}"#,
+            "line 3: the conversation in `messages` has no assistant turn",
+        ),
         (r#"{"messages": [{"role": "bot", "content": "w1"}]}"#, "line 3: messages[0]: unknown role `bot`"),
-        (r#"{"messages": [{"role": "user", "content": ["w1"]}]}"#, "line 3: messages[0].content is a list, not a string"),
-        (r#"{"content": "w1 w2"}"#, "line 3: no `text` field (text), `messages` (conversation) or `prompt` + `completion`"),
+        (
+            r#"{"messages": [{"role": "user", "content": ["w1"]}]}"#,
+            "line 3: messages[0].content is a list, not a string",
+        ),
+        (
+            r#"{"content": "w1 w2"}"#,
+            "line 3: no `text` field (text), `messages` (conversation) or `prompt` + `completion`",
+        ),
     ] {
         let good = r#"{"prompt": "w1 w2", "completion": "w3 w4"}"#;
         std::fs::write(&bad, format!("{good}\n{good}\n{line}\n")).unwrap();
@@ -248,7 +260,8 @@ fn lora_student_trains_adapters_only_and_resumes_after_kill_9() {
     let r = recipe(&d, &t, &s, &data).to_str().unwrap().to_string();
     let args = |out: &Path, resume: bool| {
         let mut v: Vec<String> = ["run", &r, "--out", out.to_str().unwrap()].iter().map(|x| x.to_string()).collect();
-        for set in ["student.lora={rank=4, alpha=8, targets=[\"all\"]}", "distill.scratch_twin=false", "train.lr=5e-3"] {
+        for set in ["student.lora={rank=4, alpha=8, targets=[\"all\"]}", "distill.scratch_twin=false", "train.lr=5e-3"]
+        {
             v.extend(["--set".to_string(), set.to_string()]);
         }
         if resume {

@@ -204,7 +204,8 @@ mod tests {
     #[test]
     fn records_of_every_form() {
         let f = RecordFields::default();
-        let msgs = obj(json!({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}));
+        let msgs =
+            obj(json!({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}));
         assert_eq!(
             record_from_object(&msgs, &f).unwrap(),
             Record::Conversation(vec![Message::user("Hi"), Message::assistant("Hello")])

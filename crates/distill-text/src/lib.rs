@@ -40,10 +40,10 @@ pub use config::{
 pub use error::{Result, TextError};
 pub use labelled::{classes, read_labelled, LabelledDoc};
 pub use pack::{pack, pack_conversations, tokenize_conversations, tokenize_documents, PackStats, SpecialTokens};
+pub use parquet::{parse_parquet, read_parquet, JsonRow};
 pub use pipeline::{
     build_dataset, build_dataset_chat, pack_documents, prepare_text, tokenize_and_pack, DatasetStats, PreparedText,
     TextDataset,
 };
-pub use parquet::{parse_parquet, read_parquet, JsonRow};
 pub use source::{read_sources, Document};
 pub use split::{split_documents, Split};

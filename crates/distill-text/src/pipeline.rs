@@ -8,7 +8,9 @@ use crate::chat::ChatTemplate;
 use crate::clean::{clean_documents, CleanStats};
 use crate::config::TextDataConfig;
 use crate::error::{Result, TextError};
-use crate::pack::{concat_blocks, pack, pack_conversations, tokenize_conversations, tokenize_documents, PackStats, SpecialTokens};
+use crate::pack::{
+    concat_blocks, pack, pack_conversations, tokenize_conversations, tokenize_documents, PackStats, SpecialTokens,
+};
 use crate::source::{read_sources, Document};
 use crate::split::{split_documents, Split};
 

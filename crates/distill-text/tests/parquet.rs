@@ -384,6 +384,9 @@ fn parquet_and_jsonl_of_the_same_rows_give_the_same_batches() {
     let mut cfg = TextDataConfig::new(vec![TextSource::new(dir.join("bad.parquet").to_str().unwrap())]);
     cfg.split.val_fraction = 0.0;
     let err = build_dataset_chat(&cfg, &tok, Some(&Words)).unwrap_err().to_string();
-    assert_eq!(err, format!("{}: row 0: field `messages` is a string, not a list of turns", dir.join("bad.parquet").display()));
+    assert_eq!(
+        err,
+        format!("{}: row 0: field `messages` is a string, not a list of turns", dir.join("bad.parquet").display())
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -98,7 +98,8 @@ fn pad_mode_one_document_per_row() {
 fn fingerprint_matches_python_reference() {
     // Values from tests/fixtures/text/fingerprint_reference.py.
     let ids = vec![5, 6, 7, 3, 8, 9, 3, 10];
-    let four = TokenBlocks { seq_len: 4, input_ids: ids.clone(), attention_mask: None, n_tokens_real: 8, target_mask: None };
+    let four =
+        TokenBlocks { seq_len: 4, input_ids: ids.clone(), attention_mask: None, n_tokens_real: 8, target_mask: None };
     assert_eq!(four.fingerprint(), "70afda40c6d5407d1c4388fb0f071ff8eae63230f346d2ad20cc099b6a424417");
     let two = TokenBlocks { seq_len: 2, ..four.clone() };
     assert_eq!(distill_text::fingerprint(&two), "008b12cb0ac179940d95160e2229751361dd210a71a5fad7683c5cb4f5ce892c");

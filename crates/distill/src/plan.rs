@@ -190,7 +190,11 @@ impl Phase {
     /// The LoRA adapters the phase trains instead of every weight: a variant's own `lora`, else
     /// the student's `[student.lora]`; none for a phase that does not train, a quantized phase
     /// (it trains the merged weights on the grid) or another architecture.
-    pub fn lora<'a>(&self, student: Option<&'a LoraCfg>, variants: &'a BTreeMap<String, Variant>) -> Option<&'a LoraCfg> {
+    pub fn lora<'a>(
+        &self,
+        student: Option<&'a LoraCfg>,
+        variants: &'a BTreeMap<String, Variant>,
+    ) -> Option<&'a LoraCfg> {
         if !self.trains || self.quant.is_some() || self.arch != Arch::Student {
             return None;
         }

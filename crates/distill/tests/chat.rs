@@ -104,17 +104,19 @@ fn assistant_mask_matches_transformers_prefix_rendering() {
     let file = tmp.join("chat.jsonl");
     write_jsonl(&file, &records());
     let chat = teacher.chat().unwrap();
-    let blocks = text_blocks(&[TextSource::new(file.to_str().unwrap())], &teacher.tokenizer, 160, 0, Some(&chat)).unwrap();
+    let blocks =
+        text_blocks(&[TextSource::new(file.to_str().unwrap())], &teacher.tokenizer, 160, 0, Some(&chat)).unwrap();
     assert_eq!(blocks.n_blocks(), records().len(), "one conversation per row");
 
     let arg = serde_json::to_string(&records()).unwrap();
     let stdout = run_python(|c| c.args(["-c", MASK_PY, gguf.to_str().unwrap(), &arg]));
-    let theirs: Vec<(Vec<u32>, Vec<u8>)> = serde_json::from_slice(stdout.split(|&b| b == b'\n').rev().nth(1).unwrap()).unwrap();
+    let theirs: Vec<(Vec<u32>, Vec<u8>)> =
+        serde_json::from_slice(stdout.split(|&b| b == b'\n').rev().nth(1).unwrap()).unwrap();
     for (i, (ids, mask)) in theirs.iter().enumerate() {
         let (our_ids, our_mask) = row(&blocks, i);
         assert_eq!(&our_ids, ids, "conversation {i}: token ids");
         assert_eq!(&our_mask, mask, "conversation {i}: assistant mask");
-        assert!(mask.iter().any(|&m| m == 1));
+        assert!(mask.contains(&1));
     }
     // The learned text of the multi-turn conversation: both answers, each with its end marker.
     let (ids, mask) = row(&blocks, 2);
@@ -124,8 +126,9 @@ fn assistant_mask_matches_transformers_prefix_rendering() {
     // Training targets: position t predicts t + 1 only where t + 1 is an assistant token.
     let b = lm_batch(&blocks, &[2], Device::Cpu);
     let targets = Vec::<i64>::try_from(b.targets.view([-1])).unwrap();
-    let want: Vec<i64> =
-        (0..blocks.seq_len).map(|t| if t + 1 < ids.len() && mask[t + 1] == 1 { ids[t + 1] as i64 } else { -100 }).collect();
+    let want: Vec<i64> = (0..blocks.seq_len)
+        .map(|t| if t + 1 < ids.len() && mask[t + 1] == 1 { ids[t + 1] as i64 } else { -100 })
+        .collect();
     assert_eq!(targets, want);
     std::fs::remove_dir_all(&tmp).unwrap();
 }
@@ -139,13 +142,15 @@ fn conversations_in_one_batch_score_as_each_alone() {
     let file = tmp.join("chat.jsonl");
     write_jsonl(&file, &records()[..4]);
     let chat = teacher.chat().unwrap();
-    let blocks = text_blocks(&[TextSource::new(file.to_str().unwrap())], &teacher.tokenizer, 96, 0, Some(&chat)).unwrap();
+    let blocks =
+        text_blocks(&[TextSource::new(file.to_str().unwrap())], &teacher.tokenizer, 96, 0, Some(&chat)).unwrap();
     let rows: Vec<usize> = (0..blocks.n_blocks()).collect();
     let nll = |ids: &Tensor, targets: &Tensor, mask: Option<&Tensor>| -> Tensor {
         let out = tch::no_grad(|| teacher.model.forward(ids, mask, ForwardOptions::default()).unwrap().logits);
         let logp = out.log_softmax(-1, Kind::Float); // [B, T, V]
         let safe = targets.clamp_min(0).unsqueeze(-1);
-        -logp.gather(-1, &safe, false).squeeze_dim(-1) * targets.ge(0).to_kind(Kind::Float) // [B, T]
+        -logp.gather(-1, &safe, false).squeeze_dim(-1) * targets.ge(0).to_kind(Kind::Float)
+        // [B, T]
     };
     let b = lm_batch(&blocks, &rows, Device::Cpu);
     assert!(b.mask.is_some(), "rows of different lengths are padded");
@@ -162,7 +167,10 @@ fn conversations_in_one_batch_score_as_each_alone() {
         assert!(d < 1e-4, "conversation {i}: max |Δ nll| {d}");
         scored += targets.ge(0).sum(Kind::Int64).int64_value(&[]);
         // Padding scores nothing.
-        assert_eq!(together.get(r as i64).narrow(0, n, blocks.seq_len as i64 - n).abs().sum(Kind::Float).double_value(&[]), 0.0);
+        assert_eq!(
+            together.get(r as i64).narrow(0, n, blocks.seq_len as i64 - n).abs().sum(Kind::Float).double_value(&[]),
+            0.0
+        );
     }
     assert!(scored > 20, "{scored} scored tokens");
     std::fs::remove_dir_all(&tmp).unwrap();

@@ -63,11 +63,14 @@ pub struct AnswerScores {
     pub collapsed: usize,
 }
 
+/// Per kind of instruction: (correct, graded).
+pub type KindGrades = BTreeMap<String, (usize, usize)>;
+
 /// One model's answers: its grades, per kind `(correct, graded)`, and every response.
 #[derive(Debug, Clone)]
 pub struct Answers {
     pub scores: AnswerScores,
-    pub by_kind: BTreeMap<String, (usize, usize)>,
+    pub by_kind: KindGrades,
     pub responses: Vec<Generation>,
 }
 
@@ -99,7 +102,7 @@ pub fn answer(
         responses.extend(generate_texts(model, tok, chunk, &opts, &[])?);
     }
     let mut scores = AnswerScores::default();
-    let mut by_kind: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    let mut by_kind = KindGrades::new();
     for (it, g) in items.iter().zip(&responses) {
         let collapsed = g.tokens >= 8 && Generation::collapses(g.distinct_2);
         scores.collapsed += usize::from(collapsed);

@@ -21,8 +21,8 @@ use sha2::{Digest, Sha256};
 use crate::data::rng::SplitMix64;
 use crate::eval::generate::{decoding_weights, generate_batch_seeded, GenerateOptions};
 use crate::eval::{decode, encode, first_stop, reaches_stop};
-use crate::io::lm::{tokenizer_fingerprint, LoadedLm};
 use crate::io::chat::Message;
+use crate::io::lm::{tokenizer_fingerprint, LoadedLm};
 use crate::models::lm::CausalLm;
 use crate::{Error, Result};
 

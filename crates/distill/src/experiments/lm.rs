@@ -11,7 +11,6 @@
 //! DIR/summary.json, DIR/report.txt
 //! ```
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use distill_text::TokenBlocks;
@@ -19,7 +18,7 @@ use tch::{nn, Device, Kind};
 
 use crate::data::text::{lm_batch, text_blocks};
 use crate::eval::generate::GenerateOptions;
-use crate::eval::instruct::{self, read_instructions};
+use crate::eval::instruct::{self, read_instructions, KindGrades};
 use crate::eval::{generate_texts, score_many, tokens_per_second, top_k_table, Generation, LmScores};
 use crate::io::export::{export_hf_with_chat_template, GgufType};
 use crate::io::lm::{load_lm, LoadedLm};
@@ -129,7 +128,8 @@ fn init_weights(
                 let vars = vs.variables();
                 tch::no_grad(|| {
                     for (n, w) in src.2.merged()?.named_parameters() {
-                        let dst = vars.get(&n).ok_or_else(|| Error::Invalid(format!("phase {name}: no variable {n}")))?;
+                        let dst =
+                            vars.get(&n).ok_or_else(|| Error::Invalid(format!("phase {name}: no variable {n}")))?;
                         dst.shallow_clone().f_copy_(&w)?;
                     }
                     Ok::<_, Error>(())
@@ -676,7 +676,7 @@ fn prompt_reports(r: &LmRecipe, teacher: &LoadedLm, students: &Students<'_>) -> 
 
 /// `eval.instructions`: every model's greedy answers through the teacher's chat template,
 /// graded into its report; the responses side by side per instruction, and per-kind grades.
-type InstructionReports = (Vec<PromptReport>, Vec<(String, BTreeMap<String, (usize, usize)>)>);
+type InstructionReports = (Vec<PromptReport>, Vec<(String, KindGrades)>);
 
 fn answer_instructions(
     r: &LmRecipe,
@@ -813,7 +813,8 @@ pub fn run(r: &LmRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) -> Re
     say("evaluating".into());
     let (mut teacher_report, mut reports) = score_models(r, &rr, &teacher, &students, &data)?;
     let prompts = prompt_reports(r, &teacher, &students)?;
-    let (instructions, answers_by_kind) = answer_instructions(r, &teacher, &students, &mut teacher_report, &mut reports)?;
+    let (instructions, answers_by_kind) =
+        answer_instructions(r, &teacher, &students, &mut teacher_report, &mut reports)?;
     let ppl = |role: Role| reports.iter().find(|m| m.role == role.name()).map(|m| m.validation.perplexity);
     let ratio = match (ppl(Role::StudentKd), ppl(Role::StudentScratch)) {
         (Some(k), Some(s)) => Some(k / s),

@@ -2,12 +2,11 @@
 //! at the end of `distill run`): the comparison table, next-token tables, generations and the
 //! collapse table.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::eval::instruct::AnswerScores;
+use crate::eval::instruct::{AnswerScores, KindGrades};
 use crate::eval::{Generation, LmScores, TopToken};
 use crate::train::TrainReport;
 
@@ -80,7 +79,7 @@ pub struct LmSummary {
     pub instructions: Vec<PromptReport>,
     /// `eval.instructions`: per model, per kind, (correct, graded).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub answers_by_kind: Vec<(String, BTreeMap<String, (usize, usize)>)>,
+    pub answers_by_kind: Vec<(String, KindGrades)>,
 }
 
 /// A summary without `repetition_penalty` made no penalized generations.

@@ -298,7 +298,9 @@ fn validate_variants(variants: &BTreeMap<String, Variant>, ctx: &TermContext) ->
         }
         if let Some(l) = &v.lora {
             if ctx.domain != Domain::Lm {
-                return Err(Error::Recipe(format!("distill.variants.{name}.lora: LoRA adapters are for causal-LM students")));
+                return Err(Error::Recipe(format!(
+                    "distill.variants.{name}.lora: LoRA adapters are for causal-LM students"
+                )));
             }
             l.validate().map_err(|m| Error::Recipe(format!("distill.variants.{name}.lora: {m}")))?;
         }

@@ -43,6 +43,7 @@ struct TaskOnly {
 /// A parsed recipe of any task.
 #[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]
+#[allow(clippy::large_enum_variant)] // one per process, parsed once
 pub enum Recipe {
     Image(ImageRecipe),
     Lm(LmRecipe),
