@@ -123,6 +123,16 @@ pub fn report(s: &LmSummary) -> String {
         }
         o.push('\n');
     }
+    let trained: Vec<&ModelReport> = s.students.iter().filter(|m| m.train.is_some()).collect();
+    if trained.iter().any(|m| m.train.as_ref().is_some_and(|t| t.trainable_params.is_some())) {
+        o += &format!("{:<20} {:>7} {:>9} {:>17} {:>13}\n", "training", "steps", "seconds", "trained params", "peak RSS MB");
+        for m in trained {
+            let t = m.train.as_ref().expect("filtered");
+            let params = t.trainable_params.map_or("-".into(), |p| p.to_string());
+            let rss = t.peak_rss_mb.map_or("-".into(), |r| format!("{r:.0}"));
+            o += &format!("{:<20} {:>7} {:>9.0} {params:>17} {rss:>13}\n", m.role, t.steps, t.seconds);
+        }
+    }
     if let Some(r) = s.ppl_ratio_kd_over_scratch {
         o += &format!("KD student / scratch twin validation perplexity: {r:.3}\n");
     }
