@@ -203,10 +203,18 @@ fn text(b: &[u8]) {
     let _ = distill_text::clean_text(&t, &distill_text::CleanConfig::default());
 }
 
+/// A Parquet file of records: texts and conversations read by field, every row to JSON.
+fn parquet(b: &[u8]) {
+    let path = Path::new("fuzz.parquet");
+    let _ = distill_text::parse_parquet(b.to_vec(), path, &["messages", "text", "prompt", "completion", "n"]);
+    let _ = distill_text::parse_parquet(b.to_vec(), path, &["messages"]);
+}
+
 fn text_seeds() -> Vec<Vec<u8>> {
     vec![
         b"The/at Fulton/np-tl County/nn-tl Grand/jj-tl Jury/nn-tl said/vbd ./.\n\n\tIt/pps said/vbd ./.\n".to_vec(),
         b"{\"text\": \"one doc\"}\n{\"text\": \"two\", \"x\": 1}\n".to_vec(),
+        b"{\"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}, {\"role\": \"assistant\", \"content\": \"Yo\"}]}\n{\"prompt\": \"a\", \"completion\": [{\"role\": \"assistant\", \"content\": \"b\"}]}\n".to_vec(),
         b"= Title =\n\nA paragraph of text.\nMore.\n\n\nAnother one.\n".to_vec(),
     ]
 }
@@ -276,6 +284,7 @@ pub fn targets() -> Vec<Target> {
         },
         Target { name: "csv", run: csv, seed_files: &[], seeds: csv_seeds },
         Target { name: "text", run: text, seed_files: &[], seeds: text_seeds },
+        Target { name: "parquet", run: parquet, seed_files: &["tests/fixtures/text/records.parquet"], seeds: no_seeds },
         Target { name: "recipe", run: recipe, seed_files: &[], seeds: recipe_seeds },
     ]
 }
