@@ -125,7 +125,10 @@ pub fn report(s: &LmSummary) -> String {
     }
     let trained: Vec<&ModelReport> = s.students.iter().filter(|m| m.train.is_some()).collect();
     if trained.iter().any(|m| m.train.as_ref().is_some_and(|t| t.trainable_params.is_some())) {
-        o += &format!("{:<20} {:>7} {:>9} {:>17} {:>13}\n", "training", "steps", "seconds", "trained params", "peak RSS MB");
+        o += &format!(
+            "{:<20} {:>7} {:>9} {:>17} {:>13}\n",
+            "training", "steps", "seconds", "trained params", "peak RSS MB"
+        );
         for m in trained {
             let t = m.train.as_ref().expect("filtered");
             let params = t.trainable_params.map_or("-".into(), |p| p.to_string());
