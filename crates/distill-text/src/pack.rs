@@ -74,14 +74,20 @@ impl SpecialTokens {
     }
 }
 
-/// Tokenizes every document (in parallel, order kept) without special tokens and without the
-/// tokenizer's own truncation or padding.
-pub fn tokenize_documents(docs: &[Document], tokenizer: &Tokenizer) -> Result<Vec<Vec<u32>>> {
+/// `tokenizer` without its own truncation or padding: every token of a document is kept.
+fn whole(tokenizer: &Tokenizer) -> Result<Tokenizer> {
     let mut tokenizer = tokenizer.clone();
     tokenizer
         .with_truncation(None)
         .map_err(|e| TextError::InvalidConfig { field: "tokenizer.truncation".to_string(), message: e.to_string() })?;
     tokenizer.with_padding(None);
+    Ok(tokenizer)
+}
+
+/// Tokenizes every document (in parallel, order kept) without special tokens and without the
+/// tokenizer's own truncation or padding.
+pub fn tokenize_documents(docs: &[Document], tokenizer: &Tokenizer) -> Result<Vec<Vec<u32>>> {
+    let tokenizer = whole(tokenizer)?;
     docs.par_iter()
         .map(|doc| {
             let err = |message: String| TextError::Tokenize { key: doc.key.clone(), index: doc.index, message };
@@ -220,11 +226,7 @@ pub fn tokenize_conversations(
     template: &dyn ChatTemplate,
     assistant_only: bool,
 ) -> Result<Vec<(Vec<u32>, Vec<u8>)>> {
-    let mut tokenizer = tokenizer.clone();
-    tokenizer
-        .with_truncation(None)
-        .map_err(|e| TextError::InvalidConfig { field: "tokenizer.truncation".to_string(), message: e.to_string() })?;
-    tokenizer.with_padding(None);
+    let tokenizer = whole(tokenizer)?;
     docs.par_iter()
         .map(|doc| {
             let turns = doc.conversation.as_deref().unwrap_or_default();
