@@ -384,10 +384,15 @@ fn error_jsonl_missing_field_names_file_line_and_field() {
     let dir = common::tmpdir("jsonl-field");
     let path = write(&dir, "d.jsonl", "{\"text\": \"ok\"}\n\n{\"body\": \"x\"}\n");
     let err = read_sources(&[TextSource::new(&path)]).unwrap_err();
-    assert_eq!(err.to_string(), format!("{path}:3: missing string field `text`"));
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{path}: line 3: no `text` field (text), `messages` (conversation) or `prompt` + `completion`; name yours with format = {{ jsonl = {{ field = \"…\" }} }} (or messages_field, prompt_field, completion_field)"
+        )
+    );
     let path = write(&dir, "n.jsonl", "{\"text\": 5}\n");
     let err = read_sources(&[TextSource::new(&path)]).unwrap_err();
-    assert_eq!(err.to_string(), format!("{path}:1: missing string field `text`"));
+    assert_eq!(err.to_string(), format!("{path}: line 1: field `text` is a number, not a string"));
 }
 
 #[test]
@@ -494,7 +499,7 @@ fn recipe_typos_fail_at_parse_time() {
         toml::from_str("[[sources]]\npath = \"x\"\nformat = \"jsonl\"\ndocuments = \"paragraph\"\n").unwrap();
     assert_eq!(
         config.validate().unwrap_err().to_string(),
-        "invalid value for `sources[0].documents`: not allowed with format jsonl (every record is a document)"
+        "invalid value for `sources[0].documents`: not allowed with JSONL or Parquet (every record is a document)"
     );
     let config: TextDataConfig = toml::from_str("sources = []\n").unwrap();
     assert_eq!(config.validate().unwrap_err().to_string(), "no text sources given: `sources` is empty");

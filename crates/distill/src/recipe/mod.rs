@@ -350,11 +350,22 @@ alpha = 0.9
                 "minilm-spam.toml",
                 "smollm2-brown-scratch.toml",
                 "smollm2-brown.toml",
+                "smollm2-instruct.toml",
                 "smollm2-prune.toml"
             ]
         );
+        // smollm2-instruct reads what other commands write under runs/ (the pruned student, the
+        // teacher's responses): checked here with files the repository has in their place.
+        let root = dir.join("..");
+        let instruct = [
+            "student.from=\"asset:smollm2/SmolLM2-135M-Instruct.Q4_1.gguf\"".to_string(),
+            format!("data.sources=[{{path=\"{}\"}}]", root.join("data/instruct/train.jsonl").display()),
+            format!("data.val_sources=[{{path=\"{}\"}}]", root.join("data/instruct/held-out.jsonl").display()),
+            format!("eval.instructions=\"{}\"", root.join("data/instruct/held-out.jsonl").display()),
+        ];
         for n in &names {
-            let r = Recipe::load(&dir.join(n), &[]).unwrap();
+            let over: &[String] = if n == "smollm2-instruct.toml" { &instruct } else { &[] };
+            let r = Recipe::load(&dir.join(n), over).unwrap();
             r.validate().unwrap_or_else(|e| panic!("{n}: {e}"));
         }
     }
