@@ -86,7 +86,9 @@ pub struct TrainReport {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trainable_params: Option<i64>,
     /// The process's peak resident memory while this phase trained (MB; Linux, from the
-    /// high-water mark reset at the phase's start; absent elsewhere).
+    /// high-water mark reset at the phase's start; absent elsewhere). It includes what the
+    /// process still holds from earlier phases (the allocator keeps freed memory), so compare
+    /// phases run in separate processes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peak_rss_mb: Option<f64>,
 }
