@@ -12,7 +12,7 @@ use tokenizers::Tokenizer;
 
 use crate::eval::generate::GenerateOptions;
 use crate::eval::{generate_texts, Generation};
-use crate::io::chat::{apply_chat_template, Message, ModelChat};
+use crate::io::chat::ModelChat;
 use crate::models::lm::CausalLm;
 use crate::{Error, Result};
 
@@ -84,10 +84,7 @@ pub fn answer(
     max_new_tokens: usize,
     batch: usize,
 ) -> Result<Answers> {
-    let prompts: Vec<String> = items
-        .iter()
-        .map(|it| apply_chat_template(&chat.template, &[Message::user(&it.prompt)], true, &chat.bos, &chat.eos))
-        .collect::<Result<_>>()?;
+    let prompts: Vec<String> = items.iter().map(|it| chat.prompt(&it.prompt)).collect::<Result<_>>()?;
     let opts = GenerateOptions {
         max_new_tokens,
         temperature: 0.0,

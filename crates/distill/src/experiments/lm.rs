@@ -393,7 +393,8 @@ fn load_student(rr: &ResolvedLm, teacher: &LoadedLm, say: &dyn Fn(String)) -> Re
     check_student_tokenizer(rr, &teacher.tokenizer)?;
     say(format!("loading student {}", path.display()));
     let s = load_lm(path, rr.device)?;
-    crate::io::lm::check_compatible(teacher, s.model.config().vocab_size, Some(&s.tokenizer))?;
+    // The tokenizers were compared above; the logits' width is known only now.
+    crate::io::lm::check_compatible(teacher, s.model.config().vocab_size, None)?;
     let c = s.model.config();
     say(format!(
         "student {}: {} layers × {} channels, {} heads ({} kv), MLP {}, {} parameters",
@@ -411,19 +412,11 @@ fn load_student(rr: &ResolvedLm, teacher: &LoadedLm, say: &dyn Fn(String)) -> Re
 /// `student.from`'s tokenizer equals the teacher's (read without any weights).
 fn check_student_tokenizer(rr: &ResolvedLm, teacher: &tokenizers::Tokenizer) -> Result<()> {
     let Some(path) = &rr.student_from else { return Ok(()) };
-    let tok = crate::io::lm::load_tokenizer(path)?;
-    let fp = crate::io::lm::tokenizer_fingerprint;
-    let (want, got) = (fp(teacher), fp(&tok));
-    if want != got {
-        return Err(Error::Invalid(format!(
-            "student.from ({}) has a different tokenizer than the teacher ({}): {} vs {} tokens, fingerprint {got:.12} vs {want:.12}; distillation compares the two models' next-token distributions token by token, so the student needs the teacher's vocabulary and special tokens",
-            path.display(),
-            rr.teacher_path.display(),
-            tok.get_vocab_size(true),
-            teacher.get_vocab_size(true)
-        )));
-    }
-    Ok(())
+    crate::io::lm::check_tokenizer_of(
+        ("student.from", path),
+        ("the teacher", &rr.teacher_path, teacher),
+        "distillation compares the two models' next-token distributions token by token, so the student needs the teacher's vocabulary and special tokens",
+    )
 }
 
 /// What `distill check` can check of an LM recipe's models without loading weights: the
@@ -561,13 +554,13 @@ fn score_models(
     students: &Students<'_>,
     data: &distill_text::TextDataset,
 ) -> Result<(ModelReport, Vec<ModelReport>)> {
+    let chat = teacher.chat();
     let extra_blocks: Vec<TokenBlocks> = rr
         .extra
         .iter()
         .map(|s| {
-            let chat = teacher.chat();
-            let chat = chat.as_ref().map(|c| c as _);
-            text_blocks(std::slice::from_ref(s), &teacher.tokenizer, data.train.seq_len, rr.data.clean.min_chars, chat)
+            let (seq, min_chars) = (data.train.seq_len, rr.data.clean.min_chars);
+            text_blocks(std::slice::from_ref(s), &teacher.tokenizer, seq, min_chars, chat.as_ref().map(|c| c as _))
         })
         .collect::<Result<_>>()?;
     let max_rows = r.eval.max_val_blocks;

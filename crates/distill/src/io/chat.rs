@@ -20,6 +20,13 @@ pub struct ModelChat {
     pub eos: String,
 }
 
+impl ModelChat {
+    /// `user` as one user turn, ending where the assistant's answer starts.
+    pub fn prompt(&self, user: &str) -> Result<String> {
+        apply_chat_template(&self.template, &[Message::user(user)], true, &self.bos, &self.eos)
+    }
+}
+
 impl distill_text::ChatTemplate for ModelChat {
     fn render(&self, messages: &[Message], add_generation_prompt: bool) -> std::result::Result<String, String> {
         apply_chat_template(&self.template, messages, add_generation_prompt, &self.bos, &self.eos)

@@ -50,8 +50,7 @@ impl LoadedLm {
                 self.source.display()
             )));
         };
-        let user = [crate::io::chat::Message::user(user)];
-        crate::io::chat::apply_chat_template(&chat.template, &user, true, &chat.bos, &chat.eos)
+        chat.prompt(user)
     }
 
     /// The model's chat template with its BOS/EOS strings, when it has one: what renders
@@ -213,19 +212,34 @@ pub fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
 pub fn check_same_tokenizer(paths: &[(String, &Path)]) -> Result<()> {
     let Some((first_key, first)) = paths.first() else { return Ok(()) };
     let want = load_tokenizer(first)?;
-    let fp = tokenizer_fingerprint(&want);
     for (key, p) in &paths[1..] {
-        let tok = load_tokenizer(p)?;
-        let got = tokenizer_fingerprint(&tok);
-        if got != fp {
-            return Err(Error::Invalid(format!(
-                "{key} ({}) has a different tokenizer than {first_key} ({}): {} vs {} tokens, fingerprint {got:.12} vs {fp:.12}; multi-teacher KD mixes distributions token by token, so every teacher needs the same tokenizer",
-                p.display(),
-                first.display(),
-                tok.get_vocab_size(true),
-                want.get_vocab_size(true)
-            )));
-        }
+        check_tokenizer_of(
+            (key, p),
+            (first_key, first, &want),
+            "multi-teacher KD mixes distributions token by token, so every teacher needs the same tokenizer",
+        )?;
+    }
+    Ok(())
+}
+
+/// Reads the tokenizer of the model at `path` (no weights) and checks it equals `want`, the
+/// tokenizer of `want_key` at `want_path`; the error names both, the vocabulary sizes and
+/// fingerprints, and `why` they must be equal.
+pub fn check_tokenizer_of(
+    (key, path): (&str, &Path),
+    (want_key, want_path, want): (&str, &Path, &Tokenizer),
+    why: &str,
+) -> Result<()> {
+    let tok = load_tokenizer(path)?;
+    let (got, fp) = (tokenizer_fingerprint(&tok), tokenizer_fingerprint(want));
+    if got != fp {
+        return Err(Error::Invalid(format!(
+            "{key} ({}) has a different tokenizer than {want_key} ({}): {} vs {} tokens, fingerprint {got:.12} vs {fp:.12}; {why}",
+            path.display(),
+            want_path.display(),
+            tok.get_vocab_size(true),
+            want.get_vocab_size(true)
+        )));
     }
     Ok(())
 }
