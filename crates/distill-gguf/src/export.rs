@@ -13,7 +13,7 @@ use std::path::Path;
 use tokenizers::Tokenizer;
 
 use crate::error::{GgufError, Result};
-use crate::llama::{map_name, reorder_rope_rows, rope_heads, LlamaGgufParams};
+use crate::llama::{map_name, norm_shift, reorder_rope_rows, rope_heads, LlamaGgufParams};
 use crate::metadata::MetadataValue;
 use crate::tokenizer::tokenizer_metadata;
 use crate::types::GgmlType;
@@ -92,12 +92,23 @@ pub struct LlamaExportParams {
     pub pad_token_id: Option<u32>,
     /// `tokenizer.chat_template` (Jinja), when the model has one.
     pub chat_template: Option<String>,
+    /// Phi-3's LongRoPE factors `(long, short)`, `rope_dim / 2` each: written as the tensors
+    /// `rope_factors_long.weight` / `rope_factors_short.weight` llama.cpp reads.
+    pub rope_factors: Option<(Vec<f32>, Vec<f32>)>,
 }
+
+/// The architectures [`write_llama_gguf`] writes.
+pub const EXPORT_ARCHITECTURES: &[&str] = &["llama", "qwen2", "qwen3", "gemma2", "gemma3", "olmo2", "phi3"];
 
 /// The GGUF name of a Llama-family Hugging Face tensor (the inverse of [`crate::hf_name`]), or
 /// `None` for a name with no GGUF counterpart.
 pub fn gguf_name(hf: &str) -> Option<String> {
-    map_name(hf, false)
+    map_name(hf, false, "llama")
+}
+
+/// [`gguf_name`] in a file of architecture `arch` (see [`crate::hf_name_in`]).
+pub fn gguf_name_in(arch: &str, hf: &str) -> Option<String> {
+    map_name(hf, false, arch)
 }
 
 /// llama.cpp's rotary permutation of the rows of a Q or K projection (weight or bias), the
@@ -126,16 +137,15 @@ pub fn write_llama_gguf(
     ty: ExportType,
 ) -> Result<()> {
     let (m, arch) = (&params.model, params.model.architecture.as_str());
-    let permute = match arch {
-        "llama" => true,
-        "qwen2" => false,
-        other => {
-            return Err(GgufError::Model {
-                path: path.to_path_buf(),
-                message: format!("cannot export architecture `{other}` (llama, qwen2)"),
-            })
-        }
-    };
+    if !EXPORT_ARCHITECTURES.contains(&arch) {
+        return Err(GgufError::Model {
+            path: path.to_path_buf(),
+            message: format!("cannot export architecture `{arch}` ({})", EXPORT_ARCHITECTURES.join(", ")),
+        });
+    }
+    // llama.cpp's converter permutes q/k rows for `llama` only; Gemma's norms are stored 1 + w.
+    let permute = arch == "llama";
+    let shift = norm_shift(arch);
     let has_head = tensors.iter().any(|(n, _, _)| n == "lm_head.weight");
     if has_head == m.tied_embeddings {
         return Err(GgufError::Model {
@@ -161,7 +171,7 @@ pub fn write_llama_gguf(
         ("embedding_length", m.embedding_length),
         ("block_count", m.block_count),
         ("feed_forward_length", m.feed_forward_length),
-        ("rope.dimension_count", m.head_dim),
+        ("rope.dimension_count", m.rope_dim),
         ("attention.head_count", m.head_count),
         ("attention.head_count_kv", m.head_count_kv),
         ("vocab_size", m.vocab_size),
@@ -177,6 +187,32 @@ pub fn write_llama_gguf(
         w.add_metadata(&key, u32_of(&key, m.head_dim)?)?;
     }
     w.add_metadata(&format!("{arch}.rope.freq_base"), m.rope_freq_base)?;
+    if let Some(win) = m.sliding_window {
+        let key = format!("{arch}.attention.sliding_window");
+        w.add_metadata(&key, u32_of(&key, win)?)?;
+    } else if arch == "phi3" {
+        // 0 tells llama.cpp's phi3 graph that no layer slides.
+        w.add_metadata(&format!("{arch}.attention.sliding_window"), MetadataValue::U32(0))?;
+    }
+    if let Some(p) = m.sliding_window_pattern {
+        let key = format!("{arch}.attention.sliding_window_pattern");
+        w.add_metadata(&key, u32_of(&key, p)?)?;
+    }
+    for (k, v) in [("attn_logit_softcapping", m.attn_softcap), ("final_logit_softcapping", m.final_softcap)] {
+        if let Some(v) = v {
+            w.add_metadata(&format!("{arch}.{k}"), v)?;
+        }
+    }
+    if let Some(ctx) = m.rope_orig_ctx {
+        let key = format!("{arch}.rope.scaling.original_context_length");
+        w.add_metadata(&key, u32_of(&key, ctx)?)?;
+    }
+    if let Some(b) = m.rope_freq_base_swa {
+        w.add_metadata(&format!("{arch}.rope.freq_base_swa"), b)?;
+    }
+    if let Some(f) = m.rope_attn_factor {
+        w.add_metadata(&format!("{arch}.rope.scaling.attn_factor"), f)?;
+    }
     w.add_metadata(&format!("{arch}.attention.layer_norm_rms_epsilon"), m.rms_norm_eps)?;
     let specials = (params.bos_token_id, params.eos_token_id, params.pad_token_id);
     for (key, value) in tokenizer_metadata(path, tokenizer, m.vocab_size, specials)? {
@@ -186,9 +222,21 @@ pub fn write_llama_gguf(
         w.add_metadata("tokenizer.chat_template", t.as_str())?;
     }
 
+    if let Some((long, short)) = &params.rope_factors {
+        for (gname, f) in [("rope_factors_long.weight", long), ("rope_factors_short.weight", short)] {
+            w.add_tensor_f32(gname, &[f.len()], f, GgmlType::F32)?;
+        }
+    }
     for (name, shape, data) in tensors {
-        let gname = gguf_name(name)
-            .ok_or_else(|| invalid(path, name, "has no GGUF name (not a Llama-family tensor)".into()))?;
+        let gname = gguf_name_in(arch, name)
+            .ok_or_else(|| invalid(path, name, format!("has no GGUF name in a `{arch}` file")))?;
+        let shifted: Vec<f32>;
+        let data = if shift != 0.0 && name.ends_with("norm.weight") {
+            shifted = data.iter().map(|x| x + shift).collect();
+            &shifted
+        } else {
+            data
+        };
         let heads = rope_heads(&gname, m.head_count, m.head_count_kv);
         let permuted;
         let data = match heads {

@@ -16,8 +16,10 @@ pub mod writer;
 
 pub use dequant::{dequantize, dequantize_to_vec, DequantError};
 pub use error::{GgufError, Result};
-pub use export::{gguf_name, permute_rope_rows, write_llama_gguf, ExportType, LlamaExportParams};
-pub use llama::{hf_name, hf_tensor, hf_tensors, unpermute_rope_rows, HfTensor, LlamaGgufParams};
+pub use export::{
+    gguf_name, gguf_name_in, permute_rope_rows, write_llama_gguf, ExportType, LlamaExportParams, EXPORT_ARCHITECTURES,
+};
+pub use llama::{hf_name, hf_name_in, hf_tensor, hf_tensors, unpermute_rope_rows, HfTensor, LlamaGgufParams};
 pub use metadata::{MetadataArray, MetadataValue, MetadataValueType};
 pub use quant::{quantize_f16, quantize_q4_0, quantize_q8_0};
 pub use reader::{GgufFile, TensorInfo};

@@ -6,7 +6,8 @@ use crate::error::{GgufError, Result};
 use crate::reader::{GgufFile, TensorInfo};
 
 /// Architectures (`general.architecture`) this view understands.
-pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "mistral", "qwen2", "qwen3"];
+pub const SUPPORTED_ARCHITECTURES: &[&str] =
+    &["llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "olmo2", "phi3"];
 
 /// Hyper-parameters of a Llama-family model, read from GGUF metadata (`{arch}.*` keys).
 #[derive(Debug, Clone, PartialEq)]
@@ -36,6 +37,24 @@ pub struct LlamaGgufParams {
     pub vocab_size: usize,
     /// True when there is no `output.weight`: the LM head reuses the token embedding.
     pub tied_embeddings: bool,
+    /// `{arch}.rope.dimension_count`: the leading dimensions of each head RoPE rotates (else
+    /// `head_dim`).
+    pub rope_dim: usize,
+    /// `{arch}.attention.sliding_window` (0 or absent: none).
+    pub sliding_window: Option<usize>,
+    /// `{arch}.attention.sliding_window_pattern`: every this-many-th layer is full (absent:
+    /// llama.cpp's per-architecture default).
+    pub sliding_window_pattern: Option<usize>,
+    /// `{arch}.attn_logit_softcapping` (Gemma 2).
+    pub attn_softcap: Option<f32>,
+    /// `{arch}.final_logit_softcapping` (Gemma 2).
+    pub final_softcap: Option<f32>,
+    /// `{arch}.rope.scaling.original_context_length` (Phi-3's LongRoPE).
+    pub rope_orig_ctx: Option<usize>,
+    /// `{arch}.rope.scaling.attn_factor` (Phi-3's LongRoPE).
+    pub rope_attn_factor: Option<f32>,
+    /// `{arch}.rope.freq_base_swa`: the sliding layers' RoPE base (Gemma 3).
+    pub rope_freq_base_swa: Option<f32>,
 }
 
 impl LlamaGgufParams {
@@ -83,7 +102,29 @@ impl LlamaGgufParams {
                 None => return Err(model_err(file, "cannot tell the vocabulary size".into())),
             }
         };
+        let opt_usize = |k: &str| -> Result<Option<usize>> {
+            let key = format!("{arch}.{k}");
+            Ok(match file.get(&key) {
+                Some(_) => Some(file.get_u64(&key)? as usize),
+                None => None,
+            })
+        };
+        let opt_f32 = |k: &str| -> Result<Option<f32>> {
+            let key = format!("{arch}.{k}");
+            Ok(match file.get(&key) {
+                Some(_) => Some(file.get_f32(&key)?),
+                None => None,
+            })
+        };
         Ok(Self {
+            rope_dim: opt_usize("rope.dimension_count")?.unwrap_or(head_dim),
+            sliding_window: opt_usize("attention.sliding_window")?.filter(|&w| w > 0),
+            sliding_window_pattern: opt_usize("attention.sliding_window_pattern")?,
+            attn_softcap: opt_f32("attn_logit_softcapping")?,
+            final_softcap: opt_f32("final_logit_softcapping")?,
+            rope_orig_ctx: opt_usize("rope.scaling.original_context_length")?,
+            rope_attn_factor: opt_f32("rope.scaling.attn_factor")?,
+            rope_freq_base_swa: opt_f32("rope.freq_base_swa")?,
             tied_embeddings: file.tensor_info("output.weight").is_none(),
             architecture: arch,
             block_count,
@@ -100,9 +141,24 @@ impl LlamaGgufParams {
     }
 
     /// Whether llama.cpp's converter permuted `attn_q` / `attn_k` rows for this architecture
-    /// (`llama`, `mistral`: yes; `qwen2`, `qwen3`: no).
+    /// (`llama`, `mistral`: yes; every other: no).
     pub fn rope_permuted(&self) -> bool {
         matches!(self.architecture.as_str(), "llama" | "mistral")
+    }
+
+    /// What llama.cpp's converter adds to every RMSNorm gain of this architecture (Gemma's are
+    /// stored as `1 + w`, transformers' as `w`).
+    pub fn norm_shift(&self) -> f32 {
+        norm_shift(&self.architecture)
+    }
+}
+
+/// See [`LlamaGgufParams::norm_shift`].
+pub(crate) fn norm_shift(arch: &str) -> f32 {
+    if matches!(arch, "gemma2" | "gemma3") {
+        1.0
+    } else {
+        0.0
     }
 }
 
@@ -119,12 +175,20 @@ fn model_err(file: &GgufFile, message: String) -> GgufError {
 /// `blk.{i}.attn_norm` / `ffn_norm` → `input_layernorm` / `post_attention_layernorm`,
 /// `blk.{i}.attn_{q,k}_norm` → `self_attn.{q,k}_norm`; the `.weight` / `.bias` suffix is kept.
 pub fn hf_name(gguf_name: &str) -> Option<String> {
-    map_name(gguf_name, true)
+    map_name(gguf_name, true, "llama")
 }
 
-/// Maps a tensor name between the two conventions through [`TOP_NAMES`] and [`LAYER_NAMES`]:
-/// GGUF → HF when `to_hf`, else HF → GGUF; the `.weight` / `.bias` suffix is kept.
-pub(crate) fn map_name(name: &str, to_hf: bool) -> Option<String> {
+/// [`hf_name`] in a file of architecture `arch`, whose layer tensors may mean other HF tensors
+/// ([`ARCH_LAYER_NAMES`]: Gemma's `ffn_norm` is the pre-MLP norm beside post-norms, Phi-3's
+/// `ffn_up` the fused gate/up projection).
+pub fn hf_name_in(arch: &str, gguf_name: &str) -> Option<String> {
+    map_name(gguf_name, true, arch)
+}
+
+/// Maps a tensor name between the two conventions through [`TOP_NAMES`], the architecture's
+/// [`ARCH_LAYER_NAMES`] and [`LAYER_NAMES`]: GGUF → HF when `to_hf`, else HF → GGUF; the
+/// `.weight` / `.bias` suffix is kept.
+pub(crate) fn map_name(name: &str, to_hf: bool, arch: &str) -> Option<String> {
     let (stem, suffix) = name.rsplit_once('.')?;
     if suffix != "weight" && suffix != "bias" {
         return None;
@@ -136,7 +200,8 @@ pub(crate) fn map_name(name: &str, to_hf: bool) -> Option<String> {
     }
     let (layer, leaf) = stem.strip_prefix(layer_from)?.split_once('.')?;
     let layer: usize = layer.parse().ok()?;
-    let (_, to) = LAYER_NAMES.iter().map(orient).find(|(from, _)| *from == leaf)?;
+    let own = ARCH_LAYER_NAMES.iter().filter(|(a, _)| *a == arch).flat_map(|(_, names)| names.iter());
+    let (_, to) = own.chain(LAYER_NAMES).map(orient).find(|(from, _)| *from == leaf)?;
     Some(format!("{layer_to}{layer}.{to}.{suffix}"))
 }
 
@@ -171,8 +236,26 @@ pub(crate) const LAYER_NAMES: &[(&str, &str)] = &[
     ("ffn_norm", "post_attention_layernorm"),
 ];
 
-/// GGUF tensors that carry no Hugging Face weight and are skipped by [`hf_tensors`].
-const SKIPPED: &[&str] = &["rope_freqs.weight"];
+/// Per architecture, `(GGUF, Hugging Face)` names of layer tensors that differ from
+/// [`LAYER_NAMES`] (looked up first).
+pub(crate) const ARCH_LAYER_NAMES: &[(&str, &[(&str, &str)])] = &[
+    ("gemma2", GEMMA_NORMS),
+    ("gemma3", GEMMA_NORMS),
+    ("olmo2", &[("post_attention_norm", "post_attention_layernorm"), ("post_ffw_norm", "post_feedforward_layernorm")]),
+    ("phi3", &[("attn_qkv", "self_attn.qkv_proj"), ("ffn_up", "mlp.gate_up_proj")]),
+];
+
+/// Gemma's four block norms.
+const GEMMA_NORMS: &[(&str, &str)] = &[
+    ("attn_norm", "input_layernorm"),
+    ("post_attention_norm", "post_attention_layernorm"),
+    ("ffn_norm", "pre_feedforward_layernorm"),
+    ("post_ffw_norm", "post_feedforward_layernorm"),
+];
+
+/// GGUF tensors that carry no Hugging Face weight and are skipped by [`hf_tensors`]
+/// (`rope_factors_*`: Phi-3's LongRoPE factors, which are config values in HF).
+const SKIPPED: &[&str] = &["rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight"];
 
 /// One tensor under its Hugging Face name.
 #[derive(Debug, Clone, PartialEq)]
@@ -227,9 +310,10 @@ pub(crate) fn reorder_rope_rows(
     Some(out)
 }
 
-/// Dequantizes one GGUF tensor into its HF form (name, shape, un-permuted Q/K rows).
+/// Dequantizes one GGUF tensor into its HF form (name, shape, un-permuted Q/K rows, Gemma's
+/// norm gains back to `w`).
 fn to_hf(file: &GgufFile, params: &LlamaGgufParams, info: &TensorInfo) -> Result<HfTensor> {
-    let name = hf_name(&info.name)
+    let name = hf_name_in(&params.architecture, &info.name)
         .ok_or_else(|| model_err(file, format!("tensor `{}` has no Hugging Face counterpart", info.name)))?;
     let shape = info.shape();
     let mut data = file.info_f32(info)?;
@@ -243,6 +327,10 @@ fn to_hf(file: &GgufFile, params: &LlamaGgufParams, info: &TensorInfo) -> Result
                 format!("tensor `{}` of shape {shape:?} cannot be split into {n_head} heads of even size", info.name),
             )
         })?;
+    }
+    let shift = params.norm_shift();
+    if shift != 0.0 && name.ends_with("norm.weight") {
+        data.iter_mut().for_each(|x| *x -= shift);
     }
     Ok(HfTensor { name, gguf_name: info.name.clone(), shape, data })
 }

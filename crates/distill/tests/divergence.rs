@@ -282,7 +282,7 @@ fn run(su: &Setup, kd: &ChunkedKd, teacher: &Teach, chunked: bool) -> (Vec<f64>,
     let (total, soft, hard) = if chunked {
         let t = match teacher {
             Teach::Dense(z) => ChunkTeacher::Dense(z),
-            Teach::Hidden(h, w) => ChunkTeacher::DenseHidden { hidden: h, weight: w },
+            Teach::Hidden(h, w) => ChunkTeacher::DenseHidden { hidden: h, weight: w, softcap: None },
             Teach::Sparse(s) => ChunkTeacher::Sparse(s),
         };
         let p = kd.forward(&hidden, &w_out, Some(t), Some(&su.labels));

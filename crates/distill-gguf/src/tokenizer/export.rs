@@ -94,7 +94,7 @@ pub fn tokenizer_metadata(
 
     let unk = model["unk_token"].as_str().and_then(|t| tokenizer.token_to_id(t));
     let mut out: Vec<(String, MetadataValue)> = if model["byte_fallback"] == true {
-        let scores = sentencepiece_scores(&json, &tokens, &mut types, &merges, unk).map_err(err)?;
+        let (scores, space_prefix) = sentencepiece_scores(&json, &tokens, &mut types, &merges, unk).map_err(err)?;
         // The merges too (llama.cpp goes by the scores): distill reads them back exactly.
         let merges: Vec<String> = merges.into_iter().map(|(a, b)| format!("{a} {b}")).collect();
         vec![
@@ -106,7 +106,7 @@ pub fn tokenizer_metadata(
                 MetadataValue::Array(MetadataArray::I32(types.iter().map(|&t| t as i32).collect())),
             ),
             ("tokenizer.ggml.merges".into(), MetadataValue::Array(MetadataArray::String(merges))),
-            ("tokenizer.ggml.add_space_prefix".into(), true.into()),
+            ("tokenizer.ggml.add_space_prefix".into(), space_prefix.into()),
         ]
     } else {
         // Pre-tokenizer → `tokenizer.ggml.pre`.
@@ -154,35 +154,38 @@ pub fn tokenizer_metadata(
 
 /// The scores llama.cpp's SentencePiece tokenizer needs to merge as the BPE `merges` do (see
 /// [`tokenizer_metadata`]), after checking that the tokenizer handles text as SentencePiece
-/// does; marks byte and unknown (`unk`) pieces in `types`.
+/// does, and whether it prepends `▁` (`add_space_prefix`: Llama 2 does, Gemma does not); marks
+/// byte and unknown (`unk`) pieces in `types`.
 fn sentencepiece_scores(
     json: &serde_json::Value,
     tokens: &[String],
     types: &mut [i64],
     merges: &[(String, String)],
     unk: Option<u32>,
-) -> std::result::Result<Vec<f32>, String> {
-    // SentencePiece's text handling: `▁` prepended and for every space, either in the
-    // normalizer (transformers' legacy conversion) or in a Metaspace pre-tokenizer that does not
-    // split (the newer one); nothing else.
+) -> std::result::Result<(Vec<f32>, bool), String> {
+    // SentencePiece's text handling: `▁` for every space, prepended or not (Gemma's
+    // `add_space_prefix` false), either in the normalizer (transformers' legacy conversion) or in
+    // a Metaspace pre-tokenizer that does not split (the newer one); nothing else.
     let legacy = serde_json::to_value(sentencepiece_normalizer(true)?).map_err(|e| e.to_string())?;
+    let no_prefix = serde_json::to_value(sentencepiece_normalizer(false)?).map_err(|e| e.to_string())?;
     let pre = &json["pre_tokenizer"];
     let metaspace = pre["type"] == "Metaspace"
         && pre["replacement"] == "▁"
         && pre["split"] == false
         && (pre["prepend_scheme"] == "first" || pre["prepend_scheme"] == "always");
-    let ok = match (&json["normalizer"], pre) {
-        (n, serde_json::Value::Null) => *n == legacy,
-        (serde_json::Value::Null, _) => metaspace,
-        _ => false,
+    let prefix = match (&json["normalizer"], pre) {
+        (n, serde_json::Value::Null) if *n == legacy => Some(true),
+        (n, serde_json::Value::Null) if *n == no_prefix => Some(false),
+        (serde_json::Value::Null, _) if metaspace => Some(true),
+        _ => None,
     };
-    if !ok {
+    let Some(space_prefix) = prefix else {
         return Err(format!(
-            "BPE with byte fallback, but its text handling is not SentencePiece's (`▁` prepended, spaces → `▁`, \
-             no split); normalizer {}, pre-tokenizer {pre}",
+            "BPE with byte fallback, but its text handling is not SentencePiece's (spaces → `▁`, `▁` \
+             prepended or not, no split); normalizer {}, pre-tokenizer {pre}",
             json["normalizer"]
         ));
-    }
+    };
 
     let ids: std::collections::HashMap<&str, usize> = tokens.iter().enumerate().map(|(i, t)| (t.as_str(), i)).collect();
     for (i, t) in tokens.iter().enumerate() {
@@ -244,5 +247,5 @@ fn sentencepiece_scores(
             }
         }
     }
-    Ok(scores)
+    Ok((scores, space_prefix))
 }

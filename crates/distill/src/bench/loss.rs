@@ -267,7 +267,7 @@ fn loss_pass(o: &LossBenchOpts, i: &LossInputs) -> Result<f64> {
             alpha: o.alpha,
             chunk_rows: o.chunk_rows,
         };
-        let teacher = ChunkTeacher::DenseHidden { hidden: &i.th, weight: &i.tw };
+        let teacher = ChunkTeacher::DenseHidden { hidden: &i.th, weight: &i.tw, softcap: None };
         kd.forward(&hidden, &i.w, Some(teacher), Some(&i.y)).total
     };
     let value = total.double_value(&[]);

@@ -419,10 +419,25 @@ fn check_student_tokenizer(rr: &ResolvedLm, teacher: &tokenizers::Tokenizer) -> 
     )
 }
 
-/// What `distill check` can check of an LM recipe's models without loading weights: the
-/// teacher's and `student.from`'s tokenizers (when their files are here).
+/// What `distill check` can check of an LM recipe's models without loading weights (when their
+/// files are here): each model's config, family, tokenizer and tensor names
+/// ([`crate::io::lm::check_model_files`]), the student's shape derived from the teacher, and
+/// `student.from`'s tokenizer against the teacher's.
 pub fn check_models(r: &LmRecipe) -> Result<()> {
     let rr = r.resolve()?;
+    let mut t_cfg = None;
+    for p in std::iter::once(&rr.teacher_path).chain(&rr.extra_teachers).chain(&rr.student_from) {
+        if p.exists() {
+            let cfg = crate::io::lm::check_model_files(p)?;
+            t_cfg = t_cfg.or(Some(cfg));
+        }
+    }
+    if let (Some(t_cfg), None, true) = (t_cfg, &rr.student_from, rr.teacher_path.exists()) {
+        let s_cfg = student_config(&t_cfg, &r.student)?;
+        if r.student.init() == StudentInit::Prune {
+            prune::check_slice(&t_cfg, &s_cfg)?;
+        }
+    }
     if rr.student_from.is_some() && rr.teacher_path.exists() {
         let teacher = crate::io::lm::load_tokenizer(&rr.teacher_path)?;
         check_student_tokenizer(&rr, &teacher)?;
@@ -511,6 +526,10 @@ fn plan_assistant(
             Some(prune::plan(&teacher.model, &calib, &a_cfg)?.1)
         }
         _ => None,
+    };
+    let a_cfg = match &sel {
+        Some(sel) => LmConfig { layer_types: teacher.model.config().pick_layers(&sel.layers).layer_types, ..a_cfg },
+        None => a_cfg,
     };
     let a_params = CausalLm::new(nn::VarStore::new(Device::Cpu).root(), &a_cfg)?.param_count();
     say(format!(
@@ -721,7 +740,7 @@ pub fn run(r: &LmRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) -> Re
     let (teacher, extra_teachers) = load_teachers(&rr, r.distill.multi_teacher.is_some(), &say)?;
     let t_cfg = teacher.model.config().clone();
     let student_from = load_student(&rr, &teacher, &say)?;
-    let s_cfg = match &student_from {
+    let mut s_cfg = match &student_from {
         Some(s) => s.model.config().clone(),
         None => student_config(&t_cfg, &r.student)?,
     };
@@ -775,6 +794,10 @@ pub fn run(r: &LmRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) -> Re
         None => Teacher::Lm(online_model),
     };
     let pruning = plan_pruning(r, &teacher, &s_cfg, &data.train, (s_params, t_params), out, &say)?;
+    if let Some((_, sel)) = &pruning {
+        // The kept layers keep their attention type (sliding or full).
+        s_cfg.layer_types = t_cfg.pick_layers(&sel.layers).layer_types;
+    }
     let assistant = plan_assistant(r, &teacher, &data.train, &say)?;
     // 1 GiB of teacher states: 120 batches of 8 × 128 tokens of a 576-wide teacher are 0.28 GiB.
     let memo = TeacherMemo::new(1 << 30);

@@ -165,7 +165,7 @@ impl TrainTask for SftTask<'_> {
         let h = self.model.forward_states(&ids, Some(&mask), opts)?.last; // [B, T, H]
         let h = h.view([-1, h.size()[2]]).index_select(0, &idx); // [N, H]
         let ce = ChunkedKd { divergence: Divergence::ForwardKl, temperature: 1.0, alpha: 0.0, chunk_rows: 256 };
-        let parts = ce.forward(&h, &self.model.lm_head_weight(), None, Some(&y));
+        let parts = ce.forward(&h, self.model.head(), None, Some(&y));
         Ok(StepLoss { total: parts.total, parts: vec![], weight: idx.size()[0] as f64 })
     }
 }

@@ -19,7 +19,7 @@ pub use distill_gguf::ExportType as GgufType;
 
 use crate::io::safetensors::save_safetensors;
 use crate::models::lm::CausalLm;
-use crate::models::lm::LmConfig;
+use crate::models::lm::{LmConfig, RopeScaling};
 use crate::train::checkpoint::{write_atomic, write_json};
 use crate::{Error, Result};
 
@@ -94,7 +94,11 @@ pub fn export_hf_with_chat_template(
     }
     write_dir(out_dir.as_ref(), |tmp| {
         let tensors: Vec<(String, Tensor)> = tch::no_grad(|| {
-            model.named_parameters().into_iter().map(|(n, t)| Ok((n, t.f_to_kind(Kind::Float)?))).collect::<Result<_>>()
+            model
+                .checkpoint_tensors()
+                .into_iter()
+                .map(|(n, t)| Ok((n, t.f_to_kind(Kind::Float)?)))
+                .collect::<Result<_>>()
         })?;
         save_safetensors(&tensors, tmp.join("model.safetensors"))?;
         write_json(&tmp.join("config.json"), &cfg.to_hf_json())?;
@@ -173,6 +177,56 @@ pub fn write_dir(out_dir: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Res
     Ok(())
 }
 
+/// What a GGUF file of `cfg`'s architecture cannot say, so that llama.cpp would compute
+/// something else: `None` when it can say everything. llama.cpp fixes per architecture what
+/// the header does not carry (the layer pattern, Gemma 3's local RoPE base, Gemma's query scale
+/// `head_dim^-½`, the activation), so a config that differs there is refused by name.
+pub fn gguf_unexpressible(cfg: &LmConfig) -> Option<String> {
+    let family = cfg.export_family();
+    let q = family.gguf_quirks();
+    if family.llama_like() && cfg.sliding_window.is_some() {
+        return Some("a sliding attention window in a Llama-architecture file".into());
+    }
+    let gguf_qpas = match q.hidden_per_head_scale_layers {
+        Some(l) if l == cfg.num_layers => (cfg.hidden_size / cfg.num_heads) as f64,
+        _ => cfg.head_dim as f64,
+    };
+    if let Some(s) = cfg.query_pre_attn_scalar.filter(|&s| s != gguf_qpas) {
+        return Some(format!(
+            "query_pre_attn_scalar {s} (llama.cpp's `{}` scales queries by {gguf_qpas}^-½ at {} layers)",
+            family.model_type(),
+            cfg.num_layers
+        ));
+    }
+    if q.softcaps.0.is_some() && cfg.attn_softcap.is_none() || q.softcaps.1.is_some() && cfg.final_softcap.is_none() {
+        return Some(format!("a `{}` model without soft caps (llama.cpp caps at 50 / 30 then)", family.model_type()));
+    }
+    if q.o_bias_unsupported && cfg.o_bias {
+        return Some(format!("a bias on o_proj (llama.cpp's `{}` has none)", family.model_type()));
+    }
+    if cfg.sliding_window.is_some() && cfg.layer_types != q.pattern.layer_types(cfg.layer_types.len()) {
+        return Some(format!(
+            "this layer pattern of sliding windows (llama.cpp's `{}` files follow {:?})",
+            family.model_type(),
+            q.pattern
+        ));
+    }
+    if cfg.rope_local_theta.is_some() && cfg.rope_local_theta != q.rope_local_theta {
+        return Some(format!(
+            "a local RoPE base of {:?} (llama.cpp uses {:?})",
+            cfg.rope_local_theta, q.rope_local_theta
+        ));
+    }
+    if cfg.hidden_act != q.act {
+        return Some(format!("the {} activation in a `{}` file", cfg.hidden_act.hf_name(), family.model_type()));
+    }
+    match &cfg.rope_scaling {
+        RopeScaling::Default => None,
+        RopeScaling::LongRope { .. } if family == crate::models::lm::Family::Phi3 => None,
+        other => Some(format!("rope scaling {other:?}")),
+    }
+}
+
 /// Writes `model` with `tokenizer` (and its chat template, when given, as
 /// `tokenizer.chat_template`) as a GGUF file llama.cpp runs (`general.architecture`
 /// `llama`, or `qwen2` for a model with q/k/v biases only), matrices stored as `ty`, norms and
@@ -192,14 +246,28 @@ pub fn export_gguf(
     let path = path.as_ref();
     let cfg = model.config();
     let refuse = |what: &str| Error::Invalid(format!("{}: GGUF export does not support {what}", path.display()));
-    if cfg.sliding_window.is_some() {
-        return Err(refuse("a sliding attention window"));
-    }
-    if !matches!(cfg.rope_scaling, crate::models::lm::RopeScaling::Default) {
-        return Err(refuse("rope scaling"));
-    }
     let family = cfg.export_family();
-    let architecture = family.gguf_arch().ok_or_else(|| refuse(&format!("the {} family", family.hf_class())))?;
+    let architecture = family
+        .gguf_arch()
+        .filter(|a| distill_gguf::EXPORT_ARCHITECTURES.contains(a))
+        .ok_or_else(|| refuse(&format!("the {} family", family.hf_class())))?;
+    if let Some(what) = gguf_unexpressible(cfg) {
+        return Err(refuse(&what));
+    }
+    let untie = family.gguf_quirks().untied_head && cfg.tie_word_embeddings;
+    let rope_factors = match &cfg.rope_scaling {
+        RopeScaling::LongRope { short_factor, long_factor, .. } => {
+            let f32s = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
+            Some((f32s(long_factor), f32s(short_factor)))
+        }
+        _ => None,
+    };
+    let (rope_orig_ctx, rope_attn_factor) = match &cfg.rope_scaling {
+        RopeScaling::LongRope { original_max_position_embeddings, attention_factor, .. } => {
+            (Some(*original_max_position_embeddings as usize), Some(*attention_factor as f32))
+        }
+        _ => (None, None),
+    };
     let id = |v: Option<i64>| v.and_then(|v| u32::try_from(v).ok());
     let params = distill_gguf::LlamaExportParams {
         model: distill_gguf::LlamaGgufParams {
@@ -214,17 +282,27 @@ pub fn export_gguf(
             rms_norm_eps: cfg.rms_norm_eps as f32,
             context_length: cfg.max_position_embeddings as usize,
             vocab_size: cfg.vocab_size as usize,
-            tied_embeddings: cfg.tie_word_embeddings,
+            // llama.cpp's OLMo 2 graph needs its own `output.weight`: a copy of the embedding.
+            tied_embeddings: cfg.tie_word_embeddings && !untie,
+            rope_dim: cfg.rotary_dim as usize,
+            sliding_window: cfg.sliding_window.map(|w| w as usize),
+            sliding_window_pattern: None,
+            attn_softcap: cfg.attn_softcap.map(|c| c as f32),
+            final_softcap: cfg.final_softcap.map(|c| c as f32),
+            rope_orig_ctx,
+            rope_attn_factor,
+            rope_freq_base_swa: cfg.rope_local_theta.map(|t| t as f32),
         },
         name: name.into(),
         bos_token_id: id(cfg.bos_token_id),
         eos_token_id: id(cfg.eos_token_ids.first().copied()),
         pad_token_id: id(cfg.pad_token_id),
         chat_template: chat_template.map(str::to_string),
+        rope_factors,
     };
     let tensors: Vec<(String, Vec<usize>, Vec<f32>)> = tch::no_grad(|| {
         model
-            .named_parameters()
+            .checkpoint_tensors()
             .into_iter()
             .map(|(n, t)| {
                 let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
@@ -234,6 +312,12 @@ pub fn export_gguf(
             })
             .collect::<Result<_>>()
     })?;
+    let mut tensors = tensors;
+    if untie {
+        if let Some((_, shape, data)) = tensors.iter().find(|(n, ..)| n == "model.embed_tokens.weight").cloned() {
+            tensors.push(("lm_head.weight".into(), shape, data));
+        }
+    }
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
     }

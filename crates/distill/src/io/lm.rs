@@ -9,6 +9,7 @@ use tch::{nn, Device, Kind};
 use tokenizers::Tokenizer;
 
 use crate::io::safetensors::load_named_f32;
+use crate::models::lm::config::LayerAttention;
 use crate::models::lm::CausalLm;
 use crate::models::lm::{Family, LmConfig, RopeScaling};
 use crate::{Error, Result};
@@ -77,7 +78,10 @@ pub fn is_gguf(path: &Path) -> bool {
     std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut magic)).is_ok() && &magic == b"GGUF"
 }
 
-/// The runtime config of a Llama-family GGUF, from its parsed hyper-parameters `p`.
+/// The runtime config of a causal-LM GGUF, from its parsed hyper-parameters `p`; what GGUF
+/// headers do not carry (biases, the layer pattern, the local RoPE base, the activation, Gemma's
+/// query scale `head_dim^-½`) is what llama.cpp assumes for the architecture (its family's
+/// `GGUF` quirks). Phi-3's LongRoPE factors come from its `rope_factors_*` tensors.
 pub fn config_from_gguf(file: &distill_gguf::GgufFile, p: &distill_gguf::LlamaGgufParams) -> Result<LmConfig> {
     let family = Family::from_gguf_arch(&p.architecture).ok_or_else(|| {
         let known: Vec<&str> = Family::ALL.iter().filter_map(|f| f.gguf_arch()).collect();
@@ -88,6 +92,31 @@ pub fn config_from_gguf(file: &distill_gguf::GgufFile, p: &distill_gguf::LlamaGg
     })?;
     let quirks = family.gguf_quirks();
     let id = |k: &str| file.get_u32(k).ok().map(|v| v as i64);
+    let sliding_window = p.sliding_window.map(|w| w as i64).or(quirks.sliding_window);
+    let pattern = match p.sliding_window_pattern {
+        Some(k) => crate::models::lm::families::Pattern::Every(k.max(1)),
+        None => quirks.pattern,
+    };
+    let layer_types = match sliding_window {
+        Some(_) => pattern.layer_types(p.block_count),
+        None => vec![LayerAttention::Full; p.block_count],
+    };
+    let factors = |name: &str| -> Result<Option<Vec<f64>>> {
+        if file.tensor_info(name).is_none() {
+            return Ok(None);
+        }
+        let info = file.tensor_info(name).expect("checked");
+        Ok(Some(file.info_f32(info)?.into_iter().map(f64::from).collect()))
+    };
+    let rope_scaling = match (factors("rope_factors_long.weight")?, factors("rope_factors_short.weight")?) {
+        (Some(long_factor), Some(short_factor)) => RopeScaling::LongRope {
+            short_factor,
+            long_factor,
+            original_max_position_embeddings: p.rope_orig_ctx.unwrap_or(p.context_length) as i64,
+            attention_factor: p.rope_attn_factor.map_or(1.0, f64::from),
+        },
+        _ => RopeScaling::Default,
+    };
     let cfg = LmConfig {
         family,
         vocab_size: p.vocab_size as i64,
@@ -99,13 +128,24 @@ pub fn config_from_gguf(file: &distill_gguf::GgufFile, p: &distill_gguf::LlamaGg
         head_dim: p.head_dim as i64,
         rms_norm_eps: p.rms_norm_eps as f64,
         rope_theta: p.rope_freq_base as f64,
-        rope_scaling: RopeScaling::Default,
+        rope_scaling,
         max_position_embeddings: p.context_length as i64,
         tie_word_embeddings: p.tied_embeddings,
-        qkv_bias: quirks.qkv_bias,
-        o_bias: quirks.o_bias,
+        // The file says by its tensors (Qwen2's are always there, a Qwen3's with attention_bias).
+        qkv_bias: file.tensor_info("blk.0.attn_q.bias").is_some() || file.tensor_info("blk.0.attn_qkv.bias").is_some(),
+        o_bias: file.tensor_info("blk.0.attn_output.bias").is_some(),
         mlp_bias: false,
-        sliding_window: quirks.sliding_window,
+        sliding_window,
+        layer_types,
+        rope_local_theta: p.rope_freq_base_swa.map(f64::from).or(quirks.rope_local_theta),
+        rotary_dim: p.rope_dim as i64,
+        query_pre_attn_scalar: match quirks.hidden_per_head_scale_layers {
+            Some(l) if l == p.block_count as i64 => Some((p.embedding_length / p.head_count) as f64),
+            _ => None,
+        },
+        attn_softcap: p.attn_softcap.map(f64::from).or(quirks.softcaps.0),
+        final_softcap: p.final_softcap.map(f64::from).or(quirks.softcaps.1),
+        hidden_act: quirks.act,
         attention_dropout: 0.0,
         initializer_range: 0.02,
         bos_token_id: id("tokenizer.ggml.bos_token_id"),
@@ -175,10 +215,26 @@ pub fn load_lm(path: &Path, device: Device) -> Result<LoadedLm> {
     cfg.check_fits(held).map_err(|m| Error::format(path, format!("its metadata {m}")))?;
     let mut vs = nn::VarStore::new(device);
     let model = CausalLm::new(vs.root(), &cfg)?;
-    let tensors: Vec<(String, Vec<i64>, Vec<f32>)> = distill_gguf::hf_tensors(&file, &params)
-        .map(|t| t.map(|t| (t.name, t.shape.iter().map(|&d| d as i64).collect(), t.data)))
-        .collect::<std::result::Result<_, _>>()?;
-    load_named_f32(&mut vs, path, tensors, &CausalLm::load_options(&cfg))?;
+    let opts = CausalLm::load_options(&cfg);
+    let mut tensors: Vec<(String, Vec<i64>, Vec<f32>)> = Vec::new();
+    for t in distill_gguf::hf_tensors(&file, &params) {
+        let t = t?;
+        let shape: Vec<i64> = t.shape.iter().map(|&d| d as i64).collect();
+        match opts.split_of(&t.name, shape.first().copied().unwrap_or(0)) {
+            // Phi-3's fused projections, split as the model holds them.
+            Some(parts) => {
+                let cols: usize = t.shape.iter().skip(1).product();
+                for (name, start, rows) in parts.map_err(|m| Error::format(path, m))? {
+                    let (a, b) = (start as usize * cols, (start + rows) as usize * cols);
+                    let mut part_shape = shape.clone();
+                    part_shape[0] = rows;
+                    tensors.push((name, part_shape, t.data[a..b].to_vec()));
+                }
+            }
+            None => tensors.push((t.name, shape, t.data)),
+        }
+    }
+    load_named_f32(&mut vs, path, tensors, &opts)?;
     vs.freeze();
     let tokenizer = distill_gguf::tokenizer_from_gguf(&file)?;
     let tokenizer_json = tokenizer
@@ -188,6 +244,74 @@ pub fn load_lm(path: &Path, device: Device) -> Result<LoadedLm> {
     let file_bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     let chat_template = file.get_str("tokenizer.chat_template").ok().map(str::to_string);
     Ok(LoadedLm { vs, model, tokenizer, tokenizer_json, file_bytes, source: path.to_path_buf(), chat_template })
+}
+
+/// What `distill check` reads of a model without its weights: the config (an HF `config.json`
+/// or a GGUF header — an unsupported family, a bad key or a GGUF of another architecture is an
+/// error naming it), the tokenizer (`tokenizer.json` or the GGUF's), and the tensor names the
+/// family needs against those the files hold (a missing tensor is named). Returns the config.
+pub fn check_model_files(path: &Path) -> Result<LmConfig> {
+    if !path.exists() {
+        return Err(Error::Invalid(format!("{}: no such file or directory", path.display())));
+    }
+    let (cfg, held): (LmConfig, Vec<String>) = if path.is_dir() {
+        let cfg = LmConfig::from_file(path.join("config.json"))?;
+        let opts = CausalLm::load_options(&cfg);
+        let mut names = Vec::new();
+        for (name, shape) in crate::io::safetensors::tensor_shapes(path)? {
+            match opts.split_of(&name, shape.first().copied().unwrap_or(0)) {
+                Some(parts) => names.extend(parts.map_err(|m| Error::format(path, m))?.into_iter().map(|p| p.0)),
+                None => names.push(name),
+            }
+        }
+        (cfg, names)
+    } else {
+        if !is_gguf(path) {
+            return Err(Error::format(path, "neither a GGUF file nor a Hugging Face directory"));
+        }
+        let file = distill_gguf::GgufFile::open(path)?;
+        let params = distill_gguf::LlamaGgufParams::from_gguf(&file)?;
+        let cfg = config_from_gguf(&file, &params)?;
+        let mut names = Vec::new();
+        for t in file.tensors() {
+            let Some(name) = distill_gguf::hf_name_in(&params.architecture, &t.name) else { continue };
+            match CausalLm::load_options(&cfg).split_of(&name, t.shape().first().copied().unwrap_or(0) as i64) {
+                Some(parts) => names.extend(parts.map_err(|m| Error::format(path, m))?.into_iter().map(|p| p.0)),
+                None => names.push(name),
+            }
+        }
+        (cfg, names)
+    };
+    load_tokenizer(path)?;
+    // The names a model of this family and depth holds, from a copy a few values wide.
+    let skeleton = LmConfig {
+        vocab_size: 2,
+        hidden_size: 2 * cfg.num_heads,
+        intermediate_size: 2,
+        head_dim: 2,
+        rotary_dim: 2,
+        rope_scaling: RopeScaling::Default,
+        bos_token_id: None,
+        eos_token_ids: vec![],
+        pad_token_id: None,
+        ..cfg.clone()
+    };
+    let vs = nn::VarStore::new(Device::Cpu);
+    let _ = CausalLm::new(vs.root(), &skeleton)?;
+    let mut missing: Vec<String> = vs.variables().into_keys().filter(|n| !held.contains(n)).collect();
+    missing.sort();
+    if let Some(first) = missing.first() {
+        return Err(Error::format(
+            path,
+            format!(
+                "missing tensor `{first}`{} (a {} model of {} layers needs it)",
+                if missing.len() > 1 { format!(" and {} more", missing.len() - 1) } else { String::new() },
+                cfg.family.hf_class(),
+                cfg.num_layers
+            ),
+        ));
+    }
+    Ok(cfg)
 }
 
 /// The tokenizer of a GGUF file or a Hugging Face directory, without reading any weights.

@@ -37,6 +37,10 @@ pub struct LoadOptions {
     pub tied: Vec<(String, String)>,
     /// Checkpoint tensors whose names end with one of these are skipped.
     pub ignore_suffixes: Vec<String>,
+    /// `(fused, parts)`: a checkpoint tensor whose name ends with `fused` is split along its
+    /// first dimension into the variables named with each part's suffix instead, `rows` each, in
+    /// order (Phi-3's `qkv_proj` into `q_proj`, `k_proj`, `v_proj`).
+    pub split: Vec<(String, Vec<(String, i64)>)>,
 }
 
 impl LoadOptions {
@@ -45,6 +49,25 @@ impl LoadOptions {
     }
     fn tied_target(&self, name: &str) -> Option<&str> {
         self.tied.iter().find(|(e, _)| e == name).map(|(_, t)| t.as_str())
+    }
+
+    /// The parts a fused tensor `name` splits into: `(part name, first row, rows)`; `None` when
+    /// `name` is not fused. An error when its rows are not the parts' sum.
+    pub fn split_of(&self, name: &str, rows: i64) -> Option<std::result::Result<Vec<(String, i64, i64)>, String>> {
+        let (fused, parts) = self.split.iter().find(|(f, _)| name.ends_with(f.as_str()))?;
+        let stem = &name[..name.len() - fused.len()];
+        let total: i64 = parts.iter().map(|(_, r)| r).sum();
+        if total != rows {
+            return Some(Err(format!("fused tensor `{name}` has {rows} rows, its parts {total}")));
+        }
+        let mut start = 0;
+        Some(Ok(parts
+            .iter()
+            .map(|(suffix, r)| {
+                start += r;
+                (format!("{stem}{suffix}"), start - r, *r)
+            })
+            .collect()))
     }
 }
 
@@ -160,6 +183,20 @@ fn list(names: &[String]) -> String {
     }
 }
 
+/// The tensor names and shapes of a checkpoint (a file, an index or a directory), read from the
+/// files' headers only.
+pub fn tensor_shapes(path: &Path) -> Result<Vec<(String, Vec<i64>)>> {
+    let mut out = Vec::new();
+    for f in checkpoint_files(path)? {
+        let m = mmap(&f)?;
+        let (_, meta) = SafeTensors::read_metadata(&m).map_err(|e| explain(&f, &m, e))?;
+        for (name, info) in meta.tensors() {
+            out.push((name, info.shape.iter().map(|&d| d as i64).collect()));
+        }
+    }
+    Ok(out)
+}
+
 /// Loads a checkpoint (a `.safetensors` file, an index `.json`, or a directory) into `vs`.
 /// Every variable must be filled; see the module docs for extras.
 pub fn load_safetensors(vs: &mut VarStore, path: impl AsRef<Path>, opts: &LoadOptions) -> Result<()> {
@@ -172,15 +209,26 @@ pub fn load_safetensors(vs: &mut VarStore, path: impl AsRef<Path>, opts: &LoadOp
         .map(|(f, m)| SafeTensors::deserialize(m).map_err(|e| explain(f, m, e)))
         .collect::<Result<_>>()?;
 
-    // name → (file index, view)
-    let mut found: BTreeMap<String, (usize, TensorView<'_>)> = BTreeMap::new();
+    // name → (file index, view, rows of a fused tensor); a fused tensor is listed as its parts.
+    let mut found: BTreeMap<String, (usize, TensorView<'_>, Option<(i64, i64)>)> = BTreeMap::new();
     for (i, st) in parsed.iter().enumerate() {
         for (name, view) in st.iter() {
-            if let Some((j, _)) = found.insert(name.to_string(), (i, view)) {
-                return Err(Error::format(
-                    &files[i],
-                    format!("tensor `{name}` also appears in {}", files[j].display()),
-                ));
+            let rows = view.shape().first().map_or(0, |&r| r as i64);
+            let entries = match opts.split_of(&name, rows) {
+                Some(parts) => parts
+                    .map_err(|m| Error::format(&files[i], m))?
+                    .into_iter()
+                    .map(|(n, start, len)| (n, (i, view.clone(), Some((start, len)))))
+                    .collect(),
+                None => vec![(name.to_string(), (i, view, None))],
+            };
+            for (name, entry) in entries {
+                if let Some((j, ..)) = found.insert(name.clone(), entry) {
+                    return Err(Error::format(
+                        &files[i],
+                        format!("tensor `{name}` also appears in {}", files[j].display()),
+                    ));
+                }
             }
         }
     }
@@ -192,7 +240,7 @@ pub fn load_safetensors(vs: &mut VarStore, path: impl AsRef<Path>, opts: &LoadOp
         return Err(Error::format(path, format!("missing tensors: {}", list(&missing))));
     }
     let mut extra = Vec::new();
-    for (name, (i, view)) in &found {
+    for (name, (i, view, rows)) in &found {
         let file = &files[*i];
         let target = match vars.get(name) {
             Some(v) => v,
@@ -211,10 +259,14 @@ pub fn load_safetensors(vs: &mut VarStore, path: impl AsRef<Path>, opts: &LoadOp
                 format!("tensor `{name}` has unsupported dtype {:?} (supported: F32, F16, BF16)", view.dtype()),
             ));
         }
-        if shape_i64(view) != target.size() {
+        let mut shape = shape_i64(view);
+        if let (Some((_, len)), Some(first)) = (rows, shape.first_mut()) {
+            *first = *len;
+        }
+        if shape != target.size() {
             return Err(Error::format(
                 file,
-                format!("tensor `{name}` has shape {:?}, the model expects {:?}", view.shape(), target.size()),
+                format!("tensor `{name}` has shape {shape:?}, the model expects {:?}", target.size()),
             ));
         }
     }
@@ -224,14 +276,18 @@ pub fn load_safetensors(vs: &mut VarStore, path: impl AsRef<Path>, opts: &LoadOp
 
     tch::no_grad(|| -> Result<()> {
         for (name, var) in &vars {
-            let (i, view) = &found[name];
+            let (i, view, rows) = &found[name];
             let kind = kind_of(view.dtype()).unwrap_or(Kind::Float);
-            let src = to_tensor(view, kind)?.f_to_kind(var.kind())?.f_to_device(var.device())?;
+            let mut src = to_tensor(view, kind)?;
+            if let Some((start, len)) = rows {
+                src = src.f_narrow(0, *start, *len)?;
+            }
+            let src = src.f_to_kind(var.kind())?.f_to_device(var.device())?;
             let mut dst = var.shallow_clone();
             dst.f_copy_(&src).map_err(|e| Error::format(&files[*i], format!("tensor `{name}`: {e}")))?;
         }
         for (extra, target) in &opts.tied {
-            let (Some((i, view)), Some(var)) = (found.get(extra), vars.get(target)) else {
+            let (Some((i, view, _)), Some(var)) = (found.get(extra), vars.get(target)) else {
                 continue;
             };
             if vars.contains_key(extra) {

@@ -24,15 +24,54 @@ use super::divergence::{coarsen, Divergence, SparseTeacher};
 use super::response::KdParts;
 use super::sampled::{sampled_forward_kl, TailSamples};
 
+/// `c·tanh(z/c)`: Gemma 2's logit soft cap (`None`: `z`).
+pub fn softcap(z: Tensor, cap: Option<f64>) -> Tensor {
+    match cap {
+        Some(c) => (z / c).tanh() * c,
+        None => z,
+    }
+}
+
+/// A model's output layer: logits are `softcap(h · Wᵀ)`. Every divergence, cross-entropy and
+/// cache capture sees the capped logits, as the model's own forward computes them.
+#[derive(Debug)]
+pub struct LogitHead {
+    /// `[V, H]`, no bias (the embedding when tied).
+    pub weight: Tensor,
+    /// Gemma 2's `final_logit_softcapping`.
+    pub softcap: Option<f64>,
+}
+
+impl LogitHead {
+    /// The logits `[N, V]` of hidden states `[N, H]`.
+    pub fn logits(&self, h: &Tensor) -> Tensor {
+        softcap(h.linear::<Tensor>(&self.weight, None), self.softcap)
+    }
+}
+
+/// The same head, its tensor shared.
+impl From<&LogitHead> for LogitHead {
+    fn from(h: &LogitHead) -> Self {
+        LogitHead { weight: h.weight.shallow_clone(), softcap: h.softcap }
+    }
+}
+
+/// A plain projection (no cap); the tensor is shared, so gradients reach it.
+impl From<&Tensor> for LogitHead {
+    fn from(weight: &Tensor) -> Self {
+        LogitHead { weight: weight.shallow_clone(), softcap: None }
+    }
+}
+
 /// Where the teacher's distribution for each chunk of rows comes from.
 #[derive(Clone, Copy)]
 pub enum ChunkTeacher<'a> {
     /// Teacher logits `[N, V]`.
     Dense(&'a Tensor),
-    /// The teacher's final hidden states `[N, Ht]` and output projection `[V, Ht]`; a chunk's
-    /// logits are computed under `no_grad` when needed, so an online teacher never holds `[N, V]`
-    /// either.
-    DenseHidden { hidden: &'a Tensor, weight: &'a Tensor },
+    /// The teacher's final hidden states `[N, Ht]` and output projection `[V, Ht]` (with its soft
+    /// cap); a chunk's logits are computed under `no_grad` when needed, so an online teacher never
+    /// holds `[N, V]` either.
+    DenseHidden { hidden: &'a Tensor, weight: &'a Tensor, softcap: Option<f64> },
     /// A top-k cache with N rows.
     Sparse(&'a SparseTeacher),
     /// A top-k cache completed by tail samples (N rows each). Forward KL uses the unbiased
@@ -77,18 +116,21 @@ impl ChunkedKd {
     /// chunk makes the total non-finite (for the Trainer's NaN guard).
     ///
     /// # Shapes
-    /// `hidden: [N, H]`, `weight: [V, H]` (the student's output projection, no bias), the teacher
-    /// with N rows (may be `None` only when α = 0), `labels: [N]` i64 (negative = unlabeled).
+    /// `hidden: [N, H]`, `head`: the student's output layer (`[V, H]` projection, no bias, and
+    /// its soft cap; a plain `&Tensor` is a projection without one), the teacher with N rows (may
+    /// be `None` only when α = 0), `labels: [N]` i64 (negative = unlabeled).
     pub fn forward(
         &self,
         hidden: &Tensor,
-        weight: &Tensor,
+        head: impl Into<LogitHead>,
         teacher: Option<ChunkTeacher<'_>>,
         labels: Option<&Tensor>,
     ) -> KdParts {
+        let head = head.into();
+        let (weight, cap) = (&head.weight, head.softcap);
         let forward_kl = self.divergence == Divergence::ForwardKl || self.alpha == 0.0;
         if forward_kl && hidden.kind() == Kind::Float && weight.kind() == Kind::Float {
-            return self.forward_kl_analytic(hidden, weight, teacher, labels);
+            return self.forward_kl_analytic(hidden, weight, cap, teacher, labels);
         }
         let (n, h_dim) = (hidden.size()[0], hidden.size()[1]);
         let v = weight.size()[0];
@@ -116,7 +158,7 @@ impl ChunkedKd {
             let len = step.min(n - start);
             let h = hidden.narrow(0, start, len).detach().set_requires_grad(grad_h_on); // [C, H]
             let (soft, hard) = tch::with_grad(|| -> (Option<Tensor>, Option<Tensor>) {
-                let z = h.linear::<Tensor>(&w, None); // [C, V]
+                let z = softcap(h.linear::<Tensor>(&w, None), cap); // [C, V]
                 let log_ps = if use_soft || t == 1.0 {
                     Some(if t == 1.0 { z.log_softmax(-1, Kind::Float) } else { (&z / t).log_softmax(-1, Kind::Float) })
                 } else {
@@ -203,7 +245,8 @@ impl ChunkedKd {
     ///
     /// ```text
     /// ∂L/∂z = α·(T/N)·(p_s − p_t) + (1−α)·(1/|L|)·[y ≥ 0]·(q_s − onehot(y))
-    /// ∂L/∂h = ∂L/∂z · W          ∂L/∂W += (∂L/∂z)ᵀ · h
+    /// ∂L/∂u = ∂L/∂z · (1 − (z/c)²)      (soft-capped logits z = c·tanh(u/c), u = h·Wᵀ; else ∂L/∂z)
+    /// ∂L/∂h = ∂L/∂u · W          ∂L/∂W += (∂L/∂u)ᵀ · h
     /// ```
     ///
     /// Same value and gradients as the recorded path (tested); no autograd graph, fewer
@@ -212,6 +255,7 @@ impl ChunkedKd {
         &self,
         hidden: &Tensor,
         weight: &Tensor,
+        cap: Option<f64>,
         teacher: Option<ChunkTeacher<'_>>,
         labels: Option<&Tensor>,
     ) -> KdParts {
@@ -236,7 +280,7 @@ impl ChunkedKd {
             while start < n {
                 let len = step.min(n - start);
                 let h = hidden.narrow(0, start, len).detach(); // [C, H]
-                let z = h.mm(&w.tr()); // [C, V]
+                let z = softcap(h.mm(&w.tr()), cap); // [C, V]
                 let log_ps =
                     if t == 1.0 { z.log_softmax(-1, Kind::Float) } else { (&z / t).log_softmax(-1, Kind::Float) }; // [C, V]
                                                                                                                    // Gradient coefficients with respect to the logits: the soft term's, plus the
@@ -258,6 +302,11 @@ impl ChunkedKd {
                         None => gh,
                     });
                 }
+                // Through the cap: ∂z/∂u = 1 − (z/c)².
+                let g = match (g, cap) {
+                    (Some(g), Some(c)) => Some(g * (&z / c).square().g_mul_scalar(-1.0).g_add_scalar(1.0)),
+                    (g, _) => g,
+                };
                 if let Some(g) = g {
                     if let Some(gh) = &grad_h {
                         gh.narrow(0, start, len).copy_(&g.mm(&w)); // [C, H]
@@ -342,7 +391,9 @@ fn soft_chunk(teacher: ChunkTeacher<'_>, start: i64, len: i64, t: f64, c: f64, l
             };
             let mut log_pt = match teacher {
                 ChunkTeacher::Dense(zt) => dense(zt.narrow(0, start, len).to_device(dev)),
-                ChunkTeacher::DenseHidden { hidden: th, weight: tw } => dense(th.narrow(0, start, len).mm(&tw.tr())),
+                ChunkTeacher::DenseHidden { hidden: th, weight: tw, softcap: c } => {
+                    dense(softcap(th.narrow(0, start, len).mm(&tw.tr()), c))
+                }
                 ChunkTeacher::LogProbs(f) => f(start, len, t).to_device(dev),
                 ChunkTeacher::Sparse(_) | ChunkTeacher::Sampled { .. } => unreachable!("matched above"),
             }; // [C, V]
@@ -391,8 +442,9 @@ fn teacher_chunk(teacher: ChunkTeacher<'_>, start: i64, len: i64, t: f64, v: i64
             let log_pt = tch::no_grad(|| dense(z.narrow(0, start, len).to_device(log_ps.device()))); // [C, V]
             (log_pt, log_ps.shallow_clone())
         }
-        ChunkTeacher::DenseHidden { hidden, weight } => {
-            let log_pt = tch::no_grad(|| dense(hidden.narrow(0, start, len).linear::<Tensor>(weight, None))); // [C, V]
+        ChunkTeacher::DenseHidden { hidden, weight, softcap: c } => {
+            let log_pt =
+                tch::no_grad(|| dense(softcap(hidden.narrow(0, start, len).linear::<Tensor>(weight, None), c))); // [C, V]
             (log_pt, log_ps.shallow_clone())
         }
         ChunkTeacher::LogProbs(f) => {

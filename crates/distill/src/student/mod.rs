@@ -12,7 +12,7 @@ use tch::{nn, Kind, Tensor};
 
 use crate::io::lm::LoadedLm;
 use crate::models::lm::CausalLm;
-use crate::models::lm::{Family, LmConfig, LoraCfg};
+use crate::models::lm::{LmConfig, LoraCfg};
 use crate::{Error, Result};
 
 /// How the student is initialized.
@@ -248,19 +248,44 @@ pub fn student_config(t: &LmConfig, s: &LmStudent) -> Result<LmConfig> {
         let r = t.intermediate_size as f64 / t.hidden_size as f64;
         ((hidden as f64 * r / 64.0).round() as i64 * 64).max(64)
     });
+    // The teacher's family (Llama for the Llama-like ones, see `Family::student_family`), with
+    // its windows, caps and RoPE; each layer keeps the attention type of the teacher layer a
+    // layer subset would take (pruning re-picks them by the layers it keeps).
+    let family = t.family.student_family();
+    let head_dim = if prune { t.head_dim } else { hidden / heads };
+    // The rotated share of each head stays the teacher's (Phi-4-mini's ¾), rounded to even.
+    let rotary_dim = if head_dim == t.head_dim {
+        t.rotary_dim
+    } else {
+        ((head_dim as f64 * t.rotary_dim as f64 / t.head_dim as f64) as i64 / 2 * 2).max(2)
+    };
+    if head_dim != t.head_dim && matches!(t.rope_scaling, crate::models::lm::RopeScaling::LongRope { .. }) {
+        return Err(Error::Recipe(format!(
+            "student.hidden / student.heads gives heads of {head_dim}, the teacher's are {}: its LongRoPE factors are per rotary dimension, so keep the head size (hidden = {} × heads)",
+            t.head_dim, t.head_dim
+        )));
+    }
+    let picked = t.pick_layers(&subset_layers(t.num_layers, s.layers as i64));
+    let keep_windows = !family.llama_like();
     let cfg = LmConfig {
-        family: Family::Llama,
+        family,
         hidden_size: hidden,
         intermediate_size: inter,
         num_layers: s.layers as i64,
         num_heads: heads,
         num_kv_heads: kv,
-        head_dim: if prune { t.head_dim } else { hidden / heads },
+        head_dim,
         tie_word_embeddings: s.tie_embeddings,
         qkv_bias: false,
         o_bias: false,
         mlp_bias: false,
-        sliding_window: None,
+        sliding_window: if keep_windows { t.sliding_window } else { None },
+        layer_types: if keep_windows {
+            picked.layer_types
+        } else {
+            vec![crate::models::lm::config::LayerAttention::Full; s.layers]
+        },
+        rotary_dim,
         attention_dropout: 0.0,
         ..t.clone()
     };

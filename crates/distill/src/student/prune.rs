@@ -15,6 +15,11 @@
 //! block l                1 − mean_t cos(x_in, x_out)      (block influence, ShortGPT, Men et al. 2024)
 //! ```
 //!
+//! Per family: hidden channels slice every hidden-width norm (Gemma's post-norms with the
+//! others); per-head q/k norms (Qwen3, Gemma 3) are shared by the heads and kept whole; OLMo 2's
+//! q/k norms run over all heads together, which couples them, so its heads are not pruned
+//! (refused by name). Gemma's √hidden embedding scale follows the student's width.
+//!
 //! Heads are pruned consistently with grouped-query attention: a student with `kv` groups of `g`
 //! query heads keeps the teacher's `kv` groups of highest total head importance and, inside each,
 //! its `g` most important query heads (so each kept query head still reads its own kv head).
@@ -24,6 +29,7 @@
 use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
 
+use crate::models::lm::family::QkNorm;
 use crate::models::lm::LmConfig;
 use crate::models::lm::{CausalLm, ForwardOptions};
 use crate::{Error, Result};
@@ -165,6 +171,19 @@ pub fn check_slice(t: &LmConfig, s: &LmConfig) -> Result<()> {
             "prune init: the teacher has biases; only bias-free Llama teachers are pruned".into(),
         ));
     }
+    // OLMo 2 normalizes all heads' queries (and keys) together: dropping a head changes every
+    // other head's statistics, so heads do not prune there.
+    if t.family.traits().qk_norm == QkNorm::Full && (s.num_heads != t.num_heads || s.num_kv_heads != t.num_kv_heads) {
+        return bad(
+            "heads",
+            format!(
+                "a {} teacher's q/k norms run over all heads together, so its heads do not prune; keep heads = {} and kv_heads = {} (prune layers, hidden and intermediate)",
+                t.family.hf_class(),
+                t.num_heads,
+                t.num_kv_heads
+            ),
+        );
+    }
     Ok(())
 }
 
@@ -235,8 +254,18 @@ pub fn slice_into(
                     let kv = idx(&head_rows(&sel.kv_heads[i], t.head_dim));
                     let n = idx(&sel.neurons[i]);
                     let c = channels.shallow_clone();
+                    let full_qk = t.family.traits().qk_norm == QkNorm::Full;
                     let picks = match tail {
-                        "input_layernorm.weight" | "post_attention_layernorm.weight" => vec![(0, c)],
+                        "input_layernorm.weight"
+                        | "post_attention_layernorm.weight"
+                        | "pre_feedforward_layernorm.weight"
+                        | "post_feedforward_layernorm.weight" => vec![(0, c)],
+                        // One gain per head dimension, shared by every head: kept whole.
+                        "self_attn.q_norm.weight" | "self_attn.k_norm.weight" if !full_qk => vec![],
+                        // Over all heads together (OLMo 2): the kept heads' rows (all of them,
+                        // `check_slice` refuses pruning heads there).
+                        "self_attn.q_norm.weight" => vec![(0, q)],
+                        "self_attn.k_norm.weight" => vec![(0, kv)],
                         "self_attn.q_proj.weight" => vec![(0, q), (1, c)],
                         "self_attn.k_proj.weight" | "self_attn.v_proj.weight" => vec![(0, kv), (1, c)],
                         "self_attn.o_proj.weight" => vec![(0, c), (1, q)],

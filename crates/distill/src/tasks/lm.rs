@@ -128,7 +128,7 @@ impl TrainTask for LmKdTask<'_> {
         let st = student.forward_states(&b.ids, b.mask.as_ref(), opts(true))?;
         let (h, states, attns, qkv) = (st.last, st.hidden_states, st.attentions, st.qkv);
         let h = rows(&h); // [N, H]
-        let w = student.lm_head_weight(); // [V, H]
+        let w = student.head(); // [V, H] and the soft cap
         let soft = self.loss.alpha > 0.0;
         if !self.terms.is_empty() && !matches!(self.teacher, Some(Teacher::Lm(_))) {
             return Err(Error::Invalid(format!(
@@ -165,7 +165,8 @@ impl TrainTask for LmKdTask<'_> {
                     }
                 };
                 let tw = t.lm_head_weight().detach(); // [V, Ht]
-                let teacher = soft.then_some(ChunkTeacher::DenseHidden { hidden: &th, weight: &tw });
+                let cap = t.config().final_softcap;
+                let teacher = soft.then_some(ChunkTeacher::DenseHidden { hidden: &th, weight: &tw, softcap: cap });
                 self.loss.forward(&h, &w, teacher, Some(&y))
             }
             (Some(Teacher::Mixture(mx)), true) => {

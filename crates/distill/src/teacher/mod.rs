@@ -97,7 +97,7 @@ impl LmMixture<'_> {
                 .members
                 .iter()
                 .zip(hidden)
-                .map(|(m, h)| h.narrow(0, start, len).linear(&m.lm_head_weight(), None::<Tensor>).to_kind(Kind::Float))
+                .map(|(m, h)| m.head().logits(&h.narrow(0, start, len)).to_kind(Kind::Float))
                 .collect(); // k × [C, V]
             let w = example_weights(&z, &labels.narrow(0, start, len), self.weighting, &self.fixed); // [k, C]
             (combine_weighted(&z, &w, t, self.combine) / t).log_softmax(-1, Kind::Float)

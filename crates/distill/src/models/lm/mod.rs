@@ -1,10 +1,13 @@
-//! Llama-family decoder (Llama, Qwen2, Mistral) on tch.
+//! The causal-LM decoder of every family (Llama, Qwen2/3, Mistral, Gemma 2/3, OLMo 2, Phi-3) on tch.
 //!
-//! Token embedding → L × [RMSNorm → GQA self-attention with RoPE → residual → RMSNorm → SwiGLU MLP
-//! → residual] → RMSNorm → lm_head (tied to the embedding or not). The numerics follow
-//! transformers' `modeling_llama.py` (RMSNorm and softmax in float32, `rotate_half` RoPE, keys and
-//! values repeated per query group), so logits, hidden states and attention probabilities match
-//! it to float32 rounding.
+//! Token embedding (× √H for Gemma) → L × [RMSNorm → GQA self-attention with RoPE → residual →
+//! RMSNorm → gated MLP → residual] → RMSNorm → lm_head (tied to the embedding or not; soft-capped
+//! for Gemma 2). What a family changes is read from its [`family::Traits`] (norm placement,
+//! q/k norms, `(1 + w)` gains, embedding scale) and its config (per-layer windows, a local RoPE
+//! base, partial rotary, soft caps, the activation); no code here matches on the family. The
+//! numerics follow transformers' modeling files (RMSNorm and softmax in float32, `rotate_half`
+//! RoPE, keys and values repeated per query group), so logits, hidden states and attention
+//! probabilities match them to float32 rounding.
 //!
 //! Parameter names follow the HF module tree by construction (`model.embed_tokens.weight`,
 //! `model.layers.{i}.self_attn.q_proj.weight`, …, `model.norm.weight`, `lm_head.weight` only when
@@ -30,8 +33,10 @@ pub mod hf;
 pub mod lora;
 pub mod packed;
 
+use config::Activation;
 pub use config::{LmConfig, RopeScaling};
 pub use family::Family;
+use family::{Layout, QkNorm};
 pub use hf::HfLmConfig;
 use lora::Adapter;
 pub use lora::LoraCfg;
@@ -42,6 +47,7 @@ use std::path::Path;
 use tch::{nn, Device, Kind, Tensor};
 
 use crate::io::safetensors::{load_safetensors, LoadOptions};
+use crate::losses::chunked::{softcap, LogitHead};
 use crate::{Error, Result};
 
 /// What [`CausalLm::forward`] computes besides logits.
@@ -121,6 +127,8 @@ pub struct States {
 pub struct KvCache {
     layers: Vec<Option<LayerKv>>,
     len: i64,
+    /// `[B, len]`: the ids seen, kept for LongRoPE models only (see [`CausalLm::forward_cached`]).
+    ids: Option<Tensor>,
 }
 
 /// One layer's keys and values in buffers with room to grow: a decoding step writes its new
@@ -180,6 +188,9 @@ impl KvCache {
         for c in self.layers.iter_mut().flatten() {
             c.k = c.k.expand([rows, -1, -1, -1], false).contiguous(); // [rows, nkv, capacity, hd]
             c.v = c.v.expand([rows, -1, -1, -1], false).contiguous(); // [rows, nkv, capacity, hd]
+        }
+        if let Some(ids) = &mut self.ids {
+            *ids = ids.expand([rows, -1], false).contiguous(); // [rows, len]
         }
     }
 }
@@ -255,31 +266,95 @@ fn rotate_half(x: &Tensor) -> Tensor {
     Tensor::cat(&[x2.neg(), x1], -1) // [B, n, T, hd]
 }
 
+/// RoPE on the leading `rot` = `cos.size(-1)` dimensions of each head (all of them unless the
+/// config has a partial rotary factor); the rest pass through.
+///
+/// # Shapes
+/// `x` `[B, n, T, hd]`, `cos`/`sin` `[B, 1, T, rot]` → `[B, n, T, hd]`.
+fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
+    let (hd, rot) = (x.size()[3], cos.size()[3]);
+    if rot == hd {
+        return x * cos + rotate_half(x) * sin;
+    }
+    let r = x.narrow(-1, 0, rot); // [B, n, T, rot]
+    let rotated = &r * cos + rotate_half(&r) * sin; // [B, n, T, rot]
+    Tensor::cat(&[rotated, x.narrow(-1, rot, hd - rot)], -1) // [B, n, T, hd]
+}
+
 #[derive(Debug)]
 struct Attention {
     q_proj: Proj,
     k_proj: Proj,
     v_proj: Proj,
     o_proj: Proj,
+    /// Query/key norms ([`QkNorm`]): `[hd]` per head, or `[nh·hd]` / `[nkv·hd]` over all heads.
+    q_norm: Option<RmsNorm>,
+    k_norm: Option<RmsNorm>,
+    qk_norm: QkNorm,
     num_heads: i64,
     num_kv_heads: i64,
     head_dim: i64,
     dropout: f64,
+    /// Multiplies `q·kᵀ`: `query_pre_attn_scalar^-½` or `head_dim^-½`.
+    scale: f64,
+    /// Scores become `c·tanh(s/c)` before the mask.
+    softcap: Option<f64>,
+    /// Keys further back than this are masked in this layer.
+    window: Option<i64>,
+    /// This layer rotates with the local RoPE tables (a sliding layer of a config with a local base).
+    local_rope: bool,
 }
 
 impl Attention {
-    fn new(p: nn::Path, cfg: &LmConfig) -> Self {
+    fn new(p: nn::Path, cfg: &LmConfig, layer: usize) -> Self {
         let (h, nh, nkv, hd, s) =
             (cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.initializer_range);
+        let qk_norm = cfg.family.traits().qk_norm;
+        let (q_width, k_width) = match qk_norm {
+            QkNorm::Full => (nh * hd, nkv * hd),
+            _ => (hd, hd),
+        };
+        let has_norm = qk_norm != QkNorm::None;
+        let window = cfg.layer_window(layer);
         Self {
             q_proj: linear(&p, "q_proj", h, nh * hd, cfg.qkv_bias, s),
             k_proj: linear(&p, "k_proj", h, nkv * hd, cfg.qkv_bias, s),
             v_proj: linear(&p, "v_proj", h, nkv * hd, cfg.qkv_bias, s),
             o_proj: linear(&p, "o_proj", nh * hd, h, cfg.o_bias, s),
+            q_norm: has_norm.then(|| RmsNorm::new(&p / "q_norm", q_width, cfg)),
+            k_norm: has_norm.then(|| RmsNorm::new(&p / "k_norm", k_width, cfg)),
+            qk_norm,
             num_heads: nh,
             num_kv_heads: nkv,
             head_dim: hd,
             dropout: cfg.attention_dropout,
+            scale: cfg.query_pre_attn_scalar.unwrap_or(hd as f64).powf(-0.5),
+            softcap: cfg.attn_softcap,
+            window,
+            local_rope: window.is_some() && cfg.rope_local_theta.is_some(),
+        }
+    }
+
+    /// This layer's settings with the projections and norms still to fill: what
+    /// [`CausalLm::map_weights`] completes (struct update syntax needs every field).
+    fn plain(&self) -> Attention {
+        let none = || Proj { ws: Tensor::new(), bs: None, packed: None, lora: None };
+        Attention {
+            q_proj: none(),
+            k_proj: none(),
+            v_proj: none(),
+            o_proj: none(),
+            q_norm: None,
+            k_norm: None,
+            qk_norm: self.qk_norm,
+            num_heads: self.num_heads,
+            num_kv_heads: self.num_kv_heads,
+            head_dim: self.head_dim,
+            dropout: self.dropout,
+            scale: self.scale,
+            softcap: self.softcap,
+            window: self.window,
+            local_rope: self.local_rope,
         }
     }
 
@@ -309,11 +384,20 @@ impl Attention {
     ) -> (Tensor, Option<Tensor>, Tensor, Option<Qkv>) {
         let (b, t) = (x.size()[0], x.size()[1]);
         let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        let q = apply_linear(&self.q_proj, x, train).view([b, t, nh, hd]).transpose(1, 2); // [B, nh, T, hd]
-        let k = apply_linear(&self.k_proj, x, train).view([b, t, nkv, hd]).transpose(1, 2); // [B, nkv, T, hd]
+        let q = apply_linear(&self.q_proj, x, train); // [B, T, nh·hd]
+        let k = apply_linear(&self.k_proj, x, train); // [B, T, nkv·hd]
+                                                      // Full-width norms before the split into heads, per-head norms after it.
+        let norm = |n: &Option<RmsNorm>, x: Tensor, full: bool| match n {
+            Some(n) if (self.qk_norm == QkNorm::Full) == full => n.forward(&x),
+            _ => x,
+        };
+        let q = norm(&self.q_norm, q, true).view([b, t, nh, hd]); // [B, T, nh, hd]
+        let k = norm(&self.k_norm, k, true).view([b, t, nkv, hd]); // [B, T, nkv, hd]
+        let q = norm(&self.q_norm, q, false).transpose(1, 2); // [B, nh, T, hd]
+        let k = norm(&self.k_norm, k, false).transpose(1, 2); // [B, nkv, T, hd]
         let v = apply_linear(&self.v_proj, x, train).view([b, t, nkv, hd]).transpose(1, 2); // [B, nkv, T, hd]
-        let q = &q * cos + rotate_half(&q) * sin; // [B, nh, T, hd]
-        let k = &k * cos + rotate_half(&k) * sin; // [B, nkv, T, hd]
+        let q = apply_rope(&q, cos, sin); // [B, nh, T, hd]
+        let k = apply_rope(&k, cos, sin); // [B, nkv, T, hd]
         let qkv = want_qkv.then(|| {
             let cat = |x: &Tensor| x.transpose(1, 2).reshape([b, t, -1]); // [B, T, n·hd]
             Qkv { q: cat(&q), k: cat(&k), v: cat(&v) }
@@ -322,22 +406,27 @@ impl Attention {
             Some(slot) => LayerKv::append(slot, &k, &v), // [B, nkv, S, hd] each
             None => (k, v),
         };
-        let scale = (hd as f64).powf(-0.5);
+        let scale = self.scale;
         let p_drop = if train { self.dropout } else { 0.0 };
 
         let s = k.size()[2];
         // Without a mask: plain causal, offset by the cached positions (row i sees keys ≤ S−T+i).
         let causal = || Tensor::ones([t, s], (Kind::Bool, x.device())).tril(s - t); // [T, S]
 
-        let (out, probs) = if want_probs {
+        // Soft-capped scores have no fused kernel: they take the explicit path.
+        let (out, probs) = if want_probs || self.softcap.is_some() {
             let allowed = mask.map_or_else(causal, Tensor::shallow_clone); // [B, 1, T, S] or [T, S]
             let k = self.repeat_kv(&k); // [B, nh, S, hd]
             let v = self.repeat_kv(&v); // [B, nh, S, hd]
             let scores = q.matmul(&k.transpose(-2, -1)) * scale; // [B, nh, T, S]
+            let scores = match self.softcap {
+                Some(c) => (scores / c).tanh() * c,
+                None => scores,
+            }; // [B, nh, T, S]
             let scores = scores.masked_fill(&allowed.logical_not(), f64::NEG_INFINITY); // [B, nh, T, S]
             let probs = scores.softmax(-1, Kind::Float).to_kind(q.kind()); // [B, nh, T, S]
             let probs = if p_drop > 0.0 { probs.dropout(p_drop, true) } else { probs };
-            (probs.matmul(&v), Some(probs)) // [B, nh, T, hd]
+            (probs.matmul(&v), want_probs.then_some(probs)) // [B, nh, T, hd]
         } else {
             // SDPA repeats the kv heads itself (`enable_gqa`, repeat_interleave semantics, the
             // same grouping as `repeat_kv`) without materialising [B, nh, S, hd] copies.
@@ -361,6 +450,7 @@ struct Mlp {
     gate_proj: Proj,
     up_proj: Proj,
     down_proj: Proj,
+    act: Activation,
 }
 
 impl Mlp {
@@ -370,24 +460,37 @@ impl Mlp {
             gate_proj: linear(&p, "gate_proj", h, i, b, s),
             up_proj: linear(&p, "up_proj", h, i, b, s),
             down_proj: linear(&p, "down_proj", i, h, b, s),
+            act: cfg.hidden_act,
         }
     }
 
-    /// `down(silu(gate(x)) ⊙ up(x))`, and the product fed to `down` `[B, T, I]`.
+    /// `down(act(gate(x)) ⊙ up(x))`, and the product fed to `down` `[B, T, I]`.
     fn forward(&self, x: &Tensor, train: bool) -> (Tensor, Tensor) {
-        let g = apply_linear(&self.gate_proj, x, train).silu(); // [B, T, I]
+        let g = apply_linear(&self.gate_proj, x, train); // [B, T, I]
+        let g = match self.act {
+            Activation::Silu => g.silu(),
+            Activation::GeluTanh => g.gelu("tanh"),
+        }; // [B, T, I]
         let u = apply_linear(&self.up_proj, x, train); // [B, T, I]
         let act = g * u; // [B, T, I]
         (apply_linear(&self.down_proj, &act, train), act) // [B, T, H]
     }
 }
 
+/// One block; which norms exist and where they apply is the family's [`Layout`].
 #[derive(Debug)]
 struct DecoderLayer {
-    input_layernorm: RmsNorm,
+    /// Before attention (`Pre`, `Sandwich`).
+    input_layernorm: Option<RmsNorm>,
     self_attn: Attention,
+    /// Before the MLP (`Pre`) or on the attention output (`Sandwich`, `Post`).
     post_attention_layernorm: RmsNorm,
+    /// Before the MLP (`Sandwich`).
+    pre_feedforward_layernorm: Option<RmsNorm>,
+    /// On the MLP output (`Sandwich`, `Post`).
+    post_feedforward_layernorm: Option<RmsNorm>,
     mlp: Mlp,
+    layout: Layout,
 }
 
 /// A Llama-family causal language model.
@@ -398,18 +501,93 @@ pub struct CausalLm {
     layers: Vec<DecoderLayer>,
     norm: RmsNorm,
     lm_head: Option<Tensor>, // [V, H], None when tied
-    inv_freq: Tensor,        // [hd/2] f32
+    rope: Rope,
     /// The output projection packed for decoding ([`CausalLm::packed_for_rows`]).
     head_packed: Option<Packed>,
 }
 
-/// Rotary inverse frequencies `[hd/2]` (f32, as transformers computes them).
-fn rope_inv_freq(cfg: &LmConfig, device: Device) -> Tensor {
-    let hd = cfg.head_dim;
-    let exponent = Tensor::arange_start_step(0, hd, 2, (Kind::Int64, device)).to_kind(Kind::Float) / hd as f64; // [hd/2]
-    let inv_freq = Tensor::pow_scalar(cfg.rope_theta, &exponent).reciprocal(); // [hd/2]
+/// The rotary tables' inverse frequencies, f32, as transformers computes them.
+#[derive(Debug)]
+struct Rope {
+    /// `[rot/2]`: the full layers' (every layer's without a local base); LongRoPE's short ones.
+    inv_freq: Tensor,
+    /// `[rot/2]`: the sliding layers' when the config gives them their own base.
+    local: Option<Tensor>,
+    /// `[rot/2]` LongRoPE's long frequencies, used when the sequence (cached positions included)
+    /// is longer than `original`.
+    long: Option<(Tensor, i64)>,
+    /// cos and sin are multiplied by this (LongRoPE's attention factor; 1 otherwise).
+    attention_factor: f64,
+}
+
+impl Rope {
+    fn new(cfg: &LmConfig, device: Device) -> Rope {
+        let base = |theta: f64| {
+            let rot = cfg.rotary_dim;
+            let exponent =
+                Tensor::arange_start_step(0, rot, 2, (Kind::Int64, device)).to_kind(Kind::Float) / rot as f64; // [rot/2]
+            Tensor::pow_scalar(theta, &exponent) // [rot/2]
+        };
+        let local = cfg.rope_local_theta.map(|t| base(t).reciprocal());
+        match &cfg.rope_scaling {
+            RopeScaling::LongRope { short_factor, long_factor, original_max_position_embeddings, attention_factor } => {
+                // transformers: 1 / (ext_factors · base^(2i/d)), the factors as f32.
+                let with = |f: &[f64]| {
+                    let ext = Tensor::from_slice(f).to_kind(Kind::Float).to_device(device); // [rot/2]
+                    (ext * base(cfg.rope_theta)).reciprocal() // [rot/2]
+                };
+                Rope {
+                    inv_freq: with(short_factor),
+                    local,
+                    long: Some((with(long_factor), *original_max_position_embeddings)),
+                    attention_factor: *attention_factor,
+                }
+            }
+            _ => Rope {
+                inv_freq: rope_inv_freq(cfg, base(cfg.rope_theta).reciprocal()),
+                local,
+                long: None,
+                attention_factor: 1.0,
+            },
+        }
+    }
+
+    fn shallow_clone(&self) -> Rope {
+        Rope {
+            inv_freq: self.inv_freq.shallow_clone(),
+            local: self.local.as_ref().map(Tensor::shallow_clone),
+            long: self.long.as_ref().map(|(t, n)| (t.shallow_clone(), *n)),
+            attention_factor: self.attention_factor,
+        }
+    }
+
+    /// cos and sin `[B, 1, T, rot]` in `kind` at positions `pos` `[B, T]`, with the local
+    /// frequencies when `local` (and the config has them); `seq_len` (the largest position + 1)
+    /// picks LongRoPE's set.
+    fn tables(&self, pos: &Tensor, seq_len: i64, local: bool, kind: Kind) -> (Tensor, Tensor) {
+        let dev = pos.device();
+        let inv_freq = match (&self.local, &self.long) {
+            (Some(l), _) if local => l,
+            (_, Some((long, original))) if seq_len > *original => long,
+            _ => &self.inv_freq,
+        }
+        .to_device(dev); // [rot/2]
+        let freqs = pos.to_kind(Kind::Float).unsqueeze(-1) * inv_freq.view([1, 1, -1]); // [B, T, rot/2]
+        let emb = Tensor::cat(&[&freqs, &freqs], -1); // [B, T, rot]
+        let (cos, sin) = if self.attention_factor == 1.0 {
+            (emb.cos(), emb.sin())
+        } else {
+            (emb.cos() * self.attention_factor, emb.sin() * self.attention_factor)
+        };
+        (cos.to_kind(kind).unsqueeze(1), sin.to_kind(kind).unsqueeze(1)) // [B, 1, T, rot] each
+    }
+}
+
+/// The scaled inverse frequencies `[rot/2]` from the plain ones (`theta^(-2i/rot)`).
+fn rope_inv_freq(cfg: &LmConfig, inv_freq: Tensor) -> Tensor {
     match &cfg.rope_scaling {
-        RopeScaling::Default => inv_freq,
+        RopeScaling::Default | RopeScaling::LongRope { .. } => inv_freq,
+        RopeScaling::Linear { factor } => inv_freq / *factor,
         RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings } => {
             let old = *original_max_position_embeddings as f64;
             let low_wavelen = old / low_freq_factor;
@@ -438,14 +616,23 @@ impl CausalLm {
             &[cfg.vocab_size, cfg.hidden_size],
             nn::Init::Randn { mean: 0.0, stdev: std },
         );
+        let layout = cfg.family.traits().layout;
         let layers = (0..cfg.num_layers)
             .map(|i| {
                 let p = &model / "layers" / i;
+                let norm = |name: &str, on: bool| on.then(|| RmsNorm::new(&p / name, cfg.hidden_size, cfg));
+                let sandwich = layout == Layout::Sandwich;
+                // Created in HF order: input, attention, post-attention, pre- and post-MLP, MLP.
+                let input_layernorm = norm("input_layernorm", layout != Layout::Post);
+                let self_attn = Attention::new(&p / "self_attn", cfg, i as usize);
                 DecoderLayer {
-                    input_layernorm: RmsNorm::new(&p / "input_layernorm", cfg.hidden_size, cfg),
-                    self_attn: Attention::new(&p / "self_attn", cfg),
+                    input_layernorm,
+                    self_attn,
                     post_attention_layernorm: RmsNorm::new(&p / "post_attention_layernorm", cfg.hidden_size, cfg),
+                    pre_feedforward_layernorm: norm("pre_feedforward_layernorm", sandwich),
+                    post_feedforward_layernorm: norm("post_feedforward_layernorm", layout != Layout::Pre),
                     mlp: Mlp::new(&p / "mlp", cfg),
+                    layout,
                 }
             })
             .collect();
@@ -457,8 +644,8 @@ impl CausalLm {
                 nn::Init::Randn { mean: 0.0, stdev: std },
             )
         });
-        let inv_freq = rope_inv_freq(cfg, path.device());
-        Ok(CausalLm { cfg: cfg.clone(), embed_tokens, layers, norm, lm_head, inv_freq, head_packed: None })
+        let rope = Rope::new(cfg, path.device());
+        Ok(CausalLm { cfg: cfg.clone(), embed_tokens, layers, norm, lm_head, rope, head_packed: None })
     }
 
     /// [`CausalLm::new`], then — with `lora` — its adapters ([`CausalLm::add_lora`]). The base
@@ -556,7 +743,12 @@ impl CausalLm {
         let mut base = vec![&self.embed_tokens, &self.norm.weight];
         base.extend(self.lm_head.iter());
         for l in &self.layers {
-            base.extend([&l.input_layernorm.weight, &l.post_attention_layernorm.weight]);
+            let norms = [&l.input_layernorm, &l.self_attn.q_norm, &l.self_attn.k_norm]
+                .into_iter()
+                .chain([&l.pre_feedforward_layernorm, &l.post_feedforward_layernorm])
+                .flatten()
+                .chain([&l.post_attention_layernorm]);
+            base.extend(norms.map(|n| &n.weight));
         }
         for (_, p) in self.projections() {
             base.push(&p.ws);
@@ -625,7 +817,25 @@ impl CausalLm {
         if cfg.tie_word_embeddings {
             o.tied.push(("lm_head.weight".into(), "model.embed_tokens.weight".into()));
         }
+        if cfg.family.traits().fused {
+            o.split = Self::fused(cfg);
+        }
         o
+    }
+
+    /// How a family with fused checkpoints (Phi-3) stacks projections: `(fused suffix, [(part
+    /// suffix, rows)])`, weights only (the family has no biases). Loading splits by it, export
+    /// concatenates by it.
+    pub fn fused(cfg: &LmConfig) -> Vec<(String, Vec<(String, i64)>)> {
+        let (q, kv, i) = (cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim, cfg.intermediate_size);
+        let part = |n: &str, r: i64| (format!(".{n}.weight"), r);
+        vec![
+            (
+                ".self_attn.qkv_proj.weight".into(),
+                vec![part("self_attn.q_proj", q), part("self_attn.k_proj", kv), part("self_attn.v_proj", kv)],
+            ),
+            (".mlp.gate_up_proj.weight".into(), vec![part("mlp.gate_proj", i), part("mlp.up_proj", i)]),
+        ]
     }
 
     /// The runtime config.
@@ -638,7 +848,13 @@ impl CausalLm {
         self.embed_tokens.device()
     }
 
-    /// `[V, H]`: the output projection (the embedding when tied), for chunked losses.
+    /// The output layer: the projection and the final soft cap, what chunked losses take.
+    pub fn head(&self) -> LogitHead {
+        LogitHead { weight: self.lm_head_weight(), softcap: self.cfg.final_softcap }
+    }
+
+    /// `[V, H]`: the output projection (the embedding when tied). Logits are
+    /// [`CausalLm::head`]'s: this alone misses a soft cap.
     pub fn lm_head_weight(&self) -> Tensor {
         self.lm_head.as_ref().unwrap_or(&self.embed_tokens).shallow_clone()
     }
@@ -653,6 +869,35 @@ impl CausalLm {
             Ok(w.shallow_clone())
         });
         out.into_inner()
+    }
+
+    /// Every parameter as the family's checkpoints store it: [`CausalLm::named_parameters`] with
+    /// fused projections concatenated ([`CausalLm::fused`], Phi-3), what export writes.
+    pub fn checkpoint_tensors(&self) -> Vec<(String, Tensor)> {
+        let params = self.named_parameters();
+        if !self.cfg.family.traits().fused {
+            return params;
+        }
+        let rules = Self::fused(&self.cfg);
+        let mut pending: std::collections::HashMap<String, Tensor> = std::collections::HashMap::new();
+        let mut out = Vec::with_capacity(params.len());
+        for (name, t) in params {
+            let rule = rules.iter().find_map(|(fused, parts)| {
+                parts.iter().find(|(p, _)| name.ends_with(p.as_str())).map(|(p, _)| (fused, parts, p))
+            });
+            let Some((fused, parts, part)) = rule else {
+                out.push((name, t));
+                continue;
+            };
+            let stem = name[..name.len() - part.len()].to_string();
+            pending.insert(name, t);
+            let names: Vec<String> = parts.iter().map(|(p, _)| format!("{stem}{p}")).collect();
+            if names.iter().all(|n| pending.contains_key(n)) {
+                let cat: Vec<Tensor> = names.iter().filter_map(|n| pending.remove(n)).collect();
+                out.push((format!("{stem}{fused}"), Tensor::cat(&cat, 0)));
+            }
+        }
+        out
     }
 
     /// The same model with every parameter replaced by `f(hf_name, parameter)` (same shape and
@@ -681,28 +926,41 @@ impl CausalLm {
         let norm = |name: String, n: &RmsNorm| -> Result<RmsNorm> {
             Ok(RmsNorm { weight: f(&format!("{name}.weight"), &n.weight)?, eps: n.eps, offset: n.offset })
         };
+        let opt_norm = |name: String, n: &Option<RmsNorm>| n.as_ref().map(|n| norm(name, n)).transpose();
         let mut layers = Vec::with_capacity(self.layers.len());
         for (i, l) in self.layers.iter().enumerate() {
             let p = format!("model.layers.{i}");
             let a = &l.self_attn;
+            // In HF order, the order `named_parameters` lists.
+            let input_layernorm = opt_norm(format!("{p}.input_layernorm"), &l.input_layernorm)?;
+            let (q_proj, k_proj, v_proj, o_proj) = (
+                lin(format!("{p}.self_attn.q_proj"), &a.q_proj)?,
+                lin(format!("{p}.self_attn.k_proj"), &a.k_proj)?,
+                lin(format!("{p}.self_attn.v_proj"), &a.v_proj)?,
+                lin(format!("{p}.self_attn.o_proj"), &a.o_proj)?,
+            );
+            let q_norm = opt_norm(format!("{p}.self_attn.q_norm"), &a.q_norm)?;
+            let k_norm = opt_norm(format!("{p}.self_attn.k_norm"), &a.k_norm)?;
+            let self_attn = Attention { q_proj, k_proj, v_proj, o_proj, q_norm, k_norm, ..a.plain() };
+            let post_attention_layernorm = norm(format!("{p}.post_attention_layernorm"), &l.post_attention_layernorm)?;
+            let pre_feedforward_layernorm =
+                opt_norm(format!("{p}.pre_feedforward_layernorm"), &l.pre_feedforward_layernorm)?;
+            let post_feedforward_layernorm =
+                opt_norm(format!("{p}.post_feedforward_layernorm"), &l.post_feedforward_layernorm)?;
+            let mlp = Mlp {
+                gate_proj: lin(format!("{p}.mlp.gate_proj"), &l.mlp.gate_proj)?,
+                up_proj: lin(format!("{p}.mlp.up_proj"), &l.mlp.up_proj)?,
+                down_proj: lin(format!("{p}.mlp.down_proj"), &l.mlp.down_proj)?,
+                act: l.mlp.act,
+            };
             layers.push(DecoderLayer {
-                input_layernorm: norm(format!("{p}.input_layernorm"), &l.input_layernorm)?,
-                self_attn: Attention {
-                    q_proj: lin(format!("{p}.self_attn.q_proj"), &a.q_proj)?,
-                    k_proj: lin(format!("{p}.self_attn.k_proj"), &a.k_proj)?,
-                    v_proj: lin(format!("{p}.self_attn.v_proj"), &a.v_proj)?,
-                    o_proj: lin(format!("{p}.self_attn.o_proj"), &a.o_proj)?,
-                    num_heads: a.num_heads,
-                    num_kv_heads: a.num_kv_heads,
-                    head_dim: a.head_dim,
-                    dropout: a.dropout,
-                },
-                post_attention_layernorm: norm(format!("{p}.post_attention_layernorm"), &l.post_attention_layernorm)?,
-                mlp: Mlp {
-                    gate_proj: lin(format!("{p}.mlp.gate_proj"), &l.mlp.gate_proj)?,
-                    up_proj: lin(format!("{p}.mlp.up_proj"), &l.mlp.up_proj)?,
-                    down_proj: lin(format!("{p}.mlp.down_proj"), &l.mlp.down_proj)?,
-                },
+                input_layernorm,
+                self_attn,
+                post_attention_layernorm,
+                pre_feedforward_layernorm,
+                post_feedforward_layernorm,
+                mlp,
+                layout: l.layout,
             });
         }
         let norm = norm("model.norm".into(), &self.norm)?;
@@ -716,7 +974,7 @@ impl CausalLm {
             layers,
             norm,
             lm_head,
-            inv_freq: self.inv_freq.shallow_clone(),
+            rope: self.rope.shallow_clone(),
             head_packed: None,
         })
     }
@@ -786,7 +1044,7 @@ impl CausalLm {
         opts: ForwardOptions,
     ) -> Result<ModelOutputs> {
         let tr = self.trunk(input_ids, attention_mask, None, opts)?; // [B, T, H]
-        let logits = tr.x.linear(&self.lm_head_weight(), None::<Tensor>); // [B, T, V]
+        let logits = self.head().logits(&tr.x); // [B, T, V]
         Ok(ModelOutputs { logits, hidden_states: tr.hidden, attentions: tr.attns, internals: tr.internals })
     }
 
@@ -812,17 +1070,32 @@ impl CausalLm {
     /// ones; `attention_mask` `[B, cache.len() + T]` (1 = real, 0 = pad; None = no padding) covers
     /// the cached positions and the new ones, so left-padded rows decode together. Returns logits
     /// `[B, T, V]` and extends the cache.
+    ///
+    /// LongRoPE (Phi-3) rotates with its short factors up to `original_max_position_embeddings`
+    /// and its long ones past it; the step that crosses that length recomputes the whole
+    /// sequence with the long factors (a fresh cache), as transformers' Phi-3 generation does,
+    /// so decoding equals the full forward pass of the sequence it has produced.
     pub fn forward_cached(
         &self,
         input_ids: &Tensor,
         attention_mask: Option<&Tensor>,
         cache: &mut KvCache,
     ) -> Result<Tensor> {
-        let x = self.trunk(input_ids, attention_mask, Some(cache), ForwardOptions::default())?.x; // [B, T, H]
-        match &self.head_packed {
-            Some(p) => p.linear(&x, &self.lm_head_weight(), None), // [B, T, V]
-            None => Ok(x.linear(&self.lm_head_weight(), None::<Tensor>)), // [B, T, V]
+        if let Some((_, original)) = &self.rope.long {
+            let (past, t) = (cache.len, input_ids.size().get(1).copied().unwrap_or(0));
+            if let (Some(seen), true) = (&cache.ids, past > 0 && past <= *original && past + t > *original) {
+                let ids = Tensor::cat(&[seen, &input_ids.to_device(seen.device()).to_kind(Kind::Int64)], 1); // [B, S]
+                *cache = KvCache::new();
+                return Ok(self.forward_cached(&ids, attention_mask, cache)?.narrow(1, past, t));
+                // [B, T, V]
+            }
         }
+        let x = self.trunk(input_ids, attention_mask, Some(cache), ForwardOptions::default())?.x; // [B, T, H]
+        let z = match &self.head_packed {
+            Some(p) => p.linear(&x, &self.lm_head_weight(), None)?, // [B, T, V]
+            None => x.linear(&self.lm_head_weight(), None::<Tensor>), // [B, T, V]
+        };
+        Ok(softcap(z, self.cfg.final_softcap))
     }
 
     /// Checks ids and mask before any compute; returns `(B, T)`.
@@ -875,12 +1148,16 @@ impl CausalLm {
             None => Tensor::arange_start(past, s, (Kind::Int64, dev)).unsqueeze(0).expand([b, t], false), // [B, T]
         };
 
-        // Boolean mask [B, 1, T, S] (true = attend); None = plain causal (SDPA's is_causal).
-        let mask = if pad.is_some() || self.cfg.sliding_window.is_some() {
+        // Boolean mask [B, 1, T, S] (true = attend) for a window (None = full causal); None = plain
+        // causal (SDPA's is_causal).
+        let build_mask = |window: Option<i64>| -> Option<Tensor> {
+            if pad.is_none() && window.is_none() {
+                return None;
+            }
             let q_abs = Tensor::arange_start(past, s, (Kind::Int64, dev)).unsqueeze(1); // [T, 1]
             let k_abs = Tensor::arange(s, (Kind::Int64, dev)).unsqueeze(0); // [1, S]
             let causal = k_abs.le_tensor(&q_abs).unsqueeze(0); // [1, T, S]
-            let allowed = match (self.cfg.sliding_window, &pad) {
+            let allowed = match (window, &pad) {
                 // The window counts real positions, not columns: padding may sit between cached
                 // and new tokens (a shared prompt prefix), where the two differ.
                 (Some(w), Some(p)) => {
@@ -898,19 +1175,29 @@ impl CausalLm {
                 None => allowed.expand([b, t, s], false), // [B, T, S]
             };
             Some(allowed.unsqueeze(1)) // [B, 1, T, S]
-        } else {
-            None
         };
+        // One mask per distinct window among the layers (full and sliding at most).
+        let mut masks: Vec<(Option<i64>, Option<Tensor>)> = Vec::new();
+        for l in &self.layers {
+            if !masks.iter().any(|(w, _)| *w == l.self_attn.window) {
+                masks.push((l.self_attn.window, build_mask(l.self_attn.window)));
+            }
+        }
 
-        // RoPE tables in float32, cast to the activation kind.
-        let inv_freq = self.inv_freq.to_device(dev); // [hd/2]
-        let freqs = pos.to_kind(Kind::Float).unsqueeze(-1) * inv_freq.view([1, 1, -1]); // [B, T, hd/2]
-        let emb = Tensor::cat(&[&freqs, &freqs], -1); // [B, T, hd]
+        // RoPE tables in float32, cast to the activation kind; LongRoPE picks its frequencies by
+        // the longest sequence of the batch, as transformers does.
         let kind = self.embed_tokens.kind();
-        let cos = emb.cos().to_kind(kind).unsqueeze(1); // [B, 1, T, hd]
-        let sin = emb.sin().to_kind(kind).unsqueeze(1); // [B, 1, T, hd]
+        let seq_len = if self.rope.long.is_some() { pos.max().int64_value(&[]) + 1 } else { 0 };
+        let global = self.rope.tables(&pos, seq_len, false, kind); // [B, 1, T, rot] each
+        let local =
+            self.layers.iter().any(|l| l.self_attn.local_rope).then(|| self.rope.tables(&pos, seq_len, true, kind));
 
         let mut x = Tensor::embedding(&self.embed_tokens, &ids, -1, false, false); // [B, T, H]
+        if self.cfg.family.traits().embed_scale {
+            // Gemma: × √H rounded to the weights' kind first, as transformers does.
+            let scale = Tensor::from((self.cfg.hidden_size as f64).sqrt()).to_kind(kind).to_device(dev);
+            x = x * scale; // [B, T, H]
+        }
         let mut hidden = opts.hidden_states.then(|| vec![x.shallow_clone()]);
         let mut attns = opts.attentions.then(Vec::new);
         let mut internals = opts.internals.then(Vec::new);
@@ -921,15 +1208,33 @@ impl CausalLm {
         for (i, layer) in self.layers.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
             let input = x.shallow_clone(); // [B, T, H]
-            let h = layer.input_layernorm.forward(&x); // [B, T, H]
-            let (a, probs, heads, qkv) =
-                layer.self_attn.forward(&h, &cos, &sin, mask.as_ref(), slot, opts.attentions, opts.train, opts.qkv); // [B, T, H]
-            if let (Some(all), Some(one)) = (qkvs.as_mut(), qkv) {
-                all.push(one);
+            let at = &layer.self_attn;
+            let mask = masks.iter().find(|(w, _)| *w == at.window).and_then(|(_, m)| m.as_ref());
+            let (cos, sin) = match (&local, at.local_rope) {
+                (Some(l), true) => (&l.0, &l.1),
+                _ => (&global.0, &global.1),
+            };
+            let apply = |n: &Option<RmsNorm>, x: Tensor| match n {
+                Some(n) => n.forward(&x),
+                None => x,
+            };
+            // Pre: norm → attention; Sandwich: norm → attention → norm; Post: attention → norm.
+            let h = apply(&layer.input_layernorm, x.shallow_clone()); // [B, T, H]
+            let (a, probs, heads, qkv) = at.forward(&h, cos, sin, mask, slot, opts.attentions, opts.train, opts.qkv); // [B, T, H]
+            if let Some(all) = qkvs.as_mut() {
+                if let Some(one) = qkv {
+                    all.push(one);
+                }
             }
+            let a = if layer.layout == Layout::Pre { a } else { layer.post_attention_layernorm.forward(&a) };
             x = &x + a; // [B, T, H] (not `+=`: that is in place and would alias hidden_states[i])
-            let h2 = layer.post_attention_layernorm.forward(&x); // [B, T, H]
+            let h2 = match layer.layout {
+                Layout::Pre => layer.post_attention_layernorm.forward(&x),
+                Layout::Sandwich => apply(&layer.pre_feedforward_layernorm, x.shallow_clone()),
+                Layout::Post => x.shallow_clone(),
+            }; // [B, T, H]
             let (m, act) = layer.mlp.forward(&h2, opts.train); // [B, T, H], [B, T, I]
+            let m = apply(&layer.post_feedforward_layernorm, m); // [B, T, H]
             x = &x + m; // [B, T, H]
             if let Some(li) = internals.as_mut() {
                 let nh = layer.self_attn.num_heads;
@@ -951,6 +1256,12 @@ impl CausalLm {
         }
         if let Some(c) = cache {
             c.len = s;
+            if self.rope.long.is_some() {
+                c.ids = Some(match &c.ids {
+                    Some(seen) => Tensor::cat(&[seen, &ids], 1),
+                    None => ids.shallow_clone(),
+                }); // [B, S]
+            }
         }
         let x = self.norm.forward(&x); // [B, T, H]
         if let Some(hs) = hidden.as_mut() {

@@ -5,8 +5,9 @@
 use super::Names;
 use crate::models::lm::family::Traits;
 
-pub const NAMES: Names = Names { hf_class: "TestNormForCausalLM", model_type: "test_norm", gguf_arch: None };
-pub const TRAITS: Traits = Traits { norm_offset: 1.0 };
+pub const NAMES: Names =
+    Names { hf_class: "TestNormForCausalLM", model_type: "test_norm", gguf_arch: None, defaults: "{}" };
+pub const TRAITS: Traits = Traits { norm_offset: 1.0, ..Traits::LLAMA };
 
 #[cfg(test)]
 mod tests {
