@@ -303,3 +303,50 @@ fn model_files_are_checked_without_weights() {
     let e = check_model_files(&g).unwrap_err().to_string();
     assert!(e.contains("architecture `mamba`"), "{e}");
 }
+
+/// Gemma 2's final soft cap inside the chunked loss: value and gradients (into the hidden states
+/// and the output projection) equal the dense loss on `c·tanh(h·Wᵀ/c)` computed by autograd,
+/// for forward KL (the analytic-gradient path) and for JSD (the recorded path), with a
+/// soft-capped online teacher; and the cap changes the loss (it is applied).
+#[test]
+fn soft_capped_logits_go_through_the_chunked_loss() {
+    use distill::losses::chunked::{softcap, ChunkTeacher, ChunkedKd, LogitHead};
+    use distill::losses::divergence::Divergence;
+    tch::manual_seed(5);
+    let (n, h, v, cap) = (37i64, 16i64, 50i64, 3.0);
+    let hid = (Tensor::randn([n, h], (Kind::Float, Device::Cpu)) * 2.0).set_requires_grad(true);
+    let w = (Tensor::randn([v, h], (Kind::Float, Device::Cpu)) * 0.5).set_requires_grad(true);
+    let th = Tensor::randn([n, 24], (Kind::Float, Device::Cpu)) * 2.0;
+    let tw = Tensor::randn([v, 24], (Kind::Float, Device::Cpu)) * 0.5;
+    let y = Tensor::randint(v, [n], (Kind::Int64, Device::Cpu));
+    let (t, alpha) = (2.0, 0.7);
+    for divergence in [Divergence::ForwardKl, Divergence::Jsd { beta: 0.5 }] {
+        let kd = ChunkedKd { divergence, temperature: t, alpha, chunk_rows: 8 };
+        let teacher = ChunkTeacher::DenseHidden { hidden: &th, weight: &tw, softcap: Some(cap) };
+        let head = LogitHead { weight: w.shallow_clone(), softcap: Some(cap) };
+        let parts = kd.forward(&hid, head, Some(teacher), Some(&y));
+        let (gh, gw) = {
+            let g = Tensor::run_backward(&[&parts.total], &[&hid, &w], false, false);
+            (g[0].shallow_clone(), g[1].shallow_clone())
+        };
+        // The dense reference on full logits.
+        let zs = softcap(hid.linear::<Tensor>(&w, None), Some(cap)); // [N, V]
+        let zt = softcap(th.linear::<Tensor>(&tw, None), Some(cap)); // [N, V]
+        let soft = divergence.dense(&zs, &zt, t);
+        let hard = zs.cross_entropy_for_logits(&y);
+        let total = &soft * alpha + &hard * (1.0 - alpha);
+        let g = Tensor::run_backward(&[&total], &[&hid, &w], false, false);
+        let dv = (parts.total.double_value(&[]) - total.double_value(&[])).abs();
+        let (dh, dw) = (max_diff(&gh, &g[0]), max_diff(&gw, &g[1]));
+        eprintln!("{divergence:?}: |Δ| loss {dv:.2e}, ∂h {dh:.2e}, ∂W {dw:.2e}");
+        assert!(dv < 1e-5 && dh < 1e-5 && dw < 1e-5, "{divergence:?}: {dv} {dh} {dw}");
+        // Without the cap the loss is another number: the cap is applied, not ignored.
+        let plain = kd.forward(
+            &hid,
+            &w,
+            Some(ChunkTeacher::DenseHidden { hidden: &th, weight: &tw, softcap: Some(cap) }),
+            Some(&y),
+        );
+        assert!((plain.total.double_value(&[]) - total.double_value(&[])).abs() > 1e-2);
+    }
+}

@@ -34,7 +34,7 @@ fn shape(t: &LmConfig, layers: i64, hidden: i64, heads: i64, kv: i64, inter: i64
         num_heads: heads,
         num_kv_heads: kv,
         intermediate_size: inter,
-        ..t.clone()
+        ..t.pick_layers(&(0..layers).collect::<Vec<_>>())
     }
 }
 

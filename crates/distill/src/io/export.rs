@@ -246,14 +246,14 @@ pub fn export_gguf(
     let path = path.as_ref();
     let cfg = model.config();
     let refuse = |what: &str| Error::Invalid(format!("{}: GGUF export does not support {what}", path.display()));
+    if let Some(what) = gguf_unexpressible(cfg) {
+        return Err(refuse(&what));
+    }
     let family = cfg.export_family();
     let architecture = family
         .gguf_arch()
         .filter(|a| distill_gguf::EXPORT_ARCHITECTURES.contains(a))
         .ok_or_else(|| refuse(&format!("the {} family", family.hf_class())))?;
-    if let Some(what) = gguf_unexpressible(cfg) {
-        return Err(refuse(&what));
-    }
     let untie = family.gguf_quirks().untied_head && cfg.tie_word_embeddings;
     let rope_factors = match &cfg.rope_scaling {
         RopeScaling::LongRope { short_factor, long_factor, .. } => {

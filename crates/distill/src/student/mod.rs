@@ -286,6 +286,8 @@ pub fn student_config(t: &LmConfig, s: &LmStudent) -> Result<LmConfig> {
             vec![crate::models::lm::config::LayerAttention::Full; s.layers]
         },
         rotary_dim,
+        // Gemma's query scale follows the head size (it is head_dim, or hidden/heads in the 27B).
+        query_pre_attn_scalar: t.query_pre_attn_scalar.map(|q| q * head_dim as f64 / t.head_dim as f64),
         attention_dropout: 0.0,
         ..t.clone()
     };

@@ -6,9 +6,9 @@ use std::path::Path;
 
 use serde_json::{json, Map, Value};
 
-use super::family::QkNorm;
 use super::hf::HfLmConfig;
 use super::Family;
+use super::QkNorm;
 use crate::Result;
 
 /// How rotary frequencies are derived from `rope_theta`.

@@ -20,9 +20,8 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use super::config::{Activation, LayerAttention};
 use super::families::{Pattern, Quirks};
-use super::{Family, LmConfig, RopeScaling};
+use super::{Activation, Family, LayerAttention, LmConfig, RopeScaling};
 use crate::{Error, Result};
 
 /// An integer or a list of integers (`eos_token_id` may be either).

@@ -33,10 +33,8 @@ pub mod hf;
 pub mod lora;
 pub mod packed;
 
-use config::Activation;
-pub use config::{LmConfig, RopeScaling};
-pub use family::Family;
-use family::{Layout, QkNorm};
+pub use config::{Activation, LayerAttention, LmConfig, RopeScaling};
+pub use family::{Family, Layout, QkNorm};
 pub use hf::HfLmConfig;
 use lora::Adapter;
 pub use lora::LoraCfg;
