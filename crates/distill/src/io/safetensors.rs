@@ -30,6 +30,12 @@ use tch::{nn::VarStore, Kind, Tensor};
 
 use crate::{Error, Result};
 
+/// The parts of a fused tensor: `(variable name, first row, rows)`.
+pub type SplitParts = Vec<(String, i64, i64)>;
+
+/// A checkpoint's tensors by name: file index, view, and the rows of a fused tensor's part.
+type Found<'a> = BTreeMap<String, (usize, TensorView<'a>, Option<(i64, i64)>)>;
+
 /// Which checkpoint tensors without a variable are tolerated; see the module docs.
 #[derive(Debug, Clone, Default)]
 pub struct LoadOptions {
@@ -53,7 +59,7 @@ impl LoadOptions {
 
     /// The parts a fused tensor `name` splits into: `(part name, first row, rows)`; `None` when
     /// `name` is not fused. An error when its rows are not the parts' sum.
-    pub fn split_of(&self, name: &str, rows: i64) -> Option<std::result::Result<Vec<(String, i64, i64)>, String>> {
+    pub fn split_of(&self, name: &str, rows: i64) -> Option<std::result::Result<SplitParts, String>> {
         let (fused, parts) = self.split.iter().find(|(f, _)| name.ends_with(f.as_str()))?;
         let stem = &name[..name.len() - fused.len()];
         let total: i64 = parts.iter().map(|(_, r)| r).sum();
@@ -210,11 +216,11 @@ pub fn load_safetensors(vs: &mut VarStore, path: impl AsRef<Path>, opts: &LoadOp
         .collect::<Result<_>>()?;
 
     // name → (file index, view, rows of a fused tensor); a fused tensor is listed as its parts.
-    let mut found: BTreeMap<String, (usize, TensorView<'_>, Option<(i64, i64)>)> = BTreeMap::new();
+    let mut found: Found<'_> = BTreeMap::new();
     for (i, st) in parsed.iter().enumerate() {
         for (name, view) in st.iter() {
             let rows = view.shape().first().map_or(0, |&r| r as i64);
-            let entries = match opts.split_of(&name, rows) {
+            let entries = match opts.split_of(name, rows) {
                 Some(parts) => parts
                     .map_err(|m| Error::format(&files[i], m))?
                     .into_iter()

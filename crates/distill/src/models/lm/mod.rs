@@ -1146,39 +1146,11 @@ impl CausalLm {
             None => Tensor::arange_start(past, s, (Kind::Int64, dev)).unsqueeze(0).expand([b, t], false), // [B, T]
         };
 
-        // Boolean mask [B, 1, T, S] (true = attend) for a window (None = full causal); None = plain
-        // causal (SDPA's is_causal).
-        let build_mask = |window: Option<i64>| -> Option<Tensor> {
-            if pad.is_none() && window.is_none() {
-                return None;
-            }
-            let q_abs = Tensor::arange_start(past, s, (Kind::Int64, dev)).unsqueeze(1); // [T, 1]
-            let k_abs = Tensor::arange(s, (Kind::Int64, dev)).unsqueeze(0); // [1, S]
-            let causal = k_abs.le_tensor(&q_abs).unsqueeze(0); // [1, T, S]
-            let allowed = match (window, &pad) {
-                // The window counts real positions, not columns: padding may sit between cached
-                // and new tokens (a shared prompt prefix), where the two differ.
-                (Some(w), Some(p)) => {
-                    let k_pos = p.cumsum(1, Kind::Int64) - 1; // [B, S]
-                    let q_pos = k_pos.narrow(1, past, t); // [B, T]
-                    let in_window = k_pos.unsqueeze(1).gt_tensor(&(q_pos.unsqueeze(2) - w)); // [B, T, S]
-                    causal.logical_and(&in_window)
-                }
-                (Some(w), None) => causal.logical_and(&k_abs.gt_tensor(&(&q_abs - w)).unsqueeze(0)), // [1, T, S]
-                (None, _) => causal,
-            };
-            let allowed = match &pad {
-                // A padded query may see only itself so that its softmax row stays finite.
-                Some(p) => allowed.logical_and(&p.unsqueeze(1)).logical_or(&k_abs.eq_tensor(&q_abs).unsqueeze(0)), // [B, T, S]
-                None => allowed.expand([b, t, s], false), // [B, T, S]
-            };
-            Some(allowed.unsqueeze(1)) // [B, 1, T, S]
-        };
         // One mask per distinct window among the layers (full and sliding at most).
         let mut masks: Vec<(Option<i64>, Option<Tensor>)> = Vec::new();
         for l in &self.layers {
             if !masks.iter().any(|(w, _)| *w == l.self_attn.window) {
-                masks.push((l.self_attn.window, build_mask(l.self_attn.window)));
+                masks.push((l.self_attn.window, window_mask(pad.as_ref(), l.self_attn.window, (b, past, t), dev)));
             }
         }
 
@@ -1190,12 +1162,14 @@ impl CausalLm {
         let local =
             self.layers.iter().any(|l| l.self_attn.local_rope).then(|| self.rope.tables(&pos, seq_len, true, kind));
 
-        let mut x = Tensor::embedding(&self.embed_tokens, &ids, -1, false, false); // [B, T, H]
-        if self.cfg.family.traits().embed_scale {
+        let embedded = Tensor::embedding(&self.embed_tokens, &ids, -1, false, false); // [B, T, H]
+        let mut x = if self.cfg.family.traits().embed_scale {
             // Gemma: × √H rounded to the weights' kind first, as transformers does.
-            let scale = Tensor::from((self.cfg.hidden_size as f64).sqrt()).to_kind(kind).to_device(dev);
-            x = x * scale; // [B, T, H]
-        }
+            embedded * Tensor::from((self.cfg.hidden_size as f64).sqrt()).to_kind(kind).to_device(dev)
+        // [B, T, H]
+        } else {
+            embedded
+        };
         let mut hidden = opts.hidden_states.then(|| vec![x.shallow_clone()]);
         let mut attns = opts.attentions.then(Vec::new);
         let mut internals = opts.internals.then(Vec::new);
@@ -1269,6 +1243,42 @@ impl CausalLm {
         }
         Ok(Trunk { x, hidden, attns, internals, qkv: qkvs })
     }
+}
+
+/// The boolean attention mask `[B, 1, T, S]` (true = attend) of `T` new positions after `past`
+/// cached ones, for a `window` (None = full causal) and the padding `pad` `[B, S]` (true = real);
+/// `None` = plain causal (SDPA's `is_causal`).
+fn window_mask(
+    pad: Option<&Tensor>,
+    window: Option<i64>,
+    (b, past, t): (i64, i64, i64),
+    dev: Device,
+) -> Option<Tensor> {
+    if pad.is_none() && window.is_none() {
+        return None;
+    }
+    let s = past + t;
+    let q_abs = Tensor::arange_start(past, s, (Kind::Int64, dev)).unsqueeze(1); // [T, 1]
+    let k_abs = Tensor::arange(s, (Kind::Int64, dev)).unsqueeze(0); // [1, S]
+    let causal = k_abs.le_tensor(&q_abs).unsqueeze(0); // [1, T, S]
+    let allowed = match (window, pad) {
+        // The window counts real positions, not columns: padding may sit between cached and new
+        // tokens (a shared prompt prefix), where the two differ.
+        (Some(w), Some(p)) => {
+            let k_pos = p.cumsum(1, Kind::Int64) - 1; // [B, S]
+            let q_pos = k_pos.narrow(1, past, t); // [B, T]
+            let in_window = k_pos.unsqueeze(1).gt_tensor(&(q_pos.unsqueeze(2) - w)); // [B, T, S]
+            causal.logical_and(&in_window)
+        }
+        (Some(w), None) => causal.logical_and(&k_abs.gt_tensor(&(&q_abs - w)).unsqueeze(0)), // [1, T, S]
+        (None, _) => causal,
+    };
+    let allowed = match pad {
+        // A padded query may see only itself so that its softmax row stays finite.
+        Some(p) => allowed.logical_and(&p.unsqueeze(1)).logical_or(&k_abs.eq_tensor(&q_abs).unsqueeze(0)), // [B, T, S]
+        None => allowed.expand([b, t, s], false),                                                          // [B, T, S]
+    };
+    Some(allowed.unsqueeze(1)) // [B, 1, T, S]
 }
 
 /// What [`CausalLm::trunk`] computes: the normed state `[B, T, H]` and what `opts` asked for.
