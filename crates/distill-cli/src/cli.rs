@@ -161,6 +161,9 @@ pub struct RunArgs {
     /// of every batch; the same as `torchrun --nproc-per-node N --no-python distill run …`.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub nproc: Option<u32>,
+    /// Intra-op threads (default: the recipe's `threads`, else every core).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub threads: Option<u32>,
 }
 
 #[derive(Args)]

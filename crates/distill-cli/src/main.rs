@@ -14,6 +14,7 @@ mod common;
 mod dist_cmd;
 mod encoder_cmd;
 mod fetch_cmd;
+mod interrupt;
 mod lm_cmd;
 mod run_cmd;
 mod selfdistill_cmd;

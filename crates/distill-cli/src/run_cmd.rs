@@ -17,12 +17,17 @@ use crate::dist_cmd;
 /// `--nproc` starts the ranks that do.
 pub fn run(a: RunArgs) -> Result<ExitCode> {
     if let Some(n) = a.nproc {
+        // A terminal's Ctrl-C reaches every rank, which stop together and checkpoint; this
+        // launcher waits for them.
+        crate::interrupt::ignore_sigint();
         return launch(&a, n as usize);
     }
     let r = load_recipe(&a.recipe, &a.set)?;
     let text = r.to_toml()?;
     let world = WorldEnv::from_env()?;
-    set_threads(r.threads().or_else(|| world.as_ref().and_then(|_| dist_cmd::threads_per_rank())));
+    let threads = a.threads.map(|t| t as usize);
+    set_threads(threads.or(r.threads()).or_else(|| world.as_ref().and_then(|_| dist_cmd::threads_per_rank())));
+    crate::interrupt::install();
     let check = || -> Result<()> {
         check_run_dir(&a.out, a.resume, &text)?;
         fetch_missing(r.paths())
@@ -34,7 +39,15 @@ pub fn run(a: RunArgs) -> Result<ExitCode> {
             dist_cmd::single(&a.out)
         }
     };
-    let (summary, table, students) = run_recipe(r, &text, &place.dir, place.main)?;
+    let (summary, table, students) = match run_recipe(r, &text, &place.dir, place.main) {
+        Err(e) if matches!(e.downcast_ref::<distill::Error>(), Some(distill::Error::Interrupted { .. })) => {
+            if place.main {
+                eprintln!("{e}; continue with: {}", resume_command(&a));
+            }
+            return Ok(ExitCode::from(130));
+        }
+        other => other?,
+    };
     if place.main && a.json {
         println!("{summary}");
     } else if place.main {
@@ -43,8 +56,23 @@ pub fn run(a: RunArgs) -> Result<ExitCode> {
         for (path, what) in students.into_iter().filter(|(p, _)| a.out.join(p).exists()) {
             println!("student: {} ({what})", a.out.join(path).display());
         }
+        if a.out.join("report.html").exists() {
+            println!("report: {}", a.out.join("report.html").display());
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The command that continues an interrupted run: this one with `--resume`.
+fn resume_command(a: &RunArgs) -> String {
+    let mut cmd = format!("distill run {} --out {}", a.recipe.display(), a.out.display());
+    for s in &a.set {
+        cmd += &format!(" --set '{s}'");
+    }
+    if let Some(t) = a.threads {
+        cmd += &format!(" --threads {t}");
+    }
+    cmd + " --resume"
 }
 
 /// `--nproc N`: the recipe is checked once here (a bad one is one error line, not one per rank),
@@ -127,9 +155,16 @@ fn check_run_dir(out: &Path, resume: bool, text: &str) -> Result<()> {
     Ok(())
 }
 
-/// `distill check`: the recipe parses and validates; which assets a run would fetch.
+/// `distill check`: the recipe parses and validates, its device exists, and — for an LM recipe
+/// whose assets are here — its models and data are read as `run` would read them (no weights);
+/// which assets a run would fetch.
 pub fn check(recipe: &Path, set: &[String]) -> Result<()> {
     let r = load_recipe(recipe, set)?;
+    if let Some(d) = r.cuda_device() {
+        if !tch::Cuda::is_available() {
+            bail!("device `{d}`: libtorch sees no CUDA GPU here (build and driver: `python -c \"import torch; print(torch.cuda.is_available())\"`); use device = \"cpu\"");
+        }
+    }
     let missing = fetch::missing_assets(r.paths())?;
     if let (Recipe::Lm(lm), true) = (&r, missing.is_empty()) {
         distill::experiments::lm::check_models(lm)?;

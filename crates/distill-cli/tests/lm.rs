@@ -293,14 +293,22 @@ fn lm_bad_inputs_fail_with_one_clear_line() {
     // A config that claims a model far larger than its weight file: refused before anything
     // is allocated for it (it would ask for 10^15 floats).
     let cfg = std::fs::read_to_string(t.join("config.json")).unwrap();
-    assert!(cfg.contains("\"num_hidden_layers\": 2,"));
+    assert!(cfg.contains("\"intermediate_size\": 64,"));
+    std::fs::write(
+        broken.join("config.json"),
+        cfg.replace("\"intermediate_size\": 64,", "\"intermediate_size\": 100000000000,"),
+    )
+    .unwrap();
+    let o = distill(&["generate", "--model", broken.to_str().unwrap(), "--prompt", "w1"]);
+    assert_error(&o, &["config.json: describes a model of", "parameters, but its weight files hold at most"]);
+    // A layer count no model has: refused by name before any per-layer setting is built.
     std::fs::write(
         broken.join("config.json"),
         cfg.replace("\"num_hidden_layers\": 2,", "\"num_hidden_layers\": 100000000000,"),
     )
     .unwrap();
     let o = distill(&["generate", "--model", broken.to_str().unwrap(), "--prompt", "w1"]);
-    assert_error(&o, &["config.json: describes a model of", "parameters, but its weight files hold at most"]);
+    assert_error(&o, &["config.json", "`num_hidden_layers` 100000000000"]);
 
     let other = d.join("other");
     std::fs::create_dir_all(&other).unwrap();

@@ -207,6 +207,12 @@ pub fn write_llama_gguf(
         let key = format!("{arch}.rope.scaling.original_context_length");
         w.add_metadata(&key, u32_of(&key, ctx)?)?;
     }
+    if let Some(t) = &m.rope_scaling_type {
+        w.add_metadata(&format!("{arch}.rope.scaling.type"), t.as_str())?;
+    }
+    if let Some(f) = m.rope_scaling_factor {
+        w.add_metadata(&format!("{arch}.rope.scaling.factor"), f)?;
+    }
     if let Some(b) = m.rope_freq_base_swa {
         w.add_metadata(&format!("{arch}.rope.freq_base_swa"), b)?;
     }

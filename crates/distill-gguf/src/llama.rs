@@ -55,6 +55,11 @@ pub struct LlamaGgufParams {
     pub rope_attn_factor: Option<f32>,
     /// `{arch}.rope.freq_base_swa`: the sliding layers' RoPE base (Gemma 3).
     pub rope_freq_base_swa: Option<f32>,
+    /// `{arch}.rope.scaling.type` (llama.cpp's default: `linear`).
+    pub rope_scaling_type: Option<String>,
+    /// `{arch}.rope.scaling.factor` (or the older `{arch}.rope.scale_linear`): positions are
+    /// divided by it (linear scaling; Gemma 3's global layers).
+    pub rope_scaling_factor: Option<f32>,
 }
 
 impl LlamaGgufParams {
@@ -125,6 +130,11 @@ impl LlamaGgufParams {
             rope_orig_ctx: opt_usize("rope.scaling.original_context_length")?,
             rope_attn_factor: opt_f32("rope.scaling.attn_factor")?,
             rope_freq_base_swa: opt_f32("rope.freq_base_swa")?,
+            rope_scaling_type: match file.get(&format!("{arch}.rope.scaling.type")) {
+                Some(_) => Some(file.get_str(&format!("{arch}.rope.scaling.type"))?.to_owned()),
+                None => None,
+            },
+            rope_scaling_factor: opt_f32("rope.scaling.factor")?.or(opt_f32("rope.scale_linear")?),
             tied_embeddings: file.tensor_info("output.weight").is_none(),
             architecture: arch,
             block_count,

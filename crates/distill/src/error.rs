@@ -22,6 +22,9 @@ pub enum Error {
     /// Input that is well-formed but unusable (empty data, vocabulary mismatch…).
     #[error("{0}")]
     Invalid(String),
+    /// Ctrl-C or SIGTERM stopped training after a step; a checkpoint at that step is written.
+    #[error("interrupted at step {step} of {total} (phase {phase}); its checkpoint is written")]
+    Interrupted { phase: String, step: u64, total: u64 },
     /// Training diverged.
     #[error("loss is {value} at step {step} (phase {phase}); lower the learning rate or enable clipping")]
     NonFinite { phase: String, step: u64, value: f64 },

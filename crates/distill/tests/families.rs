@@ -18,6 +18,7 @@
 //! | `gemma2`      | (1 + w) norms, 4 norms per block, √H embedding, GeGLU, soft caps 5 / 3, window 4 on even layers |
 //! | `gemma2_qpas` | `query_pre_attn_scalar` 24 ≠ head_dim 16 (no GGUF: llama.cpp cannot say it)  |
 //! | `gemma3`      | 5 sliding : 1 full layers, local RoPE base 10k vs 1M, q/k norms, no caps     |
+//! | `gemma3_linear` | linear RoPE scaling (factor 8) on the full layers only (Gemma 3 4B+)     |
 //! | `olmo2`       | post-norm blocks, full-width q/k norms, sharded checkpoint                   |
 //! | `phi3`        | fused qkv / gate_up, LongRoPE (short/long factors), partial rotary ¾, tied   |
 
@@ -36,12 +37,13 @@ use distill::student::prune;
 use tch::{nn, Device, Kind, Tensor};
 
 /// Every fixture, and whether it has a GGUF made by llama.cpp's converter.
-const FIXTURES: [(&str, bool); 7] = [
+const FIXTURES: [(&str, bool); 8] = [
     ("qwen3", true),
     ("qwen3_tied", true),
     ("gemma2", true),
     ("gemma2_qpas", false),
     ("gemma3", true),
+    ("gemma3_linear", true),
     ("olmo2", true),
     ("phi3", true),
 ];

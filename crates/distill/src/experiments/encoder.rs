@@ -355,8 +355,10 @@ fn distill_student(run: &EncoderRun<'_>, ph: &Phase, dir: &Path, export: &Path) 
         cfg: r.train.clone(),
         dir: dir.to_path_buf(),
         checkpoint_every: r.checkpoint.every_steps,
-        log_every: 10,
+        log_every: r.log.every_steps.unwrap_or(10),
         progress: run.opts.progress,
+        progress_seconds: r.log.progress_seconds,
+        tokens_per_example: None,
     };
     let rep = fit(&s.vs, &mut task, &topts)?;
     drop(task);

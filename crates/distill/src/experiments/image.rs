@@ -363,8 +363,10 @@ fn train_phase(
         cfg: stage.train.clone(),
         dir: ph.dir(run.out),
         checkpoint_every: run.recipe.checkpoint.every_steps,
-        log_every: 20,
+        log_every: run.recipe.log.every_steps.unwrap_or(20),
         progress: run.opts.progress,
+        progress_seconds: run.recipe.log.progress_seconds,
+        tokens_per_example: None,
     };
     let report = fit(&vs, &mut task, &topts)?;
     drop(task);

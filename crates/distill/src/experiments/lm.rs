@@ -308,8 +308,10 @@ fn student_phase(
             cfg: ph.train.clone().unwrap_or_else(|| r.train.clone()),
             dir: phase_dir.clone(),
             checkpoint_every: r.checkpoint.every_steps,
-            log_every: 10,
+            log_every: r.log.every_steps.unwrap_or(10),
             progress: opts.progress,
+            progress_seconds: r.log.progress_seconds,
+            tokens_per_example: Some(r.data.pack.seq_len),
         };
         fit(&vs, &mut task, &topts)?
     } else {
@@ -419,12 +421,18 @@ fn check_student_tokenizer(rr: &ResolvedLm, teacher: &tokenizers::Tokenizer) -> 
     )
 }
 
-/// What `distill check` can check of an LM recipe's models without loading weights (when their
-/// files are here): each model's config, family, tokenizer and tensor names
-/// ([`crate::io::lm::check_model_files`]), the student's shape derived from the teacher, and
-/// `student.from`'s tokenizer against the teacher's.
+/// What `distill check` can check of an LM recipe's models and data without loading weights
+/// (when their files are here): `student.from`'s tokenizer against the teacher's, each model's
+/// config, family, tokenizer and tensor names ([`crate::io::lm::check_model_files`]), the
+/// student's shape derived from the teacher, and every data source read (its records' fields).
 pub fn check_models(r: &LmRecipe) -> Result<()> {
     let rr = r.resolve()?;
+    // The tokenizers first: a student.from of another vocabulary is refused before its weights
+    // files are even opened, as at run time.
+    if rr.student_from.is_some() && rr.teacher_path.exists() {
+        let teacher = crate::io::lm::load_tokenizer(&rr.teacher_path)?;
+        check_student_tokenizer(&rr, &teacher)?;
+    }
     let mut t_cfg = None;
     for p in std::iter::once(&rr.teacher_path).chain(&rr.extra_teachers).chain(&rr.student_from) {
         if p.exists() {
@@ -438,10 +446,8 @@ pub fn check_models(r: &LmRecipe) -> Result<()> {
             prune::check_slice(&t_cfg, &s_cfg)?;
         }
     }
-    if rr.student_from.is_some() && rr.teacher_path.exists() {
-        let teacher = crate::io::lm::load_tokenizer(&rr.teacher_path)?;
-        check_student_tokenizer(&rr, &teacher)?;
-    }
+    // The data: every source opened and its records' fields found (no tokenizing).
+    distill_text::prepare_text(&rr.data)?;
     Ok(())
 }
 

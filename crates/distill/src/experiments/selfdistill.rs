@@ -326,6 +326,8 @@ fn train_round(
             checkpoint_every: 10,
             log_every: 5,
             progress: false,
+            progress_seconds: 10.0,
+            tokens_per_example: None,
         };
         let mut task = SftTask { model: &learner.model, examples: &examples };
         let rep = fit(&learner.vs, &mut task, &topts)?;

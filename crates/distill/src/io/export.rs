@@ -221,7 +221,7 @@ pub fn gguf_unexpressible(cfg: &LmConfig) -> Option<String> {
         return Some(format!("the {} activation in a `{}` file", cfg.hidden_act.hf_name(), family.model_type()));
     }
     match &cfg.rope_scaling {
-        RopeScaling::Default => None,
+        RopeScaling::Default | RopeScaling::Linear { .. } => None,
         RopeScaling::LongRope { .. } if family == crate::models::lm::Family::Phi3 => None,
         other => Some(format!("rope scaling {other:?}")),
     }
@@ -255,6 +255,10 @@ pub fn export_gguf(
         .filter(|a| distill_gguf::EXPORT_ARCHITECTURES.contains(a))
         .ok_or_else(|| refuse(&format!("the {} family", family.hf_class())))?;
     let untie = family.gguf_quirks().untied_head && cfg.tie_word_embeddings;
+    let linear = match cfg.rope_scaling {
+        RopeScaling::Linear { factor } => Some(factor as f32),
+        _ => None,
+    };
     let rope_factors = match &cfg.rope_scaling {
         RopeScaling::LongRope { short_factor, long_factor, .. } => {
             let f32s = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
@@ -292,6 +296,8 @@ pub fn export_gguf(
             rope_orig_ctx,
             rope_attn_factor,
             rope_freq_base_swa: cfg.rope_local_theta.map(|t| t as f32),
+            rope_scaling_type: linear.map(|_| "linear".to_string()),
+            rope_scaling_factor: linear,
         },
         name: name.into(),
         bos_token_id: id(cfg.bos_token_id),

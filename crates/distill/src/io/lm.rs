@@ -91,6 +91,12 @@ pub fn config_from_gguf(file: &distill_gguf::GgufFile, p: &distill_gguf::LlamaGg
         )
     })?;
     let quirks = family.gguf_quirks();
+    if p.block_count as i64 > crate::models::lm::hf::MAX_LAYERS {
+        return Err(Error::format(
+            file.path(),
+            format!("`block_count` {} is outside 1..={}", p.block_count, crate::models::lm::hf::MAX_LAYERS),
+        ));
+    }
     let id = |k: &str| file.get_u32(k).ok().map(|v| v as i64);
     let sliding_window = p.sliding_window.map(|w| w as i64).or(quirks.sliding_window);
     let pattern = match p.sliding_window_pattern {
@@ -115,7 +121,17 @@ pub fn config_from_gguf(file: &distill_gguf::GgufFile, p: &distill_gguf::LlamaGg
             original_max_position_embeddings: p.rope_orig_ctx.unwrap_or(p.context_length) as i64,
             attention_factor: p.rope_attn_factor.map_or(1.0, f64::from),
         },
-        _ => RopeScaling::Default,
+        // llama.cpp's default type is linear; a factor of 0 or 1 is no scaling.
+        _ => match (p.rope_scaling_type.as_deref().unwrap_or("linear"), p.rope_scaling_factor) {
+            ("linear", Some(f)) if f > 0.0 && f != 1.0 => RopeScaling::Linear { factor: f64::from(f) },
+            ("linear" | "none" | "longrope", _) => RopeScaling::Default,
+            (other, _) => {
+                return Err(Error::format(
+                    file.path(),
+                    format!("rope scaling type `{other}` is not supported (linear, and Phi-3's longrope)"),
+                ))
+            }
+        },
     };
     let cfg = LmConfig {
         family,

@@ -36,6 +36,9 @@ pub struct EncoderRecipe {
     pub eval: EncoderEvalCfg,
     #[serde(default)]
     pub checkpoint: CheckpointCfg,
+    /// `metrics.jsonl` cadence and progress lines off a terminal.
+    #[serde(default)]
+    pub log: crate::train::LogCfg,
 }
 
 /// `[teacher]`: a BERT directory (sentence-transformers layout or a plain BertModel).
@@ -211,6 +214,7 @@ impl EncoderRecipe {
         if self.checkpoint.every_steps == 0 {
             return bad("checkpoint.every_steps must be ≥ 1".into());
         }
+        self.log.validate().map_err(Error::Recipe)?;
         crate::io::fetch::check_path(&self.teacher.path, "teacher.path")?;
         crate::io::fetch::check_path(&self.data.labelled, "data.labelled")?;
         Ok(())

@@ -37,6 +37,9 @@ pub struct ImageRecipe {
     pub teachers: Vec<Stage>,
     #[serde(default)]
     pub checkpoint: CheckpointCfg,
+    /// `metrics.jsonl` cadence and progress lines off a terminal.
+    #[serde(default)]
+    pub log: crate::train::LogCfg,
 }
 
 fn default_seeds() -> Vec<u64> {
@@ -101,6 +104,7 @@ impl ImageRecipe {
         if self.checkpoint.every_steps == 0 {
             return Err(Error::Recipe("checkpoint.every_steps must be > 0".into()));
         }
+        self.log.validate().map_err(Error::Recipe)?;
         Ok(())
     }
 }

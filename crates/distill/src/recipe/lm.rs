@@ -45,6 +45,9 @@ pub struct LmRecipe {
     pub eval: LmEval,
     #[serde(default)]
     pub checkpoint: CheckpointCfg,
+    /// `metrics.jsonl` cadence and progress lines off a terminal.
+    #[serde(default)]
+    pub log: crate::train::LogCfg,
     /// Post-training quantization and quantization-aware distillation of the KD student.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quantize: Option<QuantCfg>,
@@ -215,6 +218,7 @@ impl LmRecipe {
         if self.checkpoint.every_steps == 0 {
             return Err(Error::Recipe("checkpoint.every_steps must be > 0".into()));
         }
+        self.log.validate().map_err(Error::Recipe)?;
         if let Some(q) = &self.quantize {
             q.validate()?;
             if self.distill.alpha == 0.0 {

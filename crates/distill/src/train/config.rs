@@ -165,6 +165,37 @@ impl Default for CheckpointCfg {
     }
 }
 
+/// Logging: `metrics.jsonl` and progress.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogCfg {
+    /// Write a `metrics.jsonl` line every N optimizer steps (and at the end); default: the
+    /// recipe kind's (10 for LMs and encoders, 20 for images).
+    pub every_steps: Option<u64>,
+    /// Off a terminal (a log file, a CI job), print a progress line — step, loss, tokens/s or
+    /// samples/s, ETA — every this many seconds (default 10); on a terminal the bar shows it.
+    pub progress_seconds: f64,
+}
+
+impl Default for LogCfg {
+    fn default() -> Self {
+        LogCfg { every_steps: None, progress_seconds: 10.0 }
+    }
+}
+
+impl LogCfg {
+    /// Checks the values; the error names the key.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.every_steps == Some(0) {
+            return Err("log.every_steps must be ≥ 1".into());
+        }
+        if !(self.progress_seconds > 0.0 && self.progress_seconds.is_finite()) {
+            return Err(format!("log.progress_seconds must be positive, got {}", self.progress_seconds));
+        }
+        Ok(())
+    }
+}
+
 /// Optimizer family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

@@ -10,9 +10,10 @@
 pub mod checkpoint;
 pub mod config;
 pub mod dist;
+pub mod interrupt;
 pub mod optim;
 
-pub use config::{CheckpointCfg, TrainCfg};
+pub use config::{CheckpointCfg, LogCfg, TrainCfg};
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -68,8 +69,13 @@ pub struct TrainOptions {
     pub checkpoint_every: u64,
     /// Write a metrics line every N steps.
     pub log_every: u64,
-    /// Draw a progress bar on stderr (only when it is a terminal).
+    /// Show progress on stderr: a bar on a terminal; otherwise a line every
+    /// `progress_seconds` (step, loss, throughput, ETA).
     pub progress: bool,
+    /// Seconds between progress lines off a terminal.
+    pub progress_seconds: f64,
+    /// Tokens in one example (an LM row's length), for tokens/s in progress lines.
+    pub tokens_per_example: Option<usize>,
 }
 
 /// What a finished phase reports.
@@ -153,6 +159,9 @@ pub fn fit(vs: &nn::VarStore, task: &mut dyn TrainTask, opts: &TrainOptions) -> 
         start = load_checkpoint(&ckpt, &params, &mut opt)?;
         resumed_from = Some(start);
         truncate_metrics(&metrics_path, start)?;
+        if opts.progress && start < total {
+            eprintln!("{}: resumed from step {start} of {total}", opts.phase);
+        }
     } else {
         let _ = std::fs::remove_file(&metrics_path);
     }
@@ -186,6 +195,10 @@ pub fn fit(vs: &nn::VarStore, task: &mut dyn TrainTask, opts: &TrainOptions) -> 
     let comm0 = pg.map_or(0.0, |g| g.comm_seconds());
     let mut order: Option<(u64, Vec<usize>)> = None;
     let mut last_loss = f64::NAN;
+    // Off a terminal the bar draws nothing: a line every `progress_seconds` instead.
+    let lines = opts.progress && !std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut last_line = Instant::now();
+    let _training = interrupt::Training::start();
     for step in start..total {
         let epoch = step / per_epoch;
         let within = (step % per_epoch) as usize;
@@ -223,6 +236,15 @@ pub fn fit(vs: &nn::VarStore, task: &mut dyn TrainTask, opts: &TrainOptions) -> 
             writeln!(metrics, "{line}").map_err(|e| Error::io(&metrics_path, e))?;
             bar.set_message(format!("loss {loss:.4} | {sps:.0} samples/s"));
         }
+        if lines && (last_line.elapsed().as_secs_f64() >= opts.progress_seconds || done == total) {
+            last_line = Instant::now();
+            eprintln!("{}", progress_line(opts, (start, done, total), loss, bs, t0.elapsed().as_secs_f64()));
+        }
+        if done < total && stop_here(pg)? {
+            save_checkpoint(&ckpt, &params, &opt, done, &opts.phase)?;
+            bar.finish_and_clear();
+            return Err(Error::Interrupted { phase: opts.phase.clone(), step: done, total });
+        }
         if done % opts.checkpoint_every == 0 && done < total {
             save_checkpoint(&ckpt, &params, &opt, done, &opts.phase)?;
         }
@@ -240,6 +262,43 @@ pub fn fit(vs: &nn::VarStore, task: &mut dyn TrainTask, opts: &TrainOptions) -> 
         trainable_params: Some(trainable_params),
         peak_rss_mb: if measured_rss { peak_rss_mb() } else { None },
     })
+}
+
+/// Whether to stop after this step: a Ctrl-C / SIGTERM here, or on any rank of a data-parallel
+/// job (the flag is summed over the group, so every rank stops at the same step).
+fn stop_here(pg: Option<&dist::ProcessGroup>) -> Result<bool> {
+    let here = interrupt::requested();
+    match pg {
+        None => Ok(here),
+        Some(g) => {
+            let flag = Tensor::from_slice(&[if here { 1f32 } else { 0.0 }]);
+            g.all_reduce_sum(&[&flag], "the stop flag")?;
+            Ok(flag.double_value(&[0]) > 0.0)
+        }
+    }
+}
+
+/// One progress line: `phase: step 40/200 (20%) | loss 2.3170 | 1,234 tokens/s | ETA 2m10s`.
+fn progress_line(
+    opts: &TrainOptions,
+    (start, done, total): (u64, u64, u64),
+    loss: f64,
+    bs: usize,
+    secs: f64,
+) -> String {
+    let per_step = secs / (done - start).max(1) as f64;
+    let rate = match opts.tokens_per_example {
+        Some(t) => format!("{:.0} tokens/s", (bs * t) as f64 / per_step.max(1e-9)),
+        None => format!("{:.0} samples/s", bs as f64 / per_step.max(1e-9)),
+    };
+    let eta = (per_step * (total - done) as f64).round() as u64;
+    format!(
+        "{}: step {done}/{total} ({:.0}%) | loss {loss:.4} | {rate} | ETA {}m{:02}s",
+        opts.phase,
+        100.0 * done as f64 / total.max(1) as f64,
+        eta / 60,
+        eta % 60
+    )
 }
 
 /// One optimizer step on `batch`: loss, backward, global-norm clipping, update with `lr`.

@@ -24,6 +24,10 @@ use super::families::{Pattern, Quirks};
 use super::{Activation, Family, LayerAttention, LmConfig, RopeScaling};
 use crate::{Error, Result};
 
+/// More layers than any causal LM has (the largest have a few hundred): a config beyond it is
+/// refused before per-layer settings are built for it.
+pub const MAX_LAYERS: i64 = 1 << 16;
+
 /// An integer or a list of integers (`eos_token_id` may be either).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(untagged)]
@@ -231,6 +235,9 @@ impl HfLmConfig {
 
     fn resolve(self) -> std::result::Result<LmConfig, String> {
         let family = self.family()?;
+        if !(1..=MAX_LAYERS).contains(&self.num_hidden_layers) {
+            return Err(format!("`num_hidden_layers` {} is outside 1..={MAX_LAYERS}", self.num_hidden_layers));
+        }
         let quirks = family.quirks(&self)?;
         let hidden_act = match self.hidden_activation.as_ref().or(self.hidden_act.as_ref()) {
             Some(name) => Activation::from_hf(name)
