@@ -15,21 +15,28 @@ use crate::common::{load_lm, resolve, set_threads, text_sources};
 #[derive(Subcommand)]
 pub enum BenchCmd {
     /// Time the KD training step of a configuration of bench/configs.json.
+    #[command(after_help = "Example:\n  distill bench step --config a --steps 5 --json")]
     Step(StepArgs),
     /// Time a model's full-sequence forward (logits at every position, no-grad).
+    #[command(after_help = "Example:\n  distill bench forward --model teacher.gguf --rows 1 --seq 512")]
     Forward(ForwardArgs),
     /// Sentence-encoder throughput: embeddings/s over deterministic texts of 16–255 words (best
     /// of three passes, tokenization included), as `bench/twin.py embed` with sentence-transformers.
+    #[command(after_help = "Example:\n  distill bench embed --model runs/enc/student --json")]
     Embed(EmbedArgs),
     /// Greedy generation with the KV cache at several batch sizes (batch 1 = `distill generate`):
     /// generated tokens/s over all rows, and each batch size's speed-up over batch 1.
+    #[command(after_help = "Example:\n  distill bench generate --model runs/mine/student --batch 1,8")]
     Generate(GenerateArgs),
     /// Time and measure the peak extra memory of the KD loss's forward + backward from hidden
     /// states: chunked (default) or naive full logits (--naive).
+    #[command(after_help = "Example:\n  distill bench loss --vocab 49152 --tokens 2048 --hidden 576")]
     Loss(LossArgs),
     /// What a top-k teacher cache loses, per k: bytes/token and KL to the full distribution.
+    #[command(after_help = "Example:\n  distill bench cache-kl --teacher teacher.gguf --data text.txt")]
     CacheKl(CacheKlArgs),
     /// Print rows of a teacher cache as the Rust reader decodes them (bench/check_cache_format.py).
+    #[command(after_help = "Example:\n  distill bench cache-dump cache/ --rows 2")]
     CacheDump(CacheDumpArgs),
 }
 
@@ -38,17 +45,22 @@ pub struct StepArgs {
     /// Configuration name (`a`, `b`, `c`).
     #[arg(long)]
     pub config: String,
+    /// The configurations file.
     #[arg(long, default_value = "bench/configs.json")]
     pub spec: PathBuf,
     /// Teacher cache directory (`distill cache`), for a configuration with `teacher_cache`.
     #[arg(long)]
     pub cache: Option<PathBuf>,
+    /// Untimed steps first.
     #[arg(long, default_value_t = 2)]
     pub warmup: usize,
+    /// Timed steps (the median is reported).
     #[arg(long, default_value_t = 5)]
     pub steps: usize,
+    /// Intra-op threads (default: every core).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
 }
@@ -58,17 +70,22 @@ pub struct ForwardArgs {
     /// GGUF file or HF directory.
     #[arg(long)]
     pub model: PathBuf,
+    /// Rows per forward.
     #[arg(long, default_value_t = 1)]
     pub rows: i64,
+    /// Tokens per row.
     #[arg(long, default_value_t = 512)]
     pub seq: i64,
+    /// Timed repetitions (the median is reported).
     #[arg(long, default_value_t = 3)]
     pub reps: usize,
+    /// Intra-op threads (default: every core).
     #[arg(long)]
     pub threads: Option<usize>,
     /// Run the model in bf16 (as `teacher.dtype = "bf16"` does while students train).
     #[arg(long)]
     pub bf16: bool,
+    /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
 }
@@ -78,12 +95,16 @@ pub struct EmbedArgs {
     /// Encoder directory (BERT in sentence-transformers' layout, or Model2Vec).
     #[arg(long)]
     pub model: PathBuf,
+    /// Texts embedded per pass.
     #[arg(long, default_value_t = 256)]
     pub texts: usize,
+    /// Texts per forward.
     #[arg(long, default_value_t = 32)]
     pub batch: usize,
+    /// Intra-op threads (default: every core).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
 }
@@ -96,14 +117,19 @@ pub struct GenerateArgs {
     /// Batch sizes, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1,8")]
     pub batch: Vec<usize>,
+    /// Tokens of the prompt each row starts from.
     #[arg(long, default_value_t = 16)]
     pub prompt_tokens: usize,
+    /// Tokens generated per row.
     #[arg(long, default_value_t = 64)]
     pub new_tokens: usize,
+    /// Timed repetitions (the median is reported).
     #[arg(long, default_value_t = 3)]
     pub reps: usize,
+    /// Intra-op threads (default: every core).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
 }
@@ -119,17 +145,22 @@ pub struct LossArgs {
     /// Hidden size of student and teacher.
     #[arg(long, default_value_t = 896)]
     pub hidden: i64,
+    /// Rows per chunk of the chunked loss.
     #[arg(long, default_value_t = 256)]
     pub chunk_rows: i64,
     /// Full [tokens, vocab] logits for student and teacher instead of chunks.
     #[arg(long)]
     pub naive: bool,
+    /// Untimed repetitions first.
     #[arg(long, default_value_t = 1)]
     pub warmup: usize,
+    /// Timed repetitions (the median is reported).
     #[arg(long, default_value_t = 3)]
     pub reps: usize,
+    /// Intra-op threads (default: every core).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
 }
@@ -142,8 +173,10 @@ pub struct CacheKlArgs {
     /// Text: files, directories or globs (the first --rows rows are used).
     #[arg(long, required = true)]
     pub data: Vec<String>,
+    /// Rows of the cache to compare.
     #[arg(long, default_value_t = 16)]
     pub rows: usize,
+    /// Tokens per row.
     #[arg(long, default_value_t = 128)]
     pub seq: usize,
     /// The k values, comma-separated.
@@ -152,14 +185,17 @@ pub struct CacheKlArgs {
     /// Quantization step of the u8 encoding, nats.
     #[arg(long, default_value_t = distill_cache::DEFAULT_LOGPROB_STEP)]
     pub step: f32,
+    /// Intra-op threads (default: every core).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
 }
 
 #[derive(Args)]
 pub struct CacheDumpArgs {
+    /// The cache directory.
     pub dir: PathBuf,
     /// Rows, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "0")]

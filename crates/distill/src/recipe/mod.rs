@@ -133,11 +133,26 @@ fn one_line(e: &dyn std::fmt::Display) -> String {
     // toml's errors span several lines (a source excerpt); keep the message and the location.
     let s = e.to_string();
     let lines: Vec<&str> = s.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
-    let msg = lines.last().copied().unwrap_or("");
+    let msg = plain_types(lines.last().copied().unwrap_or(""));
     match lines.first() {
         Some(first) if lines.len() > 1 => format!("{msg} ({})", first.trim_end_matches(':')),
-        _ => msg.to_string(),
+        _ => msg,
     }
+}
+
+/// serde's wording of TOML types, not Rust's: "expected struct LmStudent" → "expected a table",
+/// "expected a sequence" → "expected a list", "expected a map" → "expected a table".
+fn plain_types(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    let mut rest = msg;
+    while let Some(at) = rest.find("expected struct ") {
+        out.push_str(&rest[..at]);
+        out.push_str("expected a table");
+        let after = &rest[at + "expected struct ".len()..];
+        rest = after.trim_start_matches(|c: char| c.is_alphanumeric() || c == '_');
+    }
+    out.push_str(rest);
+    out.replace("expected a sequence", "expected a list").replace("expected a map", "expected a table")
 }
 
 /// Applies one `a.b.c=value` override to a TOML document; `a.b.c=` (empty value) removes the
@@ -195,6 +210,18 @@ train = { epochs = 1, lr = 0.001 }
 temperature = 4.0
 alpha = 0.9
 "#;
+
+    #[test]
+    fn errors_name_toml_types_not_rust_ones() {
+        assert_eq!(
+            plain_types("invalid type: string \"x\", expected struct LmStudent"),
+            "invalid type: string \"x\", expected a table"
+        );
+        assert_eq!(
+            plain_types("invalid type: integer `3`, expected a sequence"),
+            "invalid type: integer `3`, expected a list"
+        );
+    }
 
     fn parse(over: &[&str]) -> Result<Recipe> {
         let o: Vec<String> = over.iter().map(|s| s.to_string()).collect();

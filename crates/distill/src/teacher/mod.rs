@@ -34,6 +34,13 @@ pub struct LmTeacher {
     pub dtype: TeacherDtype,
 }
 
+/// `teacher = "model.gguf"`: a path alone is a teacher with the defaults.
+impl From<String> for LmTeacher {
+    fn from(path: String) -> Self {
+        LmTeacher { path, cache: None, dtype: TeacherDtype::default() }
+    }
+}
+
 /// Precision of the online teacher during training.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

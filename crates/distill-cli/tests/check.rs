@@ -1,0 +1,71 @@
+//! `distill check` refuses, one line each and before any run, what `run` would refuse: a model
+//! directory without `tokenizer.json`, a JSONL source without the field, a CUDA device where
+//! libtorch sees no GPU (an unsupported family: tests/families.rs); a good recipe is `ok`.
+
+use std::path::{Path, PathBuf};
+
+mod common;
+use common::{assert_error, distill, tmpdir};
+
+fn recipe(d: &Path, teacher: &Path, data: &Path, extra: &str) -> PathBuf {
+    let r = d.join("lm.toml");
+    std::fs::write(
+        &r,
+        format!(
+            r#"task = "causal-lm"
+name = "check"
+{extra}
+[teacher]
+path = "{}"
+[student]
+layers = 1
+[data]
+sources = [{{ path = "{}" }}]
+[train]
+steps = 10
+lr = 1e-3
+[distill]
+temperature = 1.0
+alpha = 0.5
+"#,
+            teacher.display(),
+            data.display()
+        ),
+    )
+    .unwrap();
+    r
+}
+
+#[test]
+fn check_refuses_what_run_would() {
+    let d = tmpdir("check");
+    let t = common::lm_teacher(&d);
+    let text = d.join("corpus.txt");
+    common::lm_corpus(&text, 20);
+    let ok = distill(&["check", recipe(&d, &t, &text, "").to_str().unwrap()]);
+    common::ok(&ok);
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("lm.toml: ok"));
+
+    // A JSONL whose records lack the field the source reads.
+    let jsonl = d.join("records.jsonl");
+    std::fs::write(&jsonl, "{\"body\": \"w1 w2 w3\"}\n{\"body\": \"w4 w5\"}\n").unwrap();
+    let o = distill(&["check", recipe(&d, &t, &jsonl, "").to_str().unwrap()]);
+    assert_error(&o, &["records.jsonl", "line 1", "text"]);
+
+    // A model directory without its tokenizer.
+    let bare = d.join("bare");
+    std::fs::create_dir_all(&bare).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(t.join(f), bare.join(f)).unwrap();
+    }
+    let o = distill(&["check", recipe(&d, &bare, &text, "").to_str().unwrap()]);
+    assert_error(&o, &["bare/tokenizer.json"]);
+
+    // A CUDA device where libtorch sees none (on a machine with a GPU, check accepts it).
+    let o = distill(&["check", recipe(&d, &t, &text, "device = \"cuda\"").to_str().unwrap()]);
+    if tch::Cuda::is_available() {
+        common::ok(&o);
+    } else {
+        assert_error(&o, &["device `cuda`", "no CUDA GPU"]);
+    }
+}
