@@ -36,6 +36,12 @@ pub fn run(a: RunArgs) -> Result<ExitCode> {
         Some(w) => dist_cmd::join(w, rank_device(&r, w)?, &a.out, a.resume, check)?,
         None => {
             check()?;
+            if a.resume && a.out.join("summary.json").is_file() {
+                // Finished: its results, not a second evaluation.
+                eprintln!("{} is finished (summary.json); nothing to resume", a.out.display());
+                print_finished(&r, &a)?;
+                return Ok(ExitCode::SUCCESS);
+            }
             dist_cmd::single(&a.out)
         }
     };
@@ -61,6 +67,29 @@ pub fn run(a: RunArgs) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A finished run's table (or summary JSON with --json), read from its summary.json.
+fn print_finished(r: &Recipe, a: &RunArgs) -> Result<()> {
+    use distill::experiments::{encoder, image, lm};
+    let path = a.out.join("summary.json");
+    let text = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
+    if a.json {
+        println!("{text}");
+        return Ok(());
+    }
+    let bad = |e: serde_json::Error| anyhow::anyhow!("{}: {e}", path.display());
+    let table = match r {
+        Recipe::Image(_) => image::table(&serde_json::from_str(&text).map_err(bad)?),
+        Recipe::Encoder(_) => encoder::table(&serde_json::from_str(&text).map_err(bad)?),
+        Recipe::Lm(_) => lm::report(&serde_json::from_str(&text).map_err(bad)?),
+    };
+    print!("{table}");
+    println!("summary: {}", path.display());
+    if a.out.join("report.html").exists() {
+        println!("report: {}", a.out.join("report.html").display());
+    }
+    Ok(())
 }
 
 /// The command that continues an interrupted run: this one with `--resume`.
@@ -145,14 +174,57 @@ fn check_run_dir(out: &Path, resume: bool, text: &str) -> Result<()> {
             .with_context(|| format!("--resume: {} is not a run directory (no recipe.toml)", out.display()))?;
         if before != text {
             bail!(
-                "--resume: the recipe (with --set overrides) differs from the one {} was started with; use the same recipe and overrides",
-                out.display()
+                "--resume: the recipe (with --set overrides) differs from the one {} was started with in {}; use the same recipe and overrides",
+                out.display(),
+                differing_keys(&before, text)
             );
         }
     } else if !resume && out.exists() && std::fs::read_dir(out).map(|mut d| d.next().is_some()).unwrap_or(true) {
         bail!("{} already exists; pass --resume to continue it or choose another --out", out.display());
     }
     Ok(())
+}
+
+/// The dotted keys whose values differ between two resolved recipes (`train.steps: 100 → 200`),
+/// at most five named.
+fn differing_keys(before: &str, now: &str) -> String {
+    fn flat(prefix: &str, v: &toml::Value, out: &mut std::collections::BTreeMap<String, String>) {
+        match v {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    flat(&key, v, out);
+                }
+            }
+            other => {
+                out.insert(prefix.to_string(), other.to_string());
+            }
+        }
+    }
+    let parse = |t: &str| {
+        let mut m = std::collections::BTreeMap::new();
+        if let Ok(v) = t.parse::<toml::Table>() {
+            flat("", &toml::Value::Table(v), &mut m);
+        }
+        m
+    };
+    let (a, b) = (parse(before), parse(now));
+    let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    let diffs: Vec<String> = keys
+        .into_iter()
+        .filter(|k| a.get(*k) != b.get(*k))
+        .map(|k| {
+            let show = |v: Option<&String>| v.cloned().unwrap_or_else(|| "(unset)".into());
+            format!("{k}: {} → {}", show(a.get(k)), show(b.get(k)))
+        })
+        .collect();
+    match diffs.len() {
+        0 => "its formatting".into(),
+        n if n > 5 => format!("{} and {} more", diffs[..5].join(", "), n - 5),
+        _ => diffs.join(", "),
+    }
 }
 
 /// `distill check`: the recipe parses and validates, its device exists, and — for an LM recipe

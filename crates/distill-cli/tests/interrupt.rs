@@ -100,6 +100,10 @@ fn ctrl_c_in_a_terminal_checkpoints_and_resume_ends_where_an_uninterrupted_run_d
     assert_eq!(ckpt.get("step").map(String::as_str), Some(step.to_string().as_str()), "{ckpt:?}");
     assert_eq!(logged_steps(&run) as u64, step);
 
+    // Resuming with another value is refused, naming the key and both values.
+    let o =
+        distill(&["run", r.to_str().unwrap(), "--out", run.to_str().unwrap(), "--resume", "--set", "train.lr=2e-3"]);
+    common::assert_error(&o, &["--resume: the recipe", "train.lr: 0.001 → 0.002"]);
     let o = distill(&["run", r.to_str().unwrap(), "--out", run.to_str().unwrap(), "--resume"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains(&format!("kd: resumed from step {step} of 4000")), "{}", stderr(&o));
@@ -108,6 +112,13 @@ fn ctrl_c_in_a_terminal_checkpoints_and_resume_ends_where_an_uninterrupted_run_d
     assert!(o.status.success(), "{}", stderr(&o));
     let w = |dir: &Path| std::fs::read(dir.join("student/model.safetensors")).unwrap();
     assert!(w(&run) == w(&whole), "resumed weights differ from the uninterrupted run's");
+    // Resuming a finished run prints its results without evaluating again.
+    let before = std::fs::metadata(run.join("summary.json")).unwrap().modified().unwrap();
+    let o = distill(&["run", r.to_str().unwrap(), "--out", run.to_str().unwrap(), "--resume"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("is finished (summary.json)"), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("student-kd"), "{}", String::from_utf8_lossy(&o.stdout));
+    assert_eq!(std::fs::metadata(run.join("summary.json")).unwrap().modified().unwrap(), before);
 }
 
 /// Off a terminal (stderr piped), a phase of several seconds prints a progress line at least every
