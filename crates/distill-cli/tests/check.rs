@@ -69,3 +69,23 @@ fn check_refuses_what_run_would() {
         assert_error(&o, &["device `cuda`", "no CUDA GPU"]);
     }
 }
+
+/// `distill init` writes each kind's starter recipe, which `check` accepts (its assets are
+/// fetched by the test command), and does not replace an existing file.
+#[test]
+fn init_templates_pass_check() {
+    let d = tmpdir("init");
+    for kind in ["lm", "image", "encoder"] {
+        let out = d.join(format!("{kind}.toml"));
+        let o = distill(&["init", kind, "--out", out.to_str().unwrap()]);
+        common::ok(&o);
+        let text = std::fs::read_to_string(&out).unwrap();
+        assert!(text.starts_with("# "), "{kind}: a commented template");
+        let o = distill(&["check", out.to_str().unwrap()]);
+        common::ok(&o);
+        assert!(String::from_utf8_lossy(&o.stdout).contains(": ok"), "{kind}");
+        let o = distill(&["init", kind, "--out", out.to_str().unwrap()]);
+        assert_error(&o, &["exists"]);
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), text);
+    }
+}

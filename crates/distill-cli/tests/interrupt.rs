@@ -100,6 +100,12 @@ fn ctrl_c_in_a_terminal_checkpoints_and_resume_ends_where_an_uninterrupted_run_d
     assert_eq!(ckpt.get("step").map(String::as_str), Some(step.to_string().as_str()), "{ckpt:?}");
     assert_eq!(logged_steps(&run) as u64, step);
 
+    // The interrupted run has a report: the phases so far and their live curves.
+    let o = distill(&["report", run.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let html = std::fs::read_to_string(run.join("report.html")).unwrap();
+    assert!(html.contains("This run has not finished") && html.contains("kd"), "report of the unfinished run");
+    std::fs::remove_file(run.join("report.html")).unwrap();
     // Resuming with another value is refused, naming the key and both values.
     let o =
         distill(&["run", r.to_str().unwrap(), "--out", run.to_str().unwrap(), "--resume", "--set", "train.lr=2e-3"]);

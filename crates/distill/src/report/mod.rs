@@ -137,14 +137,18 @@ impl Run {
             return Err(Error::format(dir, "not a run directory (it does not exist or is not a directory)"));
         }
         let sp = dir.join("summary.json");
-        if !sp.is_file() {
+        let summary: Value = if sp.is_file() {
+            let text = std::fs::read_to_string(&sp).map_err(|e| Error::io(&sp, e))?;
+            serde_json::from_str(&text).map_err(|e| Error::format(&sp, e.to_string()))?
+        } else if dir.join("recipe.toml").is_file() {
+            // A run still going, or interrupted: its finished phases and live training curves.
+            serde_json::json!({ "unfinished": true })
+        } else {
             return Err(Error::format(
                 &sp,
-                "missing: a report needs a finished run directory (`distill run` writes summary.json last)",
+                "missing, and no recipe.toml either: not a run directory (`distill run --out` makes one)",
             ));
-        }
-        let text = std::fs::read_to_string(&sp).map_err(|e| Error::io(&sp, e))?;
-        let summary: Value = serde_json::from_str(&text).map_err(|e| Error::format(&sp, e.to_string()))?;
+        };
         if !summary.is_object() {
             return Err(Error::format(&sp, "expected a JSON object"));
         }
@@ -318,6 +322,9 @@ fn page(run: &Run) -> String {
         escape(&dir_name),
         env!("CARGO_PKG_VERSION")
     );
+    if run.summary.get("unfinished").is_some() {
+        o += "<p class=\"note\">This run has not finished (no summary.json yet): the phases that have, and every phase's training curve so far. <code>distill report</code> again for the rest; the run's own report replaces this page when it ends.</p>\n";
+    }
     o += &facts(&run.summary);
     let columns = table::columns(&run.rows, &run.summary);
     o += "<h2>Comparison</h2>\n";

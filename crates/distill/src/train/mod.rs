@@ -234,7 +234,10 @@ pub fn fit(vs: &nn::VarStore, task: &mut dyn TrainTask, opts: &TrainOptions) -> 
                 line["comm_ms_per_step"] = serde_json::json!(ms);
             }
             writeln!(metrics, "{line}").map_err(|e| Error::io(&metrics_path, e))?;
-            bar.set_message(format!("loss {loss:.4} | {sps:.0} samples/s"));
+            bar.set_message(match opts.tokens_per_example {
+                Some(t) => format!("loss {loss:.4} | {:.0} tokens/s", sps * t as f64),
+                None => format!("loss {loss:.4} | {sps:.0} samples/s"),
+            });
         }
         if lines && (last_line.elapsed().as_secs_f64() >= opts.progress_seconds || done == total) {
             last_line = Instant::now();
