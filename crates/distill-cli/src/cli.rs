@@ -179,6 +179,11 @@ pub enum Cmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Print the recipe's JSON Schema (draft-07; the three kinds as a `oneOf` on `task`) for
+    /// editors that validate and complete TOML with it (`#:schema` line, taplo / Even Better
+    /// TOML); docs/recipe-reference.md is generated from it.
+    #[command(after_help = "Example:\n  distill schema > recipe.schema.json")]
+    Schema,
     #[command(after_help = "Examples:\n  distill fetch --list\n  distill fetch smollm2 brown")]
     Fetch {
         /// Asset names; see --list.

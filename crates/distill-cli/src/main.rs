@@ -85,6 +85,10 @@ fn try_main(cli: Cli) -> Result<ExitCode> {
         Cmd::Bench { what } => bench_cmd::run(what),
         Cmd::Fetch { names, list } => fetch_cmd::run(&names, list),
         Cmd::Init { kind, out } => run_cmd::init(&kind, out),
+        Cmd::Schema => {
+            println!("{}", serde_json::to_string_pretty(&distill::recipe::schema::schema())?);
+            Ok(())
+        }
     }?;
     Ok(ExitCode::SUCCESS)
 }

@@ -248,8 +248,8 @@ pub fn check(recipe: &Path, set: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// `distill init KIND`: a commented starter recipe, written to `--out` (default `KIND.toml`);
-/// an existing file is left alone.
+/// `distill init KIND`: a commented starter recipe, written to `--out` (default `KIND.toml`),
+/// with `recipe.schema.json` beside it (its `#:schema` line); an existing recipe is left alone.
 pub fn init(kind: &str, out: Option<std::path::PathBuf>) -> Result<()> {
     let text = match kind {
         "lm" => include_str!("templates/lm.toml"),
@@ -261,6 +261,12 @@ pub fn init(kind: &str, out: Option<std::path::PathBuf>) -> Result<()> {
         bail!("{} exists; choose another --out", out.display());
     }
     distill_base::write_atomic(&out, text.as_bytes()).with_context(|| out.display().to_string())?;
+    // The schema its `#:schema` line names, for editors (taplo, Even Better TOML).
+    let schema = out.with_file_name("recipe.schema.json");
+    if !schema.exists() {
+        let json = serde_json::to_string_pretty(&distill::recipe::schema::schema())? + "\n";
+        distill_base::write_atomic(&schema, json.as_bytes()).with_context(|| schema.display().to_string())?;
+    }
     println!("{}", out.display());
     eprintln!("next: distill check {0}, then distill run {0} --out runs/{kind}", out.display());
     Ok(())

@@ -80,7 +80,10 @@ fn init_templates_pass_check() {
         let o = distill(&["init", kind, "--out", out.to_str().unwrap()]);
         common::ok(&o);
         let text = std::fs::read_to_string(&out).unwrap();
-        assert!(text.starts_with("# "), "{kind}: a commented template");
+        assert!(text.starts_with("#:schema ./recipe.schema.json\n# "), "{kind}: a commented template");
+        let schema: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(d.join("recipe.schema.json")).unwrap()).unwrap();
+        assert_eq!(schema["$schema"], "http://json-schema.org/draft-07/schema#");
         let o = distill(&["check", out.to_str().unwrap()]);
         common::ok(&o);
         assert!(String::from_utf8_lossy(&o.stdout).contains(": ok"), "{kind}");

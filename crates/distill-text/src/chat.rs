@@ -22,7 +22,7 @@ use serde_json::{Map, Value};
 use crate::config::RecordFields;
 
 /// One turn of a conversation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Message {
     /// `system`, `user`, `assistant` or `tool`.
     pub role: String,

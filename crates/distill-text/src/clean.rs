@@ -10,7 +10,7 @@ use crate::error::{Result, TextError};
 use crate::source::Document;
 
 /// What cleaning did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct CleanStats {
     /// Documents that came out of the sources.
     pub docs_read: usize,

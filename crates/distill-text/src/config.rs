@@ -66,7 +66,7 @@ pub enum TextFormat {
 /// **conversation** under `messages_field` (a list of `{role, content}` turns); a **text**, the
 /// string under `field`; a **conversation** of `prompt_field` and `completion_field` (each a
 /// string — a user turn and an assistant turn — or a list of turns).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RecordFields {
     /// The text field. Default: `text`.
@@ -124,6 +124,39 @@ impl TextFormat {
     }
 }
 
+/// The schema of what [`TextFormat`] deserializes from: one of the names, or a one-key table
+/// naming the record fields of `jsonl` / `parquet`.
+impl schemars::JsonSchema for TextFormat {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "TextFormat".into()
+    }
+
+    fn json_schema(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let fields = g.subschema_for::<RecordFields>();
+        schemars::json_schema!({
+            "description": "How the files are parsed: \"auto\" (by extension and content), \"plain\", \"brown\", \"jsonl\", \"parquet\", or a table naming the record fields: { jsonl = { field = \"body\" } }.",
+            "default": "auto",
+            "oneOf": [
+                { "enum": FORMAT_NAMES },
+                { "type": "object", "properties": { "jsonl": fields }, "required": ["jsonl"], "additionalProperties": false },
+                { "type": "object", "properties": { "parquet": fields }, "required": ["parquet"], "additionalProperties": false }
+            ]
+        })
+    }
+}
+
+/// The schema of a value written as a path or as its table ([`distill_base::de::path_or_table`]).
+pub fn path_or_table_schema<T: schemars::JsonSchema>(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let table = g.subschema_for::<T>();
+    schemars::json_schema!({ "anyOf": [{ "type": "string", "description": "a path" }, table] })
+}
+
+/// The schema of a list of such values, or one ([`distill_base::de::paths_or_tables`]).
+pub fn paths_or_tables_schema<T: schemars::JsonSchema>(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let one = path_or_table_schema::<T>(g);
+    schemars::json_schema!({ "anyOf": [one.clone(), { "type": "array", "items": one }] })
+}
+
 impl<'de> Deserialize<'de> for TextFormat {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         deserializer.deserialize_any(TextFormatVisitor)
@@ -175,7 +208,7 @@ impl<'de> Visitor<'de> for TextFormatVisitor {
 }
 
 /// What one document is, for plain text and Brown files.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum DocBoundary {
     /// The whole file is one document (paragraphs stay as blank-line-separated blocks).
@@ -185,7 +218,7 @@ pub enum DocBoundary {
 }
 
 /// One input of the pipeline: a file, a directory (read recursively) or a glob pattern.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TextSource {
     /// A file, a directory (all non-hidden files below it, sorted) or a glob pattern
@@ -234,7 +267,7 @@ impl TextSource {
 }
 
 /// Cleaning rules, all on by default.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct CleanConfig {
     /// Drop WikiText-style header lines: a line whose trimmed form starts and ends with `=`
@@ -255,7 +288,7 @@ impl Default for CleanConfig {
 }
 
 /// Deterministic train/validation split by document.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct SplitConfig {
     /// Fraction of documents (in expectation) sent to validation, in `[0, 1)`. Ignored when
@@ -272,7 +305,7 @@ impl Default for SplitConfig {
 }
 
 /// How token streams become fixed-length rows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum PackMode {
     /// Concatenate `[bos?] tokens [eos]` of all documents and cut into `seq_len` blocks.
@@ -284,7 +317,7 @@ pub enum PackMode {
 }
 
 /// Packing options.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct PackConfig {
     /// Tokens per row. Must be at least 1. Default: 512.
@@ -324,22 +357,25 @@ impl Default for PackConfig {
 }
 
 /// The whole text-data section of a recipe.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TextDataConfig {
     /// Training sources (also the validation pool when `val_sources` is empty): each a path or
     /// a table with `path`; one source may stand alone.
     #[serde(deserialize_with = "distill_base::de::paths_or_tables")]
+    #[schemars(schema_with = "paths_or_tables_schema::<TextSource>")]
     pub sources: Vec<TextSource>,
     /// Explicit validation sources. When non-empty, every document of `sources` is training
     /// data and `split.val_fraction` is not used. Default: empty.
     #[serde(default, deserialize_with = "distill_base::de::paths_or_tables")]
+    #[schemars(schema_with = "paths_or_tables_schema::<TextSource>")]
     pub val_sources: Vec<TextSource>,
     /// Training text that replaces the training part of `sources`: when non-empty, these
     /// documents train, and the validation rows are still the split of `sources` (or
     /// `val_sources`); e.g. text a teacher wrote (`distill generate-data`) for sequence-level KD,
     /// validated on the same held-out documents as a run on the original text. Default: empty.
     #[serde(default, deserialize_with = "distill_base::de::paths_or_tables")]
+    #[schemars(schema_with = "paths_or_tables_schema::<TextSource>")]
     pub train_sources: Vec<TextSource>,
     /// Cleaning rules.
     #[serde(default)]

@@ -19,7 +19,7 @@ pub const EOS_CANDIDATES: &[&str] = &["<|endoftext|>", "</s>", "<eos>", "<|end_o
 pub const PAD_CANDIDATES: &[&str] = &["<pad>", "[PAD]", "<|padding|>"];
 
 /// The special token ids the packer uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SpecialTokens {
     /// Put before every document when set.
     pub bos: Option<u32>,
@@ -101,7 +101,7 @@ pub fn tokenize_documents(docs: &[Document], tokenizer: &Tokenizer) -> Result<Ve
 }
 
 /// What packing did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PackStats {
     /// Documents packed.
     pub n_docs: usize,

@@ -53,7 +53,7 @@ pub fn prepare_text(config: &TextDataConfig) -> Result<PreparedText> {
 }
 
 /// Counts of every stage of [`build_dataset`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct DatasetStats {
     /// Cleaning counts of `sources`.
     pub clean: CleanStats,

@@ -18,7 +18,7 @@ use crate::train::TrainCfg;
 use crate::{Error, Result};
 
 /// What a phase produces, as the report names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Role {
     Teacher,

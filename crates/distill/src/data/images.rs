@@ -12,7 +12,7 @@ use crate::io::fetch;
 use crate::{Error, Result};
 
 /// File format of an image set.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum ImageFormat {
     /// IDX (MNIST) files, raw or gzip: separate image and label files.
@@ -22,7 +22,7 @@ pub enum ImageFormat {
 }
 
 /// Where the images are and how to read them.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ImageData {
     pub format: ImageFormat,

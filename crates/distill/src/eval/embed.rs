@@ -11,7 +11,7 @@ use crate::models::sentence::{normalize, Embedder};
 use crate::Result;
 
 /// `[eval]` of a sentence-embedding recipe.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct EncoderEvalCfg {
     /// Neighbours compared for retrieval agreement (default 10).
@@ -28,6 +28,7 @@ pub struct EncoderEvalCfg {
     /// Probe: full-batch Adam steps (default 300) and L2 penalty on the standardised features
     /// (default 1e-3).
     pub probe_steps: usize,
+    /// Probe: L2 penalty on the standardised features (default 1e-3).
     pub probe_l2: f64,
 }
 

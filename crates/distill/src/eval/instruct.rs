@@ -18,7 +18,7 @@ use crate::{Error, Result};
 
 /// One held-out instruction: a JSONL record with `prompt` and, optionally, `id`, `kind` and the
 /// exact `answer` a checker grades.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Instruction {
     #[serde(default)]
     pub id: String,
@@ -51,7 +51,7 @@ pub fn read_instructions(path: &Path) -> Result<Vec<Instruction>> {
 }
 
 /// One model's grades on the instructions.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct AnswerScores {
     /// `correct / graded` (None when nothing is graded).
     pub accuracy: Option<f64>,

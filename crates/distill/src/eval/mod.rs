@@ -20,7 +20,7 @@ use crate::models::lm::{CausalLm, ForwardOptions};
 use crate::{Error, Result};
 
 /// What the run reports after training.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct LmEval {
     /// Prompts for the top-k next-token tables and generations (default: four short English
@@ -33,7 +33,9 @@ pub struct LmEval {
     /// Sampling for the sampled generations: temperature (default 0.8), top-k (default 50) and
     /// top-p (default 0.95).
     pub sample_temperature: f64,
+    /// Top-k of the sampled generations (default 50).
     pub sample_top_k: usize,
+    /// Top-p of the sampled generations (default 0.95).
     pub sample_top_p: f64,
     /// CTRL repetition penalty for a third, penalized greedy generation next to plain greedy
     /// and sampled (1.0 = leave it out; default 1.2).
@@ -94,7 +96,7 @@ impl LmEval {
 }
 
 /// Perplexity and, against a teacher, agreement on the same tokens.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct LmScores {
     /// Number of predicted tokens.
     pub tokens: usize,
@@ -198,7 +200,7 @@ pub fn score_many(
 }
 
 /// One row of a top-k next-token table.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct TopToken {
     pub token: String,
     pub id: i64,
@@ -225,7 +227,7 @@ pub fn encode(tok: &Tokenizer, text: &str) -> Result<Vec<i64>> {
 }
 
 /// A generated continuation with the detectors of mode collapse.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Generation {
     pub text: String,
     pub tokens: usize,

@@ -11,7 +11,7 @@ use crate::data::rng::SplitMix64;
 use crate::{Error, Result};
 
 /// A family of generated problems.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Family {
     /// Two two-digit numbers added.

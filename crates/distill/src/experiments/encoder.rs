@@ -30,7 +30,7 @@ use crate::{Error, Result};
 pub use super::RunOptions;
 
 /// One model's row of the comparison.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct EncoderRow {
     pub id: String,
     pub label: String,
@@ -55,7 +55,7 @@ pub struct EncoderRow {
 }
 
 /// `summary.json` of a sentence-embedding run.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct EncoderSummary {
     pub name: String,
     pub task: String,

@@ -33,7 +33,7 @@ use crate::train::{fit, TrainOptions, TrainReport, TrainTask};
 use crate::{Error, Result};
 
 /// One trained model's evaluation.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PhaseResult {
     /// The phase (its directory under `phases/`).
     #[serde(default)]
@@ -65,7 +65,7 @@ pub struct PhaseResult {
 }
 
 /// `summary.json`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Summary {
     pub recipe: String,
     pub results: Vec<PhaseResult>,
@@ -81,7 +81,7 @@ pub struct Summary {
 }
 
 /// One row of the methods table: a model's test errors over the seeds it ran with.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct MethodRow {
     /// As tables print it (`student-kd+fitnets`, `student-born-again g2`).
     pub name: String,

@@ -68,7 +68,7 @@ use tch::{Kind, Tensor};
 
 /// A divergence `D(p_t, p_s)` between teacher and student distributions (see the module doc for
 /// the formulas). Build it from a recipe through [`DivergenceCfg`]; it (de)serializes as one.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(try_from = "DivergenceCfg", into = "DivergenceCfg")]
 pub enum Divergence {
     /// `KL(p_t ‖ p_s)`, Hinton et al. 2015.
@@ -87,7 +87,7 @@ pub enum Divergence {
 }
 
 /// The name of a divergence in a recipe: `divergence = "forward-kl"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum DivergenceKind {
     ForwardKl,
@@ -101,7 +101,7 @@ pub enum DivergenceKind {
 /// How a recipe names a divergence: `divergence = "jsd"` with `beta = 0.5`, or
 /// `divergence = "skew-kl"` with `skew = 0.1`. Flat, so its three fields can sit in any
 /// `deny_unknown_fields` section; [`DivergenceCfg::validate`] turns it into a [`Divergence`].
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct DivergenceCfg {
     /// Which divergence (default `forward-kl`).

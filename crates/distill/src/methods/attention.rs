@@ -27,7 +27,7 @@ use crate::losses::relation::{attention_kl, relation_kl};
 use crate::{Error, Result};
 
 /// Which self-attention relation a term matches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Relation {
     /// Query–query relations (MiniLMv2).
@@ -41,7 +41,7 @@ pub enum Relation {
 }
 
 /// `[distill.attention]`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct AttentionKdCfg {
     /// β, the weight of the term (≥ 0; default 1).

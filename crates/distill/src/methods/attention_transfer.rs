@@ -20,7 +20,7 @@ use crate::losses::feature_map::attention_transfer;
 use crate::{Error, Result};
 
 /// `[distill.attention_transfer]`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct AttentionTransferCfg {
     /// β (the term is `β/2 · Σ` over pairs); the paper's 1000 by default.

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 /// student; generation `k + 1`, of the same architecture and from a fresh initialization, is
 /// taught by generation `k` alone (no hard labels beyond the recipe's α); the generations'
 /// average is evaluated as one more model.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BornAgainCfg {
     /// The number of generations including the KD student (≥ 2).

@@ -24,7 +24,7 @@ use crate::losses::feature_map::{hint_loss, match_spatial};
 use crate::{Error, Result};
 
 /// `[distill.fitnets]`: `+ weight · mean over pairs of mse(r(F_s), F_t)`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct FitNetsCfg {
     /// β, the weight of the hint term (≥ 0; default 1).

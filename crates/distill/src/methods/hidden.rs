@@ -21,7 +21,7 @@ use crate::{Error, Result};
 /// `[distill.hidden]`: `+ weight · mean over layer pairs of L(h_s Wᵀ, h_t)` for the KD student
 /// (never the scratch twin), `W` a learned projection to the teacher's width (see
 /// `losses::hidden`). Needs the online teacher.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HiddenKdCfg {
     /// β, the weight of the hidden-state term (≥ 0).

@@ -153,7 +153,7 @@ impl StepStates<'_> {
 macro_rules! terms {
     ($($(#[$doc:meta])* $key:ident: $cfg:ty,)*) => {
         /// The extra per-step terms of `[distill]`: each present when the recipe names its key.
-        #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+        #[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
         pub struct Terms {
             $($(#[$doc])* #[serde(default, skip_serializing_if = "Option::is_none")] pub $key: Option<$cfg>,)*
         }
@@ -200,9 +200,11 @@ terms! {
 
 /// `[distill]` of an LM recipe: the logit term `α·T²·D(p_t^T, p_s^T) + (1−α)·CE` over predicted
 /// tokens, then the extra [`Terms`] by key.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LmDistill {
+    /// Softmax temperature T of the soft term (1 keeps the distributions as they are; the term
+    /// is scaled by T²).
     pub temperature: f64,
     /// Weight of the soft term; 0 trains the scratch baseline through the identical pipeline.
     pub alpha: f64,
@@ -213,8 +215,10 @@ pub struct LmDistill {
     /// `reverse-kl`, `jsd` (+ `beta`), `skew-kl` / `skew-reverse-kl` (+ `skew`), `tvd`.
     #[serde(default = "default_divergence")]
     pub divergence: DivergenceKind,
+    /// `jsd`'s mixture weight β in [0, 1] (required there; GKD uses 0.5).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub beta: Option<f64>,
+    /// `skew-kl` / `skew-reverse-kl`'s skew α in [0, 1) (required there; DistiLLM uses 0.1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub skew: Option<f64>,
     /// Tokens per chunk of the loss: the student's logits and probabilities exist for this many
@@ -320,7 +324,7 @@ fn validate_variants(variants: &BTreeMap<String, Variant>, ctx: &TermContext) ->
 }
 
 /// `[distill]` of an image recipe: Hinton's `α·T²·KL + (1−α)·CE` and the phases it adds.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ImageDistill {
     /// Softmax temperature T of the main KD run.
@@ -352,7 +356,7 @@ pub struct ImageDistill {
 }
 
 /// `[distill.variants.<name>]`: the extra terms of one KD variant.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Variant {
     #[serde(flatten)]

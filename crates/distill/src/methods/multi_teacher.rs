@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::{Error, Result};
 
 /// How a multi-teacher phase weighs its teachers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Weighting {
     /// The weights `distill.multi_teacher.weights` (equal when absent).
@@ -30,7 +30,7 @@ impl Weighting {
 
 /// `[distill.multi_teacher]`: students distilled from several teachers at once — `[teacher]`
 /// and the `[[teachers]]` of other architectures or sizes — one student per weighting.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct MultiTeacherCfg {
     /// Fixed weights, one per teacher (`[teacher]` first, then `[[teachers]]` in order), each
@@ -52,7 +52,7 @@ impl Default for MultiTeacherCfg {
 }
 
 /// How a multi-teacher phase combines its teachers' outputs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Combine {
     #[default]

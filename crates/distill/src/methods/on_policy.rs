@@ -19,7 +19,7 @@ use crate::models::lm::CausalLm;
 use crate::{Error, Result};
 
 /// `[distill.on_policy]`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OnPolicyCfg {
     /// Probability λ that a step trains on the student's own continuations.

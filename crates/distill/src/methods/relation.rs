@@ -21,7 +21,7 @@ use crate::losses::relation::{rkd_angle, rkd_distance};
 use crate::{Error, Result};
 
 /// `[distill.rkd]`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RkdCfg {
     /// Weight of RKD-distance (≥ 0; default 25, the paper's).

@@ -22,7 +22,7 @@ use tch::{nn, Kind, Tensor};
 use crate::{Error, Result};
 
 /// The BertModel fields of a `config.json` that the forward pass reads.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct BertConfig {
     pub vocab_size: i64,
     pub hidden_size: i64,

@@ -14,7 +14,7 @@ use tch::{nn, Tensor};
 use crate::{Error, Result};
 
 /// A model architecture.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum ModelSpec {
     /// Fully connected ReLU network.
@@ -31,8 +31,12 @@ pub enum ModelSpec {
     /// Small conv net: 3×3 conv + ReLU + 2×2 max-pool per entry of `channels`, then one hidden
     /// fully connected layer.
     Cnn {
+        /// Output channels of each 3×3 convolution (each followed by ReLU and 2×2 max-pooling),
+        /// e.g. `[32, 64]`.
         channels: Vec<usize>,
+        /// Width of the fully connected layer before the classes.
         hidden: usize,
+        /// Dropout on the hidden layer while training (default 0).
         #[serde(default)]
         dropout: f64,
     },

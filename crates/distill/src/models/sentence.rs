@@ -21,7 +21,7 @@ use crate::train::checkpoint::write_json;
 use crate::{Error, Result};
 
 /// How token states become one vector (`1_Pooling/config.json`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Pooling {
     Mean,

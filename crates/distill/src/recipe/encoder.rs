@@ -16,24 +16,35 @@ use crate::train::TrainCfg;
 use crate::{Error, Result};
 
 /// A sentence-embedding recipe.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EncoderRecipe {
+    /// `"sentence-embedding"`.
     pub task: Task,
+    /// The run's name (reports, exported models).
     pub name: String,
+    /// Seed of initialization, data order and splits.
     #[serde(default)]
     pub seed: u64,
+    /// Intra-op threads (default: every core; `distill run --threads` overrides).
     #[serde(default)]
     pub threads: Option<usize>,
+    /// The teacher encoder.
     pub teacher: EncoderTeacher,
+    /// The students distilled from it.
     #[serde(default)]
     pub student: EncoderStudents,
+    /// Labelled and unlabeled texts.
     pub data: EncoderData,
+    /// Optimizer, steps, batch.
     pub train: TrainCfg,
+    /// The losses between student and teacher embeddings.
     #[serde(default)]
     pub distill: EncoderDistill,
+    /// The probe, retrieval and speed evaluation.
     #[serde(default)]
     pub eval: EncoderEvalCfg,
+    /// Checkpoint cadence.
     #[serde(default)]
     pub checkpoint: CheckpointCfg,
     /// `metrics.jsonl` cadence and progress lines off a terminal.
@@ -42,14 +53,15 @@ pub struct EncoderRecipe {
 }
 
 /// `[teacher]`: a BERT directory (sentence-transformers layout or a plain BertModel).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EncoderTeacher {
+    /// A BERT directory (sentence-transformers layout or a plain BertModel), or `asset:minilm`.
     pub path: String,
 }
 
 /// `[student]`: the DistilBERT-style student, and the optional narrow and static ones.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct EncoderStudents {
     /// Depth of the main student: every other teacher layer, ending at the last (default 3).
@@ -76,7 +88,7 @@ impl Default for EncoderStudents {
 }
 
 /// `[data]`: the labelled set (probe, held-out texts) and the unlabeled training text.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EncoderData {
     /// Labelled documents: JSONL with `text` and `label`, or a SpamAssassin-style directory.
@@ -84,6 +96,7 @@ pub struct EncoderData {
     /// Share of labelled documents held out (split by document text).
     #[serde(default = "default_test_fraction")]
     pub test_fraction: f64,
+    /// Seed of the held-out split and of `max_train_texts`' draw.
     #[serde(default)]
     pub split_seed: u64,
     /// Train the students on the labelled training split's texts too (labels unused).
@@ -93,6 +106,7 @@ pub struct EncoderData {
     /// of `passage_words` words.
     #[serde(default)]
     pub train_sources: Vec<distill_text::TextSource>,
+    /// Words per passage cut from `train_sources` (default 64).
     #[serde(default = "default_passage_words")]
     pub passage_words: usize,
     /// Tokens per training text (special tokens included).
@@ -117,7 +131,7 @@ fn default_train_tokens() -> usize {
 }
 
 /// `[distill]`: the embedding loss weights and optional per-token terms.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct EncoderDistill {
     /// Weight of `mean(1 − cos(s, t))` on sentence embeddings (default 1).

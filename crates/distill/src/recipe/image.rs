@@ -11,9 +11,10 @@ use crate::train::{CheckpointCfg, TrainCfg};
 use crate::{Error, Result};
 
 /// Teacher, scratch student and distilled student on an image set (Hinton et al. 2015, §3).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ImageRecipe {
+    /// `"image-classification"`.
     pub task: Task,
     /// Name shown in tables and summary.json.
     pub name: String,
@@ -35,6 +36,7 @@ pub struct ImageRecipe {
     /// for `[distill.multi_teacher]`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub teachers: Vec<Stage>,
+    /// Checkpoint cadence.
     #[serde(default)]
     pub checkpoint: CheckpointCfg,
     /// `metrics.jsonl` cadence and progress lines off a terminal.
@@ -47,7 +49,7 @@ fn default_seeds() -> Vec<u64> {
 }
 
 /// A model and how it is trained.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Stage {
     pub model: ModelSpec,

@@ -21,10 +21,12 @@ use crate::{Error, Result};
 
 /// LLM distillation: a frozen teacher's next-token distributions train a smaller decoder that
 /// shares its tokenizer.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LmRecipe {
+    /// `"causal-lm"`.
     pub task: Task,
+    /// The run's name (reports, exported models, GGUF `general.name`).
     pub name: String,
     /// Seed of the student's initialization, data order and dropout.
     #[serde(default)]
@@ -37,14 +39,20 @@ pub struct LmRecipe {
     pub device: String,
     /// The teacher: a path, or a table with `path` (and `cache`, `dtype`).
     #[serde(deserialize_with = "distill_base::de::path_or_table")]
+    #[schemars(schema_with = "distill_text::config::path_or_table_schema::<LmTeacher>")]
     pub teacher: LmTeacher,
+    /// The student: built from the teacher (`layers`, widths, `init`) or `from` an existing model.
     pub student: LmStudent,
     /// Text sources, cleaning, split and packing (see `distill_text::TextDataConfig`).
     pub data: distill_text::TextDataConfig,
+    /// Optimizer, steps, batch, schedule.
     pub train: TrainCfg,
+    /// The loss: temperature, α, divergence, extra terms, method variants.
     pub distill: LmDistill,
+    /// What is measured after training: validation, prompts, extra text, instructions.
     #[serde(default)]
     pub eval: LmEval,
+    /// Checkpoint cadence (Ctrl-C also writes one).
     #[serde(default)]
     pub checkpoint: CheckpointCfg,
     /// `metrics.jsonl` cadence and progress lines off a terminal.

@@ -12,6 +12,7 @@
 mod encoder;
 mod image;
 mod lm;
+pub mod schema;
 
 pub use encoder::{EncoderData, EncoderDistill, EncoderRecipe, EncoderStudents, EncoderTeacher};
 pub use image::{ImageRecipe, Stage};
@@ -24,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::{Error, Result};
 
 /// Which kind of experiment a recipe describes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Task {
     /// Teacher, scratch student and distilled student on an image classification set.
@@ -35,7 +36,7 @@ pub enum Task {
     SentenceEmbedding,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 struct TaskOnly {
     task: Option<Task>,
 }

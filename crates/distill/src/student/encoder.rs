@@ -88,12 +88,16 @@ fn map_layer(name: &str, layers: &[i64]) -> String {
 }
 
 /// The narrow student's shape.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NarrowShape {
+    /// Its layers (every other teacher layer, ending at the last).
     pub layers: i64,
+    /// Its hidden width (the teacher's projected onto its top principal directions).
     pub hidden: i64,
+    /// Its attention heads.
     pub heads: i64,
+    /// Its MLP width.
     pub intermediate: i64,
 }
 
@@ -217,7 +221,7 @@ fn project(
 }
 
 /// How the static student is built (Model2Vec's distillation).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct StaticCfg {
     /// Output width after PCA (default 256).

@@ -16,7 +16,7 @@ use crate::models::lm::{LmConfig, LoraCfg};
 use crate::{Error, Result};
 
 /// How the student is initialized.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum StudentInit {
     /// Normal(0, initializer_range) matrices, ones for norms (the HF Llama init).
@@ -36,7 +36,7 @@ pub enum StudentInit {
 }
 
 /// The student's shape, derived from the teacher's config where a field is left out.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LmStudent {
     /// An existing model as the student, taken as is (an HF directory or a GGUF file, `asset:`

@@ -30,7 +30,7 @@ use crate::train::TrainCfg;
 use crate::{Error, Result};
 
 /// The GGUF format a quantized student is trained for and exported to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum QuantFormat {
     /// 4-bit projections, 8-bit embedding (`llama_ftype` MOSTLY_Q4_0).
@@ -60,7 +60,7 @@ impl QuantFormat {
 /// `[quantize]`: after the KD phase, its student quantized after training (PTQ) and, with
 /// `steps > 0`, the same student trained on with fake-quantized weights against the
 /// full-precision teacher (QAD); both leave as GGUF files of that format.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct QuantCfg {
     /// `q4_0` (default) or `q8_0`.

@@ -18,7 +18,7 @@ use crate::teacher::cache::CachedTeacher;
 use crate::{Error, Result};
 
 /// Where the teacher comes from.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LmTeacher {
     /// A GGUF file or a Hugging Face directory (config.json, model.safetensors, tokenizer.json).
@@ -42,7 +42,7 @@ impl From<String> for LmTeacher {
 }
 
 /// Precision of the online teacher during training.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TeacherDtype {
     /// bf16 on CUDA, and on a CPU where a bf16 matmul of the teacher's shape is measured at
@@ -75,7 +75,7 @@ pub enum Teacher<'a> {
 }
 
 /// `[[teachers]]` of an LM recipe: another teacher for `[distill.multi_teacher]`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExtraLmTeacher {
     /// A GGUF file or a Hugging Face directory with the same tokenizer as `[teacher]`.

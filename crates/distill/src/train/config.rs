@@ -6,7 +6,7 @@ use crate::{Error, Result};
 
 /// How one model is trained. `lr` is required in a recipe; a key left out takes its value from
 /// [`TrainCfg::default`], except `epochs` and `steps`, of which a recipe sets one.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TrainCfg {
     /// Passes over the training set (exclusive with `steps`).
@@ -152,7 +152,7 @@ impl TrainCfg {
 }
 
 /// Checkpointing.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct CheckpointCfg {
     /// Save a checkpoint every N optimizer steps (and at the end); default 200.
@@ -166,7 +166,7 @@ impl Default for CheckpointCfg {
 }
 
 /// Logging: `metrics.jsonl` and progress.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogCfg {
     /// Write a `metrics.jsonl` line every N optimizer steps (and at the end); default: the
@@ -197,7 +197,7 @@ impl LogCfg {
 }
 
 /// Optimizer family.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum OptimizerKind {
     /// AdamW (Loshchilov & Hutter 2019), decoupled weight decay on matrices only.
@@ -207,7 +207,7 @@ pub enum OptimizerKind {
 }
 
 /// Learning-rate schedule after warmup.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Schedule {
     Constant,

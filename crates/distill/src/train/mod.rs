@@ -182,14 +182,7 @@ pub fn fit(vs: &nn::VarStore, task: &mut dyn TrainTask, opts: &TrainOptions) -> 
         .open(&metrics_path)
         .map_err(|e| Error::io(&metrics_path, e))?;
 
-    let bar = if opts.progress { ProgressBar::new(total) } else { ProgressBar::hidden() };
-    bar.set_style(
-        ProgressStyle::with_template("{prefix:>18} [{bar:28}] {pos}/{len} {msg} ETA {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
-    bar.set_prefix(opts.phase.clone());
-    bar.set_position(start);
+    let bar = progress_bar(opts, start, total);
 
     let t0 = Instant::now();
     let comm0 = pg.map_or(0.0, |g| g.comm_seconds());
@@ -265,6 +258,20 @@ pub fn fit(vs: &nn::VarStore, task: &mut dyn TrainTask, opts: &TrainOptions) -> 
         trainable_params: Some(trainable_params),
         peak_rss_mb: if measured_rss { peak_rss_mb() } else { None },
     })
+}
+
+/// The terminal's progress bar for a phase (hidden when `opts.progress` is off; indicatif draws
+/// nothing off a terminal).
+fn progress_bar(opts: &TrainOptions, start: u64, total: u64) -> ProgressBar {
+    let bar = if opts.progress { ProgressBar::new(total) } else { ProgressBar::hidden() };
+    bar.set_style(
+        ProgressStyle::with_template("{prefix:>18} [{bar:28}] {pos}/{len} {msg} ETA {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(opts.phase.clone());
+    bar.set_position(start);
+    bar
 }
 
 /// Whether to stop after this step: a Ctrl-C / SIGTERM here, or on any rank of a data-parallel
