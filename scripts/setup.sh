@@ -12,19 +12,35 @@ PY_PACKAGES=(torch==2.11.0 numpy==2.4.6 transformers==5.23.0 tokenizers==0.23.3 
 # NCCL backend of the data-parallel shim against torch's CUDA 13.0 (headers only, ~20 MB).
 STAMP="$DISTILL_VENV/.distill-setup-v4"
 
+# Each stage prints one line; what the tools print goes to $LOG (its tail is shown on failure).
+mkdir -p "$DISTILL_HOME"
+LOG="$DISTILL_HOME/setup.log"
+: > "$LOG"
+stage() {
+  local what="$1"; shift
+  echo "setup: $what (log: $LOG)" >&2
+  if ! "$@" >> "$LOG" 2>&1; then
+    echo "setup: $what failed; the end of $LOG:" >&2
+    tail -n 30 "$LOG" >&2
+    exit 1
+  fi
+}
+apt_install() {
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@"
+}
+
 if [ ! -f "$STAMP" ]; then
-  echo "setup: creating $DISTILL_VENV (torch 2.11.0 pulls ~4.5 GB of wheels on first run)" >&2
-  mkdir -p "$DISTILL_HOME"
-  [ -x "$DISTILL_VENV/bin/python" ] || python3 -m venv "$DISTILL_VENV"
-  "$DISTILL_VENV/bin/pip" install --quiet "${PY_PACKAGES[@]}"
+  [ -x "$DISTILL_VENV/bin/python" ] || stage "creating $DISTILL_VENV" python3 -m venv "$DISTILL_VENV"
+  stage "installing torch 2.11.0 and the reference tools (~4.5 GB of wheels on the first run)" \
+    "$DISTILL_VENV/bin/pip" install --quiet "${PY_PACKAGES[@]}"
   touch "$STAMP"
 fi
 
 # gloo's headers, for the data-parallel backend (libtorch carries gloo's code, not its headers).
-[ -f /usr/include/gloo/context.h ] || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libgloo-dev; }
+[ -f /usr/include/gloo/context.h ] || stage "installing gloo's headers (apt)" apt_install --no-install-recommends libgloo-dev
 
 # Headless Chromium renders report.html in the report tests (crates/distill-cli/tests/report.rs).
-command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+command -v chromium >/dev/null || stage "installing chromium (apt)" apt_install chromium
 
 echo "setup: building distill (release)" >&2
 cargo build --release --quiet -p distill-cli
