@@ -79,13 +79,16 @@ pub enum Cmd {
     /// for an LM recipe whose assets are here — each model's config, tokenizer and tensor names
     /// (no weights), the student's shape, and every data source read; which assets a run would
     /// fetch.
-    #[command(after_help = "Example:\n  distill check my.toml --set student.layers=6")]
+    #[command(after_help = "Example:\n  distill check my.toml --set student.layers=6 --out runs/mine")]
     Check {
         /// The TOML recipe.
         recipe: PathBuf,
         /// Override a recipe value, as `run --set` does: `--set train.steps=100` (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
+        /// The run directory `run` would write: checked to be new (or empty) and writable.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Convert a model (GGUF file or HF directory) into a Hugging Face directory, or, when --out
     /// ends in `.gguf`, into a GGUF file that llama.cpp runs.

@@ -92,6 +92,24 @@ fn print_finished(r: &Recipe, a: &RunArgs) -> Result<()> {
     Ok(())
 }
 
+/// `check --out DIR`: the run directory `run` would use is new or empty, and its parent takes
+/// files.
+fn check_out_writable(out: &Path) -> Result<()> {
+    if out.exists() && std::fs::read_dir(out).map(|mut d| d.next().is_some()).unwrap_or(true) {
+        bail!("{} already exists and is not empty; `run` would need --resume or another --out", out.display());
+    }
+    let parent = match out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(p) => p.to_path_buf(),
+        None => std::path::PathBuf::from("."),
+    };
+    let probe = parent.join(format!(".distill-check-{}", std::process::id()));
+    std::fs::create_dir_all(&parent)
+        .and_then(|_| std::fs::write(&probe, b""))
+        .with_context(|| format!("--out {}: cannot write in {}", out.display(), parent.display()))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
 /// The command that continues an interrupted run: this one with `--resume`.
 fn resume_command(a: &RunArgs) -> String {
     let mut cmd = format!("distill run {} --out {}", a.recipe.display(), a.out.display());
@@ -230,7 +248,7 @@ fn differing_keys(before: &str, now: &str) -> String {
 /// `distill check`: the recipe parses and validates, its device exists, and — for an LM recipe
 /// whose assets are here — its models and data are read as `run` would read them (no weights);
 /// which assets a run would fetch.
-pub fn check(recipe: &Path, set: &[String]) -> Result<()> {
+pub fn check(recipe: &Path, set: &[String], out: Option<&Path>) -> Result<()> {
     let r = load_recipe(recipe, set)?;
     if let Some(d) = r.cuda_device() {
         if !tch::Cuda::is_available() {
@@ -238,10 +256,17 @@ pub fn check(recipe: &Path, set: &[String]) -> Result<()> {
         }
     }
     let missing = fetch::missing_assets(r.paths())?;
-    if let (Recipe::Lm(lm), true) = (&r, missing.is_empty()) {
-        distill::experiments::lm::check_models(lm)?;
+    let plan = match (&r, missing.is_empty()) {
+        (Recipe::Lm(lm), true) => distill::experiments::lm::check_models(lm)?,
+        _ => vec![],
+    };
+    if let Some(out) = out {
+        check_out_writable(out)?;
     }
     println!("{}: ok", recipe.display());
+    for line in plan {
+        println!("  {line}");
+    }
     for a in missing {
         println!("asset `{}` will be fetched on first run", a.name);
     }

@@ -42,9 +42,19 @@ fn check_refuses_what_run_would() {
     let t = common::lm_teacher(&d);
     let text = d.join("corpus.txt");
     common::lm_corpus(&text, 20);
-    let ok = distill(&["check", recipe(&d, &t, &text, "").to_str().unwrap()]);
+    let ok =
+        distill(&["check", recipe(&d, &t, &text, "").to_str().unwrap(), "--out", d.join("new-run").to_str().unwrap()]);
     common::ok(&ok);
-    assert!(String::from_utf8_lossy(&ok.stdout).contains("lm.toml: ok"));
+    let out = String::from_utf8_lossy(&ok.stdout).to_string();
+    assert!(out.contains("lm.toml: ok"), "{out}");
+    // The plan: the models with their sizes, the documents, each phase's steps and tokens.
+    assert!(out.contains("teacher: LlamaForCausalLM 2 layers × 32 (4 heads, 2 kv)"), "{out}");
+    assert!(out.contains("student: LlamaForCausalLM 1 layers × 32") && out.contains("(init random)"), "{out}");
+    assert!(out.contains("phase kd: student-kd (10 steps × 128 rows × 512 tokens"), "{out}");
+    assert!(!d.join("new-run").exists(), "check writes nothing");
+    // A run directory that exists with files in it.
+    let o = distill(&["check", recipe(&d, &t, &text, "").to_str().unwrap(), "--out", t.to_str().unwrap()]);
+    assert_error(&o, &["already exists and is not empty"]);
 
     // A JSONL whose records lack the field the source reads.
     let jsonl = d.join("records.jsonl");

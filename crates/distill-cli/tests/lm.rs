@@ -237,10 +237,11 @@ fn tiny_lm_distills_evaluates_and_exports() {
     assert!(rp("1.3").status.success());
     assert_error(&rp("0"), &["repetition_penalty must be > 0"]);
 
-    // Resuming a finished run reloads both students instead of training again.
+    // Resuming a finished run prints its results instead of training or evaluating again.
     let o = distill(&["run", r.to_str().unwrap(), "--out", out.to_str().unwrap(), "--resume"]);
     assert!(o.status.success());
-    assert!(stderr(&o).contains("trained earlier"));
+    assert!(stderr(&o).contains("is finished (summary.json); nothing to resume"), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("KD student / scratch twin validation perplexity"));
     let s2 = summary(&out);
     assert_eq!(s2["students"][0]["validation"]["perplexity"], kd["validation"]["perplexity"]);
 }

@@ -425,7 +425,9 @@ fn check_student_tokenizer(rr: &ResolvedLm, teacher: &tokenizers::Tokenizer) -> 
 /// (when their files are here): `student.from`'s tokenizer against the teacher's, each model's
 /// config, family, tokenizer and tensor names ([`crate::io::lm::check_model_files`]), the
 /// student's shape derived from the teacher, and every data source read (its records' fields).
-pub fn check_models(r: &LmRecipe) -> Result<()> {
+/// Returns the plan as lines to print: the models with their parameter counts, the documents,
+/// and each training phase's steps and tokens.
+pub fn check_models(r: &LmRecipe) -> Result<Vec<String>> {
     let rr = r.resolve()?;
     // The tokenizers first: a student.from of another vocabulary is refused before its weights
     // files are even opened, as at run time.
@@ -433,22 +435,75 @@ pub fn check_models(r: &LmRecipe) -> Result<()> {
         let teacher = crate::io::lm::load_tokenizer(&rr.teacher_path)?;
         check_student_tokenizer(&rr, &teacher)?;
     }
-    let mut t_cfg = None;
+    let mut cfgs = Vec::new();
     for p in std::iter::once(&rr.teacher_path).chain(&rr.extra_teachers).chain(&rr.student_from) {
         if p.exists() {
-            let cfg = crate::io::lm::check_model_files(p)?;
-            t_cfg = t_cfg.or(Some(cfg));
+            cfgs.push((p.clone(), crate::io::lm::check_model_files(p)?));
         }
     }
-    if let (Some(t_cfg), None, true) = (t_cfg, &rr.student_from, rr.teacher_path.exists()) {
-        let s_cfg = student_config(&t_cfg, &r.student)?;
-        if r.student.init() == StudentInit::Prune {
-            prune::check_slice(&t_cfg, &s_cfg)?;
+    let describe = |who: &str, c: &LmConfig| {
+        format!(
+            "{who}: {} {} layers × {} ({} heads, {} kv), {} parameters",
+            c.family.hf_class(),
+            c.num_layers,
+            c.hidden_size,
+            c.num_heads,
+            c.num_kv_heads,
+            c.param_count().map_or("?".into(), |n| format!("{:.1}M", n as f64 / 1e6))
+        )
+    };
+    let mut lines = Vec::new();
+    let t_cfg = cfgs.iter().find(|(p, _)| *p == rr.teacher_path).map(|(_, c)| c.clone());
+    if let Some(t) = &t_cfg {
+        lines.push(describe("teacher", t));
+    }
+    match (&rr.student_from, &t_cfg) {
+        (Some(p), _) => {
+            if let Some((_, s)) = cfgs.iter().find(|(q, _)| q == p) {
+                lines.push(describe("student (from)", s));
+            }
         }
+        (None, Some(t)) => {
+            let s_cfg = student_config(t, &r.student)?;
+            if r.student.init() == StudentInit::Prune {
+                prune::check_slice(t, &s_cfg)?;
+            }
+            lines.push(format!("{} (init {})", describe("student", &s_cfg), r.student.init().name()));
+        }
+        (None, None) => {}
     }
     // The data: every source opened and its records' fields found (no tokenizing).
-    distill_text::prepare_text(&rr.data)?;
-    Ok(())
+    let text = distill_text::prepare_text(&rr.data)?;
+    lines.push(format!(
+        "data: {} training and {} validation documents (tokenized and packed into rows of {} at run time)",
+        text.split.train.len(),
+        text.split.validation.len(),
+        rr.data.pack.seq_len
+    ));
+    let plan = lm_plan(
+        &r.distill,
+        &r.student,
+        r.quantize.as_ref(),
+        &r.train,
+        r.seed,
+        r.assistant.is_some(),
+        rr.extra_teachers.len(),
+    );
+    for ph in plan.iter().filter(|p| p.trains) {
+        let t = ph.train.as_ref().unwrap_or(&r.train);
+        let steps = match (t.steps, t.epochs) {
+            (Some(s), _) => format!(
+                "{s} steps × {} rows × {} tokens = {} tokens",
+                t.batch_size,
+                rr.data.pack.seq_len,
+                s as usize * t.batch_size * rr.data.pack.seq_len
+            ),
+            (None, Some(e)) => format!("{e} epochs of {} rows", t.batch_size),
+            (None, None) => "1 epoch".into(),
+        };
+        lines.push(format!("phase {}: {} ({steps})", ph.id, ph.role.name()));
+    }
+    Ok(lines)
 }
 
 /// The student's parameter count, with a warning on a huge capacity gap to the teacher's.
@@ -767,11 +822,14 @@ pub fn run(r: &LmRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) -> Re
     if data.validation.is_empty() {
         return Err(Error::Invalid("the validation split has no full row; raise data.split.val_fraction".into()));
     }
+    // What evaluation scores: at most `eval.max_val_blocks` validation rows.
+    let val_rows = data.validation.n_blocks();
+    let scored = r.eval.max_val_blocks.map_or(val_rows, |m| m.min(val_rows));
     say(format!(
-        "data: {} train rows, {} validation rows of {} tokens",
+        "data: {} train rows, {val_rows} validation rows of {} tokens{}",
         data.train.n_blocks(),
-        data.validation.n_blocks(),
-        data.train.seq_len
+        data.train.seq_len,
+        if scored < val_rows { format!(" ({scored} of them scored: eval.max_val_blocks)") } else { String::new() }
     ));
     // Parameter counts before anything trains.
     let t_params = teacher.model.param_count();
