@@ -41,7 +41,7 @@ fn check_refuses_what_run_would() {
     let d = tmpdir("check");
     let t = common::lm_teacher(&d);
     let text = d.join("corpus.txt");
-    common::lm_corpus(&text, 20);
+    common::lm_corpus(&text, 600);
     let ok =
         distill(&["check", recipe(&d, &t, &text, "").to_str().unwrap(), "--out", d.join("new-run").to_str().unwrap()]);
     common::ok(&ok);
@@ -51,7 +51,17 @@ fn check_refuses_what_run_would() {
     assert!(out.contains("teacher: LlamaForCausalLM 2 layers × 32 (4 heads, 2 kv)"), "{out}");
     assert!(out.contains("student: LlamaForCausalLM 1 layers × 32") && out.contains("(init random)"), "{out}");
     assert!(out.contains("phase kd: student-kd (10 steps × 128 rows × 512 tokens"), "{out}");
+    assert!(out.contains("validation rows of 512 tokens"), "{out}");
     assert!(!d.join("new-run").exists(), "check writes nothing");
+    // Data too short for a row of 512 tokens, or a validation split too small for one: refused
+    // here, as `run` would.
+    let short = d.join("short.txt");
+    std::fs::write(&short, "w1 w2 w3 w4 w5 w6 w7 w8 w9 w10 w11 w12 w13 w14 w15 w16 w17 w18 w19 w20 w21 w22 w23 w24 w25 w26 w27 w28 w29 w30 w31 w32 w33\n").unwrap();
+    let o = distill(&["check", recipe(&d, &t, &short, "").to_str().unwrap()]);
+    assert_error(&o, &["training data packs into no rows: 34 tokens"]);
+    let r = recipe(&d, &t, &text, "");
+    let o = distill(&["check", r.to_str().unwrap(), "--set", "data.split.val_fraction=0.002"]);
+    assert_error(&o, &["the validation split has no full row"]);
     // A run directory that exists with files in it.
     let o = distill(&["check", recipe(&d, &t, &text, "").to_str().unwrap(), "--out", t.to_str().unwrap()]);
     assert_error(&o, &["already exists and is not empty"]);

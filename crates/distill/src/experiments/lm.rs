@@ -472,14 +472,31 @@ pub fn check_models(r: &LmRecipe) -> Result<Vec<String>> {
         }
         (None, None) => {}
     }
-    // The data: every source opened and its records' fields found (no tokenizing).
+    // The data: every source read, its records' fields found, and — with the teacher's tokenizer
+    // and chat template, as `run` does — tokenized and packed, so that an empty validation split
+    // fails here.
     let text = distill_text::prepare_text(&rr.data)?;
-    lines.push(format!(
-        "data: {} training and {} validation documents (tokenized and packed into rows of {} at run time)",
-        text.split.train.len(),
-        text.split.validation.len(),
-        rr.data.pack.seq_len
-    ));
+    let docs = format!("{} training and {} validation documents", text.split.train.len(), text.split.validation.len());
+    match &t_cfg {
+        Some(t) => {
+            let tok = crate::io::lm::load_tokenizer(&rr.teacher_path)?;
+            let chat = crate::io::lm::model_chat(&rr.teacher_path, t, &tok)?;
+            let data = distill_text::build_dataset_chat(&rr.data, &tok, chat.as_ref().map(|c| c as _))?;
+            if data.validation.is_empty() {
+                return Err(Error::Invalid(format!(
+                    "the validation split has no full row ({docs}, rows of {} tokens); raise data.split.val_fraction or lower data.pack.seq_len",
+                    rr.data.pack.seq_len
+                )));
+            }
+            lines.push(format!(
+                "data: {docs} → {} training and {} validation rows of {} tokens",
+                data.train.n_blocks(),
+                data.validation.n_blocks(),
+                data.train.seq_len
+            ));
+        }
+        None => lines.push(format!("data: {docs}")),
+    }
     let plan = lm_plan(
         &r.distill,
         &r.student,

@@ -330,6 +330,22 @@ pub fn check_model_files(path: &Path) -> Result<LmConfig> {
     Ok(cfg)
 }
 
+/// The chat template of a model (GGUF `tokenizer.chat_template`, or an HF directory's), with the
+/// BOS/EOS strings of `cfg` in `tok`, without reading any weights; `None` when it has none.
+pub fn model_chat(path: &Path, cfg: &LmConfig, tok: &Tokenizer) -> Result<Option<crate::io::chat::ModelChat>> {
+    let template = if path.is_dir() {
+        hf_chat_template(path)
+    } else {
+        distill_gguf::GgufFile::open(path)?.get_str("tokenizer.chat_template").ok().map(str::to_string)
+    };
+    let name = |id: Option<i64>| id.and_then(|i| tok.id_to_token(i as u32)).unwrap_or_default();
+    Ok(template.map(|template| crate::io::chat::ModelChat {
+        template,
+        bos: name(cfg.bos_token_id),
+        eos: name(cfg.eos_token_ids.first().copied()),
+    }))
+}
+
 /// The tokenizer of a GGUF file or a Hugging Face directory, without reading any weights.
 pub fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
     if path.is_dir() {
