@@ -270,7 +270,7 @@ fn model_files_are_checked_without_weights() {
     use distill::io::lm::check_model_files;
     let tmp = tempfile::tempdir().unwrap();
     for (name, _) in FIXTURES {
-        let cfg = check_model_files(&dir(name)).unwrap();
+        let (cfg, _) = check_model_files(&dir(name)).unwrap();
         assert_eq!(&cfg, load_lm(&dir(name), Device::Cpu).unwrap().model.config(), "{name}");
     }
     // An architecture distill does not implement.

@@ -421,6 +421,23 @@ fn check_student_tokenizer(rr: &ResolvedLm, teacher: &tokenizers::Tokenizer) -> 
     )
 }
 
+/// The recipe's phases, as `run` executes them and `check` shows them.
+fn recipe_plan(r: &LmRecipe, extra_teachers: usize) -> Vec<crate::plan::Phase> {
+    lm_plan(&r.distill, &r.student, r.quantize.as_ref(), &r.train, r.seed, r.assistant.is_some(), extra_teachers)
+}
+
+/// Evaluation needs at least one full validation row: the error says what the split held and
+/// what to change (`run` and `check` both refuse through it).
+fn require_validation_rows(data: &distill_text::TextDataset) -> Result<()> {
+    if data.validation.is_empty() {
+        return Err(Error::Invalid(format!(
+            "the validation split has no full row ({} training and {} validation documents, rows of {} tokens); raise data.split.val_fraction or lower data.pack.seq_len",
+            data.stats.train_docs, data.stats.val_docs, data.train.seq_len
+        )));
+    }
+    Ok(())
+}
+
 /// What `distill check` can check of an LM recipe's models and data without loading weights
 /// (when their files are here): `student.from`'s tokenizer against the teacher's, each model's
 /// config, family, tokenizer and tensor names ([`crate::io::lm::check_model_files`]), the
@@ -429,16 +446,19 @@ fn check_student_tokenizer(rr: &ResolvedLm, teacher: &tokenizers::Tokenizer) -> 
 /// and each training phase's steps and tokens.
 pub fn check_models(r: &LmRecipe) -> Result<Vec<String>> {
     let rr = r.resolve()?;
-    // The tokenizers first: a student.from of another vocabulary is refused before its weights
-    // files are even opened, as at run time.
-    if rr.student_from.is_some() && rr.teacher_path.exists() {
-        let teacher = crate::io::lm::load_tokenizer(&rr.teacher_path)?;
-        check_student_tokenizer(&rr, &teacher)?;
+    // The teacher first, then its tokenizer against student.from's: a student of another
+    // vocabulary is refused before its weights files are even opened, as at run time.
+    let (t_cfg, t_tok) = match rr.teacher_path.exists() {
+        true => crate::io::lm::check_model_files(&rr.teacher_path).map(|(c, t)| (Some(c), Some(t)))?,
+        false => (None, None),
+    };
+    if let Some(teacher) = &t_tok {
+        check_student_tokenizer(&rr, teacher)?;
     }
     let mut cfgs = Vec::new();
-    for p in std::iter::once(&rr.teacher_path).chain(&rr.extra_teachers).chain(&rr.student_from) {
+    for p in rr.extra_teachers.iter().chain(&rr.student_from) {
         if p.exists() {
-            cfgs.push((p.clone(), crate::io::lm::check_model_files(p)?));
+            cfgs.push((p.clone(), crate::io::lm::check_model_files(p)?.0));
         }
     }
     let describe = |who: &str, c: &LmConfig| {
@@ -453,7 +473,6 @@ pub fn check_models(r: &LmRecipe) -> Result<Vec<String>> {
         )
     };
     let mut lines = Vec::new();
-    let t_cfg = cfgs.iter().find(|(p, _)| *p == rr.teacher_path).map(|(_, c)| c.clone());
     if let Some(t) = &t_cfg {
         lines.push(describe("teacher", t));
     }
@@ -475,38 +494,30 @@ pub fn check_models(r: &LmRecipe) -> Result<Vec<String>> {
     // The data: every source read, its records' fields found, and — with the teacher's tokenizer
     // and chat template, as `run` does — tokenized and packed, so that an empty validation split
     // fails here.
-    let text = distill_text::prepare_text(&rr.data)?;
-    let docs = format!("{} training and {} validation documents", text.split.train.len(), text.split.validation.len());
-    match &t_cfg {
-        Some(t) => {
-            let tok = crate::io::lm::load_tokenizer(&rr.teacher_path)?;
-            let chat = crate::io::lm::model_chat(&rr.teacher_path, t, &tok)?;
-            let data = distill_text::build_dataset_chat(&rr.data, &tok, chat.as_ref().map(|c| c as _))?;
-            if data.validation.is_empty() {
-                return Err(Error::Invalid(format!(
-                    "the validation split has no full row ({docs}, rows of {} tokens); raise data.split.val_fraction or lower data.pack.seq_len",
-                    rr.data.pack.seq_len
-                )));
-            }
+    match (&t_cfg, &t_tok) {
+        (Some(t), Some(tok)) => {
+            let chat = crate::io::lm::model_chat(&rr.teacher_path, t, tok)?;
+            let data = distill_text::build_dataset_chat(&rr.data, tok, chat.as_ref().map(|c| c as _))?;
+            require_validation_rows(&data)?;
             lines.push(format!(
-                "data: {docs} → {} training and {} validation rows of {} tokens",
+                "data: {} training and {} validation documents → {} training and {} validation rows of {} tokens",
+                data.stats.train_docs,
+                data.stats.val_docs,
                 data.train.n_blocks(),
                 data.validation.n_blocks(),
                 data.train.seq_len
             ));
         }
-        None => lines.push(format!("data: {docs}")),
+        _ => {
+            let text = distill_text::prepare_text(&rr.data)?;
+            lines.push(format!(
+                "data: {} training and {} validation documents",
+                text.split.train.len(),
+                text.split.validation.len()
+            ));
+        }
     }
-    let plan = lm_plan(
-        &r.distill,
-        &r.student,
-        r.quantize.as_ref(),
-        &r.train,
-        r.seed,
-        r.assistant.is_some(),
-        rr.extra_teachers.len(),
-    );
-    for ph in plan.iter().filter(|p| p.trains) {
+    for ph in recipe_plan(r, rr.extra_teachers.len()).iter().filter(|p| p.trains) {
         let t = ph.train.as_ref().unwrap_or(&r.train);
         let steps = match (t.steps, t.epochs) {
             (Some(s), _) => format!(
@@ -836,9 +847,7 @@ pub fn run(r: &LmRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) -> Re
             rr.data.pack.seq_len
         );
     }
-    if data.validation.is_empty() {
-        return Err(Error::Invalid("the validation split has no full row; raise data.split.val_fraction".into()));
-    }
+    require_validation_rows(&data)?;
     // What evaluation scores: at most `eval.max_val_blocks` validation rows.
     let val_rows = data.validation.n_blocks();
     let scored = r.eval.max_val_blocks.map_or(val_rows, |m| m.min(val_rows));
@@ -858,15 +867,7 @@ pub fn run(r: &LmRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) -> Re
     write_atomic(&out.join("recipe.toml"), recipe_toml.as_bytes())?;
     std::fs::create_dir_all(out.join("phases")).map_err(|e| Error::io(out, e))?;
 
-    let plan = lm_plan(
-        &r.distill,
-        &r.student,
-        r.quantize.as_ref(),
-        &r.train,
-        r.seed,
-        r.assistant.is_some(),
-        extra_teachers.len(),
-    );
+    let plan = recipe_plan(r, extra_teachers.len());
     let needs_online = cached.is_none() && plan.iter().any(|p| p.teacher == TeacherFrom::Recipe);
     let (online, teacher_train_dtype) = online_teacher(r, &teacher, rr.device, needs_online, &say)?;
     let online_model = online.as_ref().map(|(_, m)| m).unwrap_or(&teacher.model);

@@ -108,10 +108,7 @@ pub fn config_from_gguf(file: &distill_gguf::GgufFile, p: &distill_gguf::LlamaGg
         None => vec![LayerAttention::Full; p.block_count],
     };
     let factors = |name: &str| -> Result<Option<Vec<f64>>> {
-        if file.tensor_info(name).is_none() {
-            return Ok(None);
-        }
-        let info = file.tensor_info(name).expect("checked");
+        let Some(info) = file.tensor_info(name) else { return Ok(None) };
         Ok(Some(file.info_f32(info)?.into_iter().map(f64::from).collect()))
     };
     let rope_scaling = match (factors("rope_factors_long.weight")?, factors("rope_factors_short.weight")?) {
@@ -265,8 +262,9 @@ pub fn load_lm(path: &Path, device: Device) -> Result<LoadedLm> {
 /// What `distill check` reads of a model without its weights: the config (an HF `config.json`
 /// or a GGUF header — an unsupported family, a bad key or a GGUF of another architecture is an
 /// error naming it), the tokenizer (`tokenizer.json` or the GGUF's), and the tensor names the
-/// family needs against those the files hold (a missing tensor is named). Returns the config.
-pub fn check_model_files(path: &Path) -> Result<LmConfig> {
+/// family needs against those the files hold (a missing tensor is named). Returns the config and
+/// the tokenizer.
+pub fn check_model_files(path: &Path) -> Result<(LmConfig, Tokenizer)> {
     if !path.exists() {
         return Err(Error::Invalid(format!("{}: no such file or directory", path.display())));
     }
@@ -288,17 +286,18 @@ pub fn check_model_files(path: &Path) -> Result<LmConfig> {
         let file = distill_gguf::GgufFile::open(path)?;
         let params = distill_gguf::LlamaGgufParams::from_gguf(&file)?;
         let cfg = config_from_gguf(&file, &params)?;
+        let opts = CausalLm::load_options(&cfg);
         let mut names = Vec::new();
         for t in file.tensors() {
             let Some(name) = distill_gguf::hf_name_in(&params.architecture, &t.name) else { continue };
-            match CausalLm::load_options(&cfg).split_of(&name, t.shape().first().copied().unwrap_or(0) as i64) {
+            match opts.split_of(&name, t.shape().first().copied().unwrap_or(0) as i64) {
                 Some(parts) => names.extend(parts.map_err(|m| Error::format(path, m))?.into_iter().map(|p| p.0)),
                 None => names.push(name),
             }
         }
         (cfg, names)
     };
-    load_tokenizer(path)?;
+    let tokenizer = load_tokenizer(path)?;
     // The names a model of this family and depth holds, from a copy a few values wide.
     let skeleton = LmConfig {
         vocab_size: 2,
@@ -327,7 +326,7 @@ pub fn check_model_files(path: &Path) -> Result<LmConfig> {
             ),
         ));
     }
-    Ok(cfg)
+    Ok((cfg, tokenizer))
 }
 
 /// The chat template of a model (GGUF `tokenizer.chat_template`, or an HF directory's), with the

@@ -265,7 +265,6 @@ pub fn student_config(t: &LmConfig, s: &LmStudent) -> Result<LmConfig> {
             t.head_dim, t.head_dim
         )));
     }
-    let picked = t.pick_layers(&subset_layers(t.num_layers, s.layers as i64));
     let keep_windows = !family.llama_like();
     let cfg = LmConfig {
         family,
@@ -281,7 +280,7 @@ pub fn student_config(t: &LmConfig, s: &LmStudent) -> Result<LmConfig> {
         mlp_bias: false,
         sliding_window: if keep_windows { t.sliding_window } else { None },
         layer_types: if keep_windows {
-            picked.layer_types
+            t.pick_layers(&subset_layers(t.num_layers, s.layers as i64)).layer_types
         } else {
             vec![crate::models::lm::config::LayerAttention::Full; s.layers]
         },

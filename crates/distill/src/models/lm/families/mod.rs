@@ -30,9 +30,9 @@ pub struct Names {
 /// What a `config.json` (or a GGUF file) of a family means beyond the shared keys.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Quirks {
-    /// Bias on q_proj, k_proj and v_proj.
+    /// Bias on q_proj, k_proj and v_proj (`config.json`; a GGUF says by its tensors).
     pub qkv_bias: bool,
-    /// Bias on o_proj.
+    /// Bias on o_proj (`config.json`; a GGUF says by its tensors).
     pub o_bias: bool,
     /// Keys further back than this many positions are masked in sliding layers; `None` = full
     /// causal everywhere.

@@ -13,8 +13,9 @@ pub const NAMES: Names =
 /// The config class's defaults, where they differ from the resolver's own (Llama's).
 const DEFAULTS: &str = "{}";
 pub const TRAITS: Traits = Traits::LLAMA;
-/// What a GGUF of this family holds (its header does not say).
-pub const GGUF: Quirks = Quirks { qkv_bias: true, ..Quirks::LLAMA };
+/// What a GGUF of this family holds (its header does not say; its biases are read off its
+/// tensors).
+pub const GGUF: Quirks = Quirks::LLAMA;
 
 pub fn quirks(hf: &HfLmConfig) -> Result<Quirks, String> {
     if hf.use_sliding_window == Some(true) && hf.sliding_window.is_some() {
