@@ -6,11 +6,12 @@ cd "$(dirname "$0")/.."
 . scripts/env.sh
 
 # Pinned so that fixtures and reference numbers stay reproducible.
-PY_PACKAGES=(torch==2.11.0 numpy==2.4.6 transformers==5.23.0 tokenizers==0.23.3 safetensors==0.8.0 gguf==0.19.0 accelerate==1.15.0 sentence-transformers==6.2.0 model2vec==0.10.0 pyarrow==26.0.1 nvidia-cuda-crt==13.0.88 nvidia-cuda-cccl==13.0.85)
-# pyarrow: writes the Parquet fixtures of crates/distill-text/tests/parquet.rs.
+PY_PACKAGES=(torch==2.11.0 numpy==2.4.6 transformers==5.23.0 tokenizers==0.23.3 safetensors==0.8.0 gguf==0.19.0 accelerate==1.15.0 sentence-transformers==6.2.0 model2vec==0.10.0 pyarrow==26.0.1 tensorboard==2.21.0 nvidia-cuda-crt==13.0.88 nvidia-cuda-cccl==13.0.85)
+# pyarrow: writes the Parquet fixtures of crates/distill-text/tests/parquet.rs. tensorboard: its own
+# reader checks the event files of `log.tensorboard` (crates/distill-cli/tests/interrupt.rs).
 # nvidia-cuda-crt/-cccl: the CUDA headers the runtime wheels lack, so that build.rs compiles the
 # NCCL backend of the data-parallel shim against torch's CUDA 13.0 (headers only, ~20 MB).
-STAMP="$DISTILL_VENV/.distill-setup-v4"
+STAMP="$DISTILL_VENV/.distill-setup-v5"
 
 # Each stage prints one line; what the tools print goes to $LOG (its tail is shown on failure).
 mkdir -p "$DISTILL_HOME"

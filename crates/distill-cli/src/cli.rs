@@ -79,7 +79,9 @@ pub enum Cmd {
     /// for an LM recipe whose assets are here — each model's config, tokenizer and tensor names
     /// (no weights), the student's shape, and every data source read; which assets a run would
     /// fetch.
-    #[command(after_help = "Example:\n  distill check my.toml --set student.layers=6 --out runs/mine")]
+    #[command(
+        after_help = "Examples:\n  distill check my.toml --set student.layers=6 --out runs/mine\n  distill check my.toml --estimate"
+    )]
     Check {
         /// The TOML recipe.
         recipe: PathBuf,
@@ -89,6 +91,12 @@ pub enum Cmd {
         /// The run directory `run` would write: checked to be new (or empty) and writable.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Also estimate the training time (LM recipes): the models load, each trained phase
+        /// runs three steps on the real rows in a scratch directory (the first untimed), and the
+        /// mean of the other two is multiplied by the phase's steps. Takes as long as loading
+        /// plus a few steps; evaluation time is not included.
+        #[arg(long)]
+        estimate: bool,
     },
     /// Convert a model (GGUF file or HF directory) into a Hugging Face directory, or, when --out
     /// ends in `.gguf`, into a GGUF file that llama.cpp runs.

@@ -71,7 +71,7 @@ fn main() -> ExitCode {
 fn try_main(cli: Cli) -> Result<ExitCode> {
     match cli.cmd {
         Cmd::Run(a) => return run_cmd::run(a),
-        Cmd::Check { recipe, set, out } => run_cmd::check(&recipe, &set, out.as_deref()),
+        Cmd::Check { recipe, set, out, estimate } => run_cmd::check(&recipe, &set, out.as_deref(), estimate),
         Cmd::Report { run_dir } => run_cmd::report(&run_dir),
         Cmd::Convert { model, out, gguf_type } => lm_cmd::convert(&model, &out, gguf_type),
         Cmd::Eval(a) if encoder_cmd::is_encoder(&a.model) => encoder_cmd::eval(a),

@@ -158,18 +158,18 @@ fn run_recipe(r: Recipe, text: &str, dir: &Path, main: bool) -> Result<RunOutput
     use distill::experiments::{encoder, image, lm};
     Ok(match r {
         Recipe::Image(ir) => {
-            let opts = image::RunOptions { progress: main, verbose: main };
+            let opts = image::RunOptions { progress: main, verbose: main, time_steps: None };
             let s = image::run(&ir, text, dir, &opts)?;
             (serde_json::to_string_pretty(&s)?, image::table(&s), vec![])
         }
         Recipe::Encoder(er) => {
-            let opts = encoder::RunOptions { progress: main, verbose: main };
+            let opts = encoder::RunOptions { progress: main, verbose: main, time_steps: None };
             let s = encoder::run(&er, text, dir, &opts)?;
             let students = vec![("student", "sentence-transformers directory")];
             (serde_json::to_string_pretty(&s)?, encoder::table(&s), students)
         }
         Recipe::Lm(lr) => {
-            let opts = lm::RunOptions { progress: main, verbose: main };
+            let opts = lm::RunOptions { progress: main, verbose: main, time_steps: None };
             let s = lm::run(&lr, text, dir, &opts)?;
             let students = vec![("student", "Hugging Face directory"), ("student.gguf", "GGUF, llama.cpp")];
             (serde_json::to_string_pretty(&s)?, lm::report(&s), students)
@@ -248,7 +248,7 @@ fn differing_keys(before: &str, now: &str) -> String {
 /// `distill check`: the recipe parses and validates, its device exists, and — for an LM recipe
 /// whose assets are here — its models and data are read as `run` would read them (no weights);
 /// which assets a run would fetch.
-pub fn check(recipe: &Path, set: &[String], out: Option<&Path>) -> Result<()> {
+pub fn check(recipe: &Path, set: &[String], out: Option<&Path>, estimate: bool) -> Result<()> {
     let r = load_recipe(recipe, set)?;
     if let Some(d) = r.cuda_device() {
         if !tch::Cuda::is_available() {
@@ -267,10 +267,55 @@ pub fn check(recipe: &Path, set: &[String], out: Option<&Path>) -> Result<()> {
     for line in plan {
         println!("  {line}");
     }
-    for a in missing {
+    for a in &missing {
         println!("asset `{}` will be fetched on first run", a.name);
     }
+    if estimate {
+        estimate_time(&r, &missing)?;
+    }
     Ok(())
+}
+
+/// `check --estimate`: each trained phase timed over two steps (after one untimed) on the real
+/// models and rows, in a scratch directory that is removed after.
+fn estimate_time(r: &Recipe, missing: &[&fetch::Asset]) -> Result<()> {
+    let Recipe::Lm(lm) = r else { bail!("--estimate: LM recipes only (image and encoder runs take minutes)") };
+    if !missing.is_empty() {
+        bail!("--estimate needs the recipe's assets here: `distill fetch` them first");
+    }
+    set_threads(r.threads());
+    let scratch = tempfile_dir()?;
+    let t0 = std::time::Instant::now();
+    let timed = distill::experiments::lm::estimate(lm, &r.to_toml()?, &scratch, 2);
+    let _ = std::fs::remove_dir_all(&scratch);
+    let timed = timed?;
+    let setup = t0.elapsed().as_secs_f64();
+    let mut total = 0.0;
+    println!("estimate (mean of 2 timed steps per phase, after 1 untimed):");
+    for t in &timed {
+        let s = t.steps as f64 * t.step_seconds;
+        total += s;
+        println!("  phase {}: {} steps × {:.3} s = {}", t.phase, t.steps, t.step_seconds, duration(s));
+    }
+    println!("  training ≈ {}; evaluation is not included (this estimate took {})", duration(total), duration(setup));
+    Ok(())
+}
+
+/// A new directory under the system's temporary one.
+fn tempfile_dir() -> Result<std::path::PathBuf> {
+    let d = std::env::temp_dir().join(format!("distill-estimate-{}", std::process::id()));
+    std::fs::create_dir_all(&d).with_context(|| d.display().to_string())?;
+    Ok(d)
+}
+
+/// `1h02m`, `3m05s`, `12s`.
+fn duration(s: f64) -> String {
+    let s = s.round() as u64;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+    }
 }
 
 /// `distill init KIND`: a commented starter recipe, written to `--out` (default `KIND.toml`),

@@ -53,6 +53,21 @@ fn check_refuses_what_run_would() {
     assert!(out.contains("phase kd: student-kd (10 steps × 128 rows × 512 tokens"), "{out}");
     assert!(out.contains("validation rows of 512 tokens"), "{out}");
     assert!(!d.join("new-run").exists(), "check writes nothing");
+    // --estimate: every trained phase timed over two steps on the real models and rows, its
+    // steps × the mean step time; nothing written where the run would go.
+    let o = distill(&["check", recipe(&d, &t, &text, "").to_str().unwrap(), "--estimate"]);
+    common::ok(&o);
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    {
+        let phase = "kd";
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(&format!("  phase {phase}: 10 steps × ")))
+            .unwrap_or_else(|| panic!("{out}"));
+        let secs: f64 = line.split(" × ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+        assert!(secs > 0.0 && secs < 30.0, "{line}");
+    }
+    assert!(out.contains("training ≈ ") && out.contains("evaluation is not included"), "{out}");
     // Data too short for a row of 512 tokens, or a validation split too small for one: refused
     // here, as `run` would.
     let short = d.join("short.txt");

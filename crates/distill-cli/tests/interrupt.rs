@@ -68,7 +68,7 @@ fn logged_steps(run: &Path) -> usize {
 #[test]
 fn ctrl_c_in_a_terminal_checkpoints_and_resume_ends_where_an_uninterrupted_run_does() {
     let d = tmpdir("interrupt");
-    let r = recipe(&d, 4000, "");
+    let r = recipe(&d, 4000, "tensorboard = true");
     let run = d.join("run");
     let cmd = format!("{BIN} run {} --out {}", r.display(), run.display());
     // `script` gives the command a pty; what we write to its stdin is typed at that terminal.
@@ -118,6 +118,16 @@ fn ctrl_c_in_a_terminal_checkpoints_and_resume_ends_where_an_uninterrupted_run_d
     assert!(o.status.success(), "{}", stderr(&o));
     let w = |dir: &Path| std::fs::read(dir.join("student/model.safetensors")).unwrap();
     assert!(w(&run) == w(&whole), "resumed weights differ from the uninterrupted run's");
+    // The TensorBoard events, read by TensorBoard's own reader, mirror metrics.jsonl: every step
+    // once (the resumed phase's file replays the kept lines), the values as f32.
+    let metrics = common::metrics(&run, "kd");
+    let events = tensorboard_scalars(&run.join("phases/kd"));
+    for tag in ["loss", "lr", "grad_norm"] {
+        let want: Vec<(i64, f32)> =
+            metrics.iter().map(|m| (m["step"].as_i64().unwrap(), m[tag].as_f64().unwrap() as f32)).collect();
+        assert_eq!(want.len(), 4000);
+        assert_eq!(events[tag], want, "{tag}");
+    }
     // Resuming a finished run prints its results without evaluating again.
     let before = std::fs::metadata(run.join("summary.json")).unwrap().modified().unwrap();
     let o = distill(&["run", r.to_str().unwrap(), "--out", run.to_str().unwrap(), "--resume"]);
@@ -125,6 +135,21 @@ fn ctrl_c_in_a_terminal_checkpoints_and_resume_ends_where_an_uninterrupted_run_d
     assert!(stderr(&o).contains("is finished (summary.json)"), "{}", stderr(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains("student-kd"), "{}", String::from_utf8_lossy(&o.stdout));
     assert_eq!(std::fs::metadata(run.join("summary.json")).unwrap().modified().unwrap(), before);
+}
+
+/// `tag → [(step, value)]` of the event files in `dir`, as TensorBoard's `EventAccumulator`
+/// reads them.
+fn tensorboard_scalars(dir: &Path) -> std::collections::BTreeMap<String, Vec<(i64, f32)>> {
+    const READ: &str = r#"
+import json, sys
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+ea = EventAccumulator(sys.argv[1], size_guidance={"scalars": 0})
+ea.Reload()
+print(json.dumps({t: [[e.step, e.value] for e in ea.Scalars(t)] for t in ea.Tags()["scalars"]}))
+"#;
+    let o = Command::new(common::python()).args(["-c", READ, dir.to_str().unwrap()]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).unwrap()
 }
 
 /// Off a terminal (stderr piped), a phase of several seconds prints a progress line at least every

@@ -136,6 +136,19 @@ fn render(html: &Path, work: &Path) -> (Shot, String) {
     (shot, String::from_utf8(dom.stdout).unwrap())
 }
 
+/// `(tables that scroll sideways, the page's width, comparison tables)` of `html` rendered in a
+/// window 1200 px wide (a probe script, added to a copy, writes them where `--dump-dom` shows them).
+fn layout_at_1200(html: &Path, work: &Path) -> (usize, u32, usize) {
+    const PROBE: &str = "<script>document.body.setAttribute('data-probe', [...document.querySelectorAll('.scroll')].filter(e => e.scrollWidth > e.clientWidth).length + ':' + document.documentElement.scrollWidth + ':' + document.querySelectorAll('table.comparison').length)</script></body>";
+    let probe = work.join("probe.html");
+    std::fs::write(&probe, std::fs::read_to_string(html).unwrap().replace("</body>", PROBE)).unwrap();
+    let o = chromium_run(&probe, &work.join("profile-probe"), &["--dump-dom".into(), "--window-size=1200,2000".into()]);
+    let dom = String::from_utf8_lossy(&o.stdout);
+    let v = dom.split("data-probe=\"").nth(1).and_then(|r| r.split('"').next()).expect("the probe ran");
+    let n: Vec<&str> = v.split(':').collect();
+    (n[0].parse().unwrap(), n[1].parse().unwrap(), n[2].parse().unwrap())
+}
+
 /// The text of every table cell of field `key` (`data-key`), in order.
 fn cells(html: &str, key: &str) -> Vec<String> {
     let tag = format!("data-key=\"{key}\"");
@@ -323,6 +336,11 @@ fn lm_run_report_renders_scores_tables_and_generations() {
     }
     assert!(!html.contains("<script>"), "unescaped markup");
     assert_drawn(&shot, "LM report", false);
+    // At 1200 px nothing scrolls sideways: the comparison's columns continue in a second table.
+    let (scrolling, width, tables) = layout_at_1200(&run.join("report.html"), &d);
+    assert_eq!(scrolling, 0, "a table scrolls sideways at 1200 px");
+    assert!(width <= 1200, "the page is {width} px wide");
+    assert!(tables >= 2, "{tables} comparison tables");
 }
 
 /// A directory that is not a finished run: one error line naming summary.json, non-zero exit,

@@ -358,6 +358,8 @@ fn distill_student(run: &EncoderRun<'_>, ph: &Phase, dir: &Path, export: &Path) 
         log_every: r.log.every_steps.unwrap_or(10),
         progress: run.opts.progress,
         progress_seconds: r.log.progress_seconds,
+        tensorboard: r.log.tensorboard,
+        stop_after: None,
         tokens_per_example: None,
     };
     let rep = fit(&s.vs, &mut task, &topts)?;

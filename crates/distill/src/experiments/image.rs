@@ -366,6 +366,8 @@ fn train_phase(
         log_every: run.recipe.log.every_steps.unwrap_or(20),
         progress: run.opts.progress,
         progress_seconds: run.recipe.log.progress_seconds,
+        tensorboard: run.recipe.log.tensorboard,
+        stop_after: None,
         tokens_per_example: None,
     };
     let report = fit(&vs, &mut task, &topts)?;

@@ -311,9 +311,16 @@ fn student_phase(
             log_every: r.log.every_steps.unwrap_or(10),
             progress: opts.progress,
             progress_seconds: r.log.progress_seconds,
+            tensorboard: r.log.tensorboard,
+            stop_after: opts.time_steps,
             tokens_per_example: Some(r.data.pack.seq_len),
         };
-        fit(&vs, &mut task, &topts)?
+        let report = fit(&vs, &mut task, &topts)?;
+        if opts.time_steps.is_some() {
+            // Timed, not trained: nothing to export or record.
+            return Ok((vs, model, report, export_dir));
+        }
+        report
     } else {
         std::fs::create_dir_all(&phase_dir).map_err(|e| Error::io(&phase_dir, e))?;
         TrainReport::untrained()
@@ -469,7 +476,10 @@ pub fn check_models(r: &LmRecipe) -> Result<Vec<String>> {
             c.hidden_size,
             c.num_heads,
             c.num_kv_heads,
-            c.param_count().map_or("?".into(), |n| format!("{:.1}M", n as f64 / 1e6))
+            c.param_count().map_or("?".into(), |n| match n {
+                0..1_000_000 => n.to_string(),
+                _ => format!("{:.1}M", n as f64 / 1e6),
+            })
         )
     };
     let mut lines = Vec::new();
@@ -820,6 +830,39 @@ fn answer_instructions(
 
 /// Runs (or resumes) an LM distillation recipe into `out`.
 pub fn run(r: &LmRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) -> Result<LmSummary> {
+    match run_or_time(r, recipe_toml, out, opts)? {
+        Ran::Summary(s) => Ok(*s),
+        Ran::Timed(_) => Err(Error::Invalid("a timed run (RunOptions::time_steps) has no summary".into())),
+    }
+}
+
+/// A trained phase's timing (`distill check --estimate`).
+#[derive(Debug, Clone)]
+pub struct PhaseTiming {
+    pub phase: String,
+    /// The steps the phase trains for in the real run.
+    pub steps: u64,
+    /// Mean seconds of its timed steps after the first.
+    pub step_seconds: f64,
+}
+
+/// What the recipe's phases cost: each trained phase's first `timed + 1` steps run on the real
+/// models and rows in `scratch` (a new directory), the first untimed; nothing is exported or
+/// evaluated.
+pub fn estimate(r: &LmRecipe, recipe_toml: &str, scratch: &Path, timed: u64) -> Result<Vec<PhaseTiming>> {
+    let opts = RunOptions { progress: false, verbose: false, time_steps: Some(timed + 1) };
+    match run_or_time(r, recipe_toml, scratch, &opts)? {
+        Ran::Timed(t) => Ok(t),
+        Ran::Summary(_) => Err(Error::Invalid("estimate: the run was not timed".into())),
+    }
+}
+
+enum Ran {
+    Summary(Box<LmSummary>),
+    Timed(Vec<PhaseTiming>),
+}
+
+fn run_or_time(r: &LmRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) -> Result<Ran> {
     let say = |m: String| {
         if opts.verbose {
             eprintln!("{m}");
@@ -907,6 +950,18 @@ pub fn run(r: &LmRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) -> Re
     }
     drop(inputs);
     drop(online);
+    if opts.time_steps.is_some() {
+        let timed = students.iter().filter(|(p, _)| p.trains);
+        return Ok(Ran::Timed(
+            timed
+                .map(|(p, s)| PhaseTiming {
+                    phase: p.id.clone(),
+                    steps: s.2.steps,
+                    step_seconds: s.2.step_seconds.unwrap_or(0.0),
+                })
+                .collect(),
+        ));
+    }
 
     say("evaluating".into());
     let (mut teacher_report, mut reports) = score_models(r, &rr, &teacher, &students, &data)?;
@@ -935,5 +990,5 @@ pub fn run(r: &LmRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) -> Re
     write_json(&out.join("summary.json"), &summary)?;
     write_atomic(&out.join("report.txt"), report(&summary).as_bytes())?;
     crate::report::write_report_or_warn(out);
-    Ok(summary)
+    Ok(Ran::Summary(Box::new(summary)))
 }

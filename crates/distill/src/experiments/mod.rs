@@ -15,4 +15,7 @@ pub struct RunOptions {
     pub progress: bool,
     /// A line per finished phase on stderr.
     pub verbose: bool,
+    /// Time each trained phase over this many steps instead of training it; nothing is exported
+    /// or evaluated (`distill check --estimate`; LM runs).
+    pub time_steps: Option<u64>,
 }

@@ -327,6 +327,8 @@ fn train_round(
             log_every: 5,
             progress: false,
             progress_seconds: 10.0,
+            tensorboard: false,
+            stop_after: None,
             tokens_per_example: None,
         };
         let mut task = SftTask { model: &learner.model, examples: &examples };

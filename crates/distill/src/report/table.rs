@@ -41,7 +41,8 @@ impl Format {
                 Format::Int
             }
             "perplexity" => Format::Fixed(2),
-            "params" => Format::Count,
+            "params" | "trainable_params" => Format::Count,
+            "peak_rss_mb" => Format::Fixed(0),
             "size_bytes" => Format::Bytes,
             "compression_ratio" => Format::Ratio,
             "tokens_per_s" | "samples_per_s" => Format::Fixed(0),
@@ -136,6 +137,8 @@ const KNOWN: &[(&str, &str)] = &[
     ("steps", "steps"),
     ("final_loss", "final loss"),
     ("train_seconds", "train time (s)"),
+    ("peak_rss_mb", "peak RSS (MB)"),
+    ("trainable_params", "trainable params"),
     ("seconds", "time (s)"),
 ];
 
@@ -244,41 +247,90 @@ pub(super) fn columns(rows: &[Row], summary: &Value) -> Vec<Column> {
     order.into_iter().map(|(_, (key, _))| Column { header: header(&key, summary), key }).collect()
 }
 
-/// The comparison table: a row per entry, a column per field; every cell carries its field's
-/// key (`data-key`) and its exact value (`title`).
+/// The page's text width (CSS `max-width` 1150 px less padding) that one table fills at most: a
+/// window of 1200 px shows every table without scrolling.
+const TABLE_PX: f64 = 1100.0;
+
+/// A column's rendered width, estimated from its longest cell and its header's longest word
+/// (headers wrap between words when a table needs the room): 13 px type, DejaVu Sans digits are
+/// 8.3 px, 8 px padding a side.
+fn width_px(header: &str, cells: &[String]) -> f64 {
+    let cell = cells.iter().map(|c| c.chars().count()).max().unwrap_or(0);
+    let word = header.split(' ').map(|w| w.chars().count()).max().unwrap_or(0);
+    cell.max(word) as f64 * 8.4 + 16.0
+}
+
+/// The comparison: a row per entry, a column per field; every cell carries its field's key
+/// (`data-key`) and its exact value (`title`). Columns that would not fit [`TABLE_PX`] continue
+/// in further tables (in column order: labels, scores, size and speed, training), each repeating
+/// the row labels (phase and role) so that it reads alone.
 pub(super) fn comparison(rows: &[Row], columns: &[Column]) -> String {
     let with_phase = rows.iter().any(|r| r.phase.is_some());
-    let mut o = String::from("<div class=\"scroll\"><table class=\"comparison\">\n<tr>");
-    if with_phase {
-        o += "<th>phase</th>";
-    }
-    for c in columns {
-        let _ = write!(o, "<th title=\"{}\">{}</th>", escape(&c.key), escape(&c.header));
-    }
-    o += "</tr>\n";
-    for r in rows {
-        o += "<tr>";
-        if with_phase {
-            let _ = write!(o, "<td>{}</td>", escape(r.phase.as_deref().unwrap_or("–")));
+    let text = |r: &Row, c: &Column| format_value(&c.key, lookup(&r.value, &c.key).unwrap_or(&Value::Null));
+    let label_cols: Vec<&Column> = columns.iter().filter(|c| c.key == "role").collect();
+    let phase_px = if with_phase {
+        width_px("phase", &rows.iter().map(|r| r.phase.clone().unwrap_or_default()).collect::<Vec<_>>())
+    } else {
+        0.0
+    };
+    let labels_px = phase_px
+        + label_cols
+            .iter()
+            .map(|c| width_px(&c.header, &rows.iter().map(|r| text(r, c)).collect::<Vec<_>>()))
+            .sum::<f64>();
+    let mut chunks: Vec<Vec<&Column>> = vec![Vec::new()];
+    let mut used = labels_px;
+    for c in columns.iter().filter(|c| c.key != "role") {
+        let w = width_px(&c.header, &rows.iter().map(|r| text(r, c)).collect::<Vec<_>>());
+        let last = chunks.last_mut().expect("one chunk");
+        if used + w > TABLE_PX && !last.is_empty() {
+            chunks.push(vec![c]);
+            used = labels_px + w;
+        } else {
+            last.push(c);
+            used += w;
         }
-        for c in columns {
-            let v = lookup(&r.value, &c.key).unwrap_or(&Value::Null);
-            let class = if v.is_number() { " class=\"num\"" } else { "" };
-            let exact = match v {
-                Value::String(s) => s.clone(),
-                v => v.to_string(),
-            };
-            let _ = write!(
-                o,
-                "<td{class} data-key=\"{}\" title=\"{}\">{}</td>",
-                escape(&c.key),
-                escape(&exact),
-                escape(&format_value(&c.key, v))
-            );
+    }
+    let mut o = String::new();
+    for (i, chunk) in chunks.iter().enumerate() {
+        o += "<div class=\"scroll\"><table class=\"comparison\">\n<tr>";
+        if with_phase {
+            o += "<th>phase</th>";
+        }
+        for c in label_cols.iter().chain(chunk) {
+            let _ = write!(o, "<th title=\"{}\">{}</th>", escape(&c.key), escape(&c.header));
         }
         o += "</tr>\n";
+        for r in rows {
+            o += "<tr>";
+            if with_phase {
+                let _ = write!(o, "<td>{}</td>", escape(r.phase.as_deref().unwrap_or("–")));
+            }
+            for c in &label_cols {
+                // The first table's labels carry the key; the repeats are labels only.
+                let key = if i == 0 { format!(" data-key=\"{}\"", escape(&c.key)) } else { String::new() };
+                let _ = write!(o, "<td{key}>{}</td>", escape(&text(r, c)));
+            }
+            for c in chunk {
+                let v = lookup(&r.value, &c.key).unwrap_or(&Value::Null);
+                let class = if v.is_number() { " class=\"num\"" } else { "" };
+                let exact = match v {
+                    Value::String(s) => s.clone(),
+                    v => v.to_string(),
+                };
+                let _ = write!(
+                    o,
+                    "<td{class} data-key=\"{}\" title=\"{}\">{}</td>",
+                    escape(&c.key),
+                    escape(&exact),
+                    escape(&format_value(&c.key, v))
+                );
+            }
+            o += "</tr>\n";
+        }
+        o += "</table></div>\n";
     }
-    o + "</table></div>\n"
+    o
 }
 
 /// Metrics drawn as bars, by leaf key, and which way is better.

@@ -175,11 +175,15 @@ pub struct LogCfg {
     /// Off a terminal (a log file, a CI job), print a progress line — step, loss, tokens/s or
     /// samples/s, ETA — every this many seconds (default 10); on a terminal the bar shows it.
     pub progress_seconds: f64,
+    /// Also write the metrics as TensorBoard event files, one per phase
+    /// (`phases/<id>/events.out.tfevents.*`): `tensorboard --logdir RUN_DIR` shows every phase
+    /// as a run. Default false.
+    pub tensorboard: bool,
 }
 
 impl Default for LogCfg {
     fn default() -> Self {
-        LogCfg { every_steps: None, progress_seconds: 10.0 }
+        LogCfg { every_steps: None, progress_seconds: 10.0, tensorboard: false }
     }
 }
 

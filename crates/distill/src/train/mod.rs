@@ -12,6 +12,7 @@ pub mod config;
 pub mod dist;
 pub mod interrupt;
 pub mod optim;
+pub mod tensorboard;
 
 pub use config::{CheckpointCfg, LogCfg, TrainCfg};
 
@@ -76,6 +77,11 @@ pub struct TrainOptions {
     pub progress_seconds: f64,
     /// Tokens in one example (an LM row's length), for tokens/s in progress lines.
     pub tokens_per_example: Option<usize>,
+    /// Also write each metrics line to a TensorBoard event file in `dir`.
+    pub tensorboard: bool,
+    /// Time the phase instead of training it: stop after this many steps (no final checkpoint)
+    /// and report the mean seconds of the steps after the first (`distill check --estimate`).
+    pub stop_after: Option<u64>,
 }
 
 /// What a finished phase reports.
@@ -97,6 +103,9 @@ pub struct TrainReport {
     /// phases run in separate processes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peak_rss_mb: Option<f64>,
+    /// Mean seconds per step after the first, in a phase timed with `stop_after`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_seconds: Option<f64>,
 }
 
 impl TrainReport {
@@ -110,6 +119,7 @@ impl TrainReport {
             ranks: None,
             trainable_params: None,
             peak_rss_mb: None,
+            step_seconds: None,
         }
     }
 }
@@ -152,18 +162,14 @@ pub fn fit(vs: &nn::VarStore, task: &mut dyn TrainTask, opts: &TrainOptions) -> 
     let mut opt = Optimizer::new(cfg, params.iter().map(|(k, t)| (k.clone(), t.shallow_clone())).collect());
 
     let ckpt = opts.dir.join(CKPT);
-    let metrics_path = opts.dir.join("metrics.jsonl");
     let mut start = 0u64;
     let mut resumed_from = None;
     if ckpt.is_file() {
         start = load_checkpoint(&ckpt, &params, &mut opt)?;
         resumed_from = Some(start);
-        truncate_metrics(&metrics_path, start)?;
         if opts.progress && start < total {
             eprintln!("{}: resumed from step {start} of {total}", opts.phase);
         }
-    } else {
-        let _ = std::fs::remove_file(&metrics_path);
     }
     if let Some(g) = pg {
         // Rank 0's parameters, optimizer state and step on every rank: the same start whether
@@ -176,11 +182,7 @@ pub fn fit(vs: &nn::VarStore, task: &mut dyn TrainTask, opts: &TrainOptions) -> 
         g.broadcast_bucketed(&state, BUCKET_BYTES, "the start of training")?;
         opt.steps = start;
     }
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&metrics_path)
-        .map_err(|e| Error::io(&metrics_path, e))?;
+    let mut metrics = MetricsLog::open(&opts.dir, resumed_from, opts.tensorboard)?;
 
     let bar = progress_bar(opts, start, total);
 
@@ -192,7 +194,9 @@ pub fn fit(vs: &nn::VarStore, task: &mut dyn TrainTask, opts: &TrainOptions) -> 
     let lines = opts.progress && !std::io::IsTerminal::is_terminal(&std::io::stderr());
     let mut last_line = Instant::now();
     let _training = interrupt::Training::start();
-    for step in start..total {
+    let end = opts.stop_after.map_or(total, |k| total.min(start + k));
+    let mut after_first: Option<Instant> = None;
+    for step in start..end {
         let epoch = step / per_epoch;
         let within = (step % per_epoch) as usize;
         if order.as_ref().map(|o| o.0) != Some(epoch) {
@@ -226,7 +230,7 @@ pub fn fit(vs: &nn::VarStore, task: &mut dyn TrainTask, opts: &TrainOptions) -> 
                 line["ranks"] = serde_json::json!(g.size);
                 line["comm_ms_per_step"] = serde_json::json!(ms);
             }
-            writeln!(metrics, "{line}").map_err(|e| Error::io(&metrics_path, e))?;
+            metrics.write(&line)?;
             bar.set_message(match opts.tokens_per_example {
                 Some(t) => format!("loss {loss:.4} | {:.0} tokens/s", sps * t as f64),
                 None => format!("loss {loss:.4} | {sps:.0} samples/s"),
@@ -245,8 +249,15 @@ pub fn fit(vs: &nn::VarStore, task: &mut dyn TrainTask, opts: &TrainOptions) -> 
             save_checkpoint(&ckpt, &params, &opt, done, &opts.phase)?;
         }
         bar.inc(1);
+        after_first.get_or_insert_with(Instant::now);
     }
     bar.finish_and_clear();
+    let step_seconds =
+        after_first.filter(|_| end - start > 1).map(|t| t.elapsed().as_secs_f64() / (end - start - 1) as f64);
+    if end < total {
+        // A timed phase (`stop_after`): nothing to keep.
+        return Ok(TrainReport { steps: total, final_loss: last_loss, step_seconds, ..TrainReport::untrained() });
+    }
     save_checkpoint(&ckpt, &params, &opt, total, &opts.phase)?;
     let ranks = pg.map(|g| g.size);
     Ok(TrainReport {
@@ -257,6 +268,7 @@ pub fn fit(vs: &nn::VarStore, task: &mut dyn TrainTask, opts: &TrainOptions) -> 
         ranks,
         trainable_params: Some(trainable_params),
         peak_rss_mb: if measured_rss { peak_rss_mb() } else { None },
+        step_seconds,
     })
 }
 
@@ -413,6 +425,52 @@ fn load_checkpoint(path: &Path, params: &[(String, Tensor)], opt: &mut Optimizer
         return Err(Error::format(path, format!("checkpoint lacks optimizer state `{m}`")));
     }
     Ok(step)
+}
+
+const METRICS: &str = "metrics.jsonl";
+
+/// A phase's `metrics.jsonl`, appended to, and with `log.tensorboard` its event file (started
+/// afresh with the lines the log keeps: a resumed phase's).
+struct MetricsLog {
+    path: PathBuf,
+    file: std::fs::File,
+    events: Option<tensorboard::EventWriter>,
+}
+
+impl MetricsLog {
+    /// The log of a fresh phase (`resumed_at` none: an old log is removed) or of one resumed at
+    /// a step (lines past it dropped: work the checkpoint does not hold).
+    fn open(dir: &Path, resumed_at: Option<u64>, tensorboard: bool) -> Result<Self> {
+        let path = dir.join(METRICS);
+        match resumed_at {
+            Some(step) => truncate_metrics(&path, step)?,
+            None => {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+        let file =
+            std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(|e| Error::io(&path, e))?;
+        let events = match tensorboard {
+            true => {
+                let mut w = tensorboard::EventWriter::create(dir)?;
+                let kept = std::fs::read_to_string(&path).unwrap_or_default();
+                for line in kept.lines().filter_map(|l| serde_json::from_str(l).ok()) {
+                    w.metrics_line(&line)?;
+                }
+                Some(w)
+            }
+            false => None,
+        };
+        Ok(MetricsLog { path, file, events })
+    }
+
+    fn write(&mut self, line: &serde_json::Value) -> Result<()> {
+        writeln!(self.file, "{line}").map_err(|e| Error::io(&self.path, e))?;
+        match self.events.as_mut() {
+            Some(ev) => ev.metrics_line(line),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Drops metrics lines past `step` (they belong to work the checkpoint does not include).
