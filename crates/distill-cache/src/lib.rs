@@ -107,6 +107,7 @@
 
 #![warn(missing_docs)]
 
+pub mod compare;
 pub mod error;
 pub mod format;
 pub mod inspect;
@@ -116,6 +117,7 @@ pub mod reader;
 mod shard;
 pub mod writer;
 
+pub use compare::{compare, Comparison, CONFIDENT_LEAD};
 pub use error::{CacheError, FieldMismatch, Result};
 pub use format::{
     bytes_per_token, dequantize, quantize, saturation_mass_bound, IdDtype, LogprobEncoding, DEFAULT_LOGPROB_STEP,

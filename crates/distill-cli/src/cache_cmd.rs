@@ -45,9 +45,12 @@ fn capture(a: CacheArgs) -> Result<()> {
         Encoding::F16 => LogprobEncoding::F16,
     };
     set_threads(a.threads.or_else(dist_cmd::threads_per_rank)); // under torchrun, a share of the cores
-    let t = load_lm(&teacher_path)?;
-    let out = a.out.context("--out is required")?;
+    let out = a.out.clone().context("--out is required")?;
     let (part, out) = part_and_dir(a.shard, out)?;
+    if let Some(url) = &a.server {
+        return capture_from_server(&a, url, &teacher_path, &data_cfg, (encoding, part), &out);
+    }
+    let t = load_lm(&teacher_path)?;
     let opts = CaptureOptions {
         top_k: a.top_k,
         tail_samples: a.tail_samples,
@@ -60,6 +63,49 @@ fn capture(a: CacheArgs) -> Result<()> {
     let t0 = std::time::Instant::now();
     let m = distill::teacher::cache::capture_text(&t, &data_cfg, &opts, &out)?;
     println!("{} ({:.0} s)", describe_cache(&out, &m), t0.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// `cache --server`: the served teacher's top-k over the rows, tokenized with the local files'
+/// tokenizer.
+fn capture_from_server(
+    a: &CacheArgs,
+    url: &str,
+    model_files: &Path,
+    data: &TextDataConfig,
+    (encoding, part): (LogprobEncoding, Option<(usize, usize)>),
+    out: &Path,
+) -> Result<()> {
+    use distill::teacher::server::{capture_server_text, is_loopback, ServerCapture, ServerOptions};
+    if !(a.timeout > 0.0 && a.timeout.is_finite()) {
+        bail!("--timeout must be a positive number of seconds, got {}", a.timeout);
+    }
+    let api_key = std::env::var(&a.api_key_env).ok().filter(|k| !k.is_empty());
+    if api_key.is_some() && url.starts_with("http://") && !is_loopback(url) {
+        eprintln!("warning: the API key from ${} goes to {url} over plain http://", a.api_key_env);
+    }
+    let server = ServerOptions {
+        url: url.to_string(),
+        model: a.model.clone(),
+        api_key,
+        concurrency: a.concurrency.max(1),
+        timeout: std::time::Duration::from_secs_f64(a.timeout),
+        attempts: a.attempts.max(1),
+    };
+    let opts = ServerCapture { top_k: a.top_k, rows_per_shard: a.rows_per_shard, encoding, part, progress: true };
+    let t0 = std::time::Instant::now();
+    let (m, st) = capture_server_text(model_files, data, &server, &opts, out)?;
+    let secs = t0.elapsed().as_secs_f64();
+    println!(
+        "{} ({secs:.0} s, {:.0} tokens/s from the server; {} extra requests, {} retries, {} answer keys naming no single id left in the tail — the top-1 at {} positions —, {} positions padded)",
+        describe_cache(out, &m),
+        st.positions as f64 / secs.max(1e-9),
+        st.extra_requests,
+        st.retries,
+        st.ambiguous_keys,
+        st.top1_ambiguous,
+        st.padded_positions
+    );
     Ok(())
 }
 
@@ -102,8 +148,22 @@ fn part_and_dir(shard: Option<Shard>, out: PathBuf) -> Result<(Option<(usize, us
 }
 
 /// `distill inspect`: a cache's description (`--json`: as one object), `--verify`: every
-/// shard's checksum checked too.
-pub fn inspect(dir: &Path, verify: bool, json: bool) -> Result<()> {
+/// shard's checksum checked too; `--against REF`: how it agrees with REF, a capture of the same
+/// rows.
+pub fn inspect(dir: &Path, verify: bool, json: bool, against: Option<&Path>) -> Result<()> {
+    if let Some(reference) = against {
+        let c = distill_cache::compare(
+            &distill_cache::CacheReader::open(reference)?,
+            &distill_cache::CacheReader::open(dir)?,
+        )?;
+        if json {
+            println!("{}", serde_json::to_string(&c)?);
+        } else {
+            println!("{} against {}:", dir.display(), reference.display());
+            print!("{c}");
+        }
+        return Ok(());
+    }
     let rep = distill_cache::inspect(dir)?;
     if verify {
         distill_cache::CacheReader::open(dir)?.verify_all()?;

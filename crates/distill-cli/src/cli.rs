@@ -149,16 +149,20 @@ pub enum Cmd {
     )]
     SelfDistill(SelfDistillArgs),
     /// Run a teacher once over packed text and store its top-k next-token log-probabilities
-    /// (an offline teacher for `teacher.cache` in a recipe). Split over machines with
-    /// `--shard i/N` on each, then `distill cache merge`.
+    /// (an offline teacher for `teacher.cache` in a recipe) — a local model, or one served
+    /// elsewhere (`--server`). Split over machines with `--shard i/N` on each, then
+    /// `distill cache merge`.
     #[command(
         args_conflicts_with_subcommands = true,
         subcommand_negates_reqs = true,
-        after_help = "Examples:\n  distill cache --recipe my.toml --out cache/\n  distill cache --recipe my.toml --shard 1/2 --out part1/   (and 2/2 elsewhere)\n  distill cache merge part1/ part2/ --out cache/"
+        after_help = "Examples:\n  distill cache --recipe my.toml --out cache/\n  distill cache --recipe my.toml --shard 1/2 --out part1/   (and 2/2 elsewhere)\n  distill cache merge part1/ part2/ --out cache/\n  distill cache --server http://127.0.0.1:8080 --recipe my.toml --concurrency 4 --out cache/"
     )]
     Cache(CacheArgs),
-    /// Describe a teacher cache: size, bytes/token, fingerprints, completeness.
-    #[command(after_help = "Example:\n  distill inspect cache/ --verify")]
+    /// Describe a teacher cache: size, bytes/token, fingerprints, completeness; or compare it
+    /// with another capture of the same rows.
+    #[command(
+        after_help = "Examples:\n  distill inspect cache/ --verify\n  distill inspect server-cache/ --against local-cache/"
+    )]
     Inspect {
         /// The cache directory.
         dir: PathBuf,
@@ -168,6 +172,11 @@ pub enum Cmd {
         /// Print one JSON object instead of the text summary.
         #[arg(long)]
         json: bool,
+        /// Compare with another capture of the same rows (the reference: e.g. distill's own
+        /// capture against a server's): top-1 agreement, |Δ log-prob| of shared ids, top-k
+        /// overlap, tail mass.
+        #[arg(long, value_name = "DIR")]
+        against: Option<PathBuf>,
     },
     /// Benchmarks (bench/run.py runs them next to their PyTorch twins).
     #[command(
@@ -497,6 +506,30 @@ pub struct CacheArgs {
     /// Output directory (an interrupted capture there is resumed).
     #[arg(long, required = true)]
     pub out: Option<PathBuf>,
+    /// Ask a teacher served elsewhere instead of loading one: the base URL of an
+    /// OpenAI-compatible completions endpoint (llama-cpp-python's server started with
+    /// `--logits_all true`). The teacher path (`--teacher` or the recipe's) then names local
+    /// files with the served model's config and tokenizer — no weights are read — and every
+    /// row's tokens are checked against the server's. Stores no tail samples.
+    #[arg(long, value_name = "URL")]
+    pub server: Option<String>,
+    /// With --server: the `model` field of each request (a server hosting several models).
+    #[arg(long, requires = "server")]
+    pub model: Option<String>,
+    /// With --server: the environment variable holding the API key, sent as a bearer token and
+    /// written nowhere.
+    #[arg(long, default_value = "OPENAI_API_KEY", value_name = "VAR")]
+    pub api_key_env: String,
+    /// With --server: requests in flight at once.
+    #[arg(long, default_value_t = 1)]
+    pub concurrency: usize,
+    /// With --server: seconds a request may take before it counts as failed (and is retried).
+    #[arg(long, default_value_t = 300.0)]
+    pub timeout: f64,
+    /// With --server: attempts per request; 429, 5xx, timeouts and lost connections are
+    /// retried after 0.5 s, 1 s, 2 s, ….
+    #[arg(long, default_value_t = 5)]
+    pub attempts: u32,
 }
 
 /// `distill cache merge`.

@@ -81,7 +81,7 @@ fn try_main(cli: Cli) -> Result<ExitCode> {
         Cmd::GenerateData(a) => lm_cmd::generate_data(a),
         Cmd::SelfDistill(a) => selfdistill_cmd::run(a),
         Cmd::Cache(a) => cache_cmd::run(a),
-        Cmd::Inspect { dir, verify, json } => cache_cmd::inspect(&dir, verify, json),
+        Cmd::Inspect { dir, verify, json, against } => cache_cmd::inspect(&dir, verify, json, against.as_deref()),
         Cmd::Bench { what } => bench_cmd::run(what),
         Cmd::Fetch { names, list } => fetch_cmd::run(&names, list),
         Cmd::Init { kind, out } => run_cmd::init(&kind, out),

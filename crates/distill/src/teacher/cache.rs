@@ -196,14 +196,7 @@ pub fn capture(teacher: &LoadedLm, blocks: &TokenBlocks, dir: &Path, opts: &Capt
     };
     let mut w = CacheWriter::create_or_resume_part(dir, spec, opts.part)?;
     let (start, end) = (w.next_row(), w.end_row());
-    let bar = if opts.progress { ProgressBar::new(n_rows as u64) } else { ProgressBar::hidden() };
-    bar.set_style(
-        ProgressStyle::with_template("{prefix:>10} [{bar:28}] {pos}/{len} rows ETA {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
-    bar.set_prefix("cache");
-    bar.set_position(start as u64);
+    let bar = rows_bar(opts.progress, n_rows, start);
     let (mut ids, mut lps, mut tails) = (Vec::<i64>::new(), Vec::<f32>::new(), Vec::<f32>::new());
     for first in (start..end).step_by(batch) {
         let rows: Vec<usize> = (first..(first + batch).min(end)).collect();
@@ -219,6 +212,19 @@ pub fn capture(teacher: &LoadedLm, blocks: &TokenBlocks, dir: &Path, opts: &Capt
     }
     bar.finish_and_clear();
     Ok(w.finish()?)
+}
+
+/// A capture's progress over `n_rows` rows from `start` (hidden without `progress`).
+pub(crate) fn rows_bar(progress: bool, n_rows: usize, start: usize) -> ProgressBar {
+    let bar = if progress { ProgressBar::new(n_rows as u64) } else { ProgressBar::hidden() };
+    bar.set_style(
+        ProgressStyle::with_template("{prefix:>10} [{bar:28}] {pos}/{len} rows ETA {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_prefix("cache");
+    bar.set_position(start as u64);
+    bar
 }
 
 /// `distill cache`: packs `data` with the teacher's tokenizer and captures the teacher's top-k
@@ -273,7 +279,17 @@ impl CachedTeacher {
             vocab,
         )?;
         let fp = model_fingerprint(&teacher.source)?;
-        if reader.manifest().teacher_fingerprint != fp {
+        let captured = &reader.manifest().teacher_fingerprint;
+        if captured.starts_with("server:") {
+            // Captured from a server (`distill cache --server`): its weights are not here to
+            // compare; the tokenizer and rows were checked above, every token at capture.
+            eprintln!(
+                "teacher cache {}: captured from {}; the local teacher {} is used for evaluation only",
+                dir.display(),
+                reader.manifest().teacher,
+                teacher.source.display()
+            );
+        } else if *captured != fp {
             return Err(Error::Invalid(format!(
                 "cache {} was captured from another teacher ({}), not {}",
                 dir.display(),

@@ -6,6 +6,7 @@
 //! and the choice of the online teacher's precision.
 
 pub mod cache;
+pub mod server;
 
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};

@@ -1,0 +1,271 @@
+//! A teacher behind a server (`distill cache --server`), against a stand-in for llama-cpp-python's
+//! OpenAI server (tests/fixtures/server/standin.py: the same answers, computed by transformers
+//! from the tiny HF teacher): the captured cache agrees with distill's own capture of that
+//! teacher, resumes byte-identically after the server dies, trains like the local cache, keeps
+//! the API key out of every file; the fault drills (503s, a hang, broken JSON, too few
+//! log-probs, another tokenization) end in one line naming the row.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use distill_cache::CacheReader;
+
+mod common;
+use common::{assert_error, distill, stderr, tmpdir, BIN};
+
+/// A stand-in server on a free loopback port; killed when dropped.
+struct Standin {
+    child: Child,
+    url: String,
+}
+
+impl Standin {
+    fn start(d: &Path, teacher: &Path, flags: &[&str]) -> Standin {
+        static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port_file = d.join(format!("port-{n}"));
+        let _ = std::fs::remove_file(&port_file);
+        let script = common::root().join("tests/fixtures/server/standin.py");
+        let child = Command::new(common::python())
+            .arg(&script)
+            .arg(teacher)
+            .arg("--port-file")
+            .arg(&port_file)
+            .args(flags)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let t0 = Instant::now();
+        while !port_file.is_file() {
+            assert!(t0.elapsed() < Duration::from_secs(120), "the stand-in server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let port = std::fs::read_to_string(&port_file).unwrap();
+        Standin { child, url: format!("http://127.0.0.1:{port}") }
+    }
+}
+
+impl Drop for Standin {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn recipe(d: &Path, teacher: &Path, text: &Path) -> PathBuf {
+    let r = d.join("lm.toml");
+    std::fs::write(
+        &r,
+        format!(
+            r#"task = "causal-lm"
+name = "server"
+threads = 1
+[teacher]
+path = "{}"
+dtype = "f32"
+[student]
+layers = 1
+hidden = 16
+heads = 2
+kv_heads = 1
+intermediate = 32
+[data]
+sources = ["{}"]
+split = {{ val_fraction = 0.1 }}
+pack = {{ seq_len = 16 }}
+[train]
+steps = 30
+batch_size = 8
+lr = 3e-3
+[distill]
+temperature = 1.0
+alpha = 0.5
+scratch_twin = false
+[eval]
+prompts = []
+"#,
+            teacher.display(),
+            text.display()
+        ),
+    )
+    .unwrap();
+    r
+}
+
+/// `distill cache --server URL --recipe R --top-k 8 …` with an API key in the environment.
+fn capture(url: &str, r: &Path, out: &Path, extra: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(["cache", "--server", url, "--recipe", r.to_str().unwrap(), "--top-k", "8", "--encoding", "f16"])
+        .args(["--rows-per-shard", "8", "--out", out.to_str().unwrap()])
+        .args(extra)
+        .env("OPENAI_API_KEY", "sk-test-SECRET-1234")
+        .output()
+        .unwrap()
+}
+
+/// Every file under `dir`, read as bytes.
+fn all_bytes(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(all_bytes(&p));
+        } else {
+            out.push((p.clone(), std::fs::read(&p).unwrap()));
+        }
+    }
+    out
+}
+
+#[test]
+fn server_cache_agrees_with_the_local_capture_resumes_and_trains() {
+    let d = tmpdir("server");
+    let t = common::lm_teacher(&d);
+    let text = d.join("corpus.txt");
+    common::lm_corpus(&text, 40);
+    let r = recipe(&d, &t, &text);
+    let rs = r.to_str().unwrap();
+
+    // distill's own capture, no tail samples: the reference.
+    let local = d.join("local");
+    let o = distill(&[
+        "cache",
+        "--recipe",
+        rs,
+        "--top-k",
+        "8",
+        "--tail-samples",
+        "0",
+        "--encoding",
+        "f16",
+        "--rows-per-shard",
+        "8",
+        "--out",
+        local.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let auth = d.join("auth.log");
+    let srv = Standin::start(&d, &t, &["--auth-log", auth.to_str().unwrap()]);
+    let remote = d.join("remote");
+    let o = capture(&srv.url, &r, &remote, &["--concurrency", "3"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    drop(srv);
+    let (a, b) = (CacheReader::open(&local).unwrap(), CacheReader::open(&remote).unwrap());
+    assert_eq!((a.n_rows(), b.manifest().tail_samples), (b.n_rows(), 0));
+    assert!(b.manifest().teacher.starts_with("server http://127.0.0.1:"), "{}", b.manifest().teacher);
+    let read = |c: &CacheReader| {
+        let rows: Vec<usize> = (0..c.n_rows()).collect();
+        let (mut ids, mut logp, mut tail) = (Vec::new(), Vec::new(), Vec::new());
+        c.read_rows(&rows, &mut ids, &mut logp, &mut tail).unwrap();
+        (ids, logp, tail)
+    };
+    let ((xi, xl, xt), (yi, yl, _)) = (read(&a), read(&b));
+    // The fixture's special tokens (<unk>, <s>, </s>: ids 0–2) are keys "" in the server's
+    // answers, which name no single id: left in the tail, never stored.
+    let special = |id: i64| id < 3;
+    let (mut plain_top1, mut top1_equal, mut worst) = (0usize, 0usize, 0f32);
+    for p in 0..xt.len() {
+        let (x, y) = (&xi[p * 8..p * 8 + 8], &yi[p * 8..p * 8 + 8]);
+        assert!(y.iter().all(|&id| !special(id)), "position {p}: a special id stored: {y:?}");
+        if !special(x[0]) {
+            plain_top1 += 1;
+            top1_equal += usize::from(x[0] == y[0]);
+        }
+        // Same ids, log-probs within f16 rounding (transformers' f32 vs distill's f32).
+        for (i, id) in x.iter().enumerate().filter(|(_, &id)| !special(id)) {
+            match y.iter().position(|q| q == id) {
+                Some(j) => worst = worst.max((xl[p * 8 + i] - yl[p * 8 + j]).abs()),
+                // A tie at the top-8's edge may pick another id: then it is as likely as y's 8th.
+                None => assert!((xl[p * 8 + i] - yl[p * 8 + 7]).abs() < 1e-3, "position {p}: id {id} not in {y:?}"),
+            }
+        }
+    }
+    assert!(plain_top1 > xt.len() / 2, "{plain_top1} of {} positions", xt.len());
+    assert_eq!(top1_equal, plain_top1, "top-1 ids where the teacher's top-1 is a plain token");
+    assert!(worst < 2e-2, "largest log-prob difference {worst}");
+    // `inspect --against` counts the same.
+    let o = distill(&["inspect", remote.to_str().unwrap(), "--against", local.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let c: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(c["positions"].as_u64(), Some(xt.len() as u64));
+    assert_eq!(c["top1_equal"].as_u64(), Some(top1_equal as u64));
+    // The key went to the server, and into no file of the capture.
+    let sent = std::fs::read_to_string(&auth).unwrap();
+    assert!(sent.lines().all(|l| l == "Bearer sk-test-SECRET-1234"), "{sent}");
+    for (p, bytes) in all_bytes(&remote) {
+        assert!(!String::from_utf8_lossy(&bytes).contains("SECRET"), "the key is in {}", p.display());
+    }
+
+    // The server dies mid-capture (after 25 answers: 3 shards of 8 rows need 48); run again
+    // against a new one: it resumes at the last whole shard and ends byte-identical.
+    let part = d.join("part");
+    let dying = Standin::start(&d, &t, &["--exit-after", "25"]);
+    let o = capture(&dying.url, &r, &part, &[]);
+    assert_error(&o, &["teacher server", "row "]);
+    drop(dying);
+    let kept = common::json(&part.join("manifest.json"))["shards"].as_array().map_or(0, Vec::len);
+    assert!(kept >= 1, "a whole shard before the server died");
+    let again = Standin::start(&d, &t, &[]);
+    let o = capture(&again.url, &r, &part, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    drop(again);
+    let m = CacheReader::open(&remote).unwrap().manifest().shards.len();
+    for i in 0..m {
+        let f = format!("shard-{i:05}.bin");
+        assert!(std::fs::read(part.join(&f)).unwrap() == std::fs::read(remote.join(&f)).unwrap(), "{f} differs");
+    }
+
+    // Trained from the server's cache vs the local one: the same student up to f16 rounding.
+    let ppl = |cache: &Path, out: &str| {
+        let run = d.join(out);
+        let set = format!("teacher.cache={}", cache.display());
+        let o = distill(&["run", rs, "--out", run.to_str().unwrap(), "--set", &set]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        (common::summary(&run)["students"][0]["validation"]["perplexity"].as_f64().unwrap(), stderr(&o))
+    };
+    let (p_local, _) = ppl(&local, "run-local");
+    let (p_remote, log) = ppl(&remote, "run-remote");
+    assert!(log.contains("captured from server http://127.0.0.1:"), "{log}");
+    assert!(
+        (p_remote / p_local - 1.0).abs() < 0.01,
+        "PPL {p_remote} from the server's cache, {p_local} from the local one"
+    );
+}
+
+#[test]
+fn server_faults_end_in_one_line_naming_the_row() {
+    let d = tmpdir("server-faults");
+    let t = common::lm_teacher(&d);
+    let text = d.join("corpus.txt");
+    common::lm_corpus(&text, 12);
+    let r = recipe(&d, &t, &text);
+
+    // 503 twice, then answers: retried, the capture completes.
+    let busy = Standin::start(&d, &t, &["--fail-first", "2"]);
+    let o = capture(&busy.url, &r, &d.join("busy"), &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains(", 2 retries,"), "{}", String::from_utf8_lossy(&o.stdout));
+    drop(busy);
+
+    // A server that never answers: one line after the timeout (2 attempts of 1 s).
+    let hang = Standin::start(&d, &t, &["--hang"]);
+    let t0 = Instant::now();
+    let o = capture(&hang.url, &r, &d.join("hang"), &["--timeout", "1", "--attempts", "2"]);
+    assert_error(&o, &["teacher server: row 0", "no answer within 1 s (2 attempts"]);
+    assert!(t0.elapsed() < Duration::from_secs(30));
+    drop(hang);
+
+    for (flag, want) in [
+        ("--malformed", "the answer is not JSON"),
+        ("--fewer", "3 log-probs where 16 were asked"), // 2 + the keyed token's own
+        ("--add-bos", "the server made 17 tokens of the row's 16"),
+    ] {
+        let s = Standin::start(&d, &t, &[flag]);
+        let o = capture(&s.url, &r, &d.join(flag.trim_start_matches('-')), &[]);
+        assert_error(&o, &["teacher server: row 0", want]);
+        drop(s);
+    }
+}

@@ -1,0 +1,517 @@
+//! A teacher behind a server: the top-k log-probs at every position of the training rows, asked
+//! of an OpenAI-compatible completions endpoint and written as an offline cache
+//! ([`distill_cache`]), so that training never holds the teacher.
+//!
+//! # What is asked (llama-cpp-python's OpenAI server)
+//! The server takes text, not ids: each row is sent as the text of its tokens (special tokens
+//! written out, which the server parses back) with `echo: true`, `logprobs: k + MARGIN`,
+//! `max_tokens: 1`, `temperature: 0`. Its answer lists, per prompt token, the token's string and
+//! a map `string → log-prob` of the distribution that **follows** the token (the answer pairs
+//! token `j` with the logits computed after it: the "off by one" of its echo), with these quirks,
+//! each handled here:
+//! - entry 0 is `null`; a leading BOS is dropped from the list and every other BOS-valued token
+//!   skipped (so position 0, and the position after each skipped token, are asked again alone:
+//!   the text up to that position, `echo: false`, whose one completion entry is that position's
+//!   distribution);
+//! - the map's keys are detokenized strings (`errors="ignore"`: partial UTF-8 pieces and special
+//!   tokens become `""`, tokens of equal strings merge), and it holds the key token's own
+//!   log-prob as an extra entry (k + 1 entries).
+//!
+//! # Token identity before trust
+//! `usage.prompt_tokens` must equal the row's length (another tokenizer, an added BOS, a chat
+//! template all change it) and every entry's token string must equal the piece distill's
+//! tokenizer gives that row's id at that position: any difference stops the capture with one line
+//! naming the row and position. A key is mapped to an id only when exactly one id of the
+//! vocabulary has that piece; other keys (ambiguous, `""`) are dropped, their mass left in the
+//! tail (counted in the summary). The stored top-k are the k largest mapped entries (padded with
+//! unused ids at −∞ when fewer are certain); the tail mass is `1 − Σ stored`, so the cache is the
+//! exact teacher distribution over the stored ids plus one tail bin, as a local capture without
+//! tail samples.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use distill_cache::{CacheSpec, CacheWriter, LogprobEncoding, Manifest};
+use distill_text::TokenBlocks;
+use serde_json::{json, Value};
+use tokenizers::Tokenizer;
+
+use crate::io::lm::tokenizer_fingerprint;
+use crate::{Error, Result};
+
+/// Log-probs asked beyond `top_k`, so that keys dropped as ambiguous rarely leave fewer than k.
+const MARGIN: usize = 8;
+
+/// Where the teacher is served and how it is asked.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// Base URL: `http://127.0.0.1:8080` (`/v1/completions` is appended unless the URL ends
+    /// with it).
+    pub url: String,
+    /// The `model` field of each request (servers that host several models need it).
+    pub model: Option<String>,
+    /// Bearer token (from an environment variable; never written anywhere).
+    pub api_key: Option<String>,
+    /// Requests in flight at once.
+    pub concurrency: usize,
+    /// Seconds a request may take before it counts as failed.
+    pub timeout: Duration,
+    /// Attempts per request (429, 5xx, timeouts and lost connections are retried with
+    /// exponential backoff from 0.5 s).
+    pub attempts: u32,
+}
+
+/// How a server capture runs.
+#[derive(Debug, Clone)]
+pub struct ServerCapture {
+    pub top_k: usize,
+    pub rows_per_shard: usize,
+    pub encoding: LogprobEncoding,
+    pub part: Option<(usize, usize)>,
+    pub progress: bool,
+}
+
+/// What a capture met that is not an error.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ServerStats {
+    /// Rows sent and positions stored.
+    pub rows: usize,
+    pub positions: usize,
+    /// Keys of the answers that name no single id (`""`, pieces several ids share): left in the
+    /// tail.
+    pub ambiguous_keys: usize,
+    /// Positions whose most likely key names no single id (their stored top-1 is the teacher's
+    /// second or later).
+    pub top1_ambiguous: usize,
+    /// Positions with fewer than k certain ids (padded at −∞).
+    pub padded_positions: usize,
+    /// Requests besides one per row (positions the echo answer leaves out).
+    pub extra_requests: usize,
+    pub retries: usize,
+}
+
+/// Every id's piece as llama.cpp writes a single token (`token_to_piece`, special tokens as "",
+/// invalid UTF-8 dropped), and the ids of each piece.
+pub struct Pieces {
+    piece: Vec<String>,
+    ids: HashMap<String, Vec<u32>>,
+}
+
+impl Pieces {
+    /// From the tokenizer: each id decoded after an anchor token, the anchor's text removed (so
+    /// a SentencePiece `▁` keeps its space), replacement characters dropped.
+    pub fn new(tok: &Tokenizer, vocab: usize) -> Result<Self> {
+        let anchor = tok.token_to_id("a").or_else(|| tok.token_to_id("▁a")).unwrap_or(0);
+        let lead = tok.decode(&[anchor], false).map_err(tk)?;
+        let special: std::collections::HashSet<u32> =
+            tok.get_added_tokens_decoder().iter().filter(|(_, t)| t.special).map(|(id, _)| *id).collect();
+        let mut piece = Vec::with_capacity(vocab);
+        let mut ids: HashMap<String, Vec<u32>> = HashMap::new();
+        for id in 0..vocab as u32 {
+            let p = if special.contains(&id) || tok.id_to_token(id).is_none() {
+                String::new()
+            } else {
+                let s = tok.decode(&[anchor, id], false).map_err(tk)?;
+                s.strip_prefix(lead.as_str()).unwrap_or(&s).replace('\u{FFFD}', "")
+            };
+            ids.entry(p.clone()).or_default().push(id);
+            piece.push(p);
+        }
+        Ok(Pieces { piece, ids })
+    }
+
+    /// The one id whose piece is `s`; none for `""` or a piece several ids share.
+    fn id(&self, s: &str) -> Option<u32> {
+        match self.ids.get(s).map(Vec::as_slice) {
+            Some([id]) if !s.is_empty() => Some(*id),
+            _ => None,
+        }
+    }
+}
+
+fn tk(e: tokenizers::Error) -> Error {
+    Error::Invalid(format!("tokenizer: {e}"))
+}
+
+/// The server, as requests see it.
+struct Client {
+    agent: ureq::Agent,
+    endpoint: String,
+    opts: ServerOptions,
+    retries: AtomicUsize,
+}
+
+impl Client {
+    fn new(opts: &ServerOptions) -> Self {
+        let agent: ureq::Agent =
+            ureq::Agent::config_builder().timeout_global(Some(opts.timeout)).http_status_as_error(false).build().into();
+        let base = opts.url.trim_end_matches('/');
+        let endpoint = if base.ends_with("/completions") { base.to_string() } else { format!("{base}/v1/completions") };
+        Client { agent, endpoint, opts: opts.clone(), retries: AtomicUsize::new(0) }
+    }
+
+    /// POSTs `body`; retries what may pass (429, 5xx, timeouts, lost connections) with backoff.
+    /// `what` names the request in errors.
+    fn post(&self, body: &Value, what: &str) -> Result<Value> {
+        let mut wait = Duration::from_millis(500);
+        let mut last = String::new();
+        for attempt in 0..self.opts.attempts.max(1) {
+            if attempt > 0 {
+                self.retries.fetch_add(1, Ordering::Relaxed);
+                std::thread::sleep(wait);
+                wait = (wait * 2).min(Duration::from_secs(30));
+            }
+            let mut req = self.agent.post(&self.endpoint).header("Content-Type", "application/json");
+            if let Some(key) = &self.opts.api_key {
+                req = req.header("Authorization", &format!("Bearer {key}"));
+            }
+            match req.send(body.to_string()) {
+                Ok(mut resp) => {
+                    let status = resp.status().as_u16();
+                    let text = resp.body_mut().read_to_string().unwrap_or_default();
+                    if status == 429 || status >= 500 {
+                        last = format!("HTTP {status}");
+                        continue;
+                    }
+                    if status != 200 {
+                        return Err(server_err(format!("{what}: HTTP {status}: {}", first_line(&text))));
+                    }
+                    return serde_json::from_str(&text)
+                        .map_err(|e| server_err(format!("{what}: the answer is not JSON ({e})")));
+                }
+                Err(ureq::Error::Timeout(_)) => {
+                    last = format!("no answer within {:.0} s", self.opts.timeout.as_secs_f64());
+                }
+                Err(e) => last = e.to_string(),
+            }
+        }
+        Err(server_err(format!("{what}: {last} ({} attempts; {})", self.opts.attempts.max(1), self.endpoint)))
+    }
+}
+
+fn server_err(m: String) -> Error {
+    Error::Invalid(format!("teacher server: {m}"))
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or("").chars().take(200).collect()
+}
+
+/// What one row needs: its ids, text pieces and the special ids the server treats apart.
+struct RowAsk<'a> {
+    client: &'a Client,
+    tok: &'a Tokenizer,
+    pieces: &'a Pieces,
+    bos: Option<u32>,
+    k: usize,
+}
+
+/// One position's top-k: ids and log-probs (`k` each, by descending log-prob) and the log tail.
+type TopK = (Vec<i64>, Vec<f32>, f32);
+
+impl RowAsk<'_> {
+    fn body(&self, text: &str, echo: bool) -> Value {
+        let mut b = json!({
+            "prompt": text, "max_tokens": 1, "echo": echo, "logprobs": self.k + MARGIN,
+            "temperature": 0.0, "stream": false,
+        });
+        if let Some(m) = &self.client.opts.model {
+            b["model"] = json!(m);
+        }
+        b
+    }
+
+    fn text(&self, ids: &[u32]) -> Result<String> {
+        self.tok.decode(ids, false).map_err(tk)
+    }
+
+    /// The top-k at every position of row `r` (`ids`), with what it counted.
+    fn row(&self, r: usize, ids: &[u32], stats: &mut ServerStats) -> Result<Vec<TopK>> {
+        let n = ids.len();
+        let what = format!("row {r}");
+        let ans = self.client.post(&self.body(&self.text(ids)?, true), &what)?;
+        check_prompt_tokens(&ans, n, &what)?;
+        let lp = &ans["choices"][0]["logprobs"];
+        let (Some(tokens), Some(tops)) = (lp["tokens"].as_array(), lp["top_logprobs"].as_array()) else {
+            return Err(server_err(format!("{what}: the answer has no choices[0].logprobs.tokens/top_logprobs (echo + logprobs; llama-cpp-python needs --logits_all true)")));
+        };
+        // Entry j is keyed by the token after which its distribution comes: row[j] (or, when
+        // the row starts with BOS, which the server drops, row[j + 1]).
+        let shift = usize::from(self.bos.is_some_and(|b| ids[0] == b));
+        let keyed: Vec<(usize, Option<u32>)> =
+            (0..n).map(|j| (j, ids.get(j + shift).copied())).filter(|(_, t)| t.is_none() || *t != self.bos).collect();
+        // The generated token (key of the last position when shifted) may itself be a BOS.
+        if !(tokens.len() == keyed.len() || (shift == 1 && tokens.len() + 1 == keyed.len()))
+            || tops.len() != tokens.len()
+        {
+            return Err(server_err(format!(
+                "{what}: {} log-prob entries for a row of {n} tokens ({} expected): the server's tokens differ from distill's",
+                tokens.len(),
+                keyed.len()
+            )));
+        }
+        let mut out: Vec<Option<TopK>> = vec![None; n];
+        for (i, ((pos, key), (token, top))) in keyed.iter().zip(tokens.iter().zip(tops)).enumerate() {
+            if let Some(key) = key {
+                let want = &self.pieces.piece[*key as usize];
+                if token.as_str() != Some(want.as_str()) {
+                    return Err(server_err(format!(
+                        "{what}, position {}: the server's token is {token} where distill's is {want:?} (id {key}): another tokenizer, or a chat template applied",
+                        pos + shift
+                    )));
+                }
+            }
+            if i == 0 || top.is_null() {
+                continue; // entry 0 is always null
+            }
+            out[*pos] = Some(self.top_k(top, &format!("{what}, position {pos}"), stats)?);
+        }
+        for (pos, slot) in out.iter_mut().enumerate() {
+            if slot.is_none() {
+                *slot = Some(self.alone(r, &ids[..=pos], stats)?);
+            }
+        }
+        stats.positions += n;
+        Ok(out.into_iter().map(|s| s.expect("every position filled")).collect())
+    }
+
+    /// Row `r` of `blocks`: its real tokens asked, padding (conversation rows) filled with an
+    /// empty distribution (all mass in the tail; no loss reads it).
+    fn padded_row(&self, r: usize, blocks: &TokenBlocks, stats: &mut ServerStats) -> Result<Vec<TopK>> {
+        let ids = blocks.row(r).unwrap_or(&[]);
+        let real = blocks.mask_row(r).map_or(ids.len(), |m| m.iter().filter(|&&x| x == 1).count());
+        let mut out = self.row(r, &ids[..real], stats)?;
+        let empty: TopK = ((0..self.k as i64).collect(), vec![f32::NEG_INFINITY; self.k], 0.0);
+        out.resize(ids.len(), empty);
+        Ok(out)
+    }
+
+    /// The distribution after `prefix` alone: the text up to it, without echo; the answer's one
+    /// entry.
+    fn alone(&self, r: usize, prefix: &[u32], stats: &mut ServerStats) -> Result<TopK> {
+        stats.extra_requests += 1;
+        let what = format!("row {r}, position {}", prefix.len() - 1);
+        let ans = self.client.post(&self.body(&self.text(prefix)?, false), &what)?;
+        check_prompt_tokens(&ans, prefix.len(), &what)?;
+        let top = &ans["choices"][0]["logprobs"]["top_logprobs"][0];
+        if !top.is_object() {
+            return Err(server_err(format!("{what}: the answer has no choices[0].logprobs.top_logprobs[0]")));
+        }
+        self.top_k(top, &what, stats)
+    }
+
+    /// A `string → log-prob` map as the top-k: certain ids only, k largest, the tail the rest.
+    fn top_k(&self, top: &Value, what: &str, stats: &mut ServerStats) -> Result<TopK> {
+        let Some(map) = top.as_object() else {
+            return Err(server_err(format!("{what}: top_logprobs is not a map")));
+        };
+        if map.len() < self.k {
+            return Err(server_err(format!(
+                "{what}: {} log-probs where {} were asked (the server caps them: raise its limit or lower --top-k)",
+                map.len(),
+                self.k + MARGIN
+            )));
+        }
+        let mut entries: Vec<(u32, f32)> = Vec::with_capacity(map.len());
+        let mut best_dropped = f32::NEG_INFINITY;
+        for (key, v) in map {
+            let Some(lp) = v.as_f64() else {
+                return Err(server_err(format!("{what}: the log-prob of {key:?} is not a number")));
+            };
+            match self.pieces.id(key) {
+                Some(id) if !entries.iter().any(|e| e.0 == id) => entries.push((id, lp as f32)),
+                Some(_) => {}
+                None => {
+                    stats.ambiguous_keys += 1;
+                    best_dropped = best_dropped.max(lp as f32);
+                }
+            }
+        }
+        entries.sort_by(|a, b| b.1.total_cmp(&a.1));
+        entries.truncate(self.k);
+        if entries.first().is_none_or(|e| best_dropped > e.1) {
+            stats.top1_ambiguous += 1;
+        }
+        let mass: f64 = entries.iter().map(|e| f64::from(e.1).exp()).sum();
+        let log_tail = if mass < 1.0 { (1.0 - mass).ln() as f32 } else { f32::NEG_INFINITY };
+        if entries.len() < self.k {
+            stats.padded_positions += 1;
+            let mut unused = (0u32..).filter(|id| !entries.iter().any(|e| e.0 == *id));
+            let pad: Vec<u32> = unused.by_ref().take(self.k - entries.len()).collect();
+            entries.extend(pad.into_iter().map(|id| (id, f32::NEG_INFINITY)));
+        }
+        Ok((entries.iter().map(|e| i64::from(e.0)).collect(), entries.iter().map(|e| e.1).collect(), log_tail))
+    }
+}
+
+fn check_prompt_tokens(ans: &Value, n: usize, what: &str) -> Result<()> {
+    match ans["usage"]["prompt_tokens"].as_u64() {
+        Some(p) if p as usize == n => Ok(()),
+        Some(p) => Err(server_err(format!(
+            "{what}: the server made {p} tokens of the row's {n} (another tokenizer, a BOS added, or a chat template applied)"
+        ))),
+        None => Err(server_err(format!("{what}: the answer has no usage.prompt_tokens"))),
+    }
+}
+
+/// Captures the server's top-k over every row of `blocks` into `dir` (resuming an interrupted
+/// capture there, at its last whole shard). `tok` must be the server model's tokenizer; the
+/// manifest names the server and model.
+pub fn capture_server(
+    server: &ServerOptions,
+    tok: &Tokenizer,
+    vocab: usize,
+    bos: Option<u32>,
+    blocks: &TokenBlocks,
+    dir: &Path,
+    opts: &ServerCapture,
+) -> Result<(Manifest, ServerStats)> {
+    let n_rows = blocks.n_blocks();
+    if n_rows == 0 {
+        return Err(Error::Invalid("no rows to capture (the text is shorter than one sequence)".into()));
+    }
+    let model = server.model.clone().unwrap_or_else(|| "(default)".into());
+    let spec = CacheSpec {
+        top_k: opts.top_k,
+        tail_samples: 0,
+        vocab_size: vocab,
+        seq_len: blocks.seq_len,
+        rows_per_shard: opts.rows_per_shard,
+        n_rows,
+        logprob_encoding: opts.encoding,
+        teacher_fingerprint: format!("server:{model}"),
+        tokenizer_fingerprint: tokenizer_fingerprint(tok),
+        data_fingerprint: blocks.fingerprint(),
+        teacher: format!("server {} (model {model})", server.url),
+    };
+    let mut w = CacheWriter::create_or_resume_part(dir, spec, opts.part)?;
+    let (start, end) = (w.next_row(), w.end_row());
+    let pieces = Pieces::new(tok, vocab)?;
+    let client = Client::new(server);
+    let ask = RowAsk { client: &client, tok, pieces: &pieces, bos, k: opts.top_k };
+    let bar = crate::teacher::cache::rows_bar(opts.progress, n_rows, start);
+    bar.set_prefix("server");
+    let mut stats = ServerStats::default();
+    // A shard's rows asked by `concurrency` workers, written in order.
+    for first in (start..end).step_by(opts.rows_per_shard) {
+        let last = (first + opts.rows_per_shard).min(end);
+        let next = AtomicUsize::new(first);
+        let done: Mutex<Vec<Option<Vec<TopK>>>> = Mutex::new(vec![None; last - first]);
+        let failed: Mutex<Option<(usize, Error)>> = Mutex::new(None);
+        let total: Mutex<ServerStats> = Mutex::new(ServerStats::default());
+        std::thread::scope(|s| {
+            for _ in 0..server.concurrency.max(1) {
+                s.spawn(|| {
+                    let mut mine = ServerStats::default();
+                    loop {
+                        let r = next.fetch_add(1, Ordering::Relaxed);
+                        if r >= last || failed.lock().expect("lock").is_some() {
+                            break;
+                        }
+                        match ask.padded_row(r, blocks, &mut mine) {
+                            Ok(row) => {
+                                done.lock().expect("lock")[r - first] = Some(row);
+                                bar.inc(1);
+                            }
+                            Err(e) => {
+                                let mut f = failed.lock().expect("lock");
+                                // The first row in order that failed is the one reported.
+                                if f.as_ref().is_none_or(|(q, _)| r < *q) {
+                                    *f = Some((r, e));
+                                }
+                            }
+                        }
+                    }
+                    let mut t = total.lock().expect("lock");
+                    add(&mut t, &mine);
+                });
+            }
+        });
+        if let Some((_, e)) = failed.into_inner().expect("lock") {
+            bar.abandon();
+            return Err(e);
+        }
+        add(&mut stats, &total.into_inner().expect("lock"));
+        let rows = done.into_inner().expect("lock");
+        let (mut ids, mut lps, mut tails) = (Vec::new(), Vec::new(), Vec::new());
+        for row in rows.into_iter().map(|r| r.expect("every row asked")) {
+            for (i, l, t) in row {
+                ids.extend(i);
+                lps.extend(l);
+                tails.push(t);
+            }
+        }
+        w.push_rows(&ids, &lps, &tails)?;
+        stats.rows += last - first;
+    }
+    bar.finish_and_clear();
+    stats.retries = client.retries.load(Ordering::Relaxed);
+    Ok((w.finish()?, stats))
+}
+
+fn add(a: &mut ServerStats, b: &ServerStats) {
+    a.positions += b.positions;
+    a.ambiguous_keys += b.ambiguous_keys;
+    a.top1_ambiguous += b.top1_ambiguous;
+    a.padded_positions += b.padded_positions;
+    a.extra_requests += b.extra_requests;
+}
+
+/// `distill cache --server`: packs `data` with the tokenizer (and chat template) of the local
+/// model files at `model_path` — config and tokenizer only, no weights: the server's model must
+/// share that tokenizer — and captures the server's top-k over every training row into `out`.
+pub fn capture_server_text(
+    model_path: &Path,
+    data: &distill_text::TextDataConfig,
+    server: &ServerOptions,
+    opts: &ServerCapture,
+    out: &Path,
+) -> Result<(Manifest, ServerStats)> {
+    data.validate().map_err(|e| Error::Invalid(format!("data: {e}")))?;
+    let (cfg, tok) = crate::io::lm::check_model_files(model_path)?;
+    let chat = crate::io::lm::model_chat(model_path, &cfg, &tok)?;
+    let ds = distill_text::build_dataset_chat(data, &tok, chat.as_ref().map(|c| c as _))?;
+    if opts.progress {
+        eprintln!(
+            "asking {} for the top-{} over {} rows of {} tokens ({} at a time) into {}",
+            server.url,
+            opts.top_k,
+            ds.train.n_blocks(),
+            ds.train.seq_len,
+            server.concurrency,
+            out.display()
+        );
+    }
+    let bos = cfg.bos_token_id.and_then(|b| u32::try_from(b).ok());
+    capture_server(server, &tok, cfg.vocab_size as usize, bos, &ds.train, out, opts)
+}
+
+/// Whether `url` names this machine (`localhost`, `127.x`, `::1`): a key sent over plain
+/// `http://` elsewhere is readable on the way.
+pub fn is_loopback(url: &str) -> bool {
+    let rest = url.split("://").nth(1).unwrap_or(url);
+    let host = rest.split('/').next().unwrap_or("");
+    let host = match host.strip_prefix('[') {
+        Some(h) => h.split(']').next().unwrap_or(""),
+        None => host.split(':').next().unwrap_or(""),
+    };
+    host == "localhost" || host.starts_with("127.") || host == "::1"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_hosts() {
+        for u in ["http://localhost:8080", "http://127.0.0.1:1/v1", "http://[::1]:80/"] {
+            assert!(is_loopback(u), "{u}");
+        }
+        for u in ["http://10.0.0.2:8080", "https://api.example.com/v1", "http://localhost.example.com"] {
+            assert!(!is_loopback(u), "{u}");
+        }
+    }
+}
