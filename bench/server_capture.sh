@@ -4,7 +4,7 @@
 # same GGUF on the same rows (f32, no tail samples, top-64), then a student trained 40 steps from
 # each cache.
 #
-#   ./bench/server_capture.sh [BROWN_FILES_GLOB]      (default: ca0[1-3], ~50 rows of 128 tokens)
+#   ./bench/server_capture.sh [BROWN_FILES_GLOB]      (default: ca0[1-2]: one file trains, one validates)
 #
 # Prints: each capture's throughput (concurrency 1, 2, 4; the server answers one request at a
 # time and sorts the whole vocabulary in Python per position, so concurrency only overlaps the
@@ -17,7 +17,7 @@ source scripts/env.sh
 ./scripts/setup.sh >&2
 D="${CARGO_TARGET_DIR:-target}/release/distill"
 $D fetch smollm2 brown >&2
-GLOB="${1:-ca0[1-3]}"
+GLOB="${1:-ca0[1-2]}"
 W=$(mktemp -d)
 GGUF=$(find "$DISTILL_HOME/assets/smollm2" -name 'SmolLM2-135M-Instruct.Q4_1.gguf' | head -1)
 cat > "$W/r.toml" <<EOF
@@ -34,7 +34,7 @@ kv_heads = 2
 intermediate = 768
 [data]
 sources = [{ path = "asset:brown/$GLOB", format = "brown" }]
-split = { val_fraction = 0.1, seed = 0 }
+split = { val_fraction = 0.5, seed = 0 }
 pack = { seq_len = 128 }
 [train]
 steps = 40

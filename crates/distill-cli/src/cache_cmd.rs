@@ -76,7 +76,7 @@ fn capture_from_server(
     (encoding, part): (LogprobEncoding, Option<(usize, usize)>),
     out: &Path,
 ) -> Result<()> {
-    use distill::teacher::server::{capture_server_text, is_loopback, ServerCapture, ServerOptions};
+    use distill::teacher::server::{capture_server_text, is_loopback, Api, ServerCapture, ServerOptions};
     if !(a.timeout > 0.0 && a.timeout.is_finite()) {
         bail!("--timeout must be a positive number of seconds, got {}", a.timeout);
     }
@@ -91,6 +91,7 @@ fn capture_from_server(
         concurrency: a.concurrency.max(1),
         timeout: std::time::Duration::from_secs_f64(a.timeout),
         attempts: a.attempts.max(1),
+        api: if a.api == "vllm" { Api::Vllm } else { Api::LlamaCpp },
     };
     let opts = ServerCapture { top_k: a.top_k, rows_per_shard: a.rows_per_shard, encoding, part, progress: true };
     let t0 = std::time::Instant::now();

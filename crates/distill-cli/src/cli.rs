@@ -530,6 +530,11 @@ pub struct CacheArgs {
     /// retried after 0.5 s, 1 s, 2 s, ….
     #[arg(long, default_value_t = 5)]
     pub attempts: u32,
+    /// With --server: its dialect — `llama-cpp` (llama-cpp-python's OpenAI server: text rows,
+    /// `echo` + `logprobs`) or `vllm` (token-id rows, `prompt_logprobs`; start vLLM with
+    /// `--max-logprobs` ≥ --top-k and `--return-tokens-as-token-ids`).
+    #[arg(long, default_value = "llama-cpp", value_parser = ["llama-cpp", "vllm"])]
+    pub api: String,
 }
 
 /// `distill cache merge`.

@@ -218,6 +218,18 @@ fn server_cache_agrees_with_the_local_capture_resumes_and_trains() {
         assert!(std::fs::read(part.join(&f)).unwrap() == std::fs::read(remote.join(&f)).unwrap(), "{f} differs");
     }
 
+    // vLLM's dialect (ids in, `prompt_logprobs` keyed by ids): the same cache, special ids
+    // included (no key is ambiguous).
+    let vllm = Standin::start(&d, &t, &["--vllm"]);
+    let by_ids = d.join("vllm");
+    let o = capture(&vllm.url, &r, &by_ids, &["--api", "vllm", "--concurrency", "2"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    drop(vllm);
+    let o = distill(&["inspect", by_ids.to_str().unwrap(), "--against", local.to_str().unwrap(), "--json"]);
+    let c: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(c["top1_equal"], c["positions"], "{c}");
+    assert!(c["max_abs_logp_diff"].as_f64().unwrap() < 2e-2 && c["topk_overlap"].as_f64().unwrap() > 0.99, "{c}");
+
     // Trained from the server's cache vs the local one: the same student up to f16 rounding.
     let ppl = |cache: &Path, out: &str| {
         let run = d.join(out);
@@ -258,6 +270,10 @@ fn server_faults_end_in_one_line_naming_the_row() {
     assert!(t0.elapsed() < Duration::from_secs(30));
     drop(hang);
 
+    let s = Standin::start(&d, &t, &["--vllm", "--fewer"]);
+    let o = capture(&s.url, &r, &d.join("vllm-fewer"), &["--api", "vllm"]);
+    assert_error(&o, &["teacher server: row 0, position 0", "log-probs where 8 were asked"]);
+    drop(s);
     for (flag, want) in [
         ("--malformed", "the answer is not JSON"),
         ("--fewer", "3 log-probs where 16 were asked"), // 2 + the keyed token's own

@@ -17,6 +17,12 @@
 //!   tokens become `""`, tokens of equal strings merge), and it holds the key token's own
 //!   log-prob as an extra entry (k + 1 entries).
 //!
+//! # vLLM
+//! With `Api::Vllm` each row goes as token ids with `prompt_logprobs: k` (vLLM started with
+//! `--max-logprobs ≥ k`; `--return-tokens-as-token-ids` makes the generated token's keys ids
+//! too): entry j is the distribution before token j and holds that token, keys are ids, so
+//! nothing is ambiguous and the row's tokens are the ids sent.
+//!
 //! # Token identity before trust
 //! `usage.prompt_tokens` must equal the row's length (another tokenizer, an added BOS, a chat
 //! template all change it) and every entry's token string must equal the piece distill's
@@ -62,6 +68,18 @@ pub struct ServerOptions {
     /// Attempts per request (429, 5xx, timeouts and lost connections are retried with
     /// exponential backoff from 0.5 s).
     pub attempts: u32,
+    /// The server's dialect of the completions endpoint.
+    pub api: Api,
+}
+
+/// How a server gives prompt log-probs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    /// llama-cpp-python's OpenAI server: text prompts, `echo` + `logprobs`, string keys.
+    LlamaCpp,
+    /// vLLM (and servers that copy it): token-id prompts, `prompt_logprobs`, keys that are ids
+    /// (`123` or, with `--return-tokens-as-token-ids`, `token_id:123`).
+    Vllm,
 }
 
 /// How a server capture runs.
@@ -203,6 +221,7 @@ fn first_line(s: &str) -> String {
 /// What one row needs: its ids, text pieces and the special ids the server treats apart.
 struct RowAsk<'a> {
     client: &'a Client,
+    api: Api,
     tok: &'a Tokenizer,
     pieces: &'a Pieces,
     bos: Option<u32>,
@@ -213,9 +232,17 @@ struct RowAsk<'a> {
 type TopK = (Vec<i64>, Vec<f32>, f32);
 
 impl RowAsk<'_> {
+    /// Log-probs asked per position: vLLM's keys are ids, so no margin for ambiguous ones.
+    fn asked(&self) -> usize {
+        match self.api {
+            Api::LlamaCpp => self.k + MARGIN,
+            Api::Vllm => self.k,
+        }
+    }
+
     fn body(&self, text: &str, echo: bool) -> Value {
         let mut b = json!({
-            "prompt": text, "max_tokens": 1, "echo": echo, "logprobs": self.k + MARGIN,
+            "prompt": text, "max_tokens": 1, "echo": echo, "logprobs": self.asked(),
             "temperature": 0.0, "stream": false,
         });
         if let Some(m) = &self.client.opts.model {
@@ -228,8 +255,62 @@ impl RowAsk<'_> {
         self.tok.decode(ids, false).map_err(tk)
     }
 
+    /// vLLM's answer for row `r` (`ids`, sent as ids): `prompt_logprobs[j]` is the distribution
+    /// before token j (entry 0 null), so positions 0..n−1 come from entries 1..n and the last
+    /// position from the one generated token's `logprobs`. Each entry also holds the prompt
+    /// token itself (k + 1 entries when it is not among the top-k); its presence is the check
+    /// that the server read the ids as sent.
+    fn row_vllm(&self, r: usize, ids: &[u32], stats: &mut ServerStats) -> Result<Vec<TopK>> {
+        let n = ids.len();
+        let what = format!("row {r}");
+        let mut body = json!({
+            "prompt": ids, "max_tokens": 1, "prompt_logprobs": self.k, "logprobs": self.k,
+            "temperature": 0.0, "stream": false,
+        });
+        if let Some(m) = &self.client.opts.model {
+            body["model"] = json!(m);
+        }
+        let ans = self.client.post(&body, &what)?;
+        check_prompt_tokens(&ans, n, &what)?;
+        let choice = &ans["choices"][0];
+        let Some(pl) = choice["prompt_logprobs"].as_array().filter(|p| p.len() == n) else {
+            return Err(server_err(format!(
+                "{what}: the answer has no choices[0].prompt_logprobs of {n} entries (vLLM needs --max-logprobs ≥ {})",
+                self.k
+            )));
+        };
+        let mut out = Vec::with_capacity(n);
+        for (j, entry) in pl.iter().enumerate().skip(1) {
+            let holds = entry.as_object().is_some_and(|m| m.keys().any(|k| self.id_of(k) == Some(ids[j])));
+            if !holds {
+                return Err(server_err(format!(
+                    "{what}, position {j}: the server's log-probs do not hold the row's token (id {}): it read other tokens",
+                    ids[j]
+                )));
+            }
+            out.push(self.top_k(entry, &format!("{what}, position {}", j - 1), stats)?);
+        }
+        let last = &choice["logprobs"]["top_logprobs"][0];
+        out.push(self.top_k(last, &format!("{what}, position {}", n - 1), stats)?);
+        stats.positions += n;
+        Ok(out)
+    }
+
+    /// The id an answer's key names: vLLM's keys are ids (`123`, `token_id:123`); other keys are
+    /// pieces, mapped where exactly one id has that piece.
+    fn id_of(&self, key: &str) -> Option<u32> {
+        let as_id = key.strip_prefix("token_id:").unwrap_or(key).parse::<u32>().ok();
+        match (self.api, as_id) {
+            (Api::Vllm, Some(id)) if (id as usize) < self.pieces.piece.len() => Some(id),
+            _ => self.pieces.id(key),
+        }
+    }
+
     /// The top-k at every position of row `r` (`ids`), with what it counted.
     fn row(&self, r: usize, ids: &[u32], stats: &mut ServerStats) -> Result<Vec<TopK>> {
+        if self.api == Api::Vllm {
+            return self.row_vllm(r, ids, stats);
+        }
         let n = ids.len();
         let what = format!("row {r}");
         let ans = self.client.post(&self.body(&self.text(ids)?, true), &what)?;
@@ -303,7 +384,8 @@ impl RowAsk<'_> {
         self.top_k(top, &what, stats)
     }
 
-    /// A `string → log-prob` map as the top-k: certain ids only, k largest, the tail the rest.
+    /// A `key → log-prob` map (the value a number, or vLLM's `{"logprob": …}`) as the top-k:
+    /// certain ids only, k largest, the tail the rest.
     fn top_k(&self, top: &Value, what: &str, stats: &mut ServerStats) -> Result<TopK> {
         let Some(map) = top.as_object() else {
             return Err(server_err(format!("{what}: top_logprobs is not a map")));
@@ -312,16 +394,16 @@ impl RowAsk<'_> {
             return Err(server_err(format!(
                 "{what}: {} log-probs where {} were asked (the server caps them: raise its limit or lower --top-k)",
                 map.len(),
-                self.k + MARGIN
+                self.asked()
             )));
         }
         let mut entries: Vec<(u32, f32)> = Vec::with_capacity(map.len());
         let mut best_dropped = f32::NEG_INFINITY;
         for (key, v) in map {
-            let Some(lp) = v.as_f64() else {
+            let Some(lp) = v.as_f64().or_else(|| v["logprob"].as_f64()) else {
                 return Err(server_err(format!("{what}: the log-prob of {key:?} is not a number")));
             };
-            match self.pieces.id(key) {
+            match self.id_of(key) {
                 Some(id) if !entries.iter().any(|e| e.0 == id) => entries.push((id, lp as f32)),
                 Some(_) => {}
                 None => {
@@ -391,7 +473,7 @@ pub fn capture_server(
     let (start, end) = (w.next_row(), w.end_row());
     let pieces = Pieces::new(tok, vocab)?;
     let client = Client::new(server);
-    let ask = RowAsk { client: &client, tok, pieces: &pieces, bos, k: opts.top_k };
+    let ask = RowAsk { client: &client, api: server.api, tok, pieces: &pieces, bos, k: opts.top_k };
     let bar = crate::teacher::cache::rows_bar(opts.progress, n_rows, start);
     bar.set_prefix("server");
     let mut stats = ServerStats::default();
