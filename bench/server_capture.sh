@@ -4,7 +4,7 @@
 # same GGUF on the same rows (f32, no tail samples, top-64), then a student trained 40 steps from
 # each cache.
 #
-#   ./bench/server_capture.sh [BROWN_FILES_GLOB]      (default: ca0[1-2]: one file trains, one validates)
+#   ./bench/server_capture.sh [BROWN_FILES_GLOB]      (default: ca0[1-2], half their paragraphs held out)
 #
 # Prints: each capture's throughput (concurrency 1, 2, 4; the server answers one request at a
 # time and sorts the whole vocabulary in Python per position, so concurrency only overlaps the
@@ -33,7 +33,7 @@ heads = 4
 kv_heads = 2
 intermediate = 768
 [data]
-sources = [{ path = "asset:brown/$GLOB", format = "brown" }]
+sources = [{ path = "asset:brown/$GLOB", format = "brown", documents = "paragraph" }]
 split = { val_fraction = 0.5, seed = 0 }
 pack = { seq_len = 128 }
 [train]
