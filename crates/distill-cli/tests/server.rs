@@ -245,6 +245,26 @@ fn server_cache_agrees_with_the_local_capture_resumes_and_trains() {
         (p_remote / p_local - 1.0).abs() < 0.01,
         "PPL {p_remote} from the server's cache, {p_local} from the local one"
     );
+
+    // `[teacher.server]` in the recipe: `check` reaches the server; the run captures into
+    // RUN/teacher-cache and trains from it (u8 log-probs: within 3% of the local f16 cache's).
+    let srv = Standin::start(&d, &t, &[]);
+    let served = d.join("served.toml");
+    let table = format!("dtype = \"f32\"\n[teacher.server]\nurl = \"{}\"\ntop_k = 8\nconcurrency = 2\n", srv.url);
+    std::fs::write(&served, std::fs::read_to_string(&r).unwrap().replacen("dtype = \"f32\"\n", &table, 1)).unwrap();
+    let o = distill(&["check", served.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let run = d.join("run-served");
+    let o = distill(&["run", served.to_str().unwrap(), "--out", run.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    drop(srv);
+    let m = common::json(&run.join("teacher-cache/manifest.json"));
+    assert!(m["teacher"].as_str().unwrap().starts_with("server http://127.0.0.1:"), "{m}");
+    let p_served = common::summary(&run)["students"][0]["validation"]["perplexity"].as_f64().unwrap();
+    assert!((p_served / p_local - 1.0).abs() < 0.03, "PPL {p_served} with [teacher.server], {p_local} local");
+    // With the server gone, `check` says so in one line.
+    let o = distill(&["check", served.to_str().unwrap()]);
+    assert_error(&o, &["teacher server: http://127.0.0.1:", "/v1/models"]);
 }
 
 #[test]

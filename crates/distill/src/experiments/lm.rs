@@ -462,6 +462,9 @@ pub fn check_models(r: &LmRecipe) -> Result<Vec<String>> {
     if let Some(teacher) = &t_tok {
         check_student_tokenizer(&rr, teacher)?;
     }
+    if let Some(s) = &r.teacher.server {
+        crate::teacher::server::ping(&s.options())?;
+    }
     let mut cfgs = Vec::new();
     for p in rr.extra_teachers.iter().chain(&rr.student_from) {
         if p.exists() {
@@ -557,15 +560,59 @@ fn student_params(s_cfg: &LmConfig, t_params: i64) -> Result<i64> {
     Ok(s_params)
 }
 
-/// An offline teacher, checked against this teacher and these rows before anything trains.
+/// An offline teacher, checked against this teacher and these rows before anything trains: the
+/// recipe's `teacher.cache`, or with `[teacher.server]` the server's capture into
+/// `RUN/teacher-cache` (resumed like the run).
 fn open_cache(
-    rr: &ResolvedLm,
+    (r, rr): (&LmRecipe, &ResolvedLm),
     teacher: &LoadedLm,
     train: &TokenBlocks,
+    (out, opts): (&Path, &RunOptions),
     say: &dyn Fn(String),
 ) -> Result<Option<CachedTeacher>> {
-    let Some(dir) = &rr.cache else { return Ok(None) };
-    let c = CachedTeacher::open(dir, teacher, train)?;
+    let dir = match (&r.teacher.server, &rr.cache) {
+        (Some(s), _) => {
+            if opts.time_steps.is_some() {
+                return Err(Error::Invalid(
+                    "--estimate does not time a served teacher's capture: capture it first (distill cache --server) and set teacher.cache".into(),
+                ));
+            }
+            let dir = out.join("teacher-cache");
+            say(format!(
+                "asking {} for the teacher's top-{} over {} rows into {}",
+                s.url,
+                s.top_k,
+                train.n_blocks(),
+                dir.display()
+            ));
+            let cap = crate::teacher::server::ServerCapture {
+                top_k: s.top_k,
+                rows_per_shard: 256,
+                encoding: distill_cache::LogprobEncoding::default(),
+                part: None,
+                progress: opts.progress,
+            };
+            let cfg = teacher.model.config();
+            let bos = cfg.bos_token_id.and_then(|b| u32::try_from(b).ok());
+            let (_, st) = crate::teacher::server::capture_server(
+                &s.options(),
+                &teacher.tokenizer,
+                cfg.vocab_size as usize,
+                bos,
+                train,
+                &dir,
+                &cap,
+            )?;
+            say(format!(
+                "teacher server: {} positions, {} retries, {} answer keys naming no single id left in the tail",
+                st.positions, st.retries, st.ambiguous_keys
+            ));
+            dir
+        }
+        (None, Some(d)) => d.clone(),
+        (None, None) => return Ok(None),
+    };
+    let c = CachedTeacher::open(&dir, teacher, train)?;
     say(format!(
         "teacher cache {}: top-{}{}, {} bytes/token",
         dir.display(),
@@ -903,12 +950,12 @@ fn run_or_time(r: &LmRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) -
     // Parameter counts before anything trains.
     let t_params = teacher.model.param_count();
     let s_params = student_params(&s_cfg, t_params)?;
-    let cached = open_cache(&rr, &teacher, &data.train, &say)?;
 
     // The recipe first: a directory without it holds nothing a resume would need.
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     write_atomic(&out.join("recipe.toml"), recipe_toml.as_bytes())?;
     std::fs::create_dir_all(out.join("phases")).map_err(|e| Error::io(out, e))?;
+    let cached = open_cache((r, &rr), &teacher, &data.train, (out, opts), &say)?;
 
     let plan = recipe_plan(r, extra_teachers.len());
     let needs_online = cached.is_none() && plan.iter().any(|p| p.teacher == TeacherFrom::Recipe);

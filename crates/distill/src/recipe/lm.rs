@@ -146,6 +146,14 @@ impl LmRecipe {
         if let Some(c) = &self.teacher.cache {
             fetch::check_path(c, "teacher.cache")?;
         }
+        if let Some(s) = &self.teacher.server {
+            s.validate().map_err(Error::Recipe)?;
+            if self.teacher.cache.is_some() {
+                return Err(Error::Recipe(
+                    "teacher.server and teacher.cache are exclusive: the server's capture is the cache".into(),
+                ));
+            }
+        }
         self.data.validate().map_err(|e| Error::Recipe(format!("data: {e}")))?;
         let lists = [
             ("data.sources", &self.data.sources),
@@ -193,9 +201,9 @@ impl LmRecipe {
         match &self.distill.multi_teacher {
             Some(m) => {
                 m.validate(1 + self.teachers.len())?;
-                if self.teacher.cache.is_some() {
+                if self.teacher.offline() {
                     return Err(Error::Recipe(
-                        "distill.multi_teacher runs every teacher online; remove teacher.cache".into(),
+                        "distill.multi_teacher runs every teacher online; remove teacher.cache / teacher.server".into(),
                     ));
                 }
                 if self.distill.on_policy.is_some() {
@@ -218,11 +226,11 @@ impl LmRecipe {
             // An existing student's depth is known once it loads (the terms are built against it
             // then, before anything trains).
             student_layers: if self.student.from.is_some() { usize::MAX } else { self.student.layers },
-            online_teacher: self.teacher.cache.is_none(),
+            online_teacher: !self.teacher.offline(),
         };
         self.distill.validate(&ctx)?;
         if let Some(op) = &self.distill.on_policy {
-            op.validate(self.data.pack.seq_len, self.teacher.cache.is_none(), self.distill.alpha)?;
+            op.validate(self.data.pack.seq_len, !self.teacher.offline(), self.distill.alpha)?;
         }
         self.eval.validate()?;
         if self.checkpoint.every_steps == 0 {

@@ -352,6 +352,20 @@ alpha = 0.9
             (&["distill.hidden={weight=1, layers=[[7,30]]}"][..], "[7, 30] is past the student's 6"),
             (&["distill.hidden={weight=1, layers=[]}"][..], "distill.hidden.layers is empty"),
             (&["distill.hidden={weight=1}", "teacher.cache=Cargo.toml"][..], "distill.hidden needs the online teacher"),
+            (&["teacher.server={url=\"localhost:8080\"}"][..], "teacher.server.url must start with http://"),
+            (&["teacher.server={url=\"http://h\", top_k=0}"][..], "top_k, concurrency and attempts must be ≥ 1"),
+            (
+                &["teacher.server={url=\"http://h\", api=\"sglang\"}"][..],
+                "unknown variant `sglang`, expected `llama-cpp` or `vllm`",
+            ),
+            (
+                &["teacher.server={url=\"http://h\"}", "teacher.cache=Cargo.toml"][..],
+                "teacher.server and teacher.cache are exclusive",
+            ),
+            (
+                &["teacher.server={url=\"http://h\"}", "distill.hidden={weight=1}"][..],
+                "distill.hidden needs the online teacher",
+            ),
         ] {
             let e = lm(sets).unwrap_err().to_string();
             assert!(e.contains(needle), "{sets:?}: {e}");

@@ -29,16 +29,28 @@ pub struct LmTeacher {
     /// still provides the tokenizer, the student's shape and the evaluation.
     #[serde(default)]
     pub cache: Option<String>,
+    /// A teacher behind a server (`[teacher.server]`): its top-k over the training rows are
+    /// captured into `RUN/teacher-cache` and training reads them from there; `path` names local
+    /// files with its config and tokenizer (and runs the evaluation).
+    #[serde(default)]
+    pub server: Option<server::ServerCfg>,
     /// The precision the online teacher runs in while students train; evaluation always runs
     /// it in f32.
     #[serde(default)]
     pub dtype: TeacherDtype,
 }
 
+impl LmTeacher {
+    /// Whether training reads the teacher from a cache (given, or captured from its server).
+    pub fn offline(&self) -> bool {
+        self.cache.is_some() || self.server.is_some()
+    }
+}
+
 /// `teacher = "model.gguf"`: a path alone is a teacher with the defaults.
 impl From<String> for LmTeacher {
     fn from(path: String) -> Self {
-        LmTeacher { path, cache: None, dtype: TeacherDtype::default() }
+        LmTeacher { path, cache: None, server: None, dtype: TeacherDtype::default() }
     }
 }
 

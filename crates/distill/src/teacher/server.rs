@@ -73,13 +73,122 @@ pub struct ServerOptions {
 }
 
 /// How a server gives prompt log-probs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "kebab-case")]
 pub enum Api {
     /// llama-cpp-python's OpenAI server: text prompts, `echo` + `logprobs`, string keys.
+    #[default]
     LlamaCpp,
     /// vLLM (and servers that copy it): token-id prompts, `prompt_logprobs`, keys that are ids
     /// (`123` or, with `--return-tokens-as-token-ids`, `token_id:123`).
     Vllm,
+}
+
+/// `[teacher.server]`: the run asks this server for the teacher's top-k over the training rows
+/// into `RUN/teacher-cache` (resumed with the run; as `distill cache --server`) and trains from
+/// it; `teacher.path` still gives the tokenizer, the student's shape and the evaluation.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServerCfg {
+    /// Base URL of the OpenAI-compatible completions endpoint (`http://127.0.0.1:8080`).
+    pub url: String,
+    /// The `model` field of each request (a server hosting several models).
+    #[serde(default)]
+    pub model: Option<String>,
+    /// The server's dialect: `llama-cpp` (llama-cpp-python's OpenAI server, started with
+    /// `--logits_all true`) or `vllm` (started with `--max-logprobs` ≥ top_k).
+    #[serde(default)]
+    pub api: Api,
+    /// Entries stored per position (default 64).
+    #[serde(default = "ServerCfg::default_top_k")]
+    pub top_k: usize,
+    /// Requests in flight at once (default 1).
+    #[serde(default = "ServerCfg::default_concurrency")]
+    pub concurrency: usize,
+    /// Seconds a request may take before it counts as failed (default 300).
+    #[serde(default = "ServerCfg::default_timeout")]
+    pub timeout_seconds: f64,
+    /// Attempts per request: 429, 5xx, timeouts and lost connections are retried (default 5).
+    #[serde(default = "ServerCfg::default_attempts")]
+    pub attempts: u32,
+    /// The environment variable holding the API key (default `OPENAI_API_KEY`); the key is sent
+    /// as a bearer token and written nowhere.
+    #[serde(default = "ServerCfg::default_key_env")]
+    pub api_key_env: String,
+}
+
+impl ServerCfg {
+    fn default_top_k() -> usize {
+        64
+    }
+    fn default_concurrency() -> usize {
+        1
+    }
+    fn default_timeout() -> f64 {
+        300.0
+    }
+    fn default_attempts() -> u32 {
+        5
+    }
+    fn default_key_env() -> String {
+        "OPENAI_API_KEY".into()
+    }
+
+    /// Checks the values; the error names the key.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
+            return Err(format!("teacher.server.url must start with http:// or https://, got `{}`", self.url));
+        }
+        if self.top_k == 0 || self.concurrency == 0 || self.attempts == 0 {
+            return Err("teacher.server: top_k, concurrency and attempts must be ≥ 1".into());
+        }
+        if !(self.timeout_seconds > 0.0 && self.timeout_seconds.is_finite()) {
+            return Err(format!("teacher.server.timeout_seconds must be positive, got {}", self.timeout_seconds));
+        }
+        Ok(())
+    }
+
+    /// The request settings, the key read from the environment (a warning when it would go to
+    /// another machine over plain http).
+    pub fn options(&self) -> ServerOptions {
+        let api_key = std::env::var(&self.api_key_env).ok().filter(|k| !k.is_empty());
+        if api_key.is_some() && self.url.starts_with("http://") && !is_loopback(&self.url) {
+            eprintln!("warning: the API key from ${} goes to {} over plain http://", self.api_key_env, self.url);
+        }
+        ServerOptions {
+            url: self.url.clone(),
+            model: self.model.clone(),
+            api_key,
+            concurrency: self.concurrency,
+            timeout: Duration::from_secs_f64(self.timeout_seconds),
+            attempts: self.attempts,
+            api: self.api,
+        }
+    }
+}
+
+/// Whether the server answers (`GET /v1/models`, one attempt, at most 10 s) and takes the key:
+/// `distill check`. Any HTTP answer but 401/403 counts (not every server lists its models).
+pub fn ping(opts: &ServerOptions) -> Result<()> {
+    let base = opts.url.trim_end_matches('/').trim_end_matches("/v1/completions");
+    let url = format!("{base}/v1/models");
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(opts.timeout.min(Duration::from_secs(10))))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut req = agent.get(&url);
+    if let Some(key) = &opts.api_key {
+        req = req.header("Authorization", &format!("Bearer {key}"));
+    }
+    match req.call() {
+        Ok(r) if matches!(r.status().as_u16(), 401 | 403) => Err(server_err(format!(
+            "{url}: HTTP {}: the server refuses the API key (or its absence)",
+            r.status().as_u16()
+        ))),
+        Ok(_) => Ok(()),
+        Err(e) => Err(server_err(format!("{url}: {e}"))),
+    }
 }
 
 /// How a server capture runs.
