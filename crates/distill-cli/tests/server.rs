@@ -119,41 +119,11 @@ fn all_bytes(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     out
 }
 
-#[test]
-fn server_cache_agrees_with_the_local_capture_resumes_and_trains() {
-    let d = tmpdir("server");
-    let t = common::lm_teacher(&d);
-    let text = d.join("corpus.txt");
-    common::lm_corpus(&text, 40);
-    let r = recipe(&d, &t, &text);
-    let rs = r.to_str().unwrap();
-
-    // distill's own capture, no tail samples: the reference.
-    let local = d.join("local");
-    let o = distill(&[
-        "cache",
-        "--recipe",
-        rs,
-        "--top-k",
-        "8",
-        "--tail-samples",
-        "0",
-        "--encoding",
-        "f16",
-        "--rows-per-shard",
-        "8",
-        "--out",
-        local.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-
-    let auth = d.join("auth.log");
-    let srv = Standin::start(&d, &t, &["--auth-log", auth.to_str().unwrap()]);
-    let remote = d.join("remote");
-    let o = capture(&srv.url, &r, &remote, &["--concurrency", "3"]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    drop(srv);
-    let (a, b) = (CacheReader::open(&local).unwrap(), CacheReader::open(&remote).unwrap());
+/// The server's capture `remote` against distill's own `local` (top-8, f16): top-1 equal
+/// wherever the teacher's top-1 is a plain token, shared log-probs within f16 rounding, and
+/// `inspect --against` counting the same.
+fn agrees_with_local(local: &Path, remote: &Path) {
+    let (a, b) = (CacheReader::open(local).unwrap(), CacheReader::open(remote).unwrap());
     assert_eq!((a.n_rows(), b.manifest().tail_samples), (b.n_rows(), 0));
     assert!(b.manifest().teacher.starts_with("server http://127.0.0.1:"), "{}", b.manifest().teacher);
     let read = |c: &CacheReader| {
@@ -192,6 +162,43 @@ fn server_cache_agrees_with_the_local_capture_resumes_and_trains() {
     let c: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(c["positions"].as_u64(), Some(xt.len() as u64));
     assert_eq!(c["top1_equal"].as_u64(), Some(top1_equal as u64));
+}
+
+#[test]
+fn server_cache_agrees_with_the_local_capture_resumes_and_trains() {
+    let d = tmpdir("server");
+    let t = common::lm_teacher(&d);
+    let text = d.join("corpus.txt");
+    common::lm_corpus(&text, 40);
+    let r = recipe(&d, &t, &text);
+    let rs = r.to_str().unwrap();
+
+    // distill's own capture, no tail samples: the reference.
+    let local = d.join("local");
+    let o = distill(&[
+        "cache",
+        "--recipe",
+        rs,
+        "--top-k",
+        "8",
+        "--tail-samples",
+        "0",
+        "--encoding",
+        "f16",
+        "--rows-per-shard",
+        "8",
+        "--out",
+        local.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let auth = d.join("auth.log");
+    let srv = Standin::start(&d, &t, &["--auth-log", auth.to_str().unwrap()]);
+    let remote = d.join("remote");
+    let o = capture(&srv.url, &r, &remote, &["--concurrency", "3"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    drop(srv);
+    agrees_with_local(&local, &remote);
     // The key went to the server, and into no file of the capture.
     let sent = std::fs::read_to_string(&auth).unwrap();
     assert!(sent.lines().all(|l| l == "Bearer sk-test-SECRET-1234"), "{sent}");
