@@ -950,12 +950,21 @@ fn run_or_time(r: &LmRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) -
     // Parameter counts before anything trains.
     let t_params = teacher.model.param_count();
     let s_params = student_params(&s_cfg, t_params)?;
+    // A given cache is checked before the run directory exists (a bad one leaves nothing
+    // behind); a served teacher is captured into it, after the recipe.
+    let served = r.teacher.server.is_some();
+    let mut cached = match served {
+        false => open_cache((r, &rr), &teacher, &data.train, (out, opts), &say)?,
+        true => None,
+    };
 
     // The recipe first: a directory without it holds nothing a resume would need.
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     write_atomic(&out.join("recipe.toml"), recipe_toml.as_bytes())?;
     std::fs::create_dir_all(out.join("phases")).map_err(|e| Error::io(out, e))?;
-    let cached = open_cache((r, &rr), &teacher, &data.train, (out, opts), &say)?;
+    if served {
+        cached = open_cache((r, &rr), &teacher, &data.train, (out, opts), &say)?;
+    }
 
     let plan = recipe_plan(r, extra_teachers.len());
     let needs_online = cached.is_none() && plan.iter().any(|p| p.teacher == TeacherFrom::Recipe);
