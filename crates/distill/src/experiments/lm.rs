@@ -904,6 +904,10 @@ pub fn estimate(r: &LmRecipe, recipe_toml: &str, scratch: &Path, timed: u64) -> 
     }
 }
 
+fn timing(p: &Phase, report: &TrainReport) -> PhaseTiming {
+    PhaseTiming { phase: p.id.clone(), steps: report.steps, step_seconds: report.step_seconds.unwrap_or(0.0) }
+}
+
 enum Ran {
     Summary(Box<LmSummary>),
     Timed(Vec<PhaseTiming>),
@@ -952,18 +956,16 @@ fn run_or_time(r: &LmRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) -
     let s_params = student_params(&s_cfg, t_params)?;
     // A given cache is checked before the run directory exists (a bad one leaves nothing
     // behind); a served teacher is captured into it, after the recipe.
-    let served = r.teacher.server.is_some();
-    let mut cached = match served {
-        false => open_cache((r, &rr), &teacher, &data.train, (out, opts), &say)?,
-        true => None,
-    };
+    let (served, cache) =
+        (r.teacher.server.is_some(), || open_cache((r, &rr), &teacher, &data.train, (out, opts), &say));
+    let mut cached = if served { None } else { cache()? };
 
     // The recipe first: a directory without it holds nothing a resume would need.
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     write_atomic(&out.join("recipe.toml"), recipe_toml.as_bytes())?;
     std::fs::create_dir_all(out.join("phases")).map_err(|e| Error::io(out, e))?;
     if served {
-        cached = open_cache((r, &rr), &teacher, &data.train, (out, opts), &say)?;
+        cached = cache()?;
     }
 
     let plan = recipe_plan(r, extra_teachers.len());
@@ -1007,16 +1009,7 @@ fn run_or_time(r: &LmRecipe, recipe_toml: &str, out: &Path, opts: &RunOptions) -
     drop(inputs);
     drop(online);
     if opts.time_steps.is_some() {
-        let timed = students.iter().filter(|(p, _)| p.trains);
-        return Ok(Ran::Timed(
-            timed
-                .map(|(p, s)| PhaseTiming {
-                    phase: p.id.clone(),
-                    steps: s.2.steps,
-                    step_seconds: s.2.step_seconds.unwrap_or(0.0),
-                })
-                .collect(),
-        ));
+        return Ok(Ran::Timed(students.iter().filter(|(p, _)| p.trains).map(|(p, s)| timing(p, &s.2)).collect()));
     }
 
     say("evaluating".into());
