@@ -105,20 +105,6 @@ fn capture(url: &str, r: &Path, out: &Path, extra: &[&str]) -> Output {
         .unwrap()
 }
 
-/// Every file under `dir`, read as bytes.
-fn all_bytes(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(all_bytes(&p));
-        } else {
-            out.push((p.clone(), std::fs::read(&p).unwrap()));
-        }
-    }
-    out
-}
-
 /// The server's capture `remote` against distill's own `local` (top-8, f16): top-1 equal
 /// wherever the teacher's top-1 is a plain token, shared log-probs within f16 rounding, and
 /// `inspect --against` counting the same.
@@ -202,8 +188,9 @@ fn server_cache_agrees_with_the_local_capture_resumes_and_trains() {
     // The key went to the server, and into no file of the capture.
     let sent = std::fs::read_to_string(&auth).unwrap();
     assert!(sent.lines().all(|l| l == "Bearer sk-test-SECRET-1234"), "{sent}");
-    for (p, bytes) in all_bytes(&remote) {
-        assert!(!String::from_utf8_lossy(&bytes).contains("SECRET"), "the key is in {}", p.display());
+    for f in common::files(&remote) {
+        let bytes = std::fs::read(remote.join(&f)).unwrap();
+        assert!(!String::from_utf8_lossy(&bytes).contains("SECRET"), "the key is in {f}");
     }
 
     // The server dies mid-capture (after 25 answers: 3 shards of 8 rows need 48); run again
