@@ -25,6 +25,13 @@ pub struct Comparison {
     pub max_abs_logp_diff: f32,
     /// Over the ids in both top-k: the mean |Δ log-prob|.
     pub mean_abs_logp_diff: f64,
+    /// Over the ids in both top-k: the 99th percentile of |Δ log-prob|.
+    pub p99_abs_logp_diff: f32,
+    /// Over the positions whose top-1 ids are equal: the mean |Δ| of the top-1 log-prob (stored
+    /// exactly in both encodings: the engines' own difference, no rounding of the cache's).
+    pub top1_mean_abs_logp_diff: f64,
+    /// Its 99th percentile.
+    pub top1_p99_abs_logp_diff: f32,
     /// Mean fraction of `a`'s top-k ids that `b`'s top-k holds.
     pub topk_overlap: f64,
     /// Mean |Δ| of the tail mass (probability outside the stored top-k).
@@ -58,8 +65,11 @@ pub fn compare(a: &CacheReader, b: &CacheReader) -> Result<Comparison> {
         mean_abs_logp_diff: 0.0,
         topk_overlap: 0.0,
         mean_abs_tail_diff: 0.0,
+        p99_abs_logp_diff: 0.0,
+        top1_mean_abs_logp_diff: 0.0,
+        top1_p99_abs_logp_diff: 0.0,
     };
-    let (mut shared, mut sum_diff) = (0usize, 0f64);
+    let (mut diffs, mut top1_diffs) = (Vec::new(), Vec::new());
     let (mut ai, mut al, mut at) = (Vec::new(), Vec::new(), Vec::new());
     let (mut bi, mut bl, mut bt) = (Vec::new(), Vec::new(), Vec::new());
     let all: Vec<usize> = (0..a.n_rows()).collect();
@@ -72,6 +82,9 @@ pub fn compare(a: &CacheReader, b: &CacheReader) -> Result<Comparison> {
             c.positions += 1;
             let same = x[0] == y[0];
             c.top1_equal += usize::from(same);
+            if same && (xl[0] - yl[0]).is_finite() {
+                top1_diffs.push((xl[0] - yl[0]).abs());
+            }
             if k < 2 || xl[0] - xl[1] >= CONFIDENT_LEAD {
                 c.confident += 1;
                 c.confident_top1_equal += usize::from(same);
@@ -81,9 +94,7 @@ pub fn compare(a: &CacheReader, b: &CacheReader) -> Result<Comparison> {
                 if let Some(j) = y.iter().position(|q| q == id) {
                     let d = (xl[i] - yl[j]).abs();
                     if d.is_finite() {
-                        c.max_abs_logp_diff = c.max_abs_logp_diff.max(d);
-                        sum_diff += f64::from(d);
-                        shared += 1;
+                        diffs.push(d);
                     }
                     found += 1;
                 }
@@ -95,8 +106,20 @@ pub fn compare(a: &CacheReader, b: &CacheReader) -> Result<Comparison> {
     let n = c.positions.max(1) as f64;
     c.topk_overlap /= n;
     c.mean_abs_tail_diff /= n;
-    c.mean_abs_logp_diff = sum_diff / shared.max(1) as f64;
+    (c.mean_abs_logp_diff, c.p99_abs_logp_diff, c.max_abs_logp_diff) = spread(&mut diffs);
+    (c.top1_mean_abs_logp_diff, c.top1_p99_abs_logp_diff, _) = spread(&mut top1_diffs);
     Ok(c)
+}
+
+/// Mean, 99th percentile (nearest rank) and largest of `d` (zeros when empty).
+fn spread(d: &mut [f32]) -> (f64, f32, f32) {
+    if d.is_empty() {
+        return (0.0, 0.0, 0.0);
+    }
+    d.sort_by(f32::total_cmp);
+    let mean = d.iter().map(|&x| f64::from(x)).sum::<f64>() / d.len() as f64;
+    let p99 = d[((d.len() as f64 * 0.99).ceil() as usize).clamp(1, d.len()) - 1];
+    (mean, p99, d[d.len() - 1])
 }
 
 impl fmt::Display for Comparison {
@@ -112,11 +135,60 @@ impl fmt::Display for Comparison {
         )?;
         writeln!(
             f,
-            "shared top-k log-probs: |Δ| max {:.4}, mean {:.4}; top-k overlap {:.2}%",
-            self.max_abs_logp_diff,
+            "shared top-k log-probs: |Δ| mean {:.4}, p99 {:.4}, max {:.4}; top-k overlap {:.2}%",
             self.mean_abs_logp_diff,
+            self.p99_abs_logp_diff,
+            self.max_abs_logp_diff,
             100.0 * self.topk_overlap
         )?;
+        writeln!(
+            f,
+            "top-1 log-prob (equal top-1): |Δ| mean {:.4}, p99 {:.4}",
+            self.top1_mean_abs_logp_diff, self.top1_p99_abs_logp_diff
+        )?;
         writeln!(f, "tail mass: mean |Δ| {:.5}", self.mean_abs_tail_diff)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{CacheSpec, CacheWriter, LogprobEncoding};
+
+    /// One row of 2 positions, top-2, f16: `lp` holds each position's two log-probs.
+    fn cache(dir: &std::path::Path, ids: &[u32], lp: &[f32]) -> CacheReader {
+        let spec = CacheSpec {
+            top_k: 2,
+            tail_samples: 0,
+            vocab_size: 10,
+            seq_len: 2,
+            rows_per_shard: 1,
+            n_rows: 1,
+            logprob_encoding: LogprobEncoding::F16,
+            teacher_fingerprint: "t".into(),
+            tokenizer_fingerprint: "k".into(),
+            data_fingerprint: "d".into(),
+            teacher: "t".into(),
+        };
+        let mut w = CacheWriter::create_or_resume(dir, spec).unwrap();
+        let tail: Vec<f32> = lp.chunks(2).map(|p| (1.0 - p[0].exp() - p[1].exp()).ln()).collect();
+        w.push_rows(ids, lp, &tail).unwrap();
+        w.finish().unwrap();
+        CacheReader::open(dir).unwrap()
+    }
+
+    #[test]
+    fn counts_agreement_and_the_spread_of_differences() {
+        let d = tempfile::tempdir().unwrap();
+        // Position 0: same ids, top-1 leads by 1.0 (confident); position 1: top-1s swapped.
+        let a = cache(&d.path().join("a"), &[3, 4, 5, 6], &[-0.5, -1.5, -1.0, -1.2]);
+        let b = cache(&d.path().join("b"), &[3, 4, 6, 5], &[-0.75, -1.5, -1.1, -1.25]);
+        let c = compare(&a, &b).unwrap();
+        assert_eq!((c.positions, c.top1_equal, c.confident, c.confident_top1_equal), (2, 1, 1, 1));
+        // Shared |Δ|: 0.25, 0, 0.25 (id 5), 0.1 (id 6).
+        assert!((c.mean_abs_logp_diff - 0.15).abs() < 1e-3, "{c:?}");
+        assert!((c.max_abs_logp_diff - 0.25).abs() < 1e-3 && (c.p99_abs_logp_diff - 0.25).abs() < 1e-3, "{c:?}");
+        assert!((c.top1_mean_abs_logp_diff - 0.25).abs() < 1e-6 && (c.top1_p99_abs_logp_diff - 0.25).abs() < 1e-6);
+        assert!((c.topk_overlap - 1.0).abs() < 1e-12);
     }
 }

@@ -97,12 +97,13 @@ fn capture_from_server(
     let (m, st) = capture_server_text(model_files, data, &server, &opts, out)?;
     let secs = t0.elapsed().as_secs_f64();
     println!(
-        "{} ({secs:.0} s, {:.0} tokens/s from the server; {} extra requests, {} retries, {} answer keys naming no single id left in the tail — the top-1 at {} positions —, {} positions padded)",
+        "{} ({secs:.0} s, {:.0} tokens/s from the server; {} extra requests, {} retries, {} answer keys naming no single id left in the tail; a top-1 behind a shared key found at {} positions, unknown at {}; {} positions padded)",
         describe_cache(out, &m),
         st.positions as f64 / secs.max(1e-9),
         st.extra_requests,
         st.retries,
         st.ambiguous_keys,
+        st.top1_resolved,
         st.top1_ambiguous,
         st.padded_positions
     );

@@ -604,8 +604,8 @@ fn open_cache(
                 &cap,
             )?;
             say(format!(
-                "teacher server: {} positions, {} retries, {} answer keys naming no single id left in the tail",
-                st.positions, st.retries, st.ambiguous_keys
+                "teacher server: {} positions, {} retries, {} answer keys naming no single id left in the tail, a top-1 behind a shared key found at {} positions and unknown at {}",
+                st.positions, st.retries, st.ambiguous_keys, st.top1_resolved, st.top1_ambiguous
             ));
             dir
         }

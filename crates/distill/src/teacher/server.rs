@@ -29,10 +29,12 @@
 //! tokenizer gives that row's id at that position: any difference stops the capture with one line
 //! naming the row and position. A key is mapped to an id only when exactly one id of the
 //! vocabulary has that piece; other keys (ambiguous, `""`) are dropped, their mass left in the
-//! tail (counted in the summary). The stored top-k are the k largest mapped entries (padded with
-//! unused ids at −∞ when fewer are certain); the tail mass is `1 − Σ stored`, so the cache is the
-//! exact teacher distribution over the stored ids plus one tail bin, as a local capture without
-//! tail samples.
+//! tail (counted in the summary) — except the most likely token: when a dropped key could hide
+//! it, the server is asked to generate it (greedy, then under logit biases that narrow the ids
+//! sharing its piece: [`RowAsk::resolve_top1`]), so the stored top-1 is the teacher's. The
+//! stored top-k are the k largest mapped entries (padded with unused ids at −∞ when fewer are
+//! certain); the tail mass is `1 − Σ stored`, so the cache is the exact teacher distribution
+//! over the stored ids plus one tail bin, as a local capture without tail samples.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -50,6 +52,13 @@ use crate::{Error, Result};
 
 /// Log-probs asked beyond `top_k`, so that keys dropped as ambiguous rarely leave fewer than k.
 const MARGIN: usize = 8;
+
+/// The logit bias that lifts the ids asked about above every other (logits span tens).
+const BOOST: f64 = 500.0;
+
+/// Raw log-probs of one token from two answers on the same prefix agree within this (the
+/// server's arithmetic may differ in the last bits between batch shapes).
+const TIE: f32 = 2e-3;
 
 /// Where the teacher is served and how it is asked.
 #[derive(Debug, Clone)]
@@ -210,9 +219,13 @@ pub struct ServerStats {
     /// Keys of the answers that name no single id (`""`, pieces several ids share): left in the
     /// tail.
     pub ambiguous_keys: usize,
-    /// Positions whose most likely key names no single id (their stored top-1 is the teacher's
-    /// second or later).
+    /// Positions whose most likely token stays unknown (an end-of-generation token, which the
+    /// server answers with no log-prob; or a piece no id has): their stored top-1 is the
+    /// teacher's second or later.
     pub top1_ambiguous: usize,
+    /// Positions whose most likely token hid behind a key several ids share, found by asking
+    /// the server to generate it under a logit bias (see [`RowAsk::resolve_top1`]).
+    pub top1_resolved: usize,
     /// Positions with fewer than k certain ids (padded at −∞).
     pub padded_positions: usize,
     /// Requests besides one per row (positions the echo answer leaves out).
@@ -225,6 +238,8 @@ pub struct ServerStats {
 pub struct Pieces {
     piece: Vec<String>,
     ids: HashMap<String, Vec<u32>>,
+    /// Whether the id's bytes are not whole UTF-8 (its piece lost some) or it is special.
+    lossy: Vec<bool>,
 }
 
 impl Pieces {
@@ -236,18 +251,21 @@ impl Pieces {
         let special: std::collections::HashSet<u32> =
             tok.get_added_tokens_decoder().iter().filter(|(_, t)| t.special).map(|(id, _)| *id).collect();
         let mut piece = Vec::with_capacity(vocab);
+        let mut lossy = Vec::with_capacity(vocab);
         let mut ids: HashMap<String, Vec<u32>> = HashMap::new();
         for id in 0..vocab as u32 {
-            let p = if special.contains(&id) || tok.id_to_token(id).is_none() {
-                String::new()
+            let (p, lost) = if special.contains(&id) || tok.id_to_token(id).is_none() {
+                (String::new(), true)
             } else {
                 let s = tok.decode(&[anchor, id], false).map_err(tk)?;
-                s.strip_prefix(lead.as_str()).unwrap_or(&s).replace('\u{FFFD}', "")
+                let s = s.strip_prefix(lead.as_str()).unwrap_or(&s);
+                (s.replace('\u{FFFD}', ""), s.contains('\u{FFFD}'))
             };
             ids.entry(p.clone()).or_default().push(id);
             piece.push(p);
+            lossy.push(lost);
         }
-        Ok(Pieces { piece, ids })
+        Ok(Pieces { piece, ids, lossy })
     }
 
     /// The one id whose piece is `s`; none for `""` or a piece several ids share.
@@ -256,6 +274,14 @@ impl Pieces {
             Some([id]) if !s.is_empty() => Some(*id),
             _ => None,
         }
+    }
+
+    /// Every id whose piece is `s`, the whole tokens (bytes that are UTF-8 as they stand) first:
+    /// the likelier reading of a key in text.
+    fn group(&self, s: &str) -> Vec<u32> {
+        let mut g = self.ids.get(s).cloned().unwrap_or_default();
+        g.sort_by_key(|&id| self.lossy[id as usize]);
+        g
     }
 }
 
@@ -280,9 +306,15 @@ impl Client {
         Client { agent, endpoint, opts: opts.clone(), retries: AtomicUsize::new(0) }
     }
 
-    /// POSTs `body`; retries what may pass (429, 5xx, timeouts, lost connections) with backoff.
-    /// `what` names the request in errors.
+    /// POSTs `body`: the answer as JSON.
     fn post(&self, body: &Value, what: &str) -> Result<Value> {
+        Ok(self.post_text(body, what)?.0)
+    }
+
+    /// POSTs `body`; retries what may pass (429, 5xx, timeouts, lost connections) with backoff.
+    /// `what` names the request in errors. The answer as JSON and as sent (its maps' key order,
+    /// which `Value` does not keep).
+    fn post_text(&self, body: &Value, what: &str) -> Result<(Value, String)> {
         let mut wait = Duration::from_millis(500);
         let mut last = String::new();
         for attempt in 0..self.opts.attempts.max(1) {
@@ -306,8 +338,9 @@ impl Client {
                     if status != 200 {
                         return Err(server_err(format!("{what}: HTTP {status}: {}", first_line(&text))));
                     }
-                    return serde_json::from_str(&text)
-                        .map_err(|e| server_err(format!("{what}: the answer is not JSON ({e})")));
+                    let v = serde_json::from_str(&text)
+                        .map_err(|e| server_err(format!("{what}: the answer is not JSON ({e})")))?;
+                    return Ok((v, text));
                 }
                 Err(ureq::Error::Timeout(_)) => {
                     last = format!("no answer within {:.0} s", self.opts.timeout.as_secs_f64());
@@ -397,10 +430,10 @@ impl RowAsk<'_> {
                     ids[j]
                 )));
             }
-            out.push(self.top_k(entry, &format!("{what}, position {}", j - 1), stats)?);
+            out.push(self.top_k(entry, &format!("{what}, position {}", j - 1), None, stats)?);
         }
         let last = &choice["logprobs"]["top_logprobs"][0];
-        out.push(self.top_k(last, &format!("{what}, position {}", n - 1), stats)?);
+        out.push(self.top_k(last, &format!("{what}, position {}", n - 1), None, stats)?);
         stats.positions += n;
         Ok(out)
     }
@@ -422,8 +455,9 @@ impl RowAsk<'_> {
         }
         let n = ids.len();
         let what = format!("row {r}");
-        let ans = self.client.post(&self.body(&self.text(ids)?, true), &what)?;
+        let (ans, raw) = self.client.post_text(&self.body(&self.text(ids)?, true), &what)?;
         check_prompt_tokens(&ans, n, &what)?;
+        let leads = lead_keys(&raw);
         let lp = &ans["choices"][0]["logprobs"];
         let (Some(tokens), Some(tops)) = (lp["tokens"].as_array(), lp["top_logprobs"].as_array()) else {
             return Err(server_err(format!("{what}: the answer has no choices[0].logprobs.tokens/top_logprobs (echo + logprobs; llama-cpp-python needs --logits_all true)")));
@@ -457,7 +491,9 @@ impl RowAsk<'_> {
             if i == 0 || top.is_null() {
                 continue; // entry 0 is always null
             }
-            out[*pos] = Some(self.top_k(top, &format!("{what}, position {pos}"), stats)?);
+            let lead = leads.get(i).and_then(Option::as_deref);
+            out[*pos] =
+                Some(self.top_k(top, &format!("{what}, position {pos}"), Some((&ids[..=*pos], lead)), stats)?);
         }
         for (pos, slot) in out.iter_mut().enumerate() {
             if slot.is_none() {
@@ -484,18 +520,27 @@ impl RowAsk<'_> {
     fn alone(&self, r: usize, prefix: &[u32], stats: &mut ServerStats) -> Result<TopK> {
         stats.extra_requests += 1;
         let what = format!("row {r}, position {}", prefix.len() - 1);
-        let ans = self.client.post(&self.body(&self.text(prefix)?, false), &what)?;
+        let (ans, raw) = self.client.post_text(&self.body(&self.text(prefix)?, false), &what)?;
         check_prompt_tokens(&ans, prefix.len(), &what)?;
+        let lead = lead_keys(&raw).into_iter().next().flatten();
         let top = &ans["choices"][0]["logprobs"]["top_logprobs"][0];
         if !top.is_object() {
             return Err(server_err(format!("{what}: the answer has no choices[0].logprobs.top_logprobs[0]")));
         }
-        self.top_k(top, &what, stats)
+        self.top_k(top, &what, Some((prefix, lead.as_deref())), stats)
     }
 
     /// A `key → log-prob` map (the value a number, or vLLM's `{"logprob": …}`) as the top-k:
-    /// certain ids only, k largest, the tail the rest.
-    fn top_k(&self, top: &Value, what: &str, stats: &mut ServerStats) -> Result<TopK> {
+    /// certain ids only, k largest, the tail the rest. With the `prefix` the map follows and
+    /// its first key as sent (llama-cpp-python), a most likely token hidden behind a shared key
+    /// is found first.
+    fn top_k(
+        &self,
+        top: &Value,
+        what: &str,
+        at: Option<(&[u32], Option<&str>)>,
+        stats: &mut ServerStats,
+    ) -> Result<TopK> {
         let Some(map) = top.as_object() else {
             return Err(server_err(format!("{what}: top_logprobs is not a map")));
         };
@@ -513,7 +558,7 @@ impl RowAsk<'_> {
             )));
         }
         let mut entries: Vec<(u32, f32)> = Vec::with_capacity(map.len());
-        let mut best_dropped = f32::NEG_INFINITY;
+        let mut dropped = false;
         for (key, v) in map {
             let Some(lp) = v.as_f64().or_else(|| v["logprob"].as_f64()) else {
                 return Err(server_err(format!("{what}: the log-prob of {key:?} is not a number")));
@@ -523,15 +568,19 @@ impl RowAsk<'_> {
                 Some(_) => {}
                 None => {
                     stats.ambiguous_keys += 1;
-                    best_dropped = best_dropped.max(lp as f32);
+                    dropped = true;
                 }
             }
         }
         entries.sort_by(|a, b| b.1.total_cmp(&a.1));
-        entries.truncate(self.k);
-        if entries.first().is_none_or(|e| best_dropped > e.1) {
-            stats.top1_ambiguous += 1;
+        match at {
+            Some((prefix, lead)) if dropped => self.resolve_top1(what, prefix, lead, &mut entries, stats)?,
+            // A shared key's value is its lowest id's (the map keeps the last write): whether it
+            // hides the top-1 is not known.
+            _ if dropped => stats.top1_ambiguous += 1,
+            _ => {}
         }
+        entries.truncate(self.k);
         let mass: f64 = entries.iter().map(|e| f64::from(e.1).exp()).sum();
         let log_tail = if mass < 1.0 { (1.0 - mass).ln() as f32 } else { f32::NEG_INFINITY };
         if entries.len() < self.k {
@@ -542,6 +591,147 @@ impl RowAsk<'_> {
         }
         Ok((entries.iter().map(|e| i64::from(e.0)).collect(), entries.iter().map(|e| e.1).collect(), log_tail))
     }
+
+    /// The most likely token after `prefix` when a key of its map named no single id. The map's
+    /// first key as sent (`lead`) is the leader's piece (llama-cpp-python fills the map in
+    /// descending order, a repeated key keeping its first place): when one id has that piece it
+    /// is the certain best and nothing is asked. Otherwise (or with the order not kept: the lead
+    /// names a certain id that is not the best), when the mass no certain id holds could
+    /// outweigh the best certain one, the server generates one
+    /// token greedily (its log-prob comes back raw; its text is the key). A piece only one id
+    /// has is that id; a shared piece is narrowed by generating again under a logit bias that
+    /// lifts a subset of the sharing ids above all others (the answer's raw log-prob equals
+    /// the leader's exactly when the leader is in the subset): the whole token alone first,
+    /// then halves. The found id goes in with its log-prob; the rest of the shared key stays in
+    /// the tail. An end-of-generation leader comes back with no log-prob: left unknown.
+    fn resolve_top1(
+        &self,
+        what: &str,
+        prefix: &[u32],
+        lead: Option<&str>,
+        entries: &mut Vec<(u32, f32)>,
+        stats: &mut ServerStats,
+    ) -> Result<()> {
+        let lead_id = lead.map(|l| self.pieces.id(l));
+        let best = entries.first().map_or(f32::NEG_INFINITY, |e| e.1);
+        match lead_id {
+            Some(Some(id)) if entries.first().is_some_and(|e| e.0 == id) => return Ok(()),
+            Some(None) => {} // the leader's piece is shared: ask
+            _ => {
+                let certain: f64 = entries.iter().map(|e| f64::from(e.1).exp()).sum();
+                if 1.0 - certain <= f64::from(best).exp() {
+                    return Ok(());
+                }
+            }
+        }
+        let Some((text, lp)) = self.greedy(what, prefix, &[], stats)? else {
+            stats.top1_ambiguous += 1;
+            return Ok(());
+        };
+        let group = self.pieces.group(&text);
+        let mut rest: &[u32] = &group;
+        let mut first = true;
+        let leader = loop {
+            match rest {
+                [] => break None,
+                [id] => break Some(*id),
+                _ => {}
+            }
+            let (a, b) = rest.split_at(if first { 1 } else { rest.len() / 2 });
+            first = false;
+            match self.greedy(what, prefix, a, stats)? {
+                Some((_, l)) if (l - lp).abs() <= TIE => rest = a,
+                Some(_) => rest = b,
+                None => break None,
+            }
+        };
+        match leader {
+            Some(id) if !entries.iter().any(|e| e.0 == id) => {
+                let at = entries.partition_point(|e| e.1 >= lp);
+                entries.insert(at, (id, lp));
+                stats.top1_resolved += usize::from(group.len() > 1);
+            }
+            Some(_) => {}
+            None => stats.top1_ambiguous += 1,
+        }
+        Ok(())
+    }
+
+    /// One token generated greedily after `prefix`, `boost` ids lifted by a logit bias of
+    /// [`BOOST`]: its text and raw log-prob, or `None` when it ends the generation (no entry).
+    fn greedy(
+        &self,
+        what: &str,
+        prefix: &[u32],
+        boost: &[u32],
+        stats: &mut ServerStats,
+    ) -> Result<Option<(String, f32)>> {
+        stats.extra_requests += 1;
+        let mut body = self.body(&self.text(prefix)?, false);
+        body["logprobs"] = json!(1);
+        if !boost.is_empty() {
+            let bias: serde_json::Map<String, Value> = boost.iter().map(|id| (id.to_string(), json!(BOOST))).collect();
+            body["logit_bias"] = Value::Object(bias);
+        }
+        let ans = self.client.post(&body, what)?;
+        check_prompt_tokens(&ans, prefix.len(), what)?;
+        let lp = &ans["choices"][0]["logprobs"];
+        let (Some(tokens), Some(lps)) = (lp["tokens"].as_array(), lp["token_logprobs"].as_array()) else {
+            return Err(server_err(format!("{what}: the answer has no choices[0].logprobs.tokens/token_logprobs")));
+        };
+        match (tokens.first(), lps.first()) {
+            (None, _) => Ok(None),
+            (Some(t), Some(l)) => match (t.as_str(), l.as_f64()) {
+                (Some(t), Some(l)) => Ok(Some((t.to_string(), l as f32))),
+                _ => Err(server_err(format!("{what}: the generated token's text or log-prob is missing"))),
+            },
+            (Some(_), None) => Err(server_err(format!("{what}: the generated token has no log-prob"))),
+        }
+    }
+}
+
+/// The first key of every `choices[0].logprobs.top_logprobs` map of a llama-cpp-python answer, in
+/// the order sent (`None` for a null entry); empty when the answer has another shape.
+fn lead_keys(raw: &str) -> Vec<Option<String>> {
+    use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+    struct FirstKey(Option<String>);
+    impl<'de> serde::Deserialize<'de> for FirstKey {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = FirstKey;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a map")
+                }
+                fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> std::result::Result<FirstKey, A::Error> {
+                    let first = m.next_key::<String>()?;
+                    if first.is_some() {
+                        m.next_value::<IgnoredAny>()?;
+                    }
+                    while m.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                    Ok(FirstKey(first))
+                }
+            }
+            d.deserialize_map(V)
+        }
+    }
+    #[derive(serde::Deserialize)]
+    struct Lp {
+        top_logprobs: Vec<Option<FirstKey>>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Choice {
+        logprobs: Lp,
+    }
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        choices: Vec<Choice>,
+    }
+    serde_json::from_str::<Answer>(raw)
+        .ok()
+        .and_then(|a| a.choices.into_iter().next())
+        .map(|c| c.logprobs.top_logprobs.into_iter().map(|k| k.and_then(|k| k.0)).collect())
+        .unwrap_or_default()
 }
 
 fn check_prompt_tokens(ans: &Value, n: usize, what: &str) -> Result<()> {
@@ -653,6 +843,7 @@ fn add(a: &mut ServerStats, b: &ServerStats) {
     a.positions += b.positions;
     a.ambiguous_keys += b.ambiguous_keys;
     a.top1_ambiguous += b.top1_ambiguous;
+    a.top1_resolved += b.top1_resolved;
     a.padded_positions += b.padded_positions;
     a.extra_requests += b.extra_requests;
 }
@@ -701,6 +892,15 @@ pub fn is_loopback(url: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lead_keys_keep_the_order_sent() {
+        let raw = r#"{"id": "x", "choices": [{"text": "", "logprobs": {"tokens": ["a", "b", "c"],
+            "top_logprobs": [null, {"zeta": -0.1, "alpha": -2.5, " ": -3.0}, {"": -0.2, "b": -1.0}]}}]}"#;
+        assert_eq!(lead_keys(raw), vec![None, Some("zeta".to_string()), Some(String::new())]);
+        assert!(lead_keys(r#"{"choices": []}"#).is_empty());
+        assert!(lead_keys("not json").is_empty());
+    }
 
     #[test]
     fn loopback_hosts() {
