@@ -76,22 +76,9 @@ fn capture_from_server(
     (encoding, part): (LogprobEncoding, Option<(usize, usize)>),
     out: &Path,
 ) -> Result<()> {
-    use distill::teacher::server::{capture_server_text, Api, ServerCapture, ServerCfg};
-    if !(a.timeout > 0.0 && a.timeout.is_finite()) {
-        bail!("--timeout must be a positive number of seconds, got {}", a.timeout);
-    }
-    // The recipe's `[teacher.server]` with these values: the key read and warned about once.
-    let server = ServerCfg {
-        url: url.to_string(),
-        model: a.model.clone(),
-        api: if a.api == "vllm" { Api::Vllm } else { Api::LlamaCpp },
-        top_k: a.top_k,
-        concurrency: a.concurrency.max(1),
-        timeout_seconds: a.timeout,
-        attempts: a.attempts.max(1),
-        api_key_env: a.api_key_env.clone(),
-    }
-    .options();
+    use distill::teacher::server::{capture_server_text, Api, ServerCapture};
+    let api = if a.api == "vllm" { Api::Vllm } else { Api::LlamaCpp };
+    let server = a.net.cfg(url, a.model.clone(), api, a.top_k)?.options();
     let opts = ServerCapture { top_k: a.top_k, rows_per_shard: a.rows_per_shard, encoding, part, progress: true };
     let t0 = std::time::Instant::now();
     let (m, st) = capture_server_text(model_files, data, &server, &opts, out)?;

@@ -388,6 +388,18 @@ pub struct GenerateDataArgs {
     /// Intra-op threads (default: every core).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// A black-box teacher writes instead of a model here: the base URL of an OpenAI-compatible
+    /// server, whose `/v1/chat/completions` answers each prompt as one user turn with the served
+    /// model's own chat template (records are `messages` conversations). --model then names the
+    /// request's `model` field; --batch prompts per part file.
+    #[arg(long, value_name = "URL")]
+    pub server: Option<String>,
+    /// With --server: the alternatives per generated token to ask for (OpenAI `top_logprobs`,
+    /// at most 20 there); records carry them when the server gives them. 0 = none.
+    #[arg(long, default_value_t = 0, requires = "server")]
+    pub logprobs: usize,
+    #[command(flatten)]
+    pub net: ServerArgs,
 }
 
 #[derive(Args)]
@@ -516,6 +528,18 @@ pub struct CacheArgs {
     /// With --server: the `model` field of each request (a server hosting several models).
     #[arg(long, requires = "server")]
     pub model: Option<String>,
+    #[command(flatten)]
+    pub net: ServerArgs,
+    /// With --server: its dialect — `llama-cpp` (llama-cpp-python's OpenAI server: text rows,
+    /// `echo` + `logprobs`) or `vllm` (token-id rows, `prompt_logprobs`; start vLLM with
+    /// `--max-logprobs` ≥ --top-k and `--return-tokens-as-token-ids`).
+    #[arg(long, default_value = "llama-cpp", value_parser = ["llama-cpp", "vllm"])]
+    pub api: String,
+}
+
+/// How a served teacher is reached (`cache --server`, `generate-data --server`).
+#[derive(Args)]
+pub struct ServerArgs {
     /// With --server: the environment variable holding the API key, sent as a bearer token and
     /// written nowhere.
     #[arg(long, default_value = "OPENAI_API_KEY", value_name = "VAR")]
@@ -530,11 +554,33 @@ pub struct CacheArgs {
     /// retried after 0.5 s, 1 s, 2 s, ….
     #[arg(long, default_value_t = 5)]
     pub attempts: u32,
-    /// With --server: its dialect — `llama-cpp` (llama-cpp-python's OpenAI server: text rows,
-    /// `echo` + `logprobs`) or `vllm` (token-id rows, `prompt_logprobs`; start vLLM with
-    /// `--max-logprobs` ≥ --top-k and `--return-tokens-as-token-ids`).
-    #[arg(long, default_value = "llama-cpp", value_parser = ["llama-cpp", "vllm"])]
-    pub api: String,
+}
+
+impl ServerArgs {
+    /// `[teacher.server]` with these values, checked (one line naming the flag).
+    pub fn cfg(
+        &self,
+        url: &str,
+        model: Option<String>,
+        api: distill::teacher::server::Api,
+        top_k: usize,
+    ) -> anyhow::Result<distill::teacher::server::ServerCfg> {
+        if !(self.timeout > 0.0 && self.timeout.is_finite()) {
+            anyhow::bail!("--timeout must be a positive number of seconds, got {}", self.timeout);
+        }
+        let cfg = distill::teacher::server::ServerCfg {
+            url: url.to_string(),
+            model,
+            api,
+            top_k: top_k.max(1),
+            concurrency: self.concurrency.max(1),
+            timeout_seconds: self.timeout,
+            attempts: self.attempts.max(1),
+            api_key_env: self.api_key_env.clone(),
+        };
+        cfg.validate().map_err(|e| anyhow::anyhow!(e.replace("teacher.server.url", "--server")))?;
+        Ok(cfg)
+    }
 }
 
 /// `distill cache merge`.

@@ -113,6 +113,9 @@ enum Prompts {
 
 /// `distill generate-data`: the writer completes every prompt into a JSONL data set.
 pub fn generate_data(a: GenerateDataArgs) -> Result<()> {
+    if let Some(url) = &a.server {
+        return generate_data_server(&a, url);
+    }
     let (writer, source) = writer_and_prompts(&a)?;
     set_threads(a.threads);
     let m = load_lm(&writer)?;
@@ -127,12 +130,17 @@ pub fn generate_data(a: GenerateDataArgs) -> Result<()> {
             eos_id: m.model.config().eos_token_ids.first().copied(),
             repetition_penalty: a.repetition_penalty,
         },
-        stops: a.stop,
+        stops: a.stop.clone(),
         chat: a.chat,
         batch: a.batch,
         progress: true,
     };
     let s = gendata::generate_data(&m, &prompts, &opts, &a.out)?;
+    print_summary(&a, &s);
+    Ok(())
+}
+
+fn print_summary(a: &GenerateDataArgs, s: &gendata::GenDataSummary) {
     println!(
         "{}: {} records ({} written now, {} tokens, {:.0} s; ends: {} EOS, {} stop string, {} length)",
         a.out.display(),
@@ -144,6 +152,35 @@ pub fn generate_data(a: GenerateDataArgs) -> Result<()> {
         s.finish_stop,
         s.finish_length
     );
+}
+
+/// `generate-data --server`: a black-box teacher's chat endpoint answers every prompt.
+fn generate_data_server(a: &GenerateDataArgs, url: &str) -> Result<()> {
+    use distill::teacher::server::Api;
+    let Some(p) = &a.prompts else { bail!("--server: give --prompts FILE (the prompts sent as user turns)") };
+    if a.recipe.is_some() {
+        bail!("--server takes --prompts, not --recipe");
+    }
+    let prompts = gendata::read_prompts(p, &a.field)?;
+    let model = a.model.as_ref().map(|m| m.to_string_lossy().into_owned());
+    let server = a.net.cfg(url, model, Api::LlamaCpp, 1)?.options();
+    let opts = GenDataOptions {
+        generate: GenerateOptions {
+            max_new_tokens: a.max_tokens.unwrap_or(256),
+            temperature: a.temperature,
+            top_k: a.top_k,
+            top_p: a.top_p,
+            seed: a.seed,
+            eos_id: None,
+            repetition_penalty: a.repetition_penalty,
+        },
+        stops: a.stop.clone(),
+        chat: true,
+        batch: a.batch,
+        progress: true,
+    };
+    let s = gendata::generate_data_server(&server, &prompts, &opts, a.logprobs, &a.out)?;
+    print_summary(a, &s);
     Ok(())
 }
 

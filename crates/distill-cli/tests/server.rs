@@ -345,3 +345,132 @@ fn server_faults_end_in_one_line_naming_the_row() {
         drop(s);
     }
 }
+
+/// A black-box teacher (`generate-data --server`): the stand-in's chat endpoint answers each
+/// prompt; greedy answers equal what distill's own generation of the same teacher writes, the
+/// records carry the server's log-probs, the key stays out of every file, a server that dies
+/// mid-set is resumed (another port, same model) into the same records, and a student trained
+/// on the answers (CE on the assistant turns: sequence-level KD) fits held-out answers better
+/// than the untouched student.
+#[test]
+fn generate_data_from_a_black_box_teacher() {
+    let d = tmpdir("server-blackbox");
+    let t = common::lm_teacher(&d);
+    let corpus = d.join("corpus.txt");
+    common::lm_corpus(&corpus, 112);
+    let text = std::fs::read_to_string(&corpus).unwrap();
+    let starts: Vec<String> = text
+        .split("\n\n")
+        .filter(|p| !p.is_empty())
+        .map(|p| p.split(' ').take(4).collect::<Vec<_>>().join(" "))
+        .collect();
+    let prompts = |name: &str, range: std::ops::Range<usize>| {
+        let p = d.join(name);
+        let lines: Vec<String> = starts[range].iter().map(|s| format!("{{\"prompt\": \"{s}\"}}")).collect();
+        std::fs::write(&p, lines.join("\n") + "\n").unwrap();
+        p
+    };
+    let (train, held) = (prompts("train.jsonl", 0..96), prompts("held.jsonl", 96..112));
+    let gen = |url: &str, p: &Path, out: &Path, extra: &[&str]| {
+        Command::new(BIN)
+            .args(["generate-data", "--server", url, "--prompts", p.to_str().unwrap(), "--max-tokens", "12"])
+            .args(["--temperature", "0", "--batch", "4", "--out", out.to_str().unwrap()])
+            .args(extra)
+            .env("OPENAI_API_KEY", "sk-test-SECRET-1234")
+            .output()
+            .unwrap()
+    };
+    let srv = Standin::start(&d, &t, &[]);
+    let bb = d.join("bb.jsonl");
+    let o = gen(&srv.url, &train, &bb, &["--logprobs", "3", "--concurrency", "2"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let recs: Vec<serde_json::Value> =
+        std::fs::read_to_string(&bb).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(recs.len(), 96);
+    // distill's own greedy writing with the same teacher and prompts (no template: the stand-in
+    // continues the user turn's text).
+    let local = d.join("local.jsonl");
+    let o = distill(&[
+        "generate-data",
+        "--model",
+        t.to_str().unwrap(),
+        "--prompts",
+        train.to_str().unwrap(),
+        "--max-tokens",
+        "12",
+        "--temperature",
+        "0",
+        "--out",
+        local.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mine: Vec<serde_json::Value> =
+        std::fs::read_to_string(&local).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    for (r, m) in recs.iter().zip(&mine) {
+        assert_eq!(r["messages"][0]["content"], r["prompt"]);
+        assert_eq!(
+            r["messages"][1]["content"].as_str().unwrap().trim(),
+            m["completion"].as_str().unwrap().trim(),
+            "{r}"
+        );
+        let lps = r["logprobs"].as_array().unwrap();
+        assert_eq!(lps.len() as u64, r["new_tokens"].as_u64().unwrap());
+        for e in lps {
+            let top = e["top_logprobs"].as_array().unwrap();
+            assert_eq!(top.len(), 3);
+            assert_eq!(top[0][0], e["token"], "greedy: the token is the most likely");
+            assert!((top[0][1].as_f64().unwrap() - e["logprob"].as_f64().unwrap()).abs() < 1e-6);
+        }
+    }
+    assert!(!std::fs::read_to_string(&bb).unwrap().contains("SECRET"));
+    drop(srv);
+
+    // Killed after 5 answers (part 2 of 24 unfinished), resumed against a new server.
+    let part = d.join("resumed.jsonl");
+    let dying = Standin::start(&d, &t, &["--exit-after", "5"]);
+    let o = gen(&dying.url, &train, &part, &["--logprobs", "3"]);
+    assert_error(&o, &["teacher server: prompt 5"]);
+    drop(dying);
+    let again = Standin::start(&d, &t, &["--fail-first", "1"]);
+    let o = gen(&again.url, &train, &part, &["--logprobs", "3"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(std::fs::read(&part).unwrap(), std::fs::read(&bb).unwrap(), "resumed ≠ uninterrupted");
+
+    // The answers to the held-out prompts, then a student fit to the training answers.
+    let held_bb = d.join("held-bb.jsonl");
+    assert!(gen(&again.url, &held, &held_bb, &[]).status.success());
+    drop(again);
+    // The conversations are rendered by the teacher's chat template (the stand-in used none).
+    let template = "{% for m in messages %}{% if m['role'] == 'assistant' %}</s> {{ m['content'] }} </s> \
+                    {% else %}<s> {{ m['content'] }} {% endif %}{% endfor %}{% if add_generation_prompt %}</s> {% endif %}";
+    std::fs::write(t.join("chat_template.jinja"), template).unwrap();
+    // The student: another model with the teacher's tokenizer (the untied 2-layer fixture).
+    let student = d.join("student");
+    std::fs::create_dir_all(&student).unwrap();
+    let llama = common::fixtures().join("llama");
+    for f in ["llama_untied/config.json", "llama_untied/model.safetensors", "tokenizer.json"] {
+        std::fs::copy(llama.join(f), student.join(Path::new(f).file_name().unwrap())).unwrap();
+    }
+    let r = d.join("seqkd.toml");
+    let recipe = format!(
+        "task = \"causal-lm\"\nname = \"seqkd\"\nthreads = 1\n[teacher]\npath = \"{t}\"\ndtype = \"f32\"\n[student]\nfrom = \"{s}\"\n\
+         [data]\nsources = [\"{bb}\"]\nval_sources = [\"{hb}\"]\npack = {{ seq_len = 32 }}\n\
+         [train]\nsteps = 30\nbatch_size = 8\nlr = 3e-3\n[distill]\ntemperature = 1.0\nalpha = 0.0\nscratch_twin = false\n[eval]\nprompts = []\n",
+        t = t.display(),
+        s = student.display(),
+        bb = bb.display(),
+        hb = held_bb.display()
+    );
+    std::fs::write(&r, recipe).unwrap();
+    let run = d.join("run");
+    let o = distill(&["run", r.to_str().unwrap(), "--out", run.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let s = common::summary(&run);
+    let rows = s["students"].as_array().unwrap();
+    let ppl = |untouched: bool| {
+        let row = rows.iter().find(|x| x["role"].as_str().unwrap().contains("untouched") == untouched).unwrap();
+        row["validation"]["perplexity"].as_f64().unwrap()
+    };
+    let (trained, untouched) = (ppl(false), ppl(true));
+    assert!(trained < 0.8 * untouched, "held-out PPL {trained} trained on the answers, {untouched} untouched");
+}

@@ -24,6 +24,7 @@ use crate::eval::{decode, encode, first_stop, reaches_stop};
 use crate::io::chat::Message;
 use crate::io::lm::{tokenizer_fingerprint, LoadedLm};
 use crate::models::lm::CausalLm;
+use crate::teacher::server::{ChatAsk, ServerChat, ServerOptions, TokenLogprob};
 use crate::{Error, Result};
 
 /// Version of the record and manifest layout.
@@ -57,6 +58,13 @@ pub struct Sampling {
     pub seed: u64,
     pub stops: Vec<String>,
     pub chat: bool,
+    /// Alternatives per token asked of a server (0: none, and absent from the record).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub top_logprobs: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl Sampling {
@@ -71,6 +79,7 @@ impl Sampling {
             seed: g.seed,
             stops: o.stops.clone(),
             chat: o.chat,
+            top_logprobs: 0,
         }
     }
 }
@@ -108,6 +117,10 @@ pub struct Record {
     pub finish: Finish,
     /// Tokens generated (the stop string's and the EOS token included).
     pub new_tokens: usize,
+    /// From a server asked for them: each generated token with its most likely alternatives
+    /// (the server's token strings).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<Vec<TokenLogprob>>,
     /// Fingerprint of the model that wrote it (`cache::model_fingerprint`).
     pub teacher: String,
     pub sampling: Sampling,
@@ -297,6 +310,7 @@ fn generate_part(ctx: &PartContext<'_>, ids: &[usize]) -> Result<(Vec<Record>, S
             completion,
             finish,
             new_tokens: out_ids.len(),
+            logprobs: None,
             teacher: teacher.to_string(),
             sampling: sampling.clone(),
             sha256: String::new(),
@@ -314,19 +328,136 @@ fn generate_part(ctx: &PartContext<'_>, ids: &[usize]) -> Result<(Vec<Record>, S
 /// set (same prompts, model and settings) nothing is generated; when it holds another, or the
 /// parts were written with other settings, that is an error and nothing is touched.
 pub fn generate_data(lm: &LoadedLm, prompts: &[String], opts: &GenDataOptions, out: &Path) -> Result<GenDataSummary> {
+    check_request(prompts, opts)?;
+    let teacher = crate::teacher::cache::model_fingerprint(&lm.source)?;
+    let sampling = Sampling::of(opts);
+    let set = DataSet {
+        prompts,
+        opts,
+        teacher: &teacher,
+        tokenizer: tokenizer_fingerprint(&lm.tokenizer),
+        sampling: &sampling,
+    };
+    let inputs: Vec<String> =
+        if opts.chat { prompts.iter().map(|p| lm.chat_prompt(p)).collect::<Result<_>>()? } else { prompts.to_vec() };
+    // Every part decodes with the same weights: packed once for all of them.
+    let packed = decoding_weights(&lm.model, opts.batch)?;
+    let model = packed.as_ref().unwrap_or(&lm.model);
+    let ctx = PartContext { lm, model, prompts, inputs: &inputs, opts, teacher: &teacher, sampling: &sampling };
+    write_parts(&set, out, |ids| generate_part(&ctx, ids))
+}
+
+/// A black-box teacher writes the data set: every prompt is one user turn sent to the server's
+/// chat endpoint (the served model's own chat template), `batch` prompts per part with
+/// `server.concurrency` requests in flight; prompt i is sampled with its own seed. The records
+/// are conversations (`messages`), with the server's per-token log-probs when `top_logprobs` >
+/// 0 and the server gives them. Resumable as [`generate_data`].
+pub fn generate_data_server(
+    server: &ServerOptions,
+    prompts: &[String],
+    opts: &GenDataOptions,
+    top_logprobs: usize,
+    out: &Path,
+) -> Result<GenDataSummary> {
+    check_request(prompts, opts)?;
+    // The model is the writer (its name as the server lists it), wherever it is served: a
+    // restarted server on another port resumes the same data set.
+    let listed = crate::teacher::server::ping(server)?;
+    let model = server.model.clone().or(listed).unwrap_or_else(|| "(default)".into());
+    let teacher = format!("server model {model}");
+    let mut sampling = Sampling::of(opts);
+    (sampling.chat, sampling.top_logprobs) = (true, top_logprobs);
+    let set = DataSet { prompts, opts, teacher: &teacher, tokenizer: "server".into(), sampling: &sampling };
+    let g = &opts.generate;
+    let ask = ChatAsk {
+        max_tokens: g.max_new_tokens,
+        temperature: g.temperature,
+        top_p: g.top_p,
+        top_k: g.top_k,
+        repetition_penalty: g.repetition_penalty,
+        stops: opts.stops.clone(),
+        top_logprobs,
+    };
+    let chat = ServerChat::new(server);
+    let one = |i: usize| -> Result<Record> {
+        let r = chat.complete(&prompts[i], &ask, row_seed(g.seed, i), &format!("prompt {i}"))?;
+        let finish = if r.finish_reason == "length" { Finish::Length } else { Finish::Eos };
+        Ok(Record {
+            id: i,
+            prompt: prompts[i].clone(),
+            text: format!("{}\n{}", prompts[i], r.content),
+            messages: Some(vec![Message::user(&prompts[i]), Message::assistant(&r.content)]),
+            completion: r.content,
+            finish,
+            new_tokens: r.completion_tokens,
+            logprobs: r.logprobs,
+            teacher: teacher.clone(),
+            sampling: sampling.clone(),
+            sha256: String::new(),
+        }
+        .sealed())
+    };
+    write_parts(&set, out, |ids| {
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let slots: std::sync::Mutex<Vec<Option<Result<Record>>>> =
+            std::sync::Mutex::new((0..ids.len()).map(|_| None).collect());
+        std::thread::scope(|sc| {
+            for _ in 0..server.concurrency.clamp(1, ids.len()) {
+                sc.spawn(|| loop {
+                    let j = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(&i) = ids.get(j) else { break };
+                    let r = one(i);
+                    slots.lock().expect("lock")[j] = Some(r);
+                });
+            }
+        });
+        let recs = slots
+            .into_inner()
+            .expect("lock")
+            .into_iter()
+            .map(|r| r.expect("every prompt asked"))
+            .collect::<Result<Vec<_>>>()?;
+        let mut lines = String::new();
+        for r in &recs {
+            lines.push_str(&serde_json::to_string(r).expect("a record serializes"));
+            lines.push('\n');
+        }
+        Ok((recs, lines))
+    })
+}
+
+fn check_request(prompts: &[String], opts: &GenDataOptions) -> Result<()> {
     if prompts.is_empty() {
         return Err(Error::Invalid("generate-data: no prompts".into()));
     }
     if opts.batch == 0 {
         return Err(Error::Invalid("generate-data: the batch size must be ≥ 1".into()));
     }
+    Ok(())
+}
+
+/// A data set being written: its prompts, settings and writer.
+struct DataSet<'a> {
+    prompts: &'a [String],
+    opts: &'a GenDataOptions,
+    teacher: &'a str,
+    tokenizer: String,
+    sampling: &'a Sampling,
+}
+
+/// Writes the data set part by part (`part(ids)` gives the records of prompts `ids` and their
+/// JSONL lines) into `<out>.parts/`, keeping parts already written, then `out`.
+fn write_parts(
+    set: &DataSet<'_>,
+    out: &Path,
+    mut part: impl FnMut(&[usize]) -> Result<(Vec<Record>, String)>,
+) -> Result<GenDataSummary> {
+    let DataSet { prompts, opts, teacher, sampling, .. } = *set;
     let t0 = Instant::now();
-    let teacher = crate::teacher::cache::model_fingerprint(&lm.source)?;
-    let sampling = Sampling::of(opts);
     let manifest = Manifest {
         version: FORMAT_VERSION,
-        teacher: teacher.clone(),
-        tokenizer: tokenizer_fingerprint(&lm.tokenizer),
+        teacher: teacher.to_string(),
+        tokenizer: set.tokenizer.clone(),
         prompts: prompts.len(),
         prompts_sha256: prompts_digest(prompts),
         batch: opts.batch,
@@ -338,7 +469,7 @@ pub fn generate_data(lm: &LoadedLm, prompts: &[String], opts: &GenDataOptions, o
                 .iter()
                 .zip(prompts)
                 .enumerate()
-                .all(|(i, (r, p))| r.id == i && &r.prompt == p && r.teacher == teacher && r.sampling == sampling)
+                .all(|(i, (r, p))| r.id == i && &r.prompt == p && r.teacher == teacher && &r.sampling == sampling)
     };
     if out.exists() {
         let records = read_records(out)?;
@@ -353,22 +484,15 @@ pub fn generate_data(lm: &LoadedLm, prompts: &[String], opts: &GenDataOptions, o
 
     let dir = parts_dir(out);
     open_parts(&dir, &manifest)?;
-
-    let inputs: Vec<String> =
-        if opts.chat { prompts.iter().map(|p| lm.chat_prompt(p)).collect::<Result<_>>()? } else { prompts.to_vec() };
     let n_parts = prompts.len().div_ceil(opts.batch);
     let (mut generated, mut new_tokens) = (0, 0);
     let mut all = Vec::with_capacity(prompts.len());
-    // Every part decodes with the same weights: packed once for all of them.
-    let packed = decoding_weights(&lm.model, opts.batch)?;
-    let model = packed.as_ref().unwrap_or(&lm.model);
-    let ctx = PartContext { lm, model, prompts, inputs: &inputs, opts, teacher: &teacher, sampling: &sampling };
-    for part in 0..n_parts {
-        let ids: Vec<usize> = (part * opts.batch..((part + 1) * opts.batch).min(prompts.len())).collect();
-        let path = dir.join(format!("part-{part:06}.jsonl"));
+    for p in 0..n_parts {
+        let ids: Vec<usize> = (p * opts.batch..((p + 1) * opts.batch).min(prompts.len())).collect();
+        let path = dir.join(format!("part-{p:06}.jsonl"));
         if path.exists() {
             match read_records(&path) {
-                Ok(recs) if recs.len() == ids.len() && same_prefix(&recs, &ids, prompts, &teacher, &sampling) => {
+                Ok(recs) if recs.len() == ids.len() && same_prefix(&recs, &ids, prompts, teacher, sampling) => {
                     all.extend(recs);
                     continue;
                 }
@@ -377,15 +501,15 @@ pub fn generate_data(lm: &LoadedLm, prompts: &[String], opts: &GenDataOptions, o
             }
         }
         let tp = Instant::now();
-        let (recs, lines) = generate_part(&ctx, &ids)?;
-        new_tokens += recs.iter().map(|r| r.new_tokens).sum::<usize>();
+        let (recs, lines) = part(&ids)?;
+        let toks: usize = recs.iter().map(|r| r.new_tokens).sum();
+        new_tokens += toks;
         distill_base::write_atomic(&path, lines.as_bytes())?;
         generated += recs.len();
         if opts.progress {
-            let toks: usize = recs.iter().map(|r| r.new_tokens).sum();
             eprintln!(
                 "part {}/{n_parts}: {} prompts, {toks} tokens, {:.1} tok/s",
-                part + 1,
+                p + 1,
                 recs.len(),
                 toks as f64 / tp.elapsed().as_secs_f64()
             );
@@ -464,6 +588,7 @@ mod tests {
             messages: None,
             finish: Finish::Eos,
             new_tokens: 3,
+            logprobs: None,
             teacher: "ab".into(),
             sampling: Sampling {
                 temperature: 0.8,
@@ -474,6 +599,7 @@ mod tests {
                 seed: 1,
                 stops: vec!["\n".into()],
                 chat: false,
+                top_logprobs: 0,
             },
             sha256: String::new(),
         }

@@ -177,10 +177,10 @@ impl ServerCfg {
 }
 
 /// Whether the server answers (`GET /v1/models`, one attempt, at most 10 s) and takes the key:
-/// `distill check`. Any HTTP answer but 401/403 counts (not every server lists its models).
-pub fn ping(opts: &ServerOptions) -> Result<()> {
-    let base = opts.url.trim_end_matches('/').trim_end_matches("/v1/completions");
-    let url = format!("{base}/v1/models");
+/// `distill check`. Any HTTP answer but 401/403 counts (not every server lists its models); the
+/// first model listed is returned.
+pub fn ping(opts: &ServerOptions) -> Result<Option<String>> {
+    let url = format!("{}/v1/models", base_url(&opts.url));
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(opts.timeout.min(Duration::from_secs(10))))
         .http_status_as_error(false)
@@ -195,9 +195,21 @@ pub fn ping(opts: &ServerOptions) -> Result<()> {
             "{url}: HTTP {}: the server refuses the API key (or its absence)",
             r.status().as_u16()
         ))),
-        Ok(_) => Ok(()),
+        Ok(mut r) => {
+            let text = r.body_mut().read_to_string().unwrap_or_default();
+            let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            Ok(v["data"][0]["id"].as_str().map(str::to_string))
+        }
         Err(e) => Err(server_err(format!("{url}: {e}"))),
     }
+}
+
+/// The server's base URL: `url` without a trailing `/`, `/v1/completions`,
+/// `/v1/chat/completions` or `/v1`.
+fn base_url(url: &str) -> &str {
+    let u = url.trim_end_matches('/');
+    let u = u.strip_suffix("/chat/completions").or_else(|| u.strip_suffix("/completions")).unwrap_or(u);
+    u.strip_suffix("/v1").unwrap_or(u)
 }
 
 /// How a server capture runs.
@@ -299,11 +311,16 @@ struct Client {
 
 impl Client {
     fn new(opts: &ServerOptions) -> Self {
+        Self::at(opts, "completions")
+    }
+
+    /// The client of `/v1/{path}` under the server's base URL (a URL naming an endpoint is cut
+    /// back to its base).
+    fn at(opts: &ServerOptions, path: &str) -> Self {
         let agent: ureq::Agent =
             ureq::Agent::config_builder().timeout_global(Some(opts.timeout)).http_status_as_error(false).build().into();
-        let base = opts.url.trim_end_matches('/');
-        let endpoint = if base.ends_with("/completions") { base.to_string() } else { format!("{base}/v1/completions") };
-        Client { agent, endpoint, opts: opts.clone(), retries: AtomicUsize::new(0) }
+        let base = base_url(&opts.url);
+        Client { agent, endpoint: format!("{base}/v1/{path}"), opts: opts.clone(), retries: AtomicUsize::new(0) }
     }
 
     /// POSTs `body`: the answer as JSON.
@@ -875,6 +892,113 @@ pub fn capture_server_text(
     }
     let bos = cfg.bos_token_id.and_then(|b| u32::try_from(b).ok());
     capture_server(server, &tok, cfg.vocab_size as usize, bos, &ds.train, out, opts)
+}
+
+/// What a chat completion asks beyond the prompt: the sampling settings (`top_k` and
+/// `repetition_penalty` are sent only when set: they are extensions that llama-cpp-python and
+/// vLLM read), the stop strings, a seed, and how many alternatives per token (0: no log-probs).
+#[derive(Debug, Clone)]
+pub struct ChatAsk {
+    pub max_tokens: usize,
+    pub temperature: f64,
+    pub top_p: f64,
+    pub top_k: usize,
+    pub repetition_penalty: f64,
+    pub stops: Vec<String>,
+    pub top_logprobs: usize,
+}
+
+/// One generated token with the server's alternatives (strings: the server's own tokens).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenLogprob {
+    pub token: String,
+    pub logprob: f32,
+    /// The most likely tokens at this position, by descending log-prob.
+    pub top_logprobs: Vec<(String, f32)>,
+}
+
+/// A chat completion's answer.
+#[derive(Debug, Clone)]
+pub struct ChatReply {
+    /// The assistant turn's text.
+    pub content: String,
+    /// `stop` (the end of the turn or a stop string) or `length`.
+    pub finish_reason: String,
+    /// Tokens generated (`usage.completion_tokens`).
+    pub completion_tokens: usize,
+    /// Per token, when asked and the server gives them.
+    pub logprobs: Option<Vec<TokenLogprob>>,
+}
+
+/// A black-box teacher: the server's `/v1/chat/completions`, which applies the served model's own
+/// chat template.
+pub struct ServerChat {
+    client: Client,
+}
+
+impl ServerChat {
+    pub fn new(opts: &ServerOptions) -> Self {
+        ServerChat { client: Client::at(opts, "chat/completions") }
+    }
+
+    /// The assistant's answer to `prompt` (one user turn), sampled with `seed`; `what` names the
+    /// request in errors (retries as for a capture).
+    pub fn complete(&self, prompt: &str, ask: &ChatAsk, seed: u64, what: &str) -> Result<ChatReply> {
+        let mut body = json!({
+            "messages": [{"role": "user", "content": prompt}],
+            "max_tokens": ask.max_tokens, "temperature": ask.temperature, "top_p": ask.top_p,
+            "seed": seed % (1 << 31), "stream": false,
+        });
+        if let Some(m) = &self.client.opts.model {
+            body["model"] = json!(m);
+        }
+        if !ask.stops.is_empty() {
+            body["stop"] = json!(ask.stops);
+        }
+        if ask.top_k > 0 {
+            body["top_k"] = json!(ask.top_k);
+        }
+        if ask.repetition_penalty != 1.0 {
+            body["repetition_penalty"] = json!(ask.repetition_penalty);
+            body["repeat_penalty"] = json!(ask.repetition_penalty);
+        }
+        if ask.top_logprobs > 0 {
+            body["logprobs"] = json!(true);
+            body["top_logprobs"] = json!(ask.top_logprobs);
+        }
+        let ans = self.client.post(&body, what)?;
+        let choice = &ans["choices"][0];
+        let Some(content) = choice["message"]["content"].as_str() else {
+            return Err(server_err(format!("{what}: the answer has no choices[0].message.content")));
+        };
+        let completion_tokens = ans["usage"]["completion_tokens"].as_u64().unwrap_or(0) as usize;
+        let logprobs = choice["logprobs"]["content"].as_array().map(|toks| {
+            toks.iter()
+                .map(|t| TokenLogprob {
+                    token: t["token"].as_str().unwrap_or_default().to_string(),
+                    logprob: t["logprob"].as_f64().unwrap_or(f64::NEG_INFINITY) as f32,
+                    top_logprobs: t["top_logprobs"]
+                        .as_array()
+                        .map(|alts| {
+                            alts.iter()
+                                .map(|a| {
+                                    let lp = a["logprob"].as_f64().unwrap_or(f64::NEG_INFINITY) as f32;
+                                    (a["token"].as_str().unwrap_or_default().to_string(), lp)
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                })
+                .collect()
+        });
+        Ok(ChatReply {
+            content: content.to_string(),
+            finish_reason: choice["finish_reason"].as_str().unwrap_or("stop").to_string(),
+            completion_tokens,
+            logprobs,
+        })
+    }
 }
 
 /// Whether `url` names this machine (`localhost`, `127.x`, `::1`): a key sent over plain
