@@ -37,6 +37,21 @@ if [ ! -f "$STAMP" ]; then
   touch "$STAMP"
 fi
 
+# llama-cpp-python's OpenAI server: the real llama.cpp teacher server of
+# crates/distill-cli/tests/server.rs (`cache --server`, `generate-data --server`). It compiles
+# llama.cpp from source (~12 min on 2 cores), so the wheel is built once into
+# $DISTILL_HOME/wheels and a new venv installs it from there.
+LLAMA_CPP_PY=0.3.36
+LLAMA_SERVER_PACKAGES=(fastapi==0.165.0 uvicorn==0.55.0 sse-starlette==3.7.1 starlette-context==0.3.6 pydantic-settings==2.16.3 diskcache==5.6.3 PyYAML==6.0.4 Jinja2==3.1.6)
+if ! "$DISTILL_VENV/bin/python" -c "import llama_cpp.server, uvicorn" 2>/dev/null; then
+  if ! ls "$DISTILL_HOME/wheels/llama_cpp_python-$LLAMA_CPP_PY-"*.whl >/dev/null 2>&1; then
+    stage "building llama-cpp-python $LLAMA_CPP_PY (llama.cpp from source, ~12 min on 2 cores, once)" \
+      env CMAKE_ARGS="-DLLAVA_BUILD=OFF" "$DISTILL_VENV/bin/pip" wheel --no-deps -w "$DISTILL_HOME/wheels" "llama-cpp-python==$LLAMA_CPP_PY"
+  fi
+  stage "installing llama-cpp-python's server" "$DISTILL_VENV/bin/pip" install --quiet \
+    --find-links "$DISTILL_HOME/wheels" "llama-cpp-python==$LLAMA_CPP_PY" "${LLAMA_SERVER_PACKAGES[@]}"
+fi
+
 # gloo's headers, for the data-parallel backend (libtorch carries gloo's code, not its headers).
 [ -f /usr/include/gloo/context.h ] || stage "installing gloo's headers (apt)" apt_install --no-install-recommends libgloo-dev
 

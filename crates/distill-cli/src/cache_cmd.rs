@@ -76,9 +76,8 @@ fn capture_from_server(
     (encoding, part): (LogprobEncoding, Option<(usize, usize)>),
     out: &Path,
 ) -> Result<()> {
-    use distill::teacher::server::{capture_server_text, Api, ServerCapture};
-    let api = if a.api == "vllm" { Api::Vllm } else { Api::LlamaCpp };
-    let server = a.net.cfg(url, a.model.clone(), api, a.top_k)?.options();
+    use distill::teacher::server::{capture_server_text, ServerCapture};
+    let server = a.net.cfg(url, a.model.clone(), a.top_k)?.options();
     let opts = ServerCapture { top_k: a.top_k, rows_per_shard: a.rows_per_shard, encoding, part, progress: true };
     let t0 = std::time::Instant::now();
     let (m, st) = capture_server_text(model_files, data, &server, &opts, out)?;

@@ -530,11 +530,6 @@ pub struct CacheArgs {
     pub model: Option<String>,
     #[command(flatten)]
     pub net: ServerArgs,
-    /// With --server: its dialect — `llama-cpp` (llama-cpp-python's OpenAI server: text rows,
-    /// `echo` + `logprobs`) or `vllm` (token-id rows, `prompt_logprobs`; start vLLM with
-    /// `--max-logprobs` ≥ --top-k and `--return-tokens-as-token-ids`).
-    #[arg(long, default_value = "llama-cpp", value_parser = ["llama-cpp", "vllm"])]
-    pub api: String,
 }
 
 /// How a served teacher is reached (`cache --server`, `generate-data --server`).
@@ -554,6 +549,12 @@ pub struct ServerArgs {
     /// retried after 0.5 s, 1 s, 2 s, ….
     #[arg(long, default_value_t = 5)]
     pub attempts: u32,
+    /// With --server: its dialect — `llama-cpp` (llama-cpp-python's OpenAI server: text rows,
+    /// `echo` + `logprobs`; sampling extensions `top_k`, `min_p`, `repeat_penalty`) or `vllm`
+    /// (token-id rows, `prompt_logprobs`; start vLLM with `--max-logprobs` ≥ --top-k and
+    /// `--return-tokens-as-token-ids`).
+    #[arg(long, default_value = "llama-cpp", value_parser = ["llama-cpp", "vllm"])]
+    pub api: String,
 }
 
 impl ServerArgs {
@@ -562,9 +563,10 @@ impl ServerArgs {
         &self,
         url: &str,
         model: Option<String>,
-        api: distill::teacher::server::Api,
         top_k: usize,
     ) -> anyhow::Result<distill::teacher::server::ServerCfg> {
+        use distill::teacher::server::Api;
+        let api = if self.api == "vllm" { Api::Vllm } else { Api::LlamaCpp };
         if !(self.timeout > 0.0 && self.timeout.is_finite()) {
             anyhow::bail!("--timeout must be a positive number of seconds, got {}", self.timeout);
         }

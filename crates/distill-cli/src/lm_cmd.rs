@@ -156,14 +156,13 @@ fn print_summary(a: &GenerateDataArgs, s: &gendata::GenDataSummary) {
 
 /// `generate-data --server`: a black-box teacher's chat endpoint answers every prompt.
 fn generate_data_server(a: &GenerateDataArgs, url: &str) -> Result<()> {
-    use distill::teacher::server::Api;
     let Some(p) = &a.prompts else { bail!("--server: give --prompts FILE (the prompts sent as user turns)") };
     if a.recipe.is_some() {
         bail!("--server takes --prompts, not --recipe");
     }
     let prompts = gendata::read_prompts(p, &a.field)?;
     let model = a.model.as_ref().map(|m| m.to_string_lossy().into_owned());
-    let server = a.net.cfg(url, model, Api::LlamaCpp, 1)?.options();
+    let server = a.net.cfg(url, model, 1)?.options();
     let opts = GenDataOptions {
         generate: GenerateOptions {
             max_new_tokens: a.max_tokens.unwrap_or(256),

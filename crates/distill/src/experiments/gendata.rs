@@ -377,6 +377,7 @@ pub fn generate_data_server(
         repetition_penalty: g.repetition_penalty,
         stops: opts.stops.clone(),
         top_logprobs,
+        api: server.api,
     };
     let chat = ServerChat::new(server);
     let one = |i: usize| -> Result<Record> {

@@ -894,9 +894,11 @@ pub fn capture_server_text(
     capture_server(server, &tok, cfg.vocab_size as usize, bos, &ds.train, out, opts)
 }
 
-/// What a chat completion asks beyond the prompt: the sampling settings (`top_k` and
-/// `repetition_penalty` are sent only when set: they are extensions that llama-cpp-python and
-/// vLLM read), the stop strings, a seed, and how many alternatives per token (0: no log-probs).
+/// What a chat completion asks beyond the prompt: the sampling settings, the stop strings and
+/// how many alternatives per token (0: no log-probs). `top_k` and the repetition penalty are
+/// extensions of the API: llama-cpp-python always gets them (`top_k` 0 = off, `repeat_penalty`,
+/// and `min_p` 0: its defaults, top-k 40, min-p 0.05 and a 1.1 penalty, would change the
+/// distribution), vLLM gets `top_k` and `repetition_penalty` when they are set.
 #[derive(Debug, Clone)]
 pub struct ChatAsk {
     pub max_tokens: usize,
@@ -906,6 +908,7 @@ pub struct ChatAsk {
     pub repetition_penalty: f64,
     pub stops: Vec<String>,
     pub top_logprobs: usize,
+    pub api: Api,
 }
 
 /// One generated token with the server's alternatives (strings: the server's own tokens).
@@ -956,12 +959,20 @@ impl ServerChat {
         if !ask.stops.is_empty() {
             body["stop"] = json!(ask.stops);
         }
-        if ask.top_k > 0 {
-            body["top_k"] = json!(ask.top_k);
-        }
-        if ask.repetition_penalty != 1.0 {
-            body["repetition_penalty"] = json!(ask.repetition_penalty);
-            body["repeat_penalty"] = json!(ask.repetition_penalty);
+        match ask.api {
+            Api::LlamaCpp => {
+                body["top_k"] = json!(ask.top_k);
+                body["min_p"] = json!(0.0);
+                body["repeat_penalty"] = json!(ask.repetition_penalty);
+            }
+            Api::Vllm => {
+                if ask.top_k > 0 {
+                    body["top_k"] = json!(ask.top_k);
+                }
+                if ask.repetition_penalty != 1.0 {
+                    body["repetition_penalty"] = json!(ask.repetition_penalty);
+                }
+            }
         }
         if ask.top_logprobs > 0 {
             body["logprobs"] = json!(true);
