@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # A teacher behind a server, measured: SmolLM2-135M-Instruct (Q4_1 GGUF) served by llama.cpp
 # (llama-cpp-python's OpenAI server, `--logits_all true`) against distill's own capture of the
-# same GGUF on the same rows (f32, no tail samples, top-64), then a student trained 40 steps from
-# each cache.
+# same GGUF on the same rows (f32, no tail samples, top-64, f16 log-probs so that the comparison
+# shows the engines and not the cache's rounding), then a student trained 40 steps from each cache.
 #
 #   ./bench/server_capture.sh [BROWN_FILES_GLOB]      (default: ca0[1-2], half their paragraphs held out)
 #
 # Prints: each capture's throughput (concurrency 1, 2, 4; the server answers one request at a
 # time and sorts the whole vocabulary in Python per position, so concurrency only overlaps the
-# transfers), `distill inspect --against` (agreement), and the two students' validation PPL.
-# Needs llama-cpp-python 0.3.36 with its server extras:
-#   CMAKE_ARGS="-DGGML_NATIVE=ON" pip install 'llama-cpp-python[server]==0.3.36'   (~10 min build)
+# transfers; positions whose most likely token hides behind a key several ids share cost a few
+# more requests), `distill inspect --against` (agreement), and the two students' validation PPL.
+# llama-cpp-python 0.3.36 and its server come from scripts/setup.sh (built once, ~12 min).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
@@ -56,10 +56,10 @@ trap 'kill $SERVER 2>/dev/null; rm -rf "$W"' EXIT
 until curl -sf "http://127.0.0.1:$PORT/v1/models" > /dev/null; do sleep 1; done
 
 echo "== distill's own capture (f32 dequantized GGUF)"
-$D cache --recipe "$W/r.toml" --top-k 64 --tail-samples 0 --out "$W/local"
+$D cache --recipe "$W/r.toml" --top-k 64 --tail-samples 0 --encoding f16 --out "$W/local"
 for c in 1 2 4; do
   echo "== llama.cpp's server, concurrency $c"
-  $D cache --server "http://127.0.0.1:$PORT" --recipe "$W/r.toml" --top-k 64 --concurrency "$c" --out "$W/server-$c"
+  $D cache --server "http://127.0.0.1:$PORT" --recipe "$W/r.toml" --top-k 64 --encoding f16 --concurrency "$c" --out "$W/server-$c"
 done
 echo "== agreement: server (concurrency 1) against distill's capture"
 $D inspect "$W/server-1" --against "$W/local"

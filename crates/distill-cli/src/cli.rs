@@ -522,7 +522,8 @@ pub struct CacheArgs {
     /// OpenAI-compatible completions endpoint (llama-cpp-python's server started with
     /// `--logits_all true`). The teacher path (`--teacher` or the recipe's) then names local
     /// files with the served model's config and tokenizer — no weights are read — and every
-    /// row's tokens are checked against the server's. Stores no tail samples.
+    /// row's tokens are checked against the server's. Stores no tail samples. Several URLs
+    /// separated by commas (servers of one model) take the rows in turn.
     #[arg(long, value_name = "URL")]
     pub server: Option<String>,
     /// With --server: the `model` field of each request (a server hosting several models).

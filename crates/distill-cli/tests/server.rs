@@ -204,7 +204,7 @@ fn server_cache_agrees_with_the_local_capture_resumes_and_trains() {
     }
 
     // The server dies mid-capture (after 25 answers: 3 shards of 8 rows need 48); run again
-    // against a new one: it resumes at the last whole shard and ends byte-identical.
+    // against new ones: it resumes at the last whole shard and ends byte-identical.
     let part = d.join("part");
     let dying = Standin::start(&d, &t, &["--exit-after", "25"]);
     let o = capture(&dying.url, &r, &part, &[]);
@@ -212,10 +212,11 @@ fn server_cache_agrees_with_the_local_capture_resumes_and_trains() {
     drop(dying);
     let kept = common::json(&part.join("manifest.json"))["shards"].as_array().map_or(0, Vec::len);
     assert!(kept >= 1, "a whole shard before the server died");
-    let again = Standin::start(&d, &t, &[]);
-    let o = capture(&again.url, &r, &part, &[]);
+    // Two servers of the model this time, taking the rows in turn.
+    let (again, other) = (Standin::start(&d, &t, &[]), Standin::start(&d, &t, &[]));
+    let o = capture(&format!("{},{}", again.url, other.url), &r, &part, &["--concurrency", "2"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    drop(again);
+    drop((again, other));
     let m = CacheReader::open(&remote).unwrap().manifest().shards.len();
     for i in 0..m {
         let f = format!("shard-{i:05}.bin");

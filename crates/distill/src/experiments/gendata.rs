@@ -381,7 +381,7 @@ pub fn generate_data_server(
     };
     let chat = ServerChat::new(server);
     let one = |i: usize| -> Result<Record> {
-        let r = chat.complete(&prompts[i], &ask, row_seed(g.seed, i), &format!("prompt {i}"))?;
+        let r = chat.complete(i, &prompts[i], &ask, row_seed(g.seed, i), &format!("prompt {i}"))?;
         let finish = if r.finish_reason == "length" { Finish::Length } else { Finish::Eos };
         Ok(Record {
             id: i,

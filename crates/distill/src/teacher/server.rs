@@ -63,8 +63,8 @@ const TIE: f32 = 2e-3;
 /// Where the teacher is served and how it is asked.
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
-    /// Base URL: `http://127.0.0.1:8080` (`/v1/completions` is appended unless the URL ends
-    /// with it).
+    /// Base URL: `http://127.0.0.1:8080` (`/v1/completions` is appended), or several separated
+    /// by commas, which take the rows (prompts) in turn.
     pub url: String,
     /// The `model` field of each request (servers that host several models need it).
     pub model: Option<String>,
@@ -99,7 +99,8 @@ pub enum Api {
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServerCfg {
-    /// Base URL of the OpenAI-compatible completions endpoint (`http://127.0.0.1:8080`).
+    /// Base URL of the OpenAI-compatible completions endpoint (`http://127.0.0.1:8080`), or
+    /// several separated by commas (servers of the same model), which take the rows in turn.
     pub url: String,
     /// The `model` field of each request (a server hosting several models).
     #[serde(default)]
@@ -145,8 +146,14 @@ impl ServerCfg {
 
     /// Checks the values; the error names the key.
     pub fn validate(&self) -> std::result::Result<(), String> {
-        if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
-            return Err(format!("teacher.server.url must start with http:// or https://, got `{}`", self.url));
+        let all = urls(&self.url);
+        if all.is_empty() {
+            return Err("teacher.server.url is empty".into());
+        }
+        for u in all {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                return Err(format!("teacher.server.url must start with http:// or https://, got `{u}`"));
+            }
         }
         if self.top_k == 0 || self.concurrency == 0 || self.attempts == 0 {
             return Err("teacher.server: top_k, concurrency and attempts must be ≥ 1".into());
@@ -161,8 +168,10 @@ impl ServerCfg {
     /// another machine over plain http).
     pub fn options(&self) -> ServerOptions {
         let api_key = std::env::var(&self.api_key_env).ok().filter(|k| !k.is_empty());
-        if api_key.is_some() && self.url.starts_with("http://") && !is_loopback(&self.url) {
-            eprintln!("warning: the API key from ${} goes to {} over plain http://", self.api_key_env, self.url);
+        for u in urls(&self.url) {
+            if api_key.is_some() && u.starts_with("http://") && !is_loopback(u) {
+                eprintln!("warning: the API key from ${} goes to {u} over plain http://", self.api_key_env);
+            }
         }
         ServerOptions {
             url: self.url.clone(),
@@ -176,10 +185,32 @@ impl ServerCfg {
     }
 }
 
-/// Whether the server answers (`GET /v1/models`, one attempt, at most 10 s) and takes the key:
+/// The servers `url` names: one URL, or several separated by commas (each row or prompt goes to
+/// one of them, in turn).
+pub fn urls(url: &str) -> Vec<&str> {
+    url.split(',').map(str::trim).filter(|u| !u.is_empty()).collect()
+}
+
+/// `opts` for each of its servers.
+fn each_server(opts: &ServerOptions) -> Vec<ServerOptions> {
+    urls(&opts.url).into_iter().map(|u| ServerOptions { url: u.to_string(), ..opts.clone() }).collect()
+}
+
+/// Whether every server answers (`GET /v1/models`, one attempt, at most 10 s) and takes the key:
 /// `distill check`. Any HTTP answer but 401/403 counts (not every server lists its models); the
-/// first model listed is returned.
+/// first model the first server lists is returned.
 pub fn ping(opts: &ServerOptions) -> Result<Option<String>> {
+    let mut first = None;
+    for (i, one) in each_server(opts).iter().enumerate() {
+        let listed = ping_one(one)?;
+        if i == 0 {
+            first = listed;
+        }
+    }
+    Ok(first)
+}
+
+fn ping_one(opts: &ServerOptions) -> Result<Option<String>> {
     let url = format!("{}/v1/models", base_url(&opts.url));
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(opts.timeout.min(Duration::from_secs(10))))
@@ -794,8 +825,16 @@ pub fn capture_server(
     let mut w = CacheWriter::create_or_resume_part(dir, spec, opts.part)?;
     let (start, end) = (w.next_row(), w.end_row());
     let pieces = Pieces::new(tok, vocab)?;
-    let client = Client::new(server);
-    let ask = RowAsk { client: &client, api: server.api, tok, pieces: &pieces, bos, k: opts.top_k };
+    // Row r goes to server r mod n.
+    let clients: Vec<Client> = each_server(server).iter().map(Client::new).collect();
+    let ask = |r: usize| RowAsk {
+        client: &clients[r % clients.len()],
+        api: server.api,
+        tok,
+        pieces: &pieces,
+        bos,
+        k: opts.top_k,
+    };
     let bar = crate::teacher::cache::rows_bar(opts.progress, n_rows, start);
     bar.set_prefix("server");
     let mut stats = ServerStats::default();
@@ -815,7 +854,7 @@ pub fn capture_server(
                         if r >= last || failed.lock().expect("lock").is_some() {
                             break;
                         }
-                        match ask.padded_row(r, blocks, &mut mine) {
+                        match ask(r).padded_row(r, blocks, &mut mine) {
                             Ok(row) => {
                                 done.lock().expect("lock")[r - first] = Some(row);
                                 bar.inc(1);
@@ -852,7 +891,7 @@ pub fn capture_server(
         stats.rows += last - first;
     }
     bar.finish_and_clear();
-    stats.retries = client.retries.load(Ordering::Relaxed);
+    stats.retries = clients.iter().map(|c| c.retries.load(Ordering::Relaxed)).sum();
     Ok((w.finish()?, stats))
 }
 
@@ -937,23 +976,24 @@ pub struct ChatReply {
 /// A black-box teacher: the server's `/v1/chat/completions`, which applies the served model's own
 /// chat template.
 pub struct ServerChat {
-    client: Client,
+    clients: Vec<Client>,
 }
 
 impl ServerChat {
     pub fn new(opts: &ServerOptions) -> Self {
-        ServerChat { client: Client::at(opts, "chat/completions") }
+        ServerChat { clients: each_server(opts).iter().map(|o| Client::at(o, "chat/completions")).collect() }
     }
 
-    /// The assistant's answer to `prompt` (one user turn), sampled with `seed`; `what` names the
-    /// request in errors (retries as for a capture).
-    pub fn complete(&self, prompt: &str, ask: &ChatAsk, seed: u64, what: &str) -> Result<ChatReply> {
+    /// The assistant's answer to prompt `i` (one user turn; asked of server i mod n), sampled
+    /// with `seed`; `what` names the request in errors (retries as for a capture).
+    pub fn complete(&self, i: usize, prompt: &str, ask: &ChatAsk, seed: u64, what: &str) -> Result<ChatReply> {
+        let client = &self.clients[i % self.clients.len()];
         let mut body = json!({
             "messages": [{"role": "user", "content": prompt}],
             "max_tokens": ask.max_tokens, "temperature": ask.temperature, "top_p": ask.top_p,
             "seed": seed % (1 << 31), "stream": false,
         });
-        if let Some(m) = &self.client.opts.model {
+        if let Some(m) = &client.opts.model {
             body["model"] = json!(m);
         }
         if !ask.stops.is_empty() {
@@ -978,7 +1018,7 @@ impl ServerChat {
             body["logprobs"] = json!(true);
             body["top_logprobs"] = json!(ask.top_logprobs);
         }
-        let ans = self.client.post(&body, what)?;
+        let ans = client.post(&body, what)?;
         let choice = &ans["choices"][0];
         let Some(content) = choice["message"]["content"].as_str() else {
             return Err(server_err(format!("{what}: the answer has no choices[0].message.content")));
