@@ -390,14 +390,16 @@ alpha = 0.9
                 "methods-fashion.toml",
                 "methods-smollm2.toml",
                 "minilm-spam.toml",
+                "smollm2-blackbox.toml",
                 "smollm2-brown-scratch.toml",
                 "smollm2-brown.toml",
                 "smollm2-instruct.toml",
                 "smollm2-prune.toml"
             ]
         );
-        // smollm2-instruct reads what other commands write under runs/ (the pruned student, the
-        // teacher's responses): checked here with files the repository has in their place.
+        // smollm2-instruct and smollm2-blackbox read what other commands write under runs/ (the
+        // pruned student, the teacher's responses): checked here with files the repository has
+        // in their place.
         let root = dir.join("..");
         let instruct = [
             "student.from=\"asset:smollm2/SmolLM2-135M-Instruct.Q4_1.gguf\"".to_string(),
@@ -406,7 +408,8 @@ alpha = 0.9
             format!("eval.instructions=\"{}\"", root.join("data/instruct/held-out.jsonl").display()),
         ];
         for n in &names {
-            let over: &[String] = if n == "smollm2-instruct.toml" { &instruct } else { &[] };
+            let over: &[String] =
+                if matches!(n.as_str(), "smollm2-instruct.toml" | "smollm2-blackbox.toml") { &instruct } else { &[] };
             let r = Recipe::load(&dir.join(n), over).unwrap();
             r.validate().unwrap_or_else(|e| panic!("{n}: {e}"));
         }
