@@ -136,7 +136,7 @@ pub enum Cmd {
     /// file, or the start of each training row of a recipe, into a checksummed JSONL data set a
     /// recipe trains on with `data.train_sources`. Interrupted, it resumes where it stopped.
     #[command(
-        after_help = "Examples:\n  distill generate-data --model teacher.gguf --prompts prompts.jsonl --chat --out written.jsonl\n  distill generate-data --recipe my.toml --out written.jsonl --limit 500"
+        after_help = "Examples:\n  distill generate-data --model teacher.gguf --prompts prompts.jsonl --chat --out written.jsonl\n  distill generate-data --recipe my.toml --out written.jsonl --limit 500\n  distill generate-data --server http://127.0.0.1:8080 --prompts prompts.jsonl --out answers.jsonl   (a black-box teacher's chat endpoint)"
     )]
     GenerateData(GenerateDataArgs),
     /// Verified self-distillation: the model samples solutions to generated problems with exact
