@@ -717,6 +717,8 @@ impl RowAsk<'_> {
         stats.extra_requests += 1;
         let mut body = self.body(&self.text(prefix)?, false);
         body["logprobs"] = json!(1);
+        // llama-cpp-python's default repetition penalty (1.1) acts before its greedy choice.
+        body["repeat_penalty"] = json!(1.0);
         if !boost.is_empty() {
             let bias: serde_json::Map<String, Value> = boost.iter().map(|id| (id.to_string(), json!(BOOST))).collect();
             body["logit_bias"] = Value::Object(bias);
