@@ -120,24 +120,29 @@ pub fn generate_data(a: GenerateDataArgs) -> Result<()> {
     set_threads(a.threads);
     let m = load_lm(&writer)?;
     let (prompts, max_new) = prompts_and_length(source, &m, &a)?;
-    let opts = GenDataOptions {
+    let opts = gen_options(&a, max_new, m.model.config().eos_token_ids.first().copied(), a.chat);
+    let s = gendata::generate_data(&m, &prompts, &opts, &a.out)?;
+    print_summary(&a, &s);
+    Ok(())
+}
+
+/// The flags' decoding settings: `max_new` tokens a prompt, ending at `eos_id`.
+fn gen_options(a: &GenerateDataArgs, max_new: usize, eos_id: Option<i64>, chat: bool) -> GenDataOptions {
+    GenDataOptions {
         generate: GenerateOptions {
             max_new_tokens: max_new,
             temperature: a.temperature,
             top_k: a.top_k,
             top_p: a.top_p,
             seed: a.seed,
-            eos_id: m.model.config().eos_token_ids.first().copied(),
+            eos_id,
             repetition_penalty: a.repetition_penalty,
         },
         stops: a.stop.clone(),
-        chat: a.chat,
+        chat,
         batch: a.batch,
         progress: true,
-    };
-    let s = gendata::generate_data(&m, &prompts, &opts, &a.out)?;
-    print_summary(&a, &s);
-    Ok(())
+    }
 }
 
 fn print_summary(a: &GenerateDataArgs, s: &gendata::GenDataSummary) {
@@ -163,21 +168,7 @@ fn generate_data_server(a: &GenerateDataArgs, url: &str) -> Result<()> {
     let prompts = gendata::read_prompts(p, &a.field)?;
     let model = a.model.as_ref().map(|m| m.to_string_lossy().into_owned());
     let server = a.net.cfg(url, model, 1)?.options();
-    let opts = GenDataOptions {
-        generate: GenerateOptions {
-            max_new_tokens: a.max_tokens.unwrap_or(256),
-            temperature: a.temperature,
-            top_k: a.top_k,
-            top_p: a.top_p,
-            seed: a.seed,
-            eos_id: None,
-            repetition_penalty: a.repetition_penalty,
-        },
-        stops: a.stop.clone(),
-        chat: true,
-        batch: a.batch,
-        progress: true,
-    };
+    let opts = gen_options(a, a.max_tokens.unwrap_or(256), None, true);
     let s = gendata::generate_data_server(&server, &prompts, &opts, a.logprobs, &a.out)?;
     print_summary(a, &s);
     Ok(())

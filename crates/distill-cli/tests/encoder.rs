@@ -49,8 +49,7 @@ fn embed_writes_npy_equal_to_sentence_transformers_and_warns_on_truncation() {
     let jl = d.join("e.jsonl");
     let o = distill(&["embed", "--model", &minilm(), "--data", texts.to_str().unwrap(), "--out", jl.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let lines: Vec<serde_json::Value> =
-        std::fs::read_to_string(&jl).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines = common::jsonl(&jl);
     assert_eq!(lines.len(), 3);
     assert_eq!(lines[0]["text"], "A short sentence.");
     assert_eq!(lines[0]["embedding"].as_array().unwrap().len(), 384);

@@ -675,8 +675,7 @@ fn generate_data_resumes_after_kill_9_and_trains_through_train_sources() {
     let a = d.join("a.jsonl");
     let o = distill(&args(&a));
     assert!(o.status.success(), "{}", stderr(&o));
-    let records: Vec<serde_json::Value> =
-        std::fs::read_to_string(&a).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let records = common::jsonl(&a);
     assert_eq!(records.len(), 300);
     for (i, r) in records.iter().enumerate() {
         assert_eq!(r["id"], i);
@@ -757,8 +756,7 @@ fn generate_data_resumes_after_kill_9_and_trains_through_train_sources() {
         rows.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let recs: Vec<serde_json::Value> =
-        std::fs::read_to_string(&rows).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let recs = common::jsonl(&rows);
     assert_eq!(recs.len(), 5);
     for r in &recs {
         assert_eq!(r["prompt"].as_str().unwrap().split(' ').count(), 6, "{r}");

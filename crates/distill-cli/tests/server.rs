@@ -385,8 +385,7 @@ fn generate_data_from_a_black_box_teacher() {
     let bb = d.join("bb.jsonl");
     let o = gen(&srv.url, &train, &bb, &["--logprobs", "3", "--concurrency", "2"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let recs: Vec<serde_json::Value> =
-        std::fs::read_to_string(&bb).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let recs = common::jsonl(&bb);
     assert_eq!(recs.len(), 96);
     // distill's own greedy writing with the same teacher and prompts (no template: the stand-in
     // continues the user turn's text).
@@ -405,8 +404,7 @@ fn generate_data_from_a_black_box_teacher() {
         local.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let mine: Vec<serde_json::Value> =
-        std::fs::read_to_string(&local).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let mine = common::jsonl(&local);
     for (r, m) in recs.iter().zip(&mine) {
         assert_eq!(r["messages"][0]["content"], r["prompt"]);
         assert_eq!(
@@ -583,8 +581,7 @@ fn real_llama_cpp_server_agrees_with_distill() {
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     drop(srv);
-    let recs: Vec<serde_json::Value> =
-        std::fs::read_to_string(&out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let recs = common::jsonl(&out);
     assert_eq!(recs.len(), 2);
     for r in &recs {
         let answer = r["messages"][1]["content"].as_str().unwrap();

@@ -24,7 +24,7 @@ use crate::eval::{decode, encode, first_stop, reaches_stop};
 use crate::io::chat::Message;
 use crate::io::lm::{tokenizer_fingerprint, LoadedLm};
 use crate::models::lm::CausalLm;
-use crate::teacher::server::{ChatAsk, ServerChat, ServerOptions, TokenLogprob};
+use crate::teacher::server::{in_turn, ChatAsk, ServerChat, ServerOptions, TokenLogprob};
 use crate::{Error, Result};
 
 /// Version of the record and manifest layout.
@@ -283,15 +283,14 @@ struct PartContext<'a> {
     sampling: &'a Sampling,
 }
 
-/// Completes prompts `ids` as one batch: their sealed records and the JSONL lines of the part.
-fn generate_part(ctx: &PartContext<'_>, ids: &[usize]) -> Result<(Vec<Record>, String)> {
+/// Completes prompts `ids` as one batch: their sealed records.
+fn generate_part(ctx: &PartContext<'_>, ids: &[usize]) -> Result<Vec<Record>> {
     let PartContext { lm, model, prompts, inputs, opts, teacher, sampling } = *ctx;
     let encoded = ids.iter().map(|&i| encode(&lm.tokenizer, &inputs[i])).collect::<Result<Vec<_>>>()?;
     let seeds: Vec<u64> = ids.iter().map(|&i| row_seed(opts.generate.seed, i)).collect();
     let stop = |_: usize, out: &[i64]| reaches_stop(&lm.tokenizer, out, &opts.stops);
     let outs = generate_batch_seeded(model, &encoded, &seeds, &opts.generate, stop)?;
     let mut recs = Vec::with_capacity(ids.len());
-    let mut lines = String::new();
     for (&i, out_ids) in ids.iter().zip(&outs) {
         let mut completion = decode(&lm.tokenizer, out_ids)?;
         let finish = if let Some(at) = first_stop(&completion, &opts.stops) {
@@ -316,11 +315,9 @@ fn generate_part(ctx: &PartContext<'_>, ids: &[usize]) -> Result<(Vec<Record>, S
             sha256: String::new(),
         }
         .sealed();
-        lines.push_str(&serde_json::to_string(&r).expect("a record serializes"));
-        lines.push('\n');
         recs.push(r);
     }
-    Ok((recs, lines))
+    Ok(recs)
 }
 
 /// Has `lm` complete every prompt and writes the records to `out` (JSONL), resuming from
@@ -398,33 +395,7 @@ pub fn generate_data_server(
         }
         .sealed())
     };
-    write_parts(&set, out, |ids| {
-        let next = std::sync::atomic::AtomicUsize::new(0);
-        let slots: std::sync::Mutex<Vec<Option<Result<Record>>>> =
-            std::sync::Mutex::new((0..ids.len()).map(|_| None).collect());
-        std::thread::scope(|sc| {
-            for _ in 0..server.concurrency.clamp(1, ids.len()) {
-                sc.spawn(|| loop {
-                    let j = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let Some(&i) = ids.get(j) else { break };
-                    let r = one(i);
-                    slots.lock().expect("lock")[j] = Some(r);
-                });
-            }
-        });
-        let recs = slots
-            .into_inner()
-            .expect("lock")
-            .into_iter()
-            .map(|r| r.expect("every prompt asked"))
-            .collect::<Result<Vec<_>>>()?;
-        let mut lines = String::new();
-        for r in &recs {
-            lines.push_str(&serde_json::to_string(r).expect("a record serializes"));
-            lines.push('\n');
-        }
-        Ok((recs, lines))
-    })
+    write_parts(&set, out, |ids| in_turn(server.concurrency, ids.len(), |j| one(ids[j])))
 }
 
 fn check_request(prompts: &[String], opts: &GenDataOptions) -> Result<()> {
@@ -446,12 +417,12 @@ struct DataSet<'a> {
     sampling: &'a Sampling,
 }
 
-/// Writes the data set part by part (`part(ids)` gives the records of prompts `ids` and their
-/// JSONL lines) into `<out>.parts/`, keeping parts already written, then `out`.
+/// Writes the data set part by part (`part(ids)` gives the records of prompts `ids`) into
+/// `<out>.parts/`, keeping parts already written, then `out`.
 fn write_parts(
     set: &DataSet<'_>,
     out: &Path,
-    mut part: impl FnMut(&[usize]) -> Result<(Vec<Record>, String)>,
+    mut part: impl FnMut(&[usize]) -> Result<Vec<Record>>,
 ) -> Result<GenDataSummary> {
     let DataSet { prompts, opts, teacher, sampling, .. } = *set;
     let t0 = Instant::now();
@@ -502,10 +473,10 @@ fn write_parts(
             }
         }
         let tp = Instant::now();
-        let (recs, lines) = part(&ids)?;
+        let recs = part(&ids)?;
         let toks: usize = recs.iter().map(|r| r.new_tokens).sum();
         new_tokens += toks;
-        distill_base::write_atomic(&path, lines.as_bytes())?;
+        distill_base::write_atomic(&path, jsonl(&recs).as_bytes())?;
         generated += recs.len();
         if opts.progress {
             eprintln!(
@@ -517,14 +488,19 @@ fn write_parts(
         }
         all.extend(recs);
     }
+    distill_base::write_atomic(out, jsonl(&all).as_bytes())?;
+    std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    Ok(summary(&all, generated, new_tokens, t0))
+}
+
+/// Records as JSONL, one per line.
+fn jsonl(records: &[Record]) -> String {
     let mut text = String::new();
-    for r in &all {
+    for r in records {
         text.push_str(&serde_json::to_string(r).expect("a record serializes"));
         text.push('\n');
     }
-    distill_base::write_atomic(out, text.as_bytes())?;
-    std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    Ok(summary(&all, generated, new_tokens, t0))
+    text
 }
 
 fn same_prefix(recs: &[Record], ids: &[usize], prompts: &[String], teacher: &str, sampling: &Sampling) -> bool {

@@ -843,46 +843,22 @@ pub fn capture_server(
     // A shard's rows asked by `concurrency` workers, written in order.
     for first in (start..end).step_by(opts.rows_per_shard) {
         let last = (first + opts.rows_per_shard).min(end);
-        let next = AtomicUsize::new(first);
-        let done: Mutex<Vec<Option<Vec<TopK>>>> = Mutex::new(vec![None; last - first]);
-        let failed: Mutex<Option<(usize, Error)>> = Mutex::new(None);
-        let total: Mutex<ServerStats> = Mutex::new(ServerStats::default());
-        std::thread::scope(|s| {
-            for _ in 0..server.concurrency.max(1) {
-                s.spawn(|| {
-                    let mut mine = ServerStats::default();
-                    loop {
-                        let r = next.fetch_add(1, Ordering::Relaxed);
-                        if r >= last || failed.lock().expect("lock").is_some() {
-                            break;
-                        }
-                        match ask(r).padded_row(r, blocks, &mut mine) {
-                            Ok(row) => {
-                                done.lock().expect("lock")[r - first] = Some(row);
-                                bar.inc(1);
-                            }
-                            Err(e) => {
-                                let mut f = failed.lock().expect("lock");
-                                // The first row in order that failed is the one reported.
-                                if f.as_ref().is_none_or(|(q, _)| r < *q) {
-                                    *f = Some((r, e));
-                                }
-                            }
-                        }
-                    }
-                    let mut t = total.lock().expect("lock");
-                    add(&mut t, &mine);
-                });
-            }
+        let asked = in_turn(server.concurrency, last - first, |j| {
+            let mut st = ServerStats::default();
+            let row = ask(first + j).padded_row(first + j, blocks, &mut st)?;
+            bar.inc(1);
+            Ok((row, st))
         });
-        if let Some((_, e)) = failed.into_inner().expect("lock") {
-            bar.abandon();
-            return Err(e);
-        }
-        add(&mut stats, &total.into_inner().expect("lock"));
-        let rows = done.into_inner().expect("lock");
+        let rows = match asked {
+            Ok(rows) => rows,
+            Err(e) => {
+                bar.abandon();
+                return Err(e);
+            }
+        };
         let (mut ids, mut lps, mut tails) = (Vec::new(), Vec::new(), Vec::new());
-        for row in rows.into_iter().map(|r| r.expect("every row asked")) {
+        for (row, st) in rows {
+            add(&mut stats, &st);
             for (i, l, t) in row {
                 ids.extend(i);
                 lps.extend(l);
@@ -895,6 +871,38 @@ pub fn capture_server(
     bar.finish_and_clear();
     stats.retries = clients.iter().map(|c| c.retries.load(Ordering::Relaxed)).sum();
     Ok((w.finish()?, stats))
+}
+
+/// `f(0)`, …, `f(n − 1)` on `workers` threads, each taking the next index in turn: the results in
+/// order, or the error of the first index (in order) that failed — once one has failed, no
+/// further index starts.
+pub(crate) fn in_turn<T: Send>(workers: usize, n: usize, f: impl Fn(usize) -> Result<T> + Sync) -> Result<Vec<T>> {
+    let next = AtomicUsize::new(0);
+    let done: Mutex<Vec<Option<T>>> = Mutex::new((0..n).map(|_| None).collect());
+    let failed: Mutex<Option<(usize, Error)>> = Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..workers.clamp(1, n.max(1)) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n || failed.lock().expect("lock").is_some() {
+                    break;
+                }
+                match f(i) {
+                    Ok(v) => done.lock().expect("lock")[i] = Some(v),
+                    Err(e) => {
+                        let mut fl = failed.lock().expect("lock");
+                        if fl.as_ref().is_none_or(|(q, _)| i < *q) {
+                            *fl = Some((i, e));
+                        }
+                    }
+                }
+            });
+        }
+    });
+    if let Some((_, e)) = failed.into_inner().expect("lock") {
+        return Err(e);
+    }
+    Ok(done.into_inner().expect("lock").into_iter().map(|v| v.expect("every index done")).collect())
 }
 
 fn add(a: &mut ServerStats, b: &ServerStats) {
